@@ -1,0 +1,334 @@
+"""The two GluonTS DeepAR backends, torch (default) and mxnet, behind one ``train`` function each.
+
+Every DeepAR hyperparameter is mapped by hand: GluonTS's ``from_hyperparameters`` silently drops
+names it does not know, and the two backends spell the same thing differently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .data import FeatureSpec
+from .hyperparameters import DeepARHyperparameters
+
+log = logging.getLogger(__name__)
+
+# Beta's support is the open interval (0, 1): 0 and 1 would give an infinite training loss.
+BETA_EPSILON = 1e-5
+LAST_CHECKPOINT_TORCH = "deepar-last.ckpt"
+LAST_CHECKPOINT_MXNET = "deepar-last.params"
+CHECKPOINT_STATE = "deepar-checkpoint.json"
+
+
+# ---------------------------------------------------------------- shared training control
+
+
+@dataclass
+class TrainingControl:
+    """What both backends report to and ask every epoch: metrics, early stopping, stop requests."""
+
+    total_epochs: int
+    batch_size: int
+    on_epoch: Callable[[int, float, float, float], None]  # (epoch, loss, progress %, records/s)
+    patience: Optional[int] = None
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    start_epoch: int = 0
+    best_loss: float = float("inf")
+    best_epoch: int = -1
+    epochs_run: int = 0
+    interrupted: bool = False
+
+    def epoch_finished(self, epoch: int, loss: float, batches: int, seconds: float) -> bool:
+        """Log the epoch; return whether training should go on."""
+        self.epochs_run = epoch + 1
+        throughput = batches * self.batch_size / seconds if seconds > 0 else 0.0
+        self.on_epoch(epoch, loss, 100.0 * (epoch + 1) / self.total_epochs, throughput)
+        if np.isfinite(loss) and loss < self.best_loss:
+            self.best_loss, self.best_epoch = loss, epoch
+        if self.stop_requested.is_set():
+            self.interrupted = True
+            return False
+        if self.patience is not None and epoch - self.best_epoch >= self.patience:
+            log.info("early stopping: train loss has not improved for %d epochs (best %.6g at epoch %d)",
+                     self.patience, self.best_loss, self.best_epoch)
+            return False
+        return True
+
+
+def seed_everything(seed: Optional[int]) -> None:
+    if seed is None:
+        return
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is always installed with this package
+        pass
+
+
+def clip_for_beta(entries: list[dict]) -> list[dict]:
+    return [{**e, "target": np.clip(e["target"], BETA_EPSILON, 1 - BETA_EPSILON)} for e in entries]
+
+
+def checkpoint_fingerprint(params: DeepARHyperparameters, spec: FeatureSpec) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (everything that shapes the network)."""
+    shaping = params.model_dump(include={
+        "backend", "time_freq", "prediction_length", "context_length", "likelihood", "num_cells",
+        "num_layers", "embedding_dimension"})
+    return {**shaping, "cardinality": list(spec.cardinality), "num_dynamic_feat": spec.num_dynamic_feat}
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def read_checkpoint_state(checkpoint_dir: Path, fingerprint: dict) -> Optional[dict]:
+    """The saved state if a compatible checkpoint exists, else None (with a log line saying why)."""
+    state_file = checkpoint_dir / CHECKPOINT_STATE
+    if not state_file.exists():
+        return None
+    try:
+        state = json.loads(state_file.read_text())
+    except ValueError:
+        log.warning("ignoring unreadable checkpoint state %s", state_file)
+        return None
+    if state.get("completed"):
+        log.info("checkpoint in %s is from a completed run: starting a new training", checkpoint_dir)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("ignoring checkpoint in %s: it was written with different hyperparameters or features",
+                    checkpoint_dir)
+        return None
+    if not (checkpoint_dir / state["file"]).exists():
+        return None
+    return state
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _torch_distr_output(likelihood: str):
+    from gluonts.torch.distributions import BetaOutput, NegativeBinomialOutput, NormalOutput, StudentTOutput
+
+    from .distributions import LaplaceFixedScaleOutput
+
+    return {
+        "gaussian": NormalOutput,
+        "student-T": StudentTOutput,
+        "negative-binomial": NegativeBinomialOutput,
+        "beta": BetaOutput,
+        "deterministic-L1": LaplaceFixedScaleOutput,
+    }[likelihood]()
+
+
+def build_torch_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int,
+                          trainer_kwargs: dict[str, Any]):
+    from gluonts.torch.model.deepar import DeepAREstimator
+
+    return DeepAREstimator(
+        freq=params.pandas_freq,
+        prediction_length=params.prediction_length,
+        context_length=params.context_length,
+        num_layers=params.num_layers,
+        hidden_size=params.num_cells,
+        lr=params.learning_rate,
+        dropout_rate=params.dropout_rate,
+        num_feat_dynamic_real=spec.num_dynamic_feat,
+        num_feat_static_cat=spec.num_cat,
+        cardinality=list(spec.cardinality) or None,
+        embedding_dimension=[params.embedding_dimension] * spec.num_cat or None,
+        distr_output=_torch_distr_output(params.likelihood),
+        scaling=params.likelihood != "beta",
+        batch_size=params.mini_batch_size,
+        num_batches_per_epoch=num_batches_per_epoch,
+        num_parallel_samples=params.num_eval_samples,
+        trainer_kwargs=trainer_kwargs,
+    )
+
+
+def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
+                control: TrainingControl, checkpoint_dir: Path):
+    import lightning.pytorch as pl
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # lightning resets its levels on import
+        logging.getLogger(name).setLevel(logging.WARNING)
+    fingerprint = checkpoint_fingerprint(params, spec)
+    state = read_checkpoint_state(checkpoint_dir, fingerprint)
+    resume_path = str(checkpoint_dir / state["file"]) if state else None
+    if state:
+        control.start_epoch = int(state["epochs_done"])
+        log.info("resuming from checkpoint %s after %d epoch(s)", resume_path, control.start_epoch)
+
+    class EpochReporter(pl.Callback):
+        """Feeds TrainingControl and writes the resumable checkpoint atomically after every epoch."""
+
+        def __init__(self) -> None:
+            self.batches = 0
+            self.started = time.perf_counter()
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.batches, self.started = 0, time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.batches += 1
+            if control.stop_requested.is_set():
+                trainer.should_stop = True  # finish this batch, then close the epoch and checkpoint
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            loss = float(trainer.callback_metrics.get("train_loss", float("nan")))
+            epoch = trainer.current_epoch
+            go_on = control.epoch_finished(epoch, loss, self.batches, time.perf_counter() - self.started)
+            if control.interrupted:
+                # We handle SIGTERM ourselves; Lightning would otherwise raise SystemExit and lose the model.
+                trainer._signal_connector.received_sigterm = False
+            if not go_on:
+                trainer.should_stop = True
+            self._save(trainer, epoch)
+
+        def _save(self, trainer, epoch: int) -> None:
+            tmp = checkpoint_dir / f".{LAST_CHECKPOINT_TORCH}.tmp"
+            trainer.save_checkpoint(str(tmp))
+            os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_TORCH)
+            # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
+            write_json_atomic(checkpoint_dir / CHECKPOINT_STATE, {
+                "file": LAST_CHECKPOINT_TORCH, "epochs_done": epoch + 1, "fingerprint": fingerprint})
+
+    trainer_kwargs = {
+        "max_epochs": params.epochs,
+        "callbacks": [EpochReporter()],
+        "default_root_dir": str(checkpoint_dir),
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "deterministic": params.seed is not None,
+    }
+    estimator = build_torch_estimator(params, spec, num_batches_per_epoch, trainer_kwargs)
+    if params.likelihood == "beta":
+        entries = clip_for_beta(entries)
+    return estimator.train(entries, ckpt_path=resume_path)
+
+
+# ---------------------------------------------------------------- mxnet
+
+
+def _mx_distr_output(likelihood: str):
+    from gluonts.mx.distribution import BetaOutput, GaussianOutput, NegativeBinomialOutput, StudentTOutput
+    from gluonts.mx.distribution.laplace import LaplaceFixedVarianceOutput
+
+    return {
+        "gaussian": GaussianOutput,
+        "student-T": StudentTOutput,
+        "negative-binomial": NegativeBinomialOutput,
+        "beta": BetaOutput,
+        "deterministic-L1": LaplaceFixedVarianceOutput,
+    }[likelihood]()
+
+
+def build_mx_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int,
+                       epochs: int, callbacks: list):
+    from gluonts.mx.model.deepar import DeepAREstimator
+    from gluonts.mx.trainer import Trainer
+
+    trainer = Trainer(epochs=epochs, num_batches_per_epoch=num_batches_per_epoch,
+                      learning_rate=params.learning_rate, hybridize=True, callbacks=callbacks)
+    return DeepAREstimator(
+        freq=params.pandas_freq,
+        prediction_length=params.prediction_length,
+        context_length=params.context_length,
+        trainer=trainer,
+        num_layers=params.num_layers,
+        num_cells=params.num_cells,
+        dropout_rate=params.dropout_rate,
+        use_feat_dynamic_real=spec.num_dynamic_feat > 0,
+        use_feat_static_cat=spec.num_cat > 0,
+        cardinality=list(spec.cardinality) or None,
+        embedding_dimension=[params.embedding_dimension] * spec.num_cat or None,
+        distr_output=_mx_distr_output(params.likelihood),
+        scaling=params.likelihood != "beta",
+        batch_size=params.mini_batch_size,
+        num_parallel_samples=params.num_eval_samples,
+    )
+
+
+def train_mxnet(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
+                control: TrainingControl, checkpoint_dir: Path):
+    import mxnet as mx
+    from gluonts.mx.trainer.callback import Callback
+
+    if params.seed is not None:
+        mx.random.seed(params.seed)
+    fingerprint = checkpoint_fingerprint(params, spec)
+    state = read_checkpoint_state(checkpoint_dir, fingerprint)
+    if state:
+        control.start_epoch = int(state["epochs_done"])
+        log.info("resuming from checkpoint %s after %d epoch(s)", checkpoint_dir / state["file"], control.start_epoch)
+
+    class EpochReporter(Callback):
+        def __init__(self) -> None:
+            self.batches = 0
+            self.started = time.perf_counter()
+
+        def on_network_initializing_end(self, training_network) -> None:
+            if state:  # the mx trainer has no resume of its own: warm-start the weights
+                training_network.load_parameters(str(checkpoint_dir / state["file"]), ctx=mx.cpu())
+
+        def on_train_epoch_start(self, training_network) -> None:
+            self.batches, self.started = 0, time.perf_counter()
+
+        def on_train_batch_end(self, training_network) -> bool:
+            self.batches += 1
+            return not control.stop_requested.is_set()
+
+        def on_epoch_end(self, epoch_no, epoch_loss, training_network, trainer, best_epoch_info, ctx) -> bool:
+            epoch = control.start_epoch + epoch_no
+            go_on = control.epoch_finished(epoch, float(epoch_loss), self.batches, time.perf_counter() - self.started)
+            tmp = checkpoint_dir / f".{LAST_CHECKPOINT_MXNET}.tmp"
+            training_network.save_parameters(str(tmp))
+            os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_MXNET)
+            write_json_atomic(checkpoint_dir / CHECKPOINT_STATE, {
+                "file": LAST_CHECKPOINT_MXNET, "epochs_done": epoch + (0 if control.interrupted else 1),
+                "fingerprint": fingerprint})
+            return go_on
+
+    remaining = params.epochs - control.start_epoch
+    if remaining <= 0:
+        remaining = 1  # a finished checkpoint: one more epoch rebuilds the predictor from it
+    estimator = build_mx_estimator(params, spec, num_batches_per_epoch, remaining, [EpochReporter()])
+    if params.likelihood == "beta":
+        entries = clip_for_beta(entries)
+    return estimator.train(entries)
+
+
+def train(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
+          control: TrainingControl, checkpoint_dir: Path):
+    """Train DeepAR on the chosen backend; return the GluonTS predictor (best epoch's weights)."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer = train_torch if params.backend == "torch" else train_mxnet
+    predictor = trainer(params, spec, entries, num_batches_per_epoch, control, checkpoint_dir)
+    state_file = checkpoint_dir / CHECKPOINT_STATE
+    if not control.interrupted and state_file.exists():
+        # A finished run is not resumed: the next job with this checkpoint folder trains anew.
+        write_json_atomic(state_file, {**json.loads(state_file.read_text()), "completed": True})
+    return predictor
+
+
+def set_num_samples(predictor, num_samples: int) -> None:
+    """Make one forward pass draw ``num_samples`` paths where the backend allows it (torch)."""
+    model = getattr(getattr(predictor, "prediction_net", None), "model", None)
+    if model is not None and hasattr(model, "num_parallel_samples"):
+        model.num_parallel_samples = num_samples

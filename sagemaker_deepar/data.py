@@ -1,0 +1,456 @@
+"""Reading DeepAR channels: file discovery, record validation, feature resolution, statistics.
+
+Records are decoded one line at a time and kept as float32 arrays, so memory stays near the
+decoded size of the targets even for gigabytes of JSON Lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from .errors import DataError, UserError
+from .hyperparameters import DeepARHyperparameters
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTED_PROBLEMS = 20
+KNOWN_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json.gz", ".parquet": "parquet"}
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+
+class RecordError(Exception):
+    """One bad field of one record; the reader adds the ``file:line`` location."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+
+
+# ---------------------------------------------------------------- file discovery
+
+
+def _format_from_content_type(content_type: Optional[str]) -> Optional[str]:
+    if not content_type:
+        return None
+    ct = content_type.lower()
+    if "parquet" in ct:
+        return "parquet"
+    if "gzip" in ct or ct.endswith("gz"):
+        return "json.gz"
+    if "json" in ct:
+        return "json"
+    return None
+
+
+def _sniff_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(GZIP_MAGIC):
+        return "json.gz"
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    return "json"
+
+
+def file_format(path: Path, content_type: Optional[str] = None) -> str:
+    """``json``, ``json.gz`` or ``parquet``: by extension, else ContentType, else magic bytes."""
+    name = path.name.lower()
+    if name.endswith((".json.gz", ".jsonl.gz")):
+        return "json.gz"
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl", ".parquet"):
+        return KNOWN_SUFFIXES[suffix]
+    return _format_from_content_type(content_type) or _sniff_format(path)
+
+
+def discover_files(channel_dir: Path) -> list[Path]:
+    """All data files under a channel, recursively, skipping hidden files and ``_SUCCESS`` markers."""
+    files = []
+    for path in sorted(channel_dir.rglob("*")):
+        relative_parts = path.relative_to(channel_dir).parts
+        if any(part.startswith(".") for part in relative_parts):
+            continue
+        if path.is_file() and not path.name.startswith("_SUCCESS") and path.stat().st_size > 0:
+            files.append(path)
+    return files
+
+
+# ---------------------------------------------------------------- raw records
+
+
+def _decode_json_line(line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        # orjson is strict; Python's json also takes bare NaN/Infinity, which some writers emit.
+        import json
+
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise RecordError("record", f"not valid JSON ({error})") from None
+
+
+def _iter_json_lines(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as f:
+            for line_no, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        yield line_no, _decode_json_line(line)
+                    except RecordError as error:
+                        yield line_no, error
+    except (OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot be read as {'gzip-compressed ' if compressed else ''}JSON Lines: {error}") from None
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.lib
+    import pyarrow.parquet as pq
+
+    try:
+        parquet_file = pq.ParquetFile(path)
+        row_no = 0
+        for batch in parquet_file.iter_batches(batch_size=2048):
+            for row in batch.to_pylist():
+                row_no += 1
+                yield row_no, row
+    except pyarrow.lib.ArrowException as error:
+        raise UserError(f"{path}: cannot be read as Parquet: {error}") from None
+
+
+def iter_records(path: Path, fmt: str) -> Iterator[tuple[int, Any]]:
+    """(line or row number, decoded record or ``RecordError``) for every record of a file."""
+    if fmt == "parquet":
+        return _iter_parquet_rows(path)
+    return _iter_json_lines(path, compressed=(fmt == "json.gz"))
+
+
+# ---------------------------------------------------------------- record validation
+
+
+def parse_start(value: Any, freq: str) -> pd.Period:
+    if isinstance(value, (dt.datetime, dt.date, pd.Timestamp)):
+        timestamp = pd.Timestamp(value)
+    elif isinstance(value, str):
+        try:
+            timestamp = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            raise RecordError("start", f"{value!r} is not a timestamp; use 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD'") from None
+    else:
+        raise RecordError("start", f"expected a timestamp string, got {type(value).__name__}")
+    if timestamp is pd.NaT:
+        raise RecordError("start", f"{value!r} is not a timestamp")
+    if timestamp.tzinfo is not None:
+        raise RecordError(
+            "start",
+            f"{value!r} has a time zone; DeepAR needs a time without zone such as '2021-01-01 00:00:00'",
+        )
+    return pd.Period(timestamp, freq=freq)
+
+
+def _find_bad_number(values: list, field_name: str) -> RecordError:
+    for index, value in enumerate(values):
+        if value is None or value == "NaN" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            continue
+        return RecordError(f"{field_name}[{index}]", f"{value!r} is not a number (missing values are null or \"NaN\")")
+    return RecordError(field_name, "contains values that are not numbers")
+
+
+def parse_target(value: Any) -> np.ndarray:
+    if not isinstance(value, (list, np.ndarray)):
+        raise RecordError("target", f"expected a list of numbers, got {type(value).__name__}")
+    try:
+        target = np.asarray(value, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise _find_bad_number(list(value), "target") from None
+    if target.ndim != 1:
+        raise RecordError("target", "expected a flat list of numbers, got nested lists")
+    if np.isinf(target).any():
+        index = int(np.flatnonzero(np.isinf(target))[0])
+        raise RecordError(f"target[{index}]", "is infinite (or too large for float32)")
+    return target
+
+
+def parse_cat(value: Any) -> list[int]:
+    if not isinstance(value, list):
+        raise RecordError("cat", f"expected a list of non-negative integers, got {type(value).__name__}")
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            if isinstance(item, float) and item.is_integer() and item >= 0:
+                continue
+            raise RecordError(f"cat[{index}]", f"{item!r} is not a non-negative integer")
+    return [int(item) for item in value]
+
+
+def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np.ndarray:
+    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+        raise RecordError("dynamic_feat", "expected a list of lists of numbers")
+    for index, row in enumerate(value):
+        if len(row) != expected_length:
+            raise RecordError(f"dynamic_feat[{index}]", f"length {len(row)}, expected {expected_length} ({length_rule})")
+    try:
+        features = np.asarray(value, dtype=np.float32).reshape(len(value), expected_length)
+    except (ValueError, TypeError):
+        for index, row in enumerate(value):
+            try:
+                np.asarray(row, dtype=np.float32)
+            except (ValueError, TypeError):
+                raise _find_bad_number(row, f"dynamic_feat[{index}]") from None
+        raise RecordError("dynamic_feat", "contains values that are not numbers") from None
+    if not np.isfinite(features).all():
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(features)))
+        raise RecordError(f"dynamic_feat[{row}][{col}]", "missing or infinite value; dynamic_feat may not have missing values")
+    return features
+
+
+def parse_record(record: Any, freq: str, *, dynamic_extra_length: int = 0) -> dict:
+    """One DeepAR record to a GluonTS entry. ``dynamic_extra_length`` is ``prediction_length`` at inference."""
+    if not isinstance(record, dict):
+        raise RecordError("record", f"expected a JSON object, got {type(record).__name__}")
+    if "start" not in record:
+        raise RecordError("start", "missing")
+    if "target" not in record:
+        raise RecordError("target", "missing")
+    entry: dict[str, Any] = {"start": parse_start(record["start"], freq), "target": parse_target(record["target"])}
+    if record.get("cat") is not None:
+        entry["feat_static_cat"] = parse_cat(record["cat"])
+    if record.get("dynamic_feat") is not None:
+        expected = len(entry["target"]) + dynamic_extra_length
+        rule = "len(target) + prediction_length" if dynamic_extra_length else "len(target)"
+        entry["feat_dynamic_real"] = parse_dynamic_feat(record["dynamic_feat"], expected, rule)
+    return entry
+
+
+# ---------------------------------------------------------------- channels
+
+
+@dataclass
+class ChannelStats:
+    num_series: int = 0
+    num_observations: int = 0
+    num_missing: int = 0
+    target_min: float = math.inf
+    target_max: float = -math.inf
+    target_sum: float = 0.0
+
+    def add(self, target: np.ndarray) -> None:
+        self.num_series += 1
+        present = target[~np.isnan(target)]
+        self.num_observations += len(target)
+        self.num_missing += len(target) - len(present)
+        if len(present):
+            self.target_min = min(self.target_min, float(present.min()))
+            self.target_max = max(self.target_max, float(present.max()))
+            self.target_sum += float(present.sum(dtype=np.float64))
+
+    @property
+    def target_mean(self) -> float:
+        present = self.num_observations - self.num_missing
+        return self.target_sum / present if present else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "num_series": self.num_series,
+            "num_observations": self.num_observations,
+            "num_missing": self.num_missing,
+            "target_min": self.target_min if self.num_observations > self.num_missing else None,
+            "target_mean": self.target_mean if self.num_observations > self.num_missing else None,
+            "target_max": self.target_max if self.num_observations > self.num_missing else None,
+        }
+
+
+@dataclass
+class Channel:
+    name: str
+    entries: list[dict] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
+    stats: ChannelStats = field(default_factory=ChannelStats)
+    num_cat: Optional[int] = None  # None: no record had "cat"
+    num_dynamic_feat: Optional[int] = None
+    cat_max: list[int] = field(default_factory=list)
+
+
+class _ProblemLog:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.total = 0
+
+    def add(self, message: str) -> None:
+        self.total += 1
+        if len(self.problems) < MAX_REPORTED_PROBLEMS:
+            self.problems.append(message)
+
+    def raise_if_any(self) -> None:
+        if self.total:
+            raise DataError(self.problems, self.total)
+
+
+def _check_feature_counts(channel: Channel, entry: dict, has_cat: bool, has_dyn: bool) -> None:
+    cat_count = len(entry["feat_static_cat"]) if has_cat else 0
+    dyn_count = len(entry["feat_dynamic_real"]) if has_dyn else 0
+    if channel.num_cat is None and channel.entries == []:
+        channel.num_cat, channel.num_dynamic_feat = cat_count, dyn_count
+        channel.cat_max = list(entry.get("feat_static_cat", []))
+        return
+    if cat_count != channel.num_cat:
+        raise RecordError("cat", f"has {cat_count} value(s) but earlier records have {channel.num_cat}; every record needs the same number")
+    if dyn_count != channel.num_dynamic_feat:
+        raise RecordError(
+            "dynamic_feat",
+            f"has {dyn_count} feature(s) but earlier records have {channel.num_dynamic_feat}; every record needs the same number",
+        )
+    if has_cat:
+        channel.cat_max = [max(a, b) for a, b in zip(channel.cat_max, entry["feat_static_cat"])]
+
+
+def read_channel(name: str, channel_dir: Path, freq: str, content_type: Optional[str] = None, *,
+                 min_length: int = 1) -> Channel:
+    """Read and validate every record of a channel; raise ``DataError`` listing bad records."""
+    if not channel_dir.is_dir():
+        raise UserError(f"channel '{name}' has no data folder at {channel_dir}")
+    files = discover_files(channel_dir)
+    if not files:
+        raise UserError(f"channel '{name}' has no data files under {channel_dir} (hidden files and _SUCCESS are skipped)")
+    channel = Channel(name=name)
+    problems = _ProblemLog()
+    base = channel_dir.parent
+    for path in files:
+        fmt = file_format(path, content_type)
+        shown_path = path.relative_to(base)
+        for line_no, record in iter_records(path, fmt):
+            location = f"{shown_path}:{line_no}"
+            try:
+                if isinstance(record, RecordError):
+                    raise record
+                entry = parse_record(record, freq)
+                if len(entry["target"]) < min_length:
+                    raise RecordError("target", f"has {len(entry['target'])} value(s); this channel needs at least {min_length}")
+                _check_feature_counts(channel, entry, "feat_static_cat" in entry, "feat_dynamic_real" in entry)
+            except RecordError as error:
+                problems.add(f"{location}: {error}")
+                continue
+            entry["item_id"] = location
+            channel.entries.append(entry)
+            channel.locations.append(location)
+            channel.stats.add(entry["target"])
+    problems.raise_if_any()
+    if not channel.entries:
+        raise UserError(f"channel '{name}' has no records under {channel_dir}")
+    return channel
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model consumes: category cardinalities and the number of dynamic features."""
+
+    cardinality: tuple[int, ...]
+    num_dynamic_feat: int
+
+    @property
+    def num_cat(self) -> int:
+        return len(self.cardinality)
+
+
+def resolve_features(params: DeepARHyperparameters, train: Channel) -> FeatureSpec:
+    """Apply ``cardinality``/``num_dynamic_feat`` (auto, ignore or explicit) to what the data has."""
+    data_cat = train.num_cat or 0
+    if params.cardinality == "ignore":
+        cardinality: tuple[int, ...] = ()
+    elif params.cardinality == "auto":
+        # max+1 per position: GluonTS's distinct-value count breaks when category ids have gaps.
+        cardinality = tuple(m + 1 for m in train.cat_max)
+    else:
+        cardinality = tuple(params.cardinality)
+        if len(cardinality) != data_cat:
+            raise UserError(
+                f"hyperparameter 'cardinality' = {list(cardinality)} has {len(cardinality)} entries but the "
+                f"training records have {data_cat} 'cat' value(s); use 'auto' or one cardinality per 'cat' position"
+            )
+        for index, (limit, seen) in enumerate(zip(cardinality, train.cat_max)):
+            if seen >= limit:
+                location = next(loc for e, loc in zip(train.entries, train.locations) if e["feat_static_cat"][index] >= limit)
+                raise UserError(
+                    f"{location}: cat[{index}] = {seen} is out of range for cardinality[{index}] = {limit} "
+                    f"(values must be 0..{limit - 1})"
+                )
+    data_dyn = train.num_dynamic_feat or 0
+    if params.num_dynamic_feat == "ignore":
+        num_dynamic_feat = 0
+    elif params.num_dynamic_feat == "auto":
+        num_dynamic_feat = data_dyn
+    else:
+        num_dynamic_feat = params.num_dynamic_feat
+        if num_dynamic_feat != data_dyn:
+            raise UserError(
+                f"hyperparameter 'num_dynamic_feat' = {num_dynamic_feat} but the training records have "
+                f"{data_dyn} dynamic_feat series; use 'auto' or the number present in the data"
+            )
+    return FeatureSpec(cardinality=cardinality, num_dynamic_feat=num_dynamic_feat)
+
+
+def apply_features(channel: Channel, spec: FeatureSpec) -> None:
+    """Drop ignored fields and check a (test) channel against what the model was trained with."""
+    problems = _ProblemLog()
+    for entry, location in zip(channel.entries, channel.locations):
+        if spec.num_cat == 0:
+            entry.pop("feat_static_cat", None)
+        else:
+            cats = entry.get("feat_static_cat")
+            if cats is None or len(cats) != spec.num_cat:
+                problems.add(f"{location}: cat: expected {spec.num_cat} value(s) as in the training data, got {0 if cats is None else len(cats)}")
+            else:
+                for index, (value, limit) in enumerate(zip(cats, spec.cardinality)):
+                    if value >= limit:
+                        problems.add(f"{location}: cat[{index}]: {value} is not below the cardinality {limit} of the training data")
+        if spec.num_dynamic_feat == 0:
+            entry.pop("feat_dynamic_real", None)
+        else:
+            feats = entry.get("feat_dynamic_real")
+            count = 0 if feats is None else len(feats)
+            if count != spec.num_dynamic_feat:
+                problems.add(f"{location}: dynamic_feat: expected {spec.num_dynamic_feat} feature(s) as in the training data, got {count}")
+    problems.raise_if_any()
+
+
+def check_target_domain(channel: Channel, likelihood: str) -> None:
+    """Likelihoods with a restricted support need targets inside it."""
+    if likelihood == "beta":
+        low, high, rule = 0.0, 1.0, "between 0 and 1"
+    elif likelihood == "negative-binomial":
+        low, high, rule = 0.0, math.inf, "non-negative (counts)"
+    else:
+        return
+    if channel.stats.target_min >= low and channel.stats.target_max <= high:
+        return
+    for entry, location in zip(channel.entries, channel.locations):
+        target = entry["target"]
+        bad = np.flatnonzero((target < low) | (target > high))
+        if len(bad):
+            index = int(bad[0])
+            raise UserError(f"{location}: target[{index}] = {float(target[index])} but likelihood '{likelihood}' needs targets {rule}")
+
+
+def log_channel_stats(channel: Channel, spec: Optional[FeatureSpec] = None) -> None:
+    s = channel.stats
+    log.info("[%s] number of time series: %d", channel.name, s.num_series)
+    log.info("[%s] number of observations: %d, missing values: %d (%.2f%%)", channel.name,
+             s.num_observations, s.num_missing, 100.0 * s.num_missing / max(1, s.num_observations))
+    log.info("[%s] target min/mean/max: %.6g / %.6g / %.6g", channel.name, s.target_min, s.target_mean, s.target_max)
+    if spec is not None:
+        log.info("[%s] categorical features: %d (cardinality %s), dynamic features: %d", channel.name,
+                 spec.num_cat, list(spec.cardinality), spec.num_dynamic_feat)

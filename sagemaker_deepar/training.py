@@ -1,0 +1,273 @@
+"""The ``train`` job: configuration -> data -> DeepAR -> model, metrics, or a failure file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__, backends
+from .data import (Channel, FeatureSpec, apply_features, check_target_domain, log_channel_stats, read_channel,
+                   resolve_features)
+from .errors import UserError
+from .hyperparameters import DeepARHyperparameters, load_hyperparameters
+from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
+from .paths import SageMakerPaths
+
+log = logging.getLogger("sagemaker_deepar")
+
+SUPPORTED_CHANNELS = ("train", "test")
+METADATA_FILE = "deepar-metadata.json"
+PREDICTOR_DIR = "predictor"
+FAILURE_REASON_LIMIT = 1024
+
+
+class StoppedBeforeTraining(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    params: DeepARHyperparameters
+    channels: dict[str, dict[str, Any]]
+    host: str
+    checkpoint_dir: Path
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise UserError(f"{path} ({what}) is not valid JSON: {error}") from None
+
+
+def read_job_config(paths: SageMakerPaths) -> JobConfig:
+    params = load_hyperparameters(paths.hyperparameters)
+    if paths.input_data_config.exists():
+        channels = _read_json(paths.input_data_config, "input data configuration")
+    else:  # local runs without SageMaker's config: every folder under input/data is a channel
+        data_root = paths.root / "input" / "data"
+        channels = {p.name: {} for p in sorted(data_root.iterdir()) if p.is_dir()} if data_root.is_dir() else {}
+    unknown = [name for name in channels if name not in SUPPORTED_CHANNELS]
+    if unknown:
+        raise UserError(f"channel(s) {', '.join(repr(c) for c in unknown)} not supported: DeepAR takes 'train' "
+                        "(required) and 'test' (optional)")
+    if "train" not in channels:
+        raise UserError("the 'train' channel is required but was not provided")
+    for name, channel in channels.items():
+        if channel.get("TrainingInputMode", "File") == "Pipe":
+            raise UserError(f"channel '{name}' uses Pipe input mode; use File or FastFile")
+    host = "algo-1"
+    if paths.resource_config.exists():
+        host = _read_json(paths.resource_config, "resource configuration").get("current_host", host)
+    checkpoint_dir = paths.default_checkpoint_dir
+    if paths.checkpoint_config.exists():
+        local_path = _read_json(paths.checkpoint_config, "checkpoint configuration").get("LocalPath")
+        checkpoint_dir = Path(local_path) if local_path else checkpoint_dir
+    return JobConfig(params=params, channels=channels, host=host, checkpoint_dir=checkpoint_dir)
+
+
+def default_batches_per_epoch(params: DeepARHyperparameters, train: Channel) -> int:
+    """One epoch = one pass over the data: as many training windows as fit end to end in all series."""
+    window = params.context_length + params.prediction_length
+    windows = max(train.stats.num_series, math.ceil(train.stats.num_observations / window))
+    return max(1, math.ceil(windows / params.mini_batch_size))
+
+
+def load_channels(paths: SageMakerPaths, config: JobConfig) -> tuple[Channel, Optional[Channel], FeatureSpec]:
+    params = config.params
+    train = read_channel("train", paths.channel("train"), params.pandas_freq, config.channels["train"].get("ContentType"))
+    spec = resolve_features(params, train)
+    apply_features(train, spec)
+    check_target_domain(train, params.likelihood)
+    log_channel_stats(train, spec)
+    test = None
+    if "test" in config.channels:
+        test = read_channel("test", paths.channel("test"), params.pandas_freq, config.channels["test"].get("ContentType"),
+                            min_length=params.prediction_length + 1)
+        apply_features(test, spec)
+        log_channel_stats(test)
+    return train, test, spec
+
+
+def evaluate_test(predictor, test: Channel, params: DeepARHyperparameters, out_dir: Path) -> dict[str, float]:
+    """Forecast the withheld last ``prediction_length`` points of every test series and score them.
+
+    The forecasts (mean and test quantiles) are kept in ``test-forecasts.jsonl`` for inspection.
+    """
+    from gluonts.evaluation import make_evaluation_predictions
+
+    backends.set_num_samples(predictor, params.num_eval_samples)
+    forecast_it, _ = make_evaluation_predictions(test.entries, predictor, num_samples=params.num_eval_samples)
+    forecasts = list(forecast_it)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_forecasts(forecasts, test.locations, params.test_quantiles, out_dir / "test-forecasts.jsonl")
+    return evaluate_forecasts(test.entries, forecasts, params.prediction_length, params.test_quantiles)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version(), "sagemaker_deepar": __version__}
+    for name in ("gluonts", "torch", "lightning", "mxnet", "numpy", "pandas"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: FeatureSpec, train: Channel,
+                  test: Optional[Channel], control: backends.TrainingControl,
+                  test_metrics: Optional[dict[str, float]], num_batches_per_epoch: int, seconds: float) -> None:
+    params = config.params
+    predictor_dir = paths.model_dir / PREDICTOR_DIR
+    predictor_dir.mkdir(parents=True, exist_ok=True)
+    predictor.serialize(predictor_dir)
+    train_summary = {
+        "final_loss": control.best_loss, "best_epoch": control.best_epoch, "epochs_run": control.epochs_run,
+        "interrupted": control.interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
+    }
+    metadata = {
+        "format_version": 1,
+        "backend": params.backend,
+        "hyperparameters": params.model_dump(),
+        "freq": params.pandas_freq,
+        "prediction_length": params.prediction_length,
+        "context_length": params.context_length,
+        "likelihood": params.likelihood,
+        "cardinality": list(spec.cardinality),
+        "num_dynamic_feat": spec.num_dynamic_feat,
+        "library_versions": library_versions(),
+        "training_statistics": {"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
+        "train": train_summary,
+        "test_metrics": test_metrics,
+    }
+    (paths.model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    (paths.output_data_dir / "metrics.json").write_text(
+        json.dumps({"train": train_summary, "test": test_metrics}, indent=2))
+
+
+def run(paths: SageMakerPaths) -> None:
+    started = time.perf_counter()
+    stop_requested = _install_sigterm_handler()
+    config = read_job_config(paths)
+    params = config.params
+    log.info("hyperparameters: %s", json.dumps(params.model_dump()))
+    train, test, spec = load_channels(paths, config)
+    num_batches = params.num_batches_per_epoch or default_batches_per_epoch(params, train)
+    log.info("backend %s, %d epochs of %d batches of %d windows", params.backend, params.epochs, num_batches,
+             params.mini_batch_size)
+    backends.seed_everything(params.seed)
+
+    metric_logger = MetricLogger(config.host)
+    readable = "TRAINING_JOB_NAME" not in os.environ
+
+    def on_epoch(epoch: int, loss: float, progress: float, throughput: float) -> None:
+        metric_logger.epoch(epoch, loss, progress, throughput)
+        if readable:
+            log.info("epoch %d/%d: train loss %.5f, %.0f records/s", epoch + 1, params.epochs, loss, throughput)
+
+    control = backends.TrainingControl(total_epochs=params.epochs, batch_size=params.mini_batch_size,
+                                       on_epoch=on_epoch, patience=params.early_stopping_patience,
+                                       stop_requested=stop_requested)
+    _training_started.set()
+    predictor = backends.train(params, spec, train.entries, num_batches, control, config.checkpoint_dir)
+    metric_logger.final_loss(control.best_loss)
+    test_metrics = None
+    if control.interrupted:
+        log.warning("stopped by SIGTERM after %d epoch(s): saving the best model so far, skipping test scoring; "
+                    "a restart with the same checkpoint folder resumes training", control.epochs_run)
+    elif test is not None:
+        test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
+        metric_logger.test_scores(test_metrics, params.test_quantiles)
+    write_outputs(paths, predictor, config, spec, train, test, control, test_metrics, num_batches,
+                  time.perf_counter() - started)
+    log.info("model written to %s in %.1f s", paths.model_dir, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- signals, logging, failures
+
+_training_started = threading.Event()
+
+
+def _install_sigterm_handler() -> threading.Event:
+    """SIGTERM during training: finish the batch, checkpoint, save the model. Before training: stop now."""
+    stop = threading.Event()
+
+    def handle(signum, frame) -> None:
+        log.warning("SIGTERM received")
+        stop.set()
+        if not _training_started.is_set():
+            raise StoppedBeforeTraining()
+
+    signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep the job log readable: no progress bars, no per-batch library chatter."""
+    from gluonts.env import env
+
+    env._push(use_tqdm=False)
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "gluonts"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def write_failure(paths: SageMakerPaths, reason: str) -> None:
+    try:
+        paths.failure_file.parent.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(reason)
+    except OSError as error:  # never hide the original failure behind this one
+        log.error("could not write %s: %s", paths.failure_file, error)
+
+
+def main() -> int:
+    configure_logging()
+    paths = SageMakerPaths.from_env()
+    try:
+        run(paths)
+        return 0
+    except UserError as error:
+        reason = f"ClientError: {error}"
+        log.error("%s", reason)
+        write_failure(paths, reason)
+        return 1
+    except StoppedBeforeTraining:
+        write_failure(paths, "ClientError: the job was stopped (SIGTERM) before training started")
+        return 1
+    except MemoryError:
+        reason = ("ClientError: out of memory while training; use an instance type with more memory, "
+                  "or reduce mini_batch_size, context_length or num_cells")
+        log.error("%s", reason)
+        write_failure(paths, reason)
+        return 1
+    except Exception as error:  # a bug of ours: say so, keep the traceback for the log and the failure file
+        detail = traceback.format_exc()
+        reason = (f"AlgorithmError: internal error (not caused by your input): {type(error).__name__}: {error}\n"
+                  f"Please report this with the training log.\n{detail}")
+        log.error("%s", reason)
+        write_failure(paths, reason)
+        return 2

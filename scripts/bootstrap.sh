@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create or refresh the dev environment in .venv (pinned: pyproject.toml + requirements.lock).
+# Re-running is cheap: nothing is installed when the pins have not changed since the last run.
+# TORCH_INDEX_URL (optional): a CPU wheel index for torch, e.g. PyTorch's .../whl/cpu, so pip does not
+# pull the multi-GB CUDA build from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: Python 3.11 is required (mxnet 1.9.1 and the pinned stack); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+stamp=.venv/.bootstrap-stamp
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  extra=()
+  [ -n "${TORCH_INDEX_URL:-}" ] && extra+=(--extra-index-url "$TORCH_INDEX_URL")
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "${extra[@]}" -c requirements.lock -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
