@@ -29,4 +29,6 @@ if [ "$job" = train ]; then
   rm -rf "$test_dir/model" "$test_dir/output" "$test_dir/checkpoints"
 fi
 export SAGEMAKER_BASE_DIR="$test_dir"
+# Outside a container, listen on loopback only.
+[ "$job" = serve ] && export DEEPAR_BIND_HOST=${DEEPAR_BIND_HOST:-127.0.0.1}
 exec "$repo/.venv/bin/python" "$repo/container/$job"

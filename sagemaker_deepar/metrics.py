@@ -75,6 +75,23 @@ def evaluate_forecasts(test_entries: list[dict], forecasts: list, prediction_len
     return {k: float(aggregate[k]) for k in keys}
 
 
+def score_forecasts(actuals: np.ndarray, means: np.ndarray, quantiles: dict[float, np.ndarray]) -> dict[str, float]:
+    """The built-in's accuracy metrics from (series, step) arrays of actuals, mean and quantile forecasts.
+
+    RMSE over all points; wQuantileLoss[q] = 2 * sum(pinball_q) / sum(|y|); missing actuals are skipped.
+    """
+    observed = ~np.isnan(actuals)
+    y = np.where(observed, actuals, 0.0)
+    scores = {"RMSE": float(np.sqrt(np.mean(((y - means) ** 2)[observed])))}
+    denominator = float(np.abs(y).sum())
+    for q, forecast in quantiles.items():
+        pinball = np.where(y >= forecast, q * (y - forecast), (1 - q) * (forecast - y))
+        scores[wql_name(q)] = float(2 * pinball[observed].sum() / denominator) if denominator else float("nan")
+    if quantiles:
+        scores["mean_wQuantileLoss"] = float(np.mean([scores[wql_name(q)] for q in quantiles]))
+    return scores
+
+
 def write_forecasts(forecasts: list, locations: list[str], quantiles: list[float], path) -> None:
     """One JSON line per test series: where it came from, forecast start, mean and quantiles."""
     import orjson

@@ -4,6 +4,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# Inside /opt/ml/model: the serialized GluonTS predictor and our metadata beside it.
+PREDICTOR_DIR = "predictor"
+METADATA_FILE = "deepar-metadata.json"
+
 
 @dataclass(frozen=True)
 class SageMakerPaths:

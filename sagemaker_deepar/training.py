@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,15 +21,13 @@ from .data import (Channel, FeatureSpec, apply_features, check_target_domain, lo
                    resolve_features)
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
+from .logs import configure_logging
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
-from .paths import SageMakerPaths
+from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths
 
 log = logging.getLogger("sagemaker_deepar")
 
 SUPPORTED_CHANNELS = ("train", "test")
-METADATA_FILE = "deepar-metadata.json"
-PREDICTOR_DIR = "predictor"
-FAILURE_REASON_LIMIT = 1024
 
 
 class StoppedBeforeTraining(Exception):
@@ -215,25 +212,6 @@ def _install_sigterm_handler() -> threading.Event:
 
     signal.signal(signal.SIGTERM, handle)
     return stop
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
-    quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """Keep the job log readable: no progress bars, no per-batch library chatter."""
-    from gluonts.env import env
-
-    env._push(use_tqdm=False)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "gluonts"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def write_failure(paths: SageMakerPaths, reason: str) -> None:

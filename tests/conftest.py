@@ -98,3 +98,113 @@ def standard_job(opt_ml: OptMl, with_test: bool = True, n_series: int = 4, **hyp
     if with_test:
         opt_ml.channel("test", records)
     opt_ml.channels(train="application/jsonlines", **({"test": "application/jsonlines"} if with_test else {}))
+
+
+# ---------------------------------------------------------------- serving
+
+SERVE = REPO / "container" / "serve"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_model(root: Path, backend: str, features: bool) -> Path:
+    """Train a tiny model into ``root/model`` through the real entrypoint."""
+    m = OptMl(root)
+    m.hyperparameters(backend=backend, epochs="1", prediction_length="6", context_length="12")
+    records = [series(n=48, offset=10 + i) for i in range(4)]
+    if features:
+        records = [{**r, "cat": [i % 2], "dynamic_feat": [[float(t % 24) for t in range(48)]]} for i, r in enumerate(records)]
+    m.channel("train", records)
+    m.channels(train=None)
+    result = run_train(m)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+class Server:
+    """`container/serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, root: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / f"serve-{self.port}.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVE)], stdout=self.log, stderr=subprocess.STDOUT,
+            env=entrypoint_env(root, DEEPAR_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env))
+
+    def wait_ready(self, timeout: float = 120) -> list[int]:
+        """Poll /ping until 200; return every status seen on the way."""
+        import time
+
+        import requests
+
+        seen, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.output()
+            try:
+                seen.append(requests.get(self.url + "/ping", timeout=5).status_code)
+            except requests.ConnectionError:
+                time.sleep(0.05)
+                continue
+            if seen[-1] == 200:
+                return seen
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready after {timeout} s: {self.output()}")
+
+    def post(self, body, content_type: str = "application/json", path: str = "/invocations", **headers):
+        import requests
+
+        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return requests.post(self.url + path, data=data, headers={"Content-Type": content_type, **headers}, timeout=120)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def feature_model(tmp_path_factory) -> Path:
+    """torch model with cat (cardinality [2]) and one dynamic feature; prediction_length 6."""
+    return train_model(tmp_path_factory.mktemp("feature_model"), "torch", features=True)
+
+
+@pytest.fixture(scope="session")
+def mxnet_model(tmp_path_factory) -> Path:
+    return train_model(tmp_path_factory.mktemp("mxnet_model"), "mxnet", features=False)
+
+
+@pytest.fixture(scope="session")
+def torch_model(tmp_path_factory) -> Path:
+    return train_model(tmp_path_factory.mktemp("torch_model"), "torch", features=False)
+
+
+@pytest.fixture(scope="module")
+def server(torch_model):
+    s = Server(torch_model)
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def feature_server(feature_model):
+    s = Server(feature_model)
+    s.wait_ready()
+    yield s
+    s.stop()

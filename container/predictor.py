@@ -1,0 +1,8 @@
+"""The Flask app that `container/serve` hands to gunicorn (`predictor:app`).
+
+All logic lives in sagemaker_deepar.server; this module only creates the app, so each gunicorn
+worker loads the model once, in the background, when it imports this file.
+"""
+from sagemaker_deepar.server import create_app
+
+app = create_app()

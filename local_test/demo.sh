@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The main job, end to end on this machine: .venv, sample pollution data, train, serve, print a forecast.
+#   bash local_test/demo.sh
+# The server listens on 127.0.0.1:${PORT:-8080} and is stopped at the end; plots go to local_test/plots/.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+port=${PORT:-8080}
+"$repo/scripts/bootstrap.sh"
+rm -rf "$here/test_dir/input/data"
+"$repo/.venv/bin/python" -m sagemaker_deepar.sample_data --out "$here/test_dir/input/data"
+echo "== training (local_test/run_local.sh train --no-docker)"
+"$here/run_local.sh" train --no-docker 2> "$here/train.log" | grep -E "final_loss|test RMSE|test mean_wQuantileLoss" \
+  || { tail -20 "$here/train.log"; exit 1; }
+echo "== serving on 127.0.0.1:$port (local_test/run_local.sh serve --no-docker)"
+SAGEMAKER_BIND_TO_PORT=$port "$here/run_local.sh" serve --no-docker > "$here/serve.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/ping" || true)
+  [ "$code" = 200 ] && break
+  kill -0 "$server" 2>/dev/null || { tail -20 "$here/serve.log"; exit 1; }
+  sleep 0.2
+done
+[ "$code" = 200 ] || { echo "server did not become ready" >&2; tail -20 "$here/serve.log"; exit 1; }
+echo "== forecast (local_test/predict.py)"
+"$repo/.venv/bin/python" "$here/predict.py" --url "http://127.0.0.1:$port" --series 2 --plot-dir "$here/plots"

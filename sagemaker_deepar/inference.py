@@ -1,0 +1,234 @@
+"""Inference: load a trained model, validate DeepAR requests, forecast in batches, shape responses.
+
+The request and response follow SageMaker's built-in DeepAR; every validation error names its place
+(``instances[3].dynamic_feat[0]: length 30, expected 48 (len(target) + prediction_length)``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import orjson
+
+from .data import RecordError, parse_record
+from .errors import UserError
+from .paths import METADATA_FILE, PREDICTOR_DIR
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("mean", "quantiles", "samples")
+DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
+MAX_NUM_SAMPLES = 10_000
+
+
+class RequestError(UserError):
+    """A bad request: answered with 4xx and this message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class Model:
+    predictor: Any
+    metadata: dict
+    freq: str
+    prediction_length: int
+    cardinality: list[int]
+    num_dynamic_feat: int
+    backend: str
+
+    @classmethod
+    def load(cls, model_dir: Path, max_batch_series: int = 256) -> "Model":
+        from gluonts.model.predictor import Predictor
+
+        metadata_path = model_dir / METADATA_FILE
+        if not metadata_path.exists():
+            raise FileNotFoundError(f"{metadata_path} not found: is {model_dir} a model trained by this container?")
+        metadata = json.loads(metadata_path.read_text())
+        if metadata["backend"] == "torch":
+            import sagemaker_deepar.distributions  # noqa: F401  (the predictor may reference its classes)
+        predictor = Predictor.deserialize(model_dir / PREDICTOR_DIR)
+        predictor.batch_size = max_batch_series  # one forward pass for a whole request or batch
+        return cls(predictor=predictor, metadata=metadata, freq=metadata["freq"],
+                   prediction_length=int(metadata["prediction_length"]), cardinality=list(metadata["cardinality"]),
+                   num_dynamic_feat=int(metadata["num_dynamic_feat"]), backend=metadata["backend"])
+
+    def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
+        """Sample paths, shape (series, num_samples, prediction_length), one batched pass over all entries."""
+        from .backends import set_num_samples
+
+        set_num_samples(self.predictor, num_samples)
+        forecasts = self.predictor.predict(entries, num_samples=num_samples)
+        return np.stack([f.samples[:num_samples] for f in forecasts]).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    num_samples: int = 100
+    output_types: tuple[str, ...] = ("mean", "quantiles")
+    quantile_keys: tuple[str, ...] = tuple(DEFAULT_QUANTILES)  # as the client spelled them
+    quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
+
+
+def parse_configuration(raw: Any, where: str = "configuration",
+                        defaults: InferenceConfig = InferenceConfig()) -> InferenceConfig:
+    if raw is None:
+        return defaults
+    if not isinstance(raw, dict):
+        raise RequestError(f"{where}: expected an object with num_samples, output_types, quantiles")
+    unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
+    if unknown:
+        raise RequestError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles")
+    num_samples = raw.get("num_samples", defaults.num_samples)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise RequestError(f"{where}.num_samples: {num_samples!r} is not an integer between 1 and {MAX_NUM_SAMPLES}")
+    output_types = raw.get("output_types", list(defaults.output_types))
+    if not isinstance(output_types, list) or not output_types or not all(t in OUTPUT_TYPES for t in output_types):
+        raise RequestError(f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}")
+    keys, levels = defaults.quantile_keys, defaults.quantile_levels
+    if "quantiles" in raw:
+        quantiles = raw["quantiles"]
+        if not isinstance(quantiles, list) or not quantiles:
+            raise RequestError(f"{where}.quantiles: expected a non-empty list of numbers between 0 and 1")
+        keys_list, level_list = [], []
+        for index, q in enumerate(quantiles):
+            try:
+                level = float(q) if isinstance(q, (str, int, float)) and not isinstance(q, bool) else math.nan
+            except ValueError:
+                level = math.nan
+            if not 0.0 < level < 1.0:
+                raise RequestError(f"{where}.quantiles[{index}]: {q!r} is not a number strictly between 0 and 1")
+            keys_list.append(q if isinstance(q, str) else _number_key(q))
+            level_list.append(level)
+        keys, levels = tuple(keys_list), tuple(level_list)
+    return InferenceConfig(num_samples=num_samples, output_types=tuple(dict.fromkeys(output_types)),
+                           quantile_keys=keys, quantile_levels=levels)
+
+
+def _number_key(q: float) -> str:
+    return orjson.dumps(q).decode()  # 0.1 -> "0.1", as the client wrote it in JSON
+
+
+def inference_config_from_env(value: Optional[str]) -> InferenceConfig:
+    """``DEEPAR_INFERENCE_CONFIG`` (batch transform); a bad value is a deployment error, raised at start."""
+    if not value:
+        return InferenceConfig()
+    try:
+        raw = json.loads(value)
+    except ValueError as error:
+        raise UserError(f"DEEPAR_INFERENCE_CONFIG is not valid JSON: {error}") from None
+    return parse_configuration(raw, where="DEEPAR_INFERENCE_CONFIG")
+
+
+@dataclass
+class Instance:
+    entry: dict
+    forwarded: dict = field(default_factory=dict)
+
+
+def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence[str] = ()) -> Instance:
+    """One request instance to a GluonTS entry, checked against what the model was trained with.
+
+    ``prefix`` locates it in messages: ``instances[3].`` (JSON request) or ``line 5: `` (JSON Lines).
+    """
+    try:
+        entry = parse_record(raw, model.freq, dynamic_extra_length=model.prediction_length)
+    except RecordError as error:
+        raise RequestError(f"{prefix}{error}") from None
+    cats = entry.pop("feat_static_cat", None)
+    if model.cardinality:
+        if cats is None:
+            raise RequestError(f"{prefix}cat: required: the model was trained with {len(model.cardinality)} categorical feature(s)")
+        if len(cats) != len(model.cardinality):
+            raise RequestError(f"{prefix}cat: has {len(cats)} value(s), the model expects {len(model.cardinality)}")
+        for index, (value, limit) in enumerate(zip(cats, model.cardinality)):
+            if value >= limit:
+                raise RequestError(f"{prefix}cat[{index}]: {value} is out of range; the model knows 0..{limit - 1}")
+        entry["feat_static_cat"] = cats
+    feats = entry.pop("feat_dynamic_real", None)
+    if model.num_dynamic_feat:
+        if feats is None:
+            raise RequestError(f"{prefix}dynamic_feat: required: the model was trained with {model.num_dynamic_feat} "
+                               f"dynamic feature(s) of length len(target) + {model.prediction_length}")
+        if len(feats) != model.num_dynamic_feat:
+            raise RequestError(f"{prefix}dynamic_feat: has {len(feats)} feature(s), the model expects {model.num_dynamic_feat}")
+        entry["feat_dynamic_real"] = feats
+    forwarded = {name: raw[name] for name in forward_fields if name in raw}
+    return Instance(entry=entry, forwarded=forwarded)
+
+
+def decode_json(body: bytes, where: str = "body") -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise RequestError(f"{where}: not valid JSON ({error})") from None
+
+
+def parse_json_request(body: bytes, model: Model, forward_fields: Sequence[str] = ()) -> tuple[list[Instance], InferenceConfig]:
+    payload = decode_json(body)
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise RequestError('body: expected a JSON object {"instances": [...], "configuration": {...}}')
+    unknown = sorted(set(payload) - {"instances", "configuration"})
+    if unknown:
+        raise RequestError(f"body: unknown field(s) {', '.join(unknown)}; allowed: instances, configuration")
+    instances = payload["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise RequestError("instances: expected a non-empty list of time series")
+    config = parse_configuration(payload.get("configuration"))
+    return [parse_instance(raw, model, f"instances[{i}].", forward_fields) for i, raw in enumerate(instances)], config
+
+
+def split_lines(body: bytes) -> list[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line; a trailing newline and blank lines are tolerated."""
+    return [(n, line) for n, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
+
+
+# ---------------------------------------------------------------- responses
+
+
+def check_budget(num_series: int, num_samples: int, max_sample_paths: int) -> None:
+    """Refuse requests that cannot finish inside SageMaker's invocation time limit."""
+    if num_series * num_samples > max_sample_paths:
+        raise RequestError(
+            f"request too large: {num_series} series x {num_samples} samples = {num_series * num_samples} sample paths; "
+            f"the limit is {max_sample_paths} per request (send fewer series or fewer num_samples)")
+
+
+def predictions(samples: np.ndarray, config: InferenceConfig, forwarded: Sequence[dict]) -> list[dict]:
+    """Response objects for a block of series: only the requested keys, quantiles computed at once."""
+    means = samples.mean(axis=1) if "mean" in config.output_types else None
+    quantiles = (np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
+                 if "quantiles" in config.output_types else None)
+    out = []
+    for i in range(samples.shape[0]):
+        item: dict[str, Any] = dict(forwarded[i]) if forwarded else {}
+        if means is not None:
+            item["mean"] = means[i]
+        if quantiles is not None:
+            item["quantiles"] = {key: quantiles[j, i] for j, key in enumerate(config.quantile_keys)}
+        if "samples" in config.output_types:
+            item["samples"] = samples[i]
+        out.append(item)
+    return out
+
+
+def encode(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_lines(objs: Sequence[Any]) -> bytes:
+    return b"".join(encode(o) + b"\n" for o in objs)

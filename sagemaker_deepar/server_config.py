@@ -1,0 +1,105 @@
+"""Every serving setting, derived in one place from SageMaker's environment variables.
+
+Timeouts: SageMaker allows 60 s per real-time invocation and sends SIGKILL 30 s after SIGTERM,
+so the request timeout defaults to 60 s and the graceful shutdown window stays under 30 s.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .errors import UserError
+
+REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
+BATCH_PAYLOAD_LIMIT_MB = 100
+WORKER_MEMORY_GB = 1.5  # a loaded DeepAR model + torch per worker, with headroom
+
+
+def _int(env: Mapping[str, str], name: str, default: Optional[int], low: int = 1, high: int = 10**9) -> Optional[int]:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise UserError(f"environment variable {name}={raw!r} must be between {low} and {high}")
+    return value
+
+
+def available_memory_gb() -> float:
+    """The container's memory limit (cgroup v2/v1) or, failing that, the machine's memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = open(path).read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            return int(raw) / 2**30
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def default_workers(cpus: int, memory_gb: float) -> int:
+    """One worker per 2 CPUs (each batches its concurrent requests on 2 torch threads), as memory allows."""
+    by_memory = int(memory_gb // WORKER_MEMORY_GB)
+    return max(1, min(max(1, cpus // 2), by_memory))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    workers: int
+    threads: int
+    torch_threads: int
+    request_timeout: int
+    graceful_timeout: int
+    keepalive: int
+    batch_mode: bool
+    max_payload_bytes: int
+    max_concurrent_transforms: int
+    batch_strategy: str
+    max_sample_paths: int
+    max_batch_series: int
+    batch_wait_ms: float
+    forward_fields: tuple[str, ...]
+    inference_config: Optional[str]
+    model_dir: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
+        cpus = os.cpu_count() or 1
+        workers = (_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None) or _int(env, "MODEL_SERVER_WORKERS", None)
+                   or default_workers(cpus, available_memory_gb()))
+        request_timeout = (_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", None, high=3600)
+                           or _int(env, "MODEL_SERVER_TIMEOUT", None, high=3600) or 60)
+        batch_mode = env.get("SAGEMAKER_BATCH", "").lower() == "true"
+        payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=BATCH_PAYLOAD_LIMIT_MB)
+        if payload_mb is None:
+            payload_mb = BATCH_PAYLOAD_LIMIT_MB if batch_mode else REALTIME_PAYLOAD_MB
+        # Sample paths per request: ~2,000 series x 100 samples finish well inside 60 s on one core.
+        default_paths = 200_000 * max(1, request_timeout // 60)
+        root = env.get("SAGEMAKER_BASE_DIR", "/opt/ml")
+        return cls(
+            host=env.get("DEEPAR_BIND_HOST", "0.0.0.0"),
+            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
+            workers=workers,
+            threads=_int(env, "DEEPAR_SERVER_THREADS", 16, high=256),
+            torch_threads=max(1, cpus // workers),
+            request_timeout=request_timeout,
+            graceful_timeout=min(25, request_timeout),
+            keepalive=_int(env, "DEEPAR_KEEPALIVE", 75, high=3600),
+            batch_mode=batch_mode,
+            max_payload_bytes=payload_mb * 1024 * 1024,
+            max_concurrent_transforms=_int(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
+            batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD").upper().replace("MULTIRECORD", "MULTI_RECORD").replace("SINGLERECORD", "SINGLE_RECORD"),
+            max_sample_paths=_int(env, "DEEPAR_MAX_SAMPLE_PATHS", default_paths * (10 if batch_mode else 1)),
+            max_batch_series=_int(env, "DEEPAR_MAX_BATCH_SERIES", 256, high=100_000),
+            batch_wait_ms=float(_int(env, "DEEPAR_BATCH_WAIT_MS", 0, low=0, high=1000)),
+            forward_fields=tuple(f.strip() for f in env.get("DEEPAR_FORWARD_FIELDS", "").split(",") if f.strip()),
+            inference_config=env.get("DEEPAR_INFERENCE_CONFIG"),
+            model_dir=os.path.join(root, "model"),
+        )
