@@ -40,7 +40,7 @@ class RequestError(UserError):
 
 @dataclass
 class Model:
-    predictor: Any
+    sampler: Any  # TorchDeepAR (torch) or a GluonTS predictor (mxnet)
     metadata: dict
     freq: str
     prediction_length: int
@@ -50,26 +50,28 @@ class Model:
 
     @classmethod
     def load(cls, model_dir: Path, max_batch_series: int = 256) -> "Model":
-        from gluonts.model.predictor import Predictor
-
         metadata_path = model_dir / METADATA_FILE
         if not metadata_path.exists():
             raise FileNotFoundError(f"{metadata_path} not found: is {model_dir} a model trained by this container?")
         metadata = json.loads(metadata_path.read_text())
         if metadata["backend"] == "torch":
-            import sagemaker_deepar.distributions  # noqa: F401  (the predictor may reference its classes)
-        predictor = Predictor.deserialize(model_dir / PREDICTOR_DIR)
-        predictor.batch_size = max_batch_series  # one forward pass for a whole request or batch
-        return cls(predictor=predictor, metadata=metadata, freq=metadata["freq"],
+            from .torch_serving import TorchDeepAR
+
+            sampler: Any = TorchDeepAR(model_dir / PREDICTOR_DIR, batch_size=max_batch_series)
+        else:
+            from gluonts.model.predictor import Predictor
+
+            sampler = Predictor.deserialize(model_dir / PREDICTOR_DIR)
+            sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
+        return cls(sampler=sampler, metadata=metadata, freq=metadata["freq"],
                    prediction_length=int(metadata["prediction_length"]), cardinality=list(metadata["cardinality"]),
                    num_dynamic_feat=int(metadata["num_dynamic_feat"]), backend=metadata["backend"])
 
     def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
-        """Sample paths, shape (series, num_samples, prediction_length), one batched pass over all entries."""
-        from .backends import set_num_samples
-
-        set_num_samples(self.predictor, num_samples)
-        forecasts = self.predictor.predict(entries, num_samples=num_samples)
+        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries."""
+        if self.backend == "torch":
+            return self.sampler.sample(entries, num_samples)
+        forecasts = self.sampler.predict(entries, num_samples=num_samples)  # mxnet draws 100 per pass, then trims
         return np.stack([f.samples[:num_samples] for f in forecasts]).astype(np.float32, copy=False)
 
 

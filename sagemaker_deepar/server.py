@@ -8,6 +8,7 @@ running share the next one, so concurrent single-series requests cost little mor
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,7 @@ log = logging.getLogger("sagemaker_deepar.server")
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
 JSONLINES_ALIASES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
+WORKER_BOOT_ERROR = 3
 
 
 # ---------------------------------------------------------------- batching
@@ -113,7 +115,6 @@ class ModelState:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.ready = threading.Event()
-        self.error: Optional[str] = None
         self.model: Optional[Model] = None
         self.batcher: Optional[Batcher] = None
         self.defaults = inference_config_from_env(config.inference_config)
@@ -129,10 +130,12 @@ class ModelState:
             self.model = Model.load(Path(self.config.model_dir), self.config.max_batch_series)
             self.batcher = Batcher(self.model, self.config.max_batch_series, self.config.batch_wait_ms)
             self._warm_up()
-        except Exception as error:
-            log.exception("the model could not be loaded from %s", self.config.model_dir)
-            self.error = f"the model could not be loaded from {self.config.model_dir}: {type(error).__name__}: {error}"
-            return
+        except Exception:
+            # Without a model this server can never become healthy: stop now with the reason in the log.
+            # Exit code 3 is gunicorn's "worker failed to boot", which halts the whole server.
+            log.exception("the model could not be loaded from %s; stopping the server", self.config.model_dir)
+            logging.shutdown()
+            os._exit(WORKER_BOOT_ERROR)
         log.info("model loaded (%s backend, prediction_length %d) in %.2f s", self.model.backend,
                  self.model.prediction_length, time.perf_counter() - started)
         self.ready.set()
@@ -248,7 +251,7 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
     def ping() -> Response:
         if state.ready.is_set():
             return Response(b"", status=200)
-        return error_response(503, state.error or "the model is loading")
+        return error_response(503, "the model is loading")
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
@@ -259,7 +262,7 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
     @app.post("/invocations")
     def invocations() -> Response:
         if not state.ready.is_set():
-            return error_response(503, state.error or "the model is still loading; retry after /ping answers 200")
+            return error_response(503, "the model is still loading; retry after /ping answers 200")
         try:
             request_type = _request_type()
             response_type = _response_type()

@@ -101,5 +101,5 @@ class ServerConfig:
             batch_wait_ms=float(_int(env, "DEEPAR_BATCH_WAIT_MS", 0, low=0, high=1000)),
             forward_fields=tuple(f.strip() for f in env.get("DEEPAR_FORWARD_FIELDS", "").split(",") if f.strip()),
             inference_config=env.get("DEEPAR_INFERENCE_CONFIG"),
-            model_dir=os.path.join(root, "model"),
+            model_dir=os.path.abspath(os.path.join(root, "model")),  # gunicorn chdirs to the app folder
         )

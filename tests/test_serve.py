@@ -275,3 +275,14 @@ def test_a_killed_worker_is_replaced(torch_model: Path):
         assert s.process.poll() is None
     finally:
         s.stop()
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path: Path):
+    (tmp_path / "model").mkdir()  # an empty model folder: no metadata, no predictor
+    s = Server(tmp_path)
+    try:
+        assert s.process.wait(timeout=120) != 0
+        output = s.output()
+        assert "the model could not be loaded from" in output and "deepar-metadata.json not found" in output
+    finally:
+        s.stop()
