@@ -16,9 +16,6 @@ from pathlib import Path
 from .errors import UserError
 from .server_config import ServerConfig
 
-CONTAINER_DIR = Path(__file__).resolve().parent.parent / "container"
-
-
 def gunicorn_argv(config: ServerConfig, app_dir: Path) -> list[str]:
     argv = [
         sys.executable, "-m", "gunicorn",
@@ -49,7 +46,8 @@ def check_inference_config(value: str | None) -> None:
             raise UserError(f"DEEPAR_INFERENCE_CONFIG is not valid JSON: {error}") from None
 
 
-def main() -> int:
+def main(app_dir: Path) -> int:
+    """``app_dir`` holds predictor.py (the folder of container/serve, in the image or a checkout)."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     try:
         config = ServerConfig.from_env()
@@ -57,7 +55,6 @@ def main() -> int:
     except UserError as error:
         print(f"serve: configuration error: {error}", file=sys.stderr)
         return 1
-    app_dir = Path(os.environ.get("DEEPAR_APP_DIR", CONTAINER_DIR))
     logging.getLogger("sagemaker_deepar").info(
         "serving %s on %s:%d with %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
         config.model_dir, config.host, config.port, config.workers, config.threads, config.torch_threads,

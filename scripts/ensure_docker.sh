@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Make a Docker engine answer on a Debian machine without systemd (CI): install docker.io and
+# debootstrap when missing, start dockerd when no engine answers, wait until it does.
+set -euo pipefail
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q docker.io debootstrap >/dev/null
+fi
+if docker info >/dev/null 2>&1; then
+  exit 0
+fi
+# A dockerd killed with its session leaves its pid file behind, and a new one refuses to start.
+for pidfile in /var/run/docker.pid /run/docker.pid; do
+  if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
+done
+log=${DOCKERD_LOG:-/tmp/dockerd.log}
+nohup dockerd >"$log" 2>&1 &
+for _ in $(seq 1 60); do
+  docker info >/dev/null 2>&1 && { echo "dockerd started (log: $log)"; exit 0; }
+  sleep 1
+done
+echo "error: dockerd did not start; last lines of $log:" >&2
+tail -20 "$log" >&2
+exit 1

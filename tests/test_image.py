@@ -1,0 +1,137 @@
+"""The Docker image as SageMaker runs it: `docker run IMAGE train|serve` against a mounted /opt/ml.
+
+Skipped without a Docker engine on a laptop; under CI=true a missing engine or image fails instead.
+The image is `DEEPAR_IMAGE` (default sagemaker-deepar:latest), built by scripts/test.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from .conftest import OptMl, free_port, series, standard_job
+
+IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
+
+
+def docker(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    try:
+        ready = docker("image", "inspect", IMAGE, timeout=60).returncode == 0
+    except FileNotFoundError:
+        ready = False
+    if not ready:
+        message = f"Docker engine or image {IMAGE} not available (scripts/test.sh builds it when Docker answers)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return IMAGE
+
+
+@pytest.fixture
+def container_names():
+    names: list[str] = []
+    yield names
+    for name in names:
+        docker("rm", "-f", name, timeout=60)
+
+
+def run_job(image: str, root: Path, *command: str, names: list[str]) -> subprocess.CompletedProcess:
+    name = f"deepar-test-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    return docker("run", "--name", name, "-v", f"{root}:/opt/ml", image, *command)
+
+
+def test_train_in_the_container(image, opt_ml: OptMl, container_names):
+    standard_job(opt_ml)
+    opt_ml.config("resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"]})
+    result = run_job(image, opt_ml.root, "train", names=container_names)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "#quality_metric: host=algo-1, test RMSE <loss>=" in result.stdout
+    assert opt_ml.metadata["backend"] == "torch" and (opt_ml.root / "model/predictor").is_dir()
+    assert opt_ml.metrics["test"]["RMSE"] > 0
+
+
+def test_no_argument_trains_when_sagemaker_wrote_a_resource_config(image, opt_ml: OptMl, container_names):
+    """SageMaker SDK v3 local mode starts the image without a command."""
+    standard_job(opt_ml, with_test=False, backend="mxnet")
+    opt_ml.config("resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"]})
+    result = run_job(image, opt_ml.root, names=container_names)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert opt_ml.metadata["backend"] == "mxnet"
+
+
+def test_bad_hyperparameter_fails_the_container(image, opt_ml: OptMl, container_names):
+    standard_job(opt_ml, with_test=False, epoch="3")
+    result = run_job(image, opt_ml.root, "train", names=container_names)
+    assert result.returncode == 1
+    assert opt_ml.failure.startswith("ClientError: hyperparameter 'epoch' is not recognised; did you mean 'epochs'?")
+
+
+@pytest.fixture(scope="module")
+def trained(image, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("image_model")
+    m = OptMl(root)
+    m.hyperparameters(epochs="1", prediction_length="6", context_length="12")
+    m.channel("train", [series(n=48, offset=10 + i) for i in range(3)])
+    m.channels(train=None)
+    name = f"deepar-test-{uuid.uuid4().hex[:8]}"
+    try:
+        result = docker("run", "--name", name, "-v", f"{root}:/opt/ml", image, "train")
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        docker("rm", "-f", name, timeout=60)
+    return root
+
+
+def start_server(image: str, root: Path, names: list[str], *env: str) -> str:
+    port = free_port()
+    name = f"deepar-test-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    env_args = [arg for pair in (("-e", e) for e in env) for arg in pair]
+    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{root}:/opt/ml:ro", *env_args,
+           image, "serve", check=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/ping", timeout=2).status_code == 200:
+                return url
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(docker("logs", name).stderr[-3000:])
+
+
+def test_serve_from_a_read_only_opt_ml_and_stop_fast(image, trained: Path, container_names):
+    url = start_server(image, trained, container_names)
+    body = {"instances": [{"start": "2024-01-01 00:00:00", "target": [1.0, 2.0, 3.0] * 8}],
+            "configuration": {"num_samples": 10, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]}}
+    r = requests.post(url + "/invocations", json=body, timeout=60)
+    assert r.status_code == 200 and len(r.json()["predictions"][0]["mean"]) == 6
+    started = time.monotonic()
+    docker("stop", container_names[-1], check=True)
+    assert time.monotonic() - started < 10
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", container_names[-1]).stdout.strip() == "0"
+
+
+def test_batch_transform_mode(image, trained: Path, container_names):
+    config = json.dumps({"num_samples": 10, "output_types": ["mean"]})
+    url = start_server(image, trained, container_names, "SAGEMAKER_BATCH=true", f"DEEPAR_INFERENCE_CONFIG={config}")
+    assert requests.get(url + "/execution-parameters", timeout=5).json()["BatchStrategy"] == "MULTI_RECORD"
+    lines = [json.dumps({"start": "2024-01-01", "target": [float(i)] * 20}) for i in range(5)] + ["oops"]
+    r = requests.post(url + "/invocations", data="\n".join(lines) + "\n", headers={"Content-Type": "application/jsonlines"},
+                      timeout=60)
+    out = [json.loads(line) for line in r.text.splitlines()]
+    assert len(out) == 6 and all(set(o) == {"mean"} for o in out[:5]) and out[5]["error"].startswith("line 6:")
