@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Make a Docker engine answer on a Debian machine without systemd (CI): install docker.io,
-# debootstrap (offline base image) and docker-registry (a stand-in ECR for the push test) when
+# docker-compose (SageMaker SDK local mode), debootstrap (offline base image) and docker-registry
+# (a stand-in ECR for the push test) when
 # missing, start dockerd when no engine answers, wait until it does.
 set -euo pipefail
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-registry >/dev/null; then
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-registry >/dev/null \
+   || ! command -v docker-compose >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q docker.io debootstrap docker-registry >/dev/null
+  apt-get install -y -q docker.io docker-compose debootstrap docker-registry >/dev/null
 fi
 if docker info >/dev/null 2>&1; then
   exit 0
