@@ -20,13 +20,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q "${extra[@]}" -c requirements.lock -e ".[dev]"
   echo "$want" > "$stamp"
 fi
-# The SageMaker SDK (a client of the image, as in a user's notebook) needs numpy >= 1.26, which the
-# container's stack (mxnet: numpy < 1.24) cannot share: it lives in its own .venv-sdk.
-[ -x .venv-sdk/bin/python ] || "$PYTHON" -m venv .venv-sdk
-sdk_stamp=.venv-sdk/.bootstrap-stamp
-sdk_want=$(sha256sum tests/sdk/requirements.lock | cut -d' ' -f1)
-if [ "$(cat "$sdk_stamp" 2>/dev/null)" != "$sdk_want" ]; then
-  .venv-sdk/bin/python -m pip install -q --upgrade pip
-  .venv-sdk/bin/python -m pip install -q -r tests/sdk/requirements.lock
-  echo "$sdk_want" > "$sdk_stamp"
-fi
+# The SageMaker SDKs (clients of the image, as in a user's notebook) need numpy >= 1.26, which the
+# container's stack (mxnet: numpy < 1.24) cannot share: SDK v2 lives in .venv-sdk, v3 in .venv-sdk3.
+sdk_env() {  # sdk_env VENV LOCKFILE
+  [ -x "$1/bin/python" ] || "$PYTHON" -m venv "$1"
+  local want
+  want=$(sha256sum "$2" | cut -d' ' -f1)
+  if [ "$(cat "$1/.bootstrap-stamp" 2>/dev/null)" != "$want" ]; then
+    "$1/bin/python" -m pip install -q --upgrade pip
+    "$1/bin/python" -m pip install -q -r "$2"
+    echo "$want" > "$1/.bootstrap-stamp"
+  fi
+}
+sdk_env .venv-sdk tests/sdk/requirements.lock
+sdk_env .venv-sdk3 tests/sdk/requirements-v3.lock

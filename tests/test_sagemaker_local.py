@@ -70,3 +70,20 @@ def test_sdk_v2_local_mode_fit_deploy_predict_invoke_transform(sdk_ready, tmp_pa
     assert len(batch) == summary["batch_input_lines"] == 5
     assert [b.get("item_id") for b in batch[:4]] == ["s0", "s1", "s2", "s3"] and all(len(b["mean"]) == 6 for b in batch[:4])
     assert batch[4]["error"].startswith("line 5: target[1]: 'x' is not a number")
+
+
+def test_sdk_v3_model_trainer_trains_in_local_container_mode(sdk_ready, tmp_path):
+    python = REPO / ".venv-sdk3" / "bin" / "python"
+    if not python.exists():
+        if os.environ.get("CI"):
+            pytest.fail("required in CI: .venv-sdk3 (scripts/bootstrap.sh)")
+        pytest.skip("not available: .venv-sdk3")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run([str(python), str(REPO / "tests/sdk/v3_model_trainer.py"), "--image", IMAGE,
+                             "--workdir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
+    summary = json.loads(line.removeprefix("SUMMARY "))
+    assert summary["network_violations"] == [] and summary["model_tar"]
+    assert summary["metadata"]["backend"] == "mxnet"  # hyperparameters arrived as v3 writes them (JSON)
+    assert summary["metadata"]["hyperparameters"]["test_quantiles"] == [0.1, 0.9]

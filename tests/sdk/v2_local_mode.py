@@ -12,37 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-REGION = "us-east-1"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
-VIOLATIONS: list[str] = []
-
-
-def guard_network() -> None:
-    """Refuse (and record) every connection that leaves the machine."""
-    original = socket.socket.connect
-
-    def connect(self, address):
-        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and
-                                              str(address[0]) in ("127.0.0.1", "::1", "localhost")):
-            return original(self, address)
-        VIOLATIONS.append(str(address))
-        raise ConnectionRefusedError(f"test guard: no connection to {address} allowed")
-
-    socket.socket.connect = connect
-
-
-def offline_environment(workdir: Path) -> None:
-    config = workdir / "sagemaker-config.yaml"
-    config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-                       "AWS_REGION": REGION, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config)})
+from offline import ROLE, VIOLATIONS, guard_network, offline_environment
 
 
 def write_lines(path: Path, records: list[dict]) -> Path:
