@@ -4,13 +4,16 @@
 #   BASE_IMAGE       Debian bookworm (python3 is 3.11); docker/build_base_image.sh makes it offline.
 #   TORCH_INDEX_URL  extra index with torch's CPU build (PyPI's Linux torch is the multi-GB CUDA build);
 #                    empty to use only docker/wheels/ and PyPI.
-# Build context folders (both may stay empty; see README "Docker image"):
-#   docker/wheels/   wheels to install from first (air-gapped builds, CI: the CPU torch wheel)
-#   docker/ca/       extra CA certificates (*.crt) to trust, for TLS-intercepting proxies
+#   WHEELS_DIR       folder in the build context (un-ignore it in .dockerignore) with wheels to install first (air-gapped builds;
+#                    CI: the CPU torch wheel); default docker/wheels/, which may stay empty
+#   CA_DIR           folder in the build context with extra CA certificates (*.crt) to trust, for
+#                    TLS-intercepting proxies; default docker/ca/, which may stay empty
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG WHEELS_DIR=docker/wheels
+ARG CA_DIR=docker/ca
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -19,7 +22,7 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-COPY docker/ca/ /usr/local/share/ca-certificates/extra/
+COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libgomp1 libquadmath0 \
  && update-ca-certificates \
@@ -28,7 +31,7 @@ RUN apt-get update \
 
 # Dependencies first (cached across code changes): runtime pins from pyproject, versions from the lock.
 COPY pyproject.toml requirements.lock /tmp/build/
-COPY docker/wheels/ /tmp/wheels/
+COPY ${WHEELS_DIR}/ /tmp/wheels/
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/build/runtime.txt \
  && pip install --find-links /tmp/wheels ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -c /tmp/build/requirements.lock -r /tmp/build/runtime.txt \

@@ -14,8 +14,10 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 # A dockerd killed with its session leaves its pid file behind, and a new one refuses to start.
+# The pid may even still exist as an unreaped zombie: only a live (non-zombie) process counts.
+alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [ -n "$state" ] && [ "${state#Z}" = "$state" ]; }
 for pidfile in /var/run/docker.pid /run/docker.pid; do
-  if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then rm -f "$pidfile"; fi
+  if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile")"; then rm -f "$pidfile"; fi
 done
 log=${DOCKERD_LOG:-/tmp/dockerd.log}
 nohup dockerd >"$log" 2>&1 &
