@@ -16,14 +16,30 @@ fi
 # A dockerd killed with its session leaves its pid file behind, and a new one refuses to start.
 # The pid may even still exist as an unreaped zombie: only a live (non-zombie) process counts.
 alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [ -n "$state" ] && [ "${state#Z}" = "$state" ]; }
-for pidfile in /var/run/docker.pid /run/docker.pid; do
-  if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile")"; then rm -f "$pidfile"; fi
-done
+clear_stale_pid_files() {
+  local pidfile
+  for pidfile in /var/run/docker.pid /run/docker.pid /var/run/docker/containerd/containerd.pid; do
+    if [ -f "$pidfile" ] && ! alive "$(cat "$pidfile")"; then rm -f "$pidfile"; fi
+  done
+}
 log=${DOCKERD_LOG:-/tmp/dockerd.log}
-nohup dockerd >"$log" 2>&1 &
-for _ in $(seq 1 60); do
-  docker info >/dev/null 2>&1 && { echo "dockerd started (log: $log)"; exit 0; }
-  sleep 1
+# A containerd that is still dying holds its database lock for a moment: the first start can time
+# out waiting for containerd, so try a few times.
+for attempt in 1 2 3; do
+  clear_stale_pid_files
+  nohup dockerd >"$log" 2>&1 &
+  daemon=$!
+  for _ in $(seq 1 90); do
+    if docker info >/dev/null 2>&1; then
+      echo "dockerd started (log: $log)"
+      exit 0
+    fi
+    kill -0 "$daemon" 2>/dev/null || break
+    sleep 1
+  done
+  kill "$daemon" 2>/dev/null || true
+  echo "dockerd start attempt $attempt failed: $(tail -1 "$log")" >&2
+  sleep 5
 done
 echo "error: dockerd did not start; last lines of $log:" >&2
 tail -20 "$log" >&2
