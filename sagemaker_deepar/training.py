@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import signal
-import sys
 import threading
 import time
 import traceback

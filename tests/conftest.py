@@ -8,7 +8,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional
 
 import pytest
 
@@ -194,17 +195,23 @@ def torch_model(tmp_path_factory) -> Path:
     return train_model(tmp_path_factory.mktemp("torch_model"), "torch", features=False)
 
 
+@contextmanager
+def running_server(root: Path, **env: str) -> Iterator["Server"]:
+    s = Server(root, **env)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
 @pytest.fixture(scope="module")
 def server(torch_model):
-    s = Server(torch_model)
-    s.wait_ready()
-    yield s
-    s.stop()
+    with running_server(torch_model) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def feature_server(feature_model):
-    s = Server(feature_model)
-    s.wait_ready()
-    yield s
-    s.stop()
+    with running_server(feature_model) as s:
+        yield s

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Server
+from .conftest import Server, running_server
 
 PL = 6
 DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
@@ -176,12 +176,10 @@ def test_invalid_server_settings_fail_at_start(torch_model: Path):
 
 @pytest.fixture(scope="module")
 def batch_server(torch_model):
-    s = Server(torch_model, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3",
-               DEEPAR_INFERENCE_CONFIG=json.dumps({"num_samples": 30, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]}),
-               DEEPAR_FORWARD_FIELDS="item_id")
-    s.wait_ready()
-    yield s
-    s.stop()
+    config = json.dumps({"num_samples": 30, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]})
+    with running_server(torch_model, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3",
+                        DEEPAR_INFERENCE_CONFIG=config, DEEPAR_FORWARD_FIELDS="item_id") as s:
+        yield s
 
 
 def test_execution_parameters(batch_server: Server):
