@@ -261,13 +261,13 @@ class ChannelStats:
         return self.target_sum / present if present else math.nan
 
     def as_dict(self) -> dict[str, Any]:
+        any_present = self.num_observations > self.num_missing
         return {
             "num_series": self.num_series,
             "num_observations": self.num_observations,
             "num_missing": self.num_missing,
-            "target_min": self.target_min if self.num_observations > self.num_missing else None,
-            "target_mean": self.target_mean if self.num_observations > self.num_missing else None,
-            "target_max": self.target_max if self.num_observations > self.num_missing else None,
+            **{name: (value if any_present else None) for name, value in
+               (("target_min", self.target_min), ("target_mean", self.target_mean), ("target_max", self.target_max))},
         }
 
 
@@ -300,7 +300,7 @@ class _ProblemLog:
 def _check_feature_counts(channel: Channel, entry: dict, has_cat: bool, has_dyn: bool) -> None:
     cat_count = len(entry["feat_static_cat"]) if has_cat else 0
     dyn_count = len(entry["feat_dynamic_real"]) if has_dyn else 0
-    if channel.num_cat is None and channel.entries == []:
+    if not channel.entries:  # the first valid record sets the counts every later one must match
         channel.num_cat, channel.num_dynamic_feat = cat_count, dyn_count
         channel.cat_max = list(entry.get("feat_static_cat", []))
         return

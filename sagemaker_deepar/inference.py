@@ -180,8 +180,8 @@ def decode_json(body: bytes, where: str = "body") -> Any:
         raise RequestError(f"{where}: not valid JSON ({error})") from None
 
 
-def parse_json_request(body: bytes, model: Model, forward_fields: Sequence[str] = ()) -> tuple[list[Instance], InferenceConfig]:
-    payload = decode_json(body)
+def parse_json_request(payload: Any, model: Model, forward_fields: Sequence[str] = ()) -> tuple[list[Instance], InferenceConfig]:
+    """A decoded ``{"instances": [...], "configuration": {...}}`` request."""
     if not isinstance(payload, dict) or "instances" not in payload:
         raise RequestError('body: expected a JSON object {"instances": [...], "configuration": {...}}')
     unknown = sorted(set(payload) - {"instances", "configuration"})

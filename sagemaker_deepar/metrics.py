@@ -55,9 +55,8 @@ def wql_name(quantile: float) -> str:
     return f"wQuantileLoss[{quantile}]"
 
 
-def evaluate_forecasts(test_entries: list[dict], forecasts: list, prediction_length: int,
-                       quantiles: list[float]) -> dict[str, float]:
-    """RMSE and weighted quantile losses over the withheld last ``prediction_length`` points.
+def evaluate_forecasts(test_entries: list[dict], forecasts: list, quantiles: list[float]) -> dict[str, float]:
+    """RMSE and weighted quantile losses over the forecast horizon (the withheld last points).
 
     Uses ``gluonts.evaluation.Evaluator`` so the numbers mean what the built-in's mean.
     """

@@ -179,13 +179,13 @@ def _request_type() -> str:
     raise RequestError(f"Customer Error: Content-Type header value '{request.content_type}' not supported", status=415)
 
 
-def _is_instances_object(body: bytes) -> bool:
-    """A whole-body {"instances": ...} request (batch transform with SplitType None)."""
+def _instances_request(body: bytes) -> Optional[dict]:
+    """The decoded body if it is one {"instances": ...} request (batch transform with SplitType None)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return False
-    return isinstance(payload, dict) and "instances" in payload
+        return None
+    return payload if isinstance(payload, dict) and "instances" in payload else None
 
 
 def create_app(config: Optional[ServerConfig] = None) -> Flask:
@@ -208,10 +208,11 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
         samples = wait_for([i.entry for i in instances], cfg.num_samples)
         return predictions(samples, cfg, [i.forwarded for i in instances])
 
-    def realtime(body: bytes, request_type: str, response_type: str) -> Response:
+    def realtime(body: bytes, request_type: str, response_type: str, payload: Any = None) -> Response:
         assert state.model is not None
         if request_type == JSON:
-            instances, cfg = parse_json_request(body, state.model, config.forward_fields)
+            payload = decode_json(body) if payload is None else payload
+            instances, cfg = parse_json_request(payload, state.model, config.forward_fields)
         else:
             lines = split_lines(body)
             if not lines:
@@ -267,8 +268,11 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
             request_type = _request_type()
             response_type = _response_type()
             body = request.get_data(cache=False)
-            if config.batch_mode and not (request_type == JSON and _is_instances_object(body)):
-                return batch(body)
+            if config.batch_mode:
+                payload = _instances_request(body) if request_type == JSON else None
+                if payload is None:
+                    return batch(body)
+                return realtime(body, request_type, response_type, payload)
             return realtime(body, request_type, response_type)
         except RequestError as error:
             return error_response(error.status, str(error))

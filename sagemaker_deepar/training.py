@@ -109,7 +109,7 @@ def evaluate_test(predictor, test: Channel, params: DeepARHyperparameters, out_d
     forecasts = list(forecast_it)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_forecasts(forecasts, test.locations, params.test_quantiles, out_dir / "test-forecasts.jsonl")
-    return evaluate_forecasts(test.entries, forecasts, params.prediction_length, params.test_quantiles)
+    return evaluate_forecasts(test.entries, forecasts, params.test_quantiles)
 
 
 def library_versions() -> dict[str, str]:
