@@ -77,11 +77,15 @@ def evaluate_forecasts(test_entries: list[dict], forecasts: list, quantiles: lis
 def score_forecasts(actuals: np.ndarray, means: np.ndarray, quantiles: dict[float, np.ndarray]) -> dict[str, float]:
     """The built-in's accuracy metrics from (series, step) arrays of actuals, mean and quantile forecasts.
 
-    RMSE over all points; wQuantileLoss[q] = 2 * sum(pinball_q) / sum(|y|); missing actuals are skipped.
+    Aggregated as GluonTS's Evaluator does (what the test channel's metrics mean): RMSE is the root of
+    the mean over series of each series' MSE; wQuantileLoss[q] = 2 * sum(pinball_q) / sum(|y|) over
+    all points. Missing actuals (NaN) are skipped.
     """
     observed = ~np.isnan(actuals)
     y = np.where(observed, actuals, 0.0)
-    scores = {"RMSE": float(np.sqrt(np.mean(((y - means) ** 2)[observed])))}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        series_mse = ((y - means) ** 2 * observed).sum(axis=1) / observed.sum(axis=1)
+    scores = {"RMSE": float(np.sqrt(np.nanmean(series_mse)))}
     denominator = float(np.abs(y).sum())
     for q, forecast in quantiles.items():
         pinball = np.where(y >= forecast, q * (y - forecast), (1 - q) * (forecast - y))

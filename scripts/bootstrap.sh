@@ -32,5 +32,5 @@ sdk_env() {  # sdk_env VENV LOCKFILE
     echo "$want" > "$1/.bootstrap-stamp"
   fi
 }
-sdk_env .venv-sdk tests/sdk/requirements.lock
-sdk_env .venv-sdk3 tests/sdk/requirements-v3.lock
+sdk_env .venv-sdk evaluation/requirements.lock
+sdk_env .venv-sdk3 evaluation/requirements-v3.lock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -215,3 +216,33 @@ def server(torch_model):
 def feature_server(feature_model):
     with running_server(feature_model) as s:
         yield s
+
+
+# The SageMaker SDK side (.venv-sdk) driving the image: tests/test_sagemaker_local.py, tests/test_evaluation.py
+IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
+SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"
+
+
+def containers_of(image: str) -> set[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+@pytest.fixture
+def sdk_ready():
+    missing = [what for what, ok in [
+        ("a Docker engine with the image", subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
+         if shutil.which("docker") else False),
+        ("docker-compose", shutil.which("docker-compose") is not None),
+        (".venv-sdk (scripts/bootstrap.sh)", SDK_PYTHON.exists()),
+    ] if not ok]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"required in CI: {', '.join(missing)}")
+        pytest.skip(f"not available: {', '.join(missing)}")
+    before = containers_of(IMAGE)
+    yield
+    leftover = containers_of(IMAGE) - before  # local mode leaves its containers and network behind
+    if leftover:
+        subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
+    subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Forecast held-out data with a SageMaker endpoint and report the accuracy.
+
+Reads full series (JSON Lines, default evaluation/eval_data/eval_data.json), holds out the last
+--prediction-length points of each as ground truth, sends DeepAR JSON requests with boto3's
+invoke_endpoint (adaptive retries on throttling), then prints a per-series table, RMSE and
+mean_wQuantileLoss (the built-in's definitions) and writes one PNG per series.
+
+    evaluation/invoke.py --name deepar-pollution --prediction-length 24 --plot-dir plots/
+    evaluation/invoke.py --local --name any --prediction-length 24      (the local endpoint on --serving-port)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import common
+from common import CommandError
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE / "eval_data" / "eval_data.json"
+
+
+def request_body(records: list[dict], num_samples: int, quantiles: tuple[str, ...]) -> bytes:
+    return json.dumps({"instances": records, "configuration": {
+        "num_samples": num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(quantiles)}}).encode()
+
+
+def invoke(runtime, endpoint: str, body: bytes, variant: str | None = None) -> list[dict]:
+    """One invoke_endpoint call; the predictions, or a clear error with the container's message."""
+    request = {"EndpointName": endpoint, "Body": body, "ContentType": "application/json", "Accept": "application/json"}
+    if variant:
+        request["TargetVariant"] = variant
+    response = runtime.invoke_endpoint(**request)
+    stream = response["Body"]
+    status = getattr(stream, "status", 200)  # the local runtime does not raise on 4xx/5xx; SageMaker does
+    text = stream.read().decode()
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise CommandError(f"endpoint {endpoint} answered {status} with a body that is not JSON: {text[:200]}") from None
+    if status != 200 or "predictions" not in answer:
+        raise CommandError(f"endpoint {endpoint} answered {status}: {answer.get('error', text[:200])}")
+    return answer["predictions"]
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="full series with ground truth (JSON Lines)")
+    parser.add_argument("--prediction-length", type=int, required=True, help="the model's prediction_length")
+    parser.add_argument("--freq", default="H", help="the data's time_freq (for plot axes)")
+    parser.add_argument("--series", type=int, help="only the first N series")
+    parser.add_argument("--num-samples", type=int, default=100)
+    parser.add_argument("--plot-dir", type=Path, help="write one PNG per series here")
+    parser.add_argument("--json-out", type=Path, help="write the report (and forecasts) as JSON here")
+
+
+def load_eval_series(args: argparse.Namespace) -> list[dict]:
+    from sagemaker_deepar.report import holdout
+
+    records = common.read_jsonl(args.data)[: args.series]
+    if not records:
+        raise CommandError(f"{args.data}: no series")
+    for number, record in enumerate(records, 1):
+        try:
+            holdout(record, args.prediction_length)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CommandError(f"{args.data}: series {number}: {error}") from None
+    return records
+
+
+def report(records: list[dict], predictions: list[dict], args: argparse.Namespace, source: str) -> dict:
+    from sagemaker_deepar.report import AccuracyReport
+
+    if len(predictions) != len(records):
+        raise CommandError(f"{source}: {len(predictions)} forecasts for {len(records)} series")
+    accuracy = AccuracyReport(prediction_length=args.prediction_length, freq=args.freq)
+    for i, (record, prediction) in enumerate(zip(records, predictions)):
+        name = str(record.get("item_id", record.get("id", f"series-{i}")))
+        try:
+            accuracy.add(name, record, prediction, args.plot_dir)
+        except ValueError as error:
+            raise CommandError(f"{source}: {error}") from None
+    result = accuracy.print()
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps({**result, "predictions": predictions}))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="endpoint name")
+    parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
+    parser.add_argument("--batch-size", type=int, default=10, help="series per request")
+    add_report_args(parser)
+    common.add_session_args(parser)
+    args = parser.parse_args(argv)
+    from sagemaker_deepar.report import QUANTILES, holdout
+
+    records = load_eval_series(args)
+    runtime = common.runtime_client(common.open_session(args), args)
+    predictions: list[dict] = []
+    for chunk in common.chunks(records, args.batch_size):
+        body = request_body([holdout(r, args.prediction_length) for r in chunk], args.num_samples, QUANTILES)
+        predictions.extend(invoke(runtime, args.name, body, args.variant))
+    print(f"endpoint {args.name}: {len(predictions)} forecasts of {args.prediction_length} steps")
+    return report(records, predictions, args, f"endpoint {args.name}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.run_command(main))
