@@ -246,3 +246,24 @@ def sdk_ready():
     if leftover:
         subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
     subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)
+
+
+# ---------------------------------------------------------------- AWS APIs on loopback (ingestion tests)
+
+MOTO_REGION = "eu-west-1"
+
+
+@pytest.fixture(scope="module")
+def moto_env():
+    """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": MOTO_REGION, "AWS_DEFAULT_REGION": MOTO_REGION,
+           "INGESTION_IAM_WAIT": "5"}
+    env.pop("AWS_PROFILE", None)
+    yield env
+    server.stop()

@@ -1,0 +1,97 @@
+"""Rows/s of the ETL on >= 1M generated readings, each beside a baseline run on the same data.
+
+    .venv/bin/python bench/etl_throughput.py --devices 120 --days 365
+
+1. The Glue job (ingestion/glue_job.py: decode any encoding, split records, type, validate,
+   quarantine, de-duplicate, write partitioned Parquet) vs the least Spark can do with the same
+   readings: `spark.read.json` of a newline-only copy -> partitioned Parquet, no checks.
+2. The converter (ingestion/to_deepar.py: resample, gaps, split, write JSON Lines) vs pandas reading
+   the same Parquet and resampling it, writing nothing.
+Each step runs as a fresh process; wall-clock seconds include interpreter and JVM start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SPARK_BASELINE = """
+import sys
+from pyspark.sql import SparkSession, functions as F
+spark = (SparkSession.builder.config("spark.sql.session.timeZone", "UTC")
+         .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+frame = spark.read.json(sys.argv[1])
+frame.withColumn("date", F.substring("timestamp", 1, 10)).write.mode("overwrite").partitionBy("date").parquet(sys.argv[2])
+"""
+
+PANDAS_BASELINE = """
+import sys, pandas as pd
+frame = pd.read_parquet(sys.argv[1], columns=["device_id", "timestamp", "ozone", "particulate_matter",
+                        "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide"])
+frame.set_index("timestamp").groupby("device_id").resample("h").mean(numeric_only=True)
+"""
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode:
+        raise SystemExit(f"{command[:4]} failed: {result.stderr[-2000:]}")
+    return time.perf_counter() - started, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=120)
+    parser.add_argument("--days", type=float, default=365)
+    parser.add_argument("--keep", type=Path, help="keep the generated data here")
+    args = parser.parse_args()
+    from ingestion.raw_sample import write_lake
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="etl-bench-"))
+    devices = [f"bench-sensor-{n}" for n in range(1, args.devices + 1)]
+    started = time.perf_counter()
+    sample = write_lake(work, devices, "2024-01-01", args.days, object_hours=24)
+    print(f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
+          f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s")
+    plain = work / "plain.json"  # the baseline's input: the same records, newline-separated, one file per object
+    plain.mkdir(exist_ok=True)
+    from ingestion.glue_job import decode_object, split_records
+
+    for n, path in enumerate(sorted(p for p in (work / "raw").rglob("*") if p.is_file())):
+        text = "".join(raw + "\n" for _, _, raw in split_records(decode_object(path.read_bytes())))
+        (plain / f"part-{n:05d}.json").write_text(text)
+
+    job_seconds, out = timed([sys.executable, "-m", "ingestion.glue_job", "--raw-path", str(work / "raw"),
+                              "--curated-path", str(work / "curated"), "--quarantine-path", str(work / "quarantine")])
+    counts = json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
+    base_seconds, _ = timed([sys.executable, "-c", SPARK_BASELINE, str(plain), str(work / "baseline")])
+    rows = counts["records_in"]
+    print(f"glue job      : {rows:,} records in {job_seconds:6.1f} s = {rows / job_seconds:9,.0f} rows/s "
+          f"({counts['valid']:,} valid, {counts['quarantined']:,} quarantined)")
+    print(f"spark.read.json -> parquet (no checks, newline only): {base_seconds:6.1f} s = "
+          f"{rows / base_seconds:9,.0f} rows/s")
+    print(f"ratio glue job / baseline time: {job_seconds / base_seconds:.2f}x")
+
+    convert_seconds, out = timed([sys.executable, "-m", "ingestion.to_deepar", "--curated", str(work / "curated"),
+                                  "--out", str(work / "deepar"), "--prediction-length", "24"])
+    pandas_seconds, _ = timed([sys.executable, "-c", PANDAS_BASELINE, str(work / "curated")])
+    readings = counts["curated_rows_in_touched_dates"]
+    print(f"converter     : {readings:,} readings in {convert_seconds:6.1f} s = {readings / convert_seconds:9,.0f} rows/s")
+    print(f"pandas read + resample only: {pandas_seconds:6.1f} s = {readings / pandas_seconds:9,.0f} rows/s")
+    print(f"ratio converter / baseline time: {convert_seconds / pandas_seconds:.2f}x")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The ingestion side's settings: one name prefix derives every resource name; a small JSON file or
+flags override them. Shared by the setup command (infra.py), the simulator and the ETL."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
+
+
+class IngestionConfig(BaseModel):
+    """Everything `infra.py up` creates is named from ``prefix`` unless set here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field("deepar-iot", description="lowercase letters, digits and dashes; starts every name")
+    region: Optional[str] = None
+    devices: int = Field(3, ge=1, le=100, description="things named <prefix>-sensor-<n>")
+    things: Optional[list[str]] = None
+    raw_bucket: Optional[str] = None
+    curated_bucket: Optional[str] = None
+    artifacts_bucket: Optional[str] = None
+    buffer_seconds: int = Field(300, ge=60, le=900, description="Firehose buffering interval")
+    buffer_mb: int = Field(5, ge=1, le=128, description="Firehose buffering size")
+    glue_workers: int = Field(2, ge=2, le=100)
+    time_freq: str = "H"
+    prediction_length: int = Field(24, ge=1)
+    state_dir: Optional[Path] = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}[a-z0-9]", value):
+            raise ValueError("3-32 lowercase letters, digits or dashes, starting with a letter")
+        return value
+
+    @property
+    def thing_names(self) -> list[str]:
+        return self.things or [f"{self.prefix}-sensor-{n}" for n in range(1, self.devices + 1)]
+
+    @property
+    def underscored(self) -> str:
+        """IoT rule and Glue database names allow no dashes."""
+        return self.prefix.replace("-", "_")
+
+    def topic(self, thing: str) -> str:
+        return f"{self.prefix}/{thing}/telemetry"
+
+    @property
+    def topic_filter(self) -> str:
+        return f"{self.prefix}/+/telemetry"
+
+    def bucket(self, kind: str, account: str, region: str) -> str:
+        given = getattr(self, f"{kind}_bucket")
+        return given or f"{self.prefix}-{kind}-{account}-{region}"
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or Path("ingestion-state") / self.prefix
+
+
+def load_config(path: Optional[Path], overrides: dict) -> IngestionConfig:
+    """The JSON file (if any) with flag values on top; errors name the file and the field."""
+    values: dict = {}
+    if path is not None:
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {path}: {error}") from None
+        if not isinstance(values, dict):
+            raise SystemExit(f"error: {path}: expected a JSON object")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return IngestionConfig(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SystemExit(f"error: {path or 'flags'}: {where}: {first['msg']}") from None

@@ -1,0 +1,226 @@
+"""Glue/Spark job: raw IoT data lake (Firehose objects) -> curated, typed Parquet partitioned by date.
+
+Plain PySpark 3.5 (Glue 5.0), one self-contained file: Glue runs it as uploaded by `ingestion.infra up`.
+Arguments come as Glue passes them (`--key value`; unknown ones such as --JOB_NAME are ignored):
+
+    spark-submit ingestion/glue_job.py --raw-path s3://raw/raw/ --curated-path s3://cur/readings/ \\
+        --quarantine-path s3://cur/quarantine/
+    python -m ingestion.glue_job --raw-path /data/raw --curated-path /data/curated --quarantine-path /data/quarantine
+
+Reads every object under --raw-path recursively, whatever Firehose wrote: newline-separated JSON,
+concatenated `{...}{...}` records (Spark's JSON reader would keep only the first), GZIP or not.
+Each record is typed against the schema; a record that is not JSON, lacks device_id or timestamp,
+has a non-numeric value or one outside its physical range goes to the quarantine output with the
+reason. Duplicates of (device_id, timestamp) keep the latest received_at. The curated output is
+snappy Parquet partitioned by date; only the dates this run touched are rewritten (merged with what
+they held), so re-running over the same input leaves the same output. Logs the counts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from datetime import datetime, timezone
+from typing import Iterator, Optional
+
+POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
+# Physical plausibility bounds (µg/m³; carbon monoxide in mg/m³); outside means a broken reading.
+RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_monoxide": (0.0, 100.0),
+          "sulfur_dioxide": (0.0, 2000.0), "nitrogen_dioxide": (0.0, 2000.0),
+          "latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
+NUMERIC = (*POLLUTANTS, "latitude", "longitude")
+CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
+DEFAULTS = {"raw-path": None, "curated-path": None, "quarantine-path": None, "partitions": "0"}
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """Glue's `--key value` pairs (it adds --JOB_NAME, --TempDir, ... which this job ignores)."""
+    values = dict(DEFAULTS)
+    i = 0
+    while i < len(argv):
+        if not argv[i].startswith("--"):
+            i += 1
+            continue
+        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        values[argv[i][2:]] = argv[i + 1] if has_value else "true"
+        i += 2 if has_value else 1
+    missing = [k for k in ("raw-path", "curated-path", "quarantine-path") if not values.get(k)]
+    if missing:
+        raise SystemExit(f"error: missing arguments: {', '.join('--' + k for k in missing)}")
+    return values
+
+
+def split_records(text: str) -> Iterator[tuple[Optional[object], Optional[str], str]]:
+    """(parsed value, error, raw text) for each JSON value in ``text``: one per line or back to back."""
+    decoder = json.JSONDecoder()
+    position, end = 0, len(text)
+    while True:
+        while position < end and text[position] in " \t\r\n":
+            position += 1
+        if position >= end:
+            return
+        try:
+            value, stop = decoder.raw_decode(text, position)
+            yield value, None, text[position:stop]
+            position = stop
+        except ValueError as error:  # skip to the next line (or the next '{' on it) and go on
+            newline = text.find("\n", position)
+            stop = end if newline < 0 else newline
+            brace = text.find("{", position + 1, stop)
+            stop = brace if brace > 0 else stop
+            yield None, f"not JSON: {error.msg}", text[position:stop][:1000]
+            position = stop
+
+
+def decode_object(content: bytes) -> str:
+    if content[:2] == b"\x1f\x8b":  # GZIP magic: Firehose's CompressionFormat GZIP (maybe several members)
+        content = gzip.decompress(content)
+    return content.decode("utf-8", errors="replace")
+
+
+def parse_time(value: object) -> Optional[datetime]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):  # epoch seconds or milliseconds
+        seconds = value / 1000 if value > 1e11 else value
+        return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed).replace(tzinfo=None)
+    return None
+
+
+def number(value: object) -> Optional[float]:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        return float(value)  # ValueError: non-numeric
+    raise ValueError
+
+
+def check(record: object) -> tuple[Optional[tuple], Optional[str]]:
+    """A curated row (without source/date) or the quarantine reason."""
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    device = record.get("device_id")
+    if not isinstance(device, str) or not device.strip():
+        return None, "missing device_id"
+    if record.get("timestamp") in (None, ""):
+        return None, "missing timestamp"
+    when = parse_time(record["timestamp"])
+    if when is None:
+        return None, f"bad timestamp {str(record['timestamp'])[:40]!r}"
+    values = []
+    for name in NUMERIC:
+        try:
+            value = number(record.get(name))
+        except (TypeError, ValueError):
+            return None, f"{name}: not a number ({str(record.get(name))[:40]!r})"
+        if value is not None:
+            low, high = RANGES[name]
+            if value != value or not low <= value <= high:
+                return None, f"{name}: {value} outside [{low:g}, {high:g}]"
+        values.append(value)
+    received = parse_time(record.get("received_at")) if record.get("received_at") is not None else None
+    return (device.strip(), when, *values, received), None
+
+
+def classify(path: str, content: bytes) -> Iterator[tuple]:
+    """Every record of one raw object, as ("ok", row...) or ("bad", reason, raw, when-or-None, source)."""
+    try:
+        text = decode_object(content)
+    except (OSError, EOFError) as error:
+        yield ("bad", f"unreadable object: {error}", "", None, path)
+        return
+    for value, error, raw in split_records(text):
+        if error is None:
+            row, error = check(value)
+            if row is not None:
+                yield ("ok", *row, path)
+                continue
+        when = parse_time(value.get("timestamp")) if isinstance(value, dict) else None
+        yield ("bad", error, raw[:2000], when, path)
+
+
+def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0) -> dict[str, int]:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+           .option("pathGlobFilter", "[!._]*").load(raw_path).select("path", "content"))
+    objects = raw.count()
+    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content))).cache()
+    curated_schema = T.StructType(
+        [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
+        + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
+        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)])
+    good = spark.createDataFrame(classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema)
+    bad = spark.createDataFrame(classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]), T.StructType([
+        T.StructField("reason", T.StringType()), T.StructField("raw", T.StringType()),
+        T.StructField("timestamp", T.TimestampNTZType()), T.StructField("source", T.StringType())]))
+    good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
+    records_in = classified.count()
+    valid = good.count()
+
+    touched = [r.date for r in good.select("date").distinct().collect()]
+    merged = good
+    existing = None
+    try:
+        existing = spark.read.parquet(curated_path).where(F.col("date").isin(touched)) if touched else None
+    except Exception:  # noqa: BLE001 - no curated output yet (AnalysisException: path does not exist)
+        existing = None
+    if existing is not None:
+        merged = good.unionByName(existing.select(*CURATED_COLUMNS).withColumn("date", F.col("date").cast("string")))
+    latest = Window.partitionBy("device_id", "timestamp").orderBy(F.col("received_at").desc_nulls_last(),
+                                                                  F.col("source").desc())
+    deduplicated = (merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n")
+                    .select(*CURATED_COLUMNS))
+    if partitions:
+        deduplicated = deduplicated.repartition(partitions, "date")
+    # Materialize before overwriting: the merge reads the very partitions the write replaces.
+    deduplicated = deduplicated.localCheckpoint(eager=True)
+    curated_rows = deduplicated.count()
+    (deduplicated.sortWithinPartitions("device_id", "timestamp").write.mode("overwrite").partitionBy("date")
+     .option("compression", "snappy").parquet(curated_path))
+
+    bad = bad.withColumn("date", F.coalesce(F.date_format("timestamp", "yyyy-MM-dd"), F.lit("unknown")))
+    quarantined = bad.count()
+    if quarantined:
+        bad.write.mode("overwrite").partitionBy("date").option("compression", "snappy").parquet(quarantine_path)
+    counts = {"objects": objects, "records_in": records_in, "valid": valid, "quarantined": quarantined,
+              "curated_rows_in_touched_dates": curated_rows, "dates_touched": len(touched)}
+    classified.unpersist()
+    return counts
+
+
+def spark_session():
+    from pyspark.sql import SparkSession
+
+    # Glue and spark-submit choose the master; a plain `python -m` run gets PySpark's local[*].
+    builder = (SparkSession.builder.appName("deepar-raw-to-curated")
+               .config("spark.sql.session.timeZone", "UTC")
+               .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+               .config("spark.sql.parquet.compression.codec", "snappy")
+               .config("spark.ui.showConsoleProgress", "false"))
+    return builder.getOrCreate()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    spark = spark_session()
+    spark.sparkContext.setLogLevel("WARN")
+    counts = run(spark, args["raw-path"], args["curated-path"], args["quarantine-path"], int(args["partitions"]))
+    print("ETL_COUNTS " + json.dumps(counts), flush=True)
+    print(f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
+          f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
+          f"{counts['dates_touched']} date partition(s) (duplicates removed)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Curated Parquet -> DeepAR train/test channels (JSON Lines), as the train entrypoint reads them.
+
+    python -m ingestion.to_deepar --curated /data/curated --out /data/deepar --time-freq H --prediction-length 24
+    python -m ingestion.to_deepar --curated s3://cur/readings/ --out s3://art/deepar/ --pollutant ozone \\
+        --cat --dynamic-feat nitrogen_dioxide --gzip
+
+One series per (device, pollutant), or with --pollutant one pollutant across devices. Readings are
+resampled to --time-freq (mean); empty intervals become "NaN" (DeepAR's missing value). --cat adds
+categorical features (device index, and pollutant index per series); --dynamic-feat adds other
+columns of the same device as dynamic features (gaps filled forward then backward: DeepAR needs them
+complete). Series shorter than --min-length points are dropped. test = each full series, train = all
+but its last --prediction-length points. Runs with pandas/pyarrow locally or in a SageMaker
+processing step; s3:// paths go through boto3 (AWS_ENDPOINT_URL is honoured). Prints per-series statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pandas as pd
+
+from .glue_job import POLLUTANTS
+
+_RESAMPLE = {"min": "min", "H": "h", "D": "D", "W": "W", "M": "MS"}  # DeepAR time_freq -> pandas offset
+
+
+def resample_rule(time_freq: str) -> str:
+    import re
+
+    match = re.fullmatch(r"(\d*)(min|H|D|W|M)", time_freq)
+    if not match:
+        raise SystemExit(f"error: --time-freq {time_freq!r}: expected <n>min, <n>H, D, W or M")
+    return match[1] + _RESAMPLE[match[2]]
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def fetch(curated: str, folder: Path) -> Path:
+    """A local copy of an s3:// prefix (only .parquet objects), or the local path itself."""
+    if not curated.startswith("s3://"):
+        return Path(curated)
+    import boto3
+
+    s3, (bucket, prefix) = boto3.client("s3"), split_s3(curated)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(".parquet"):
+                target = folder / item["Key"][len(prefix):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(target))
+    return folder
+
+
+def publish(folder: Path, out: str) -> str:
+    if not out.startswith("s3://"):
+        return str(Path(out).resolve())
+    import boto3
+
+    s3, (bucket, prefix) = boto3.client("s3"), split_s3(out)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}".lstrip("/"))
+    return out
+
+
+def load(curated: Path, columns: list[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(curated, columns=["device_id", "timestamp", *columns])
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise SystemExit(f"error: --curated {curated}: {error}") from None
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    frame["device_id"] = frame["device_id"].astype(str)
+    return frame.sort_values(["device_id", "timestamp"])
+
+
+def series_values(values: pd.Series) -> list:
+    return ["NaN" if np.isnan(v) else round(float(v), 4) for v in values.to_numpy(dtype=float)]
+
+
+def complete(values: pd.Series) -> list[float]:
+    filled = values.ffill().bfill().fillna(0.0)
+    return [round(float(v), 4) for v in filled]
+
+
+def build_series(frame: pd.DataFrame, targets: list[str], rule: str, with_cat: bool,
+                 dynamic: list[str]) -> Iterator[dict]:
+    devices = sorted(frame["device_id"].unique())
+    for device_index, device in enumerate(devices):
+        readings = frame[frame["device_id"] == device].set_index("timestamp")
+        grid = readings[[*dict.fromkeys([*targets, *dynamic])]].resample(rule).mean()
+        for target in targets:
+            observed = grid[target].dropna()
+            if observed.empty:
+                continue
+            values = grid[target].loc[observed.index[0]:observed.index[-1]]
+            record = {"start": str(values.index[0]), "target": series_values(values),
+                      "item_id": device if len(targets) == 1 else f"{device}/{target}"}
+            if with_cat:
+                record["cat"] = [device_index] if len(targets) == 1 else [device_index, POLLUTANTS.index(target)]
+            features = [c for c in dynamic if c != target]
+            if features:
+                record["dynamic_feat"] = [complete(grid[c].loc[values.index]) for c in features]
+            yield record
+
+
+def statistics(record: dict) -> dict:
+    target = np.array([np.nan if v == "NaN" else v for v in record["target"]], dtype=float)
+    return {"item_id": record["item_id"], "start": record["start"], "length": len(target),
+            "missing_pct": round(100 * float(np.isnan(target).mean()), 1),
+            "mean": round(float(np.nanmean(target)), 3), "min": round(float(np.nanmin(target)), 3),
+            "max": round(float(np.nanmax(target)), 3)}
+
+
+def write_channel(records: list[dict], path: Path, compress: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_suffix(path.suffix + ".gz")
+    opener = gzip.open if compress else open
+    with opener(path, "wt") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def cut(record: dict, prediction_length: int) -> dict:
+    train = {**record, "target": record["target"][:-prediction_length]}
+    if "dynamic_feat" in record:
+        train["dynamic_feat"] = [f[:-prediction_length] for f in record["dynamic_feat"]]
+    return train
+
+
+def convert(curated: str, out: str, time_freq: str, prediction_length: int, pollutant: Optional[str] = None,
+            with_cat: bool = False, dynamic: Optional[list[str]] = None, min_length: Optional[int] = None,
+            compress: bool = False, quiet: bool = False) -> dict:
+    dynamic = dynamic or []
+    targets = [pollutant] if pollutant else list(POLLUTANTS)
+    unknown = [c for c in [*targets, *dynamic] if c not in POLLUTANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown column(s) {', '.join(unknown)}: choose from {', '.join(POLLUTANTS)}")
+    min_length = min_length or 2 * prediction_length + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        frame = load(fetch(curated, Path(tmp) / "curated"), [*dict.fromkeys([*targets, *dynamic])])
+        series = list(build_series(frame, targets, resample_rule(time_freq), with_cat, dynamic))
+        kept = [s for s in series if len(s["target"]) >= min_length]
+        dropped = [s["item_id"] for s in series if len(s["target"]) < min_length]
+        if not kept:
+            raise SystemExit(f"error: no series has {min_length} points or more (found {len(series)} series)")
+        staging = Path(tmp) / "channels" if out.startswith("s3://") else Path(out)
+        write_channel([cut(s, prediction_length) for s in kept], staging / "train" / "train.json", compress)
+        write_channel(kept, staging / "test" / "test.json", compress)
+        location = publish(staging, out)
+    stats = [statistics(s) for s in kept]
+    if not quiet:
+        print(f"{'item_id':<40}{'start':<22}{'length':>8}{'missing%':>10}{'mean':>10}{'min':>10}{'max':>10}")
+        for s in stats:
+            print(f"{s['item_id']:<40}{s['start']:<22}{s['length']:>8}{s['missing_pct']:>10}{s['mean']:>10}"
+                  f"{s['min']:>10}{s['max']:>10}")
+        if dropped:
+            print(f"dropped {len(dropped)} series shorter than {min_length} points: {', '.join(dropped[:10])}")
+        print(f"{len(kept)} series from {len(frame)} readings -> {location}/train (last {prediction_length} points "
+              f"held out) and {location}/test")
+    return {"series": len(kept), "dropped": dropped, "readings": len(frame), "stats": stats, "out": location}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ingestion.to_deepar", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--curated", required=True, help="curated Parquet folder or s3:// prefix")
+    parser.add_argument("--out", required=True, help="folder or s3:// prefix that receives train/ and test/")
+    parser.add_argument("--time-freq", default="H")
+    parser.add_argument("--prediction-length", type=int, default=24)
+    parser.add_argument("--pollutant", choices=POLLUTANTS, help="one pollutant across devices (default: all)")
+    parser.add_argument("--cat", action="store_true", help="add categorical features (device, pollutant)")
+    parser.add_argument("--dynamic-feat", nargs="+", default=[], choices=POLLUTANTS, metavar="COLUMN",
+                        help="other columns of the same device as dynamic features")
+    parser.add_argument("--min-length", type=int, help="drop shorter series (default 2 x prediction length + 1)")
+    parser.add_argument("--gzip", action="store_true", help="write .json.gz")
+    args = parser.parse_args(argv)
+    if args.prediction_length < 1:
+        raise SystemExit("error: --prediction-length must be positive")
+    convert(args.curated, args.out, args.time_freq, args.prediction_length, args.pollutant, args.cat,
+            args.dynamic_feat, args.min_length, args.gzip)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
