@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=120)
     parser.add_argument("--days", type=float, default=365)
+    parser.add_argument("--object-hours", type=int, default=1, help="hours of readings per raw object (Firehose buffer)")
     parser.add_argument("--keep", type=Path, help="keep the generated data here")
     args = parser.parse_args()
     from ingestion.raw_sample import write_lake
@@ -60,7 +61,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="etl-bench-"))
     devices = [f"bench-sensor-{n}" for n in range(1, args.devices + 1)]
     started = time.perf_counter()
-    sample = write_lake(work, devices, "2024-01-01", args.days, object_hours=24)
+    sample = write_lake(work, devices, "2024-01-01", args.days, object_hours=args.object_hours)
     print(f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
           f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s")
     plain = work / "plain.json"  # the baseline's input: the same records, newline-separated, one file per object

@@ -154,18 +154,23 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
     raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
            .option("pathGlobFilter", "[!._]*").load(raw_path).select("path", "content"))
     objects = raw.count()
-    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content))).cache()
+    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content)))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
         + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)])
-    good = spark.createDataFrame(classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema)
+    # Rows were typed by check(): skip createDataFrame's per-row Python verification. Cached: every
+    # later action would otherwise ship the rows from Python to the JVM again.
+    good = spark.createDataFrame(classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema,
+                                 verifySchema=False)
     bad = spark.createDataFrame(classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]), T.StructType([
         T.StructField("reason", T.StringType()), T.StructField("raw", T.StringType()),
-        T.StructField("timestamp", T.TimestampNTZType()), T.StructField("source", T.StringType())]))
-    good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
-    records_in = classified.count()
+        T.StructField("timestamp", T.TimestampNTZType()), T.StructField("source", T.StringType())]),
+        verifySchema=False).cache()
+    good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd")).cache()
     valid = good.count()
+    quarantined = bad.count()
+    records_in = valid + quarantined
 
     touched = [r.date for r in good.select("date").distinct().collect()]
     merged = good
@@ -189,18 +194,22 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
      .option("compression", "snappy").parquet(curated_path))
 
     bad = bad.withColumn("date", F.coalesce(F.date_format("timestamp", "yyyy-MM-dd"), F.lit("unknown")))
-    quarantined = bad.count()
     if quarantined:
         bad.write.mode("overwrite").partitionBy("date").option("compression", "snappy").parquet(quarantine_path)
     counts = {"objects": objects, "records_in": records_in, "valid": valid, "quarantined": quarantined,
               "curated_rows_in_touched_dates": curated_rows, "dates_touched": len(touched)}
-    classified.unpersist()
+    for frame in (good, bad):
+        frame.unpersist()
     return counts
 
 
 def spark_session():
+    import os
+
     from pyspark.sql import SparkSession
 
+    # Local runs: Python workers use this interpreter (its packages), not whatever `python3` is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Glue and spark-submit choose the master; a plain `python -m` run gets PySpark's local[*].
     builder = (SparkSession.builder.appName("deepar-raw-to-curated")
                .config("spark.sql.session.timeZone", "UTC")

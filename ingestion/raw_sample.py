@@ -2,7 +2,8 @@
 
     python -m ingestion.raw_sample --out /tmp/raw --devices 3 --start 2024-01-01 --days 14 --step 1h --encoding mixed
 
-One object per device-hour batch under <out>/raw/year=YYYY/month=MM/day=DD/hour=HH/, each either
+One object per buffer interval (all devices, as Firehose batches them; --object-hours) under
+<out>/raw/year=YYYY/month=MM/day=DD/hour=HH/, each either
 newline-separated JSON (the IoT rule's "\\n" separator), concatenated `{...}{...}` (no separator),
 GZIP-compressed (Firehose's CompressionFormat), or all three in rotation (--encoding mixed). Records
 carry device_id and received_at as the IoT rule adds them; a few are deliberately broken and a few
@@ -36,7 +37,7 @@ def encode(records: list[dict], encoding: str) -> bytes:
 
 def write_lake(out: Path, devices: list[str], start: str, days: float, step: str = "1h", encoding: str = "mixed",
                seed: int = 7, invalid_rate: float = 0.002, duplicate_rate: float = 0.002,
-               object_hours: int = 6) -> dict[str, int]:
+               object_hours: int = 1) -> dict[str, int]:
     """Write the sample; returns counts (records, objects, duplicates) for tests and logs."""
     from .simulator import parse_step
 
@@ -51,17 +52,17 @@ def write_lake(out: Path, devices: list[str], start: str, days: float, step: str
         received = when + timedelta(seconds=rng.randint(1, 90))
         record = {**reading, "received_at": int(received.timestamp() * 1000)}
         bucket = when.replace(minute=0, second=0, microsecond=0, hour=when.hour - when.hour % object_hours)
-        batches[(bucket, reading["device_id"])].append(record)
+        batches[bucket].append(record)
         valid = check(record)[0] is not None
         if valid and rng.random() < duplicate_rate:  # a device re-sent it after a lost ack (QoS 1: at least once)
-            batches[(bucket, reading["device_id"])].append({**record, "received_at": record["received_at"] + 5000})
+            batches[bucket].append({**record, "received_at": record["received_at"] + 5000})
             duplicates += 1
-    for n, ((bucket, device), records) in enumerate(sorted(batches.items())):
+    for n, (bucket, records) in enumerate(sorted(batches.items())):
         chosen = ENCODINGS[n % 3] if encoding == "mixed" else encoding
         folder = out / "raw" / f"year={bucket:%Y}" / f"month={bucket:%m}" / f"day={bucket:%d}" / f"hour={bucket:%H}"
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".gz" if chosen == "gzip" else ""
-        (folder / f"deepar-iot-stream-1-{bucket:%Y-%m-%d-%H}-{device}{suffix}").write_bytes(encode(records, chosen))
+        (folder / f"deepar-iot-stream-1-{bucket:%Y-%m-%d-%H-%M-%S}-{n:06d}{suffix}").write_bytes(encode(records, chosen))
     return {"readings": len(readings), "records": len(readings) + duplicates, "duplicates": duplicates,
             "objects": len(batches)}
 
@@ -77,9 +78,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--step", default="1h")
     parser.add_argument("--encoding", choices=[*ENCODINGS, "mixed"], default="mixed")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--object-hours", type=int, default=1, help="hours of readings per object")
     args = parser.parse_args(argv)
     devices = [f"{args.prefix}-sensor-{n}" for n in range(1, args.devices + 1)]
-    counts = write_lake(args.out, devices, args.start, args.days, args.step, args.encoding, args.seed)
+    counts = write_lake(args.out, devices, args.start, args.days, args.step, args.encoding, args.seed,
+                        object_hours=args.object_hours)
     print(f"raw sample: {counts['records']} records ({counts['duplicates']} duplicates) in {counts['objects']} "
           f"objects under {args.out / 'raw'}")
     return 0
