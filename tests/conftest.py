@@ -258,9 +258,13 @@ def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
     from moto.server import ThreadedMotoServer
 
+    import requests
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
+    # moto keeps its state per process, not per server: start each module from an empty account.
+    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": MOTO_REGION, "AWS_DEFAULT_REGION": MOTO_REGION,
            "INGESTION_IAM_WAIT": "5"}

@@ -117,3 +117,6 @@ def test_device_to_forecast(moto_env, tmp_path):
     assert all(low <= high for low, high in zip(forecast["quantiles"]["0.1"], forecast["quantiles"]["0.9"]))
     assert time.monotonic() - started < 60
     assert os.path.exists(opt_ml.root / "model" / "deepar-metadata.json")
+    down = module("infra", "down", "--prefix", PREFIX, "--devices", "2", "--state-dir", str(state), "--delete-data",
+                  env=env).stdout
+    assert "deleted    firehose stream" in down and "kept" not in down
