@@ -25,10 +25,7 @@ from common import CommandError
 INPUT_NAME = "batch-input.jsonl"
 
 
-def upload_input(records: list[dict], args: argparse.Namespace, session) -> str:
-    from sagemaker_deepar.report import holdout
-
-    lines = [holdout(r, args.prediction_length) for r in records]
+def upload_input(lines: list[dict], args: argparse.Namespace, session) -> str:
     if args.local:
         folder = common.local_path(args.work_path).resolve() / "input"
         common.write_jsonl(lines, folder / INPUT_NAME)
@@ -67,8 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     from sagemaker_deepar.report import QUANTILES
 
     session = common.open_session(args)
-    records = invoke_command.load_eval_series(args)
-    input_uri = upload_input(records, args, session)
+    records, held_out = invoke_command.load_eval_series(args)
+    input_uri = upload_input(held_out, args, session)
     output_path = f"{args.work_path.rstrip('/')}/output"
     if args.local:
         output_path = f"file://{(common.local_path(args.work_path).resolve() / 'output')}"

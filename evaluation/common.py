@@ -131,6 +131,14 @@ def write_jsonl(records: Iterable[dict], path: Path) -> Path:
     return path
 
 
+def key_value(item: str, flag: str, what: str = "KEY=VALUE") -> tuple[str, str]:
+    """One ``--flag KEY=VALUE`` argument, split; a malformed one is a one-line error naming the flag."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise CommandError(f"{flag} {item!r}: expected {what}")
+    return key, value
+
+
 def local_path(uri: str) -> Path:
     """A file:// URI (or a plain path) as a Path."""
     return Path(uri.removeprefix("file://"))

@@ -150,13 +150,11 @@ def shift(client, args: argparse.Namespace) -> dict:
         raise CommandError("traffic shifting needs SageMaker: a local endpoint serves only its first variant")
     desired = []
     for item in args.weight:
-        name, sep, weight = item.partition("=")
+        name, weight = common.key_value(item, "--weight", "VARIANT=WEIGHT")
         try:
             desired.append({"VariantName": name, "DesiredWeight": float(weight)})
         except ValueError:
-            sep = ""
-        if not sep:
-            raise CommandError(f"--weight {item!r}: expected VARIANT=WEIGHT")
+            raise CommandError(f"--weight {item!r}: WEIGHT must be a number") from None
     if not desired:
         raise CommandError("shift: give --weight VARIANT=WEIGHT for each variant to change")
     client.update_endpoint_weights_and_capacities(EndpointName=args.name, DesiredWeightsAndCapacities=desired)
@@ -220,13 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
-    env = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--env {item!r}: expected KEY=VALUE")
-        env[key] = value
-    return env
+    return dict(common.key_value(item, "--env") for item in items)
 
 
 def hold(client, args: argparse.Namespace) -> None:

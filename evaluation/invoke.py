@@ -56,18 +56,20 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-out", type=Path, help="write the report (and forecasts) as JSON here")
 
 
-def load_eval_series(args: argparse.Namespace) -> list[dict]:
+def load_eval_series(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The full series (ground truth) and their held-out forms (what the model is asked)."""
     from sagemaker_deepar.report import holdout
 
     records = common.read_jsonl(args.data)[: args.series]
     if not records:
         raise CommandError(f"{args.data}: no series")
+    held_out = []
     for number, record in enumerate(records, 1):
         try:
-            holdout(record, args.prediction_length)
+            held_out.append(holdout(record, args.prediction_length))
         except (KeyError, TypeError, ValueError) as error:
             raise CommandError(f"{args.data}: series {number}: {error}") from None
-    return records
+    return records, held_out
 
 
 def report(records: list[dict], predictions: list[dict], args: argparse.Namespace, source: str) -> dict:
@@ -97,13 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
     add_report_args(parser)
     common.add_session_args(parser)
     args = parser.parse_args(argv)
-    from sagemaker_deepar.report import QUANTILES, holdout
+    from sagemaker_deepar.report import QUANTILES
 
-    records = load_eval_series(args)
+    records, held_out = load_eval_series(args)
     runtime = common.runtime_client(common.open_session(args), args)
     predictions: list[dict] = []
-    for chunk in common.chunks(records, args.batch_size):
-        body = request_body([holdout(r, args.prediction_length) for r in chunk], args.num_samples, QUANTILES)
+    for chunk in common.chunks(held_out, args.batch_size):
+        body = request_body(chunk, args.num_samples, QUANTILES)
         predictions.extend(invoke(runtime, args.name, body, args.variant))
     print(f"endpoint {args.name}: {len(predictions)} forecasts of {args.prediction_length} steps")
     return report(records, predictions, args, f"endpoint {args.name}")

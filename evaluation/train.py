@@ -48,9 +48,7 @@ def hyperparameters(args: argparse.Namespace) -> dict:
     except (OSError, ValueError) as error:
         raise CommandError(f"--hyperparameters {args.hyperparameters}: {error}") from None
     for item in args.hp:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise CommandError(f"--hp {item!r}: expected KEY=VALUE")
+        key, raw = common.key_value(item, "--hp")
         try:
             values[key] = json.loads(raw)
         except ValueError:

@@ -328,11 +328,11 @@ def stored_certificate(ctx: Context, thing: str) -> Optional[dict]:
 def ensure_things(ctx: Context) -> None:
     iot = ctx.client("iot")
     for thing in ctx.config.thing_names:
-        ensure(ctx, "iot thing", thing, missing(iot.describe_thing, "ResourceNotFoundException", thingName=thing),
-               lambda thing=thing: iot.create_thing(thingName=thing, attributePayload={
-                   "attributes": {"project": ctx.config.prefix}}))
+        existing = missing(iot.describe_thing, "ResourceNotFoundException", thingName=thing)
+        ensure(ctx, "iot thing", thing, existing, lambda thing=thing: iot.create_thing(
+            thingName=thing, attributePayload={"attributes": {"project": ctx.config.prefix}}))
         stored = stored_certificate(ctx, thing)
-        if stored is None and missing(iot.describe_thing, "ResourceNotFoundException", thingName=thing):
+        if stored is None and existing:
             principals = iot.list_thing_principals(thingName=thing)["principals"]
             if principals:  # never mint a second certificate for a device
                 raise SetupError(f"thing {thing} already has certificate {principals[0].rsplit('/', 1)[-1]} but its "
@@ -425,8 +425,8 @@ def ensure_glue(ctx: Context) -> None:
     ensure(ctx, "glue database", database, missing(glue.get_database, "EntityNotFoundException", Name=database),
            lambda: glue.create_database(DatabaseInput={"Name": database, "Description": f"{ctx.config.prefix} readings"}))
     body = GLUE_SCRIPT.read_bytes()
-    head = missing(s3.head_object, "404", "NoSuchKey", Bucket=ctx.bucket("artifacts"), Key=script_key()) \
-        if head_bucket(ctx, ctx.bucket("artifacts")) else None
+    # A missing bucket (plan before the first up) answers 404 too: the script then counts as missing.
+    head = missing(s3.head_object, "404", "NoSuchKey", "NoSuchBucket", Bucket=ctx.bucket("artifacts"), Key=script_key())
     upload = lambda: s3.put_object(Bucket=ctx.bucket("artifacts"), Key=script_key(), Body=body,  # noqa: E731
                                    ServerSideEncryption="AES256")
     ensure(ctx, "glue job script", f"s3://{ctx.bucket('artifacts')}/{script_key()}", head, upload,

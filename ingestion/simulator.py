@@ -103,7 +103,10 @@ def publish(connection, mqtt, device: DeviceSettings, message: dict, counters: C
 
     def done(f):
         error = f.exception()
-        counters.add("failed", f"{device.thing}: {error}") if error else counters.add("acked")
+        if error:
+            counters.add("failed", f"{device.thing}: {error}")
+        else:
+            counters.add("acked")
 
     future.add_done_callback(done)
 
