@@ -7,20 +7,25 @@ Arguments come as Glue passes them (`--key value`; unknown ones such as --JOB_NA
         --quarantine-path s3://cur/quarantine/
     python -m ingestion.glue_job --raw-path /data/raw --curated-path /data/curated --quarantine-path /data/quarantine
 
-Reads every object under --raw-path recursively, whatever Firehose wrote: newline-separated JSON,
-concatenated `{...}{...}` records (Spark's JSON reader would keep only the first), GZIP or not.
-Each record is typed against the schema; a record that is not JSON, lacks device_id or timestamp,
-has a non-numeric value or one outside its physical range goes to the quarantine output with the
-reason. Duplicates of (device_id, timestamp) keep the latest received_at. The curated output is
-snappy Parquet partitioned by date; only the dates this run touched are rewritten (merged with what
-they held), so re-running over the same input leaves the same output. Logs the counts.
+Reads every object under --raw-path recursively, whatever Firehose wrote: records joined by any
+separator the IoT rule's Firehose action allows (`\n`, `\t`, `\r\n`, `,` or none: `{...}{...}`, which
+Spark's JSON reader cannot split), GZIP or not. Reads both payload styles: this project's devices
+(`particulate_matter`, `sulfur_dioxide`, device_id) and the reference device kit's (`particullate_matter`,
+`sulfure_dioxide`, integer values, JavaScript Date timestamps, no device id: it comes from the
+`device_id` the rule adds, else a `clientid` field, else level --topic-device-level of a `topic` field).
+Each record is typed against the schema; a record that is not JSON (truncated, corrupt: its
+well-formed neighbours are kept), lacks a device id or timestamp, has a non-numeric value or one
+outside its physical range goes to the quarantine output with the reason and the object key.
+Duplicates of (device_id, timestamp) keep the latest received_at. The curated output is snappy
+Parquet partitioned by date; only the dates this run touched are rewritten (merged with what they
+held), so re-running over the same input leaves the same output. Logs the counts.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
+import zlib
 from datetime import datetime, timezone
 from typing import Iterator, Optional
 
@@ -30,8 +35,16 @@ RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_m
           "sulfur_dioxide": (0.0, 2000.0), "nitrogen_dioxide": (0.0, 2000.0),
           "latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
+# Other spellings of the same fields, as the reference device kit publishes them.
+FIELD_ALIASES = {"particullate_matter": "particulate_matter", "sulfure_dioxide": "sulfur_dioxide"}
+SPELLINGS = {name: (name, *(alias for alias, canonical in FIELD_ALIASES.items() if canonical == name))
+             for name in NUMERIC}
+# What may sit between two records: every separator Firehose's IoT rule action allows, plus blanks.
+SEPARATOR_CHARACTERS = frozenset(" \t\r\n,")
+GZIP_CHUNK = 1 << 16
 CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
-DEFAULTS = {"raw-path": None, "curated-path": None, "quarantine-path": None, "partitions": "0"}
+DEFAULTS = {"raw-path": None, "curated-path": None, "quarantine-path": None, "partitions": "0",
+            "topic-device-level": "2"}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:
@@ -48,15 +61,21 @@ def parse_args(argv: list[str]) -> dict[str, str]:
     missing = [k for k in ("raw-path", "curated-path", "quarantine-path") if not values.get(k)]
     if missing:
         raise SystemExit(f"error: missing arguments: {', '.join('--' + k for k in missing)}")
+    if not values["topic-device-level"].isdigit() or int(values["topic-device-level"]) < 1:
+        raise SystemExit(f"error: --topic-device-level {values['topic-device-level']!r}: expected a level >= 1")
     return values
 
 
 def split_records(text: str) -> Iterator[tuple[Optional[object], Optional[str], str]]:
-    """(parsed value, error, raw text) for each JSON value in ``text``: one per line or back to back."""
+    """(parsed value, error, raw text) for each JSON value in ``text``, whatever separates them.
+
+    A value that does not decode is reported once, from where it starts up to the next record
+    (see ``next_record``), so a truncated record never takes its neighbours with it.
+    """
     decoder = json.JSONDecoder()
     position, end = 0, len(text)
     while True:
-        while position < end and text[position] in " \t\r\n":
+        while position < end and text[position] in SEPARATOR_CHARACTERS:
             position += 1
         if position >= end:
             return
@@ -64,19 +83,64 @@ def split_records(text: str) -> Iterator[tuple[Optional[object], Optional[str], 
             value, stop = decoder.raw_decode(text, position)
             yield value, None, text[position:stop]
             position = stop
-        except ValueError as error:  # skip to the next line (or the next '{' on it) and go on
-            newline = text.find("\n", position)
-            stop = end if newline < 0 else newline
-            brace = text.find("{", position + 1, stop)
-            stop = brace if brace > 0 else stop
-            yield None, f"not JSON: {error.msg}", text[position:stop][:1000]
+        except ValueError as error:
+            stop = next_record(text, position + 1, decoder)
+            yield None, f"not JSON: {error.msg}", text[position:stop].rstrip("".join(SEPARATOR_CHARACTERS))[:1000]
             position = stop
 
 
-def decode_object(content: bytes) -> str:
+def next_record(text: str, start: int, decoder: json.JSONDecoder) -> int:
+    """Where the next whole record begins after a broken one: the first ``{`` from ``start`` that decodes
+    to an object ending at a record boundary (separators, then the end or another ``{``); else the end.
+    The broken text before it is one quarantined record. (An object nested at the very end of a
+    truncated record can pass for one: it is then quarantined on its own, and nothing is lost.)"""
+    brace = text.find("{", start)
+    while brace >= 0:
+        try:
+            value, stop = decoder.raw_decode(text, brace)
+            if isinstance(value, dict) and at_boundary(text, stop):
+                return brace
+        except ValueError:
+            pass
+        brace = text.find("{", brace + 1)
+    return len(text)
+
+
+def at_boundary(text: str, position: int) -> bool:
+    while position < len(text) and text[position] in SEPARATOR_CHARACTERS:
+        position += 1
+    return position == len(text) or text[position] == "{"
+
+
+def read_object(content: bytes) -> tuple[str, Optional[str]]:
+    """The object's text and, if its GZIP data is cut short or corrupt, why (the readable part is kept)."""
+    error = None
     if content[:2] == b"\x1f\x8b":  # GZIP magic: Firehose's CompressionFormat GZIP (maybe several members)
-        content = gzip.decompress(content)
-    return content.decode("utf-8", errors="replace")
+        parts, data = [], content
+        while data[:2] == b"\x1f\x8b" and error is None:
+            member = zlib.decompressobj(wbits=31)
+            for chunk in range(0, len(data), GZIP_CHUNK):  # in chunks: what precedes a corrupt block is kept
+                try:
+                    parts.append(member.decompress(data[chunk:chunk + GZIP_CHUNK]))
+                except zlib.error as failure:
+                    error = f"corrupt GZIP data: {failure}"
+                    break
+                if member.eof:
+                    break
+            if error is None and not member.eof:
+                error = "GZIP data cut short"
+            data = member.unused_data + data[chunk + GZIP_CHUNK:] if member.eof else b""
+        if error is None and data.strip(b"\x00"):
+            error = f"{len(data)} bytes after the GZIP data"
+        content = b"".join(parts)
+    return content.decode("utf-8", errors="replace"), error
+
+
+def decode_object(content: bytes) -> str:
+    text, error = read_object(content)
+    if error:
+        raise ValueError(error)
+    return text
 
 
 def parse_time(value: object) -> Optional[datetime]:
@@ -102,12 +166,36 @@ def number(value: object) -> Optional[float]:
     raise ValueError
 
 
-def check(record: object) -> tuple[Optional[tuple], Optional[str]]:
+def device_of(record: dict, topic_level: int = 2) -> Optional[str]:
+    """The device: ``device_id`` (added by the rule, or sent by this project's devices), else the MQTT
+    client id (``clientid``/``client_id``, rule ``clientid() AS clientid``), else level ``topic_level``
+    (1-based, as the rule's topic(n)) of a ``topic`` field (rule ``topic() AS topic``)."""
+    for name in ("device_id", "clientid", "client_id"):
+        value = record.get(name)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    topic = record.get("topic")
+    if isinstance(topic, str):
+        levels = topic.split("/")
+        if 0 < topic_level <= len(levels) and levels[topic_level - 1].strip():
+            return levels[topic_level - 1].strip()
+    return None
+
+
+def field(record: dict, name: str) -> object:
+    """The value of ``name`` under its own spelling or, failing that, any alias of it."""
+    for spelling in SPELLINGS[name]:
+        if record.get(spelling) is not None:
+            return record[spelling]
+    return None
+
+
+def check(record: object, topic_level: int = 2) -> tuple[Optional[tuple], Optional[str]]:
     """A curated row (without source/date) or the quarantine reason."""
     if not isinstance(record, dict):
         return None, "not a JSON object"
-    device = record.get("device_id")
-    if not isinstance(device, str) or not device.strip():
+    device = device_of(record, topic_level)
+    if device is None:
         return None, "missing device_id"
     if record.get("timestamp") in (None, ""):
         return None, "missing timestamp"
@@ -116,29 +204,28 @@ def check(record: object) -> tuple[Optional[tuple], Optional[str]]:
         return None, f"bad timestamp {str(record['timestamp'])[:40]!r}"
     values = []
     for name in NUMERIC:
+        raw = field(record, name)
         try:
-            value = number(record.get(name))
+            value = number(raw)
         except (TypeError, ValueError):
-            return None, f"{name}: not a number ({str(record.get(name))[:40]!r})"
+            return None, f"{name}: not a number ({str(raw)[:40]!r})"
         if value is not None:
             low, high = RANGES[name]
             if value != value or not low <= value <= high:
                 return None, f"{name}: {value} outside [{low:g}, {high:g}]"
         values.append(value)
     received = parse_time(record.get("received_at")) if record.get("received_at") is not None else None
-    return (device.strip(), when, *values, received), None
+    return (device, when, *values, received), None
 
 
-def classify(path: str, content: bytes) -> Iterator[tuple]:
+def classify(path: str, content: bytes, topic_level: int = 2) -> Iterator[tuple]:
     """Every record of one raw object, as ("ok", row...) or ("bad", reason, raw, when-or-None, source)."""
-    try:
-        text = decode_object(content)
-    except (OSError, EOFError) as error:
-        yield ("bad", f"unreadable object: {error}", "", None, path)
-        return
+    text, unreadable = read_object(content)
+    if unreadable:  # the readable part is still split below; the cut-off tail is quarantined there
+        yield ("bad", f"unreadable object: {unreadable}", "", None, path)
     for value, error, raw in split_records(text):
         if error is None:
-            row, error = check(value)
+            row, error = check(value, topic_level)
             if row is not None:
                 yield ("ok", *row, path)
                 continue
@@ -146,7 +233,8 @@ def classify(path: str, content: bytes) -> Iterator[tuple]:
         yield ("bad", error, raw[:2000], when, path)
 
 
-def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0) -> dict[str, int]:
+def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0,
+        topic_level: int = 2) -> dict[str, int]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -154,7 +242,7 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
     raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
            .option("pathGlobFilter", "[!._]*").load(raw_path).select("path", "content"))
     objects = raw.count()
-    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content)))
+    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
@@ -223,7 +311,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     spark = spark_session()
     spark.sparkContext.setLogLevel("WARN")
-    counts = run(spark, args["raw-path"], args["curated-path"], args["quarantine-path"], int(args["partitions"]))
+    counts = run(spark, args["raw-path"], args["curated-path"], args["quarantine-path"], int(args["partitions"]),
+                 int(args["topic-device-level"]))
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
     print(f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
           f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
