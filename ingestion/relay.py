@@ -2,8 +2,9 @@
 devices' topics on an MQTT broker and forward each message to Firehose as the rule would.
 
 The rule is `SELECT *, topic(2) AS device_id, timestamp() AS received_at FROM '<prefix>/+/telemetry'`
-with separator "\\n": the relay adds the same two fields, appends the newline and sends batches
-with PutRecordBatch (retrying records Firehose reports as failed).
+with separator "\\n": the relay adds the same two fields, appends the separator and sends batches
+with PutRecordBatch (retrying records Firehose reports as failed). --separator picks any other one
+the rule's Firehose action allows (the reference device setup uses `comma`).
 
     python -m ingestion.relay --host localhost --port 8883 --ca ca.pem --cert relay.pem --key relay.key \\
         --prefix deepar-iot --stream deepar-iot-stream --idle-exit 5
@@ -19,10 +20,13 @@ import threading
 import time
 from typing import Optional
 
+# The separators the IoT rule's Firehose action allows, by name; the action appends one to every record.
+SEPARATORS = {"newline": "\n", "tab": "\t", "crlf": "\r\n", "comma": ",", "none": ""}
+
 
 class Relay:
-    def __init__(self, firehose, stream: str, batch_size: int = 500):
-        self.firehose, self.stream, self.batch_size = firehose, stream, batch_size
+    def __init__(self, firehose, stream: str, batch_size: int = 500, separator: str = "\n"):
+        self.firehose, self.stream, self.batch_size, self.separator = firehose, stream, batch_size, separator
         self.pending: list[bytes] = []
         self.lock = threading.Lock()
         self.received = self.forwarded = 0
@@ -42,7 +46,7 @@ class Relay:
         with self.lock:
             self.received += 1
             self.last_message = time.monotonic()
-            self.pending.append((json.dumps(record) + "\n").encode())
+            self.pending.append((json.dumps(record) + self.separator).encode())
             full = len(self.pending) >= self.batch_size
         if full:
             self.flush()
@@ -70,6 +74,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--prefix", default="deepar-iot")
     parser.add_argument("--stream", required=True, help="Firehose delivery stream")
+    parser.add_argument("--separator", choices=SEPARATORS, default="newline",
+                        help="what the rule's Firehose action appends to each record")
     parser.add_argument("--flush-seconds", type=float, default=1.0)
     parser.add_argument("--idle-exit", type=float, help="exit after this many seconds without messages")
     parser.add_argument("--max-seconds", type=float, default=3600.0)
@@ -77,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     import boto3
     import paho.mqtt.client as mqtt
 
-    relay = Relay(boto3.client("firehose"), args.stream)
+    relay = Relay(boto3.client("firehose"), args.stream, separator=SEPARATORS[args.separator])
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.prefix}-relay")
     client.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     subscribed = threading.Event()

@@ -5,6 +5,9 @@ traffic effect and noise as sagemaker_deepar.sample_data), latitude/longitude, a
 timestamp and device_id. Outages drop readings, rare spikes are outliers, and a small share of
 readings are broken the way field devices break them (a non-numeric value, a sentinel -999, a
 missing timestamp) so the ETL's quarantine has something to catch.
+
+``reference_payload`` turns a reading into what the reference device kit publishes instead
+(README, *Ingestion*): its spellings, integer values, a JavaScript Date timestamp, no device id.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ import numpy as np
 
 from sagemaker_deepar.sample_data import POLLUTANTS
 
+from .glue_job import FIELD_ALIASES
+
 CITY = (40.4168, -3.7038)  # sensors spread around one city centre
+PAYLOAD_STYLES = ("project", "reference")
+# The reference kit's field names (the ETL's aliases, read backwards), in the order its JavaScript
+# object literal, hence JSON.stringify, has them.
+_KIT_SPELLING = {canonical: alias for alias, canonical in FIELD_ALIASES.items()}
+REFERENCE_FIELDS = {name: _KIT_SPELLING.get(name, name) for name in (*POLLUTANTS, "longitude", "latitude")}
+REFERENCE_MAX = 100  # the kit's pollutant values are integers 0-100
 
 
 def device_seed(device_id: str, seed: int) -> int:
@@ -78,6 +89,27 @@ class Device:
             message[pollutant] = -999.0
         else:
             del message["timestamp"]
+
+
+def javascript_date(when: datetime) -> str:
+    """``JSON.stringify(new Date(...))``: ISO 8601 in UTC with milliseconds and ``Z``."""
+    when = when.astimezone(timezone.utc)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{when.microsecond // 1000:03d}Z"
+
+
+def reference_payload(message: dict, when: datetime) -> dict:
+    """``message`` as the reference kit sends it: its field names and order, pollutants as integers
+    (at most 100), longitude/latitude, the JavaScript Date of ``when``, and no device id. A value
+    ``Device.break_reading`` broke stays broken (a negative sentinel stays negative, text stays text)."""
+    payload: dict = {}
+    for name, spelling in REFERENCE_FIELDS.items():
+        value = message.get(name)
+        if name in POLLUTANTS and isinstance(value, float):
+            value = min(int(round(value)), REFERENCE_MAX)
+        payload[spelling] = value
+    if "timestamp" in message:
+        payload["timestamp"] = javascript_date(when)
+    return payload
 
 
 def history(device_ids: list[str], start: datetime, end: datetime, step: timedelta, seed: int = 7,

@@ -3,10 +3,14 @@ mutual TLS (AWS IoT Device SDK v2, `awsiotsdk`), QoS 1.
 
     python -m ingestion.simulator --settings ingestion-state/deepar-iot/settings.json --rate 1 --duration 60
     python -m ingestion.simulator --settings ... --replay 2024-01-01 2024-02-01 --step 1h     backfill history fast
+    python -m ingestion.simulator --settings ... --payload reference     publish as the reference device kit does
 
 Settings come from `python -m ingestion.infra up` (endpoint, one certificate/key per device, topics)
 or from flags for one device (--endpoint --cert --key --thing). Each device connects with client id
-= its thing name and publishes to <prefix>/<thing>/telemetry. Lost connections are retried with
+= its thing name and publishes to <prefix>/<thing>/telemetry (the topic the settings give it). With
+--payload reference each message is exactly what the reference device kit sends: its spellings
+(`particullate_matter`, `sulfure_dioxide`), integers, a JavaScript Date timestamp with milliseconds, no
+device id, serialised compactly as JSON.stringify does. Lost connections are retried with
 exponential backoff (1 s to 32 s) and QoS 1 messages queued meanwhile are sent after reconnecting.
 Prints a summary: sent, acknowledged, failed (exit status 1 if any failed or a device never connected).
 """
@@ -23,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from .signals import Device, parse_time
+from .signals import PAYLOAD_STYLES, Device, parse_time, reference_payload
 
 
 @dataclass
@@ -97,8 +101,14 @@ def connect(endpoint: str, port: int, ca: Optional[str], device: DeviceSettings,
     return connection, mqtt
 
 
-def publish(connection, mqtt, device: DeviceSettings, message: dict, counters: Counters) -> None:
-    future, _ = connection.publish(topic=device.topic, payload=json.dumps(message), qos=mqtt.QoS.AT_LEAST_ONCE)
+def payload_of(message: dict, when: datetime, style: str) -> str:
+    if style == "reference":  # JSON.stringify: no blanks after ',' and ':'
+        return json.dumps(reference_payload(message, when), separators=(",", ":"))
+    return json.dumps(message)
+
+
+def publish(connection, mqtt, device: DeviceSettings, payload: str, counters: Counters) -> None:
+    future, _ = connection.publish(topic=device.topic, payload=payload, qos=mqtt.QoS.AT_LEAST_ONCE)
     counters.add("sent")
 
     def done(f):
@@ -148,6 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--replay-rate", type=float, default=0.0, help="--replay: rounds per second (0: as fast as acks allow)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invalid-rate", type=float, default=0.002, help="share of deliberately broken readings")
+    parser.add_argument("--payload", choices=PAYLOAD_STYLES, default="project",
+                        help="message format: this project's devices, or the reference device kit's")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for outstanding acks")
     args = parser.parse_args(argv)
@@ -177,7 +189,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for device, connection, mqtt in connections:
                 message = models[device.thing].reading(when)
                 if message is not None:
-                    publish(connection, mqtt, device, message, counters)
+                    publish(connection, mqtt, device, payload_of(message, when, args.payload), counters)
             rounds += 1
             when = when + step if end is not None else datetime.now(timezone.utc)
             if args.replay and not args.replay_rate:
