@@ -1,5 +1,6 @@
-"""ingestion/glue_job.py on local Spark 3.5 (Glue 5 parity): the three raw encodings and a mix,
-quarantine reasons, de-duplication, idempotent re-runs, touched-partitions-only overwrite, schema."""
+"""ingestion/glue_job.py on local Spark 3.5 (Glue 5 parity): every Firehose separator, plain and GZIP,
+this project's and the reference device kit's payloads, truncated records among good ones, quarantine
+reasons, de-duplication, idempotent re-runs, touched-partitions-only overwrite, schema."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,8 @@ import pytest
 
 from ingestion import glue_job
 from ingestion.raw_sample import encode, write_lake
+from ingestion.relay import SEPARATORS
+from ingestion.signals import Device, reference_payload
 
 from .conftest import REPO
 
@@ -38,9 +42,18 @@ def spark():
     session.stop()
 
 
-def write(folder: Path, name: str, records: list, encoding: str) -> None:
+def write(folder: Path, name: str, records: list, separator: str = "newline", compress: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(encode(records, encoding))
+    (folder / name).write_bytes(encode(records, SEPARATORS[separator], compress))
+
+
+SENT = 1_704_070_000_000  # received_at of a re-sent reading's first copy (epoch ms, as the rule's timestamp())
+
+
+def kit_reading(hour: int, minute: int = 0, **rule_fields) -> dict:
+    """A reference-kit message for 2024-01-01 hour:minute (as the simulator's --payload reference makes it)."""
+    when = datetime(2024, 1, 1, 0, 0, 30, 250_000, tzinfo=timezone.utc) + timedelta(hours=hour, minutes=minute)
+    return {**reference_payload(Device("kit", invalid_rate=0, outage_rate=0).reading(when), when), **rule_fields}
 
 
 def curated(path: Path) -> pd.DataFrame:
@@ -49,17 +62,45 @@ def curated(path: Path) -> pd.DataFrame:
     return frame.sort_values(["device_id", "timestamp"]).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("encoding", ["newline", "concatenated", "gzip"])
-def test_each_raw_encoding_yields_every_record(spark, tmp_path, encoding):
-    records = [reading("d1", f"2024-01-01T{h:02d}:00:00Z", ozone=float(h)) for h in range(24)]
-    write(tmp_path / "raw" / "year=2024" / "hour=00", "obj-1", records[:10], encoding)
-    write(tmp_path / "raw" / "year=2024" / "hour=10", "obj-2", records[10:], encoding)
-    counts = glue_job.run(spark, str(tmp_path / "raw"), str(tmp_path / "curated"), str(tmp_path / "quarantine"))
-    assert counts == {"objects": 2, "records_in": 24, "valid": 24, "quarantined": 0,
-                      "curated_rows_in_touched_dates": 24, "dates_touched": 1}
+def test_every_separator_plain_and_gzip_both_payloads_truncated_records_and_duplicates(spark, tmp_path):
+    """One object per (separator, compression): reference and project records mixed, a truncated
+    record in the middle and a re-sent duplicate in each; only the truncated ones are quarantined."""
+    raw, expected_bad, hour = tmp_path / "raw", {}, 0
+    for separator in SEPARATORS:
+        for compress in (False, True):
+            device = f"kit-{separator}-{'gz' if compress else 'plain'}"
+            kit = [kit_reading(hour, 0, device_id=device), kit_reading(hour, 10, clientid=device),
+                   kit_reading(hour, 20, topic=f"deepar-iot/{device}/telemetry"),
+                   kit_reading(hour, 30, device_id=device, received_at=SENT)]
+            mine = reading(device, f"2024-01-01T{hour:02d}:40:00.5Z")
+            body = encode(kit[:2], SEPARATORS[separator]).decode()
+            cut = json.dumps(kit[3])[:-30]  # Firehose wrote only part of this one
+            body += cut + SEPARATORS[separator]
+            body += encode([kit[2], mine, {**kit[3], "received_at": SENT + 5000}, kit[3]], SEPARATORS[separator]).decode()
+            name = f"object-{separator}{'.gz' if compress else ''}"
+            (raw / f"hour={hour:02d}").mkdir(parents=True)
+            (raw / f"hour={hour:02d}" / name).write_bytes(gzip.compress(body.encode()) if compress else body.encode())
+            expected_bad[name] = cut.rstrip(" \t\r\n,")  # the separators after a broken record are not its text
+            hour += 1
+    counts = glue_job.run(spark, str(raw), str(tmp_path / "curated"), str(tmp_path / "quarantine"))
+    objects = len(SEPARATORS) * 2
+    assert counts == {"objects": objects, "records_in": 7 * objects, "valid": 6 * objects, "quarantined": objects,
+                      "curated_rows_in_touched_dates": 5 * objects, "dates_touched": 1}
+
     frame = curated(tmp_path / "curated")
-    assert frame["ozone"].tolist() == [float(h) for h in range(24)]
-    assert list((tmp_path / "curated").glob("date=2024-01-01/*.snappy.parquet"))
+    assert frame.groupby("device_id").size().to_dict() == {d: 5 for d in frame["device_id"].unique()}
+    assert len(frame["device_id"].unique()) == objects
+    pollutants = ["ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide"]
+    assert frame[pollutants + ["latitude", "longitude"]].notna().all().all()  # no spelling lost a pollutant
+    assert frame.loc[frame["received_at"].notna(), "timestamp"].dt.minute.isin([30, 40]).all()
+    duplicate = frame[frame["timestamp"].dt.minute == 30]
+    assert (duplicate["received_at"] == pd.Timestamp(SENT + 5000, unit="ms")).all()  # the later copy won
+    assert (frame["timestamp"].dt.microsecond % 1000 == 0).all() and (frame["timestamp"].dt.microsecond > 0).all()
+
+    quarantine = pd.read_parquet(tmp_path / "quarantine")
+    assert sorted(Path(source).name for source in quarantine["source"]) == sorted(expected_bad)
+    for row in quarantine.itertuples():
+        assert row.raw == expected_bad[Path(row.source).name] and row.reason.startswith("not JSON: ")
 
 
 def test_mixed_lake_quarantine_dedup_rerun_and_schema(spark, tmp_path):
@@ -75,8 +116,8 @@ def test_mixed_lake_quarantine_dedup_rerun_and_schema(spark, tmp_path):
         reading("d2", "2024-01-01T09:00:00Z", latitude=123.0),
     ]
     write(raw / "a", "newline", good[:4] + bad[:2], "newline")
-    write(raw / "b", "concat", good[4:8] + [duplicate] + bad[2:4], "concatenated")
-    write(raw / "c", "gz.gz", good[8:] + bad[4:], "gzip")
+    write(raw / "b", "concat", good[4:8] + [duplicate] + bad[2:4], "none")
+    write(raw / "c", "gz.gz", good[8:] + bad[4:], "newline", compress=True)
     (raw / "c" / "broken").write_bytes(b'{"device_id": "d3", "timestamp": \n' + json.dumps(good[0]).encode() + b"\n")
     out = {k: str(tmp_path / k) for k in ("curated", "quarantine")}
 
@@ -124,11 +165,75 @@ def test_split_records_handles_concatenated_and_broken_json():
     assert glue_job.decode_object(gzip.compress(b'{"a": 1}\n') + gzip.compress(b'{"a": 2}\n')) == '{"a": 1}\n{"a": 2}\n'
 
 
+@pytest.mark.parametrize("separator", SEPARATORS)
+@pytest.mark.parametrize("cut", [5, 31, 60, 97])  # inside a key, after a ':', inside a string, inside a number
+def test_a_truncated_record_is_one_quarantined_record_whatever_the_separator(separator, cut):
+    records = [json.dumps(kit_reading(h), separators=(",", ":")) for h in range(4)]
+    text = SEPARATORS[separator].join([*records[:2], records[2][:cut], records[3]]) + SEPARATORS[separator]
+    results = list(glue_job.split_records(text))
+    assert [value for value, error, _ in results if error is None] == [json.loads(records[n]) for n in (0, 1, 3)]
+    [(_, error, raw)] = [result for result in results if result[1]]
+    assert error.startswith("not JSON: ") and raw == records[2][:cut]
+
+
+def test_a_broken_record_with_a_nested_object_loses_no_neighbour():
+    good = [{"device_id": "d", "ozone": n, "timestamp": "2024-01-01T00:00:00Z"} for n in range(2)]
+    for broken in ('{"ozone": tru, "meta": {"b": 1}, "x": [{"c": 2}]}', '{"ozone": 1, "meta": {"b": 1}',
+                   'garbage', '{"ozone": "unterminated'):
+        for separator in SEPARATORS.values():
+            text = separator.join([json.dumps(good[0]), broken, json.dumps(good[1])])
+            values = [value for value, error, _ in glue_job.split_records(text) if error is None]
+            assert good[0] in values and good[1] in values, (broken, separator)
+            assert all(glue_job.check(value)[0] is None for value in values if value not in good)
+
+
+def test_read_object_keeps_what_precedes_gzip_damage():
+    body = "".join(json.dumps(kit_reading(h, device_id="d")) + "," for h in range(200)).encode()
+    packed = gzip.compress(body)
+    assert glue_job.read_object(packed + gzip.compress(b'{"a": 1}')) == (body.decode() + '{"a": 1}', None)
+    text, error = glue_job.read_object(packed[: len(packed) // 2])
+    assert error == "GZIP data cut short" and body.decode().startswith(text) and text.count("},") > 10
+    assert glue_job.read_object(packed + b"\x00\x00")[1] is None  # padding is not damage
+    assert glue_job.read_object(packed + b"junk")[1] == "4 bytes after the GZIP data"
+    rows = list(glue_job.classify("s3://raw/o.gz", packed[: len(packed) // 2]))
+    assert rows[0][:2] == ("bad", "unreadable object: GZIP data cut short")
+    assert rows[-1][0] == "bad" and rows[-1][1].startswith("not JSON")  # the record the cut went through
+    assert {row[0] for row in rows[1:-1]} == {"ok"} and len(rows) == text.count("},") + 2
+
+
+def test_reference_payload_is_read_with_its_spellings_and_device_from_the_rule():
+    message = kit_reading(6)
+    assert set(message) == {"ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide",
+                            "longitude", "latitude", "timestamp"}
+    assert message["timestamp"] == "2024-01-01T06:00:30.250Z"
+    assert glue_job.check(message) == (None, "missing device_id")
+    for rule_fields, level in (({"device_id": "dev-1"}, 2), ({"clientid": "dev-1"}, 2),
+                               ({"topic": "deepar-iot/dev-1/telemetry"}, 2), ({"topic": "dt/air/dev-1"}, 3),
+                               ({"device_id": "", "clientid": "dev-1", "topic": "x/other"}, 2)):
+        row, reason = glue_job.check({**message, **rule_fields}, level)
+        assert reason is None and row[0] == "dev-1", rule_fields
+        assert row[1] == datetime(2024, 1, 1, 6, 0, 30, 250_000)
+        assert row[2:7] == tuple(float(message[k]) for k in ("ozone", "particullate_matter", "carbon_monoxide",
+                                                              "sulfure_dioxide", "nitrogen_dioxide"))
+    assert glue_job.check({**message, "topic": "deepar-iot"}) == (None, "missing device_id")
+    both = {**message, "device_id": "d", "particulate_matter": 7, "particullate_matter": 9}
+    assert glue_job.check(both)[0][3] == 7.0  # the proper spelling wins over the alias
+    assert glue_job.check({**message, "device_id": "d", "sulfure_dioxide": "n/a"})[1] == "sulfur_dioxide: not a number ('n/a')"
+
+
+def test_topic_device_level_must_be_a_level():
+    paths = ["--raw-path", "r", "--curated-path", "c", "--quarantine-path", "q"]
+    assert glue_job.parse_args(paths)["topic-device-level"] == "2"
+    with pytest.raises(SystemExit, match="--topic-device-level '0': expected a level >= 1"):
+        glue_job.parse_args([*paths, "--topic-device-level", "0"])
+
+
 def test_job_runs_as_glue_invokes_it(tmp_path):
     """The script itself, with Glue's extra arguments, on the generated sample lake."""
     if shutil.which("java") is None and not os.environ.get("CI"):
         pytest.skip("no Java runtime for Spark")
-    sample = write_lake(tmp_path, ["s-1", "s-2"], "2024-01-01", days=3, invalid_rate=0.05, duplicate_rate=0.05)
+    sample = write_lake(tmp_path, ["s-1", "s-2"], "2024-01-01", days=3, separator="comma", invalid_rate=0.05,
+                        duplicate_rate=0.05, payload="reference")  # the reference kit's lake
     result = subprocess.run([sys.executable, str(REPO / "ingestion" / "glue_job.py"), "--JOB_NAME", "raw-to-curated",
                              "--raw-path", str(tmp_path / "raw"), "--curated-path", str(tmp_path / "curated"),
                              "--quarantine-path", str(tmp_path / "quarantine"), "--TempDir", "/tmp/x",
