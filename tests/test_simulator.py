@@ -5,6 +5,7 @@ device cannot publish to another device's topic; a broker restart is survived.""
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from ingestion import glue_job
 
 from .conftest import REPO
 from .mqtt_broker import start_broker
@@ -38,6 +41,7 @@ class Subscriber:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
+        self.payloads: list[bytes] = []
         self.ready = threading.Event()
         cert, key = broker.client("relay")
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{time.monotonic_ns()}")
@@ -46,7 +50,8 @@ class Subscriber:
         self.client.reconnect_delay_set(0.2, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/#", qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, json.loads(m.payload)))
+        self.client.on_message = lambda c, u, m: (self.payloads.append(m.payload),
+                                                  self.messages.append((m.topic, json.loads(m.payload))))
         self.client.connect("localhost", broker.port)
         self.client.loop_start()
         assert self.ready.wait(10)
@@ -90,6 +95,33 @@ def test_devices_publish_readings_with_the_schema_on_their_topics(broker, tmp_pa
         assert all(isinstance(message[k], float) for k in FIELDS - {"timestamp", "device_id"})
         assert message["timestamp"].endswith("Z") and datetime.fromisoformat(message["timestamp"].replace("Z", "+00:00"))
     assert {m["device_id"] for _, m in subscriber.messages} == set(THINGS)
+
+
+def test_reference_payload_is_exactly_what_the_reference_kit_publishes(broker, tmp_path):
+    """--payload reference: the kit's field names and order, integers 0-100, a JavaScript Date, no device
+    id (the topic says which device), JSON.stringify's compact form; the Glue job reads it back."""
+    subscriber = Subscriber(broker)
+    try:
+        result = simulate(settings_file(broker, tmp_path), "--payload", "reference", "--rate", "20", "--count", "5",
+                          "--invalid-rate", "0")
+        assert result.returncode == 0, result.stderr
+        assert "sent 10, acked 10, failed 0" in result.stdout
+        subscriber.wait_for(10)
+    finally:
+        subscriber.close()
+    assert len(subscriber.messages) == 10
+    kit_fields = ["ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide",
+                  "longitude", "latitude", "timestamp"]
+    for payload, (topic, message) in zip(subscriber.payloads, subscriber.messages):
+        assert list(message) == kit_fields
+        assert all(type(message[k]) is int and 0 <= message[k] <= 100 for k in kit_fields[:5])
+        assert all(isinstance(message[k], float) for k in ("longitude", "latitude"))
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", message["timestamp"])
+        assert payload == json.dumps(message, separators=(",", ":")).encode()
+        device = topic.split("/")[1]
+        row, reason = glue_job.check({**message, "topic": topic})
+        assert reason is None and row[0] == device and None not in row[2:9]
+    assert {topic for topic, _ in subscriber.messages} == {f"{PREFIX}/{t}/telemetry" for t in THINGS}
 
 
 def test_replay_backfills_history_fast(broker, tmp_path):
@@ -141,7 +173,8 @@ def test_simulator_reconnects_after_a_broker_restart(broker, tmp_path):
                                 "--devices", "1", "--invalid-rate", "0"], cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.5)
+        subscriber.wait_for(1, timeout=60)  # connected and publishing (startup is slow on a loaded machine)
+        assert subscriber.messages, "the simulator never published"
         broker.stop()
         stopped = time.time()
         time.sleep(2)
