@@ -76,7 +76,8 @@ def test_every_separator_plain_and_gzip_both_payloads_truncated_records_and_dupl
             body = encode(kit[:2], SEPARATORS[separator]).decode()
             cut = json.dumps(kit[3])[:-30]  # Firehose wrote only part of this one
             body += cut + SEPARATORS[separator]
-            body += encode([kit[2], mine, {**kit[3], "received_at": SENT + 5000}, kit[3]], SEPARATORS[separator]).decode()
+            resent = {**kit[3], "received_at": SENT + 5000}
+            body += encode([kit[2], mine, resent, kit[3]], SEPARATORS[separator]).decode()
             name = f"object-{separator}{'.gz' if compress else ''}"
             (raw / f"hour={hour:02d}").mkdir(parents=True)
             (raw / f"hour={hour:02d}" / name).write_bytes(gzip.compress(body.encode()) if compress else body.encode())
@@ -218,7 +219,8 @@ def test_reference_payload_is_read_with_its_spellings_and_device_from_the_rule()
     assert glue_job.check({**message, "topic": "deepar-iot"}) == (None, "missing device_id")
     both = {**message, "device_id": "d", "particulate_matter": 7, "particullate_matter": 9}
     assert glue_job.check(both)[0][3] == 7.0  # the proper spelling wins over the alias
-    assert glue_job.check({**message, "device_id": "d", "sulfure_dioxide": "n/a"})[1] == "sulfur_dioxide: not a number ('n/a')"
+    broken = {**message, "device_id": "d", "sulfure_dioxide": "n/a"}
+    assert glue_job.check(broken)[1] == "sulfur_dioxide: not a number ('n/a')"  # named as the curated column
 
 
 def test_topic_device_level_must_be_a_level():

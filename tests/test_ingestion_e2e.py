@@ -1,9 +1,11 @@
 """The seed's whole pipeline on one machine, with the record count checked at every hop:
 
-`ingestion.infra up` (moto server) -> simulator (--replay) -> mosquitto with mutual TLS -> relay
-(the IoT rule's stand-in) -> Firehose PutRecordBatch (moto) -> raw S3 objects, copied to a local
-folder -> the Glue job (local Spark) -> Parquet -> DeepAR converter -> the train entrypoint
-(--no-docker path, tiny epochs) -> the serve entrypoint -> a forecast for one sensor.
+`ingestion.infra up` (moto server) -> simulator (--replay, the reference device kit's payloads) ->
+mosquitto with mutual TLS -> relay (the IoT rule's stand-in: comma separator as in the reference
+setup, the topic instead of a device id) -> Firehose PutRecordBatch (moto) -> raw S3 objects, copied
+to a local folder -> the Glue job (local Spark) -> Parquet with all five pollutants -> DeepAR
+converter -> the train entrypoint (--no-docker path, tiny epochs) -> the serve entrypoint -> a
+forecast for one sensor.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import requests
 
-from ingestion.glue_job import split_records
+from ingestion.glue_job import POLLUTANTS, decode_object, split_records
 
 from .conftest import REPO, OptMl, run_train, running_server
 from .mqtt_broker import start_broker
@@ -56,12 +59,14 @@ def test_device_to_forecast(moto_env, tmp_path):
         relay = subprocess.Popen(
             [sys.executable, "-m", "ingestion.relay", "--host", "localhost", "--port", str(broker.port), "--ca",
              str(broker.ca), "--cert", str(relay_cert), "--key", str(relay_key), "--prefix", PREFIX, "--stream",
-             settings["resources"]["firehose_stream"], "--idle-exit", "4", "--flush-seconds", "0.5"],
+             settings["resources"]["firehose_stream"], "--idle-exit", "4", "--flush-seconds", "0.5",
+             "--max-seconds", "300", "--separator", "comma", "--device-field", "topic"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert "subscribed" in relay.stdout.readline()
             simulated = module("simulator", "--settings", str(tmp_path / "settings.json"), "--replay", "2024-01-01",
-                               "2024-01-06", "--step", "1h", "--invalid-rate", "0.02", env=env).stdout
+                               "2024-01-06", "--step", "1h", "--invalid-rate", "0.02", "--payload", "reference",
+                               env=env).stdout
             relay_out, relay_err = relay.communicate(timeout=120)
         finally:
             if relay.poll() is None:
@@ -82,7 +87,9 @@ def test_device_to_forecast(moto_env, tmp_path):
             target = lake / item["Key"]
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(raw_bucket, item["Key"], str(target))
-            records += sum(1 for _ in split_records(target.read_text()))
+            text = decode_object(target.read_bytes())
+            assert "\n" not in text and "},{" in text and "particullate_matter" in text and "device_id" not in text
+            records += sum(1 for _ in split_records(text))
     assert records == acked
 
     etl = module("glue_job", "--raw-path", str(lake), "--curated-path", str(tmp_path / "curated"),
@@ -91,6 +98,8 @@ def test_device_to_forecast(moto_env, tmp_path):
     assert counts["records_in"] == acked and counts["valid"] + counts["quarantined"] == acked
     assert counts["quarantined"] > 0 and counts["dates_touched"] == 5
     assert counts["curated_rows_in_touched_dates"] == counts["valid"]  # replay sends each reading once
+    readings = pd.read_parquet(tmp_path / "curated")
+    assert readings[list(POLLUTANTS)].notna().all().all() and set(readings["device_id"]) == set(THINGS)
 
     opt_ml = OptMl(tmp_path / "opt_ml")
     converted = module("to_deepar", "--curated", str(tmp_path / "curated"), "--out", str(opt_ml.root / "input" / "data"),

@@ -112,7 +112,7 @@ def test_reference_payload_is_exactly_what_the_reference_kit_publishes(broker, t
     assert len(subscriber.messages) == 10
     kit_fields = ["ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide",
                   "longitude", "latitude", "timestamp"]
-    for payload, (topic, message) in zip(subscriber.payloads, subscriber.messages):
+    for payload, (topic, message) in zip(subscriber.payloads, subscriber.messages, strict=True):
         assert list(message) == kit_fields
         assert all(type(message[k]) is int and 0 <= message[k] <= 100 for k in kit_fields[:5])
         assert all(isinstance(message[k], float) for k in ("longitude", "latitude"))
