@@ -37,8 +37,8 @@ RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_m
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
 # Other spellings of the same fields, as the reference device kit publishes them.
 FIELD_ALIASES = {"particullate_matter": "particulate_matter", "sulfure_dioxide": "sulfur_dioxide"}
-SPELLINGS = {name: (name, *(alias for alias, canonical in FIELD_ALIASES.items() if canonical == name))
-             for name in NUMERIC}
+ALIASES_OF = {name: tuple(alias for alias, canonical in FIELD_ALIASES.items() if canonical == name)
+              for name in set(FIELD_ALIASES.values())}
 # What may sit between two records: every separator Firehose's IoT rule action allows, plus blanks.
 SEPARATOR_CHARACTERS = frozenset(" \t\r\n,")
 GZIP_CHUNK = 1 << 16
@@ -184,17 +184,22 @@ def device_of(record: dict, topic_level: int = 2) -> Optional[str]:
 
 def field(record: dict, name: str) -> object:
     """The value of ``name`` under its own spelling or, failing that, any alias of it."""
-    for spelling in SPELLINGS[name]:
-        if record.get(spelling) is not None:
-            return record[spelling]
-    return None
+    value = record.get(name)
+    if value is None:
+        for alias in ALIASES_OF.get(name, ()):
+            value = record.get(alias)
+            if value is not None:
+                break
+    return value
 
 
 def check(record: object, topic_level: int = 2) -> tuple[Optional[tuple], Optional[str]]:
     """A curated row (without source/date) or the quarantine reason."""
     if not isinstance(record, dict):
         return None, "not a JSON object"
-    device = device_of(record, topic_level)
+    device = record.get("device_id")  # the usual case first: this is the job's per-record hot path
+    device = device.strip() if isinstance(device, str) else None
+    device = device or device_of(record, topic_level)
     if device is None:
         return None, "missing device_id"
     if record.get("timestamp") in (None, ""):
