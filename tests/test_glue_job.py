@@ -18,7 +18,7 @@ import pytest
 
 from ingestion import glue_job
 from ingestion.raw_sample import encode, write_lake
-from ingestion.relay import SEPARATORS
+from ingestion.relay import SEPARATORS, Relay
 from ingestion.signals import Device, reference_payload
 
 from .conftest import REPO
@@ -221,6 +221,32 @@ def test_reference_payload_is_read_with_its_spellings_and_device_from_the_rule()
     assert glue_job.check(both)[0][3] == 7.0  # the proper spelling wins over the alias
     broken = {**message, "device_id": "d", "sulfure_dioxide": "n/a"}
     assert glue_job.check(broken)[1] == "sulfur_dioxide: not a number ('n/a')"  # named as the curated column
+
+
+class RecordingFirehose:
+    """PutRecordBatch as Firehose does it for a delivery stream: the records' bytes, concatenated."""
+
+    def __init__(self) -> None:
+        self.delivered = b""
+
+    def put_record_batch(self, DeliveryStreamName: str, Records: list[dict]) -> dict:  # noqa: N803 - boto3's names
+        self.delivered += b"".join(record["Data"] for record in Records)
+        return {"RequestResponses": [{"RecordId": str(n)} for n, _ in enumerate(Records)]}
+
+
+@pytest.mark.parametrize("separator", SEPARATORS)
+@pytest.mark.parametrize("device_field", ["device_id", "topic"])
+def test_what_the_relay_forwards_is_read_back_whatever_the_rule(separator, device_field):
+    firehose = RecordingFirehose()
+    relay = Relay(firehose, "stream", separator=SEPARATORS[separator], device_field=device_field)
+    messages = [kit_reading(h) for h in range(3)]
+    for n, message in enumerate(messages):
+        relay.on_message(f"deepar-iot/sensor-{n}/telemetry", json.dumps(message, separators=(",", ":")).encode())
+    relay.on_message("deepar-iot/sensor-9/telemetry", b"not json")
+    relay.flush()
+    rows = list(glue_job.classify("s3://raw/object", firehose.delivered))
+    assert [row[:2] for row in rows[:3]] == [("ok", "sensor-0"), ("ok", "sensor-1"), ("ok", "sensor-2")]
+    assert rows[3][:2] == ("bad", "missing timestamp") and len(rows) == 4  # forwarded as {"raw": ...}, as IoT does
 
 
 def test_topic_device_level_must_be_a_level():
