@@ -68,7 +68,8 @@ def main() -> None:
             best[name] = min(seconds, best.get(name, seconds))
             counts[name] = (valid, total)
     baseline = best["project newline (baseline)"]
-    print(f"{len(readings):,} readings in objects of {RECORDS_PER_OBJECT} records; best of {args.rounds} alternating rounds")
+    print(f"{len(readings):,} readings in objects of {RECORDS_PER_OBJECT} records; "
+          f"best of {args.rounds} alternating rounds")
     for name, seconds in best.items():
         valid, total = counts[name]
         print(f"{name:28s}: {seconds:5.2f} s = {total / seconds:8,.0f} records/s ({valid:,} valid of {total:,}); "
