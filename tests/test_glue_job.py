@@ -249,6 +249,21 @@ def test_what_the_relay_forwards_is_read_back_whatever_the_rule(separator, devic
     assert rows[3][:2] == ("bad", "missing timestamp") and len(rows) == 4  # forwarded as {"raw": ...}, as IoT does
 
 
+def test_raw_sample_writes_the_reference_kits_lake_comma_joined(tmp_path):
+    from ingestion import raw_sample
+
+    assert raw_sample.main(["--out", str(tmp_path), "--payload", "reference", "--devices", "2", "--days", "0.25",
+                            "--compression", "none"]) == 0
+    objects = sorted((tmp_path / "raw").rglob("deepar-iot-stream-*"))
+    assert len(objects) == 6
+    for path in objects:
+        text = path.read_text()
+        assert text.endswith("},") and "\n" not in text and '"particullate_matter": ' in text
+        rows = list(glue_job.classify(str(path), path.read_bytes()))
+        assert rows and all(row[1].startswith("deepar-iot-sensor-") for row in rows if row[0] == "ok")
+        assert not [row for row in rows if row[0] == "bad" and ("JSON" in row[1] or "device_id" in row[1])]
+
+
 def test_topic_device_level_must_be_a_level():
     paths = ["--raw-path", "r", "--curated-path", "c", "--quarantine-path", "q"]
     assert glue_job.parse_args(paths)["topic-device-level"] == "2"
