@@ -21,8 +21,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
 # binutils: strip. libgomp1/libquadmath0: torch and mxnet load them (the trim step imports both).
+# python3-distutils: gluonts.mx imports distutils, which setuptools' shim provided (setuptools is not shipped).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates binutils libgomp1 libquadmath0 \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-distutils ca-certificates binutils libgomp1 libquadmath0 \
  && update-ca-certificates \
  && python3 -m venv /opt/venv
 # Dependencies first (cached across code changes): runtime pins from pyproject, versions from the lock.
@@ -48,8 +49,9 @@ ENV PYTHONUNBUFFERED=1 \
 COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
 COPY docker/dpkg-nodoc.cfg /etc/dpkg/dpkg.cfg.d/nodoc
 # >>> Runtime system packages: the one apt-get line of the runtime image (add packages here). <<<
-RUN apt-get update && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 libquadmath0 \
- && update-ca-certificates && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
+# libgomp1/libquadmath0: torch, mxnet. python3-distutils: gluonts.mx.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-distutils ca-certificates libgomp1 libquadmath0 \
+ && update-ca-certificates && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log
 # One layer per heavy dependency (see `docker history`, README "Docker image"); the rest layer holds
 # the venv itself and the small distributions (gluonts, lightning, flask, gunicorn, ...).
 COPY --from=venv /layers/torch/ /

@@ -105,7 +105,9 @@ def describe(created_by: str, copy_line: str | None, manifest: dict) -> str:
         if layer:
             return f"{match.group(1)}: {', '.join(layer['distributions'])}"
         return copy_line
-    command = re.sub(r"^(RUN )?/bin/sh -c (#\(nop\) )?", "", created_by).removesuffix("# buildkit").strip()
+    # Classic builder: "|2 ARG=v ARG=v /bin/sh -c CMD" or "/bin/sh -c #(nop) ..."; BuildKit: "RUN /bin/sh -c CMD # buildkit".
+    command = re.sub(r"^(\|\d+ (\S+=\S* )*)?(RUN )?/bin/sh -c (#\(nop\) )?", "", created_by)
+    command = command.removesuffix("# buildkit").strip()
     return command if len(command) <= 90 else command[:87] + "..."
 
 

@@ -140,11 +140,31 @@ def test_batch_transform_mode(image, trained: Path, container_names):
 # What the image ships: only what runs (issue #16: no dead layers, no tests, caches or build tools).
 IMAGE_BUDGET_BYTES = 1.7e9
 INSPECT_IMAGE = r"""
-import importlib.util, json, shutil, site, sys
+import ast, importlib, importlib.util, json, shutil, site, sys
 from pathlib import Path
 site_packages = Path(site.getsitepackages()[0])
 import sagemaker_deepar, torch, mxnet, gluonts
+# Every module our code imports, also inside functions (lazy backend imports); matplotlib only draws
+# report plots outside the image.
+sources = [*Path("/opt/program/sagemaker_deepar").glob("*.py"),
+           *(p for p in Path("/opt/program/container").iterdir() if "python" in p.read_text().partition("\n")[0]
+             or p.suffix == ".py")]
+modules = set()
+for source in sources:
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module)
+unimportable = {}
+for module in sorted(modules - {"matplotlib", "matplotlib.pyplot", "__future__"}):
+    try:
+        importlib.import_module(module)
+    except Exception as e:
+        unimportable[module] = f"{type(e).__name__}: {e}"
 print(json.dumps({
+    "imported": len(modules),
+    "unimportable": unimportable,
     "python": sys.version.split()[0],
     "installers": [m for m in ("pip", "setuptools", "wheel") if importlib.util.find_spec(m)],
     "build_tools": [t for t in ("gcc", "cc", "strip", "ld", "make") if shutil.which(t)],
@@ -168,6 +188,7 @@ def test_image_ships_only_what_runs(image):
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads(result.stdout)
     assert found["python"].startswith("3.11.")
+    assert found["unimportable"] == {} and found["imported"] > 20
     assert found["installers"] == [] and found["build_tools"] == []
     assert found["tests_dirs"] == [] and found["static_libs"] == [] and found["headers"] == []
     assert found["leftovers"] == []
