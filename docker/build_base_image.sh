@@ -20,6 +20,19 @@ root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 echo "building $tag with debootstrap from $mirror"
 debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+[ -d "$root/etc/apt" ] || { echo "error: debootstrap produced no root in '$root'" >&2; exit 1; }
+# Slim like debian:bookworm-slim: apt deletes the packages it downloaded (else every `apt-get install`
+# layer keeps its .deb files) and dpkg installs no documentation, manuals or translations.
+printf '%s\n' \
+  'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+  'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+  'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";' > "$root/etc/apt/apt.conf.d/docker-clean"
+cp "$(dirname "$0")/dpkg-nodoc.cfg" "$root/etc/dpkg/dpkg.cfg.d/docker"
+find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+for dir in usr/share/man usr/share/info usr/share/locale usr/share/groff usr/share/lintian var/lib/apt/lists var/log/apt; do
+  find "$root/$dir" -mindepth 1 -delete 2>/dev/null || true
+done
+rm -f "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/log/*.log
 tar -C "$root" -c . | docker import -c 'CMD ["/bin/bash"]' - "$tag" >/dev/null
 echo "base image $tag imported"

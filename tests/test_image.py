@@ -135,3 +135,76 @@ def test_batch_transform_mode(image, trained: Path, container_names):
                       timeout=60)
     out = [json.loads(line) for line in r.text.splitlines()]
     assert len(out) == 6 and all(set(o) == {"mean"} for o in out[:5]) and out[5]["error"].startswith("line 6:")
+
+
+# What the image ships: only what runs (issue #16: no dead layers, no tests, caches or build tools).
+IMAGE_BUDGET_BYTES = 1.7e9
+INSPECT_IMAGE = r"""
+import ast, importlib, importlib.util, json, shutil, site, sys
+from pathlib import Path
+site_packages = Path(site.getsitepackages()[0])
+import sagemaker_deepar, torch, mxnet, gluonts
+# Every module our code imports, also inside functions (lazy backend imports); matplotlib only draws
+# report plots outside the image.
+sources = [*Path("/opt/program/sagemaker_deepar").glob("*.py"),
+           *(p for p in Path("/opt/program/container").iterdir() if "python" in p.read_text().partition("\n")[0]
+             or p.suffix == ".py")]
+modules = set()
+for source in sources:
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module)
+unimportable = {}
+for module in sorted(modules - {"matplotlib", "matplotlib.pyplot", "__future__"}):
+    try:
+        importlib.import_module(module)
+    except Exception as e:
+        unimportable[module] = f"{type(e).__name__}: {e}"
+print(json.dumps({
+    "imported": len(modules),
+    "unimportable": unimportable,
+    "python": sys.version.split()[0],
+    "installers": [m for m in ("pip", "setuptools", "wheel") if importlib.util.find_spec(m)],
+    "build_tools": [t for t in ("gcc", "cc", "strip", "ld", "make") if shutil.which(t)],
+    "tests_dirs": sorted(str(p.relative_to(site_packages)) for p in site_packages.glob("**/tests") if p.is_dir())[:5],
+    "static_libs": sorted(str(p.relative_to(site_packages)) for p in site_packages.rglob("*.a"))[:5],
+    "headers": [d for d in ("torch/include", "mxnet/include", "pyarrow/include", "numpy/core/include")
+                if (site_packages / d).exists()],
+    "leftovers": [d for d in ("/tmp/wheels", "/tmp/build", "/root/.cache/pip", "/var/lib/apt/lists/partial", "/layers")
+                  if Path(d).exists()],
+    "package": sagemaker_deepar.__file__,
+    "uncompiled": [m.__name__ for m in (sagemaker_deepar, torch, mxnet, gluonts)
+                   if not Path(importlib.util.cache_from_source(m.__file__)).exists()],
+}))
+"""
+
+
+def test_image_ships_only_what_runs(image):
+    size = int(docker("image", "inspect", image, "--format", "{{.Size}}", check=True).stdout)
+    assert size <= IMAGE_BUDGET_BYTES, f"{image} is {size / 1e9:.2f} GB, over the {IMAGE_BUDGET_BYTES / 1e9} GB budget"
+    result = docker("run", "--rm", "--entrypoint", "python3", image, "-c", INSPECT_IMAGE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout)
+    assert found["python"].startswith("3.11.")
+    assert found["unimportable"] == {} and found["imported"] > 20
+    assert found["installers"] == [] and found["build_tools"] == []
+    assert found["tests_dirs"] == [] and found["static_libs"] == [] and found["headers"] == []
+    assert found["leftovers"] == []
+    # Our code is imported from /opt/program (not a second copy in site-packages), byte-compiled like the stack.
+    assert found["package"] == "/opt/program/sagemaker_deepar/__init__.py"
+    assert found["uncompiled"] == []
+
+
+def test_image_layers_each_hold_one_dependency_group(image):
+    """The runtime stage copies the venv in named layers; their manifest accounts for every distribution."""
+    result = docker("run", "--rm", "--entrypoint", "cat", image, "/opt/venv/layers.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads(result.stdout)
+    layers = manifest["layers"]
+    assert {"torch", "mxnet", "rest"} <= set(layers)
+    placed = [dist for layer in layers.values() for dist in layer["distributions"]]
+    assert sorted(placed) == sorted(manifest["distributions"]) and len(placed) == len(set(placed))
+    assert {"gluonts", "lightning", "gunicorn", "flask"} <= set(layers["rest"]["distributions"])
+    assert all(layer["bytes"] > 0 for layer in layers.values())
