@@ -54,7 +54,8 @@ def test_sigterm_mid_epoch_writes_a_loadable_model(opt_ml: OptMl, backend: str):
     assert train["interrupted"] and train["epochs_run"] == 2  # the cut epoch is closed, not continued
     assert opt_ml.metrics["test"] is None  # scoring skipped: the job has seconds left
     state = json.loads((opt_ml.root / "checkpoints/deepar-checkpoint.json").read_text())
-    assert state["epochs_done"] == 2 and not state.get("completed")  # a restart resumes
+    # A restart resumes: torch after the cut epoch, mxnet (weights only) runs the cut epoch again.
+    assert state["epochs_done"] == {"torch": 2, "mxnet": 1}[backend] and not state.get("completed")
 
 
 def test_sigterm_in_the_first_epoch_still_gives_a_model(opt_ml: OptMl):
@@ -285,3 +286,68 @@ def test_full_disk_fails_in_seconds_in_the_image(image, opt_ml: OptMl, container
     assert result.returncode == 1, result.stderr[-3000:]
     assert opt_ml.failure.startswith("ClientError: not enough disk space for the model folder /opt/ml/model: 1.0 MB free")
     assert "number of time series" not in result.stderr
+
+
+# ---------------------------------------------------------------- long lines: the streamed target decoder
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    from sagemaker_deepar import data
+
+    monkeypatch.setattr(data, "LONG_LINE_BYTES", 64)  # every line below is "long": many chunks each
+    return data
+
+
+def test_streamed_targets_equal_whole_line_decoding(tmp_path, small_chunks):
+    import gzip
+
+    import numpy as np
+
+    values = [round(i * 0.37 - 50, 3) for i in range(2000)]
+    values[5], values[700], values[1999] = None, "NaN", None
+    records = [
+        {"start": "2024-01-01", "cat": [1], "target": values},
+        {"target": values[:300], "start": "2024-01-02", "cat": [2]},  # target first
+        {"start": "2024-01-03", "target": [1, 2], "cat": [0]},  # a short line between long ones
+    ]
+    text = "\n".join([json.dumps(records[0]), json.dumps(records[1], separators=(",", ":")), json.dumps(records[2])])
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/a.json").write_text(text + "\n")
+    (tmp_path / "train/b.json.gz").write_bytes(gzip.compress(text.encode()))  # no final newline
+    channel = small_chunks.read_channel("train", tmp_path / "train", "D")
+    assert channel.locations == ["train/a.json:1", "train/a.json:2", "train/a.json:3",
+                                 "train/b.json.gz:1", "train/b.json.gz:2", "train/b.json.gz:3"]
+    expected = np.array([np.nan if v in (None, "NaN") else v for v in values], dtype=np.float32)
+    for entry in (channel.entries[0], channel.entries[3]):
+        assert entry["target"].dtype == np.float32
+        np.testing.assert_array_equal(entry["target"], expected)
+        assert entry["feat_static_cat"] == [1]
+    np.testing.assert_array_equal(channel.entries[1]["target"], expected[:300])
+    assert channel.entries[1]["feat_static_cat"] == [2] and channel.entries[2]["target"].tolist() == [1, 2]
+    assert channel.stats.num_missing == 2 * (3 + 1)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ('"abc"', "train/data.json:1: target[1500]: 'abc' is not a number"),
+    ("1" * 400, "train/data.json:1: target[1500]: an integer of about 400 digits is too large"),
+    ("1e39", "train/data.json:1: target[1500]: is infinite"),
+    ("[1]", "train/data.json:1: target[1500]: [1] is not a number"),
+])
+def test_a_bad_value_deep_in_a_long_line_is_reported_exactly(tmp_path, small_chunks, bad, problem):
+    numbers = ", ".join(["1.5"] * 1500 + [bad] + ["2.5"] * 500)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/data.json").write_text('{"start": "2024-01-01", "target": [' + numbers + "]}\n"
+                                               + json.dumps({"start": "2024-01-01", "target": [1.0] * 30}) + "\n")
+    with pytest.raises(small_chunks.DataError) as error:
+        small_chunks.read_channel("train", tmp_path / "train", "D")
+    assert str(error.value).startswith(problem) and error.value.total == 1  # line 2 is read normally
+
+
+def test_a_long_line_cut_inside_its_target_is_invalid_json(tmp_path, small_chunks):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/data.json").write_text('{"start": "2024-01-01", "target": [' + "1.5, " * 500 + "\n"
+                                               + json.dumps({"start": "2024-01-01", "target": [1.0] * 30}) + "\n")
+    with pytest.raises(small_chunks.DataError) as error:
+        small_chunks.read_channel("train", tmp_path / "train", "D")
+    assert str(error.value).startswith("train/data.json:1: record: not valid JSON") and error.value.total == 1
