@@ -69,9 +69,9 @@ def write_long_series(path: Path, points: int) -> int:
     return len(line)
 
 
-def measure(channel: Path, size: int, label: str) -> tuple[float, float]:
+def measure(channel: Path, size: int, label: str, code: Path = REPO) -> tuple[float, float]:
     """Read the channel in a fresh process; print and return (peak RSS above baseline / decoded, MB/s)."""
-    out = subprocess.run([sys.executable, "-c", READER, str(channel), str(REPO)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", READER, str(channel), str(code)], capture_output=True, text=True,
                          check=True).stdout.split()
     series, observations, baseline_kb, peak_kb, seconds = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4])
     decoded = 4 * observations
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--gigabytes", type=float, default=1.0)
     parser.add_argument("--single-series-points", type=int, default=0,
                         help="one series of this many points on one line (beside a many-series baseline of equal size)")
+    parser.add_argument("--also-code", type=Path, help="another checkout (e.g. before a change) to read the long series with")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.single_series_points:
@@ -99,6 +100,8 @@ def main() -> None:
         baseline_size = write_channel(Path(tmp) / "many" / "data.json", size / 1e9)
         many_ratio, many_rate = measure(Path(tmp) / "many", baseline_size, "baseline, series of 5,000 points")
         long_ratio, long_rate = measure(Path(tmp) / "long", size, "one long series            ")
+        if args.also_code:
+            measure(Path(tmp) / "long", size, f"one long series, {args.also_code}", args.also_code)
         print(f"one long series vs baseline: memory {long_ratio:.2f}x vs {many_ratio:.2f}x of the decoded size "
               f"[target <= 2x]; speed {long_rate:.0f} vs {many_rate:.0f} MB/s [target >= 50 MB/s]")
 

@@ -1,5 +1,6 @@
 """The SageMaker /opt/ml layout; ``SAGEMAKER_BASE_DIR`` relocates it for local runs and tests."""
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -79,7 +80,8 @@ def _probe_dir(role: str, path: Path) -> None:
     except OSError as error:
         raise OutputError(f"the {role} {path} is not writable: {error.strerror}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only folder unlink fails too; keep the first error
+            probe.unlink()
 
 
 def probe_output_dirs(dirs: dict[str, Path], needed_bytes: int) -> None:
