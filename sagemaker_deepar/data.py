@@ -271,8 +271,10 @@ def parse_start(value: Any, freq: str) -> pd.Period:
 
 
 def _describe_huge_int(value: int) -> str:
-    # str() of an int over 4300 digits raises in Python 3.11; the bit length says how big it is.
-    return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        return f"an integer of {len(str(abs(value)))} digits"
+    except ValueError:  # str() of an int over 4300 digits raises in Python 3.11: estimate from the bit length
+        return f"an integer of about {math.floor((abs(value).bit_length() - 1) * math.log10(2)) + 1} digits"
 
 
 def _find_bad_number(values: list, field_name: str) -> RecordError:

@@ -192,10 +192,10 @@ MISTAKES = {
     "every series too short": (too_short, ["every series is shorter than the 18 points", "context_length = 12",
                                            "prediction_length = 6", "train/data.json:2 with 17 points"]),
     "JSON nested 100,000 deep": (nested_json, ["train/data.json:2: record: not valid JSON", "depth limit"]),
-    "400-digit integer in target": (huge_integer, ["train/data.json:2: target[2]", "about 400 digits", "too large"]),
+    "400-digit integer in target": (huge_integer, ["train/data.json:2: target[2]", "an integer of 400 digits", "too large"]),
     "target near the float limit": (near_float_limit, ["train/data.json:2: target[0]", "1e+37", "beyond ±1e+30"]),
     "dynamic_feat near the float limit": (huge_dynamic_feat, ["train/data.json:1: dynamic_feat[0][29]", "beyond"]),
-    "400-digit category id": (huge_cat, ["train/data.json:2: cat[0]", "about 400 digits", "too large"]),
+    "400-digit category id": (huge_cat, ["train/data.json:2: cat[0]", "an integer of 400 digits", "too large"]),
     "400-digit hyperparameter": (huge_hyperparameter, ["hyperparameter 'context_length'", "less than or equal"]),
     "hyperparameters.json nested 100,000 deep": (nested_hyperparameters, ["hyperparameters.json", "nested too deeply"]),
     "hyperparameter value nested 100,000 deep": (nested_hyperparameter_value, ["hyperparameter 'cardinality'"]),
@@ -330,7 +330,7 @@ def test_streamed_targets_equal_whole_line_decoding(tmp_path, small_chunks):
 
 @pytest.mark.parametrize("bad, problem", [
     ('"abc"', "train/data.json:1: target[1500]: 'abc' is not a number"),
-    ("1" * 400, "train/data.json:1: target[1500]: an integer of about 400 digits is too large"),
+    ("1" * 400, "train/data.json:1: target[1500]: an integer of 400 digits is too large"),
     ("1e39", "train/data.json:1: target[1500]: is infinite"),
     ("[1]", "train/data.json:1: target[1500]: [1] is not a number"),
 ])
