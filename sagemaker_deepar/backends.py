@@ -194,7 +194,8 @@ def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
             # Lightning installs its own SIGTERM handler as fit starts; on SIGTERM it raises SystemExit
             # after the current batch (exit 0, no model). Put ours back: the batch finishes, the epoch
             # closes with a checkpoint and the job writes the model (Lightning restores ours at teardown).
-            signal.signal(signal.SIGTERM, our_sigterm_handler)
+            if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+                signal.signal(signal.SIGTERM, our_sigterm_handler)
             trainer._signal_connector.received_sigterm = False
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
