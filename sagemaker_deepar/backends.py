@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from . import faults
 from .data import FeatureSpec
 from .hyperparameters import DeepARHyperparameters
 
@@ -46,7 +48,14 @@ class TrainingControl:
     best_loss: float = float("inf")
     best_epoch: int = -1
     epochs_run: int = 0
+    batches_run: int = 0
     interrupted: bool = False
+
+    def batch_finished(self) -> bool:
+        """Count the batch; return whether the epoch should go on (False once SIGTERM arrived)."""
+        self.batches_run += 1
+        faults.reached(f"batch:{self.batches_run}")
+        return not self.stop_requested.is_set()
 
     def epoch_finished(self, epoch: int, loss: float, batches: int, seconds: float) -> bool:
         """Log the epoch; return whether training should go on."""
@@ -169,6 +178,7 @@ def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
     fingerprint = checkpoint_fingerprint(params, spec)
     state = read_checkpoint_state(checkpoint_dir, fingerprint)
     resume_path = str(checkpoint_dir / state["file"]) if state else None
+    our_sigterm_handler = signal.getsignal(signal.SIGTERM)
     if state:
         control.start_epoch = int(state["epochs_done"])
         log.info("resuming from checkpoint %s after %d epoch(s)", resume_path, control.start_epoch)
@@ -180,12 +190,20 @@ def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
             self.batches = 0
             self.started = time.perf_counter()
 
+        def on_train_start(self, trainer, pl_module) -> None:
+            # Lightning installs its own SIGTERM handler as fit starts; on SIGTERM it raises SystemExit
+            # after the current batch (exit 0, no model). Put ours back: the batch finishes, the epoch
+            # closes with a checkpoint and the job writes the model (Lightning restores ours at teardown).
+            if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+                signal.signal(signal.SIGTERM, our_sigterm_handler)
+            trainer._signal_connector.received_sigterm = False
+
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.batches, self.started = 0, time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.batches += 1
-            if control.stop_requested.is_set():
+            if not control.batch_finished():
                 trainer.should_stop = True  # finish this batch, then close the epoch and checkpoint
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -292,7 +310,7 @@ def train_mxnet(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
 
         def on_train_batch_end(self, training_network) -> bool:
             self.batches += 1
-            return not control.stop_requested.is_set()
+            return control.batch_finished()
 
         def on_epoch_end(self, epoch_no, epoch_loss, training_network, trainer, best_epoch_info, ctx) -> bool:
             epoch = control.start_epoch + epoch_no

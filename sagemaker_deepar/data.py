@@ -10,9 +10,10 @@ import datetime as dt
 import gzip
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, BinaryIO, Iterator, Optional
 
 import numpy as np
 import orjson
@@ -24,6 +25,12 @@ from .hyperparameters import DeepARHyperparameters
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_PROBLEMS = 20
+# Largest |value| a target or dynamic feature may have. DeepAR's mean scaling sums |target| over
+# context windows and batches in float32 (max 3.4e38): far below that bound the sums, the
+# likelihood and the forecasts stay finite on both backends (measured, see README "Reliability").
+MAX_ABS_VALUE = 1e30
+# Category ids index embedding tables (int64 in torch, float32 in mxnet): beyond this they cannot be exact.
+MAX_CAT_VALUE = 2**24
 KNOWN_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json.gz", ".parquet": "parquet"}
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -93,11 +100,13 @@ def _decode_json_line(line: bytes) -> Any:
         return orjson.loads(line)
     except orjson.JSONDecodeError as error:
         # orjson is strict; Python's json also takes bare NaN/Infinity, which some writers emit.
+        # It also takes what orjson refuses on purpose: integers beyond 64 bits (checked by the
+        # field parsers) and nesting beyond 1024 levels (RecursionError: reported as orjson's error).
         import json
 
         try:
             return json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RecordError("record", f"not valid JSON ({error})") from None
 
 
@@ -105,14 +114,115 @@ def _iter_json_lines(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
     opener = gzip.open if compressed else open
     try:
         with opener(path, "rb") as f:
-            for line_no, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield line_no, _decode_json_line(line)
-                    except RecordError as error:
-                        yield line_no, error
+            line_no = 0
+            while True:
+                start = f.tell()
+                piece = f.readline(LONG_LINE_BYTES)
+                if not piece:
+                    break
+                line_no += 1
+                try:
+                    if len(piece) == LONG_LINE_BYTES and not piece.endswith(b"\n"):
+                        yield line_no, _decode_long_line(f, start, piece)
+                    elif piece.strip():
+                        yield line_no, _decode_json_line(piece)
+                except RecordError as error:
+                    yield line_no, error
     except (OSError, EOFError) as error:
         raise UserError(f"{path}: cannot be read as {'gzip-compressed ' if compressed else ''}JSON Lines: {error}") from None
+
+
+# ---------------------------------------------------------------- one very long line (a long series)
+
+BLOCK = 1 << 20  # checks and statistics run block by block: no temporary as large as a long series
+
+
+def _blocks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    flat = values.reshape(-1)
+    for offset in range(0, len(flat), BLOCK):
+        yield offset, flat[offset:offset + BLOCK]
+
+
+LONG_LINE_BYTES = 1 << 18  # lines longer than this stream their target, decoded in chunks of this size
+_TARGET_KEY = re.compile(rb'"target"\s*:\s*\[')
+
+
+class _NotStreamable(Exception):
+    """The long line is not a plain numeric target; decode it whole for the exact error or value."""
+
+
+def _decode_long_line(f: BinaryIO, start: int, head: bytes) -> Any:
+    """Decode a record whose line is longer than ``LONG_LINE_BYTES`` with its target streamed.
+
+    Decoding a 50 MB line at once makes ~7 million Python floats (~32 bytes each) before the float32
+    array exists: 16x the decoded size. Here the target's numbers are decoded a chunk at a time
+    straight into a float32 array, so memory stays near the array. Anything unusual inside the
+    target (strings, nesting, huge numbers) falls back to decoding the whole line.
+    """
+    try:
+        return _stream_target(f, head)
+    except _NotStreamable:
+        f.seek(start)
+        return _decode_json_line(f.readline())
+
+
+def _stream_target(f: BinaryIO, head: bytes) -> Any:
+    match = _TARGET_KEY.search(head)
+    if match is None:
+        raise _NotStreamable()
+    prefix, buffer = head[:match.start()], head[match.end():]
+    target = _GrowingFloat32()
+    while True:
+        end = buffer.find(b"]")
+        if end >= 0:
+            target.extend(_decode_numbers(buffer[:end]))
+            suffix = buffer[end + 1:] + (f.readline() if not buffer.endswith(b"\n") else b"")
+            break
+        cut = buffer.rfind(b",")
+        if cut >= 0:
+            target.extend(_decode_numbers(buffer[:cut]))
+            buffer = buffer[cut + 1:]
+        more = b"" if buffer.endswith(b"\n") else f.readline(LONG_LINE_BYTES)
+        if not more:
+            raise _NotStreamable()  # the line ends inside the target: invalid JSON, reported as such
+        buffer += more
+    record = _decode_json_line(prefix + b'"target": []' + suffix)
+    if not isinstance(record, dict) or record.get("target") != []:
+        raise _NotStreamable()
+    record["target"] = target.finish()
+    return record
+
+
+def _decode_numbers(text: bytes) -> np.ndarray:
+    if not text.strip():
+        return np.empty(0, dtype=np.float32)
+    try:
+        values = orjson.loads(b"[" + text.replace(b'"NaN"', b"null") + b"]")
+        array = np.asarray(values, dtype=np.float32)
+    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        raise _NotStreamable() from None
+    if array.ndim != 1:
+        raise _NotStreamable()
+    return array
+
+
+class _GrowingFloat32:
+    """A float32 array grown in place: ndarray.resize reallocates (mremap for large blocks), never copies twice."""
+
+    def __init__(self) -> None:
+        self.array = np.empty(1 << 16, dtype=np.float32)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        needed = self.size + len(values)
+        if needed > len(self.array):
+            self.array.resize(max(needed, 2 * len(self.array)), refcheck=False)
+        self.array[self.size:needed] = values
+        self.size = needed
+
+    def finish(self) -> np.ndarray:
+        self.array.resize(self.size, refcheck=False)
+        return self.array
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -160,8 +270,18 @@ def parse_start(value: Any, freq: str) -> pd.Period:
     return pd.Period(timestamp, freq=freq)
 
 
+def _describe_huge_int(value: int) -> str:
+    try:
+        return f"an integer of {len(str(abs(value)))} digits"
+    except ValueError:  # str() of an int over 4300 digits raises in Python 3.11: estimate from the bit length
+        return f"an integer of about {math.floor((abs(value).bit_length() - 1) * math.log10(2)) + 1} digits"
+
+
 def _find_bad_number(values: list, field_name: str) -> RecordError:
     for index, value in enumerate(values):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ABS_VALUE:
+            return RecordError(f"{field_name}[{index}]", f"{_describe_huge_int(value)} is too large "
+                               f"(values must be within ±{MAX_ABS_VALUE:g})")
         if value is None or value == "NaN" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             continue
         return RecordError(f"{field_name}[{index}]", f"{value!r} is not a number (missing values are null or \"NaN\")")
@@ -173,13 +293,14 @@ def parse_target(value: Any) -> np.ndarray:
         raise RecordError("target", f"expected a list of numbers, got {type(value).__name__}")
     try:
         target = np.asarray(value, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise _find_bad_number(list(value), "target") from None
     if target.ndim != 1:
         raise RecordError("target", "expected a flat list of numbers, got nested lists")
-    if np.isinf(target).any():
-        index = int(np.flatnonzero(np.isinf(target))[0])
-        raise RecordError(f"target[{index}]", "is infinite (or too large for float32)")
+    for offset, block in _blocks(target):
+        infinite = np.isinf(block)
+        if infinite.any():
+            raise RecordError(f"target[{offset + int(np.argmax(infinite))}]", "is infinite (or too large for float32)")
     return target
 
 
@@ -187,10 +308,13 @@ def parse_cat(value: Any) -> list[int]:
     if not isinstance(value, list):
         raise RecordError("cat", f"expected a list of non-negative integers, got {type(value).__name__}")
     for index, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            if isinstance(item, float) and item.is_integer() and item >= 0:
-                continue
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0 or (
+                isinstance(item, float) and not item.is_integer()):
             raise RecordError(f"cat[{index}]", f"{item!r} is not a non-negative integer")
+        if item >= MAX_CAT_VALUE:
+            shown = _describe_huge_int(item) if isinstance(item, int) and item > MAX_ABS_VALUE else repr(item)
+            raise RecordError(f"cat[{index}]", f"{shown} is too large: category ids are embedding rows and must be "
+                                               f"below {MAX_CAT_VALUE:,}; renumber the categories from 0")
     return [int(item) for item in value]
 
 
@@ -202,11 +326,11 @@ def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np
             raise RecordError(f"dynamic_feat[{index}]", f"length {len(row)}, expected {expected_length} ({length_rule})")
     try:
         features = np.asarray(value, dtype=np.float32).reshape(len(value), expected_length)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         for index, row in enumerate(value):
             try:
                 np.asarray(row, dtype=np.float32)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 raise _find_bad_number(row, f"dynamic_feat[{index}]") from None
         raise RecordError("dynamic_feat", "contains values that are not numbers") from None
     if not np.isfinite(features).all():
@@ -233,6 +357,21 @@ def parse_record(record: Any, freq: str, *, dynamic_extra_length: int = 0) -> di
     return entry
 
 
+def check_magnitude(entry: dict) -> None:
+    """Values beyond ``MAX_ABS_VALUE`` make DeepAR's float32 scaling overflow: the loss becomes nan."""
+    for field_name, values in (("target", entry["target"]), ("dynamic_feat", entry.get("feat_dynamic_real"))):
+        if values is None or not values.size:
+            continue
+        for offset, block in _blocks(values):
+            with np.errstate(invalid="ignore"):
+                too_large = (block > MAX_ABS_VALUE) | (block < -MAX_ABS_VALUE)
+            if too_large.any():
+                position = np.unravel_index(offset + int(np.argmax(too_large)), values.shape)
+                name = field_name + "".join(f"[{int(i)}]" for i in position)
+                raise RecordError(name, f"{float(values[position]):g} is beyond ±{MAX_ABS_VALUE:g}, the largest "
+                                        "magnitude DeepAR trains on in float32; rescale the data (for example to other units)")
+
+
 # ---------------------------------------------------------------- channels
 
 
@@ -241,19 +380,25 @@ class ChannelStats:
     num_series: int = 0
     num_observations: int = 0
     num_missing: int = 0
+    num_series_unobserved: int = 0  # series whose every target value is missing
     target_min: float = math.inf
     target_max: float = -math.inf
     target_sum: float = 0.0
 
     def add(self, target: np.ndarray) -> None:
         self.num_series += 1
-        present = target[~np.isnan(target)]
         self.num_observations += len(target)
-        self.num_missing += len(target) - len(present)
-        if len(present):
-            self.target_min = min(self.target_min, float(present.min()))
-            self.target_max = max(self.target_max, float(present.max()))
-            self.target_sum += float(present.sum(dtype=np.float64))
+        observed = 0
+        for _, block in _blocks(target):
+            present = block[~np.isnan(block)]
+            observed += len(present)
+            if len(present):
+                self.target_min = min(self.target_min, float(present.min()))
+                self.target_max = max(self.target_max, float(present.max()))
+                self.target_sum += float(present.sum(dtype=np.float64))
+        self.num_missing += len(target) - observed
+        if not observed:
+            self.num_series_unobserved += 1
 
     @property
     def target_mean(self) -> float:
@@ -266,6 +411,7 @@ class ChannelStats:
             "num_series": self.num_series,
             "num_observations": self.num_observations,
             "num_missing": self.num_missing,
+            "num_series_unobserved": self.num_series_unobserved,
             **{name: (value if any_present else None) for name, value in
                (("target_min", self.target_min), ("target_mean", self.target_mean), ("target_max", self.target_max))},
         }
@@ -335,6 +481,7 @@ def read_channel(name: str, channel_dir: Path, freq: str, content_type: Optional
                 if isinstance(record, RecordError):
                     raise record
                 entry = parse_record(record, freq)
+                check_magnitude(entry)
                 if len(entry["target"]) < min_length:
                     raise RecordError("target", f"has {len(entry['target'])} value(s); this channel needs at least {min_length}")
                 _check_feature_counts(channel, entry, "feat_static_cat" in entry, "feat_dynamic_real" in entry)
@@ -443,6 +590,43 @@ def check_target_domain(channel: Channel, likelihood: str) -> None:
         if len(bad):
             index = int(bad[0])
             raise UserError(f"{location}: target[{index}] = {float(target[index])} but likelihood '{likelihood}' needs targets {rule}")
+
+
+def check_observed(channel: Channel) -> None:
+    """Series whose targets are all missing teach nothing: say how many; fail if no series has a value."""
+    unobserved = channel.stats.num_series_unobserved
+    if not unobserved:
+        return
+    examples = [loc for entry, loc in zip(channel.entries, channel.locations)
+                if np.isnan(entry["target"]).all()][:3]
+    if unobserved == channel.stats.num_series:
+        raise UserError(f"channel '{channel.name}': none of its {unobserved} series has an observed target value "
+                        f"(every value is null or \"NaN\"), e.g. {', '.join(examples)}")
+    log.warning("[%s] %d of %d series have no observed target value (all null or \"NaN\") and teach the model "
+                "nothing, e.g. %s", channel.name, unobserved, channel.stats.num_series, ", ".join(examples))
+
+
+def check_train_lengths(channel: Channel, context_length: int, prediction_length: int) -> None:
+    """A training window is context_length + prediction_length points; fail when no series has one.
+
+    GluonTS would pad shorter series with zeros, and with fewer than ``prediction_length`` points it
+    finds no window at all and gives up mid-training ("maximum number of idle transformation calls").
+    """
+    needed = context_length + prediction_length
+    lengths = np.fromiter((len(e["target"]) for e in channel.entries), dtype=np.int64, count=len(channel.entries))
+    short = int((lengths < needed).sum())
+    if not short:
+        return
+    longest = int(np.argmax(lengths))
+    if short == len(lengths):
+        raise UserError(
+            f"channel '{channel.name}': every series is shorter than the {needed} points one training window needs "
+            f"(hyperparameters context_length = {context_length} + prediction_length = {prediction_length}); the longest "
+            f"is {channel.locations[longest]} with {int(lengths[longest])} points. Use longer series or lower "
+            "context_length / prediction_length")
+    first_short = channel.locations[int(np.argmax(lengths < needed))]
+    log.warning("[%s] %d of %d series are shorter than context_length + prediction_length = %d points (e.g. %s); "
+                "their training windows are padded", channel.name, short, len(lengths), needed, first_short)
 
 
 def log_channel_stats(channel: Channel, spec: Optional[FeatureSpec] = None) -> None:

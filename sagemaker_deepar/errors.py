@@ -20,3 +20,10 @@ class DataError(UserError):
         if self.total > len(problems):
             lines.append(f"... and {self.total - len(problems)} more")
         super().__init__("\n".join(lines))
+
+
+class OutputError(UserError):
+    """An output or checkpoint folder that cannot take the job's results (not a folder, read-only, full).
+
+    A ClientError: the volume size, mounts and checkpoint location are the job's configuration.
+    """

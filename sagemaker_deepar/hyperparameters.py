@@ -25,6 +25,11 @@ DEFAULT_TEST_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 IGNORED_KEYS = ("_tuning_objective_metric", "_kvstore", "_num_gpus", "_num_kv_servers")
 IGNORED_PREFIXES = ("sagemaker_",)
 
+MAX_LENGTH = 100_000
+MAX_EPOCHS = 1_000_000
+MAX_BATCHES_PER_EPOCH = 10**9
+MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
+
 # The built-in accepts an optional integer multiple of these units.
 _TIME_FREQ = re.compile(r"^(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)$")
 # pandas >= 2.2 wants lower-case hours; months stay "M" for pandas Periods.
@@ -35,9 +40,11 @@ class DeepARHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     time_freq: str
-    prediction_length: int = Field(gt=0)
-    context_length: int = Field(gt=0)
-    epochs: int = Field(gt=0)
+    # Upper bounds keep absurd values (a 400-digit integer) a clear error here instead of an
+    # overflow deep inside GluonTS after the data was read.
+    prediction_length: int = Field(gt=0, le=MAX_LENGTH)
+    context_length: int = Field(gt=0, le=MAX_LENGTH)
+    epochs: int = Field(gt=0, le=MAX_EPOCHS)
     likelihood: str = "student-T"
     num_cells: int = Field(40, ge=1, le=1024)
     num_layers: int = Field(2, ge=1, le=16)
@@ -47,12 +54,12 @@ class DeepARHyperparameters(BaseModel):
     embedding_dimension: int = Field(10, ge=1, le=1024)
     cardinality: Union[Literal["auto", "ignore"], list[int]] = "auto"
     num_dynamic_feat: Union[Literal["auto", "ignore"], int] = "auto"
-    early_stopping_patience: Optional[int] = Field(None, ge=1)
+    early_stopping_patience: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)
     num_eval_samples: int = Field(100, ge=1, le=10_000)
     test_quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_TEST_QUANTILES))
     # Ours, not the built-in's.
     backend: Literal["torch", "mxnet"] = "torch"
-    num_batches_per_epoch: Optional[int] = Field(None, ge=1)
+    num_batches_per_epoch: Optional[int] = Field(None, ge=1, le=MAX_BATCHES_PER_EPOCH)
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
 
     @field_validator("time_freq")
@@ -115,7 +122,7 @@ def decode_value(raw: Any) -> Any:
     text = raw.strip()
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         return ast.literal_eval(text)
@@ -142,7 +149,10 @@ def _format_validation_error(error: ValidationError, raw: dict[str, Any]) -> lis
             messages.append(f"hyperparameter '{key}' is required but was not given")
             continue
         detail = item["msg"].removeprefix("Value error, ")
-        messages.append(f"hyperparameter '{key}' = {raw.get(key)!r} is invalid: {detail}")
+        shown = repr(raw.get(key))
+        if len(shown) > MAX_SHOWN_VALUE:
+            shown = f"{shown[:MAX_SHOWN_VALUE]}... ({len(shown)} characters)"
+        messages.append(f"hyperparameter '{key}' = {shown} is invalid: {detail}")
     return messages
 
 
@@ -172,4 +182,6 @@ def load_hyperparameters(path) -> DeepARHyperparameters:
                         "context_length and epochs are required") from None
     except ValueError as error:
         raise UserError(f"{path} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a hyperparameters file (a JSON object of name -> value)") from None
     return parse_hyperparameters(raw)

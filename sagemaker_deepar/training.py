@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -15,21 +17,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, backends
-from .data import (Channel, FeatureSpec, apply_features, check_target_domain, log_channel_stats, read_channel,
-                   resolve_features)
+from . import __version__, backends, faults
+from .data import (Channel, FeatureSpec, apply_features, check_observed, check_target_domain, check_train_lengths,
+                   log_channel_stats, read_channel, resolve_features)
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
 from .logs import configure_logging
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
-from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths
+from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths, probe_output_dirs
 
 log = logging.getLogger("sagemaker_deepar")
 
 SUPPORTED_CHANNELS = ("train", "test")
+# Inside /opt/ml/model: the model is assembled here, checked, then moved into place. Hidden so that a
+# job killed mid-write leaves nothing that looks like a model (no deepar-metadata.json at the top).
+STAGING_DIR = ".staging"
 
 
-class StoppedBeforeTraining(Exception):
+# BaseException, not Exception: raised from the SIGTERM handler into whatever code runs at that
+# moment, they must not be swallowed by a library's `except Exception`.
+class StoppedBeforeTraining(BaseException):
+    pass
+
+
+class ScoringInterrupted(BaseException):
     pass
 
 
@@ -46,6 +57,8 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
         raise UserError(f"{path} ({what}) is not valid JSON: {error}") from None
+    except RecursionError:
+        raise UserError(f"{path} ({what}) is nested too deeply to be a configuration file") from None
 
 
 def read_job_config(paths: SageMakerPaths) -> JobConfig:
@@ -82,18 +95,23 @@ def default_batches_per_epoch(params: DeepARHyperparameters, train: Channel) -> 
 
 
 def load_channels(paths: SageMakerPaths, config: JobConfig) -> tuple[Channel, Optional[Channel], FeatureSpec]:
+    """Read and check both channels: every data problem surfaces here, before any epoch runs."""
     params = config.params
+    faults.reached("reading")
     train = read_channel("train", paths.channel("train"), params.pandas_freq, config.channels["train"].get("ContentType"))
     spec = resolve_features(params, train)
     apply_features(train, spec)
     check_target_domain(train, params.likelihood)
     log_channel_stats(train, spec)
+    check_observed(train)
+    check_train_lengths(train, params.context_length, params.prediction_length)
     test = None
     if "test" in config.channels:
         test = read_channel("test", paths.channel("test"), params.pandas_freq, config.channels["test"].get("ContentType"),
                             min_length=params.prediction_length + 1)
         apply_features(test, spec)
         log_channel_stats(test)
+        check_observed(test)
     return train, test, spec
 
 
@@ -106,7 +124,11 @@ def evaluate_test(predictor, test: Channel, params: DeepARHyperparameters, out_d
 
     backends.set_num_samples(predictor, params.num_eval_samples)
     forecast_it, _ = make_evaluation_predictions(test.entries, predictor, num_samples=params.num_eval_samples)
-    forecasts = list(forecast_it)
+    forecasts = []
+    for forecast in forecast_it:
+        forecasts.append(forecast)
+        if len(forecasts) == 1:
+            faults.reached("scoring")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_forecasts(forecasts, test.locations, params.test_quantiles, out_dir / "test-forecasts.jsonl")
     return evaluate_forecasts(test.entries, forecasts, params.test_quantiles)
@@ -124,16 +146,39 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def check_loadable(model_dir: Path) -> None:
+    """Load the model the way serving does; raises if it cannot be served."""
+    from .inference import Model
+
+    Model.load(model_dir, max_batch_series=1)
+
+
+def publish_model(staging: Path, model_dir: Path) -> None:
+    """Move a checked model from ``staging`` into ``model_dir``, metadata last: its presence marks a complete model."""
+    (model_dir / METADATA_FILE).unlink(missing_ok=True)
+    if (model_dir / PREDICTOR_DIR).exists():
+        shutil.rmtree(model_dir / PREDICTOR_DIR)
+    os.replace(staging / PREDICTOR_DIR, model_dir / PREDICTOR_DIR)
+    os.replace(staging / METADATA_FILE, model_dir / METADATA_FILE)
+    staging.rmdir()
+
+
 def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: FeatureSpec, train: Channel,
-                  test: Optional[Channel], control: backends.TrainingControl,
+                  test: Optional[Channel], control: backends.TrainingControl, interrupted: bool,
                   test_metrics: Optional[dict[str, float]], num_batches_per_epoch: int, seconds: float) -> None:
+    """Write the model to a hidden staging folder, load it as serving would, then move it into place."""
     params = config.params
-    predictor_dir = paths.model_dir / PREDICTOR_DIR
-    predictor_dir.mkdir(parents=True, exist_ok=True)
+    staging = paths.model_dir / STAGING_DIR
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    predictor_dir = staging / PREDICTOR_DIR
+    predictor_dir.mkdir()
     predictor.serialize(predictor_dir)
+    faults.reached("writing")
     train_summary = {
         "final_loss": control.best_loss, "best_epoch": control.best_epoch, "epochs_run": control.epochs_run,
-        "interrupted": control.interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
+        "interrupted": interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
     }
     metadata = {
         "format_version": 1,
@@ -150,18 +195,21 @@ def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: Fea
         "train": train_summary,
         "test_metrics": test_metrics,
     }
-    (paths.model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    check_loadable(staging)
+    publish_model(staging, paths.model_dir)
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    (paths.output_data_dir / "metrics.json").write_text(
-        json.dumps({"train": train_summary, "test": test_metrics}, indent=2))
+    backends.write_json_atomic(paths.output_data_dir / "metrics.json", {"train": train_summary, "test": test_metrics})
 
 
 def run(paths: SageMakerPaths) -> None:
     started = time.perf_counter()
-    stop_requested = _install_sigterm_handler()
+    stop = SigtermHandler.install()
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
+    probe_output_dirs({"model folder": paths.model_dir, "output data folder": paths.output_data_dir,
+                       "checkpoint folder": config.checkpoint_dir}, estimated_output_bytes(params))
     train, test, spec = load_channels(paths, config)
     num_batches = params.num_batches_per_epoch or default_batches_per_epoch(params, train)
     log.info("backend %s, %d epochs of %d batches of %d windows", params.backend, params.epochs, num_batches,
@@ -178,39 +226,61 @@ def run(paths: SageMakerPaths) -> None:
 
     control = backends.TrainingControl(total_epochs=params.epochs, batch_size=params.mini_batch_size,
                                        on_epoch=on_epoch, patience=params.early_stopping_patience,
-                                       stop_requested=stop_requested)
-    _training_started.set()
+                                       stop_requested=stop.requested)
+    stop.phase = "training"
     predictor = backends.train(params, spec, train.entries, num_batches, control, config.checkpoint_dir)
     metric_logger.final_loss(control.best_loss)
     test_metrics = None
-    if control.interrupted:
-        log.warning("stopped by SIGTERM after %d epoch(s): saving the best model so far, skipping test scoring; "
-                    "a restart with the same checkpoint folder resumes training", control.epochs_run)
+    if stop.requested.is_set():
+        log.warning("stopped by SIGTERM after %d epoch(s) (%d batches): saving the best model so far, skipping test "
+                    "scoring; a restart with the same checkpoint folder resumes training", control.epochs_run,
+                    control.batches_run)
     elif test is not None:
-        test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
-        metric_logger.test_scores(test_metrics, params.test_quantiles)
-    write_outputs(paths, predictor, config, spec, train, test, control, test_metrics, num_batches,
-                  time.perf_counter() - started)
-    log.info("model written to %s in %.1f s", paths.model_dir, time.perf_counter() - started)
+        stop.phase = "scoring"
+        try:
+            test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
+            metric_logger.test_scores(test_metrics, params.test_quantiles)
+        except ScoringInterrupted:
+            log.warning("stopped by SIGTERM during test scoring: skipping it, saving the trained model")
+    # A stop from here on changes nothing: the model is written and checked before the job exits.
+    stop.phase = "writing"
+    write_outputs(paths, predictor, config, spec, train, test, control, control.interrupted or stop.requested.is_set(),
+                  test_metrics, num_batches, time.perf_counter() - started)
+    log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
+
+
+def estimated_output_bytes(params: DeepARHyperparameters) -> int:
+    """A generous bound on what the job writes: model, checkpoints (weights + Adam moments), copies in flight."""
+    inputs = 100 + params.num_cells + params.embedding_dimension  # lags, time features, one embedding
+    weights = 4 * (params.num_layers * 4 * params.num_cells * (inputs + params.num_cells + 2) + 10 * params.num_cells)
+    return 16 * weights + 16 * 2**20  # ~4 checkpoints of 3x the weights, 2 model copies, 16 MB of files
 
 
 # ---------------------------------------------------------------- signals, logging, failures
 
-_training_started = threading.Event()
 
+@dataclass
+class SigtermHandler:
+    """What SIGTERM does depends on the phase: before training, stop now (nothing to save); while
+    training, finish the batch, checkpoint and save the model; while scoring the test channel, skip
+    the rest of it and save the model; while writing the model, finish writing it."""
 
-def _install_sigterm_handler() -> threading.Event:
-    """SIGTERM during training: finish the batch, checkpoint, save the model. Before training: stop now."""
-    stop = threading.Event()
+    requested: threading.Event
+    phase: str = "reading"
 
-    def handle(signum, frame) -> None:
-        log.warning("SIGTERM received")
-        stop.set()
-        if not _training_started.is_set():
+    @classmethod
+    def install(cls) -> SigtermHandler:
+        handler = cls(requested=threading.Event())
+        signal.signal(signal.SIGTERM, handler)
+        return handler
+
+    def __call__(self, signum, frame) -> None:
+        log.warning("SIGTERM received while %s", self.phase)
+        self.requested.set()
+        if self.phase == "reading":
             raise StoppedBeforeTraining()
-
-    signal.signal(signal.SIGTERM, handle)
-    return stop
+        if self.phase == "scoring":
+            raise ScoringInterrupted()
 
 
 def write_failure(paths: SageMakerPaths, reason: str) -> None:
@@ -233,7 +303,15 @@ def main() -> int:
         write_failure(paths, reason)
         return 1
     except StoppedBeforeTraining:
-        write_failure(paths, "ClientError: the job was stopped (SIGTERM) before training started")
+        write_failure(paths, "ClientError: the job was stopped (SIGTERM) before training started; no model was written")
+        return 1
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return internal_error(paths, error)
+        reason = (f"ClientError: no space left on the device while writing {error.filename or 'output'}; "
+                  "use a larger volume (VolumeSizeInGB) or a smaller model")
+        log.error("%s", reason)
+        write_failure(paths, reason)
         return 1
     except MemoryError:
         reason = ("ClientError: out of memory while training; use an instance type with more memory, "
@@ -242,9 +320,13 @@ def main() -> int:
         write_failure(paths, reason)
         return 1
     except Exception as error:  # a bug of ours: say so, keep the traceback for the log and the failure file
-        detail = traceback.format_exc()
-        reason = (f"AlgorithmError: internal error (not caused by your input): {type(error).__name__}: {error}\n"
-                  f"Please report this with the training log.\n{detail}")
-        log.error("%s", reason)
-        write_failure(paths, reason)
-        return 2
+        return internal_error(paths, error)
+
+
+def internal_error(paths: SageMakerPaths, error: BaseException) -> int:
+    detail = traceback.format_exc()
+    reason = (f"AlgorithmError: internal error (not caused by your input): {type(error).__name__}: {error}\n"
+              f"Please report this with the training log.\n{detail}")
+    log.error("%s", reason)
+    write_failure(paths, reason)
+    return 2

@@ -161,8 +161,9 @@ def test_all_bad_records_are_listed_with_locations(opt_ml):
 
 def test_internal_errors_are_marked_as_ours(opt_ml):
     standard_job(opt_ml, with_test=False)
-    # An unwritable model folder is not the user's input: the failure must say it is an internal error.
-    (opt_ml.root / "model").write_text("a file where a folder should be")
-    result = run_train(opt_ml, timeout=300)
+    # A bug of ours (injected after the first batch) is not the user's input: the failure must say so.
+    # (An unusable model folder used to stand in for one; it is now a ClientError found before training.)
+    result = run_train(opt_ml, timeout=300, DEEPAR_FAULT="error@batch:1")
     assert result.returncode == 2
-    assert opt_ml.failure.startswith("AlgorithmError: internal error (not caused by your input)")
+    assert opt_ml.failure.startswith("AlgorithmError: internal error (not caused by your input): InjectedFault")
+    assert not (opt_ml.root / "model" / "deepar-metadata.json").exists()
