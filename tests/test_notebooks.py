@@ -94,7 +94,7 @@ def test_walkthrough_executes_end_to_end(tmp_path: Path):
     try:
         result = subprocess.run([SDK_PYTHON, "-m", "notebooks.run", "--output", executed, "--workdir", workdir],
                                 cwd=REPO, env={**os.environ, "DEEPAR_IMAGE": IMAGE}, capture_output=True, text=True,
-                                timeout=1800)
+                                timeout=2400)
         leftovers = containers_mounting(workdir)
     finally:  # whatever happened, take away what the run left (only containers of this test's folder)
         if stray := containers_mounting(workdir):
