@@ -1,0 +1,108 @@
+"""notebooks/byoc_walkthrough.ipynb: executed end to end (image, local train/serve, push, SDK local mode)
+by notebooks/run.py in .venv-sdk, and the committed copy checked to carry the outputs of its current code.
+
+The execution needs Docker with the image, docker-compose and docker-registry: it skips without them
+on a laptop and fails under CI=true. It runs in tmp_path and must leave no container behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from notebooks.run import DIGEST_KEY, NOTEBOOK, code_digest
+
+from .conftest import IMAGE, REPO, SDK_PYTHON
+
+
+def cell_text(cell: dict) -> str:
+    """Everything a code cell printed (streams and text results)."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output["output_type"] == "stream":
+            parts.append("".join(output["text"]))
+        elif "text/plain" in output.get("data", {}):
+            parts.append("".join(output["data"]["text/plain"]))
+    return "".join(parts)
+
+
+def code_cells(notebook: dict) -> list[dict]:
+    return [c for c in notebook["cells"] if c["cell_type"] == "code"]
+
+
+def assert_complete_run(notebook: dict) -> None:
+    """Every code cell ran without error, in order, and the walkthrough's results are in its outputs."""
+    cells = code_cells(notebook)
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, errors
+    text = "\n".join(cell_text(c) for c in cells)
+    assert "mode       offline (moto, local registry, SDK local mode)" in text
+    assert re.search(r"train: 10 series of 480 points; test: 10 series of 504 points", text)
+    assert re.search(r"train job: exit 0 in \d+ s", text)
+    assert "#quality_metric: host=algo-1, test RMSE <loss>=" in text
+    assert re.search(r"forecast: 24 steps, keys \['mean', 'quantiles'\], quantiles \['0.1', '0.5', '0.9'\]", text)
+    assert re.search(r"bad request -> 400 \{'error': '.*target\[1\]", text)
+    assert len([o for c in cells for o in c["outputs"] if "image/png" in o.get("data", {})]) == 1
+    assert "created ECR repository" in text and re.search(r"scanOnPush True", text)
+    assert re.search(r"pushed 127\.0\.0\.1:\d+/[\w.-]+:[\w.-]+ in \d+ s", text)
+    assert re.search(r"registry 127\.0\.0\.1:\d+ holds [\w.-]+: \['[\w.-]+'\]", text)
+    assert re.search(r"model\.tar\.gz: \[.*'deepar-metadata\.json'.*'predictor'", text)
+    assert re.search(r"endpoint \S+: 24 steps", text)
+    assert re.search(r"endpoint \S+ deleted", text)
+    assert "containers left behind: none" in text
+
+
+def test_committed_notebook_carries_the_outputs_of_its_code():
+    notebook = json.loads(NOTEBOOK.read_text())
+    assert notebook["metadata"].get(DIGEST_KEY) == code_digest(notebook), (
+        "the committed outputs come from other code: refresh them with .venv-sdk/bin/python -m notebooks.run --write")
+    assert_complete_run(notebook)
+
+
+def containers_mounting(folder: Path) -> list[str]:
+    ids = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True).stdout.split()
+    found = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout if ids else ""
+    return [c["Id"][:12] for c in json.loads(found or "[]")
+            if any(m.get("Source", "").startswith(str(folder)) for m in c.get("Mounts") or [])]
+
+
+def require(ok: bool, what: str) -> None:
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"required in CI: {what}")
+        pytest.skip(f"not available: {what}")
+
+
+def test_walkthrough_executes_end_to_end(tmp_path: Path):
+    docker = shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    require(docker, "a Docker engine")
+    require(subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0, f"the image {IMAGE}")
+    require(shutil.which("docker-compose") is not None, "docker-compose (SDK local mode)")
+    require(shutil.which("docker-registry") is not None, "docker-registry (Debian package)")
+    require(SDK_PYTHON.exists() and subprocess.run([SDK_PYTHON, "-c", "import nbclient, ipykernel"]).returncode == 0,
+            ".venv-sdk with nbclient and ipykernel (scripts/bootstrap.sh)")
+    tracked_before = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    executed, workdir = tmp_path / "executed.ipynb", tmp_path / "work"
+
+    try:
+        result = subprocess.run([SDK_PYTHON, "-m", "notebooks.run", "--output", executed, "--workdir", workdir],
+                                cwd=REPO, env={**os.environ, "DEEPAR_IMAGE": IMAGE}, capture_output=True, text=True,
+                                timeout=2400)
+        leftovers = containers_mounting(workdir)
+    finally:  # whatever happened, take away what the run left (only containers of this test's folder)
+        if stray := containers_mounting(workdir):
+            subprocess.run(["docker", "rm", "-f", *stray], capture_output=True)
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    assert_complete_run(json.loads(executed.read_text()))
+    assert not leftovers, f"containers left behind: {leftovers}"
+    assert subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True).returncode == 1, "a helper still runs"
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                          text=True).stdout == tracked_before, "the run wrote into the checkout"
