@@ -21,6 +21,8 @@ import torch
 from gluonts.torch.model.deepar import DeepAREstimator
 from gluonts.transform import ExpectedNumInstanceSampler
 
+from .errors import UserError
+
 # One numpy call draws at most this many uniforms (memory: 8 bytes each); longer passes are chunked.
 MAX_DRAWS_PER_CALL = 1 << 22
 # The calendar of time features is precomputed when it is not much larger than the data itself.
@@ -53,8 +55,9 @@ class SeriesTable:
             if entries else np.zeros(0, np.float32)
         self.dynamic = (np.concatenate([np.asarray(e["feat_dynamic_real"], dtype=np.float32) for e in entries], axis=1)
                         .T.copy() if num_dynamic_feat > 0 else None)  # (points, features): rows gather contiguously
-        self.static_cat = (np.array([np.asarray(e["feat_static_cat"], dtype=int) for e in entries]).reshape(len(entries), num_cat)
-                           if num_cat > 0 else np.zeros((len(entries), 1), dtype=int))
+        # GluonTS sets feat_static_cat to [0] when there is none; AsNumpyArray(dtype=int) makes it int64.
+        self.static_cat = (np.array([np.asarray(e["feat_static_cat"], dtype=int) for e in entries], dtype=int)
+                           .reshape(len(entries), num_cat) if num_cat > 0 else np.zeros((len(entries), 1), dtype=int))
         starts = [pd.Period(e["start"], freq=spec.freq) for e in entries]
         self.start_ordinals = np.fromiter((p.ordinal for p in starts), dtype=np.int64, count=len(entries))
         first = starts[0] if starts else pd.Period("2000-01-01", freq=spec.freq)
@@ -140,12 +143,15 @@ class ExpectedNumInstanceWindows:
     def __init__(self, window_sizes: np.ndarray, num_instances: float = 1.0) -> None:
         self.usable = np.flatnonzero(window_sizes > 0)
         if not len(self.usable):
-            raise ValueError("no training series is longer than prediction_length: there is no window to train on")
+            # GluonTS's own loader would wait forever for a first window here.
+            raise UserError("train: no series has at least prediction_length values, so there is no training "
+                            "window; provide longer series or lower prediction_length")
         self.sizes = window_sizes[self.usable].astype(np.int64)
         self.num_instances = num_instances
         self.next_visit = 0  # also the sampler's n: every visit counts
         self.total_length = 0
-        self._last_draw: Optional[tuple[int, Any, int, np.ndarray]] = None  # to rewind: first visit, RNG state, total, sizes
+        # To rewind the last draw: its first visit, np.random's state before it, total_length before it, sizes.
+        self._last_draw: Optional[tuple[int, Any, int, np.ndarray]] = None
 
     def draw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The next visits (up to the end of the pass, at most MAX_DRAWS_PER_CALL uniforms, at least one
@@ -202,7 +208,7 @@ class TrainingBatches:
         for _ in range(self.num_batches):
             while len(series) < self.batch_size:
                 more = self.sampler.draw()
-                series, points, visits = (np.concatenate([old, new]) for old, new in zip((series, points, visits), more))
+                series, points, visits = (np.concatenate(pair) for pair in zip((series, points, visits), more))
             batch = self.table.batch(series[:self.batch_size], points[:self.batch_size])
             self._last_visit = int(visits[self.batch_size - 1])
             series, points, visits = series[self.batch_size:], points[self.batch_size:], visits[self.batch_size:]

@@ -17,7 +17,10 @@ from gluonts.torch.distributions import BetaOutput, NegativeBinomialOutput, Stud
 from gluonts.torch.model.deepar import DeepAREstimator
 
 from sagemaker_deepar import windows
+from sagemaker_deepar.errors import UserError
 from sagemaker_deepar.windows import ExpectedNumInstanceWindows, VectorisedDeepAREstimator
+
+from .conftest import OptMl, run_train, series, standard_job
 
 PREDICTION_LENGTH = 6
 
@@ -43,8 +46,8 @@ def make_entries(freq: str, num_dynamic_feat: int, num_cat: int, seed: int = 0, 
 
 
 def estimator_kwargs(freq: str, num_dynamic_feat: int, num_cat: int, distr_output) -> dict:
-    return dict(freq=freq, prediction_length=PREDICTION_LENGTH, context_length=12, num_layers=1, hidden_size=4, dropout_rate=0.0,
-                num_feat_dynamic_real=num_dynamic_feat, num_feat_static_cat=num_cat,
+    return dict(freq=freq, prediction_length=PREDICTION_LENGTH, context_length=12, num_layers=1, hidden_size=4,
+                dropout_rate=0.0, num_feat_dynamic_real=num_dynamic_feat, num_feat_static_cat=num_cat,
                 cardinality=[3, 2][:num_cat] or None, embedding_dimension=[2] * num_cat or None,
                 distr_output=distr_output, scaling=not isinstance(distr_output, BetaOutput), batch_size=5,
                 num_batches_per_epoch=7)
@@ -149,5 +152,14 @@ def test_about_one_window_per_series_per_pass():
 
 
 def test_no_window_at_all_is_an_error():
-    with pytest.raises(ValueError, match="longer than prediction_length"):
+    with pytest.raises(UserError, match="no series has at least prediction_length values"):
         ExpectedNumInstanceWindows(np.array([0, -3]))
+
+
+def test_train_job_with_only_too_short_series_fails_with_a_client_error(opt_ml: OptMl):
+    """GluonTS's loader would hang forever on this data: the job must say what is wrong instead."""
+    standard_job(opt_ml, with_test=False)
+    opt_ml.channel("train", [series(n=5), series(n=3)])  # prediction_length is 6
+    result = run_train(opt_ml, timeout=240)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert opt_ml.failure.startswith("ClientError: train: no series has at least prediction_length values")
