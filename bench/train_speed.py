@@ -8,6 +8,10 @@ side's last-epoch train loss and whole-process wall time. With `--accuracy-seeds
 with a held-out test channel per seed (torch) and report `mean_wQuantileLoss` on it.
 
     .venv/bin/python bench/train_speed.py [--repeats 3] [--backends torch mxnet] [--accuracy-seeds 1 2 3]
+        [--epochs 5] [--batches-per-epoch 50] [--threads N]
+
+`--threads N` sets OMP_NUM_THREADS for both sides: on a machine shared with other jobs, torch's
+spinning worker threads otherwise measure the contention more than the training.
 """
 
 from __future__ import annotations
@@ -156,7 +160,13 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["torch", "mxnet"])
     parser.add_argument("--accuracy-seeds", nargs="*", type=int, default=[],
                         help="torch: train both per seed with a held-out test channel, compare mean_wQuantileLoss")
+    parser.add_argument("--epochs", type=int, default=int(HYPERPARAMETERS["epochs"]))
+    parser.add_argument("--batches-per-epoch", type=int, default=int(HYPERPARAMETERS["num_batches_per_epoch"]))
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: the libraries' own)")
     args = parser.parse_args()
+    HYPERPARAMETERS.update(epochs=str(args.epochs), num_batches_per_epoch=str(args.batches_per_epoch))
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     batches, batch_size = int(HYPERPARAMETERS["num_batches_per_epoch"]), int(HYPERPARAMETERS["mini_batch_size"])
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -166,7 +176,8 @@ def main() -> None:
         sample_data.write_jsonl(test, root / "input/data/test/test.json")
         print(f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
               f"{HYPERPARAMETERS['epochs']} epochs x {batches} batches of {batch_size}; "
-              f"{HYPERPARAMETERS['num_layers']} x {HYPERPARAMETERS['num_cells']} LSTM; median of {args.repeats}")
+              f"{HYPERPARAMETERS['num_layers']} x {HYPERPARAMETERS['num_cells']} LSTM; median of {args.repeats}; "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
         for backend in args.backends:
             hp = {**HYPERPARAMETERS, "backend": backend}
             env = prepare(root, hp, with_test=False)
@@ -179,7 +190,7 @@ def main() -> None:
                   f"final loss ours {median(ours, 'final_loss'):.4f} plain {median(plain, 'final_loss'):.4f}  "
                   f"process wall ours {median(ours, 'wall_seconds'):.1f} s plain {median(plain, 'wall_seconds'):.1f} s")
             print(f"       runs batches/s ours {[round(r.batches_per_second, 2) for r in ours]}, "
-                  f"plain {[round(r.batches_per_second, 2) for r in plain]}")
+                  f"plain {[round(r.batches_per_second, 2) for r in plain]}", flush=True)
         if args.accuracy_seeds:
             ours_wql, plain_wql = [], []
             for seed in args.accuracy_seeds:
@@ -190,7 +201,7 @@ def main() -> None:
                 ours_wql.append(o.mean_wql)
                 plain_wql.append(p.mean_wql)
                 print(f"torch  seed {seed}: test mean_wQuantileLoss ours {o.mean_wql:.4f} plain {p.mean_wql:.4f}; "
-                      f"final loss ours {o.final_loss:.4f} plain {p.final_loss:.4f}")
+                      f"final loss ours {o.final_loss:.4f} plain {p.final_loss:.4f}", flush=True)
             spread = max(plain_wql) - min(plain_wql)
             difference = abs(statistics.mean(ours_wql) - statistics.mean(plain_wql))
             print(f"torch  mean_wQuantileLoss mean ours {statistics.mean(ours_wql):.4f} plain "
