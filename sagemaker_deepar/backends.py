@@ -146,9 +146,9 @@ def _torch_distr_output(likelihood: str):
 
 def build_torch_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int,
                           trainer_kwargs: dict[str, Any]):
-    from gluonts.torch.model.deepar import DeepAREstimator
+    from .windows import VectorisedDeepAREstimator  # GluonTS's estimator, training windows from numpy
 
-    return DeepAREstimator(
+    return VectorisedDeepAREstimator(
         freq=params.pandas_freq,
         prediction_length=params.prediction_length,
         context_length=params.context_length,
