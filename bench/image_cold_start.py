@@ -103,7 +103,10 @@ def describe(created_by: str, copy_line: str | None, manifest: dict) -> str:
         match = re.search(r"/layers/([^/\s]+)/", copy_line)
         layer = manifest.get("layers", {}).get(match.group(1)) if match else None
         if layer:
-            return f"{match.group(1)}: {', '.join(layer['distributions'])}"
+            sizes = sorted(((manifest["distributions"].get(d, 0), d) for d in layer["distributions"]), reverse=True)
+            shown = ", ".join(f"{d} {size / 1e6:.1f}" for size, d in sizes[:6])
+            more = f" + {len(sizes) - 6} smaller" if len(sizes) > 6 else ""
+            return f"{match.group(1)} layer: {shown}{more}"
         return copy_line
     # Classic builder: "|2 ARG=v ARG=v /bin/sh -c CMD" or "/bin/sh -c #(nop) ..."; BuildKit: "RUN /bin/sh -c CMD # buildkit".
     command = re.sub(r"^(\|\d+ (\S+=\S* )*)?(RUN )?/bin/sh -c (#\(nop\) )?", "", created_by)

@@ -162,6 +162,18 @@ for module in sorted(modules - {"matplotlib", "matplotlib.pyplot", "__future__"}
         importlib.import_module(module)
     except Exception as e:
         unimportable[module] = f"{type(e).__name__}: {e}"
+# A .pyc that is missing or does not match its source's mtime and size is recompiled on every start.
+def fresh_pyc(source):
+    try:
+        header = Path(importlib.util.cache_from_source(source)).read_bytes()[:16]
+    except OSError:
+        return False
+    stat = Path(source).stat()
+    return (int.from_bytes(header[4:8], "little") != 0  # hash-based pycs are checked against their source
+            or (int.from_bytes(header[8:12], "little") == int(stat.st_mtime) & 0xFFFFFFFF
+                and int.from_bytes(header[12:16], "little") == stat.st_size & 0xFFFFFFFF))
+loaded = [m for m in list(sys.modules.values())
+          if (getattr(m, "__file__", None) or "").endswith(".py") and m.__file__.startswith(("/opt/venv/", "/opt/program/sagemaker_deepar/"))]
 print(json.dumps({
     "imported": len(modules),
     "unimportable": unimportable,
@@ -175,8 +187,8 @@ print(json.dumps({
     "leftovers": [d for d in ("/tmp/wheels", "/tmp/build", "/root/.cache/pip", "/var/lib/apt/lists/partial", "/layers")
                   if Path(d).exists()],
     "package": sagemaker_deepar.__file__,
-    "uncompiled": [m.__name__ for m in (sagemaker_deepar, torch, mxnet, gluonts)
-                   if not Path(importlib.util.cache_from_source(m.__file__)).exists()],
+    "modules_loaded": len(loaded),
+    "without_fresh_pyc": [m.__name__ for m in loaded if not fresh_pyc(m.__file__)][:5],
 }))
 """
 
@@ -192,9 +204,10 @@ def test_image_ships_only_what_runs(image):
     assert found["installers"] == [] and found["build_tools"] == []
     assert found["tests_dirs"] == [] and found["static_libs"] == [] and found["headers"] == []
     assert found["leftovers"] == []
-    # Our code is imported from /opt/program (not a second copy in site-packages), byte-compiled like the stack.
+    # Our code is imported from /opt/program (not a second copy in site-packages); it and the stack load
+    # from up-to-date .pyc files, which cold starts need (PYTHONDONTWRITEBYTECODE: nothing is cached at run time).
     assert found["package"] == "/opt/program/sagemaker_deepar/__init__.py"
-    assert found["uncompiled"] == []
+    assert found["modules_loaded"] > 500 and found["without_fresh_pyc"] == []
 
 
 def test_image_layers_each_hold_one_dependency_group(image):
