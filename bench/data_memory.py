@@ -4,7 +4,7 @@ Writes ~--gigabytes of JSON Lines (hourly series with gaps), then reads it in a 
 the train job's reader (validation, statistics, float32 arrays) and prints the peak resident memory
 above the interpreter's baseline, as a multiple of 4 bytes x observations (target: a few times).
 
-    .venv/bin/python bench/data_memory.py [--gigabytes 1.0]
+    .venv/bin/python -m bench.data_memory [--gigabytes 1.0]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ READER = r"""
 import resource, sys, time
 from pathlib import Path
 import numpy, pandas, orjson  # the baseline includes the libraries the job always imports
-sys.path.insert(0, sys.argv[2])
 from sagemaker_deepar.data import read_channel
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
@@ -56,7 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         channel = Path(tmp) / "train"
         size = write_channel(channel / "data.json", args.gigabytes)
-        out = subprocess.run([sys.executable, "-c", READER, str(channel), str(REPO)], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", READER, str(channel)], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
         series, observations, baseline_kb, peak_kb, seconds = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4])
         decoded = 4 * observations

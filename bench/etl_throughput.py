@@ -1,6 +1,6 @@
 """Rows/s of the ETL on >= 1M generated readings, each beside a baseline run on the same data.
 
-    .venv/bin/python bench/etl_throughput.py --devices 120 --days 365
+    .venv/bin/python -m bench.etl_throughput --devices 120 --days 365
 
 1. The Glue job (ingestion/glue_job.py: decode any encoding, split records, type, validate,
    quarantine, de-duplicate, write partitioned Parquet) vs the least Spark can do with the same
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 SPARK_BASELINE = """
 import sys

@@ -1,7 +1,7 @@
 """Cold start of the image's server: `docker run IMAGE serve` until /ping answers 200, with the
 model on a read-only /opt/ml mount; median of --runs. Also prints the image size.
 
-    .venv/bin/python bench/image_cold_start.py [--image sagemaker-deepar:latest] [--runs 5]
+    .venv/bin/python -m bench.image_cold_start [--image sagemaker-deepar:latest] [--runs 5]
 
 Trains a small model in the image first (the same container path SageMaker uses).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -18,12 +17,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
   - gluonts.shell serving the mxnet model, 1-series requests at concurrency 8.
 100 samples per series everywhere. Loopback only; each load run is bounded by --seconds.
 
-    .venv/bin/python bench/serve_throughput.py [--seconds 15]
+    .venv/bin/python -m bench.serve_throughput [--seconds 15]
 
 Needs wrk (Debian package) and the dev extras (waitress, click for gluonts.shell).
 """
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,10 +29,11 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sagemaker_deepar import sample_data
+from sagemaker_deepar.contract import write_jsonl
+from tests.helpers import free_port
 
-from sagemaker_deepar import sample_data  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "1",
                    "num_cells": "40", "num_layers": "3", "num_batches_per_epoch": "5", "cardinality": "ignore",
@@ -53,14 +53,8 @@ waitress.serve(app, listen=f"127.0.0.1:{sys.argv[2]}")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(root: Path, backend: str, records: list[dict]) -> None:
-    sample_data.write_jsonl(records, root / "input/data/train/train.json")
+    write_jsonl(records, root / "input/data/train/train.json")
     (root / "input/config").mkdir(parents=True, exist_ok=True)
     (root / "input/config/hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, "backend": backend}))
     subprocess.run([sys.executable, str(REPO / "container/train")], check=True, stdout=subprocess.DEVNULL,

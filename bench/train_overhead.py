@@ -3,7 +3,7 @@
 Both run as fresh subprocesses (imports included), alternating, per backend; prints the median wall
 times and the ratio (target: ours / plain <= 1.05).
 
-    .venv/bin/python bench/train_overhead.py [--repeats 3] [--backends torch mxnet]
+    .venv/bin/python -m bench.train_overhead [--repeats 3] [--backends torch mxnet]
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sagemaker_deepar import sample_data
+from sagemaker_deepar.contract import split_train_test, write_jsonl
 
-from sagemaker_deepar import sample_data  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "5",
                    "num_cells": "40", "num_layers": "3", "mini_batch_size": "64", "num_batches_per_epoch": "50",
@@ -68,8 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        train, _ = sample_data.split_train_test(sample_data.generate(num_sensors=20, days=60), 24)
-        sample_data.write_jsonl(train, root / "input/data/train/train.json")
+        train, _ = split_train_test(sample_data.generate(num_sensors=20, days=60), 24)
+        write_jsonl(train, root / "input/data/train/train.json")
         print(f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
               f"{HYPERPARAMETERS['epochs']} epochs x {HYPERPARAMETERS['num_batches_per_epoch']} batches "
               f"of {HYPERPARAMETERS['mini_batch_size']}")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """train.py's equivalent on the SageMaker Python SDK v3: a `ModelTrainer` with the image.
 
 Same flags as train.py (hyperparameters file + --hp, channels, instance, spot + checkpoints); the
@@ -7,9 +6,9 @@ metric definitions go in with `with_metric_definitions`. Runs in .venv-sdk3
 the image trains because SageMaker writes resourceconfig.json, see the README). --dry-run prints the
 CreateTrainingJob request and sends nothing.
 
-    .venv-sdk3/bin/python evaluation/train_v3.py --image <ecr-uri> --role <arn> --train s3://b/d/train \\
+    .venv-sdk3/bin/python -m evaluation.train_v3 --image <ecr-uri> --role <arn> --train s3://b/d/train \\
         --test s3://b/d/test --output-path s3://b/deepar/output
-    .venv-sdk3/bin/python evaluation/train_v3.py --local --train /tmp/eval/data/train --local-root /tmp/v3
+    .venv-sdk3/bin/python -m evaluation.train_v3 --local --train /tmp/eval/data/train --local-root /tmp/v3
 """
 
 from __future__ import annotations
@@ -19,9 +18,11 @@ import json
 import os
 from pathlib import Path
 
-import common
-import train as train_v2
-from common import CommandError
+from sagemaker_deepar.contract import ModelArtifact
+from sagemaker_deepar.errors import UserError
+
+from . import common
+from . import train as train_v2
 
 
 class DryRunDone(Exception):
@@ -48,7 +49,7 @@ def build_trainer(args: argparse.Namespace):
     from sagemaker_deepar.metrics import METRIC_DEFINITIONS
 
     if args.spot and (args.local or not args.checkpoint_s3_uri):
-        raise CommandError("--spot needs SageMaker and --checkpoint-s3-uri")
+        raise UserError("--spot needs SageMaker and --checkpoint-s3-uri")
     if args.local:
         common.local_environment()
         from sagemaker.core.local import LocalSession
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     inputs = [InputData(channel_name=name, data_source=uri) for name, uri in channels.items()]
     if args.dry_run:
         if args.local:
-            raise CommandError("--dry-run shows a SageMaker request: drop --local")
+            raise UserError("--dry-run shows a SageMaker request: drop --local")
         captured = intercept_create(session.boto_session)
         try:
             trainer.train(input_data_config=inputs, wait=False, logs=False)
@@ -108,10 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {"request": captured[0]}
     trainer.train(input_data_config=inputs, wait=True, logs=not args.quiet)
     if args.local:
-        metadata = json.loads((args.local_root / "model" / "deepar-metadata.json").read_text())
         model_data = f"file://{(args.local_root / 'compressed_artifacts' / 'model.tar.gz').resolve()}"
-        metrics = {"train:final_loss": metadata["train"]["final_loss"],
-                   **{f"test:{k}": v for k, v in (metadata.get("test_metrics") or {}).items()}}
+        metrics = ModelArtifact.read(args.local_root / "model").metrics()
         job_name = "local"
     else:
         job = trainer._latest_training_job  # noqa: SLF001 - v3 keeps the job here; no public accessor yet

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Tune DeepAR: a SageMaker HyperparameterTuner minimizing test:mean_wQuantileLoss.
 
 Searches the built-in DeepAR's recommended ranges (override with --range name=low:high, or drop a
@@ -6,7 +5,7 @@ name with --fixed name=value); needs a test channel. Prints the best training jo
 --dry-run prints the CreateHyperParameterTuningJob request and sends nothing. Tuning jobs run only
 on SageMaker: local mode has no tuner.
 
-    evaluation/tune.py --image <ecr-uri> --train s3://b/d/train --test s3://b/d/test --max-jobs 20 --max-parallel-jobs 2
+    python -m evaluation.tune --image <ecr-uri> --train s3://b/d/train --test s3://b/d/test --max-jobs 20 --max-parallel-jobs 2
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import common
-import train as train_command
-from common import CommandError
+from sagemaker_deepar.errors import UserError
+
+from . import common
+from . import train as train_command
 
 OBJECTIVE = "test:mean_wQuantileLoss"
 # The built-in DeepAR's recommended tuning ranges (SageMaker docs, "Tune a DeepAR model").
@@ -40,11 +40,11 @@ def parameter_ranges(overrides: list[str], fixed: set[str]) -> dict:
         name, sep, bounds = item.partition("=")
         low, sep2, high = bounds.partition(":")
         if not (sep and sep2) or name not in RECOMMENDED_RANGES:
-            raise CommandError(f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}")
+            raise UserError(f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}")
         try:
             ranges[name] = (RECOMMENDED_RANGES[name][0], float(low), float(high))
         except ValueError:
-            raise CommandError(f"--range {item!r}: LOW and HIGH must be numbers") from None
+            raise UserError(f"--range {item!r}: LOW and HIGH must be numbers") from None
     built = {}
     for name, (kind, low, high) in ranges.items():
         if name in fixed:
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dry-run", action="store_true", help="print the tuning request; send nothing")
     args = parser.parse_args(argv)
     if args.local:
-        raise CommandError("tuning jobs run only on SageMaker: drop --local (try --dry-run to see the request)")
+        raise UserError("tuning jobs run only on SageMaker: drop --local (try --dry-run to see the request)")
     if not args.test:
-        raise CommandError(f"--test is required: the objective {OBJECTIVE} is computed on the test channel")
+        raise UserError(f"--test is required: the objective {OBJECTIVE} is computed on the test channel")
     from sagemaker.tuner import HyperparameterTuner
 
     session = common.open_session(args)

@@ -18,6 +18,7 @@ they held), so re-running over the same input leaves the same output. Logs the c
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import sys
@@ -31,24 +32,18 @@ RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_m
           "latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
 CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
-DEFAULTS = {"raw-path": None, "curated-path": None, "quarantine-path": None, "partitions": "0"}
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """Glue's `--key value` pairs (it adds --JOB_NAME, --TempDir, ... which this job ignores)."""
-    values = dict(DEFAULTS)
-    i = 0
-    while i < len(argv):
-        if not argv[i].startswith("--"):
-            i += 1
-            continue
-        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        values[argv[i][2:]] = argv[i + 1] if has_value else "true"
-        i += 2 if has_value else 1
-    missing = [k for k in ("raw-path", "curated-path", "quarantine-path") if not values.get(k)]
-    if missing:
-        raise SystemExit(f"error: missing arguments: {', '.join('--' + k for k in missing)}")
-    return values
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Glue's `--key value` pairs; the ones Glue adds (--JOB_NAME, --TempDir, ...) are ignored."""
+    parser = argparse.ArgumentParser(prog="python -m ingestion.glue_job", allow_abbrev=False,
+                                     description="raw IoT data lake -> curated Parquet (see the module docstring)")
+    parser.add_argument("--raw-path", required=True)
+    parser.add_argument("--curated-path", required=True)
+    parser.add_argument("--quarantine-path", required=True)
+    parser.add_argument("--partitions", type=int, default=0, help="output partitions (0: Spark's default)")
+    args, _glue_arguments = parser.parse_known_args(argv)
+    return args
 
 
 def split_records(text: str) -> Iterator[tuple[Optional[object], Optional[str], str]]:
@@ -223,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     spark = spark_session()
     spark.sparkContext.setLogLevel("WARN")
-    counts = run(spark, args["raw-path"], args["curated-path"], args["quarantine-path"], int(args["partitions"]))
+    counts = run(spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions)
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
     print(f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
           f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sagemaker_deepar.cli import run_command
+from sagemaker_deepar.errors import UserError
+
 from .config import IngestionConfig, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -36,10 +39,6 @@ QUARANTINE_PREFIX = "quarantine/"
 FIREHOSE_PREFIX = RAW_PREFIX + "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/hour=!{timestamp:HH}/"
 FIREHOSE_ERROR_PREFIX = "errors/!{firehose:error-output-type}/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
 IAM_PROPAGATION_SECONDS = float(os.environ.get("INGESTION_IAM_WAIT", "90"))
-
-
-class SetupError(Exception):
-    """A problem stated in one line for the user."""
 
 
 @dataclass
@@ -170,7 +169,7 @@ def head_bucket(ctx: Context, name: str) -> Optional[dict]:
         if status == 404:
             return None
         if status == 403:
-            raise SetupError(f"bucket {name} belongs to another account: choose another name in the config") from None
+            raise UserError(f"bucket {name} belongs to another account: choose another name in the config") from None
         raise
 
 
@@ -320,7 +319,7 @@ def stored_certificate(ctx: Context, thing: str) -> Optional[dict]:
     found = missing(ctx.client("iot").describe_certificate, "ResourceNotFoundException",
                     certificateId=stored["certificateId"])
     if found is None:
-        raise SetupError(f"{paths['id']}: certificate {stored['certificateId']} no longer exists in IoT: "
+        raise UserError(f"{paths['id']}: certificate {stored['certificateId']} no longer exists in IoT: "
                          f"remove {paths['id'].parent} for {thing} to mint a new one")
     return stored
 
@@ -335,7 +334,7 @@ def ensure_things(ctx: Context) -> None:
         if stored is None and existing:
             principals = iot.list_thing_principals(thingName=thing)["principals"]
             if principals:  # never mint a second certificate for a device
-                raise SetupError(f"thing {thing} already has certificate {principals[0].rsplit('/', 1)[-1]} but its "
+                raise UserError(f"thing {thing} already has certificate {principals[0].rsplit('/', 1)[-1]} but its "
                                  f"private key is not in {cert_paths(ctx, thing)['key'].parent}: restore the state "
                                  "folder, or run `down` first")
 
@@ -561,22 +560,6 @@ def delete_bucket(ctx: Context, kind: str, delete_data: bool) -> None:
 STEPS = (ensure_buckets, ensure_roles, ensure_iot_policy, ensure_things, ensure_stream, ensure_rule, ensure_glue)
 
 
-def explain(error: BaseException) -> str:
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
-
-    if isinstance(error, (SetupError,)):
-        return str(error)
-    if isinstance(error, NoCredentialsError):
-        return "no AWS credentials: run `aws configure` or set AWS_PROFILE"
-    if isinstance(error, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
-    if isinstance(error, ClientError):
-        code, message = error_code(error), error.response.get("Error", {}).get("Message", "")
-        hint = " -- the credentials lack this permission" if "AccessDenied" in code or "Unauthorized" in code else ""
-        return f"{error.operation_name} failed: {code}: {message}{hint}"
-    return f"{type(error).__name__}: {error}"
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ingestion.infra", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -593,39 +576,37 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, session: Any = None) -> int:
-    args = parser().parse_args(argv)
+    """The command: one line on stderr and exit status 1 for any failure (``INGESTION_DEBUG=1``: the traceback)."""
+    return run_command(lambda argv: run(parser().parse_args(argv), session), argv, debug_env="INGESTION_DEBUG")
+
+
+def run(args: argparse.Namespace, session: Any = None) -> int:
     config = load_config(args.config, {"prefix": args.prefix, "region": args.region, "devices": args.devices,
                                        "buffer_seconds": args.buffer_seconds, "buffer_mb": args.buffer_mb,
                                        "state_dir": args.state_dir})
-    try:
-        import boto3
+    import boto3
 
-        session = session or boto3.Session(region_name=config.region)
-        ctx = Context(config, session, apply=args.action == "up")
-        ctx.region = session.region_name
-        if not ctx.region:
-            raise SetupError("no AWS region: pass --region, set AWS_REGION or put region in the config")
-        ctx.account = ctx.client("sts").get_caller_identity()["Account"]
-        print(f"{args.action}: prefix {config.prefix}, account {ctx.account}, region {ctx.region}", flush=True)
-        if args.action == "down":
-            down(ctx, args.delete_data)
-            return 0
-        for step in STEPS:
-            step(ctx)
-        changes = [r for r in ctx.results if r[0] != "unchanged"]
-        if args.action == "plan":
-            print(f"plan: {len(changes)} to create or update, {len(ctx.results) - len(changes)} unchanged; "
-                  "nothing was changed")
-            return 0
-        settings = write_settings(ctx)
-        print(f"up: {len(changes)} created or updated, {len(ctx.results) - len(changes)} unchanged; "
-              f"settings for the simulator: {settings}")
+    session = session or boto3.Session(region_name=config.region)
+    ctx = Context(config, session, apply=args.action == "up")
+    ctx.region = session.region_name
+    if not ctx.region:
+        raise UserError("no AWS region: pass --region, set AWS_REGION or put region in the config")
+    ctx.account = ctx.client("sts").get_caller_identity()["Account"]
+    print(f"{args.action}: prefix {config.prefix}, account {ctx.account}, region {ctx.region}", flush=True)
+    if args.action == "down":
+        down(ctx, args.delete_data)
         return 0
-    except Exception as error:  # noqa: BLE001 - one line, never a traceback
-        print(f"error: {explain(error)}", file=sys.stderr)
-        if os.environ.get("INGESTION_DEBUG"):
-            raise
-        return 1
+    for step in STEPS:
+        step(ctx)
+    changes = [r for r in ctx.results if r[0] != "unchanged"]
+    if args.action == "plan":
+        print(f"plan: {len(changes)} to create or update, {len(ctx.results) - len(changes)} unchanged; "
+              "nothing was changed")
+        return 0
+    settings = write_settings(ctx)
+    print(f"up: {len(changes)} created or updated, {len(ctx.results) - len(changes)} unchanged; "
+          f"settings for the simulator: {settings}")
+    return 0
 
 
 if __name__ == "__main__":

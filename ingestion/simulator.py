@@ -23,6 +23,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
+from sagemaker_deepar.cli import run_command
+from sagemaker_deepar.errors import UserError
+
 from .signals import Device, parse_time
 
 
@@ -56,12 +59,12 @@ def load_devices(args: argparse.Namespace) -> tuple[str, int, Optional[str], lis
         try:
             settings = json.loads(Path(args.settings).read_text())
         except (OSError, ValueError) as error:
-            raise SystemExit(f"error: --settings {args.settings}: {error}") from None
+            raise UserError(f"--settings {args.settings}: {error}") from None
         devices = [DeviceSettings(d["thing"], d["topic"], d["cert"], d["key"]) for d in settings["devices"]]
         endpoint, port, ca = settings["endpoint"], int(settings.get("port", 8883)), settings.get("ca")
     else:
         if not (args.endpoint and args.cert and args.key and args.thing):
-            raise SystemExit("error: pass --settings FILE, or --endpoint, --cert, --key and --thing")
+            raise UserError("pass --settings FILE, or --endpoint, --cert, --key and --thing")
         devices = [DeviceSettings(args.thing, args.topic or f"{args.prefix}/{args.thing}/telemetry", args.cert, args.key)]
         endpoint, port, ca = args.endpoint, 8883, None
     endpoint = args.endpoint or endpoint
@@ -72,7 +75,7 @@ def load_devices(args: argparse.Namespace) -> tuple[str, int, Optional[str], lis
     for device in devices:
         for path in (device.cert, device.key):
             if not Path(path).exists():
-                raise SystemExit(f"error: {device.thing}: {path} does not exist (run `python -m ingestion.infra up`)")
+                raise UserError(f"{device.thing}: {path} does not exist (run `python -m ingestion.infra up`)")
     return endpoint, port, ca, devices
 
 
@@ -116,7 +119,7 @@ def schedule(args: argparse.Namespace) -> tuple[datetime, Optional[datetime], ti
     if args.replay:
         start, end = parse_time(args.replay[0]), parse_time(args.replay[1])
         if end <= start:
-            raise SystemExit("error: --replay END must be after START")
+            raise UserError("--replay END must be after START")
         return start, end, parse_step(args.step), 1.0 / args.replay_rate if args.replay_rate else 0.0
     interval = 1.0 / args.rate
     return datetime.now(timezone.utc), None, timedelta(seconds=interval), interval
@@ -127,7 +130,7 @@ def parse_step(text: str) -> timedelta:
     for suffix, unit in sorted(units.items(), key=lambda u: -len(u[0])):
         if text.endswith(suffix) and text[: -len(suffix)].isdigit():
             return timedelta(**{unit: int(text[: -len(suffix)])})
-    raise SystemExit(f"error: --step {text!r}: expected e.g. 30s, 5min, 1h, 1d")
+    raise UserError(f"--step {text!r}: expected e.g. 30s, 5min, 1h, 1d")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -152,7 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for outstanding acks")
     args = parser.parse_args(argv)
     if args.rate <= 0:
-        raise SystemExit("error: --rate must be positive")
+        raise UserError("--rate must be positive")
     endpoint, port, ca, devices = load_devices(args)
     counters = Counters()
     connections = []
@@ -209,4 +212,4 @@ def drain(counters: Counters, timeout: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, debug_env="INGESTION_DEBUG"))

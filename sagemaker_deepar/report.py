@@ -1,6 +1,6 @@
 """Accuracy report for forecasts against held-out actuals: tables, scores and one PNG per series.
 
-Shared by local_test/predict.py (local server) and evaluation/invoke.py / batch.py (SageMaker
+Shared by local_test.predict (local server) and evaluation.invoke / batch.py (SageMaker
 endpoints and batch transform). Needs only numpy, pandas and (for plots) matplotlib, so it also runs
 in the SageMaker SDK's environment, which cannot install the container's stack.
 """
@@ -15,33 +15,10 @@ from typing import TextIO
 
 import numpy as np
 
+from .contract import pandas_freq, target_array
 from .metrics import score_forecasts
 
 QUANTILES = ("0.1", "0.5", "0.9")
-_UNITS = {"min": "min", "H": "h", "D": "D", "W": "W", "M": "M"}  # DeepAR time_freq -> pandas period alias
-
-
-def period_freq(time_freq: str) -> str:
-    """DeepAR's ``time_freq`` (``H``, ``5min``, ``D`` ...) as a pandas period alias on pandas 2 and 3."""
-    match = re.fullmatch(r"(\d*)(min|H|D|W|M)", time_freq)
-    if not match:
-        raise ValueError(f"time_freq {time_freq!r}: expected <n>min, <n>H, D, W or M")
-    return match[1] + _UNITS[match[2]]
-
-
-def to_float(values: list) -> np.ndarray:
-    """A DeepAR target (numbers, null or "NaN" for missing) as floats with NaN gaps."""
-    return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
-
-
-def holdout(record: dict, prediction_length: int) -> dict:
-    """The request for a series whose last ``prediction_length`` points are held out as ground truth.
-
-    ``dynamic_feat`` keeps its full length: DeepAR needs it to cover the forecast horizon too.
-    """
-    if len(record["target"]) <= prediction_length:
-        raise ValueError(f"series of {len(record['target'])} points is too short to hold out {prediction_length}")
-    return {**record, "target": record["target"][:-prediction_length]}
 
 
 @dataclass
@@ -60,7 +37,7 @@ class AccuracyReport:
     def add(self, name: str, record: dict, prediction: dict, plot_dir: Path | None = None) -> None:
         """One series: ``record`` is the full series, ``prediction`` the answer for its held-out form."""
         self._check(name, prediction)
-        actual = to_float(record["target"][-self.prediction_length:])
+        actual = target_array(record["target"][-self.prediction_length:])
         self.names.append(name)
         self.actuals.append(actual)
         self.means.append(np.asarray(prediction["mean"], dtype=float))
@@ -122,9 +99,9 @@ def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, pred
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    target = to_float(record["target"])
+    target = target_array(record["target"])
     split = len(target) - prediction_length if held_out else len(target)
-    index = pd.period_range(pd.Period(record["start"], freq=period_freq(freq)), periods=split + prediction_length)
+    index = pd.period_range(pd.Period(record["start"], freq=pandas_freq(freq)), periods=split + prediction_length)
     x = index.to_timestamp()
     shown = max(0, split - 5 * prediction_length)
     fig, ax = plt.subplots(figsize=(10, 3.5))

@@ -10,11 +10,12 @@ effect, noise, occasional outliers and gaps (missing values). One series per (se
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .contract import split_train_test, write_jsonl
 
 POLLUTANTS = {  # name: (base level, daily amplitude, peak hour, noise)
     "ozone": (30.0, 18.0, 15, 3.0),
@@ -68,24 +69,6 @@ def generate(num_sensors: int = 5, days: int = 30, start: str = "2024-01-01 00:0
                 record["dynamic_feat"] = [[round(float(t), 3) for t in temp]]
             records.append(record)
     return records
-
-
-def split_train_test(records: list[dict], prediction_length: int) -> tuple[list[dict], list[dict]]:
-    """Test = the full series; train = all but the last ``prediction_length`` points."""
-    train = []
-    for record in records:
-        cut = {**record, "target": record["target"][:-prediction_length]}
-        if "dynamic_feat" in record:
-            cut["dynamic_feat"] = [row[:-prediction_length] for row in record["dynamic_feat"]]
-        train.append(cut)
-    return train, records
-
-
-def write_jsonl(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ from typing import Any, Iterable, Iterator, Optional
 
 import pytest
 
+from .helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"
 
@@ -105,14 +107,6 @@ def standard_job(opt_ml: OptMl, with_test: bool = True, n_series: int = 4, **hyp
 # ---------------------------------------------------------------- serving
 
 SERVE = REPO / "container" / "serve"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_model(root: Path, backend: str, features: bool) -> Path:

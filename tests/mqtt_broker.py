@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from .helpers import free_port
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -41,12 +42,6 @@ def make_cert(folder: Path, name: str, ca: tuple[Path, Path], server: bool = Fal
             "-extfile", str(extensions), "-out", str(cert), cwd=folder)
     os.chmod(key, 0o600)
     return cert, key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

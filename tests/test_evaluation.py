@@ -23,8 +23,8 @@ SDK_ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 def run_guarded(python, command: str, workdir, args: list[str], timeout: float = 1200) -> tuple[dict, str]:
     """evaluation/<command>.py's main() in the SDK's env, offline and under the network guard."""
-    result = subprocess.run([str(python), str(REPO / "tests/sdk/run_guarded.py"), command, "--workdir", str(workdir),
-                             "--", *args], env=SDK_ENV, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([str(python), "-m", "tests.sdk.run_guarded", command, "--workdir", str(workdir),
+                             "--", *args], cwd=REPO, env=SDK_ENV, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
     assert result.returncode == 0 and lines, (result.stdout[-4000:], result.stderr[-4000:])
     summary = json.loads(lines[0].removeprefix("SUMMARY "))

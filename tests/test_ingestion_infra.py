@@ -175,7 +175,7 @@ def test_aws_error_is_one_line_and_nonzero(aws, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == ["error: CreateBucket failed: AccessDenied: not authorized to perform s3:CreateBucket "
-                   "-- the credentials lack this permission"]
+                   "-- the credentials or the role lack a permission (see the message)"]
 
 
 def test_bad_config_names_the_field(tmp_path):

@@ -3,7 +3,7 @@
 Estimator.fit on file:// train and test channels -> deploy -> Predictor.predict with the JSON
 serializer -> boto3-shaped invoke_endpoint -> Transformer batch transform (MultiRecord, SplitType
 Line, AssembleWith Line) -> delete. No AWS traffic (fake credentials, telemetry opt-out, a
-connection guard). SDK v3: evaluation/train_v3.py trains in v3's local-container mode and builds
+connection guard). SDK v3: evaluation.train_v3 trains in v3's local-container mode and builds
 the CreateTrainingJob request. Skipped without Docker, docker-compose or the SDK envs on a laptop;
 fails in CI.
 """
@@ -22,8 +22,8 @@ from .conftest import IMAGE, REPO, SDK_PYTHON, free_port
 
 def test_sdk_v2_local_mode_fit_deploy_predict_invoke_transform(sdk_ready, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    result = subprocess.run([str(SDK_PYTHON), str(REPO / "tests/sdk/v2_local_mode.py"), "--image", IMAGE,
-                             "--workdir", str(tmp_path), "--port", str(free_port())],
+    result = subprocess.run([str(SDK_PYTHON), "-m", "tests.sdk.v2_local_mode", "--image", IMAGE,
+                             "--workdir", str(tmp_path), "--port", str(free_port())], cwd=REPO,
                             env={**env, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     [line] = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
@@ -47,7 +47,7 @@ def test_sdk_v2_local_mode_fit_deploy_predict_invoke_transform(sdk_ready, tmp_pa
 
 
 def test_sdk_v3_model_trainer_trains_in_local_container_mode(sdk_ready, tmp_path):
-    """evaluation/train_v3.py --local: v3 starts the container with no command; the image trains."""
+    """evaluation.train_v3 --local: v3 starts the container with no command; the image trains."""
     from .test_evaluation import run_guarded
 
     python = REPO / ".venv-sdk3" / "bin" / "python"
@@ -75,7 +75,7 @@ def test_sdk_v3_model_trainer_trains_in_local_container_mode(sdk_ready, tmp_path
 
 
 def test_sdk_v3_dry_run_request_for_sagemaker(tmp_path):
-    """evaluation/train_v3.py --dry-run: the CreateTrainingJob request v3 would send (spot, checkpoints, metrics)."""
+    """evaluation.train_v3 --dry-run: the CreateTrainingJob request v3 would send (spot, checkpoints, metrics)."""
     from .test_evaluation import run_guarded
 
     python = REPO / ".venv-sdk3" / "bin" / "python"

@@ -10,11 +10,11 @@ import sys
 import pandas as pd
 import pytest
 
+from ingestion.glue_job import POLLUTANTS
 from ingestion.to_deepar import convert
+from sagemaker_deepar.errors import UserError
 
 from .conftest import REPO, free_port
-
-POLLUTANTS = ["ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide"]
 
 
 def curated_frame() -> pd.DataFrame:
@@ -104,7 +104,7 @@ def test_s3_round_trip_on_moto(tmp_path, monkeypatch):
 
 def test_unknown_column_and_nothing_long_enough_are_clear_errors(tmp_path):
     write_curated(tmp_path / "curated")
-    with pytest.raises(SystemExit, match="no series has 100 points or more"):
+    with pytest.raises(UserError, match="no series has 100 points or more"):
         convert(str(tmp_path / "curated"), str(tmp_path / "out"), "H", 3, min_length=100, quiet=True)
-    with pytest.raises(SystemExit, match="unknown column"):
+    with pytest.raises(UserError, match="unknown column"):
         convert(str(tmp_path / "curated"), str(tmp_path / "out"), "H", 3, dynamic=["humidity"], quiet=True)

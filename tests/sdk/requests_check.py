@@ -1,7 +1,7 @@
 """The evaluation/ commands' AWS requests, checked with botocore's Stubber (no AWS, no Docker).
 
 Run in .venv-sdk by tests/test_evaluation.py:
-    .venv-sdk/bin/python -m pytest --noconftest tests/sdk/requests_check.py
+    .venv-sdk/bin/python -m pytest --noconftest tests/sdk/requests_check.py   (from the repository root)
 Local mode cannot reach tuning, UpdateEndpoint, A/B variants or traffic shifting: here each
 command's real main() runs against a stubbed SageMaker client and the requests are asserted.
 """
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1] / "evaluation")]
-
-from offline import ROLE, VIOLATIONS, guard_network, offline_environment  # noqa: E402
+from .offline import ROLE, VIOLATIONS, guard_network, offline_environment
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-deepar:1"
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
@@ -38,7 +34,7 @@ def offline(tmp_path, monkeypatch):
 def stubbed(monkeypatch):
     """A real sagemaker.Session whose SageMaker client is stubbed; every command's open_session returns it."""
     import boto3
-    import common
+    from evaluation import common
     import sagemaker
     from botocore.stub import Stubber
 
@@ -77,7 +73,7 @@ TUNE_ARGS = ["--image", IMAGE, "--role", ROLE, "--train", "s3://b/d/train", "--t
 
 
 def test_tune_dry_run_builds_the_tuning_request(capsys):
-    import tune
+    from evaluation import tune
 
     request = tune.main([*TUNE_ARGS, "--dry-run"])["request"]
     config_ = request["HyperParameterTuningJobConfig"]
@@ -102,7 +98,7 @@ def test_tune_dry_run_builds_the_tuning_request(capsys):
 
 
 def test_tune_runs_and_reports_the_best_job(stubbed, capsys):
-    import tune
+    from evaluation import tune
     from botocore.stub import ANY
 
     stubbed.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN + "hyper-parameter-tuning-job/t"},
@@ -131,8 +127,8 @@ def test_tune_runs_and_reports_the_best_job(stubbed, capsys):
 
 
 def test_tune_refuses_local_mode_and_a_missing_test_channel(capsys):
-    import common
-    import tune
+    from evaluation import common
+    from evaluation import tune
 
     assert common.run_command(tune.main, [*TUNE_ARGS, "--local"]) == 1
     assert capsys.readouterr().err.strip() == ("error: tuning jobs run only on SageMaker: drop --local "
@@ -148,7 +144,7 @@ DEPLOY = ["--name", "e", "--image", IMAGE, "--role", ROLE, "--timeout", "60"]
 
 
 def test_deploy_create_builds_model_config_endpoint_and_waits(stubbed, capsys):
-    import deploy
+    from evaluation import deploy
     from botocore.stub import ANY
 
     not_found(stubbed, "describe_endpoint")
@@ -169,7 +165,7 @@ def test_deploy_create_builds_model_config_endpoint_and_waits(stubbed, capsys):
 
 
 def test_deploy_update_is_blue_green_with_canary_and_retires_the_old_model(stubbed):
-    import deploy
+    from evaluation import deploy
     from botocore.stub import ANY
 
     stubbed.add_response("describe_endpoint", endpoint("InService", "c-old"))
@@ -197,7 +193,7 @@ def test_deploy_update_is_blue_green_with_canary_and_retires_the_old_model(stubb
 
 
 def test_deploy_ab_variants_then_shift_traffic(stubbed, capsys):
-    import deploy
+    from evaluation import deploy
     from botocore.stub import ANY
 
     for data in ("s3://b/a.tar.gz", "s3://b/b.tar.gz"):
@@ -225,7 +221,7 @@ def test_deploy_ab_variants_then_shift_traffic(stubbed, capsys):
 
 
 def test_deploy_delete_removes_endpoint_config_models_and_tolerates_missing(stubbed, capsys):
-    import deploy
+    from evaluation import deploy
 
     stubbed.add_response("describe_endpoint", endpoint("InService", "c"))
     stubbed.add_response("describe_endpoint_config", config("c", "m1", "m2"))
@@ -240,8 +236,8 @@ def test_deploy_delete_removes_endpoint_config_models_and_tolerates_missing(stub
 
 
 def test_aws_errors_are_one_clear_line_with_advice(stubbed, capsys):
-    import common
-    import deploy
+    from evaluation import common
+    from evaluation import deploy
 
     not_found(stubbed, "describe_endpoint")
     stubbed.add_client_error("create_model", "AccessDeniedException",
@@ -258,8 +254,8 @@ def test_aws_errors_are_one_clear_line_with_advice(stubbed, capsys):
 
 
 def test_missing_role_and_image_say_what_to_pass(capsys):
-    import common
-    import deploy
+    from evaluation import common
+    from evaluation import deploy
 
     assert common.run_command(deploy.main, ["create", "--name", "e", "--model-data", "s3://b/a"]) == 1
     assert "no execution role: pass --role" in capsys.readouterr().err
@@ -268,8 +264,8 @@ def test_missing_role_and_image_say_what_to_pass(capsys):
 # --- prepare / train / invoke -----------------------------------------------------------------
 
 def test_prepare_names_the_file_and_line_of_a_bad_series(tmp_path, capsys):
-    import common
-    import prepare
+    from evaluation import common
+    from evaluation import prepare
 
     data = tmp_path / "series.json"
     data.write_text('{"start": "2024-01-01", "target": [1, 2, 3, 4, 5]}\n\n{"start": "2024-01-01", "target": [1, 2]}\n')
@@ -287,8 +283,8 @@ def test_prepare_names_the_file_and_line_of_a_bad_series(tmp_path, capsys):
 
 
 def test_train_refuses_spot_without_checkpoints(stubbed, capsys):
-    import common
-    import train
+    from evaluation import common
+    from evaluation import train
 
     args = ["--image", IMAGE, "--role", ROLE, "--train", "s3://b/d/train", "--output-path", "s3://b/o", "--spot"]
     assert common.run_command(train.main, args) == 1
@@ -298,8 +294,8 @@ def test_train_refuses_spot_without_checkpoints(stubbed, capsys):
 def test_invoke_retries_adaptively_and_reports_model_errors(stubbed, capsys, monkeypatch):
     import argparse
 
-    import common
-    import invoke
+    from evaluation import common
+    from evaluation import invoke
     from botocore.stub import Stubber
 
     session = common.open_session(None)

@@ -2,7 +2,7 @@
 -> batch transform -> delete. Runs in its own environment (.venv-sdk: the SDK needs numpy >= 1.26,
 the container's stack pins 1.23) and prints a JSON summary for tests/test_sagemaker_local.py.
 
-    .venv-sdk/bin/python tests/sdk/v2_local_mode.py --image sagemaker-deepar:latest --workdir DIR
+    .venv-sdk/bin/python -m tests.sdk.v2_local_mode --image sagemaker-deepar:latest --workdir DIR
 
 No AWS traffic: fake credentials, telemetry opted out, and a guard that fails on any connection
 that is not to loopback or a unix socket.
@@ -17,7 +17,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from offline import ROLE, VIOLATIONS, guard_network, offline_environment
+from sagemaker_deepar.contract import METADATA_FILE, ModelArtifact
+
+from .offline import ROLE, VIOLATIONS, guard_network, offline_environment
 
 
 def write_lines(path: Path, records: list[dict]) -> Path:
@@ -64,9 +66,9 @@ def main() -> None:
     model_data = estimator.model_data.removeprefix("file://")
     with tarfile.open(model_data) as tar:
         summary["model_files"] = sorted(tar.getnames())
-        metadata = json.load(tar.extractfile("deepar-metadata.json"))
-    summary["test_metrics"] = metadata["test_metrics"]
-    summary["hyperparameters"] = metadata["hyperparameters"]
+        artifact = ModelArtifact.from_bytes(tar.extractfile(METADATA_FILE).read())
+    summary["test_metrics"] = artifact.test_metrics
+    summary["hyperparameters"] = artifact.hyperparameters
 
     predictor = estimator.deploy(1, "local", serializer=JSONSerializer(), deserializer=JSONDeserializer(), wait=False)
     try:
