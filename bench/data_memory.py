@@ -42,7 +42,11 @@ def write_channel(path: Path, gigabytes: float) -> int:
         while written < target:
             values = np.round(30 + 10 * np.sin(np.arange(5000) / 24 * 2 * np.pi) + rng.normal(0, 3, 5000), 3)
             text = ",".join(map(str, values.tolist()))
-            line = '{"start": "2024-01-01 00:00:00", "target": [' + text.replace(",31.0,", ",null,", 3) + '], "cat": [1]}\n'
+            line = (
+                '{"start": "2024-01-01 00:00:00", "target": ['
+                + text.replace(",31.0,", ",null,", 3)
+                + '], "cat": [1]}\n'
+            )
             f.write(line)
             written += len(line)
     return written
@@ -55,15 +59,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         channel = Path(tmp) / "train"
         size = write_channel(channel / "data.json", args.gigabytes)
-        out = subprocess.run([sys.executable, "-c", READER, str(channel)], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
-        series, observations, baseline_kb, peak_kb, seconds = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4])
+        out = subprocess.run(
+            [sys.executable, "-c", READER, str(channel)], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split()
+        series, observations, baseline_kb, peak_kb, seconds = (
+            int(out[0]),
+            int(out[1]),
+            int(out[2]),
+            int(out[3]),
+            float(out[4]),
+        )
         decoded = 4 * observations
         used = (peak_kb - baseline_kb) * 1024
-        print(f"JSON Lines {size / 1e9:.2f} GB: {series} series, {observations:,} observations; read in {seconds:.1f} s "
-              f"({size / 1e6 / seconds:.0f} MB/s)")
-        print(f"decoded float32 {decoded / 1e6:.0f} MB; peak RSS above baseline {used / 1e6:.0f} MB = {used / decoded:.2f}x "
-              f"[target: a few times]")
+        print(
+            f"JSON Lines {size / 1e9:.2f} GB: {series} series, {observations:,} observations; read in {seconds:.1f} s "
+            f"({size / 1e6 / seconds:.0f} MB/s)"
+        )
+        print(
+            f"decoded float32 {decoded / 1e6:.0f} MB; peak RSS above baseline {used / 1e6:.0f} MB = {used / decoded:.2f}x "
+            f"[target: a few times]"
+        )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,18 @@ from sagemaker_deepar.contract import split_train_test, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 
-HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "5",
-                   "num_cells": "40", "num_layers": "3", "mini_batch_size": "64", "num_batches_per_epoch": "50",
-                   "likelihood": "student-T", "seed": "1"}
+HYPERPARAMETERS = {
+    "time_freq": "H",
+    "prediction_length": "24",
+    "context_length": "72",
+    "epochs": "5",
+    "num_cells": "40",
+    "num_layers": "3",
+    "mini_batch_size": "64",
+    "num_batches_per_epoch": "50",
+    "likelihood": "student-T",
+    "seed": "1",
+}
 
 # The same job written against GluonTS directly: its own JSON reader, the estimator, serialize.
 PLAIN_GLUONTS = r"""
@@ -70,9 +79,11 @@ def main() -> None:
         root = Path(tmp)
         train, _ = split_train_test(sample_data.generate(num_sensors=20, days=60), 24)
         write_jsonl(train, root / "input/data/train/train.json")
-        print(f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
-              f"{HYPERPARAMETERS['epochs']} epochs x {HYPERPARAMETERS['num_batches_per_epoch']} batches "
-              f"of {HYPERPARAMETERS['mini_batch_size']}")
+        print(
+            f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
+            f"{HYPERPARAMETERS['epochs']} epochs x {HYPERPARAMETERS['num_batches_per_epoch']} batches "
+            f"of {HYPERPARAMETERS['mini_batch_size']}"
+        )
         for backend in args.backends:
             hp = {**HYPERPARAMETERS, "backend": backend}
             (root / "input/config").mkdir(parents=True, exist_ok=True)
@@ -83,11 +94,24 @@ def main() -> None:
                 for d in ("model", "output", "checkpoints"):
                     subprocess.run(["rm", "-rf", str(root / d)], check=True)
                 ours.append(timed([sys.executable, str(REPO / "container/train")], env))
-                plain.append(timed([sys.executable, "-c", PLAIN_GLUONTS, str(root / "input/data/train"),
-                                    str(root / "plain"), json.dumps(hp)], env))
+                plain.append(
+                    timed(
+                        [
+                            sys.executable,
+                            "-c",
+                            PLAIN_GLUONTS,
+                            str(root / "input/data/train"),
+                            str(root / "plain"),
+                            json.dumps(hp),
+                        ],
+                        env,
+                    )
+                )
             o, p = statistics.median(ours), statistics.median(plain)
-            print(f"{backend:6s} ours {o:6.2f} s  plain GluonTS {p:6.2f} s  ratio {o / p:.3f}  "
-                  f"(runs ours {[round(x, 2) for x in ours]}, plain {[round(x, 2) for x in plain]})")
+            print(
+                f"{backend:6s} ours {o:6.2f} s  plain GluonTS {p:6.2f} s  ratio {o / p:.3f}  "
+                f"(runs ours {[round(x, 2) for x in ours]}, plain {[round(x, 2) for x in plain]})"
+            )
 
 
 if __name__ == "__main__":

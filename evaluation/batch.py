@@ -51,11 +51,14 @@ def read_output(output_path: str, session) -> list[dict]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.batch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-data", required=True, help="model.tar.gz URI")
     parser.add_argument("--image", help="serving image (default with --local: sagemaker-deepar:latest)")
-    parser.add_argument("--work-path", required=True, help="s3:// prefix (or local folder with --local) for input/ and output/")
+    parser.add_argument(
+        "--work-path", required=True, help="s3:// prefix (or local folder with --local) for input/ and output/"
+    )
     parser.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--max-payload", type=int, default=6, help="MB per request")
@@ -66,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     from sagemaker.model import Model
+
     from sagemaker_deepar.report import QUANTILES
 
     session = common.open_session(args)
@@ -75,17 +79,29 @@ def run(args: argparse.Namespace) -> dict:
     if args.local:
         output_path = f"file://{(common.local_path(args.work_path).resolve() / 'output')}"
         common.local_path(output_path).mkdir(parents=True, exist_ok=True)
-    model = Model(image_uri=common.default_image(args), model_data=args.model_data, role=common.execution_role(args),
-                  sagemaker_session=session)
+    model = Model(
+        image_uri=common.default_image(args),
+        model_data=args.model_data,
+        role=common.execution_role(args),
+        sagemaker_session=session,
+    )
     config = {"num_samples": args.num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(QUANTILES)}
     transformer = model.transformer(
-        instance_count=args.instance_count, instance_type="local" if args.local else args.instance_type,
-        strategy="MultiRecord", assemble_with="Line", accept="application/jsonlines", output_path=output_path,
-        max_payload=args.max_payload, env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config)})
+        instance_count=args.instance_count,
+        instance_type="local" if args.local else args.instance_type,
+        strategy="MultiRecord",
+        assemble_with="Line",
+        accept="application/jsonlines",
+        output_path=output_path,
+        max_payload=args.max_payload,
+        env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config)},
+    )
     transformer.transform(input_uri, content_type="application/jsonlines", split_type="Line", logs=False, wait=True)
     predictions = read_output(output_path, session)
-    print(f"transform job {transformer.latest_transform_job.name}: {len(records)} lines in, {len(predictions)} out "
-          f"({output_path})")
+    print(
+        f"transform job {transformer.latest_transform_job.name}: {len(records)} lines in, {len(predictions)} out "
+        f"({output_path})"
+    )
     if len(predictions) != len(records):
         raise UserError(f"batch output has {len(predictions)} lines for {len(records)} input lines")
     result = invoke_command.report(records, predictions, args, "batch output")

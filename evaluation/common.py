@@ -26,14 +26,27 @@ DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 
 def add_session_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where it runs")
-    group.add_argument("--local", action="store_true",
-                       help="SageMaker local mode: the local image, file:// paths, fake credentials, no AWS traffic")
-    group.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                       help="AWS region (default: AWS_REGION / your profile's region)")
-    group.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE"),
-                       help="SageMaker execution role ARN (default: env SAGEMAKER_ROLE)")
-    group.add_argument("--serving-port", type=int, default=int(os.environ.get("SAGEMAKER_LOCAL_PORT", "8080")),
-                       help="local mode: the port local endpoints listen on (127.0.0.1)")
+    group.add_argument(
+        "--local",
+        action="store_true",
+        help="SageMaker local mode: the local image, file:// paths, fake credentials, no AWS traffic",
+    )
+    group.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help="AWS region (default: AWS_REGION / your profile's region)",
+    )
+    group.add_argument(
+        "--role",
+        default=os.environ.get("SAGEMAKER_ROLE"),
+        help="SageMaker execution role ARN (default: env SAGEMAKER_ROLE)",
+    )
+    group.add_argument(
+        "--serving-port",
+        type=int,
+        default=int(os.environ.get("SAGEMAKER_LOCAL_PORT", "8080")),
+        help="local mode: the port local endpoints listen on (127.0.0.1)",
+    )
 
 
 def local_environment() -> None:
@@ -64,6 +77,7 @@ quiet_sdk_logs()  # before any command imports sagemaker, which logs its config 
 def open_session(args: argparse.Namespace):
     """A ``sagemaker.Session`` on the caller's credentials, or a ``LocalSession`` with --local."""
     import sagemaker
+
     if args.local:
         local_environment()
         from sagemaker.local import LocalSession
@@ -80,8 +94,10 @@ def execution_role(args: argparse.Namespace) -> str:
     if args.local:
         return args.role or LOCAL_ROLE
     if not args.role:
-        raise UserError("no execution role: pass --role arn:aws:iam::<account>:role/<role SageMaker may assume> "
-                           "or set SAGEMAKER_ROLE")
+        raise UserError(
+            "no execution role: pass --role arn:aws:iam::<account>:role/<role SageMaker may assume> "
+            "or set SAGEMAKER_ROLE"
+        )
     return args.role
 
 
@@ -90,8 +106,10 @@ def default_image(args: argparse.Namespace) -> str:
         return args.image
     if args.local:
         return LOCAL_IMAGE
-    raise UserError("no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag> "
-                       "(build_and_push_to_ecr.sh prints it)")
+    raise UserError(
+        "no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag> "
+        "(build_and_push_to_ecr.sh prints it)"
+    )
 
 
 def runtime_client(session, args: argparse.Namespace):
@@ -101,8 +119,9 @@ def runtime_client(session, args: argparse.Namespace):
         return session.sagemaker_runtime_client
     from botocore.config import Config
 
-    return session.boto_session.client("sagemaker-runtime",
-                                       config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, read_timeout=70))
+    return session.boto_session.client(
+        "sagemaker-runtime", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, read_timeout=70)
+    )
 
 
 def key_value(item: str, flag: str, what: str = "KEY=VALUE") -> tuple[str, str]:
@@ -118,8 +137,15 @@ def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def wait_for(describe: Callable[[], dict], status_key: str, done: set[str], failed: set[str], timeout: float,
-             what: str, poll: float = 15.0) -> dict:
+def wait_for(
+    describe: Callable[[], dict],
+    status_key: str,
+    done: set[str],
+    failed: set[str],
+    timeout: float,
+    what: str,
+    poll: float = 15.0,
+) -> dict:
     """Poll ``describe`` until its status is in ``done``; print each status change; fail clearly."""
     deadline = time.monotonic() + timeout
     last = None
@@ -132,8 +158,9 @@ def wait_for(describe: Callable[[], dict], status_key: str, done: set[str], fail
         if status in done:
             return description
         if status in failed:
-            raise UserError(f"{what} {status}: {description.get('FailureReason', 'no reason given')} "
-                               "(see its CloudWatch logs)")
+            raise UserError(
+                f"{what} {status}: {description.get('FailureReason', 'no reason given')} (see its CloudWatch logs)"
+            )
         if time.monotonic() > deadline:
             raise UserError(f"{what} still {status} after {timeout:.0f} s: raise --timeout or check the console")
         time.sleep(poll)
@@ -149,6 +176,7 @@ def options(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespac
     """A command's options as its parser would make them, from keyword values instead of argv: how
     one command (the workflow) calls another's ``run`` directly, with every default in place."""
     defaults = {action.dest: action.default for action in parser._actions if action.dest != "help"}
+    defaults.update(parser._defaults)  # set_defaults(), e.g. a sub-command's name
     unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise TypeError(f"{parser.prog}: no option(s) {', '.join(unknown)}")
@@ -166,4 +194,4 @@ def session_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

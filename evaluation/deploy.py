@@ -30,8 +30,11 @@ def unique(name: str) -> str:
 
 def create_model(client, endpoint: str, image: str, model_data: str, role: str, env: dict[str, str]) -> str:
     model = unique(endpoint)
-    client.create_model(ModelName=model, ExecutionRoleArn=role,
-                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env})
+    client.create_model(
+        ModelName=model,
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env},
+    )
     print(f"model {model}: {model_data}")
     return model
 
@@ -39,14 +42,21 @@ def create_model(client, endpoint: str, image: str, model_data: str, role: str, 
 def create_config(client, endpoint: str, variants: list[dict]) -> str:
     config = unique(endpoint)
     client.create_endpoint_config(EndpointConfigName=config, ProductionVariants=variants)
-    print(f"endpoint config {config}: " + ", ".join(f"{v['VariantName']}={v['ModelName']} (weight "
-                                                     f"{v['InitialVariantWeight']})" for v in variants))
+    print(
+        f"endpoint config {config}: "
+        + ", ".join(f"{v['VariantName']}={v['ModelName']} (weight {v['InitialVariantWeight']})" for v in variants)
+    )
     return config
 
 
 def variant(name: str, model: str, args: argparse.Namespace, weight: float = 1.0) -> dict:
-    return {"VariantName": name, "ModelName": model, "InitialInstanceCount": args.instance_count,
-            "InstanceType": "local" if args.local else args.instance_type, "InitialVariantWeight": weight}
+    return {
+        "VariantName": name,
+        "ModelName": model,
+        "InitialInstanceCount": args.instance_count,
+        "InstanceType": "local" if args.local else args.instance_type,
+        "InitialVariantWeight": weight,
+    }
 
 
 def endpoint_exists(client, endpoint: str) -> bool:
@@ -62,8 +72,15 @@ def endpoint_exists(client, endpoint: str) -> bool:
 
 
 def wait_in_service(client, endpoint: str, args: argparse.Namespace) -> dict:
-    return common.wait_for(lambda: client.describe_endpoint(EndpointName=endpoint), "EndpointStatus", {"InService"},
-                           {"Failed", "OutOfService"}, args.timeout, f"endpoint {endpoint}", poll=1 if args.local else 15)
+    return common.wait_for(
+        lambda: client.describe_endpoint(EndpointName=endpoint),
+        "EndpointStatus",
+        {"InService"},
+        {"Failed", "OutOfService"},
+        args.timeout,
+        f"endpoint {endpoint}",
+        poll=1 if args.local else 15,
+    )
 
 
 def models_of(client, config: str) -> list[str]:
@@ -107,10 +124,16 @@ def switch(client, args: argparse.Namespace, new_config: str) -> dict:
     else:
         request = {"EndpointName": args.name, "EndpointConfigName": new_config}
         if getattr(args, "canary", None):
-            request["DeploymentConfig"] = {"BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": args.canary_wait,
-                                                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": args.canary}},
-                "TerminationWaitInSeconds": 0}}
+            request["DeploymentConfig"] = {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "CANARY",
+                        "WaitIntervalInSeconds": args.canary_wait,
+                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": args.canary},
+                    },
+                    "TerminationWaitInSeconds": 0,
+                }
+            }
         client.update_endpoint(**request)
         time.sleep(1)  # the status turns Updating shortly after the call returns
     description = wait_in_service(client, args.name, args)
@@ -136,8 +159,10 @@ def ab(client, args: argparse.Namespace) -> dict:
     if len(args.model_data) < 2 or len(weights) != len(args.model_data):
         raise UserError("ab: give two or more --model-data and as many --weights")
     role, image = common.execution_role(args), common.default_image(args)
-    variants = [variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env),
-                        args, weight) for i, (data, weight) in enumerate(zip(args.model_data, weights), 1)]
+    variants = [
+        variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env), args, weight)
+        for i, (data, weight) in enumerate(zip(args.model_data, weights), 1)
+    ]
     config = create_config(client, args.name, variants)
     if endpoint_exists(client, args.name):
         return switch(client, args, config)
@@ -201,8 +226,14 @@ def add_command_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--image", help="serving image (default with --local: sagemaker-deepar:latest)")
         p.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
         p.add_argument("--instance-count", type=int, default=1)
-        p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", type=env_item,
-                       help="container environment, e.g. SAGEMAKER_MODEL_SERVER_WORKERS=2")
+        p.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            type=env_item,
+            help="container environment, e.g. SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        )
     if name == "update":
         p.add_argument("--canary", type=int, metavar="PERCENT", help="shift this share of capacity first")
         p.add_argument("--canary-wait", type=int, default=300, help="seconds the canary runs before the rest")
@@ -213,8 +244,9 @@ def add_command_args(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m evaluation.deploy", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="python -m evaluation.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = top.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         add_command_args(sub.add_parser(name, help=COMMANDS[name].__doc__), name)
@@ -252,9 +284,11 @@ def run(args: argparse.Namespace, hold_local: bool = False) -> dict:
     session = common.open_session(args)
     client = session.sagemaker_client
     if args.local and args.command != "create" and not endpoint_exists(client, args.name):
-        raise UserError(f"no local endpoint {args.name} in this process: local endpoints live in the process "
-                           "that created them (`python -m evaluation.deploy create --local` holds one; evaluation.workflow chains "
-                           "create, update and delete)")
+        raise UserError(
+            f"no local endpoint {args.name} in this process: local endpoints live in the process "
+            "that created them (`python -m evaluation.deploy create --local` holds one; evaluation.workflow chains "
+            "create, update and delete)"
+        )
     result = COMMANDS[args.command](client, args)
     if args.local and hold_local and args.command == "create":
         hold(client, args)

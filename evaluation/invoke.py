@@ -25,8 +25,16 @@ DEFAULT_DATA = HERE / "eval_data" / "eval_data.json"
 
 
 def request_body(records: list[dict], num_samples: int, quantiles: tuple[str, ...]) -> bytes:
-    return json.dumps({"instances": records, "configuration": {
-        "num_samples": num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(quantiles)}}).encode()
+    return json.dumps(
+        {
+            "instances": records,
+            "configuration": {
+                "num_samples": num_samples,
+                "output_types": ["mean", "quantiles"],
+                "quantiles": list(quantiles),
+            },
+        }
+    ).encode()
 
 
 def invoke(runtime, endpoint: str, body: bytes, variant: str | None = None) -> list[dict]:
@@ -91,8 +99,9 @@ def report(records: list[dict], predictions: list[dict], args: argparse.Namespac
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.invoke", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.invoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", required=True, help="endpoint name")
     parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
     parser.add_argument("--batch-size", type=int, default=10, help="series per request")

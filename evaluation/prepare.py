@@ -27,7 +27,7 @@ def read_series(path: Path) -> list[tuple[str, dict]]:
     records = []
     for number, record in contract.iter_jsonl(path):
         if not isinstance(record, dict) or "start" not in record or not isinstance(record.get("target"), list):
-            raise UserError(f"{path}:{number}: a series needs \"start\" and a \"target\" list")
+            raise UserError(f'{path}:{number}: a series needs "start" and a "target" list')
         records.append((f"{path}:{number}", record))
     return records
 
@@ -45,9 +45,12 @@ def publish(folder: Path, output: str, args: argparse.Namespace) -> dict[str, st
             raise UserError("--local writes channels to a folder or file:// URI, not s3://")
         bucket, _, prefix = output.removeprefix("s3://").partition("/")
         session = common.open_session(args)
-        return {channel: session.upload_data(str(folder / channel), bucket=bucket,
-                                             key_prefix=f"{prefix.rstrip('/')}/{channel}".lstrip("/"))
-                for channel in ("train", "test")}
+        return {
+            channel: session.upload_data(
+                str(folder / channel), bucket=bucket, key_prefix=f"{prefix.rstrip('/')}/{channel}".lstrip("/")
+            )
+            for channel in ("train", "test")
+        }
     if not args.local:
         raise UserError(f"--output {output}: SageMaker reads channels from s3:// (or pass --local)")
     target = common.local_path(output).resolve()
@@ -60,8 +63,9 @@ def publish(folder: Path, output: str, args: argparse.Namespace) -> dict[str, st
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, nargs="+", help="JSON Lines files of full series (.json, .jsonl, .gz)")
     source.add_argument("--sample", action="store_true", help="generate the sample pollution series instead")
@@ -76,8 +80,11 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, str]:
     if args.prediction_length < 1:
         raise UserError("--prediction-length must be a positive integer")
-    located = sample_series(args.sensors, args.days) if args.sample else [
-        item for path in args.data for item in read_series(path)]
+    located = (
+        sample_series(args.sensors, args.days)
+        if args.sample
+        else [item for path in args.data for item in read_series(path)]
+    )
     if not located:
         raise UserError("no series in the input")
     where, records = zip(*located)
@@ -86,8 +93,10 @@ def run(args: argparse.Namespace) -> dict[str, str]:
         contract.write_jsonl(train, Path(tmp) / "train" / "train.json")
         contract.write_jsonl(test, Path(tmp) / "test" / "test.json")
         uris = publish(Path(tmp), args.output, args)
-    print(f"{len(test)} series, {sum(len(r['target']) for r in test)} points; "
-          f"train drops the last {args.prediction_length} of each")
+    print(
+        f"{len(test)} series, {sum(len(r['target']) for r in test)} points; "
+        f"train drops the last {args.prediction_length} of each"
+    )
     for channel, uri in uris.items():
         print(f"{channel}: {uri}")
     return uris

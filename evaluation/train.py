@@ -29,17 +29,31 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help="training image URI (default with --local: sagemaker-deepar:latest)")
     parser.add_argument("--train", required=True, help="train channel URI (s3://, or file:// with --local)")
     parser.add_argument("--test", help="test channel URI: enables the test:* metrics")
-    parser.add_argument("--output-path", help="where model.tar.gz goes (default: the session's bucket; "
-                                              "--local: file://./deepar-eval/output)")
-    parser.add_argument("--hyperparameters", type=Path, default=HERE / "hyperparameters.json",
-                        help="JSON object of DeepAR hyperparameters")
-    parser.add_argument("--hp", action="append", default=[], type=hyperparameter, metavar="KEY=VALUE",
-                        help="override one hyperparameter")
+    parser.add_argument(
+        "--output-path",
+        help="where model.tar.gz goes (default: the session's bucket; --local: file://./deepar-eval/output)",
+    )
+    parser.add_argument(
+        "--hyperparameters",
+        type=Path,
+        default=HERE / "hyperparameters.json",
+        help="JSON object of DeepAR hyperparameters",
+    )
+    parser.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        type=hyperparameter,
+        metavar="KEY=VALUE",
+        help="override one hyperparameter",
+    )
     parser.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--max-run", type=int, default=24 * 3600, help="seconds before SageMaker stops the job")
     parser.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3-uri)")
-    parser.add_argument("--max-wait", type=int, help="--spot: seconds to wait for capacity + run (default 2x --max-run)")
+    parser.add_argument(
+        "--max-wait", type=int, help="--spot: seconds to wait for capacity + run (default 2x --max-run)"
+    )
     parser.add_argument("--checkpoint-s3-uri", help="checkpoints survive spot interruptions here; training resumes")
     parser.add_argument("--base-job-name", default="deepar")
     common.add_session_args(parser)
@@ -64,6 +78,7 @@ def hyperparameters(args: argparse.Namespace) -> dict:
 
 def build_estimator(args: argparse.Namespace, session):
     from sagemaker.estimator import Estimator
+
     from sagemaker_deepar.metrics import METRIC_DEFINITIONS
 
     if args.spot and args.local:
@@ -111,8 +126,9 @@ def final_metrics(session, job_name: str, model_data: str) -> dict[str, float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_training_args(parser)
     parser.add_argument("--quiet", action="store_true", help="do not stream the job's logs")
     return parser

@@ -36,8 +36,9 @@ def intercept_create(boto_session) -> list[dict]:
     def stop(**_):
         raise DryRunDone()
 
-    boto_session.events.register("before-parameter-build.sagemaker.CreateTrainingJob",
-                                 lambda params, **_: captured.append(dict(params)))
+    boto_session.events.register(
+        "before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **_: captured.append(dict(params))
+    )
     boto_session.events.register("before-call.sagemaker.CreateTrainingJob", stop)
     return captured
 
@@ -46,6 +47,7 @@ def build_trainer(args: argparse.Namespace):
     from sagemaker.core.shapes import MetricDefinition
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, StoppingCondition
     from sagemaker.train.model_trainer import Mode, ModelTrainer
+
     from sagemaker_deepar.metrics import METRIC_DEFINITIONS
 
     if args.spot and (args.local or not args.checkpoint_s3_uri):
@@ -61,21 +63,31 @@ def build_trainer(args: argparse.Namespace):
         from sagemaker.core.helper.session_helper import Session
 
         session, mode = Session(boto_session=boto3.Session(region_name=args.region)), Mode.SAGEMAKER_TRAINING_JOB
-        compute = Compute(instance_type=args.instance_type, instance_count=args.instance_count,
-                          **({"enable_managed_spot_training": True} if args.spot else {}))
+        compute = Compute(
+            instance_type=args.instance_type,
+            instance_count=args.instance_count,
+            **({"enable_managed_spot_training": True} if args.spot else {}),
+        )
     extra = {}
     if args.output_path and not args.local:
         extra["output_data_config"] = OutputDataConfig(s3_output_path=args.output_path)
     if args.checkpoint_s3_uri:
         extra["checkpoint_config"] = CheckpointConfig(s3_uri=args.checkpoint_s3_uri, local_path="/opt/ml/checkpoints")
     trainer = ModelTrainer(
-        training_image=common.default_image(args), training_mode=mode, role=common.execution_role(args),
-        sagemaker_session=session, compute=compute, base_job_name=args.base_job_name,
+        training_image=common.default_image(args),
+        training_mode=mode,
+        role=common.execution_role(args),
+        sagemaker_session=session,
+        compute=compute,
+        base_job_name=args.base_job_name,
         hyperparameters=train_v2.hyperparameters(args),
         stopping_condition=StoppingCondition(
             max_runtime_in_seconds=args.max_run,
-            **({"max_wait_time_in_seconds": args.max_wait or 2 * args.max_run} if args.spot else {})),
-        **({"local_container_root": str(args.local_root)} if args.local else {}), **extra)
+            **({"max_wait_time_in_seconds": args.max_wait or 2 * args.max_run} if args.spot else {}),
+        ),
+        **({"local_container_root": str(args.local_root)} if args.local else {}),
+        **extra,
+    )
     trainer.with_metric_definitions([MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS])
     return trainer, session
 
@@ -83,8 +95,12 @@ def build_trainer(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_v2.add_training_args(parser)
-    parser.add_argument("--local-root", type=Path, default=Path("deepar-eval/v3"),
-                        help="--local: the job's folder (model/, compressed_artifacts/ end up here)")
+    parser.add_argument(
+        "--local-root",
+        type=Path,
+        default=Path("deepar-eval/v3"),
+        help="--local: the job's folder (model/, compressed_artifacts/ end up here)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the CreateTrainingJob request; send nothing")
     parser.add_argument("--quiet", action="store_true", help="do not stream the job's logs")
     args = parser.parse_args(argv)

@@ -40,7 +40,9 @@ def parameter_ranges(overrides: list[str], fixed: set[str]) -> dict:
         name, sep, bounds = item.partition("=")
         low, sep2, high = bounds.partition(":")
         if not (sep and sep2) or name not in RECOMMENDED_RANGES:
-            raise UserError(f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}")
+            raise UserError(
+                f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}"
+            )
         try:
             ranges[name] = (RECOMMENDED_RANGES[name][0], float(low), float(high))
         except ValueError:
@@ -52,7 +54,9 @@ def parameter_ranges(overrides: list[str], fixed: set[str]) -> dict:
         if kind == "int":
             built[name] = IntegerParameter(int(low), int(high))
         else:
-            built[name] = ContinuousParameter(low, high, scaling_type="Logarithmic" if name == "learning_rate" else "Auto")
+            built[name] = ContinuousParameter(
+                low, high, scaling_type="Logarithmic" if name == "learning_rate" else "Auto"
+            )
     return built
 
 
@@ -62,11 +66,17 @@ def dry_run(session) -> list[dict]:
 
     captured: list[dict] = []
     events = session.sagemaker_client.meta.events
-    events.register("before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
-                    lambda params, **_: captured.append(dict(params)))
-    events.register("before-call.sagemaker.CreateHyperParameterTuningJob",
-                    lambda **_: (AWSResponse("dry-run", 200, {}, None),
-                                 {"HyperParameterTuningJobArn": "arn:aws:sagemaker:dry-run"}))
+    events.register(
+        "before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
+        lambda params, **_: captured.append(dict(params)),
+    )
+    events.register(
+        "before-call.sagemaker.CreateHyperParameterTuningJob",
+        lambda **_: (
+            AWSResponse("dry-run", 200, {}, None),
+            {"HyperParameterTuningJobArn": "arn:aws:sagemaker:dry-run"},
+        ),
+    )
     return captured
 
 
@@ -77,8 +87,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-parallel-jobs", type=int, default=2)
     parser.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random", "Hyperband", "Grid"])
     parser.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH")
-    parser.add_argument("--fixed", action="append", default=[], metavar="NAME",
-                        help="keep this hyperparameter at its --hyperparameters/--hp value instead of tuning it")
+    parser.add_argument(
+        "--fixed",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep this hyperparameter at its --hyperparameters/--hp value instead of tuning it",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the tuning request; send nothing")
     args = parser.parse_args(argv)
     if args.local:
@@ -90,10 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     session = common.open_session(args)
     estimator = train_command.build_estimator(args, session)
     tuner = HyperparameterTuner(
-        estimator, objective_metric_name=OBJECTIVE, objective_type="Minimize",
+        estimator,
+        objective_metric_name=OBJECTIVE,
+        objective_type="Minimize",
         hyperparameter_ranges=parameter_ranges(args.range, set(args.fixed)),
-        metric_definitions=estimator.metric_definitions, strategy=args.strategy,
-        max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs, base_tuning_job_name=args.base_job_name)
+        metric_definitions=estimator.metric_definitions,
+        strategy=args.strategy,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        base_tuning_job_name=args.base_job_name,
+    )
     captured = dry_run(session) if args.dry_run else None
     tuner.fit(train_command.channels(args), wait=not args.dry_run)
     if captured is not None:

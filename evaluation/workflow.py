@@ -17,15 +17,10 @@ import json
 import subprocess
 from pathlib import Path
 
-from . import batch
 from sagemaker_deepar import contract
 from sagemaker_deepar.errors import UserError
 
-from . import common
-from . import deploy
-from . import invoke
-from . import prepare
-from . import train
+from . import batch, common, deploy, invoke, prepare, train
 
 
 def local_containers(image: str) -> set[str]:
@@ -43,8 +38,9 @@ def remove_local_leftovers(image: str, before: set[str]) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.workflow", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.workflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", type=Path, default=Path("deepar-eval"), help="local files: data, plots, reports")
     parser.add_argument("--s3-prefix", help="SageMaker: where channels, models and batch files go (s3://...)")
     parser.add_argument("--image", help="the image URI (default with --local: sagemaker-deepar:latest)")
@@ -53,8 +49,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--sensors", type=int, default=2)
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--series", type=int, default=4, help="series to forecast in invoke and batch")
-    parser.add_argument("--hp", action="append", default=[], type=train.hyperparameter, metavar="KEY=VALUE",
-                        help="training overrides")
+    parser.add_argument(
+        "--hp", action="append", default=[], type=train.hyperparameter, metavar="KEY=VALUE", help="training overrides"
+    )
     parser.add_argument("--summary", type=Path, help="write the steps' results here as JSON")
     common.add_session_args(parser)
     return parser
@@ -75,9 +72,17 @@ def run(args: argparse.Namespace) -> dict:
 
     step("prepare")
     data = work / "eval-data.json"
-    channels = prepare.run(common.options(
-        prepare.parser(), sample=True, sensors=args.sensors, days=args.days,
-        prediction_length=args.prediction_length, output=f"{base}/data", **where))
+    channels = prepare.run(
+        common.options(
+            prepare.parser(),
+            sample=True,
+            sensors=args.sensors,
+            days=args.days,
+            prediction_length=args.prediction_length,
+            output=f"{base}/data",
+            **where,
+        )
+    )
     if args.local:
         data.write_bytes(common.local_path(channels["test"]).joinpath("test.json").read_bytes())
     else:
@@ -89,9 +94,20 @@ def run(args: argparse.Namespace) -> dict:
     models = []
     for label, seed in (("A", 1), ("B", 2)):
         step(f"train model {label}")
-        models.append(train.run(common.options(
-            train.parser(), train=channels["train"], test=channels["test"], quiet=True, image=args.image,
-            output_path=f"{base}/models/{label}", hp=[*hp, ("seed", seed)], **where)))
+        models.append(
+            train.run(
+                common.options(
+                    train.parser(),
+                    train=channels["train"],
+                    test=channels["test"],
+                    quiet=True,
+                    image=args.image,
+                    output_path=f"{base}/models/{label}",
+                    hp=[*hp, ("seed", seed)],
+                    **where,
+                )
+            )
+        )
     summary["train"] = models
 
     def report(**values) -> dict:
@@ -106,19 +122,28 @@ def run(args: argparse.Namespace) -> dict:
         endpoint("create", model_data=[models[0]["model_data"]], image=args.image)
         deployed = True
         step("invoke model A")
-        summary["invoke_a"] = invoke.run(common.options(invoke.parser(), **report(
-            name=args.endpoint, plot_dir=work / "plots-a")))
+        summary["invoke_a"] = invoke.run(
+            common.options(invoke.parser(), **report(name=args.endpoint, plot_dir=work / "plots-a"))
+        )
         step("blue/green update to model B")
         summary["update"] = endpoint("update", model_data=[models[1]["model_data"]], image=args.image)
         step("invoke model B")
-        summary["invoke_b"] = invoke.run(common.options(invoke.parser(), **report(
-            name=args.endpoint, plot_dir=work / "plots-b", json_out=work / "invoke-b.json")))
+        summary["invoke_b"] = invoke.run(
+            common.options(
+                invoke.parser(),
+                **report(name=args.endpoint, plot_dir=work / "plots-b", json_out=work / "invoke-b.json"),
+            )
+        )
         step("delete the endpoint")
         summary["delete"] = endpoint("delete")
         deployed = False
         step("batch transform with model B")
-        summary["batch"] = batch.run(common.options(batch.parser(), **report(
-            model_data=models[1]["model_data"], work_path=f"{base}/batch", image=args.image)))
+        summary["batch"] = batch.run(
+            common.options(
+                batch.parser(),
+                **report(model_data=models[1]["model_data"], work_path=f"{base}/batch", image=args.image),
+            )
+        )
     finally:
         if deployed:  # a step failed: do not leave a billed endpoint behind
             endpoint("delete")

@@ -27,17 +27,26 @@ from typing import Iterator, Optional
 
 POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
 # Physical plausibility bounds (µg/m³; carbon monoxide in mg/m³); outside means a broken reading.
-RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_monoxide": (0.0, 100.0),
-          "sulfur_dioxide": (0.0, 2000.0), "nitrogen_dioxide": (0.0, 2000.0),
-          "latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
+RANGES = {
+    "ozone": (0.0, 1000.0),
+    "particulate_matter": (0.0, 2000.0),
+    "carbon_monoxide": (0.0, 100.0),
+    "sulfur_dioxide": (0.0, 2000.0),
+    "nitrogen_dioxide": (0.0, 2000.0),
+    "latitude": (-90.0, 90.0),
+    "longitude": (-180.0, 180.0),
+}
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
 CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Glue's `--key value` pairs; the ones Glue adds (--JOB_NAME, --TempDir, ...) are ignored."""
-    parser = argparse.ArgumentParser(prog="python -m ingestion.glue_job", allow_abbrev=False,
-                                     description="raw IoT data lake -> curated Parquet (see the module docstring)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.glue_job",
+        allow_abbrev=False,
+        description="raw IoT data lake -> curated Parquet (see the module docstring)",
+    )
     parser.add_argument("--raw-path", required=True)
     parser.add_argument("--curated-path", required=True)
     parser.add_argument("--quarantine-path", required=True)
@@ -146,22 +155,37 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-           .option("pathGlobFilter", "[!._]*").load(raw_path).select("path", "content"))
+    raw = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", "[!._]*")
+        .load(raw_path)
+        .select("path", "content")
+    )
     objects = raw.count()
     classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content)))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
-        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)])
+        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)]
+    )
     # Rows were typed by check(): skip createDataFrame's per-row Python verification. Cached: every
     # later action would otherwise ship the rows from Python to the JVM again.
-    good = spark.createDataFrame(classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema,
-                                 verifySchema=False)
-    bad = spark.createDataFrame(classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]), T.StructType([
-        T.StructField("reason", T.StringType()), T.StructField("raw", T.StringType()),
-        T.StructField("timestamp", T.TimestampNTZType()), T.StructField("source", T.StringType())]),
-        verifySchema=False).cache()
+    good = spark.createDataFrame(
+        classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema, verifySchema=False
+    )
+    bad = spark.createDataFrame(
+        classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]),
+        T.StructType(
+            [
+                T.StructField("reason", T.StringType()),
+                T.StructField("raw", T.StringType()),
+                T.StructField("timestamp", T.TimestampNTZType()),
+                T.StructField("source", T.StringType()),
+            ]
+        ),
+        verifySchema=False,
+    ).cache()
     good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd")).cache()
     valid = good.count()
     quarantined = bad.count()
@@ -176,23 +200,36 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
         existing = None
     if existing is not None:
         merged = good.unionByName(existing.select(*CURATED_COLUMNS).withColumn("date", F.col("date").cast("string")))
-    latest = Window.partitionBy("device_id", "timestamp").orderBy(F.col("received_at").desc_nulls_last(),
-                                                                  F.col("source").desc())
-    deduplicated = (merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n")
-                    .select(*CURATED_COLUMNS))
+    latest = Window.partitionBy("device_id", "timestamp").orderBy(
+        F.col("received_at").desc_nulls_last(), F.col("source").desc()
+    )
+    deduplicated = (
+        merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n").select(*CURATED_COLUMNS)
+    )
     if partitions:
         deduplicated = deduplicated.repartition(partitions, "date")
     # Materialize before overwriting: the merge reads the very partitions the write replaces.
     deduplicated = deduplicated.localCheckpoint(eager=True)
     curated_rows = deduplicated.count()
-    (deduplicated.sortWithinPartitions("device_id", "timestamp").write.mode("overwrite").partitionBy("date")
-     .option("compression", "snappy").parquet(curated_path))
+    (
+        deduplicated.sortWithinPartitions("device_id", "timestamp")
+        .write.mode("overwrite")
+        .partitionBy("date")
+        .option("compression", "snappy")
+        .parquet(curated_path)
+    )
 
     bad = bad.withColumn("date", F.coalesce(F.date_format("timestamp", "yyyy-MM-dd"), F.lit("unknown")))
     if quarantined:
         bad.write.mode("overwrite").partitionBy("date").option("compression", "snappy").parquet(quarantine_path)
-    counts = {"objects": objects, "records_in": records_in, "valid": valid, "quarantined": quarantined,
-              "curated_rows_in_touched_dates": curated_rows, "dates_touched": len(touched)}
+    counts = {
+        "objects": objects,
+        "records_in": records_in,
+        "valid": valid,
+        "quarantined": quarantined,
+        "curated_rows_in_touched_dates": curated_rows,
+        "dates_touched": len(touched),
+    }
     for frame in (good, bad):
         frame.unpersist()
     return counts
@@ -206,11 +243,13 @@ def spark_session():
     # Local runs: Python workers use this interpreter (its packages), not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Glue and spark-submit choose the master; a plain `python -m` run gets PySpark's local[*].
-    builder = (SparkSession.builder.appName("deepar-raw-to-curated")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-               .config("spark.sql.parquet.compression.codec", "snappy")
-               .config("spark.ui.showConsoleProgress", "false"))
+    builder = (
+        SparkSession.builder.appName("deepar-raw-to-curated")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.parquet.compression.codec", "snappy")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
     return builder.getOrCreate()
 
 
@@ -220,9 +259,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     counts = run(spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions)
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
-    print(f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
-          f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
-          f"{counts['dates_touched']} date partition(s) (duplicates removed)", flush=True)
+    print(
+        f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
+        f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
+        f"{counts['dates_touched']} date partition(s) (duplicates removed)",
+        flush=True,
+    )
     return 0
 
 

@@ -35,15 +35,25 @@ def encode(records: list[dict], encoding: str) -> bytes:
     return gzip.compress(body) if encoding == "gzip" else body
 
 
-def write_lake(out: Path, devices: list[str], start: str, days: float, step: str = "1h", encoding: str = "mixed",
-               seed: int = 7, invalid_rate: float = 0.002, duplicate_rate: float = 0.002,
-               object_hours: int = 1) -> dict[str, int]:
+def write_lake(
+    out: Path,
+    devices: list[str],
+    start: str,
+    days: float,
+    step: str = "1h",
+    encoding: str = "mixed",
+    seed: int = 7,
+    invalid_rate: float = 0.002,
+    duplicate_rate: float = 0.002,
+    object_hours: int = 1,
+) -> dict[str, int]:
     """Write the sample; returns counts (records, objects, duplicates) for tests and logs."""
     from .simulator import parse_step
 
     begin = parse_time(start)
-    readings = list(history(devices, begin, begin + timedelta(days=days), parse_step(step), seed=seed,
-                            invalid_rate=invalid_rate))
+    readings = list(
+        history(devices, begin, begin + timedelta(days=days), parse_step(step), seed=seed, invalid_rate=invalid_rate)
+    )
     rng = random.Random(seed)
     batches: dict[tuple, list[dict]] = defaultdict(list)
     duplicates = 0
@@ -62,14 +72,21 @@ def write_lake(out: Path, devices: list[str], start: str, days: float, step: str
         folder = out / "raw" / f"year={bucket:%Y}" / f"month={bucket:%m}" / f"day={bucket:%d}" / f"hour={bucket:%H}"
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".gz" if chosen == "gzip" else ""
-        (folder / f"deepar-iot-stream-1-{bucket:%Y-%m-%d-%H-%M-%S}-{n:06d}{suffix}").write_bytes(encode(records, chosen))
-    return {"readings": len(readings), "records": len(readings) + duplicates, "duplicates": duplicates,
-            "objects": len(batches)}
+        (folder / f"deepar-iot-stream-1-{bucket:%Y-%m-%d-%H-%M-%S}-{n:06d}{suffix}").write_bytes(
+            encode(records, chosen)
+        )
+    return {
+        "readings": len(readings),
+        "records": len(readings) + duplicates,
+        "duplicates": duplicates,
+        "objects": len(batches),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingestion.raw_sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.raw_sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=3)
     parser.add_argument("--prefix", default="deepar-iot")
@@ -81,10 +98,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--object-hours", type=int, default=1, help="hours of readings per object")
     args = parser.parse_args(argv)
     devices = [f"{args.prefix}-sensor-{n}" for n in range(1, args.devices + 1)]
-    counts = write_lake(args.out, devices, args.start, args.days, args.step, args.encoding, args.seed,
-                        object_hours=args.object_hours)
-    print(f"raw sample: {counts['records']} records ({counts['duplicates']} duplicates) in {counts['objects']} "
-          f"objects under {args.out / 'raw'}")
+    counts = write_lake(
+        args.out, devices, args.start, args.days, args.step, args.encoding, args.seed, object_hours=args.object_hours
+    )
+    print(
+        f"raw sample: {counts['records']} records ({counts['duplicates']} duplicates) in {counts['objects']} "
+        f"objects under {args.out / 'raw'}"
+    )
     return 0
 
 

@@ -65,7 +65,9 @@ def load_devices(args: argparse.Namespace) -> tuple[str, int, Optional[str], lis
     else:
         if not (args.endpoint and args.cert and args.key and args.thing):
             raise UserError("pass --settings FILE, or --endpoint, --cert, --key and --thing")
-        devices = [DeviceSettings(args.thing, args.topic or f"{args.prefix}/{args.thing}/telemetry", args.cert, args.key)]
+        devices = [
+            DeviceSettings(args.thing, args.topic or f"{args.prefix}/{args.thing}/telemetry", args.cert, args.key)
+        ]
         endpoint, port, ca = args.endpoint, 8883, None
     endpoint = args.endpoint or endpoint
     port = args.port or port
@@ -92,10 +94,20 @@ def connect(endpoint: str, port: int, ca: Optional[str], device: DeviceSettings,
         print(f"{device.thing}: reconnected", file=sys.stderr, flush=True)
 
     connection = mqtt_connection_builder.mtls_from_path(
-        endpoint=endpoint, port=port, cert_filepath=device.cert, pri_key_filepath=device.key,
-        **({"ca_filepath": ca} if ca else {}), client_id=device.thing, clean_session=False, keep_alive_secs=30,
-        on_connection_interrupted=interrupted, on_connection_resumed=resumed,
-        reconnect_min_timeout_secs=1, reconnect_max_timeout_secs=32, ping_timeout_ms=5000)
+        endpoint=endpoint,
+        port=port,
+        cert_filepath=device.cert,
+        pri_key_filepath=device.key,
+        **({"ca_filepath": ca} if ca else {}),
+        client_id=device.thing,
+        clean_session=False,
+        keep_alive_secs=30,
+        on_connection_interrupted=interrupted,
+        on_connection_resumed=resumed,
+        reconnect_min_timeout_secs=1,
+        reconnect_max_timeout_secs=32,
+        ping_timeout_ms=5000,
+    )
     connection.connect().result(timeout)
     return connection, mqtt
 
@@ -134,8 +146,9 @@ def parse_step(text: str) -> timedelta:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingestion.simulator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.simulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--settings", help="settings.json written by `python -m ingestion.infra up`")
     parser.add_argument("--endpoint", help="IoT data endpoint (overrides the settings)")
     parser.add_argument("--port", type=int)
@@ -148,7 +161,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--count", type=int, help="stop after this many readings per device")
     parser.add_argument("--replay", nargs=2, metavar=("START", "END"), help="publish this historical period")
     parser.add_argument("--step", default="1h", help="--replay: time between readings (30s, 5min, 1h)")
-    parser.add_argument("--replay-rate", type=float, default=0.0, help="--replay: rounds per second (0: as fast as acks allow)")
+    parser.add_argument(
+        "--replay-rate", type=float, default=0.0, help="--replay: rounds per second (0: as fast as acks allow)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invalid-rate", type=float, default=0.002, help="share of deliberately broken readings")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
@@ -191,9 +206,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     drain(counters, args.drain_timeout)
     for _, connection, _ in connections:
         connection.disconnect().result(10)
-    print(f"summary: {len(connections)} device(s), {rounds} round(s), sent {counters.sent}, acked {counters.acked}, "
-          f"failed {counters.failed}, connection losses {counters.interruptions}, reconnects {counters.resumptions}",
-          flush=True)
+    print(
+        f"summary: {len(connections)} device(s), {rounds} round(s), sent {counters.sent}, acked {counters.acked}, "
+        f"failed {counters.failed}, connection losses {counters.interruptions}, reconnects {counters.resumptions}",
+        flush=True,
+    )
     for error in counters.errors:
         print(f"  {error}", file=sys.stderr)
     return 0 if counters.failed == 0 and counters.acked == counters.sent else 1

@@ -37,8 +37,10 @@ def explain(error: BaseException, credentials_hint: str = "") -> str:
     except ImportError:  # no AWS SDK in this environment: nothing of it can have been raised
         return f"{type(error).__name__}: {error}"
     if isinstance(error, NoCredentialsError):
-        return f"no AWS credentials: run `aws configure`{', set AWS_PROFILE,' if credentials_hint else ' or set AWS_PROFILE'}" \
-               f"{credentials_hint}"
+        return (
+            f"no AWS credentials: run `aws configure`{', set AWS_PROFILE,' if credentials_hint else ' or set AWS_PROFILE'}"
+            f"{credentials_hint}"
+        )
     if isinstance(error, NoRegionError):
         return "no AWS region: pass --region or set AWS_REGION"
     if isinstance(error, ClientError):
@@ -55,8 +57,13 @@ def explain(error: BaseException, credentials_hint: str = "") -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[list[str]] = None, *,
-                debug_env: str = "DEEPAR_DEBUG", credentials_hint: str = "") -> int:
+def run_command(
+    main: Callable[[Optional[list[str]]], Any],
+    argv: Optional[list[str]] = None,
+    *,
+    debug_env: str = "DEEPAR_DEBUG",
+    credentials_hint: str = "",
+) -> int:
     """Run a command's ``main``: its exit status is what it returns when that is an int, else 0; any
     failure becomes ``error: <one line>`` on stderr and exit status 1 (130 on Ctrl-C). With the
     environment variable ``debug_env`` set, the traceback follows."""

@@ -63,8 +63,10 @@ class TimeFreq:
 def parse_time_freq(value: str, where: str = "time_freq") -> TimeFreq:
     match = _TIME_FREQ.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ContractError(f"{where}: {value!r}: expected an optional integer multiple followed by one of "
-                            "M, W, D, H, min (for example 5min, 2H, D)")
+        raise ContractError(
+            f"{where}: {value!r}: expected an optional integer multiple followed by one of "
+            "M, W, D, H, min (for example 5min, 2H, D)"
+        )
     return TimeFreq(multiple=int(match["multiple"] or 1), unit=match["unit"])
 
 
@@ -95,8 +97,9 @@ class FeatureSpec:
         if self.num_cat:
             problems += self._check_cat(record.get("cat"), where)
         if self.num_dynamic_feat:
-            problems += self._check_dynamic_feat(record.get("dynamic_feat"), _length(record.get("target")),
-                                                 prediction_length, where)
+            problems += self._check_dynamic_feat(
+                record.get("dynamic_feat"), _length(record.get("target")), prediction_length, where
+            )
         return problems
 
     def _check_cat(self, cats: Any, where: str) -> list[str]:
@@ -114,12 +117,15 @@ class FeatureSpec:
                 problems.append(f"{where}cat[{index}]: {value} is out of range; the model knows 0..{limit - 1}")
         return problems
 
-    def _check_dynamic_feat(self, feats: Any, target_length: Optional[int], prediction_length: int,
-                            where: str) -> list[str]:
+    def _check_dynamic_feat(
+        self, feats: Any, target_length: Optional[int], prediction_length: int, where: str
+    ) -> list[str]:
         rule = "len(target) + prediction_length" if prediction_length else "len(target)"
         if feats is None:
-            return [f"{where}dynamic_feat: required: the model was trained with {self.num_dynamic_feat} "
-                    f"dynamic feature(s) of length {rule.replace('prediction_length', str(prediction_length))}"]
+            return [
+                f"{where}dynamic_feat: required: the model was trained with {self.num_dynamic_feat} "
+                f"dynamic feature(s) of length {rule.replace('prediction_length', str(prediction_length))}"
+            ]
         if not isinstance(feats, (Sequence, np.ndarray)) or isinstance(feats, str):
             return [f"{where}dynamic_feat: expected a list of lists of numbers"]
         if len(feats) != self.num_dynamic_feat:
@@ -127,8 +133,11 @@ class FeatureSpec:
         if target_length is None:
             return []
         expected = target_length + prediction_length
-        return [f"{where}dynamic_feat[{index}]: length {_length(row)}, expected {expected} ({rule})"
-                for index, row in enumerate(feats) if _length(row) != expected]
+        return [
+            f"{where}dynamic_feat[{index}]: length {_length(row)}, expected {expected} ({rule})"
+            for index, row in enumerate(feats)
+            if _length(row) != expected
+        ]
 
 
 def _length(value: Any) -> Optional[int]:
@@ -195,14 +204,23 @@ class ModelArtifact:
         if not _is_int(version) or version < 1:
             raise ContractError(f"{where}: format_version: {version!r} is not a positive integer")
         if version > SCHEMA_VERSION:
-            raise ContractError(f"{where}: format_version {version} is newer than this code reads ({SCHEMA_VERSION}); "
-                                "serve the model with the image version that trained it, or upgrade")
+            raise ContractError(
+                f"{where}: format_version {version} is newer than this code reads ({SCHEMA_VERSION}); "
+                "serve the model with the image version that trained it, or upgrade"
+            )
         known = {item.name for item in fields(cls)} - {"schema_version"}
-        missing = sorted(name for name in ("backend", "freq", "prediction_length", "context_length", "likelihood")
-                         if name not in data)
+        missing = sorted(
+            name
+            for name in ("backend", "freq", "prediction_length", "context_length", "likelihood")
+            if name not in data
+        )
         if missing:
-            raise ContractError(f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?")
-        values = {name: data[name] for name in known if name in data and (data[name] is not None or name == "test_metrics")}
+            raise ContractError(
+                f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?"
+            )
+        values = {
+            name: data[name] for name in known if name in data and (data[name] is not None or name == "test_metrics")
+        }
         artifact = cls(**{**values, "cardinality": tuple(data.get("cardinality") or ()), "schema_version": version})
         artifact.validate(where)
         return artifact
@@ -274,8 +292,9 @@ def train_cut(record: Mapping[str, Any], prediction_length: int) -> dict[str, An
     return cut
 
 
-def split_train_test(records: Iterable[Mapping[str, Any]], prediction_length: int,
-                     locations: Optional[Sequence[str]] = None) -> tuple[list[dict], list[dict]]:
+def split_train_test(
+    records: Iterable[Mapping[str, Any]], prediction_length: int, locations: Optional[Sequence[str]] = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, test): test = the full series, train = each without its last ``prediction_length`` points.
 
     A series too short for the test channel is an error naming ``locations[i]`` (``file:line``) or its index.
@@ -298,11 +317,12 @@ def _check_long_enough(record: Mapping[str, Any], prediction_length: int) -> Non
     if not isinstance(target, (list, tuple)):
         raise ContractError('a series needs "start" and a "target" list')
     if len(target) <= prediction_length:
-        raise ContractError(f"{len(target)} points, the test channel needs more than "
-                            f"prediction_length={prediction_length}")
+        raise ContractError(
+            f"{len(target)} points, the test channel needs more than prediction_length={prediction_length}"
+        )
 
 
-def target_array(values: Iterable[Any]) -> np.ndarray:
+def target_array(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
     """A DeepAR target (numbers; ``null`` or ``"NaN"`` for missing) as float64 with NaN gaps."""
     return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
 
@@ -332,8 +352,9 @@ def write_jsonl(records: Iterable[Any], path: Path, compress: Optional[bool] = N
     if compress and path.suffix != ".gz":
         path = path.with_suffix(path.suffix + ".gz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
-        write_lines(records, f)
+    stream: IO[bytes] = gzip.open(path, "wb") if compress else open(path, "wb")  # type: ignore[assignment]
+    with stream:
+        write_lines(records, stream)
     return path
 
 
@@ -346,7 +367,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, value) for every non-blank line of a JSON Lines file (``.gz`` decompressed);
     a line that is not JSON is an error located as ``file:line``."""
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if line.strip():
                 try:
@@ -357,7 +378,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 
 def read_jsonl(path: Path, limit: Optional[int] = None) -> list[Any]:
     """The values of a JSON Lines file (the first ``limit`` when given)."""
-    values = []
+    values: list[Any] = []
     for _, value in iter_jsonl(path):
         if limit is not None and len(values) >= limit:
             break

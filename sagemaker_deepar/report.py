@@ -37,7 +37,7 @@ class AccuracyReport:
     def add(self, name: str, record: dict, prediction: dict, plot_dir: Path | None = None) -> None:
         """One series: ``record`` is the full series, ``prediction`` the answer for its held-out form."""
         self._check(name, prediction)
-        actual = target_array(record["target"][-self.prediction_length:])
+        actual = target_array(record["target"][-self.prediction_length :])
         self.names.append(name)
         self.actuals.append(actual)
         self.means.append(np.asarray(prediction["mean"], dtype=float))
@@ -46,8 +46,15 @@ class AccuracyReport:
         if plot_dir is not None:
             plot_dir.mkdir(parents=True, exist_ok=True)
             path = plot_dir / f"{_file_name(name)}.png"
-            plot_forecast(path, record, prediction, freq=self.freq, prediction_length=self.prediction_length,
-                          title=name, quantiles=self.quantiles)
+            plot_forecast(
+                path,
+                record,
+                prediction,
+                freq=self.freq,
+                prediction_length=self.prediction_length,
+                title=name,
+                quantiles=self.quantiles,
+            )
             self.plots.append(path)
 
     def _check(self, name: str, prediction: dict) -> None:
@@ -55,19 +62,25 @@ class AccuracyReport:
             raise ValueError(f"{name}: the model answered with an error: {prediction['error']}")
         missing = [q for q in self.quantiles if q not in prediction.get("quantiles", {})]
         if "mean" not in prediction or missing:
-            raise ValueError(f"{name}: the forecast lacks {'mean' if 'mean' not in prediction else 'quantiles ' + ', '.join(missing)}")
+            raise ValueError(
+                f"{name}: the forecast lacks {'mean' if 'mean' not in prediction else 'quantiles ' + ', '.join(missing)}"
+            )
         if len(prediction["mean"]) != self.prediction_length:
-            raise ValueError(f"{name}: forecast has {len(prediction['mean'])} points, expected {self.prediction_length}")
+            raise ValueError(
+                f"{name}: forecast has {len(prediction['mean'])} points, expected {self.prediction_length}"
+            )
 
     def scores(self) -> dict[str, float]:
-        return score_forecasts(np.array(self.actuals), np.array(self.means),
-                               {float(q): np.array(v) for q, v in self.bands.items()})
+        return score_forecasts(
+            np.array(self.actuals), np.array(self.means), {float(q): np.array(v) for q, v in self.bands.items()}
+        )
 
     def series_scores(self) -> list[dict]:
         rows = []
         for i, name in enumerate(self.names):
-            one = score_forecasts(self.actuals[i][None], self.means[i][None],
-                                  {float(q): v[i][None] for q, v in self.bands.items()})
+            one = score_forecasts(
+                self.actuals[i][None], self.means[i][None], {float(q): v[i][None] for q, v in self.bands.items()}
+            )
             rows.append({"series": name, "RMSE": one["RMSE"], "mean_wQuantileLoss": one["mean_wQuantileLoss"]})
         return rows
 
@@ -79,15 +92,26 @@ class AccuracyReport:
         for r in rows:
             out.write(f"{r['series']:<{width}}  {r['RMSE']:>10.4f}  {r['mean_wQuantileLoss']:>13.4f}\n")
         overall = self.scores()
-        out.write(f"accuracy over {len(rows)} series x {self.prediction_length} steps: RMSE {overall['RMSE']:.4f}, "
-                  f"mean_wQuantileLoss {overall['mean_wQuantileLoss']:.4f} (quantiles {', '.join(self.quantiles)})\n")
+        out.write(
+            f"accuracy over {len(rows)} series x {self.prediction_length} steps: RMSE {overall['RMSE']:.4f}, "
+            f"mean_wQuantileLoss {overall['mean_wQuantileLoss']:.4f} (quantiles {', '.join(self.quantiles)})\n"
+        )
         if self.plots:
             out.write(f"plots written to {self.plots[0].parent}\n")
         return {"overall": overall, "series": rows, "plots": [str(p) for p in self.plots]}
 
 
-def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, prediction_length: int, title: str,
-                  held_out: bool = True, quantiles: tuple[str, ...] = QUANTILES) -> None:
+def plot_forecast(
+    path: Path,
+    record: dict,
+    prediction: dict,
+    *,
+    freq: str,
+    prediction_length: int,
+    title: str,
+    held_out: bool = True,
+    quantiles: tuple[str, ...] = QUANTILES,
+) -> None:
     """History (last five horizons), actuals when ``held_out``, mean forecast and the outer quantile band.
 
     ``held_out``: the record's last ``prediction_length`` points are the actuals the forecast covers;
@@ -112,8 +136,14 @@ def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, pred
     low, high = quantiles[0], quantiles[-1]
     band = prediction.get("quantiles", {})
     if low in band and high in band:
-        ax.fill_between(x[split:], band[low], band[high], color="tab:blue", alpha=0.25,
-                        label=f"p{float(low) * 100:g}-p{float(high) * 100:g}")
+        ax.fill_between(
+            x[split:],
+            band[low],
+            band[high],
+            color="tab:blue",
+            alpha=0.25,
+            label=f"p{float(low) * 100:g}-p{float(high) * 100:g}",
+        )
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

@@ -7,9 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
 import pytest
@@ -250,9 +250,8 @@ MOTO_REGION = "eu-west-1"
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
-    from moto.server import ThreadedMotoServer
-
     import requests
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

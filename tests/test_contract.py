@@ -36,10 +36,18 @@ pytestmark = pytest.mark.unit
 
 # What the train job wrote before the contract existed (format_version 1), abridged.
 TODAYS_METADATA = {
-    "format_version": 1, "backend": "torch", "hyperparameters": {"time_freq": "H", "prediction_length": 6},
-    "freq": "h", "prediction_length": 6, "context_length": 12, "likelihood": "student-T", "cardinality": [6, 2],
-    "num_dynamic_feat": 1, "library_versions": {"gluonts": "0.17.0"},
-    "training_statistics": {"train": {"num_series": 9}}, "train": {"final_loss": 1.25, "best_epoch": 2},
+    "format_version": 1,
+    "backend": "torch",
+    "hyperparameters": {"time_freq": "H", "prediction_length": 6},
+    "freq": "h",
+    "prediction_length": 6,
+    "context_length": 12,
+    "likelihood": "student-T",
+    "cardinality": [6, 2],
+    "num_dynamic_feat": 1,
+    "library_versions": {"gluonts": "0.17.0"},
+    "training_statistics": {"train": {"num_series": 9}},
+    "train": {"final_loss": 1.25, "best_epoch": 2},
     "test_metrics": {"RMSE": 0.5, "mean_wQuantileLoss": 0.1},
 }
 
@@ -54,15 +62,27 @@ def test_imports_with_only_stdlib_and_numpy(tmp_path):
         contract.write_jsonl([{"a": contract.np.float32(1.5)}], __import__("pathlib").Path(sys.argv[1]))
         print(open(sys.argv[1]).read().strip())
     """)
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.jsonl")], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.jsonl")], cwd=REPO, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == {"a": 1.5}
 
 
-@pytest.mark.parametrize("spelling, pandas, resample", [
-    ("H", "h", "h"), ("2H", "2h", "2h"), ("h", "h", "h"), ("5min", "5min", "5min"), ("D", "D", "D"),
-    ("W", "W", "W"), ("M", "M", "MS"), ("3M", "3M", "3MS"), ("1D", "D", "D"),
-])
+@pytest.mark.parametrize(
+    "spelling, pandas, resample",
+    [
+        ("H", "h", "h"),
+        ("2H", "2h", "2h"),
+        ("h", "h", "h"),
+        ("5min", "5min", "5min"),
+        ("D", "D", "D"),
+        ("W", "W", "W"),
+        ("M", "M", "MS"),
+        ("3M", "3M", "3MS"),
+        ("1D", "D", "D"),
+    ],
+)
 def test_time_freq_to_pandas(spelling, pandas, resample):
     freq = parse_time_freq(spelling)
     assert (freq.pandas, freq.resample_rule, pandas_freq(spelling)) == (pandas, resample, pandas)
@@ -93,16 +113,19 @@ def test_artifact_without_test_channel_has_only_the_train_metric():
     assert artifact.to_dict()["test_metrics"] is None
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"format_version": 2}, r"format_version 2 is newer than this code reads \(1\)"),
-    ({"format_version": "1"}, "format_version: '1' is not a positive integer"),
-    ({"backend": "jax"}, "backend: 'jax'; expected one of torch, mxnet"),
-    ({"freq": "fortnightly"}, "freq: 'fortnightly'"),
-    ({"prediction_length": 0}, "prediction_length: 0 is not a positive integer"),
-    ({"cardinality": [3, 0]}, r"cardinality: \[3, 0\] is not a list of positive integers"),
-    ({"num_dynamic_feat": -1}, "num_dynamic_feat: -1"),
-    ({"backend": None}, "missing field"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format_version": 2}, r"format_version 2 is newer than this code reads \(1\)"),
+        ({"format_version": "1"}, "format_version: '1' is not a positive integer"),
+        ({"backend": "jax"}, "backend: 'jax'; expected one of torch, mxnet"),
+        ({"freq": "fortnightly"}, "freq: 'fortnightly'"),
+        ({"prediction_length": 0}, "prediction_length: 0 is not a positive integer"),
+        ({"cardinality": [3, 0]}, r"cardinality: \[3, 0\] is not a list of positive integers"),
+        ({"num_dynamic_feat": -1}, "num_dynamic_feat: -1"),
+        ({"backend": None}, "missing field"),
+    ],
+)
 def test_artifact_errors_name_the_file_and_field(tmp_path, change, message):
     data = {k: v for k, v in {**TODAYS_METADATA, **change}.items() if v is not None}
     path = tmp_path / METADATA_FILE
@@ -138,20 +161,29 @@ def test_feature_check_names_every_problem():
     ]
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"target": [1]}, "cat: required: the model was trained with 2 categorical feature(s)"),
-    ({"target": [1], "cat": [1]}, "cat: has 1 value(s), the model expects 2"),
-    ({"target": [1], "cat": 5}, "cat: expected a list of non-negative integers, got int"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"target": [1]}, "cat: required: the model was trained with 2 categorical feature(s)"),
+        ({"target": [1], "cat": [1]}, "cat: has 1 value(s), the model expects 2"),
+        ({"target": [1], "cat": 5}, "cat: expected a list of non-negative integers, got int"),
+    ],
+)
 def test_feature_check_cat(record, message):
     assert FeatureSpec(cardinality=(3, 2)).check(record, where="line 5: ") == [f"line 5: {message}"]
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"target": [1]}, "dynamic_feat: required: the model was trained with 1 dynamic feature(s) of length len(target) + 4"),
-    ({"target": [1], "dynamic_feat": [[1] * 5, [1] * 5]}, "dynamic_feat: has 2 feature(s), the model expects 1"),
-    ({"target": [1], "dynamic_feat": 3}, "dynamic_feat: expected a list of lists of numbers"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"target": [1]},
+            "dynamic_feat: required: the model was trained with 1 dynamic feature(s) of length len(target) + 4",
+        ),
+        ({"target": [1], "dynamic_feat": [[1] * 5, [1] * 5]}, "dynamic_feat: has 2 feature(s), the model expects 1"),
+        ({"target": [1], "dynamic_feat": 3}, "dynamic_feat: expected a list of lists of numbers"),
+    ],
+)
 def test_feature_check_dynamic_feat(record, message):
     assert FeatureSpec(num_dynamic_feat=1).check(record, prediction_length=4) == [message]
 
@@ -172,7 +204,9 @@ def test_train_cut_and_holdout():
 
 def test_split_names_a_series_too_short():
     long, short = {"start": "x", "target": [1, 2, 3]}, {"start": "x", "target": [1, 2]}
-    with pytest.raises(ContractError, match=r"^data.json:7: 2 points, the test channel needs more than prediction_length=2"):
+    with pytest.raises(
+        ContractError, match=r"^data.json:7: 2 points, the test channel needs more than prediction_length=2"
+    ):
         split_train_test([long, short], 2, locations=["data.json:1", "data.json:7"])
     with pytest.raises(ContractError, match=r"^series 0: a series needs \"start\" and a \"target\" list"):
         split_train_test([{"start": "x"}], 2)

@@ -21,9 +21,19 @@ from .conftest import REPO
 
 
 def reading(device: str, timestamp: str, ozone=30.0, received: int = 1, **extra) -> dict:
-    return {"ozone": ozone, "particulate_matter": 20.0, "carbon_monoxide": 0.5, "sulfur_dioxide": 4.0,
-            "nitrogen_dioxide": 25.0, "latitude": 40.4, "longitude": -3.7, "timestamp": timestamp,
-            "device_id": device, "received_at": received, **extra}
+    return {
+        "ozone": ozone,
+        "particulate_matter": 20.0,
+        "carbon_monoxide": 0.5,
+        "sulfur_dioxide": 4.0,
+        "nitrogen_dioxide": 25.0,
+        "latitude": 40.4,
+        "longitude": -3.7,
+        "timestamp": timestamp,
+        "device_id": device,
+        "received_at": received,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,14 @@ def test_each_raw_encoding_yields_every_record(spark, tmp_path, encoding):
     write(tmp_path / "raw" / "year=2024" / "hour=00", "obj-1", records[:10], encoding)
     write(tmp_path / "raw" / "year=2024" / "hour=10", "obj-2", records[10:], encoding)
     counts = glue_job.run(spark, str(tmp_path / "raw"), str(tmp_path / "curated"), str(tmp_path / "quarantine"))
-    assert counts == {"objects": 2, "records_in": 24, "valid": 24, "quarantined": 0,
-                      "curated_rows_in_touched_dates": 24, "dates_touched": 1}
+    assert counts == {
+        "objects": 2,
+        "records_in": 24,
+        "valid": 24,
+        "quarantined": 0,
+        "curated_rows_in_touched_dates": 24,
+        "dates_touched": 1,
+    }
     frame = curated(tmp_path / "curated")
     assert frame["ozone"].tolist() == [float(h) for h in range(24)]
     assert list((tmp_path / "curated").glob("date=2024-01-01/*.snappy.parquet"))
@@ -87,15 +103,32 @@ def test_mixed_lake_quarantine_dedup_rerun_and_schema(spark, tmp_path):
     frame = curated(tmp_path / "curated")
     assert frame.loc[frame["timestamp"] == pd.Timestamp("2024-01-01 00:00"), "ozone"].tolist() == [99.0]
     reasons = sorted(pd.read_parquet(out["quarantine"])["reason"])
-    assert reasons == sorted([
-        "ozone: not a number ('n/a')", "ozone: -999.0 outside [0, 1000]", "missing device_id", "missing timestamp",
-        "bad timestamp 'yesterday'", "latitude: 123.0 outside [-90, 90]",
-        "not JSON: Expecting ',' delimiter"])
+    assert reasons == sorted(
+        [
+            "ozone: not a number ('n/a')",
+            "ozone: -999.0 outside [0, 1000]",
+            "missing device_id",
+            "missing timestamp",
+            "bad timestamp 'yesterday'",
+            "latitude: 123.0 outside [-90, 90]",
+            "not JSON: Expecting ',' delimiter",
+        ]
+    )
     schema = dict(pd.read_parquet(out["curated"]).dtypes.astype(str))
-    assert schema == {"device_id": "object", "timestamp": "datetime64[us]", "ozone": "float64",
-                      "particulate_matter": "float64", "carbon_monoxide": "float64", "sulfur_dioxide": "float64",
-                      "nitrogen_dioxide": "float64", "latitude": "float64", "longitude": "float64",
-                      "received_at": "datetime64[us]", "source": "object", "date": "category"}
+    assert schema == {
+        "device_id": "object",
+        "timestamp": "datetime64[us]",
+        "ozone": "float64",
+        "particulate_matter": "float64",
+        "carbon_monoxide": "float64",
+        "sulfur_dioxide": "float64",
+        "nitrogen_dioxide": "float64",
+        "latitude": "float64",
+        "longitude": "float64",
+        "received_at": "datetime64[us]",
+        "source": "object",
+        "date": "category",
+    }
 
     again = glue_job.run(spark, str(raw), out["curated"], out["quarantine"])
     assert again == counts
@@ -129,11 +162,28 @@ def test_job_runs_as_glue_invokes_it(tmp_path):
     if shutil.which("java") is None and not os.environ.get("CI"):
         pytest.skip("no Java runtime for Spark")
     sample = write_lake(tmp_path, ["s-1", "s-2"], "2024-01-01", days=3, invalid_rate=0.05, duplicate_rate=0.05)
-    result = subprocess.run([sys.executable, str(REPO / "ingestion" / "glue_job.py"), "--JOB_NAME", "raw-to-curated",
-                             "--raw-path", str(tmp_path / "raw"), "--curated-path", str(tmp_path / "curated"),
-                             "--quarantine-path", str(tmp_path / "quarantine"), "--TempDir", "/tmp/x",
-                             "--enable-metrics", "--job-bookmark-option", "job-bookmark-disable"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "ingestion" / "glue_job.py"),
+            "--JOB_NAME",
+            "raw-to-curated",
+            "--raw-path",
+            str(tmp_path / "raw"),
+            "--curated-path",
+            str(tmp_path / "curated"),
+            "--quarantine-path",
+            str(tmp_path / "quarantine"),
+            "--TempDir",
+            "/tmp/x",
+            "--enable-metrics",
+            "--job-bookmark-option",
+            "job-bookmark-disable",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("ETL_COUNTS ")]
     counts = json.loads(line.removeprefix("ETL_COUNTS "))

@@ -19,7 +19,7 @@ from .offline import VIOLATIONS, guard_network, offline_environment
 def main() -> int:
     command = sys.argv[1]
     workdir = Path(sys.argv[sys.argv.index("--workdir") + 1])
-    arguments = sys.argv[sys.argv.index("--") + 1:]
+    arguments = sys.argv[sys.argv.index("--") + 1 :]
     offline_environment(workdir)
     guard_network()
     from evaluation import common
