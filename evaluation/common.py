@@ -19,7 +19,7 @@ from sagemaker_deepar.errors import UserError
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what these commands use, on purpose
 
-LOCAL_IMAGE = "sagemaker-deepar:latest"
+LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")  # local mode's image unless --image
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants a full ARN, never checks it
 DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 
