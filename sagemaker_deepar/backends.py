@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .data import FeatureSpec
+from .contract import FeatureSpec
 from .hyperparameters import DeepARHyperparameters
 
 log = logging.getLogger(__name__)

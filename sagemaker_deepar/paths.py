@@ -4,9 +4,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import METADATA_FILE  # noqa: F401 - part of the layout, stated in the contract
+
 # Inside /opt/ml/model: the serialized GluonTS predictor and our metadata beside it.
 PREDICTOR_DIR = "predictor"
-METADATA_FILE = "deepar-metadata.json"
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__, backends
-from .data import (Channel, FeatureSpec, apply_features, check_target_domain, log_channel_stats, read_channel,
-                   resolve_features)
+from .contract import FeatureSpec, ModelArtifact
+from .data import Channel, apply_features, check_target_domain, log_channel_stats, read_channel, resolve_features
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
 from .logs import configure_logging
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
-from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths
+from .paths import PREDICTOR_DIR, SageMakerPaths
 
 log = logging.getLogger("sagemaker_deepar")
 
@@ -135,22 +135,20 @@ def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: Fea
         "final_loss": control.best_loss, "best_epoch": control.best_epoch, "epochs_run": control.epochs_run,
         "interrupted": control.interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
     }
-    metadata = {
-        "format_version": 1,
-        "backend": params.backend,
-        "hyperparameters": params.model_dump(),
-        "freq": params.pandas_freq,
-        "prediction_length": params.prediction_length,
-        "context_length": params.context_length,
-        "likelihood": params.likelihood,
-        "cardinality": list(spec.cardinality),
-        "num_dynamic_feat": spec.num_dynamic_feat,
-        "library_versions": library_versions(),
-        "training_statistics": {"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
-        "train": train_summary,
-        "test_metrics": test_metrics,
-    }
-    (paths.model_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    ModelArtifact(
+        backend=params.backend,
+        hyperparameters=params.model_dump(),
+        freq=params.pandas_freq,
+        prediction_length=params.prediction_length,
+        context_length=params.context_length,
+        likelihood=params.likelihood,
+        cardinality=tuple(spec.cardinality),
+        num_dynamic_feat=spec.num_dynamic_feat,
+        library_versions=library_versions(),
+        training_statistics={"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
+        train=train_summary,
+        test_metrics=test_metrics,
+    ).write(paths.model_dir)
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     (paths.output_data_dir / "metrics.json").write_text(
         json.dumps({"train": train_summary, "test": test_metrics}, indent=2))
