@@ -7,8 +7,8 @@ With --single-series-points N it writes one series of N points on one line inste
 series is ~50 MB) and reads it beside a many-series baseline of the same size, measured in the
 same run (target: <= 2x the decoded size above baseline, >= 50 MB/s).
 
-    .venv/bin/python bench/data_memory.py [--gigabytes 1.0]
-    .venv/bin/python bench/data_memory.py --single-series-points 7200000
+    .venv/bin/python -m bench.data_memory [--gigabytes 1.0]
+    .venv/bin/python -m bench.data_memory --single-series-points 7200000
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ READER = r"""
 import sys, time
 from pathlib import Path
 import numpy, pandas, orjson  # the baseline includes the libraries the job always imports
-sys.path.insert(0, sys.argv[2])
 from sagemaker_deepar.data import read_channel
 
 def peak_kb():  # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS when it forked

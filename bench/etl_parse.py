@@ -1,7 +1,7 @@
 """Records/s of the Glue job's per-object Python work (ingestion.glue_job.classify: decompress, split,
 type, validate) for each separator and payload style, beside a baseline run on the same readings.
 
-    .venv/bin/python bench/etl_parse.py --readings 50000
+    .venv/bin/python -m bench.etl_parse --readings 50000
 
 Baseline: classify on this project's format as `infra up`'s rule writes it (newline separator,
 plain). Every other row is the same readings in another layout: the reference device kit's payload

@@ -1,6 +1,6 @@
 """Rows/s of the ETL on >= 1M generated readings, each beside a baseline run on the same data.
 
-    .venv/bin/python bench/etl_throughput.py --devices 120 --days 365
+    .venv/bin/python -m bench.etl_throughput --devices 120 --days 365
 
 1. The Glue job (ingestion/glue_job.py: decode any encoding, split records, type, validate,
    quarantine, de-duplicate, write partitioned Parquet) vs the least Spark can do with the same
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 SPARK_BASELINE = """
 import sys
@@ -53,7 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=120)
     parser.add_argument("--days", type=float, default=365)
-    parser.add_argument("--object-hours", type=int, default=1, help="hours of readings per raw object (Firehose buffer)")
+    parser.add_argument(
+        "--object-hours", type=int, default=1, help="hours of readings per raw object (Firehose buffer)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the generated data here")
     args = parser.parse_args()
     from ingestion.raw_sample import write_lake
@@ -62,8 +63,10 @@ def main() -> None:
     devices = [f"bench-sensor-{n}" for n in range(1, args.devices + 1)]
     started = time.perf_counter()
     sample = write_lake(work, devices, "2024-01-01", args.days, object_hours=args.object_hours)
-    print(f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
-          f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s")
+    print(
+        f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
+        f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s"
+    )
     plain = work / "plain.json"  # the baseline's input: the same records, newline-separated, one file per object
     plain.mkdir(exist_ok=True)
     from ingestion.glue_job import decode_object, split_records
@@ -72,22 +75,50 @@ def main() -> None:
         text = "".join(raw + "\n" for _, _, raw in split_records(decode_object(path.read_bytes())))
         (plain / f"part-{n:05d}.json").write_text(text)
 
-    job_seconds, out = timed([sys.executable, "-m", "ingestion.glue_job", "--raw-path", str(work / "raw"),
-                              "--curated-path", str(work / "curated"), "--quarantine-path", str(work / "quarantine")])
+    job_seconds, out = timed(
+        [
+            sys.executable,
+            "-m",
+            "ingestion.glue_job",
+            "--raw-path",
+            str(work / "raw"),
+            "--curated-path",
+            str(work / "curated"),
+            "--quarantine-path",
+            str(work / "quarantine"),
+        ]
+    )
     counts = json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
     base_seconds, _ = timed([sys.executable, "-c", SPARK_BASELINE, str(plain), str(work / "baseline")])
     rows = counts["records_in"]
-    print(f"glue job      : {rows:,} records in {job_seconds:6.1f} s = {rows / job_seconds:9,.0f} rows/s "
-          f"({counts['valid']:,} valid, {counts['quarantined']:,} quarantined)")
-    print(f"spark.read.json -> parquet (no checks, newline only): {base_seconds:6.1f} s = "
-          f"{rows / base_seconds:9,.0f} rows/s")
+    print(
+        f"glue job      : {rows:,} records in {job_seconds:6.1f} s = {rows / job_seconds:9,.0f} rows/s "
+        f"({counts['valid']:,} valid, {counts['quarantined']:,} quarantined)"
+    )
+    print(
+        f"spark.read.json -> parquet (no checks, newline only): {base_seconds:6.1f} s = "
+        f"{rows / base_seconds:9,.0f} rows/s"
+    )
     print(f"ratio glue job / baseline time: {job_seconds / base_seconds:.2f}x")
 
-    convert_seconds, out = timed([sys.executable, "-m", "ingestion.to_deepar", "--curated", str(work / "curated"),
-                                  "--out", str(work / "deepar"), "--prediction-length", "24"])
+    convert_seconds, out = timed(
+        [
+            sys.executable,
+            "-m",
+            "ingestion.to_deepar",
+            "--curated",
+            str(work / "curated"),
+            "--out",
+            str(work / "deepar"),
+            "--prediction-length",
+            "24",
+        ]
+    )
     pandas_seconds, _ = timed([sys.executable, "-c", PANDAS_BASELINE, str(work / "curated")])
     readings = counts["curated_rows_in_touched_dates"]
-    print(f"converter     : {readings:,} readings in {convert_seconds:6.1f} s = {readings / convert_seconds:9,.0f} rows/s")
+    print(
+        f"converter     : {readings:,} readings in {convert_seconds:6.1f} s = {readings / convert_seconds:9,.0f} rows/s"
+    )
     print(f"pandas read + resample only: {pandas_seconds:6.1f} s = {readings / pandas_seconds:9,.0f} rows/s")
     print(f"ratio converter / baseline time: {convert_seconds / pandas_seconds:.2f}x")
     if not args.keep:

@@ -2,7 +2,7 @@
 model on a read-only /opt/ml mount (median of --runs), then the image's layers from `docker history`
 with what each one holds (the Dockerfile's COPY lines and the image's /opt/venv/layers.json).
 
-    .venv/bin/python bench/image_cold_start.py [--image sagemaker-deepar:latest] [--runs 5]
+    .venv/bin/python -m bench.image_cold_start [--image sagemaker-deepar:latest] [--runs 5]
         [--baseline OTHER_IMAGE]     # measured in the same run, runs interleaved; prints ratios
 
 Trains a small model in the image first (the same container path SageMaker uses).
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -23,14 +22,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import free_port
+
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 PING_DEADLINE_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def docker(*args: str) -> str:

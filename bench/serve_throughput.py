@@ -9,7 +9,7 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
   - gluonts.shell serving the mxnet model, 1-series requests at concurrency 8.
 100 samples per series everywhere. Loopback only; each load run is bounded by --seconds.
 
-    .venv/bin/python bench/serve_throughput.py [--seconds 15]
+    .venv/bin/python -m bench.serve_throughput [--seconds 15]
 
 Needs wrk (Debian package) and the dev extras (waitress, click for gluonts.shell).
 """
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,14 +29,24 @@ from pathlib import Path
 
 import requests
 
+from sagemaker_deepar import sample_data
+from sagemaker_deepar.contract import write_jsonl
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from sagemaker_deepar import sample_data  # noqa: E402
-
-HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "1",
-                   "num_cells": "40", "num_layers": "3", "num_batches_per_epoch": "5", "cardinality": "ignore",
-                   "mini_batch_size": "32", "seed": "1"}
+HYPERPARAMETERS = {
+    "time_freq": "H",
+    "prediction_length": "24",
+    "context_length": "72",
+    "epochs": "1",
+    "num_cells": "40",
+    "num_layers": "3",
+    "num_batches_per_epoch": "5",
+    "cardinality": "ignore",
+    "mini_batch_size": "32",
+    "seed": "1",
+}
 CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
 
 
@@ -53,18 +62,17 @@ waitress.serve(app, listen=f"127.0.0.1:{sys.argv[2]}")
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(root: Path, backend: str, records: list[dict]) -> None:
-    sample_data.write_jsonl(records, root / "input/data/train/train.json")
+    write_jsonl(records, root / "input/data/train/train.json")
     (root / "input/config").mkdir(parents=True, exist_ok=True)
     (root / "input/config/hyperparameters.json").write_text(json.dumps({**HYPERPARAMETERS, "backend": backend}))
-    subprocess.run([sys.executable, str(REPO / "container/train")], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)})
+    subprocess.run(
+        [sys.executable, str(REPO / "container/train")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+    )
 
 
 def request_body(records: list[dict], n: int) -> dict:
@@ -79,8 +87,12 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     quiet_libraries()
 
     model = Model.load(model_dir)
-    cfg = InferenceConfig(num_samples=100, output_types=("mean", "quantiles"), quantile_keys=("0.1", "0.5", "0.9"),
-                          quantile_levels=(0.1, 0.5, 0.9))
+    cfg = InferenceConfig(
+        num_samples=100,
+        output_types=("mean", "quantiles"),
+        quantile_keys=("0.1", "0.5", "0.9"),
+        quantile_levels=(0.1, 0.5, 0.9),
+    )
     results = {}
     for n in (1, 100):
         body = request_body(records, n)
@@ -97,17 +109,38 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
 
 def wrk(url: str, body: dict, connections: int, seconds: int, workdir: Path) -> dict:
     script = workdir / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(json.dumps(body))}\n")
-    out = subprocess.run(["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds}s", "--latency",
-                          "--timeout", "30s", "-s", str(script), url + "/invocations"],
-                         capture_output=True, text=True, check=True).stdout
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(body))}\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{min(connections, 2)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url + "/invocations",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": latency["50"], "p99_ms": latency["99"],
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 def _ms(text: str) -> float:
@@ -152,15 +185,25 @@ def main() -> None:
 
         ours_in_process = in_process(tmp_path / "torch/model", records, args.seconds)
         single, batched = ours_in_process[1], ours_in_process[100]
-        print(f"in-process, 1 thread : 1-series {single['calls_per_s']:.1f} req/s; "
-              f"100-series {batched['series_per_s']:.0f} series/s")
+        print(
+            f"in-process, 1 thread : 1-series {single['calls_per_s']:.1f} req/s; "
+            f"100-series {batched['series_per_s']:.0f} series/s"
+        )
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path / "torch"), "DEEPAR_BIND_HOST": "127.0.0.1",
-               "SAGEMAKER_BIND_TO_PORT": str(port)}
-        server = subprocess.Popen([sys.executable, str(REPO / "container/serve")], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(tmp_path / "torch"),
+            "DEEPAR_BIND_HOST": "127.0.0.1",
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+        }
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "container/serve")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             ready = wait_ping(url, server)
             print(f"our server           : serve -> /ping 200 in {ready:.2f} s")
@@ -168,11 +211,15 @@ def main() -> None:
             for c in (1, 4, 8):
                 ours[c] = wrk(url, request_body(records, 1), c, args.seconds, tmp_path)
                 r = ours[c]
-                print(f"our server, c={c}       : 1-series {r['rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, "
-                      f"p99 {r['p99_ms']:.0f} ms, non-2xx {r['non2xx']} {r['socket_errors']}")
+                print(
+                    f"our server, c={c}       : 1-series {r['rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, "
+                    f"p99 {r['p99_ms']:.0f} ms, non-2xx {r['non2xx']} {r['socket_errors']}"
+                )
             big = wrk(url, request_body(records, 100), 1, args.seconds, tmp_path)
-            print(f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
-                  f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}")
+            print(
+                f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
+                f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}"
+            )
         finally:
             stop(server)
 
@@ -180,16 +227,21 @@ def main() -> None:
         shutil.copytree(tmp_path / "mxnet/model/predictor", shell_root / "model")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        shell = subprocess.Popen([sys.executable, "-c", GLUONTS_SHELL, str(shell_root), str(port)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shell = subprocess.Popen(
+            [sys.executable, "-c", GLUONTS_SHELL, str(shell_root), str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_ping(url, shell)
             peer_body = request_body(records, 1)
             peer_body["configuration"] = {**CONFIG, "freq": "h"}  # gluonts.shell insists on the frequency
             assert requests.post(url + "/invocations", json=peer_body, timeout=60).status_code == 200
             peer = wrk(url, peer_body, 8, args.seconds, tmp_path)
-            print(f"gluonts.shell (mxnet), c=8: 1-series {peer['rps']:.1f} req/s, p50 {peer['p50_ms']:.0f} ms, "
-                  f"p99 {peer['p99_ms']:.0f} ms, non-2xx {peer['non2xx']} {peer['socket_errors']}")
+            print(
+                f"gluonts.shell (mxnet), c=8: 1-series {peer['rps']:.1f} req/s, p50 {peer['p50_ms']:.0f} ms, "
+                f"p99 {peer['p99_ms']:.0f} ms, non-2xx {peer['non2xx']} {peer['socket_errors']}"
+            )
         finally:
             stop(shell)
 

@@ -7,7 +7,7 @@ summed epoch seconds. Prints the medians, the ratio ours / plain (target for tor
 side's last-epoch train loss and whole-process wall time. With `--accuracy-seeds`, both also train
 with a held-out test channel per seed (torch) and report `mean_wQuantileLoss` on it.
 
-    .venv/bin/python bench/train_speed.py [--repeats 3] [--backends torch mxnet] [--accuracy-seeds 1 2 3]
+    .venv/bin/python -m bench.train_speed [--repeats 3] [--backends torch mxnet] [--accuracy-seeds 1 2 3]
         [--epochs 5] [--batches-per-epoch 50] [--threads N]
 
 `--threads N` sets OMP_NUM_THREADS for both sides: on a machine shared with other jobs, torch's
@@ -28,10 +28,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sagemaker_deepar import sample_data
 
-from sagemaker_deepar import sample_data  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "5",
                    "num_cells": "40", "num_layers": "3", "mini_batch_size": "64", "num_batches_per_epoch": "50",

@@ -5,7 +5,7 @@
 - an unusable model folder (a file in its place) -> ClientError: seconds to fail, against the full
   run (what the job cost before the probe: it failed when writing the model, after training).
 
-    .venv/bin/python bench/train_stop.py [--series 50 --points 2000 --epochs 5 --batches 40]
+    .venv/bin/python -m bench.train_stop [--series 50 --points 2000 --epochs 5 --batches 40]
 """
 
 from __future__ import annotations

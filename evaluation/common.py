@@ -1,45 +1,52 @@
 """What every evaluation/ command shares: the session (SageMaker or local mode), the execution role,
-one-line AWS errors, JSON Lines helpers and the accuracy report's import path.
+one-line AWS errors (sagemaker_deepar.cli) and how one command's options are made for another.
 
 Runs in the SageMaker SDK's environment (.venv-sdk, evaluation/requirements.lock), not in the
-container's: it imports only the numpy/pandas modules of sagemaker_deepar (metrics, report).
+container's: it imports only the numpy/pandas modules of sagemaker_deepar (contract, metrics, report).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator, Optional
+
+from sagemaker_deepar import cli
+from sagemaker_deepar.errors import UserError
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what these commands use, on purpose
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # sagemaker_deepar.report / .metrics: numpy-only modules, no container stack
-    sys.path.insert(0, str(REPO))
 
-LOCAL_IMAGE = "sagemaker-deepar:latest"
+LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")  # local mode's image unless --image
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants a full ARN, never checks it
 DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 
 
-class CommandError(Exception):
-    """A problem the user can fix; printed as one line, exit status 1."""
-
-
 def add_session_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where it runs")
-    group.add_argument("--local", action="store_true",
-                       help="SageMaker local mode: the local image, file:// paths, fake credentials, no AWS traffic")
-    group.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                       help="AWS region (default: AWS_REGION / your profile's region)")
-    group.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE"),
-                       help="SageMaker execution role ARN (default: env SAGEMAKER_ROLE)")
-    group.add_argument("--serving-port", type=int, default=int(os.environ.get("SAGEMAKER_LOCAL_PORT", "8080")),
-                       help="local mode: the port local endpoints listen on (127.0.0.1)")
+    group.add_argument(
+        "--local",
+        action="store_true",
+        help="SageMaker local mode: the local image, file:// paths, fake credentials, no AWS traffic",
+    )
+    group.add_argument(
+        "--region",
+        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        help="AWS region (default: AWS_REGION / your profile's region)",
+    )
+    group.add_argument(
+        "--role",
+        default=os.environ.get("SAGEMAKER_ROLE"),
+        help="SageMaker execution role ARN (default: env SAGEMAKER_ROLE)",
+    )
+    group.add_argument(
+        "--serving-port",
+        type=int,
+        default=int(os.environ.get("SAGEMAKER_LOCAL_PORT", "8080")),
+        help="local mode: the port local endpoints listen on (127.0.0.1)",
+    )
 
 
 def local_environment() -> None:
@@ -70,6 +77,7 @@ quiet_sdk_logs()  # before any command imports sagemaker, which logs its config 
 def open_session(args: argparse.Namespace):
     """A ``sagemaker.Session`` on the caller's credentials, or a ``LocalSession`` with --local."""
     import sagemaker
+
     if args.local:
         local_environment()
         from sagemaker.local import LocalSession
@@ -86,8 +94,10 @@ def execution_role(args: argparse.Namespace) -> str:
     if args.local:
         return args.role or LOCAL_ROLE
     if not args.role:
-        raise CommandError("no execution role: pass --role arn:aws:iam::<account>:role/<role SageMaker may assume> "
-                           "or set SAGEMAKER_ROLE")
+        raise UserError(
+            "no execution role: pass --role arn:aws:iam::<account>:role/<role SageMaker may assume> "
+            "or set SAGEMAKER_ROLE"
+        )
     return args.role
 
 
@@ -96,8 +106,10 @@ def default_image(args: argparse.Namespace) -> str:
         return args.image
     if args.local:
         return LOCAL_IMAGE
-    raise CommandError("no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag> "
-                       "(build_and_push_to_ecr.sh prints it)")
+    raise UserError(
+        "no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag> "
+        "(build_and_push_to_ecr.sh prints it)"
+    )
 
 
 def runtime_client(session, args: argparse.Namespace):
@@ -107,35 +119,16 @@ def runtime_client(session, args: argparse.Namespace):
         return session.sagemaker_runtime_client
     from botocore.config import Config
 
-    return session.boto_session.client("sagemaker-runtime",
-                                       config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, read_timeout=70))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError as error:
-                    raise CommandError(f"{path}:{number}: not JSON: {error}") from None
-    return records
-
-
-def write_jsonl(records: Iterable[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-    return path
+    return session.boto_session.client(
+        "sagemaker-runtime", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, read_timeout=70)
+    )
 
 
 def key_value(item: str, flag: str, what: str = "KEY=VALUE") -> tuple[str, str]:
     """One ``--flag KEY=VALUE`` argument, split; a malformed one is a one-line error naming the flag."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise CommandError(f"{flag} {item!r}: expected {what}")
+        raise UserError(f"{flag} {item!r}: expected {what}")
     return key, value
 
 
@@ -144,8 +137,15 @@ def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://"))
 
 
-def wait_for(describe: Callable[[], dict], status_key: str, done: set[str], failed: set[str], timeout: float,
-             what: str, poll: float = 15.0) -> dict:
+def wait_for(
+    describe: Callable[[], dict],
+    status_key: str,
+    done: set[str],
+    failed: set[str],
+    timeout: float,
+    what: str,
+    poll: float = 15.0,
+) -> dict:
     """Poll ``describe`` until its status is in ``done``; print each status change; fail clearly."""
     deadline = time.monotonic() + timeout
     last = None
@@ -158,61 +158,40 @@ def wait_for(describe: Callable[[], dict], status_key: str, done: set[str], fail
         if status in done:
             return description
         if status in failed:
-            raise CommandError(f"{what} {status}: {description.get('FailureReason', 'no reason given')} "
-                               "(see its CloudWatch logs)")
+            raise UserError(
+                f"{what} {status}: {description.get('FailureReason', 'no reason given')} (see its CloudWatch logs)"
+            )
         if time.monotonic() > deadline:
-            raise CommandError(f"{what} still {status} after {timeout:.0f} s: raise --timeout or check the console")
+            raise UserError(f"{what} still {status} after {timeout:.0f} s: raise --timeout or check the console")
         time.sleep(poll)
 
 
-_ADVICE = {
-    "AccessDenied": "the credentials or the role lack a permission (see the message)",
-    "AccessDeniedException": "the credentials or the role lack a permission (see the message)",
-    "ResourceLimitExceeded": "an account quota is reached: request an increase in Service Quotas or pick another instance type",
-    "ThrottlingException": "throttled even after retries: slow down or request a higher limit",
-    "ExpiredTokenException": "the session token expired: refresh your credentials",
-    "UnrecognizedClientException": "the credentials are not valid in this account/region",
-    "ModelError": "the container answered with an error (see the message and the endpoint's logs)",
-}
+def run_command(main: Callable[[Optional[list[str]]], Any], argv: Optional[list[str]] = None) -> int:
+    """Run a command's main; any failure becomes one line on stderr and exit status 1
+    (``DEEPAR_EVAL_DEBUG=1`` shows the traceback)."""
+    return cli.run_command(main, argv, debug_env="DEEPAR_EVAL_DEBUG", credentials_hint=" or pass --local")
 
 
-def explain(error: BaseException) -> str:
-    """One line: what AWS (or the SDK) said, and what to do about it."""
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, WaiterError
-
-    if isinstance(error, CommandError):
-        return str(error)
-    if isinstance(error, NoCredentialsError):
-        return "no AWS credentials: run `aws configure`, set AWS_PROFILE, or pass --local"
-    if isinstance(error, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
-    if isinstance(error, ClientError):
-        code = error.response.get("Error", {}).get("Code", "?")
-        message = error.response.get("Error", {}).get("Message", str(error))
-        advice = _ADVICE.get(code, "")
-        return f"{error.operation_name} failed: {code}: {message}" + (f" -- {advice}" if advice else "")
-    if isinstance(error, WaiterError):
-        return f"gave up waiting: {error} -- check the resource in the console and its CloudWatch logs"
-    if type(error).__name__ in ("UnexpectedStatusException", "CapacityError"):  # sagemaker.exceptions
-        return f"{str(error).strip().splitlines()[0]} -- see the job's CloudWatch logs"
-    return f"{type(error).__name__}: {error}"
+def options(parser: argparse.ArgumentParser, **values: Any) -> argparse.Namespace:
+    """A command's options as its parser would make them, from keyword values instead of argv: how
+    one command (the workflow) calls another's ``run`` directly, with every default in place."""
+    defaults = {action.dest: action.default for action in parser._actions if action.dest != "help"}
+    defaults.update(parser._defaults)  # set_defaults(), e.g. a sub-command's name
+    unknown = sorted(set(values) - set(defaults))
+    if unknown:
+        raise TypeError(f"{parser.prog}: no option(s) {', '.join(unknown)}")
+    namespace = argparse.Namespace(**{**defaults, **values})
+    missing = [action.dest for action in parser._actions if action.required and getattr(namespace, action.dest) is None]
+    if missing:
+        raise TypeError(f"{parser.prog}: missing required option(s) {', '.join(missing)}")
+    return namespace
 
 
-def run_command(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
-    """Run a command's main; any failure becomes one line on stderr and exit status 1."""
-    try:
-        main(argv)
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - every failure becomes one clear line, never a traceback
-        print(f"error: {explain(error)}", file=sys.stderr)
-        if os.environ.get("DEEPAR_EVAL_DEBUG"):
-            raise
-        return 1
+def session_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The "where it runs" options of one command, to hand to another."""
+    return {name: getattr(args, name) for name in ("local", "region", "role", "serving_port")}
 
 
 def chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

@@ -1,17 +1,16 @@
-#!/usr/bin/env python3
 """Host a trained model on a SageMaker endpoint, and change or remove it.
 
-    deploy.py create --name E --model-data s3://.../model.tar.gz --image <ecr-uri>   model + config + endpoint
-    deploy.py update --name E --model-data s3://.../other.tar.gz [--canary 10]       blue/green to a new model
-    deploy.py ab     --name E --model-data A.tar.gz B.tar.gz --weights 0.9 0.1      A/B production variants
-    deploy.py shift  --name E --weight variant-1=0.5 --weight variant-2=0.5          move traffic between variants
-    deploy.py delete --name E                                                        endpoint, its config, its models
+    python -m evaluation.deploy create --name E --model-data s3://.../model.tar.gz --image <ecr-uri>   model + config + endpoint
+    python -m evaluation.deploy update --name E --model-data s3://.../other.tar.gz [--canary 10]       blue/green to a new model
+    python -m evaluation.deploy ab     --name E --model-data A.tar.gz B.tar.gz --weights 0.9 0.1      A/B production variants
+    python -m evaluation.deploy shift  --name E --weight variant-1=0.5 --weight variant-2=0.5          move traffic between variants
+    python -m evaluation.deploy delete --name E                                                        endpoint, its config, its models
 
 Each waits for the endpoint (--timeout) and prints status changes. SageMaker updates endpoints
 blue/green: the new fleet takes traffic only once healthy, then the old one goes (with --canary N,
 N % first). Local mode (--local) serves one variant in a container on 127.0.0.1 for as long as the
 process that deployed it lives (the SDK keeps local endpoints in memory), so `update` there means
-stop, then start the new model; `ab`/`shift` need SageMaker. evaluation/workflow.py chains the
+stop, then start the new model; `ab`/`shift` need SageMaker. evaluation.workflow chains the
 steps in one process.
 """
 
@@ -20,8 +19,9 @@ from __future__ import annotations
 import argparse
 import time
 
-import common
-from common import CommandError
+from sagemaker_deepar.errors import UserError
+
+from . import common
 
 
 def unique(name: str) -> str:
@@ -30,8 +30,11 @@ def unique(name: str) -> str:
 
 def create_model(client, endpoint: str, image: str, model_data: str, role: str, env: dict[str, str]) -> str:
     model = unique(endpoint)
-    client.create_model(ModelName=model, ExecutionRoleArn=role,
-                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env})
+    client.create_model(
+        ModelName=model,
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env},
+    )
     print(f"model {model}: {model_data}")
     return model
 
@@ -39,14 +42,21 @@ def create_model(client, endpoint: str, image: str, model_data: str, role: str, 
 def create_config(client, endpoint: str, variants: list[dict]) -> str:
     config = unique(endpoint)
     client.create_endpoint_config(EndpointConfigName=config, ProductionVariants=variants)
-    print(f"endpoint config {config}: " + ", ".join(f"{v['VariantName']}={v['ModelName']} (weight "
-                                                     f"{v['InitialVariantWeight']})" for v in variants))
+    print(
+        f"endpoint config {config}: "
+        + ", ".join(f"{v['VariantName']}={v['ModelName']} (weight {v['InitialVariantWeight']})" for v in variants)
+    )
     return config
 
 
 def variant(name: str, model: str, args: argparse.Namespace, weight: float = 1.0) -> dict:
-    return {"VariantName": name, "ModelName": model, "InitialInstanceCount": args.instance_count,
-            "InstanceType": "local" if args.local else args.instance_type, "InitialVariantWeight": weight}
+    return {
+        "VariantName": name,
+        "ModelName": model,
+        "InitialInstanceCount": args.instance_count,
+        "InstanceType": "local" if args.local else args.instance_type,
+        "InitialVariantWeight": weight,
+    }
 
 
 def endpoint_exists(client, endpoint: str) -> bool:
@@ -62,8 +72,15 @@ def endpoint_exists(client, endpoint: str) -> bool:
 
 
 def wait_in_service(client, endpoint: str, args: argparse.Namespace) -> dict:
-    return common.wait_for(lambda: client.describe_endpoint(EndpointName=endpoint), "EndpointStatus", {"InService"},
-                           {"Failed", "OutOfService"}, args.timeout, f"endpoint {endpoint}", poll=1 if args.local else 15)
+    return common.wait_for(
+        lambda: client.describe_endpoint(EndpointName=endpoint),
+        "EndpointStatus",
+        {"InService"},
+        {"Failed", "OutOfService"},
+        args.timeout,
+        f"endpoint {endpoint}",
+        poll=1 if args.local else 15,
+    )
 
 
 def models_of(client, config: str) -> list[str]:
@@ -91,7 +108,7 @@ def ignore_missing(call, **kwargs) -> None:
 def create(client, args: argparse.Namespace) -> dict:
     role, image = common.execution_role(args), common.default_image(args)  # before any call: fail fast
     if endpoint_exists(client, args.name):
-        raise CommandError(f"endpoint {args.name} exists: use `update` to change its model, or `delete` it")
+        raise UserError(f"endpoint {args.name} exists: use `update` to change its model, or `delete` it")
     model = create_model(client, args.name, image, args.model_data[0], role, args.env)
     config = create_config(client, args.name, [variant("variant-1", model, args)])
     client.create_endpoint(EndpointName=args.name, EndpointConfigName=config)
@@ -107,10 +124,16 @@ def switch(client, args: argparse.Namespace, new_config: str) -> dict:
     else:
         request = {"EndpointName": args.name, "EndpointConfigName": new_config}
         if getattr(args, "canary", None):
-            request["DeploymentConfig"] = {"BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": args.canary_wait,
-                                                "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": args.canary}},
-                "TerminationWaitInSeconds": 0}}
+            request["DeploymentConfig"] = {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "CANARY",
+                        "WaitIntervalInSeconds": args.canary_wait,
+                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": args.canary},
+                    },
+                    "TerminationWaitInSeconds": 0,
+                }
+            }
         client.update_endpoint(**request)
         time.sleep(1)  # the status turns Updating shortly after the call returns
     description = wait_in_service(client, args.name, args)
@@ -131,13 +154,15 @@ def update(client, args: argparse.Namespace) -> dict:
 
 def ab(client, args: argparse.Namespace) -> dict:
     if args.local:
-        raise CommandError("A/B variants need SageMaker: a local endpoint serves only its first variant")
+        raise UserError("A/B variants need SageMaker: a local endpoint serves only its first variant")
     weights = args.weights or [1.0] * len(args.model_data)
     if len(args.model_data) < 2 or len(weights) != len(args.model_data):
-        raise CommandError("ab: give two or more --model-data and as many --weights")
+        raise UserError("ab: give two or more --model-data and as many --weights")
     role, image = common.execution_role(args), common.default_image(args)
-    variants = [variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env),
-                        args, weight) for i, (data, weight) in enumerate(zip(args.model_data, weights), 1)]
+    variants = [
+        variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env), args, weight)
+        for i, (data, weight) in enumerate(zip(args.model_data, weights), 1)
+    ]
     config = create_config(client, args.name, variants)
     if endpoint_exists(client, args.name):
         return switch(client, args, config)
@@ -147,16 +172,16 @@ def ab(client, args: argparse.Namespace) -> dict:
 
 def shift(client, args: argparse.Namespace) -> dict:
     if args.local:
-        raise CommandError("traffic shifting needs SageMaker: a local endpoint serves only its first variant")
+        raise UserError("traffic shifting needs SageMaker: a local endpoint serves only its first variant")
     desired = []
     for item in args.weight:
         name, weight = common.key_value(item, "--weight", "VARIANT=WEIGHT")
         try:
             desired.append({"VariantName": name, "DesiredWeight": float(weight)})
         except ValueError:
-            raise CommandError(f"--weight {item!r}: WEIGHT must be a number") from None
+            raise UserError(f"--weight {item!r}: WEIGHT must be a number") from None
     if not desired:
-        raise CommandError("shift: give --weight VARIANT=WEIGHT for each variant to change")
+        raise UserError("shift: give --weight VARIANT=WEIGHT for each variant to change")
     client.update_endpoint_weights_and_capacities(EndpointName=args.name, DesiredWeightsAndCapacities=desired)
     time.sleep(1)
     description = wait_in_service(client, args.name, args)
@@ -192,33 +217,52 @@ def delete(client, args: argparse.Namespace) -> dict:
 COMMANDS = {"create": create, "update": update, "ab": ab, "shift": shift, "delete": delete}
 
 
+def add_command_args(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--name", required=True, help="endpoint name")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the endpoint")
+    common.add_session_args(p)
+    if name in ("create", "update", "ab"):
+        p.add_argument("--model-data", nargs="+", required=True, help="model.tar.gz URI(s)")
+        p.add_argument("--image", help="serving image (default with --local: sagemaker-deepar:latest)")
+        p.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
+        p.add_argument("--instance-count", type=int, default=1)
+        p.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            type=env_item,
+            help="container environment, e.g. SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        )
+    if name == "update":
+        p.add_argument("--canary", type=int, metavar="PERCENT", help="shift this share of capacity first")
+        p.add_argument("--canary-wait", type=int, default=300, help="seconds the canary runs before the rest")
+    if name == "ab":
+        p.add_argument("--weights", type=float, nargs="+", help="one weight per --model-data (default equal)")
+    if name == "shift":
+        p.add_argument("--weight", action="append", default=[], metavar="VARIANT=WEIGHT")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="python -m evaluation.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = top.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        p = sub.add_parser(name, help=COMMANDS[name].__doc__)
-        p.add_argument("--name", required=True, help="endpoint name")
-        p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the endpoint")
-        common.add_session_args(p)
-        if name in ("create", "update", "ab"):
-            p.add_argument("--model-data", nargs="+", required=True, help="model.tar.gz URI(s)")
-            p.add_argument("--image", help="serving image (default with --local: sagemaker-deepar:latest)")
-            p.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
-            p.add_argument("--instance-count", type=int, default=1)
-            p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                           help="container environment, e.g. SAGEMAKER_MODEL_SERVER_WORKERS=2")
-        if name == "update":
-            p.add_argument("--canary", type=int, metavar="PERCENT", help="shift this share of capacity first")
-            p.add_argument("--canary-wait", type=int, default=300, help="seconds the canary runs before the rest")
-        if name == "ab":
-            p.add_argument("--weights", type=float, nargs="+", help="one weight per --model-data (default equal)")
-        if name == "shift":
-            p.add_argument("--weight", action="append", default=[], metavar="VARIANT=WEIGHT")
+        add_command_args(sub.add_parser(name, help=COMMANDS[name].__doc__), name)
     return top
 
 
-def parse_env(items: list[str]) -> dict[str, str]:
-    return dict(common.key_value(item, "--env") for item in items)
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """One sub-command's options alone (for ``common.options``)."""
+    p = argparse.ArgumentParser(prog=f"python -m evaluation.deploy {name}")
+    p.set_defaults(command=name)
+    add_command_args(p, name)
+    return p
+
+
+def env_item(item: str) -> tuple[str, str]:
+    return common.key_value(item, "--env")
 
 
 def hold(client, args: argparse.Namespace) -> None:
@@ -234,19 +278,25 @@ def hold(client, args: argparse.Namespace) -> None:
     delete(client, args)
 
 
-def main(argv: list[str] | None = None, hold_local: bool = False) -> dict:
-    args = parser().parse_args(argv)
-    args.env = parse_env(getattr(args, "env", []))
+def run(args: argparse.Namespace, hold_local: bool = False) -> dict:
+    if hasattr(args, "env"):
+        args = argparse.Namespace(**{**vars(args), "env": dict(args.env)})
     session = common.open_session(args)
     client = session.sagemaker_client
     if args.local and args.command != "create" and not endpoint_exists(client, args.name):
-        raise CommandError(f"no local endpoint {args.name} in this process: local endpoints live in the process "
-                           "that created them (`deploy.py create --local` holds one; evaluation/workflow.py chains "
-                           "create, update and delete)")
+        raise UserError(
+            f"no local endpoint {args.name} in this process: local endpoints live in the process "
+            "that created them (`python -m evaluation.deploy create --local` holds one; evaluation.workflow chains "
+            "create, update and delete)"
+        )
     result = COMMANDS[args.command](client, args)
     if args.local and hold_local and args.command == "create":
         hold(client, args)
     return result
+
+
+def main(argv: list[str] | None = None, hold_local: bool = False) -> dict:
+    return run(parser().parse_args(argv), hold_local)
 
 
 if __name__ == "__main__":

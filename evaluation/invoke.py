@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Forecast held-out data with a SageMaker endpoint and report the accuracy.
 
 Reads full series (JSON Lines, default evaluation/eval_data/eval_data.json), holds out the last
@@ -6,8 +5,8 @@ Reads full series (JSON Lines, default evaluation/eval_data/eval_data.json), hol
 invoke_endpoint (adaptive retries on throttling), then prints a per-series table, RMSE and
 mean_wQuantileLoss (the built-in's definitions) and writes one PNG per series.
 
-    evaluation/invoke.py --name deepar-pollution --prediction-length 24 --plot-dir plots/
-    evaluation/invoke.py --local --name any --prediction-length 24      (the local endpoint on --serving-port)
+    python -m evaluation.invoke --name deepar-pollution --prediction-length 24 --plot-dir plots/
+    python -m evaluation.invoke --local --name any --prediction-length 24      (the local endpoint on --serving-port)
 """
 
 from __future__ import annotations
@@ -16,16 +15,26 @@ import argparse
 import json
 from pathlib import Path
 
-import common
-from common import CommandError
+from sagemaker_deepar import contract
+from sagemaker_deepar.errors import UserError
+
+from . import common
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE / "eval_data" / "eval_data.json"
 
 
 def request_body(records: list[dict], num_samples: int, quantiles: tuple[str, ...]) -> bytes:
-    return json.dumps({"instances": records, "configuration": {
-        "num_samples": num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(quantiles)}}).encode()
+    return json.dumps(
+        {
+            "instances": records,
+            "configuration": {
+                "num_samples": num_samples,
+                "output_types": ["mean", "quantiles"],
+                "quantiles": list(quantiles),
+            },
+        }
+    ).encode()
 
 
 def invoke(runtime, endpoint: str, body: bytes, variant: str | None = None) -> list[dict]:
@@ -40,9 +49,9 @@ def invoke(runtime, endpoint: str, body: bytes, variant: str | None = None) -> l
     try:
         answer = json.loads(text)
     except ValueError:
-        raise CommandError(f"endpoint {endpoint} answered {status} with a body that is not JSON: {text[:200]}") from None
+        raise UserError(f"endpoint {endpoint} answered {status} with a body that is not JSON: {text[:200]}") from None
     if status != 200 or "predictions" not in answer:
-        raise CommandError(f"endpoint {endpoint} answered {status}: {answer.get('error', text[:200])}")
+        raise UserError(f"endpoint {endpoint} answered {status}: {answer.get('error', text[:200])}")
     return answer["predictions"]
 
 
@@ -58,17 +67,15 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
 
 def load_eval_series(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     """The full series (ground truth) and their held-out forms (what the model is asked)."""
-    from sagemaker_deepar.report import holdout
-
-    records = common.read_jsonl(args.data)[: args.series]
+    records = contract.read_jsonl(args.data, limit=args.series)
     if not records:
-        raise CommandError(f"{args.data}: no series")
+        raise UserError(f"{args.data}: no series")
     held_out = []
     for number, record in enumerate(records, 1):
         try:
-            held_out.append(holdout(record, args.prediction_length))
-        except (KeyError, TypeError, ValueError) as error:
-            raise CommandError(f"{args.data}: series {number}: {error}") from None
+            held_out.append(contract.holdout(record, args.prediction_length))
+        except contract.ContractError as error:
+            raise UserError(f"{args.data}: series {number}: {error}") from None
     return records, held_out
 
 
@@ -76,14 +83,14 @@ def report(records: list[dict], predictions: list[dict], args: argparse.Namespac
     from sagemaker_deepar.report import AccuracyReport
 
     if len(predictions) != len(records):
-        raise CommandError(f"{source}: {len(predictions)} forecasts for {len(records)} series")
+        raise UserError(f"{source}: {len(predictions)} forecasts for {len(records)} series")
     accuracy = AccuracyReport(prediction_length=args.prediction_length, freq=args.freq)
     for i, (record, prediction) in enumerate(zip(records, predictions)):
         name = str(record.get("item_id", record.get("id", f"series-{i}")))
         try:
             accuracy.add(name, record, prediction, args.plot_dir)
         except ValueError as error:
-            raise CommandError(f"{source}: {error}") from None
+            raise UserError(f"{source}: {error}") from None
     result = accuracy.print()
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,14 +98,19 @@ def report(records: list[dict], predictions: list[dict], args: argparse.Namespac
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluation.invoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", required=True, help="endpoint name")
     parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
     parser.add_argument("--batch-size", type=int, default=10, help="series per request")
     add_report_args(parser)
     common.add_session_args(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
     from sagemaker_deepar.report import QUANTILES
 
     records, held_out = load_eval_series(args)
@@ -109,6 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
         predictions.extend(invoke(runtime, args.name, body, args.variant))
     print(f"endpoint {args.name}: {len(predictions)} forecasts of {args.prediction_length} steps")
     return report(records, predictions, args, f"endpoint {args.name}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Tune DeepAR: a SageMaker HyperparameterTuner minimizing test:mean_wQuantileLoss.
 
 Searches the built-in DeepAR's recommended ranges (override with --range name=low:high, or drop a
@@ -6,7 +5,7 @@ name with --fixed name=value); needs a test channel. Prints the best training jo
 --dry-run prints the CreateHyperParameterTuningJob request and sends nothing. Tuning jobs run only
 on SageMaker: local mode has no tuner.
 
-    evaluation/tune.py --image <ecr-uri> --train s3://b/d/train --test s3://b/d/test --max-jobs 20 --max-parallel-jobs 2
+    python -m evaluation.tune --image <ecr-uri> --train s3://b/d/train --test s3://b/d/test --max-jobs 20 --max-parallel-jobs 2
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import common
-import train as train_command
-from common import CommandError
+from sagemaker_deepar.errors import UserError
+
+from . import common
+from . import train as train_command
 
 OBJECTIVE = "test:mean_wQuantileLoss"
 # The built-in DeepAR's recommended tuning ranges (SageMaker docs, "Tune a DeepAR model").
@@ -40,11 +40,13 @@ def parameter_ranges(overrides: list[str], fixed: set[str]) -> dict:
         name, sep, bounds = item.partition("=")
         low, sep2, high = bounds.partition(":")
         if not (sep and sep2) or name not in RECOMMENDED_RANGES:
-            raise CommandError(f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}")
+            raise UserError(
+                f"--range {item!r}: expected NAME=LOW:HIGH with NAME one of {', '.join(RECOMMENDED_RANGES)}"
+            )
         try:
             ranges[name] = (RECOMMENDED_RANGES[name][0], float(low), float(high))
         except ValueError:
-            raise CommandError(f"--range {item!r}: LOW and HIGH must be numbers") from None
+            raise UserError(f"--range {item!r}: LOW and HIGH must be numbers") from None
     built = {}
     for name, (kind, low, high) in ranges.items():
         if name in fixed:
@@ -52,7 +54,9 @@ def parameter_ranges(overrides: list[str], fixed: set[str]) -> dict:
         if kind == "int":
             built[name] = IntegerParameter(int(low), int(high))
         else:
-            built[name] = ContinuousParameter(low, high, scaling_type="Logarithmic" if name == "learning_rate" else "Auto")
+            built[name] = ContinuousParameter(
+                low, high, scaling_type="Logarithmic" if name == "learning_rate" else "Auto"
+            )
     return built
 
 
@@ -62,11 +66,17 @@ def dry_run(session) -> list[dict]:
 
     captured: list[dict] = []
     events = session.sagemaker_client.meta.events
-    events.register("before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
-                    lambda params, **_: captured.append(dict(params)))
-    events.register("before-call.sagemaker.CreateHyperParameterTuningJob",
-                    lambda **_: (AWSResponse("dry-run", 200, {}, None),
-                                 {"HyperParameterTuningJobArn": "arn:aws:sagemaker:dry-run"}))
+    events.register(
+        "before-parameter-build.sagemaker.CreateHyperParameterTuningJob",
+        lambda params, **_: captured.append(dict(params)),
+    )
+    events.register(
+        "before-call.sagemaker.CreateHyperParameterTuningJob",
+        lambda **_: (
+            AWSResponse("dry-run", 200, {}, None),
+            {"HyperParameterTuningJobArn": "arn:aws:sagemaker:dry-run"},
+        ),
+    )
     return captured
 
 
@@ -77,23 +87,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-parallel-jobs", type=int, default=2)
     parser.add_argument("--strategy", default="Bayesian", choices=["Bayesian", "Random", "Hyperband", "Grid"])
     parser.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH")
-    parser.add_argument("--fixed", action="append", default=[], metavar="NAME",
-                        help="keep this hyperparameter at its --hyperparameters/--hp value instead of tuning it")
+    parser.add_argument(
+        "--fixed",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep this hyperparameter at its --hyperparameters/--hp value instead of tuning it",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the tuning request; send nothing")
     args = parser.parse_args(argv)
     if args.local:
-        raise CommandError("tuning jobs run only on SageMaker: drop --local (try --dry-run to see the request)")
+        raise UserError("tuning jobs run only on SageMaker: drop --local (try --dry-run to see the request)")
     if not args.test:
-        raise CommandError(f"--test is required: the objective {OBJECTIVE} is computed on the test channel")
+        raise UserError(f"--test is required: the objective {OBJECTIVE} is computed on the test channel")
     from sagemaker.tuner import HyperparameterTuner
 
     session = common.open_session(args)
     estimator = train_command.build_estimator(args, session)
     tuner = HyperparameterTuner(
-        estimator, objective_metric_name=OBJECTIVE, objective_type="Minimize",
+        estimator,
+        objective_metric_name=OBJECTIVE,
+        objective_type="Minimize",
         hyperparameter_ranges=parameter_ranges(args.range, set(args.fixed)),
-        metric_definitions=estimator.metric_definitions, strategy=args.strategy,
-        max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs, base_tuning_job_name=args.base_job_name)
+        metric_definitions=estimator.metric_definitions,
+        strategy=args.strategy,
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        base_tuning_job_name=args.base_job_name,
+    )
     captured = dry_run(session) if args.dry_run else None
     tuner.fit(train_command.channels(args), wait=not args.dry_run)
     if captured is not None:

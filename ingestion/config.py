@@ -10,7 +10,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
+from sagemaker_deepar.errors import UserError
 
 
 class IngestionConfig(BaseModel):
@@ -70,13 +70,13 @@ def load_config(path: Optional[Path], overrides: dict) -> IngestionConfig:
         try:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise SystemExit(f"error: {path}: {error}") from None
+            raise UserError(f"{path}: {error}") from None
         if not isinstance(values, dict):
-            raise SystemExit(f"error: {path}: expected a JSON object")
+            raise UserError(f"{path}: expected a JSON object")
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return IngestionConfig(**values)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise SystemExit(f"error: {path or 'flags'}: {where}: {first['msg']}") from None
+        raise UserError(f"{path or 'flags'}: {where}: {first['msg']}") from None

@@ -23,6 +23,8 @@ held), so re-running over the same input leaves the same output. Logs the counts
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import json
 import sys
 import zlib
@@ -31,9 +33,15 @@ from typing import Iterator, Optional
 
 POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
 # Physical plausibility bounds (µg/m³; carbon monoxide in mg/m³); outside means a broken reading.
-RANGES = {"ozone": (0.0, 1000.0), "particulate_matter": (0.0, 2000.0), "carbon_monoxide": (0.0, 100.0),
-          "sulfur_dioxide": (0.0, 2000.0), "nitrogen_dioxide": (0.0, 2000.0),
-          "latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
+RANGES = {
+    "ozone": (0.0, 1000.0),
+    "particulate_matter": (0.0, 2000.0),
+    "carbon_monoxide": (0.0, 100.0),
+    "sulfur_dioxide": (0.0, 2000.0),
+    "nitrogen_dioxide": (0.0, 2000.0),
+    "latitude": (-90.0, 90.0),
+    "longitude": (-180.0, 180.0),
+}
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
 # Other spellings of the same fields, as the reference device kit publishes them.
 FIELD_ALIASES = {"particullate_matter": "particulate_matter", "sulfure_dioxide": "sulfur_dioxide"}
@@ -43,27 +51,29 @@ ALIASES_OF = {name: tuple(alias for alias, canonical in FIELD_ALIASES.items() if
 SEPARATOR_CHARACTERS = frozenset(" \t\r\n,")
 GZIP_CHUNK = 1 << 16
 CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
-DEFAULTS = {"raw-path": None, "curated-path": None, "quarantine-path": None, "partitions": "0",
-            "topic-device-level": "2"}
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """Glue's `--key value` pairs (it adds --JOB_NAME, --TempDir, ... which this job ignores)."""
-    values = dict(DEFAULTS)
-    i = 0
-    while i < len(argv):
-        if not argv[i].startswith("--"):
-            i += 1
-            continue
-        has_value = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-        values[argv[i][2:]] = argv[i + 1] if has_value else "true"
-        i += 2 if has_value else 1
-    missing = [k for k in ("raw-path", "curated-path", "quarantine-path") if not values.get(k)]
-    if missing:
-        raise SystemExit(f"error: missing arguments: {', '.join('--' + k for k in missing)}")
-    if not values["topic-device-level"].isdigit() or int(values["topic-device-level"]) < 1:
-        raise SystemExit(f"error: --topic-device-level {values['topic-device-level']!r}: expected a level >= 1")
-    return values
+def topic_level(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a level >= 1")
+    return int(text)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Glue's `--key value` pairs; the ones Glue adds (--JOB_NAME, --TempDir, ...) are ignored."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.glue_job",
+        allow_abbrev=False,
+        description="raw IoT data lake -> curated Parquet (see the module docstring)",
+    )
+    parser.add_argument("--raw-path", required=True)
+    parser.add_argument("--curated-path", required=True)
+    parser.add_argument("--quarantine-path", required=True)
+    parser.add_argument("--partitions", type=int, default=0, help="output partitions (0: Spark's default)")
+    parser.add_argument("--topic-device-level", type=topic_level, default=2,
+                        help="level of a record's topic field that names the device (counted from 1, as topic(n))")
+    args, _glue_arguments = parser.parse_known_args(argv)
+    return args
 
 
 def split_records(text: str) -> Iterator[tuple[Optional[object], Optional[str], str]]:
@@ -244,22 +254,37 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    raw = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-           .option("pathGlobFilter", "[!._]*").load(raw_path).select("path", "content"))
+    raw = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", "[!._]*")
+        .load(raw_path)
+        .select("path", "content")
+    )
     objects = raw.count()
     classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
-        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)])
+        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)]
+    )
     # Rows were typed by check(): skip createDataFrame's per-row Python verification. Cached: every
     # later action would otherwise ship the rows from Python to the JVM again.
-    good = spark.createDataFrame(classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema,
-                                 verifySchema=False)
-    bad = spark.createDataFrame(classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]), T.StructType([
-        T.StructField("reason", T.StringType()), T.StructField("raw", T.StringType()),
-        T.StructField("timestamp", T.TimestampNTZType()), T.StructField("source", T.StringType())]),
-        verifySchema=False).cache()
+    good = spark.createDataFrame(
+        classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema, verifySchema=False
+    )
+    bad = spark.createDataFrame(
+        classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]),
+        T.StructType(
+            [
+                T.StructField("reason", T.StringType()),
+                T.StructField("raw", T.StringType()),
+                T.StructField("timestamp", T.TimestampNTZType()),
+                T.StructField("source", T.StringType()),
+            ]
+        ),
+        verifySchema=False,
+    ).cache()
     good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd")).cache()
     valid = good.count()
     quarantined = bad.count()
@@ -274,23 +299,36 @@ def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partition
         existing = None
     if existing is not None:
         merged = good.unionByName(existing.select(*CURATED_COLUMNS).withColumn("date", F.col("date").cast("string")))
-    latest = Window.partitionBy("device_id", "timestamp").orderBy(F.col("received_at").desc_nulls_last(),
-                                                                  F.col("source").desc())
-    deduplicated = (merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n")
-                    .select(*CURATED_COLUMNS))
+    latest = Window.partitionBy("device_id", "timestamp").orderBy(
+        F.col("received_at").desc_nulls_last(), F.col("source").desc()
+    )
+    deduplicated = (
+        merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n").select(*CURATED_COLUMNS)
+    )
     if partitions:
         deduplicated = deduplicated.repartition(partitions, "date")
     # Materialize before overwriting: the merge reads the very partitions the write replaces.
     deduplicated = deduplicated.localCheckpoint(eager=True)
     curated_rows = deduplicated.count()
-    (deduplicated.sortWithinPartitions("device_id", "timestamp").write.mode("overwrite").partitionBy("date")
-     .option("compression", "snappy").parquet(curated_path))
+    (
+        deduplicated.sortWithinPartitions("device_id", "timestamp")
+        .write.mode("overwrite")
+        .partitionBy("date")
+        .option("compression", "snappy")
+        .parquet(curated_path)
+    )
 
     bad = bad.withColumn("date", F.coalesce(F.date_format("timestamp", "yyyy-MM-dd"), F.lit("unknown")))
     if quarantined:
         bad.write.mode("overwrite").partitionBy("date").option("compression", "snappy").parquet(quarantine_path)
-    counts = {"objects": objects, "records_in": records_in, "valid": valid, "quarantined": quarantined,
-              "curated_rows_in_touched_dates": curated_rows, "dates_touched": len(touched)}
+    counts = {
+        "objects": objects,
+        "records_in": records_in,
+        "valid": valid,
+        "quarantined": quarantined,
+        "curated_rows_in_touched_dates": curated_rows,
+        "dates_touched": len(touched),
+    }
     for frame in (good, bad):
         frame.unpersist()
     return counts
@@ -304,11 +342,13 @@ def spark_session():
     # Local runs: Python workers use this interpreter (its packages), not whatever `python3` is on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Glue and spark-submit choose the master; a plain `python -m` run gets PySpark's local[*].
-    builder = (SparkSession.builder.appName("deepar-raw-to-curated")
-               .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
-               .config("spark.sql.parquet.compression.codec", "snappy")
-               .config("spark.ui.showConsoleProgress", "false"))
+    builder = (
+        SparkSession.builder.appName("deepar-raw-to-curated")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.parquet.compression.codec", "snappy")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
     return builder.getOrCreate()
 
 
@@ -316,12 +356,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     spark = spark_session()
     spark.sparkContext.setLogLevel("WARN")
-    counts = run(spark, args["raw-path"], args["curated-path"], args["quarantine-path"], int(args["partitions"]),
-                 int(args["topic-device-level"]))
+    counts = run(spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions,
+                 args.topic_device_level)
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
-    print(f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
-          f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
-          f"{counts['dates_touched']} date partition(s) (duplicates removed)", flush=True)
+    print(
+        f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "
+        f"{counts['quarantined']} quarantined; {counts['curated_rows_in_touched_dates']} curated rows over "
+        f"{counts['dates_touched']} date partition(s) (duplicates removed)",
+        flush=True,
+    )
     return 0
 
 

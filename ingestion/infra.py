@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sagemaker_deepar.cli import run_command
+from sagemaker_deepar.errors import UserError
+
 from .config import IngestionConfig, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -34,12 +37,10 @@ RAW_PREFIX = "raw/"
 CURATED_PREFIX = "readings/"
 QUARANTINE_PREFIX = "quarantine/"
 FIREHOSE_PREFIX = RAW_PREFIX + "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/hour=!{timestamp:HH}/"
-FIREHOSE_ERROR_PREFIX = "errors/!{firehose:error-output-type}/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
+FIREHOSE_ERROR_PREFIX = (
+    "errors/!{firehose:error-output-type}/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
+)
 IAM_PROPAGATION_SECONDS = float(os.environ.get("INGESTION_IAM_WAIT", "90"))
-
-
-class SetupError(Exception):
-    """A problem stated in one line for the user."""
 
 
 @dataclass
@@ -98,8 +99,15 @@ def missing(call: Callable, *codes: str, **kwargs) -> Optional[dict]:
         raise
 
 
-def ensure(ctx: Context, kind: str, name: str, current: Optional[Any], create: Callable[[], Any],
-           differences: Callable[[Any], list[str]] = lambda _: [], fix: Callable[[list[str]], Any] = lambda _: None) -> None:
+def ensure(
+    ctx: Context,
+    kind: str,
+    name: str,
+    current: Optional[Any],
+    create: Callable[[], Any],
+    differences: Callable[[Any], list[str]] = lambda _: [],
+    fix: Callable[[list[str]], Any] = lambda _: None,
+) -> None:
     """The one pattern of every resource: create when missing, fix what differs, else unchanged."""
     if current is None:
         ctx.report("create" if ctx.apply else "+ create", kind, name)
@@ -125,7 +133,11 @@ def retry_while_role_propagates(call: Callable[[], Any], codes: tuple[str, ...])
             return call()
         except ClientError as error:
             text = str(error).lower()
-            if error_code(error) not in codes or not ("role" in text or "assume" in text) or time.monotonic() > deadline:
+            if (
+                error_code(error) not in codes
+                or not ("role" in text or "assume" in text)
+                or time.monotonic() > deadline
+            ):
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 15)
@@ -134,7 +146,12 @@ def retry_while_role_propagates(call: Callable[[], Any], codes: tuple[str, ...])
 # --- S3 ----------------------------------------------------------------------------------------
 
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]}
-PUBLIC_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+PUBLIC_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
 
 
 def bucket_settings(ctx: Context, name: str, versioned: bool) -> list[str]:
@@ -142,7 +159,10 @@ def bucket_settings(ctx: Context, name: str, versioned: bool) -> list[str]:
     diff = []
     encryption = missing(s3.get_bucket_encryption, "ServerSideEncryptionConfigurationNotFoundError", Bucket=name)
     rules = (encryption or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
-    if not rules or rules[0].get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") not in ("AES256", "aws:kms"):
+    if not rules or rules[0].get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") not in (
+        "AES256",
+        "aws:kms",
+    ):
         diff.append("default encryption")
     block = missing(s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration", Bucket=name)
     if (block or {}).get("PublicAccessBlockConfiguration") != PUBLIC_BLOCK:
@@ -170,7 +190,7 @@ def head_bucket(ctx: Context, name: str) -> Optional[dict]:
         if status == 404:
             return None
         if status == 403:
-            raise SetupError(f"bucket {name} belongs to another account: choose another name in the config") from None
+            raise UserError(f"bucket {name} belongs to another account: choose another name in the config") from None
         raise
 
 
@@ -180,22 +200,38 @@ def ensure_buckets(ctx: Context) -> None:
         name, versioned = ctx.bucket(kind), kind == "curated"
 
         def create(name=name, versioned=versioned):
-            location = {} if ctx.region == "us-east-1" else {
-                "CreateBucketConfiguration": {"LocationConstraint": ctx.region}}
+            location = (
+                {} if ctx.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": ctx.region}}
+            )
             s3.create_bucket(Bucket=name, **location)
             apply_bucket_settings(ctx, name, versioned)
 
-        ensure(ctx, f"s3 bucket ({kind})", name, head_bucket(ctx, name), create,
-               lambda _, name=name, versioned=versioned: bucket_settings(ctx, name, versioned),
-               lambda _, name=name, versioned=versioned: apply_bucket_settings(ctx, name, versioned))
+        ensure(
+            ctx,
+            f"s3 bucket ({kind})",
+            name,
+            head_bucket(ctx, name),
+            create,
+            lambda _, name=name, versioned=versioned: bucket_settings(ctx, name, versioned),
+            lambda _, name=name, versioned=versioned: apply_bucket_settings(ctx, name, versioned),
+        )
 
 
 # --- IAM ---------------------------------------------------------------------------------------
 
+
 def trust(service: str, account: str) -> dict:
-    return {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole",
-        "Condition": {"StringEquals": {"aws:SourceAccount": account}}}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": service},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+            }
+        ],
+    }
 
 
 def role_policies(ctx: Context) -> dict[str, tuple[str, dict]]:
@@ -203,27 +239,82 @@ def role_policies(ctx: Context) -> dict[str, tuple[str, dict]]:
     raw, curated, artifacts = (f"arn:aws:s3:::{ctx.bucket(k)}" for k in ("raw", "curated", "artifacts"))
     database = ctx.config.underscored
     return {
-        "firehose": ("firehose.amazonaws.com", {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-             "Resource": [f"{raw}/{RAW_PREFIX}*", f"{raw}/errors/*"]},
-            {"Effect": "Allow", "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
-             "Resource": raw}]}),
-        "iot-rule": ("iot.amazonaws.com", {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["firehose:PutRecord", "firehose:PutRecordBatch"],
-             "Resource": ctx.arn("firehose", f"deliverystream/{ctx.stream}")}]}),
-        "glue": ("glue.amazonaws.com", {"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{raw}/{RAW_PREFIX}*"},
-            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [raw, curated, artifacts]},
-            {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-             "Resource": [f"{curated}/{CURATED_PREFIX}*", f"{curated}/{QUARANTINE_PREFIX}*", f"{artifacts}/temp/*"]},
-            {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{artifacts}/scripts/*"},
-            {"Effect": "Allow", "Action": ["glue:GetDatabase", "glue:GetTable", "glue:GetTables", "glue:CreateTable",
-                                           "glue:UpdateTable", "glue:GetPartition", "glue:GetPartitions",
-                                           "glue:BatchCreatePartition", "glue:BatchGetPartition", "glue:UpdatePartition"],
-             "Resource": [ctx.arn("glue", "catalog"), ctx.arn("glue", f"database/{database}"),
-                          ctx.arn("glue", f"table/{database}/*")]},
-            {"Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-             "Resource": ctx.arn("logs", "log-group:/aws-glue/*")}]}),
+        "firehose": (
+            "firehose.amazonaws.com",
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                        "Resource": [f"{raw}/{RAW_PREFIX}*", f"{raw}/errors/*"],
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"],
+                        "Resource": raw,
+                    },
+                ],
+            },
+        ),
+        "iot-rule": (
+            "iot.amazonaws.com",
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["firehose:PutRecord", "firehose:PutRecordBatch"],
+                        "Resource": ctx.arn("firehose", f"deliverystream/{ctx.stream}"),
+                    }
+                ],
+            },
+        ),
+        "glue": (
+            "glue.amazonaws.com",
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{raw}/{RAW_PREFIX}*"},
+                    {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [raw, curated, artifacts]},
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                        "Resource": [
+                            f"{curated}/{CURATED_PREFIX}*",
+                            f"{curated}/{QUARANTINE_PREFIX}*",
+                            f"{artifacts}/temp/*",
+                        ],
+                    },
+                    {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": f"{artifacts}/scripts/*"},
+                    {
+                        "Effect": "Allow",
+                        "Action": [
+                            "glue:GetDatabase",
+                            "glue:GetTable",
+                            "glue:GetTables",
+                            "glue:CreateTable",
+                            "glue:UpdateTable",
+                            "glue:GetPartition",
+                            "glue:GetPartitions",
+                            "glue:BatchCreatePartition",
+                            "glue:BatchGetPartition",
+                            "glue:UpdatePartition",
+                        ],
+                        "Resource": [
+                            ctx.arn("glue", "catalog"),
+                            ctx.arn("glue", f"database/{database}"),
+                            ctx.arn("glue", f"table/{database}/*"),
+                        ],
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                        "Resource": ctx.arn("logs", "log-group:/aws-glue/*"),
+                    },
+                ],
+            },
+        ),
     }
 
 
@@ -249,8 +340,12 @@ def ensure_roles(ctx: Context) -> None:
             iam.put_role_policy(RoleName=name, PolicyName="least-privilege", PolicyDocument=json.dumps(policy))
 
         def create(name=name, document=document, policy=policy, kind=kind):
-            iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(document),
-                            Description=f"{ctx.config.prefix}: {kind}", Tags=[{"Key": "project", "Value": ctx.config.prefix}])
+            iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=json.dumps(document),
+                Description=f"{ctx.config.prefix}: {kind}",
+                Tags=[{"Key": "project", "Value": ctx.config.prefix}],
+            )
             iam.put_role_policy(RoleName=name, PolicyName="least-privilege", PolicyDocument=json.dumps(policy))
 
         ensure(ctx, f"iam role ({kind})", name, current, create, differences, fix)
@@ -267,14 +362,27 @@ def normalize(document: Any) -> Any:
 
 # --- IoT ---------------------------------------------------------------------------------------
 
+
 def device_policy(ctx: Context) -> dict:
     """A device connects only with client id = its thing name (and only with an attached certificate),
     and publishes only to its own topic."""
     thing = "${iot:Connection.Thing.ThingName}"
-    return {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "iot:Connect", "Resource": ctx.arn("iot", f"client/{thing}"),
-         "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}},
-        {"Effect": "Allow", "Action": "iot:Publish", "Resource": ctx.arn("iot", f"topic/{ctx.config.prefix}/{thing}/telemetry")}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": ctx.arn("iot", f"client/{thing}"),
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": ctx.arn("iot", f"topic/{ctx.config.prefix}/{thing}/telemetry"),
+            },
+        ],
+    }
 
 
 def policy_name(ctx: Context) -> str:
@@ -293,15 +401,24 @@ def ensure_iot_policy(ctx: Context) -> None:
             iot.delete_policy_version(policyName=policy_name(ctx), policyVersionId=oldest["versionId"])
         iot.create_policy_version(policyName=policy_name(ctx), policyDocument=json.dumps(document), setAsDefault=True)
 
-    ensure(ctx, "iot policy", policy_name(ctx), current,
-           lambda: iot.create_policy(policyName=policy_name(ctx), policyDocument=json.dumps(document)),
-           lambda p: [] if normalize(p["policyDocument"]) == normalize(document) else ["policy document"], fix)
+    ensure(
+        ctx,
+        "iot policy",
+        policy_name(ctx),
+        current,
+        lambda: iot.create_policy(policyName=policy_name(ctx), policyDocument=json.dumps(document)),
+        lambda p: [] if normalize(p["policyDocument"]) == normalize(document) else ["policy document"],
+        fix,
+    )
 
 
 def cert_paths(ctx: Context, thing: str) -> dict[str, Path]:
     folder = ctx.state_dir / "certs"
-    return {"cert": folder / f"{thing}.cert.pem", "key": folder / f"{thing}.private.key",
-            "id": folder / f"{thing}.certificate.json"}
+    return {
+        "cert": folder / f"{thing}.cert.pem",
+        "key": folder / f"{thing}.private.key",
+        "id": folder / f"{thing}.certificate.json",
+    }
 
 
 def write_private(path: Path, text: str) -> None:
@@ -317,11 +434,14 @@ def stored_certificate(ctx: Context, thing: str) -> Optional[dict]:
     if not all(p.exists() for p in paths.values()):
         return None
     stored = json.loads(paths["id"].read_text())
-    found = missing(ctx.client("iot").describe_certificate, "ResourceNotFoundException",
-                    certificateId=stored["certificateId"])
+    found = missing(
+        ctx.client("iot").describe_certificate, "ResourceNotFoundException", certificateId=stored["certificateId"]
+    )
     if found is None:
-        raise SetupError(f"{paths['id']}: certificate {stored['certificateId']} no longer exists in IoT: "
-                         f"remove {paths['id'].parent} for {thing} to mint a new one")
+        raise UserError(
+            f"{paths['id']}: certificate {stored['certificateId']} no longer exists in IoT: "
+            f"remove {paths['id'].parent} for {thing} to mint a new one"
+        )
     return stored
 
 
@@ -329,23 +449,33 @@ def ensure_things(ctx: Context) -> None:
     iot = ctx.client("iot")
     for thing in ctx.config.thing_names:
         existing = missing(iot.describe_thing, "ResourceNotFoundException", thingName=thing)
-        ensure(ctx, "iot thing", thing, existing, lambda thing=thing: iot.create_thing(
-            thingName=thing, attributePayload={"attributes": {"project": ctx.config.prefix}}))
+        ensure(
+            ctx,
+            "iot thing",
+            thing,
+            existing,
+            lambda thing=thing: iot.create_thing(
+                thingName=thing, attributePayload={"attributes": {"project": ctx.config.prefix}}
+            ),
+        )
         stored = stored_certificate(ctx, thing)
         if stored is None and existing:
             principals = iot.list_thing_principals(thingName=thing)["principals"]
             if principals:  # never mint a second certificate for a device
-                raise SetupError(f"thing {thing} already has certificate {principals[0].rsplit('/', 1)[-1]} but its "
-                                 f"private key is not in {cert_paths(ctx, thing)['key'].parent}: restore the state "
-                                 "folder, or run `down` first")
+                raise UserError(
+                    f"thing {thing} already has certificate {principals[0].rsplit('/', 1)[-1]} but its "
+                    f"private key is not in {cert_paths(ctx, thing)['key'].parent}: restore the state "
+                    "folder, or run `down` first"
+                )
 
         def create_certificate(thing=thing):
             created = iot.create_keys_and_certificate(setAsActive=True)
             paths = cert_paths(ctx, thing)
             write_private(paths["key"], created["keyPair"]["PrivateKey"])
             paths["cert"].write_text(created["certificatePem"])
-            paths["id"].write_text(json.dumps({"certificateId": created["certificateId"],
-                                               "certificateArn": created["certificateArn"]}))
+            paths["id"].write_text(
+                json.dumps({"certificateId": created["certificateId"], "certificateArn": created["certificateArn"]})
+            )
 
         ensure(ctx, "iot certificate", f"{thing} ({cert_paths(ctx, thing)['key']})", stored, create_certificate)
         if ctx.apply:
@@ -356,11 +486,16 @@ def ensure_things(ctx: Context) -> None:
 
 # --- Firehose and the IoT rule -------------------------------------------------------------------
 
+
 def firehose_destination(ctx: Context) -> dict:
-    return {"RoleARN": ctx.role_arn("firehose"), "BucketARN": f"arn:aws:s3:::{ctx.bucket('raw')}",
-            "Prefix": FIREHOSE_PREFIX, "ErrorOutputPrefix": FIREHOSE_ERROR_PREFIX,
-            "BufferingHints": {"IntervalInSeconds": ctx.config.buffer_seconds, "SizeInMBs": ctx.config.buffer_mb},
-            "CompressionFormat": "GZIP"}
+    return {
+        "RoleARN": ctx.role_arn("firehose"),
+        "BucketARN": f"arn:aws:s3:::{ctx.bucket('raw')}",
+        "Prefix": FIREHOSE_PREFIX,
+        "ErrorOutputPrefix": FIREHOSE_ERROR_PREFIX,
+        "BufferingHints": {"IntervalInSeconds": ctx.config.buffer_seconds, "SizeInMBs": ctx.config.buffer_mb},
+        "CompressionFormat": "GZIP",
+    }
 
 
 def ensure_stream(ctx: Context) -> None:
@@ -368,9 +503,14 @@ def ensure_stream(ctx: Context) -> None:
     current = missing(firehose.describe_delivery_stream, "ResourceNotFoundException", DeliveryStreamName=ctx.stream)
 
     def create():
-        retry_while_role_propagates(lambda: firehose.create_delivery_stream(
-            DeliveryStreamName=ctx.stream, DeliveryStreamType="DirectPut",
-            ExtendedS3DestinationConfiguration=firehose_destination(ctx)), ("InvalidArgumentException",))
+        retry_while_role_propagates(
+            lambda: firehose.create_delivery_stream(
+                DeliveryStreamName=ctx.stream,
+                DeliveryStreamType="DirectPut",
+                ExtendedS3DestinationConfiguration=firehose_destination(ctx),
+            ),
+            ("InvalidArgumentException",),
+        )
 
     ensure(ctx, "firehose stream", ctx.stream, current, create)
 
@@ -380,11 +520,22 @@ def rule_name(ctx: Context) -> str:
 
 
 def rule_payload(ctx: Context) -> dict:
-    return {"sql": f"SELECT *, topic(2) AS device_id, timestamp() AS received_at FROM '{ctx.config.topic_filter}'",
-            "awsIotSqlVersion": "2016-03-23", "ruleDisabled": False,
-            "description": "device telemetry -> Firehose -> raw bucket",
-            "actions": [{"firehose": {"roleArn": ctx.role_arn("iot-rule"), "deliveryStreamName": ctx.stream,
-                                      "separator": "\n", "batchMode": False}}]}
+    return {
+        "sql": f"SELECT *, topic(2) AS device_id, timestamp() AS received_at FROM '{ctx.config.topic_filter}'",
+        "awsIotSqlVersion": "2016-03-23",
+        "ruleDisabled": False,
+        "description": "device telemetry -> Firehose -> raw bucket",
+        "actions": [
+            {
+                "firehose": {
+                    "roleArn": ctx.role_arn("iot-rule"),
+                    "deliveryStreamName": ctx.stream,
+                    "separator": "\n",
+                    "batchMode": False,
+                }
+            }
+        ],
+    }
 
 
 def ensure_rule(ctx: Context) -> None:
@@ -396,13 +547,22 @@ def ensure_rule(ctx: Context) -> None:
         got = rule["rule"]
         return [] if (got["sql"], got["actions"]) == (payload["sql"], payload["actions"]) else ["sql or action"]
 
-    ensure(ctx, "iot topic rule", rule_name(ctx), current,
-           lambda: retry_while_role_propagates(lambda: iot.create_topic_rule(
-               ruleName=rule_name(ctx), topicRulePayload=payload), ("InvalidRequestException",)),
-           differences, lambda _: iot.replace_topic_rule(ruleName=rule_name(ctx), topicRulePayload=payload))
+    ensure(
+        ctx,
+        "iot topic rule",
+        rule_name(ctx),
+        current,
+        lambda: retry_while_role_propagates(
+            lambda: iot.create_topic_rule(ruleName=rule_name(ctx), topicRulePayload=payload),
+            ("InvalidRequestException",),
+        ),
+        differences,
+        lambda _: iot.replace_topic_rule(ruleName=rule_name(ctx), topicRulePayload=payload),
+    )
 
 
 # --- Glue --------------------------------------------------------------------------------------
+
 
 def script_key() -> str:
     return "scripts/glue_job.py"
@@ -410,52 +570,99 @@ def script_key() -> str:
 
 def job_definition(ctx: Context) -> dict:
     raw, curated, artifacts = (ctx.bucket(k) for k in ("raw", "curated", "artifacts"))
-    return {"Role": ctx.role_arn("glue"), "GlueVersion": "5.0", "WorkerType": "G.1X",
-            "NumberOfWorkers": ctx.config.glue_workers, "Timeout": 60,
-            "Command": {"Name": "glueetl", "ScriptLocation": f"s3://{artifacts}/{script_key()}", "PythonVersion": "3"},
-            "DefaultArguments": {"--raw-path": f"s3://{raw}/{RAW_PREFIX}", "--curated-path": f"s3://{curated}/{CURATED_PREFIX}",
-                                 "--quarantine-path": f"s3://{curated}/{QUARANTINE_PREFIX}",
-                                 "--TempDir": f"s3://{artifacts}/temp/", "--job-language": "python",
-                                 "--enable-metrics": "true"}}
+    return {
+        "Role": ctx.role_arn("glue"),
+        "GlueVersion": "5.0",
+        "WorkerType": "G.1X",
+        "NumberOfWorkers": ctx.config.glue_workers,
+        "Timeout": 60,
+        "Command": {"Name": "glueetl", "ScriptLocation": f"s3://{artifacts}/{script_key()}", "PythonVersion": "3"},
+        "DefaultArguments": {
+            "--raw-path": f"s3://{raw}/{RAW_PREFIX}",
+            "--curated-path": f"s3://{curated}/{CURATED_PREFIX}",
+            "--quarantine-path": f"s3://{curated}/{QUARANTINE_PREFIX}",
+            "--TempDir": f"s3://{artifacts}/temp/",
+            "--job-language": "python",
+            "--enable-metrics": "true",
+        },
+    }
 
 
 def ensure_glue(ctx: Context) -> None:
     glue, s3 = ctx.client("glue"), ctx.client("s3")
     database = ctx.config.underscored
-    ensure(ctx, "glue database", database, missing(glue.get_database, "EntityNotFoundException", Name=database),
-           lambda: glue.create_database(DatabaseInput={"Name": database, "Description": f"{ctx.config.prefix} readings"}))
+    ensure(
+        ctx,
+        "glue database",
+        database,
+        missing(glue.get_database, "EntityNotFoundException", Name=database),
+        lambda: glue.create_database(DatabaseInput={"Name": database, "Description": f"{ctx.config.prefix} readings"}),
+    )
     body = GLUE_SCRIPT.read_bytes()
     # A missing bucket (plan before the first up) answers 404 too: the script then counts as missing.
     head = missing(s3.head_object, "404", "NoSuchKey", "NoSuchBucket", Bucket=ctx.bucket("artifacts"), Key=script_key())
-    upload = lambda: s3.put_object(Bucket=ctx.bucket("artifacts"), Key=script_key(), Body=body,  # noqa: E731
-                                   ServerSideEncryption="AES256")
-    ensure(ctx, "glue job script", f"s3://{ctx.bucket('artifacts')}/{script_key()}", head, upload,
-           lambda h: [] if h["ETag"].strip('"') == hashlib.md5(body).hexdigest() else ["script content"],
-           lambda _: upload())
+    upload = lambda: s3.put_object(  # noqa: E731
+        Bucket=ctx.bucket("artifacts"),
+        Key=script_key(),
+        Body=body,
+        ServerSideEncryption="AES256",
+    )
+    ensure(
+        ctx,
+        "glue job script",
+        f"s3://{ctx.bucket('artifacts')}/{script_key()}",
+        head,
+        upload,
+        lambda h: [] if h["ETag"].strip('"') == hashlib.md5(body).hexdigest() else ["script content"],
+        lambda _: upload(),
+    )
     crawler = f"{ctx.config.prefix}-curated-crawler"
-    ensure(ctx, "glue crawler", crawler, missing(glue.get_crawler, "EntityNotFoundException", Name=crawler),
-           lambda: glue.create_crawler(
-               Name=crawler, Role=ctx.role_arn("glue"), DatabaseName=database,
-               Targets={"S3Targets": [{"Path": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}"}]},
-               SchemaChangePolicy={"UpdateBehavior": "UPDATE_IN_DATABASE", "DeleteBehavior": "LOG"}))
+    ensure(
+        ctx,
+        "glue crawler",
+        crawler,
+        missing(glue.get_crawler, "EntityNotFoundException", Name=crawler),
+        lambda: glue.create_crawler(
+            Name=crawler,
+            Role=ctx.role_arn("glue"),
+            DatabaseName=database,
+            Targets={"S3Targets": [{"Path": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}"}]},
+            SchemaChangePolicy={"UpdateBehavior": "UPDATE_IN_DATABASE", "DeleteBehavior": "LOG"},
+        ),
+    )
     job, definition = f"{ctx.config.prefix}-raw-to-curated", job_definition(ctx)
 
     def differences(current):
         got = current["Job"]
-        wanted = {"script": definition["Command"]["ScriptLocation"], "role": definition["Role"],
-                  "version": definition["GlueVersion"], "workers": definition["NumberOfWorkers"],
-                  "arguments": definition["DefaultArguments"]}
-        found = {"script": got.get("Command", {}).get("ScriptLocation"), "role": got.get("Role"),
-                 "version": got.get("GlueVersion"), "workers": got.get("NumberOfWorkers"),
-                 "arguments": {k: got.get("DefaultArguments", {}).get(k) for k in definition["DefaultArguments"]}}
+        wanted = {
+            "script": definition["Command"]["ScriptLocation"],
+            "role": definition["Role"],
+            "version": definition["GlueVersion"],
+            "workers": definition["NumberOfWorkers"],
+            "arguments": definition["DefaultArguments"],
+        }
+        found = {
+            "script": got.get("Command", {}).get("ScriptLocation"),
+            "role": got.get("Role"),
+            "version": got.get("GlueVersion"),
+            "workers": got.get("NumberOfWorkers"),
+            "arguments": {k: got.get("DefaultArguments", {}).get(k) for k in definition["DefaultArguments"]},
+        }
         return [key for key in wanted if wanted[key] != found[key]]
 
-    ensure(ctx, "glue job", job, missing(glue.get_job, "EntityNotFoundException", JobName=job),
-           lambda: glue.create_job(Name=job, **definition), differences,
-           lambda _: glue.update_job(JobName=job, JobUpdate=definition))
+    ensure(
+        ctx,
+        "glue job",
+        job,
+        missing(glue.get_job, "EntityNotFoundException", JobName=job),
+        lambda: glue.create_job(Name=job, **definition),
+        differences,
+        lambda _: glue.update_job(JobName=job, JobUpdate=definition),
+    )
 
 
 # --- settings for the simulator ------------------------------------------------------------------
+
 
 def write_settings(ctx: Context) -> Path:
     endpoint = ctx.client("iot").describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
@@ -463,22 +670,38 @@ def write_settings(ctx: Context) -> Path:
     for thing in ctx.config.thing_names:
         paths = cert_paths(ctx, thing)
         stored = json.loads(paths["id"].read_text())
-        devices.append({"thing": thing, "client_id": thing, "topic": ctx.config.topic(thing),
-                        "cert": str(paths["cert"].resolve()), "key": str(paths["key"].resolve()),
-                        "certificate_id": stored["certificateId"]})
+        devices.append(
+            {
+                "thing": thing,
+                "client_id": thing,
+                "topic": ctx.config.topic(thing),
+                "cert": str(paths["cert"].resolve()),
+                "key": str(paths["key"].resolve()),
+                "certificate_id": stored["certificateId"],
+            }
+        )
     settings = {
-        "prefix": ctx.config.prefix, "region": ctx.region, "account": ctx.account,
-        "endpoint": endpoint, "port": 8883, "ca": None,  # None: the system trust store (has Amazon Root CA 1)
+        "prefix": ctx.config.prefix,
+        "region": ctx.region,
+        "account": ctx.account,
+        "endpoint": endpoint,
+        "port": 8883,
+        "ca": None,  # None: the system trust store (has Amazon Root CA 1)
         "devices": devices,
         "resources": {
             "buckets": {k: ctx.bucket(k) for k in ("raw", "curated", "artifacts")},
             "roles": {k: ctx.role_arn(k) for k in ("firehose", "iot-rule", "glue")},
-            "iot_policy": policy_name(ctx), "topic_rule": rule_name(ctx), "firehose_stream": ctx.stream,
-            "glue_database": ctx.config.underscored, "glue_crawler": f"{ctx.config.prefix}-curated-crawler",
+            "iot_policy": policy_name(ctx),
+            "topic_rule": rule_name(ctx),
+            "firehose_stream": ctx.stream,
+            "glue_database": ctx.config.underscored,
+            "glue_crawler": f"{ctx.config.prefix}-curated-crawler",
             "glue_job": f"{ctx.config.prefix}-raw-to-curated",
             "raw_prefix": f"s3://{ctx.bucket('raw')}/{RAW_PREFIX}",
-            "curated_prefix": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}"},
-        "time_freq": ctx.config.time_freq, "prediction_length": ctx.config.prediction_length,
+            "curated_prefix": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}",
+        },
+        "time_freq": ctx.config.time_freq,
+        "prediction_length": ctx.config.prediction_length,
     }
     path = ctx.state_dir / "settings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -488,6 +711,7 @@ def write_settings(ctx: Context) -> Path:
 
 # --- down --------------------------------------------------------------------------------------
 
+
 def gone(ctx: Context, kind: str, name: str, call: Callable, *codes: str, **kwargs) -> None:
     result = missing(call, *codes, **kwargs)
     ctx.report("deleted" if result is not None else "absent", kind, name)
@@ -495,10 +719,24 @@ def gone(ctx: Context, kind: str, name: str, call: Callable, *codes: str, **kwar
 
 def down(ctx: Context, delete_data: bool) -> None:
     iot, firehose, glue, iam, s3 = (ctx.client(s) for s in ("iot", "firehose", "glue", "iam", "s3"))
-    gone(ctx, "iot topic rule", rule_name(ctx), iot.delete_topic_rule, "ResourceNotFoundException",
-         "UnauthorizedException", ruleName=rule_name(ctx))
-    gone(ctx, "firehose stream", ctx.stream, firehose.delete_delivery_stream, "ResourceNotFoundException",
-         DeliveryStreamName=ctx.stream, AllowForceDelete=True)
+    gone(
+        ctx,
+        "iot topic rule",
+        rule_name(ctx),
+        iot.delete_topic_rule,
+        "ResourceNotFoundException",
+        "UnauthorizedException",
+        ruleName=rule_name(ctx),
+    )
+    gone(
+        ctx,
+        "firehose stream",
+        ctx.stream,
+        firehose.delete_delivery_stream,
+        "ResourceNotFoundException",
+        DeliveryStreamName=ctx.stream,
+        AllowForceDelete=True,
+    )
     for thing in ctx.config.thing_names:
         listed = missing(iot.list_thing_principals, "ResourceNotFoundException", thingName=thing)
         for principal in (listed or {}).get("principals", []):
@@ -516,7 +754,9 @@ def down(ctx: Context, delete_data: bool) -> None:
     for version in (versions or {}).get("policyVersions", []):
         if not version["isDefaultVersion"]:
             iot.delete_policy_version(policyName=policy_name(ctx), policyVersionId=version["versionId"])
-    gone(ctx, "iot policy", policy_name(ctx), iot.delete_policy, "ResourceNotFoundException", policyName=policy_name(ctx))
+    gone(
+        ctx, "iot policy", policy_name(ctx), iot.delete_policy, "ResourceNotFoundException", policyName=policy_name(ctx)
+    )
     job, crawler = f"{ctx.config.prefix}-raw-to-curated", f"{ctx.config.prefix}-curated-crawler"
     if missing(glue.get_job, "EntityNotFoundException", JobName=job):
         glue.delete_job(JobName=job)
@@ -524,8 +764,14 @@ def down(ctx: Context, delete_data: bool) -> None:
     else:
         ctx.report("absent", "glue job", job)
     gone(ctx, "glue crawler", crawler, glue.delete_crawler, "EntityNotFoundException", Name=crawler)
-    gone(ctx, "glue database", ctx.config.underscored, glue.delete_database, "EntityNotFoundException",
-         Name=ctx.config.underscored)
+    gone(
+        ctx,
+        "glue database",
+        ctx.config.underscored,
+        glue.delete_database,
+        "EntityNotFoundException",
+        Name=ctx.config.underscored,
+    )
     for kind in ("firehose", "iot-rule", "glue"):
         name = ctx.role_name(kind)
         policies = missing(iam.list_role_policies, "NoSuchEntity", RoleName=name)
@@ -545,13 +791,16 @@ def delete_bucket(ctx: Context, kind: str, delete_data: bool) -> None:
         ctx.report("absent", f"s3 bucket ({kind})", name)
         return
     pages = s3.get_paginator("list_object_versions").paginate(Bucket=name)
-    objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for page in pages
-               for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+    objects = [
+        {"Key": v["Key"], "VersionId": v["VersionId"]}
+        for page in pages
+        for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+    ]
     if objects and not delete_data:
         ctx.report("kept", f"s3 bucket ({kind})", name, f"{len(objects)} objects; pass --delete-data to delete them")
         return
     for start in range(0, len(objects), 1000):
-        s3.delete_objects(Bucket=name, Delete={"Objects": objects[start:start + 1000], "Quiet": True})
+        s3.delete_objects(Bucket=name, Delete={"Objects": objects[start : start + 1000], "Quiet": True})
     s3.delete_bucket(Bucket=name)
     ctx.report("deleted", f"s3 bucket ({kind})", name)
 
@@ -561,25 +810,10 @@ def delete_bucket(ctx: Context, kind: str, delete_data: bool) -> None:
 STEPS = (ensure_buckets, ensure_roles, ensure_iot_policy, ensure_things, ensure_stream, ensure_rule, ensure_glue)
 
 
-def explain(error: BaseException) -> str:
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
-
-    if isinstance(error, (SetupError,)):
-        return str(error)
-    if isinstance(error, NoCredentialsError):
-        return "no AWS credentials: run `aws configure` or set AWS_PROFILE"
-    if isinstance(error, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
-    if isinstance(error, ClientError):
-        code, message = error_code(error), error.response.get("Error", {}).get("Message", "")
-        hint = " -- the credentials lack this permission" if "AccessDenied" in code or "Unauthorized" in code else ""
-        return f"{error.operation_name} failed: {code}: {message}{hint}"
-    return f"{type(error).__name__}: {error}"
-
-
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ingestion.infra", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m ingestion.infra", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("action", choices=["plan", "up", "down"])
     p.add_argument("--config", type=Path, help="JSON file with any of: " + ", ".join(IngestionConfig.model_fields))
     p.add_argument("--prefix")
@@ -593,39 +827,49 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None, session: Any = None) -> int:
-    args = parser().parse_args(argv)
-    config = load_config(args.config, {"prefix": args.prefix, "region": args.region, "devices": args.devices,
-                                       "buffer_seconds": args.buffer_seconds, "buffer_mb": args.buffer_mb,
-                                       "state_dir": args.state_dir})
-    try:
-        import boto3
+    """The command: one line on stderr and exit status 1 for any failure (``INGESTION_DEBUG=1``: the traceback)."""
+    return run_command(lambda argv: run(parser().parse_args(argv), session), argv, debug_env="INGESTION_DEBUG")
 
-        session = session or boto3.Session(region_name=config.region)
-        ctx = Context(config, session, apply=args.action == "up")
-        ctx.region = session.region_name
-        if not ctx.region:
-            raise SetupError("no AWS region: pass --region, set AWS_REGION or put region in the config")
-        ctx.account = ctx.client("sts").get_caller_identity()["Account"]
-        print(f"{args.action}: prefix {config.prefix}, account {ctx.account}, region {ctx.region}", flush=True)
-        if args.action == "down":
-            down(ctx, args.delete_data)
-            return 0
-        for step in STEPS:
-            step(ctx)
-        changes = [r for r in ctx.results if r[0] != "unchanged"]
-        if args.action == "plan":
-            print(f"plan: {len(changes)} to create or update, {len(ctx.results) - len(changes)} unchanged; "
-                  "nothing was changed")
-            return 0
-        settings = write_settings(ctx)
-        print(f"up: {len(changes)} created or updated, {len(ctx.results) - len(changes)} unchanged; "
-              f"settings for the simulator: {settings}")
+
+def run(args: argparse.Namespace, session: Any = None) -> int:
+    config = load_config(
+        args.config,
+        {
+            "prefix": args.prefix,
+            "region": args.region,
+            "devices": args.devices,
+            "buffer_seconds": args.buffer_seconds,
+            "buffer_mb": args.buffer_mb,
+            "state_dir": args.state_dir,
+        },
+    )
+    import boto3
+
+    session = session or boto3.Session(region_name=config.region)
+    ctx = Context(config, session, apply=args.action == "up")
+    ctx.region = session.region_name
+    if not ctx.region:
+        raise UserError("no AWS region: pass --region, set AWS_REGION or put region in the config")
+    ctx.account = ctx.client("sts").get_caller_identity()["Account"]
+    print(f"{args.action}: prefix {config.prefix}, account {ctx.account}, region {ctx.region}", flush=True)
+    if args.action == "down":
+        down(ctx, args.delete_data)
         return 0
-    except Exception as error:  # noqa: BLE001 - one line, never a traceback
-        print(f"error: {explain(error)}", file=sys.stderr)
-        if os.environ.get("INGESTION_DEBUG"):
-            raise
-        return 1
+    for step in STEPS:
+        step(ctx)
+    changes = [r for r in ctx.results if r[0] != "unchanged"]
+    if args.action == "plan":
+        print(
+            f"plan: {len(changes)} to create or update, {len(ctx.results) - len(changes)} unchanged; "
+            "nothing was changed"
+        )
+        return 0
+    settings = write_settings(ctx)
+    print(
+        f"up: {len(changes)} created or updated, {len(ctx.results) - len(changes)} unchanged; "
+        f"settings for the simulator: {settings}"
+    )
+    return 0
 
 
 if __name__ == "__main__":

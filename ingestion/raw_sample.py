@@ -47,8 +47,9 @@ def write_lake(out: Path, devices: list[str], start: str, days: float, step: str
     from .simulator import parse_step
 
     begin = parse_time(start)
-    readings = list(history(devices, begin, begin + timedelta(days=days), parse_step(step), seed=seed,
-                            invalid_rate=invalid_rate))
+    readings = list(
+        history(devices, begin, begin + timedelta(days=days), parse_step(step), seed=seed, invalid_rate=invalid_rate)
+    )
     rng = random.Random(seed)
     batches: dict[tuple, list[dict]] = defaultdict(list)
     duplicates = 0
@@ -77,8 +78,9 @@ def write_lake(out: Path, devices: list[str], start: str, days: float, step: str
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingestion.raw_sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.raw_sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=3)
     parser.add_argument("--prefix", default="deepar-iot")

@@ -62,8 +62,9 @@ class Relay:
         with self.lock:
             batch, self.pending = self.pending, []
         while batch:
-            response = self.firehose.put_record_batch(DeliveryStreamName=self.stream,
-                                                      Records=[{"Data": data} for data in batch])
+            response = self.firehose.put_record_batch(
+                DeliveryStreamName=self.stream, Records=[{"Data": data} for data in batch]
+            )
             failed = [data for data, result in zip(batch, response["RequestResponses"]) if "ErrorCode" in result]
             self.forwarded += len(batch) - len(failed)
             batch = failed
@@ -72,8 +73,9 @@ class Relay:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingestion.relay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.relay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8883)
     parser.add_argument("--ca", required=True)

@@ -57,8 +57,11 @@ class Device:
         base *= self.level
         hour = when.hour + when.minute / 60
         daily = amplitude * np.cos(2 * np.pi * (hour - peak) / 24)
-        traffic = 0.15 * base if pollutant in ("nitrogen_dioxide", "carbon_monoxide", "particulate_matter") \
-            and when.weekday() < 5 else 0.0
+        traffic = (
+            0.15 * base
+            if pollutant in ("nitrogen_dioxide", "carbon_monoxide", "particulate_matter") and when.weekday() < 5
+            else 0.0
+        )
         value = base + daily + traffic + self.rng.normal(0, noise)
         if self.rng.random() < 0.003:  # a short spike: real, not an error
             value *= self.rng.uniform(2, 4)
@@ -73,9 +76,14 @@ class Device:
             self._outage_left = int(self.rng.integers(1, 12))
             return None
         message = {name: self.value(name, when) for name in POLLUTANTS}
-        message.update({"latitude": self.latitude, "longitude": self.longitude,
-                        "timestamp": when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "device_id": self.device_id})
+        message.update(
+            {
+                "latitude": self.latitude,
+                "longitude": self.longitude,
+                "timestamp": when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "device_id": self.device_id,
+            }
+        )
         if self.rng.random() < self.invalid_rate:
             self.break_reading(message)
         return message

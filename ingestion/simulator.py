@@ -27,6 +27,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
+from sagemaker_deepar.cli import run_command
+from sagemaker_deepar.errors import UserError
+
 from .signals import PAYLOAD_STYLES, Device, parse_time, reference_payload
 
 
@@ -60,13 +63,15 @@ def load_devices(args: argparse.Namespace) -> tuple[str, int, Optional[str], lis
         try:
             settings = json.loads(Path(args.settings).read_text())
         except (OSError, ValueError) as error:
-            raise SystemExit(f"error: --settings {args.settings}: {error}") from None
+            raise UserError(f"--settings {args.settings}: {error}") from None
         devices = [DeviceSettings(d["thing"], d["topic"], d["cert"], d["key"]) for d in settings["devices"]]
         endpoint, port, ca = settings["endpoint"], int(settings.get("port", 8883)), settings.get("ca")
     else:
         if not (args.endpoint and args.cert and args.key and args.thing):
-            raise SystemExit("error: pass --settings FILE, or --endpoint, --cert, --key and --thing")
-        devices = [DeviceSettings(args.thing, args.topic or f"{args.prefix}/{args.thing}/telemetry", args.cert, args.key)]
+            raise UserError("pass --settings FILE, or --endpoint, --cert, --key and --thing")
+        devices = [
+            DeviceSettings(args.thing, args.topic or f"{args.prefix}/{args.thing}/telemetry", args.cert, args.key)
+        ]
         endpoint, port, ca = args.endpoint, 8883, None
     endpoint = args.endpoint or endpoint
     port = args.port or port
@@ -76,7 +81,7 @@ def load_devices(args: argparse.Namespace) -> tuple[str, int, Optional[str], lis
     for device in devices:
         for path in (device.cert, device.key):
             if not Path(path).exists():
-                raise SystemExit(f"error: {device.thing}: {path} does not exist (run `python -m ingestion.infra up`)")
+                raise UserError(f"{device.thing}: {path} does not exist (run `python -m ingestion.infra up`)")
     return endpoint, port, ca, devices
 
 
@@ -93,10 +98,20 @@ def connect(endpoint: str, port: int, ca: Optional[str], device: DeviceSettings,
         print(f"{device.thing}: reconnected", file=sys.stderr, flush=True)
 
     connection = mqtt_connection_builder.mtls_from_path(
-        endpoint=endpoint, port=port, cert_filepath=device.cert, pri_key_filepath=device.key,
-        **({"ca_filepath": ca} if ca else {}), client_id=device.thing, clean_session=False, keep_alive_secs=30,
-        on_connection_interrupted=interrupted, on_connection_resumed=resumed,
-        reconnect_min_timeout_secs=1, reconnect_max_timeout_secs=32, ping_timeout_ms=5000)
+        endpoint=endpoint,
+        port=port,
+        cert_filepath=device.cert,
+        pri_key_filepath=device.key,
+        **({"ca_filepath": ca} if ca else {}),
+        client_id=device.thing,
+        clean_session=False,
+        keep_alive_secs=30,
+        on_connection_interrupted=interrupted,
+        on_connection_resumed=resumed,
+        reconnect_min_timeout_secs=1,
+        reconnect_max_timeout_secs=32,
+        ping_timeout_ms=5000,
+    )
     connection.connect().result(timeout)
     return connection, mqtt
 
@@ -126,7 +141,7 @@ def schedule(args: argparse.Namespace) -> tuple[datetime, Optional[datetime], ti
     if args.replay:
         start, end = parse_time(args.replay[0]), parse_time(args.replay[1])
         if end <= start:
-            raise SystemExit("error: --replay END must be after START")
+            raise UserError("--replay END must be after START")
         return start, end, parse_step(args.step), 1.0 / args.replay_rate if args.replay_rate else 0.0
     interval = 1.0 / args.rate
     return datetime.now(timezone.utc), None, timedelta(seconds=interval), interval
@@ -137,12 +152,13 @@ def parse_step(text: str) -> timedelta:
     for suffix, unit in sorted(units.items(), key=lambda u: -len(u[0])):
         if text.endswith(suffix) and text[: -len(suffix)].isdigit():
             return timedelta(**{unit: int(text[: -len(suffix)])})
-    raise SystemExit(f"error: --step {text!r}: expected e.g. 30s, 5min, 1h, 1d")
+    raise UserError(f"--step {text!r}: expected e.g. 30s, 5min, 1h, 1d")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ingestion.simulator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingestion.simulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--settings", help="settings.json written by `python -m ingestion.infra up`")
     parser.add_argument("--endpoint", help="IoT data endpoint (overrides the settings)")
     parser.add_argument("--port", type=int)
@@ -155,7 +171,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--count", type=int, help="stop after this many readings per device")
     parser.add_argument("--replay", nargs=2, metavar=("START", "END"), help="publish this historical period")
     parser.add_argument("--step", default="1h", help="--replay: time between readings (30s, 5min, 1h)")
-    parser.add_argument("--replay-rate", type=float, default=0.0, help="--replay: rounds per second (0: as fast as acks allow)")
+    parser.add_argument(
+        "--replay-rate", type=float, default=0.0, help="--replay: rounds per second (0: as fast as acks allow)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invalid-rate", type=float, default=0.002, help="share of deliberately broken readings")
     parser.add_argument("--payload", choices=PAYLOAD_STYLES, default="project",
@@ -164,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for outstanding acks")
     args = parser.parse_args(argv)
     if args.rate <= 0:
-        raise SystemExit("error: --rate must be positive")
+        raise UserError("--rate must be positive")
     endpoint, port, ca, devices = load_devices(args)
     counters = Counters()
     connections = []
@@ -200,9 +218,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     drain(counters, args.drain_timeout)
     for _, connection, _ in connections:
         connection.disconnect().result(10)
-    print(f"summary: {len(connections)} device(s), {rounds} round(s), sent {counters.sent}, acked {counters.acked}, "
-          f"failed {counters.failed}, connection losses {counters.interruptions}, reconnects {counters.resumptions}",
-          flush=True)
+    print(
+        f"summary: {len(connections)} device(s), {rounds} round(s), sent {counters.sent}, acked {counters.acked}, "
+        f"failed {counters.failed}, connection losses {counters.interruptions}, reconnects {counters.resumptions}",
+        flush=True,
+    )
     for error in counters.errors:
         print(f"  {error}", file=sys.stderr)
     return 0 if counters.failed == 0 and counters.acked == counters.sent else 1
@@ -221,4 +241,4 @@ def drain(counters: Counters, timeout: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, debug_env="INGESTION_DEBUG"))

@@ -30,5 +30,5 @@ for _ in $(seq 1 600); do
   sleep 0.2
 done
 [ "$code" = 200 ] || { echo "server did not become ready" >&2; tail -20 "$here/serve.log"; exit 1; }
-echo "== forecast (local_test/predict.py)"
-"$repo/.venv/bin/python" "$here/predict.py" --url "http://127.0.0.1:$port" --series 2 --plot-dir "$here/plots"
+echo "== forecast (python -m local_test.predict)"
+(cd "$repo" && .venv/bin/python -m local_test.predict --url "http://127.0.0.1:$port" --series 2 --plot-dir "$here/plots")

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import faults
-from .data import FeatureSpec
+from .contract import FeatureSpec
 from .hyperparameters import DeepARHyperparameters
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from .contract import FeatureSpec
 from .errors import DataError, UserError
 from .hyperparameters import DeepARHyperparameters
 
@@ -501,18 +502,6 @@ def read_channel(name: str, channel_dir: Path, freq: str, content_type: Optional
 # ---------------------------------------------------------------- features
 
 
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What the model consumes: category cardinalities and the number of dynamic features."""
-
-    cardinality: tuple[int, ...]
-    num_dynamic_feat: int
-
-    @property
-    def num_cat(self) -> int:
-        return len(self.cardinality)
-
-
 def resolve_features(params: DeepARHyperparameters, train: Channel) -> FeatureSpec:
     """Apply ``cardinality``/``num_dynamic_feat`` (auto, ignore or explicit) to what the data has."""
     data_cat = train.num_cat or 0
@@ -556,21 +545,11 @@ def apply_features(channel: Channel, spec: FeatureSpec) -> None:
     for entry, location in zip(channel.entries, channel.locations):
         if spec.num_cat == 0:
             entry.pop("feat_static_cat", None)
-        else:
-            cats = entry.get("feat_static_cat")
-            if cats is None or len(cats) != spec.num_cat:
-                problems.add(f"{location}: cat: expected {spec.num_cat} value(s) as in the training data, got {0 if cats is None else len(cats)}")
-            else:
-                for index, (value, limit) in enumerate(zip(cats, spec.cardinality)):
-                    if value >= limit:
-                        problems.add(f"{location}: cat[{index}]: {value} is not below the cardinality {limit} of the training data")
         if spec.num_dynamic_feat == 0:
             entry.pop("feat_dynamic_real", None)
-        else:
-            feats = entry.get("feat_dynamic_real")
-            count = 0 if feats is None else len(feats)
-            if count != spec.num_dynamic_feat:
-                problems.add(f"{location}: dynamic_feat: expected {spec.num_dynamic_feat} feature(s) as in the training data, got {count}")
+        record = {"target": entry["target"], "cat": entry.get("feat_static_cat"), "dynamic_feat": entry.get("feat_dynamic_real")}
+        for problem in spec.check(record, where=f"{location}: "):
+            problems.add(problem)
     problems.raise_if_any()
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import re
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .contract import ContractError, parse_time_freq
 from .errors import UserError
 
 LIKELIHOODS = ("gaussian", "beta", "negative-binomial", "student-T", "deterministic-L1")
@@ -30,10 +30,6 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCHES_PER_EPOCH = 10**9
 MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
 
-# The built-in accepts an optional integer multiple of these units.
-_TIME_FREQ = re.compile(r"^(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)$")
-# pandas >= 2.2 wants lower-case hours; months stay "M" for pandas Periods.
-_PANDAS_UNIT = {"M": "M", "W": "W", "D": "D", "H": "h", "h": "h", "min": "min"}
 
 
 class DeepARHyperparameters(BaseModel):
@@ -65,11 +61,13 @@ class DeepARHyperparameters(BaseModel):
     @field_validator("time_freq")
     @classmethod
     def _check_time_freq(cls, value: str) -> str:
-        if not _TIME_FREQ.match(value):
+        try:
+            parse_time_freq(value)  # the built-in accepts an optional integer multiple of M, W, D, H, min
+        except ContractError:
             raise ValueError(
                 "expected an optional integer multiple followed by one of M, W, D, H, min "
                 "(for example 5min, 2H, D)"
-            )
+            ) from None
         return value
 
     @field_validator("likelihood", mode="before")
@@ -110,9 +108,7 @@ class DeepARHyperparameters(BaseModel):
     @property
     def pandas_freq(self) -> str:
         """``time_freq`` spelled the way pandas 2.2 wants it (``2H`` -> ``2h``)."""
-        match = _TIME_FREQ.match(self.time_freq)
-        assert match is not None  # validated above
-        return (match["multiple"] or "") + _PANDAS_UNIT[match["unit"]]
+        return parse_time_freq(self.time_freq).pandas
 
 
 def decode_value(raw: Any) -> Any:

@@ -16,9 +16,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import orjson
 
+from .contract import FeatureSpec, ModelArtifact
 from .data import RecordError, parse_record
 from .errors import UserError
-from .paths import METADATA_FILE, PREDICTOR_DIR
+from .paths import PREDICTOR_DIR
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,8 @@ class Model:
 
     @classmethod
     def load(cls, model_dir: Path, max_batch_series: int = 256) -> "Model":
-        metadata_path = model_dir / METADATA_FILE
-        if not metadata_path.exists():
-            raise FileNotFoundError(f"{metadata_path} not found: is {model_dir} a model trained by this container?")
-        metadata = json.loads(metadata_path.read_text())
-        if metadata["backend"] == "torch":
+        artifact = ModelArtifact.read(model_dir)
+        if artifact.backend == "torch":
             from .torch_serving import TorchDeepAR
 
             sampler: Any = TorchDeepAR(model_dir / PREDICTOR_DIR, batch_size=max_batch_series)
@@ -63,9 +61,13 @@ class Model:
 
             sampler = Predictor.deserialize(model_dir / PREDICTOR_DIR)
             sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
-        return cls(sampler=sampler, metadata=metadata, freq=metadata["freq"],
-                   prediction_length=int(metadata["prediction_length"]), cardinality=list(metadata["cardinality"]),
-                   num_dynamic_feat=int(metadata["num_dynamic_feat"]), backend=metadata["backend"])
+        return cls(sampler=sampler, metadata=artifact.to_dict(), freq=artifact.freq,
+                   prediction_length=artifact.prediction_length, cardinality=list(artifact.cardinality),
+                   num_dynamic_feat=artifact.num_dynamic_feat, backend=artifact.backend)
+
+    @property
+    def features(self) -> FeatureSpec:
+        return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
 
     def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
         """Sample paths, shape (series, num_samples, prediction_length), batched over all entries."""
@@ -152,22 +154,14 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
     except RecordError as error:
         raise RequestError(f"{prefix}{error}") from None
     cats = entry.pop("feat_static_cat", None)
-    if model.cardinality:
-        if cats is None:
-            raise RequestError(f"{prefix}cat: required: the model was trained with {len(model.cardinality)} categorical feature(s)")
-        if len(cats) != len(model.cardinality):
-            raise RequestError(f"{prefix}cat: has {len(cats)} value(s), the model expects {len(model.cardinality)}")
-        for index, (value, limit) in enumerate(zip(cats, model.cardinality)):
-            if value >= limit:
-                raise RequestError(f"{prefix}cat[{index}]: {value} is out of range; the model knows 0..{limit - 1}")
-        entry["feat_static_cat"] = cats
     feats = entry.pop("feat_dynamic_real", None)
+    record = {"target": entry["target"], "cat": cats, "dynamic_feat": feats}
+    problems = model.features.check(record, prediction_length=model.prediction_length, where=prefix)
+    if problems:
+        raise RequestError(problems[0])
+    if model.cardinality:
+        entry["feat_static_cat"] = cats
     if model.num_dynamic_feat:
-        if feats is None:
-            raise RequestError(f"{prefix}dynamic_feat: required: the model was trained with {model.num_dynamic_feat} "
-                               f"dynamic feature(s) of length len(target) + {model.prediction_length}")
-        if len(feats) != model.num_dynamic_feat:
-            raise RequestError(f"{prefix}dynamic_feat: has {len(feats)} feature(s), the model expects {model.num_dynamic_feat}")
         entry["feat_dynamic_real"] = feats
     forwarded = {name: raw[name] for name in forward_fields if name in raw}
     return Instance(entry=entry, forwarded=forwarded)

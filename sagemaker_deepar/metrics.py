@@ -11,6 +11,8 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
+from .contract import write_jsonl
+
 log = logging.getLogger(__name__)
 
 # The metric definitions a user passes to Estimator(metric_definitions=...): same names as the built-in.
@@ -97,14 +99,15 @@ def score_forecasts(actuals: np.ndarray, means: np.ndarray, quantiles: dict[floa
 
 def write_forecasts(forecasts: list, locations: list[str], quantiles: list[float], path) -> None:
     """One JSON line per test series: where it came from, forecast start, mean and quantiles."""
-    import orjson
-
-    with open(path, "wb") as f:
-        for forecast, location in zip(forecasts, locations):
-            line = {
+    write_jsonl(
+        (
+            {
                 "source": location,
                 "start": str(forecast.start_date),
-                "mean": forecast.mean.tolist(),
-                "quantiles": {str(q): forecast.quantile(q).tolist() for q in quantiles},
+                "mean": forecast.mean,
+                "quantiles": {str(q): forecast.quantile(q) for q in quantiles},
             }
-            f.write(orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            for forecast, location in zip(forecasts, locations)
+        ),
+        path,
+    )

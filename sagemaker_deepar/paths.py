@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import METADATA_FILE  # noqa: F401 - part of the layout, stated in the contract
 from .errors import OutputError
 
 PROBE_FILE = ".deepar-write-probe"
@@ -13,7 +14,6 @@ PROBE_BYTES = 64 * 1024
 
 # Inside /opt/ml/model: the serialized GluonTS predictor and our metadata beside it.
 PREDICTOR_DIR = "predictor"
-METADATA_FILE = "deepar-metadata.json"
 
 
 @dataclass(frozen=True)

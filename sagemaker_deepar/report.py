@@ -1,6 +1,6 @@
 """Accuracy report for forecasts against held-out actuals: tables, scores and one PNG per series.
 
-Shared by local_test/predict.py (local server) and evaluation/invoke.py / batch.py (SageMaker
+Shared by local_test.predict (local server) and evaluation.invoke / batch.py (SageMaker
 endpoints and batch transform). Needs only numpy, pandas and (for plots) matplotlib, so it also runs
 in the SageMaker SDK's environment, which cannot install the container's stack.
 """
@@ -15,33 +15,10 @@ from typing import TextIO
 
 import numpy as np
 
+from .contract import pandas_freq, target_array
 from .metrics import score_forecasts
 
 QUANTILES = ("0.1", "0.5", "0.9")
-_UNITS = {"min": "min", "H": "h", "D": "D", "W": "W", "M": "M"}  # DeepAR time_freq -> pandas period alias
-
-
-def period_freq(time_freq: str) -> str:
-    """DeepAR's ``time_freq`` (``H``, ``5min``, ``D`` ...) as a pandas period alias on pandas 2 and 3."""
-    match = re.fullmatch(r"(\d*)(min|H|D|W|M)", time_freq)
-    if not match:
-        raise ValueError(f"time_freq {time_freq!r}: expected <n>min, <n>H, D, W or M")
-    return match[1] + _UNITS[match[2]]
-
-
-def to_float(values: list) -> np.ndarray:
-    """A DeepAR target (numbers, null or "NaN" for missing) as floats with NaN gaps."""
-    return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
-
-
-def holdout(record: dict, prediction_length: int) -> dict:
-    """The request for a series whose last ``prediction_length`` points are held out as ground truth.
-
-    ``dynamic_feat`` keeps its full length: DeepAR needs it to cover the forecast horizon too.
-    """
-    if len(record["target"]) <= prediction_length:
-        raise ValueError(f"series of {len(record['target'])} points is too short to hold out {prediction_length}")
-    return {**record, "target": record["target"][:-prediction_length]}
 
 
 @dataclass
@@ -60,7 +37,7 @@ class AccuracyReport:
     def add(self, name: str, record: dict, prediction: dict, plot_dir: Path | None = None) -> None:
         """One series: ``record`` is the full series, ``prediction`` the answer for its held-out form."""
         self._check(name, prediction)
-        actual = to_float(record["target"][-self.prediction_length:])
+        actual = target_array(record["target"][-self.prediction_length :])
         self.names.append(name)
         self.actuals.append(actual)
         self.means.append(np.asarray(prediction["mean"], dtype=float))
@@ -69,8 +46,15 @@ class AccuracyReport:
         if plot_dir is not None:
             plot_dir.mkdir(parents=True, exist_ok=True)
             path = plot_dir / f"{_file_name(name)}.png"
-            plot_forecast(path, record, prediction, freq=self.freq, prediction_length=self.prediction_length,
-                          title=name, quantiles=self.quantiles)
+            plot_forecast(
+                path,
+                record,
+                prediction,
+                freq=self.freq,
+                prediction_length=self.prediction_length,
+                title=name,
+                quantiles=self.quantiles,
+            )
             self.plots.append(path)
 
     def _check(self, name: str, prediction: dict) -> None:
@@ -78,19 +62,25 @@ class AccuracyReport:
             raise ValueError(f"{name}: the model answered with an error: {prediction['error']}")
         missing = [q for q in self.quantiles if q not in prediction.get("quantiles", {})]
         if "mean" not in prediction or missing:
-            raise ValueError(f"{name}: the forecast lacks {'mean' if 'mean' not in prediction else 'quantiles ' + ', '.join(missing)}")
+            raise ValueError(
+                f"{name}: the forecast lacks {'mean' if 'mean' not in prediction else 'quantiles ' + ', '.join(missing)}"
+            )
         if len(prediction["mean"]) != self.prediction_length:
-            raise ValueError(f"{name}: forecast has {len(prediction['mean'])} points, expected {self.prediction_length}")
+            raise ValueError(
+                f"{name}: forecast has {len(prediction['mean'])} points, expected {self.prediction_length}"
+            )
 
     def scores(self) -> dict[str, float]:
-        return score_forecasts(np.array(self.actuals), np.array(self.means),
-                               {float(q): np.array(v) for q, v in self.bands.items()})
+        return score_forecasts(
+            np.array(self.actuals), np.array(self.means), {float(q): np.array(v) for q, v in self.bands.items()}
+        )
 
     def series_scores(self) -> list[dict]:
         rows = []
         for i, name in enumerate(self.names):
-            one = score_forecasts(self.actuals[i][None], self.means[i][None],
-                                  {float(q): v[i][None] for q, v in self.bands.items()})
+            one = score_forecasts(
+                self.actuals[i][None], self.means[i][None], {float(q): v[i][None] for q, v in self.bands.items()}
+            )
             rows.append({"series": name, "RMSE": one["RMSE"], "mean_wQuantileLoss": one["mean_wQuantileLoss"]})
         return rows
 
@@ -102,15 +92,26 @@ class AccuracyReport:
         for r in rows:
             out.write(f"{r['series']:<{width}}  {r['RMSE']:>10.4f}  {r['mean_wQuantileLoss']:>13.4f}\n")
         overall = self.scores()
-        out.write(f"accuracy over {len(rows)} series x {self.prediction_length} steps: RMSE {overall['RMSE']:.4f}, "
-                  f"mean_wQuantileLoss {overall['mean_wQuantileLoss']:.4f} (quantiles {', '.join(self.quantiles)})\n")
+        out.write(
+            f"accuracy over {len(rows)} series x {self.prediction_length} steps: RMSE {overall['RMSE']:.4f}, "
+            f"mean_wQuantileLoss {overall['mean_wQuantileLoss']:.4f} (quantiles {', '.join(self.quantiles)})\n"
+        )
         if self.plots:
             out.write(f"plots written to {self.plots[0].parent}\n")
         return {"overall": overall, "series": rows, "plots": [str(p) for p in self.plots]}
 
 
-def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, prediction_length: int, title: str,
-                  held_out: bool = True, quantiles: tuple[str, ...] = QUANTILES) -> None:
+def plot_forecast(
+    path: Path,
+    record: dict,
+    prediction: dict,
+    *,
+    freq: str,
+    prediction_length: int,
+    title: str,
+    held_out: bool = True,
+    quantiles: tuple[str, ...] = QUANTILES,
+) -> None:
     """History (last five horizons), actuals when ``held_out``, mean forecast and the outer quantile band.
 
     ``held_out``: the record's last ``prediction_length`` points are the actuals the forecast covers;
@@ -122,9 +123,9 @@ def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, pred
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    target = to_float(record["target"])
+    target = target_array(record["target"])
     split = len(target) - prediction_length if held_out else len(target)
-    index = pd.period_range(pd.Period(record["start"], freq=period_freq(freq)), periods=split + prediction_length)
+    index = pd.period_range(pd.Period(record["start"], freq=pandas_freq(freq)), periods=split + prediction_length)
     x = index.to_timestamp()
     shown = max(0, split - 5 * prediction_length)
     fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -135,8 +136,14 @@ def plot_forecast(path: Path, record: dict, prediction: dict, *, freq: str, pred
     low, high = quantiles[0], quantiles[-1]
     band = prediction.get("quantiles", {})
     if low in band and high in band:
-        ax.fill_between(x[split:], band[low], band[high], color="tab:blue", alpha=0.25,
-                        label=f"p{float(low) * 100:g}-p{float(high) * 100:g}")
+        ax.fill_between(
+            x[split:],
+            band[low],
+            band[high],
+            color="tab:blue",
+            alpha=0.25,
+            label=f"p{float(low) * 100:g}-p{float(high) * 100:g}",
+        )
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()

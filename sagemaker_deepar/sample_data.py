@@ -10,11 +10,12 @@ effect, noise, occasional outliers and gaps (missing values). One series per (se
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .contract import split_train_test, write_jsonl
 
 POLLUTANTS = {  # name: (base level, daily amplitude, peak hour, noise)
     "ozone": (30.0, 18.0, 15, 3.0),
@@ -29,14 +30,15 @@ def temperature(hours: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return 15 + 8 * np.sin(2 * np.pi * (hours % 24 - 9) / 24) + rng.normal(0, 1.0, len(hours))
 
 
-def pollutant_series(name: str, hours: np.ndarray, start: pd.Timestamp, sensor: int, temp: np.ndarray,
-                     rng: np.random.Generator) -> np.ndarray:
+def pollutant_series(
+    name: str, hours: np.ndarray, start: pd.Timestamp, sensor: int, temp: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     base, amplitude, peak, noise = POLLUTANTS[name]
     base *= 1 + 0.15 * sensor
     daily = amplitude * np.cos(2 * np.pi * (hours % 24 - peak) / 24)
     weekday = (pd.DatetimeIndex(start + pd.to_timedelta(hours, unit="h")).dayofweek < 5).astype(float)
     traffic = (0.15 if name in ("nitrogen_dioxide", "carbon_monoxide", "particulate_matter") else 0.0) * base * weekday
-    heat = (0.6 * (temp - 15) if name == "ozone" else 0.0)
+    heat = 0.6 * (temp - 15) if name == "ozone" else 0.0
     values = base + daily + traffic + heat + rng.normal(0, noise, len(hours))
     outliers = rng.random(len(hours)) < 0.003
     values[outliers] *= rng.uniform(2, 4, outliers.sum())
@@ -53,8 +55,13 @@ def add_gaps(values: np.ndarray, rng: np.random.Generator) -> list:
     return series
 
 
-def generate(num_sensors: int = 5, days: int = 30, start: str = "2024-01-01 00:00:00", seed: int = 7,
-             with_dynamic_feat: bool = False) -> list[dict]:
+def generate(
+    num_sensors: int = 5,
+    days: int = 30,
+    start: str = "2024-01-01 00:00:00",
+    seed: int = 7,
+    with_dynamic_feat: bool = False,
+) -> list[dict]:
     rng = np.random.default_rng(seed)
     hours = np.arange(days * 24)
     start_ts = pd.Timestamp(start)
@@ -62,30 +69,15 @@ def generate(num_sensors: int = 5, days: int = 30, start: str = "2024-01-01 00:0
     for sensor in range(num_sensors):
         temp = temperature(hours, rng)
         for index, name in enumerate(POLLUTANTS):
-            record = {"start": start, "target": add_gaps(pollutant_series(name, hours, start_ts, sensor, temp, rng), rng),
-                      "cat": [sensor, index]}
+            record = {
+                "start": start,
+                "target": add_gaps(pollutant_series(name, hours, start_ts, sensor, temp, rng), rng),
+                "cat": [sensor, index],
+            }
             if with_dynamic_feat:
                 record["dynamic_feat"] = [[round(float(t), 3) for t in temp]]
             records.append(record)
     return records
-
-
-def split_train_test(records: list[dict], prediction_length: int) -> tuple[list[dict], list[dict]]:
-    """Test = the full series; train = all but the last ``prediction_length`` points."""
-    train = []
-    for record in records:
-        cut = {**record, "target": record["target"][:-prediction_length]}
-        if "dynamic_feat" in record:
-            cut["dynamic_feat"] = [row[:-prediction_length] for row in record["dynamic_feat"]]
-        train.append(cut)
-    return train, records
-
-
-def write_jsonl(records: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
 
 
 def main() -> None:

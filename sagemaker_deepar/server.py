@@ -12,7 +12,8 @@ import os
 import queue
 import threading
 import time
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,9 +24,21 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import UserError
-from .inference import (InferenceConfig, Instance, Model, RequestError, check_budget, decode_json, encode,
-                        encode_lines, inference_config_from_env, parse_instance, parse_json_request, predictions,
-                        split_lines)
+from .inference import (
+    InferenceConfig,
+    Instance,
+    Model,
+    RequestError,
+    check_budget,
+    decode_json,
+    encode,
+    encode_lines,
+    inference_config_from_env,
+    parse_instance,
+    parse_json_request,
+    predictions,
+    split_lines,
+)
 from .logs import quiet_libraries
 from .server_config import ServerConfig
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .server_config import ServerConfig
 
+
 def gunicorn_argv(config: ServerConfig, app_dir: Path) -> list[str]:
     argv = [
         sys.executable, "-m", "gunicorn",

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__, backends, faults
-from .data import (Channel, FeatureSpec, apply_features, check_observed, check_target_domain, check_train_lengths,
+from .contract import FeatureSpec, ModelArtifact
+from .data import (Channel, apply_features, check_observed, check_target_domain, check_train_lengths,
                    log_channel_stats, read_channel, resolve_features)
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
@@ -180,22 +181,20 @@ def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: Fea
         "final_loss": control.best_loss, "best_epoch": control.best_epoch, "epochs_run": control.epochs_run,
         "interrupted": interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
     }
-    metadata = {
-        "format_version": 1,
-        "backend": params.backend,
-        "hyperparameters": params.model_dump(),
-        "freq": params.pandas_freq,
-        "prediction_length": params.prediction_length,
-        "context_length": params.context_length,
-        "likelihood": params.likelihood,
-        "cardinality": list(spec.cardinality),
-        "num_dynamic_feat": spec.num_dynamic_feat,
-        "library_versions": library_versions(),
-        "training_statistics": {"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
-        "train": train_summary,
-        "test_metrics": test_metrics,
-    }
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    ModelArtifact(
+        backend=params.backend,
+        hyperparameters=params.model_dump(),
+        freq=params.pandas_freq,
+        prediction_length=params.prediction_length,
+        context_length=params.context_length,
+        likelihood=params.likelihood,
+        cardinality=tuple(spec.cardinality),
+        num_dynamic_feat=spec.num_dynamic_feat,
+        library_versions=library_versions(),
+        training_statistics={"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
+        train=train_summary,
+        test_metrics=test_metrics,
+    ).write(staging)
     check_loadable(staging)
     publish_model(staging, paths.model_dir)
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)

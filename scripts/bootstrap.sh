@@ -25,10 +25,12 @@ fi
 sdk_env() {  # sdk_env VENV LOCKFILE
   [ -x "$1/bin/python" ] || "$PYTHON" -m venv "$1"
   local want
-  want=$(sha256sum "$2" | cut -d' ' -f1)
+  want=$(cat "$2" pyproject.toml | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$1/.bootstrap-stamp" 2>/dev/null)" != "$want" ]; then
     "$1/bin/python" -m pip install -q --upgrade pip
     "$1/bin/python" -m pip install -q -r "$2"
+    # Our stdlib/numpy modules (sagemaker_deepar.contract, .report, evaluation/) without the container's stack.
+    "$1/bin/python" -m pip install -q --no-deps -e .
     echo "$want" > "$1/.bootstrap-stamp"
   fi
 }

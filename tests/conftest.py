@@ -7,12 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
 import pytest
+
+from .helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"
@@ -105,14 +107,6 @@ def standard_job(opt_ml: OptMl, with_test: bool = True, n_series: int = 4, **hyp
 # ---------------------------------------------------------------- serving
 
 SERVE = REPO / "container" / "serve"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_model(root: Path, backend: str, features: bool) -> Path:
@@ -256,9 +250,8 @@ MOTO_REGION = "eu-west-1"
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
-    from moto.server import ThreadedMotoServer
-
     import requests
+    from moto.server import ThreadedMotoServer
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import free_port
+
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
@@ -25,28 +27,66 @@ def openssl(*args: str, cwd: Path) -> None:
 
 def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
     key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-            "-keyout", str(key), "-out", str(cert), cwd=folder)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        cwd=folder,
+    )
     return key, cert
 
 
 def make_cert(folder: Path, name: str, ca: tuple[Path, Path], server: bool = False) -> tuple[Path, Path]:
     key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr),
-            cwd=folder)
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        cwd=folder,
+    )
     extensions = folder / f"{name}.ext"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" if server
-                          else "extendedKeyUsage=clientAuth\n")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[1]), "-CAkey", str(ca[0]), "-CAcreateserial", "-days", "2",
-            "-extfile", str(extensions), "-out", str(cert), cwd=folder)
+    extensions.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        if server
+        else "extendedKeyUsage=clientAuth\n"
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[1]),
+        "-CAkey",
+        str(ca[0]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(extensions),
+        "-out",
+        str(cert),
+        cwd=folder,
+    )
     os.chmod(key, 0o600)
     return cert, key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -61,8 +101,11 @@ class Broker:
         return self.folder / f"{name}.pem", self.folder / f"{name}.key"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.folder / "mosquitto.conf")],
-                                        stdout=open(self.folder / "mosquitto.log", "ab"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(self.folder / "mosquitto.conf")],
+            stdout=open(self.folder / "mosquitto.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -70,7 +113,7 @@ class Broker:
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError((self.folder / "mosquitto.log").read_text()[-2000:])
+                    raise RuntimeError((self.folder / "mosquitto.log").read_text()[-2000:]) from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
@@ -104,7 +147,8 @@ def start_broker(folder: Path, prefix: str, things: list[str]) -> Broker:
         f"{run_as}per_listener_settings false\nallow_anonymous false\nacl_file {folder / 'acl'}\n"
         f"persistence false\nlog_type error\nlog_type warning\nlog_type notice\nlog_dest stdout\n"
         f"listener {port} 127.0.0.1\ncafile {ca[1]}\ncertfile {folder / 'broker.pem'}\nkeyfile {folder / 'broker.key'}\n"
-        f"require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n")
+        f"require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+    )
     broker = Broker(folder, port, ca[1], prefix)
     broker.start()
     return broker

@@ -49,9 +49,12 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = root / "config.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")
-    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -75,13 +78,23 @@ def small_image():
 
 def script_env(tmp_path: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return {**env, "PATH": f"{BIN}:{env['PATH']}", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "DOCKER_CONFIG": str(tmp_path / "docker"), **extra}
+    return {
+        **env,
+        "PATH": f"{BIN}:{env['PATH']}",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "DOCKER_CONFIG": str(tmp_path / "docker"),
+        **extra,
+    }
 
 
 def creds(moto_url: str) -> dict:
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "eu-west-1",
-            "AWS_ENDPOINT_URL": moto_url}
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": moto_url,
+    }
 
 
 def test_push_creates_the_repository_and_prints_the_uri(tmp_path, moto_url, registry, small_image):
@@ -90,8 +103,13 @@ def test_push_creates_the_repository_and_prints_the_uri(tmp_path, moto_url, regi
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.strip() == f"{registry}/{NAME}:{TAG}"
     assert f"created ECR repository {NAME} (scan on push)" in first.stderr
-    ecr = boto3.client("ecr", endpoint_url=moto_url, region_name="eu-west-1", aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
+    ecr = boto3.client(
+        "ecr",
+        endpoint_url=moto_url,
+        region_name="eu-west-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     [repo] = ecr.describe_repositories(repositoryNames=[NAME])["repositories"]
     assert repo["imageScanningConfiguration"]["scanOnPush"] is True
     assert TAG in requests.get(f"http://{registry}/v2/{NAME}/tags/list", timeout=10).json()["tags"]

@@ -23,8 +23,14 @@ SDK_ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 
 def run_guarded(python, command: str, workdir, args: list[str], timeout: float = 1200) -> tuple[dict, str]:
     """evaluation/<command>.py's main() in the SDK's env, offline and under the network guard."""
-    result = subprocess.run([str(python), str(REPO / "tests/sdk/run_guarded.py"), command, "--workdir", str(workdir),
-                             "--", *args], env=SDK_ENV, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [str(python), "-m", "tests.sdk.run_guarded", command, "--workdir", str(workdir), "--", *args],
+        cwd=REPO,
+        env=SDK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
     assert result.returncode == 0 and lines, (result.stdout[-4000:], result.stderr[-4000:])
     summary = json.loads(lines[0].removeprefix("SUMMARY "))
@@ -40,10 +46,30 @@ def workflow(tmp_path_factory):
         pytest.skip("needs .venv-sdk and the Docker image")
     work = tmp_path_factory.mktemp("workflow")
     before = containers_of(IMAGE)
-    args = ["--local", "--workdir", str(work), "--serving-port", str(free_port()), "--image", IMAGE,
-            "--prediction-length", str(PREDICTION_LENGTH), "--sensors", "1", "--days", "10", "--series", "4",
-            "--summary", str(work / "summary.json"), "--hp=epochs=2", "--hp=num_batches_per_epoch=3",
-            "--hp=num_cells=8", "--hp=num_layers=1", "--hp=context_length=24"]
+    args = [
+        "--local",
+        "--workdir",
+        str(work),
+        "--serving-port",
+        str(free_port()),
+        "--image",
+        IMAGE,
+        "--prediction-length",
+        str(PREDICTION_LENGTH),
+        "--sensors",
+        "1",
+        "--days",
+        "10",
+        "--series",
+        "4",
+        "--summary",
+        str(work / "summary.json"),
+        "--hp=epochs=2",
+        "--hp=num_batches_per_epoch=3",
+        "--hp=num_cells=8",
+        "--hp=num_layers=1",
+        "--hp=context_length=24",
+    ]
     summary, stdout = run_guarded(SDK_PYTHON, "workflow", work, args)
     summary["workflow"] = summary.pop("result")
     return {"work": work, "summary": summary, "stdout": stdout, "containers_before": before}
@@ -132,8 +158,22 @@ def test_request_construction_for_tune_deploy_and_errors():
         if os.environ.get("CI"):
             pytest.fail("required in CI: .venv-sdk (scripts/bootstrap.sh)")
         pytest.skip("needs .venv-sdk")
-    result = subprocess.run([str(SDK_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest",
-                             str(REPO / "tests/sdk/requests_check.py")], cwd=REPO, env=SDK_ENV, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [
+            str(SDK_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--noconftest",
+            str(REPO / "tests/sdk/requests_check.py"),
+        ],
+        cwd=REPO,
+        env=SDK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and " failed" not in result.stdout

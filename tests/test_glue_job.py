@@ -25,9 +25,19 @@ from .conftest import REPO
 
 
 def reading(device: str, timestamp: str, ozone=30.0, received: int = 1, **extra) -> dict:
-    return {"ozone": ozone, "particulate_matter": 20.0, "carbon_monoxide": 0.5, "sulfur_dioxide": 4.0,
-            "nitrogen_dioxide": 25.0, "latitude": 40.4, "longitude": -3.7, "timestamp": timestamp,
-            "device_id": device, "received_at": received, **extra}
+    return {
+        "ozone": ozone,
+        "particulate_matter": 20.0,
+        "carbon_monoxide": 0.5,
+        "sulfur_dioxide": 4.0,
+        "nitrogen_dioxide": 25.0,
+        "latitude": 40.4,
+        "longitude": -3.7,
+        "timestamp": timestamp,
+        "device_id": device,
+        "received_at": received,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -129,15 +139,32 @@ def test_mixed_lake_quarantine_dedup_rerun_and_schema(spark, tmp_path):
     frame = curated(tmp_path / "curated")
     assert frame.loc[frame["timestamp"] == pd.Timestamp("2024-01-01 00:00"), "ozone"].tolist() == [99.0]
     reasons = sorted(pd.read_parquet(out["quarantine"])["reason"])
-    assert reasons == sorted([
-        "ozone: not a number ('n/a')", "ozone: -999.0 outside [0, 1000]", "missing device_id", "missing timestamp",
-        "bad timestamp 'yesterday'", "latitude: 123.0 outside [-90, 90]",
-        "not JSON: Expecting ',' delimiter"])
+    assert reasons == sorted(
+        [
+            "ozone: not a number ('n/a')",
+            "ozone: -999.0 outside [0, 1000]",
+            "missing device_id",
+            "missing timestamp",
+            "bad timestamp 'yesterday'",
+            "latitude: 123.0 outside [-90, 90]",
+            "not JSON: Expecting ',' delimiter",
+        ]
+    )
     schema = dict(pd.read_parquet(out["curated"]).dtypes.astype(str))
-    assert schema == {"device_id": "object", "timestamp": "datetime64[us]", "ozone": "float64",
-                      "particulate_matter": "float64", "carbon_monoxide": "float64", "sulfur_dioxide": "float64",
-                      "nitrogen_dioxide": "float64", "latitude": "float64", "longitude": "float64",
-                      "received_at": "datetime64[us]", "source": "object", "date": "category"}
+    assert schema == {
+        "device_id": "object",
+        "timestamp": "datetime64[us]",
+        "ozone": "float64",
+        "particulate_matter": "float64",
+        "carbon_monoxide": "float64",
+        "sulfur_dioxide": "float64",
+        "nitrogen_dioxide": "float64",
+        "latitude": "float64",
+        "longitude": "float64",
+        "received_at": "datetime64[us]",
+        "source": "object",
+        "date": "category",
+    }
 
     again = glue_job.run(spark, str(raw), out["curated"], out["quarantine"])
     assert again == counts
@@ -264,11 +291,12 @@ def test_raw_sample_writes_the_reference_kits_lake_comma_joined(tmp_path):
         assert not [row for row in rows if row[0] == "bad" and ("JSON" in row[1] or "device_id" in row[1])]
 
 
-def test_topic_device_level_must_be_a_level():
+def test_topic_device_level_must_be_a_level(capsys):
     paths = ["--raw-path", "r", "--curated-path", "c", "--quarantine-path", "q"]
-    assert glue_job.parse_args(paths)["topic-device-level"] == "2"
-    with pytest.raises(SystemExit, match="--topic-device-level '0': expected a level >= 1"):
+    assert glue_job.parse_args(paths).topic_device_level == 2
+    with pytest.raises(SystemExit):
         glue_job.parse_args([*paths, "--topic-device-level", "0"])
+    assert "--topic-device-level: '0': expected a level >= 1" in capsys.readouterr().err
 
 
 def test_job_runs_as_glue_invokes_it(tmp_path):

@@ -5,6 +5,8 @@ import pytest
 from sagemaker_deepar.errors import UserError
 from sagemaker_deepar.hyperparameters import DEFAULT_TEST_QUANTILES, parse_hyperparameters
 
+pytestmark = pytest.mark.unit
+
 REQUIRED = {"time_freq": "H", "prediction_length": "24", "context_length": "48", "epochs": "10"}
 
 

@@ -30,8 +30,14 @@ PREDICTION_LENGTH = 6
 
 
 def module(name: str, *args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", f"ingestion.{name}", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-m", f"ingestion.{name}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, (name, result.stdout[-3000:], result.stderr[-3000:])
     return result
 
@@ -78,8 +84,13 @@ def test_device_to_forecast(moto_env, tmp_path):
     assert f"relay: received {acked}, forwarded {acked}" in relay_out, relay_err
 
     # Firehose (moto) wrote the batches to the raw bucket; copy them down as a Glue job would read them.
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     raw_bucket = settings["resources"]["buckets"]["raw"]
     lake, records = tmp_path / "lake" / "raw", 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=raw_bucket, Prefix="raw/"):
@@ -92,8 +103,16 @@ def test_device_to_forecast(moto_env, tmp_path):
             records += sum(1 for _ in split_records(text))
     assert records == acked
 
-    etl = module("glue_job", "--raw-path", str(lake), "--curated-path", str(tmp_path / "curated"),
-                 "--quarantine-path", str(tmp_path / "quarantine"), env=env).stdout
+    etl = module(
+        "glue_job",
+        "--raw-path",
+        str(lake),
+        "--curated-path",
+        str(tmp_path / "curated"),
+        "--quarantine-path",
+        str(tmp_path / "quarantine"),
+        env=env,
+    ).stdout
     counts = json.loads(etl.split("ETL_COUNTS ", 1)[1].splitlines()[0])
     assert counts["records_in"] == acked and counts["valid"] + counts["quarantined"] == acked
     assert counts["quarantined"] > 0 and counts["dates_touched"] == 5
@@ -102,8 +121,17 @@ def test_device_to_forecast(moto_env, tmp_path):
     assert readings[list(POLLUTANTS)].notna().all().all() and set(readings["device_id"]) == set(THINGS)
 
     opt_ml = OptMl(tmp_path / "opt_ml")
-    converted = module("to_deepar", "--curated", str(tmp_path / "curated"), "--out", str(opt_ml.root / "input" / "data"),
-                       "--prediction-length", str(PREDICTION_LENGTH), "--cat", env=env).stdout
+    converted = module(
+        "to_deepar",
+        "--curated",
+        str(tmp_path / "curated"),
+        "--out",
+        str(opt_ml.root / "input" / "data"),
+        "--prediction-length",
+        str(PREDICTION_LENGTH),
+        "--cat",
+        env=env,
+    ).stdout
     assert f"10 series from {counts['valid']} readings" in converted
     test = [json.loads(line) for line in open(opt_ml.root / "input/data/test/test.json")]
     assert len(test) == 10 and all(len(r["target"]) == 120 for r in test)  # 5 days hourly per (device, pollutant)
@@ -117,15 +145,25 @@ def test_device_to_forecast(moto_env, tmp_path):
     sensor = next(r for r in test if r["item_id"] == f"{PREFIX}-sensor-1/ozone")
     with running_server(opt_ml.root) as server:
         started = time.monotonic()
-        answer = requests.post(server.url + "/invocations", timeout=60, json={
-            "instances": [{"start": sensor["start"], "target": sensor["target"], "cat": sensor["cat"]}],
-            "configuration": {"num_samples": 50, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.9"]}})
+        answer = requests.post(
+            server.url + "/invocations",
+            timeout=60,
+            json={
+                "instances": [{"start": sensor["start"], "target": sensor["target"], "cat": sensor["cat"]}],
+                "configuration": {
+                    "num_samples": 50,
+                    "output_types": ["mean", "quantiles"],
+                    "quantiles": ["0.1", "0.9"],
+                },
+            },
+        )
     assert answer.status_code == 200, answer.text
     [forecast] = answer.json()["predictions"]
     assert len(forecast["mean"]) == PREDICTION_LENGTH and len(forecast["quantiles"]["0.9"]) == PREDICTION_LENGTH
     assert all(low <= high for low, high in zip(forecast["quantiles"]["0.1"], forecast["quantiles"]["0.9"]))
     assert time.monotonic() - started < 60
     assert os.path.exists(opt_ml.root / "model" / "deepar-metadata.json")
-    down = module("infra", "down", "--prefix", PREFIX, "--devices", "2", "--state-dir", str(state), "--delete-data",
-                  env=env).stdout
+    down = module(
+        "infra", "down", "--prefix", PREFIX, "--devices", "2", "--state-dir", str(state), "--delete-data", env=env
+    ).stdout
     assert "deleted    firehose stream" in down and "kept" not in down

@@ -30,8 +30,25 @@ def aws(moto_env, monkeypatch):
 
 
 def infra(env: dict, state: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ingestion.infra", *args, "--prefix", PREFIX, "--devices", "2",
-                           "--state-dir", str(state)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingestion.infra",
+            *args,
+            "--prefix",
+            PREFIX,
+            "--devices",
+            "2",
+            "--state-dir",
+            str(state),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def actions(output: str) -> dict[str, str]:
@@ -85,8 +102,13 @@ def test_plan_up_rerun_drift_down(aws, moto_env, tmp_path):
     # Drift: someone opened a bucket and edited the device policy; up repairs exactly that.
     raw = f"{PREFIX}-raw-{ACCOUNT}-{REGION}"
     aws("s3").delete_public_access_block(Bucket=raw)
-    aws("iot").create_policy_version(policyName=f"{PREFIX}-device-policy", setAsDefault=True, policyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}))
+    aws("iot").create_policy_version(
+        policyName=f"{PREFIX}-device-policy",
+        setAsDefault=True,
+        policyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}
+        ),
+    )
     assert "~ update   s3 bucket (raw)" in infra(moto_env, state, "plan").stdout
     fixed = infra(moto_env, state, "up")
     assert "update     s3 bucket (raw)" in fixed.stdout and "(public access block)" in fixed.stdout
@@ -118,7 +140,10 @@ def check_created(aws, state: Path) -> None:
     assert connect["Resource"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:client/${{iot:Connection.Thing.ThingName}}"
     assert connect["Condition"] == {"Bool": {"iot:Connection.Thing.IsAttached": "true"}}
     assert publish["Action"] == "iot:Publish"
-    assert publish["Resource"] == f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/{PREFIX}/${{iot:Connection.Thing.ThingName}}/telemetry"
+    assert (
+        publish["Resource"]
+        == f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/{PREFIX}/${{iot:Connection.Thing.ThingName}}/telemetry"
+    )
 
     rule = iot.get_topic_rule(ruleName="lake_test_to_firehose")["rule"]
     assert rule["sql"] == f"SELECT *, topic(2) AS device_id, timestamp() AS received_at FROM '{PREFIX}/+/telemetry'"
@@ -126,8 +151,9 @@ def check_created(aws, state: Path) -> None:
     assert action["firehose"]["separator"] == "\n" and action["firehose"]["deliveryStreamName"] == f"{PREFIX}-stream"
     assert action["firehose"]["roleArn"] == f"arn:aws:iam::{ACCOUNT}:role/{PREFIX}-iot-rule-role"
 
-    destination = firehose.describe_delivery_stream(DeliveryStreamName=f"{PREFIX}-stream")[
-        "DeliveryStreamDescription"]["Destinations"][0]["ExtendedS3DestinationDescription"]
+    destination = firehose.describe_delivery_stream(DeliveryStreamName=f"{PREFIX}-stream")["DeliveryStreamDescription"][
+        "Destinations"
+    ][0]["ExtendedS3DestinationDescription"]
     assert destination["BucketARN"] == f"arn:aws:s3:::{buckets['raw']}"
     assert destination["Prefix"].startswith("raw/year=!{timestamp:yyyy}/month=!{timestamp:MM}/")
     assert destination["ErrorOutputPrefix"].startswith("errors/!{firehose:error-output-type}/")
@@ -138,8 +164,10 @@ def check_created(aws, state: Path) -> None:
     put = firehose_policy["PolicyDocument"]["Statement"][0]
     assert put["Resource"] == [f"arn:aws:s3:::{buckets['raw']}/raw/*", f"arn:aws:s3:::{buckets['raw']}/errors/*"]
     rule_policy = iam.get_role_policy(RoleName=f"{PREFIX}-iot-rule-role", PolicyName="least-privilege")
-    assert rule_policy["PolicyDocument"]["Statement"][0]["Resource"] == \
-        f"arn:aws:firehose:{REGION}:{ACCOUNT}:deliverystream/{PREFIX}-stream"
+    assert (
+        rule_policy["PolicyDocument"]["Statement"][0]["Resource"]
+        == f"arn:aws:firehose:{REGION}:{ACCOUNT}:deliverystream/{PREFIX}-stream"
+    )
 
     job = glue.get_job(JobName=f"{PREFIX}-raw-to-curated")["Job"]
     assert job["Command"]["ScriptLocation"] == f"s3://{buckets['artifacts']}/scripts/glue_job.py"
@@ -167,21 +195,29 @@ def test_aws_error_is_one_line_and_nonzero(aws, tmp_path, capsys):
     session = boto3.Session(region_name=REGION)
 
     def deny(**_):
-        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized to perform s3:CreateBucket"}},
-                          "CreateBucket")
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "not authorized to perform s3:CreateBucket"}}, "CreateBucket"
+        )
 
     session.events.register("before-call.s3.CreateBucket", deny)
     code = infra.main(["up", "--prefix", "denied-test", "--state-dir", str(tmp_path)], session=session)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
-    assert err == ["error: CreateBucket failed: AccessDenied: not authorized to perform s3:CreateBucket "
-                   "-- the credentials lack this permission"]
+    assert err == [
+        "error: CreateBucket failed: AccessDenied: not authorized to perform s3:CreateBucket "
+        "-- the credentials or the role lack a permission (see the message)"
+    ]
 
 
 def test_bad_config_names_the_field(tmp_path):
     config = tmp_path / "ingestion.json"
     config.write_text(json.dumps({"prefix": "Bad_Prefix", "devices": 2}))
-    result = subprocess.run([sys.executable, "-m", "ingestion.infra", "plan", "--config", str(config)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "ingestion.infra", "plan", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().startswith(f"error: {config}: prefix: Value error, 3-32 lowercase letters")

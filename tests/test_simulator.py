@@ -23,8 +23,17 @@ from .mqtt_broker import start_broker
 
 PREFIX = "deepar-iot"
 THINGS = [f"{PREFIX}-sensor-1", f"{PREFIX}-sensor-2"]
-FIELDS = {"ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide", "latitude",
-          "longitude", "timestamp", "device_id"}
+FIELDS = {
+    "ozone",
+    "particulate_matter",
+    "carbon_monoxide",
+    "sulfur_dioxide",
+    "nitrogen_dioxide",
+    "latitude",
+    "longitude",
+    "timestamp",
+    "device_id",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +54,9 @@ class Subscriber:
         self.ready = threading.Event()
         cert, key = broker.client("relay")
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{time.monotonic_ns()}")
-        self.client.tls_set(ca_certs=str(broker.ca), certfile=str(cert), keyfile=str(key),
-                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.tls_set(
+            ca_certs=str(broker.ca), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
+        )
         self.client.reconnect_delay_set(0.2, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/#", qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
@@ -67,16 +77,30 @@ class Subscriber:
 
 
 def settings_file(broker, folder: Path, devices: list[dict] | None = None) -> Path:
-    devices = devices or [{"thing": t, "topic": f"{PREFIX}/{t}/telemetry", "cert": str(broker.client(t)[0]),
-                           "key": str(broker.client(t)[1])} for t in THINGS]
+    devices = devices or [
+        {
+            "thing": t,
+            "topic": f"{PREFIX}/{t}/telemetry",
+            "cert": str(broker.client(t)[0]),
+            "key": str(broker.client(t)[1]),
+        }
+        for t in THINGS
+    ]
     path = folder / "settings.json"
-    path.write_text(json.dumps({"endpoint": "localhost", "port": broker.port, "ca": str(broker.ca), "devices": devices}))
+    path.write_text(
+        json.dumps({"endpoint": "localhost", "port": broker.port, "ca": str(broker.ca), "devices": devices})
+    )
     return path
 
 
 def simulate(settings: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ingestion.simulator", "--settings", str(settings), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ingestion.simulator", "--settings", str(settings), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_devices_publish_readings_with_the_schema_on_their_topics(broker, tmp_path):
@@ -93,7 +117,9 @@ def test_devices_publish_readings_with_the_schema_on_their_topics(broker, tmp_pa
         assert set(message) == FIELDS
         assert topic == f"{PREFIX}/{message['device_id']}/telemetry"
         assert all(isinstance(message[k], float) for k in FIELDS - {"timestamp", "device_id"})
-        assert message["timestamp"].endswith("Z") and datetime.fromisoformat(message["timestamp"].replace("Z", "+00:00"))
+        assert message["timestamp"].endswith("Z") and datetime.fromisoformat(
+            message["timestamp"].replace("Z", "+00:00")
+        )
     assert {m["device_id"] for _, m in subscriber.messages} == set(THINGS)
 
 
@@ -127,8 +153,16 @@ def test_reference_payload_is_exactly_what_the_reference_kit_publishes(broker, t
 def test_replay_backfills_history_fast(broker, tmp_path):
     subscriber = Subscriber(broker)
     try:
-        result = simulate(settings_file(broker, tmp_path), "--replay", "2024-01-01", "2024-01-03", "--step", "1h",
-                          "--invalid-rate", "0")
+        result = simulate(
+            settings_file(broker, tmp_path),
+            "--replay",
+            "2024-01-01",
+            "2024-01-03",
+            "--step",
+            "1h",
+            "--invalid-rate",
+            "0",
+        )
         assert result.returncode == 0, result.stderr
         assert "48 round(s)" in result.stdout
         sent = int(result.stdout.split("sent ")[1].split(",")[0])
@@ -136,13 +170,20 @@ def test_replay_backfills_history_fast(broker, tmp_path):
     finally:
         subscriber.close()
     stamps = sorted({m["timestamp"] for _, m in subscriber.messages})
-    assert len(subscriber.messages) == sent and stamps[0] == "2024-01-01T00:00:00Z" and stamps[-1] == "2024-01-02T23:00:00Z"
+    assert (
+        len(subscriber.messages) == sent
+        and stamps[0] == "2024-01-01T00:00:00Z"
+        and stamps[-1] == "2024-01-02T23:00:00Z"
+    )
 
 
 def test_certificate_from_another_ca_is_rejected(broker, tmp_path):
     cert, key = broker.client("rogue-device")
-    settings = settings_file(broker, tmp_path, [{"thing": THINGS[0], "topic": f"{PREFIX}/{THINGS[0]}/telemetry",
-                                                 "cert": str(cert), "key": str(key)}])
+    settings = settings_file(
+        broker,
+        tmp_path,
+        [{"thing": THINGS[0], "topic": f"{PREFIX}/{THINGS[0]}/telemetry", "cert": str(cert), "key": str(key)}],
+    )
     result = simulate(settings, "--count", "1", "--connect-timeout", "10", timeout=60)
     assert result.returncode == 1
     assert f"error: {THINGS[0]}: cannot connect to localhost:{broker.port}" in result.stderr
@@ -151,8 +192,14 @@ def test_certificate_from_another_ca_is_rejected(broker, tmp_path):
 
 def test_a_device_cannot_publish_to_another_devices_topic(broker, tmp_path):
     one, other = THINGS
-    spoof = [{"thing": one, "topic": f"{PREFIX}/{other}/telemetry", "cert": str(broker.client(one)[0]),
-              "key": str(broker.client(one)[1])}]
+    spoof = [
+        {
+            "thing": one,
+            "topic": f"{PREFIX}/{other}/telemetry",
+            "cert": str(broker.client(one)[0]),
+            "key": str(broker.client(one)[1]),
+        }
+    ]
     subscriber = Subscriber(broker)
     try:
         denied = simulate(settings_file(broker, tmp_path, spoof), "--rate", "20", "--count", "5")
@@ -168,10 +215,27 @@ def test_a_device_cannot_publish_to_another_devices_topic(broker, tmp_path):
 
 def test_simulator_reconnects_after_a_broker_restart(broker, tmp_path):
     subscriber = Subscriber(broker)
-    process = subprocess.Popen([sys.executable, "-m", "ingestion.simulator", "--settings",
-                                str(settings_file(broker, tmp_path)), "--rate", "5", "--duration", "9",
-                                "--devices", "1", "--invalid-rate", "0"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ingestion.simulator",
+            "--settings",
+            str(settings_file(broker, tmp_path)),
+            "--rate",
+            "5",
+            "--duration",
+            "9",
+            "--devices",
+            "1",
+            "--invalid-rate",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         subscriber.wait_for(1, timeout=60)  # connected and publishing (startup is slow on a loaded machine)
         assert subscriber.messages, "the simulator never published"
@@ -187,6 +251,9 @@ def test_simulator_reconnects_after_a_broker_restart(broker, tmp_path):
         subscriber.close()
     assert process.returncode == 0, (out, err)
     assert "connection losses 1, reconnects 1" in out and "failed 0" in out
-    after = [m for _, m in subscriber.messages
-             if datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp() > stopped + 2]
+    after = [
+        m
+        for _, m in subscriber.messages
+        if datetime.fromisoformat(m["timestamp"].replace("Z", "+00:00")).timestamp() > stopped + 2
+    ]
     assert after  # readings made after the restart arrived

@@ -10,11 +10,11 @@ import sys
 import pandas as pd
 import pytest
 
+from ingestion.glue_job import POLLUTANTS
 from ingestion.to_deepar import convert
+from sagemaker_deepar.errors import UserError
 
 from .conftest import REPO, free_port
-
-POLLUTANTS = ["ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide"]
 
 
 def curated_frame() -> pd.DataFrame:
@@ -23,7 +23,9 @@ def curated_frame() -> pd.DataFrame:
     for step in range(24):
         when = pd.Timestamp("2024-03-01 00:00") + pd.Timedelta(minutes=30 * step)
         if not (8 <= step < 12):
-            rows.append({"device_id": "d1", "timestamp": when, **{p: float(step + i) for i, p in enumerate(POLLUTANTS)}})
+            rows.append(
+                {"device_id": "d1", "timestamp": when, **{p: float(step + i) for i, p in enumerate(POLLUTANTS)}}
+            )
         if step < 6:
             rows.append({"device_id": "d2", "timestamp": when, **{p: 1.0 for p in POLLUTANTS}})
     frame = pd.DataFrame(rows)
@@ -43,9 +45,27 @@ def read(path) -> list[dict]:
 
 def test_resample_gaps_split_and_length_filter(tmp_path):
     write_curated(tmp_path / "curated")
-    result = subprocess.run([sys.executable, "-m", "ingestion.to_deepar", "--curated", str(tmp_path / "curated"),
-                             "--out", str(tmp_path / "out"), "--time-freq", "H", "--prediction-length", "3",
-                             "--min-length", "8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingestion.to_deepar",
+            "--curated",
+            str(tmp_path / "curated"),
+            "--out",
+            str(tmp_path / "out"),
+            "--time-freq",
+            "H",
+            "--prediction-length",
+            "3",
+            "--min-length",
+            "8",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "dropped 5 series shorter than 8 points: d2/ozone" in result.stdout
     test, train = read(tmp_path / "out/test/test.json"), read(tmp_path / "out/train/train.json")
@@ -61,8 +81,18 @@ def test_resample_gaps_split_and_length_filter(tmp_path):
 
 def test_one_pollutant_with_cat_and_dynamic_feat(tmp_path):
     write_curated(tmp_path / "curated")
-    summary = convert(str(tmp_path / "curated"), str(tmp_path / "out"), "H", 2, pollutant="ozone", with_cat=True,
-                      dynamic=["nitrogen_dioxide"], min_length=3, compress=True, quiet=True)
+    summary = convert(
+        str(tmp_path / "curated"),
+        str(tmp_path / "out"),
+        "H",
+        2,
+        pollutant="ozone",
+        with_cat=True,
+        dynamic=["nitrogen_dioxide"],
+        min_length=3,
+        compress=True,
+        quiet=True,
+    )
     assert summary["series"] == 2 and summary["readings"] == 26
     import gzip
 
@@ -82,8 +112,12 @@ def test_s3_round_trip_on_moto(tmp_path, monkeypatch):
     server.start()
     try:
         host, port = server.get_host_and_port()
-        for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for key, value in {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("AWS_PROFILE", raising=False)
         s3 = boto3.client("s3")
@@ -95,8 +129,13 @@ def test_s3_round_trip_on_moto(tmp_path, monkeypatch):
         summary = convert("s3://curated/readings/", "s3://artifacts/deepar/", "H", 3, min_length=8, quiet=True)
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="artifacts")["Contents"])
         assert keys == ["deepar/test/test.json", "deepar/train/train.json"]
-        test = [json.loads(line) for line in
-                s3.get_object(Bucket="artifacts", Key="deepar/test/test.json")["Body"].read().decode().splitlines()]
+        test = [
+            json.loads(line)
+            for line in s3.get_object(Bucket="artifacts", Key="deepar/test/test.json")["Body"]
+            .read()
+            .decode()
+            .splitlines()
+        ]
         assert len(test) == summary["series"] == 5 and test[0]["target"][:2] == [0.5, 2.5]
     finally:
         server.stop()
@@ -104,7 +143,7 @@ def test_s3_round_trip_on_moto(tmp_path, monkeypatch):
 
 def test_unknown_column_and_nothing_long_enough_are_clear_errors(tmp_path):
     write_curated(tmp_path / "curated")
-    with pytest.raises(SystemExit, match="no series has 100 points or more"):
+    with pytest.raises(UserError, match="no series has 100 points or more"):
         convert(str(tmp_path / "curated"), str(tmp_path / "out"), "H", 3, min_length=100, quiet=True)
-    with pytest.raises(SystemExit, match="unknown column"):
+    with pytest.raises(UserError, match="unknown column"):
         convert(str(tmp_path / "curated"), str(tmp_path / "out"), "H", 3, dynamic=["humidity"], quiet=True)

@@ -124,7 +124,7 @@ CASES = {
                                  ["'cardinality'", "2 entries", "1 'cat'"]),
     "num_dynamic_feat mismatch": (two_records(series(), series(), num_dynamic_feat="2"), ["'num_dynamic_feat' = 2", "0 dynamic_feat"]),
     "test series too short": (short_test_series, ["test/data.json:1: target", "at least 7"]),
-    "test cat count differs": (mismatched_test_cat, ["test/data.json:1: cat", "expected 1 value(s)"]),
+    "test cat count differs": (mismatched_test_cat, ["test/data.json:1: cat: has 2 value(s), the model expects 1"]),
     "beta needs (0, 1)": (with_hyperparameters(likelihood="beta"), ["train/data.json:1: target[0]", "between 0 and 1"]),
     "negative-binomial needs counts": (two_records(series(), series(offset=-100), likelihood="negative-binomial"),
                                        ["train/data.json:2: target", "non-negative"]),

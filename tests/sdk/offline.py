@@ -16,8 +16,9 @@ def guard_network() -> None:
     original = socket.socket.connect
 
     def connect(self, address):
-        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and
-                                              str(address[0]) in ("127.0.0.1", "::1", "localhost")):
+        if self.family == socket.AF_UNIX or (
+            isinstance(address, tuple) and str(address[0]) in ("127.0.0.1", "::1", "localhost")
+        ):
             return original(self, address)
         VIOLATIONS.append(str(address))
         raise ConnectionRefusedError(f"test guard: no connection to {address} allowed")
@@ -28,5 +29,12 @@ def guard_network() -> None:
 def offline_environment(workdir: Path) -> None:
     config = workdir / "sagemaker-config.yaml"
     config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
-                       "AWS_REGION": REGION, "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config)})
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config),
+        }
+    )

@@ -1,7 +1,7 @@
 """The evaluation/ commands' AWS requests, checked with botocore's Stubber (no AWS, no Docker).
 
 Run in .venv-sdk by tests/test_evaluation.py:
-    .venv-sdk/bin/python -m pytest --noconftest tests/sdk/requests_check.py
+    .venv-sdk/bin/python -m pytest --noconftest tests/sdk/requests_check.py   (from the repository root)
 Local mode cannot reach tuning, UpdateEndpoint, A/B variants or traffic shifting: here each
 command's real main() runs against a stubbed SageMaker client and the requests are asserted.
 """
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1] / "evaluation")]
-
-from offline import ROLE, VIOLATIONS, guard_network, offline_environment  # noqa: E402
+from .offline import ROLE, VIOLATIONS, guard_network, offline_environment
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sagemaker-deepar:1"
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
@@ -38,9 +34,10 @@ def offline(tmp_path, monkeypatch):
 def stubbed(monkeypatch):
     """A real sagemaker.Session whose SageMaker client is stubbed; every command's open_session returns it."""
     import boto3
-    import common
     import sagemaker
     from botocore.stub import Stubber
+
+    from evaluation import common
 
     boto_session = boto3.Session(region_name="us-east-1")
     client = boto_session.client("sagemaker")
@@ -53,16 +50,27 @@ def stubbed(monkeypatch):
 
 
 def endpoint(status: str, config: str, variants: list[dict] | None = None) -> dict:
-    return {"EndpointName": "e", "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/e", "EndpointConfigName": config,
-            "EndpointStatus": status, "CreationTime": NOW, "LastModifiedTime": NOW,
-            **({"ProductionVariants": variants} if variants else {})}
+    return {
+        "EndpointName": "e",
+        "EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/e",
+        "EndpointConfigName": config,
+        "EndpointStatus": status,
+        "CreationTime": NOW,
+        "LastModifiedTime": NOW,
+        **({"ProductionVariants": variants} if variants else {}),
+    }
 
 
 def config(name: str, *models: str) -> dict:
-    return {"EndpointConfigName": name, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{name}",
-            "CreationTime": NOW, "ProductionVariants": [
-                {"VariantName": f"variant-{i}", "ModelName": m, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}
-                for i, m in enumerate(models, 1)]}
+    return {
+        "EndpointConfigName": name,
+        "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{name}",
+        "CreationTime": NOW,
+        "ProductionVariants": [
+            {"VariantName": f"variant-{i}", "ModelName": m, "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}
+            for i, m in enumerate(models, 1)
+        ],
+    }
 
 
 def not_found(stubber, method: str) -> None:
@@ -71,13 +79,30 @@ def not_found(stubber, method: str) -> None:
 
 # --- tune --------------------------------------------------------------------------------------
 
-TUNE_ARGS = ["--image", IMAGE, "--role", ROLE, "--train", "s3://b/d/train", "--test", "s3://b/d/test",
-             "--output-path", "s3://b/out", "--max-jobs", "6", "--max-parallel-jobs", "2", "--fixed", "epochs",
-             "--range", "context_length=24:96"]
+TUNE_ARGS = [
+    "--image",
+    IMAGE,
+    "--role",
+    ROLE,
+    "--train",
+    "s3://b/d/train",
+    "--test",
+    "s3://b/d/test",
+    "--output-path",
+    "s3://b/out",
+    "--max-jobs",
+    "6",
+    "--max-parallel-jobs",
+    "2",
+    "--fixed",
+    "epochs",
+    "--range",
+    "context_length=24:96",
+]
 
 
 def test_tune_dry_run_builds_the_tuning_request(capsys):
-    import tune
+    from evaluation import tune
 
     request = tune.main([*TUNE_ARGS, "--dry-run"])["request"]
     config_ = request["HyperParameterTuningJobConfig"]
@@ -86,8 +111,13 @@ def test_tune_dry_run_builds_the_tuning_request(capsys):
     ranges = config_["ParameterRanges"]
     integer = {r["Name"]: (r["MinValue"], r["MaxValue"]) for r in ranges["IntegerParameterRanges"]}
     continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
-    assert integer == {"context_length": ("24", "96"), "mini_batch_size": ("32", "1028"), "num_cells": ("30", "200"),
-                       "num_layers": ("1", "8"), "embedding_dimension": ("1", "50")}
+    assert integer == {
+        "context_length": ("24", "96"),
+        "mini_batch_size": ("32", "1028"),
+        "num_cells": ("30", "200"),
+        "num_layers": ("1", "8"),
+        "embedding_dimension": ("1", "50"),
+    }
     assert continuous["learning_rate"]["ScalingType"] == "Logarithmic"
     assert (continuous["dropout_rate"]["MinValue"], continuous["dropout_rate"]["MaxValue"]) == ("0.0", "0.2")
     definition = request["TrainingJobDefinition"]
@@ -102,41 +132,64 @@ def test_tune_dry_run_builds_the_tuning_request(capsys):
 
 
 def test_tune_runs_and_reports_the_best_job(stubbed, capsys):
-    import tune
     from botocore.stub import ANY
 
-    stubbed.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": ARN + "hyper-parameter-tuning-job/t"},
-                         {"HyperParameterTuningJobName": ANY, "HyperParameterTuningJobConfig": ANY,
-                          "TrainingJobDefinition": ANY})
-    described = {"HyperParameterTuningJobName": "deepar-t", "HyperParameterTuningJobArn": ARN + "hyper-parameter-tuning-job/t",
-                 "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {
-                     "MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}},
-                 "HyperParameterTuningJobStatus": "Completed", "CreationTime": NOW,
-                 "TrainingJobStatusCounters": {}, "ObjectiveStatusCounters": {},
-                 "BestTrainingJob": {"TrainingJobName": "deepar-t-003", "TrainingJobArn": ARN + "training-job/j", "CreationTime": NOW,
-                                     "TrainingJobStatus": "Completed", "TunedHyperParameters": {"num_cells": "64"}}}
+    from evaluation import tune
+
+    stubbed.add_response(
+        "create_hyper_parameter_tuning_job",
+        {"HyperParameterTuningJobArn": ARN + "hyper-parameter-tuning-job/t"},
+        {"HyperParameterTuningJobName": ANY, "HyperParameterTuningJobConfig": ANY, "TrainingJobDefinition": ANY},
+    )
+    described = {
+        "HyperParameterTuningJobName": "deepar-t",
+        "HyperParameterTuningJobArn": ARN + "hyper-parameter-tuning-job/t",
+        "HyperParameterTuningJobConfig": {
+            "Strategy": "Bayesian",
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2},
+        },
+        "HyperParameterTuningJobStatus": "Completed",
+        "CreationTime": NOW,
+        "TrainingJobStatusCounters": {},
+        "ObjectiveStatusCounters": {},
+        "BestTrainingJob": {
+            "TrainingJobName": "deepar-t-003",
+            "TrainingJobArn": ARN + "training-job/j",
+            "CreationTime": NOW,
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"num_cells": "64"},
+        },
+    }
     for _ in range(2):  # wait, then best_training_job
         stubbed.add_response("describe_hyper_parameter_tuning_job", described)
-    stubbed.add_response("describe_training_job", {
-        "TrainingJobName": "deepar-t-003", "TrainingJobArn": ARN + "training-job/j", "ModelArtifacts": {"S3ModelArtifacts": "s3://b/m"},
-        "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed", "CreationTime": NOW,
-        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": IMAGE},
-        "ResourceConfig": {"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
-        "FinalMetricDataList": [{"MetricName": "test:mean_wQuantileLoss", "Value": 0.071, "Timestamp": NOW}]},
-        {"TrainingJobName": "deepar-t-003"})
+    stubbed.add_response(
+        "describe_training_job",
+        {
+            "TrainingJobName": "deepar-t-003",
+            "TrainingJobArn": ARN + "training-job/j",
+            "ModelArtifacts": {"S3ModelArtifacts": "s3://b/m"},
+            "TrainingJobStatus": "Completed",
+            "SecondaryStatus": "Completed",
+            "CreationTime": NOW,
+            "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": IMAGE},
+            "ResourceConfig": {"InstanceType": "ml.c5.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+            "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+            "FinalMetricDataList": [{"MetricName": "test:mean_wQuantileLoss", "Value": 0.071, "Timestamp": NOW}],
+        },
+        {"TrainingJobName": "deepar-t-003"},
+    )
     result = tune.main(TUNE_ARGS)
     assert result == {"best_training_job": "deepar-t-003", "metrics": {"test:mean_wQuantileLoss": 0.071}}
     assert "best training job: deepar-t-003" in capsys.readouterr().out
 
 
 def test_tune_refuses_local_mode_and_a_missing_test_channel(capsys):
-    import common
-    import tune
+    from evaluation import common, tune
 
     assert common.run_command(tune.main, [*TUNE_ARGS, "--local"]) == 1
-    assert capsys.readouterr().err.strip() == ("error: tuning jobs run only on SageMaker: drop --local "
-                                               "(try --dry-run to see the request)")
+    assert capsys.readouterr().err.strip() == (
+        "error: tuning jobs run only on SageMaker: drop --local (try --dry-run to see the request)"
+    )
     args = [a for a in TUNE_ARGS if a not in ("--test", "s3://b/d/test")]
     assert common.run_command(tune.main, args) == 1
     assert "--test is required" in capsys.readouterr().err
@@ -148,45 +201,114 @@ DEPLOY = ["--name", "e", "--image", IMAGE, "--role", ROLE, "--timeout", "60"]
 
 
 def test_deploy_create_builds_model_config_endpoint_and_waits(stubbed, capsys):
-    import deploy
     from botocore.stub import ANY
 
+    from evaluation import deploy
+
     not_found(stubbed, "describe_endpoint")
-    stubbed.add_response("create_model", {"ModelArn": ARN + "model/m"}, {
-        "ModelName": ANY, "ExecutionRoleArn": ROLE, "PrimaryContainer": {
-            "Image": IMAGE, "ModelDataUrl": "s3://b/a.tar.gz", "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}}})
-    stubbed.add_response("create_endpoint_config", {"EndpointConfigArn": ARN + "endpoint-config/c"}, {
-        "EndpointConfigName": ANY, "ProductionVariants": [{"VariantName": "variant-1", "ModelName": ANY,
-                                                           "InitialInstanceCount": 2, "InstanceType": "ml.m5.large",
-                                                           "InitialVariantWeight": 1.0}]})
-    stubbed.add_response("create_endpoint", {"EndpointArn": ARN + "endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": ANY})
+    stubbed.add_response(
+        "create_model",
+        {"ModelArn": ARN + "model/m"},
+        {
+            "ModelName": ANY,
+            "ExecutionRoleArn": ROLE,
+            "PrimaryContainer": {
+                "Image": IMAGE,
+                "ModelDataUrl": "s3://b/a.tar.gz",
+                "Environment": {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"},
+            },
+        },
+    )
+    stubbed.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": ARN + "endpoint-config/c"},
+        {
+            "EndpointConfigName": ANY,
+            "ProductionVariants": [
+                {
+                    "VariantName": "variant-1",
+                    "ModelName": ANY,
+                    "InitialInstanceCount": 2,
+                    "InstanceType": "ml.m5.large",
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
+        },
+    )
+    stubbed.add_response(
+        "create_endpoint", {"EndpointArn": ARN + "endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": ANY}
+    )
     stubbed.add_response("describe_endpoint", endpoint("Creating", "c1"))
     stubbed.add_response("describe_endpoint", endpoint("InService", "c1"))
-    deploy.main(["create", *DEPLOY, "--model-data", "s3://b/a.tar.gz", "--instance-type", "ml.m5.large",
-                 "--instance-count", "2", "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=2"])
+    deploy.main(
+        [
+            "create",
+            *DEPLOY,
+            "--model-data",
+            "s3://b/a.tar.gz",
+            "--instance-type",
+            "ml.m5.large",
+            "--instance-count",
+            "2",
+            "--env",
+            "SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "endpoint e: Creating" in out and "endpoint e: InService" in out
 
 
 def test_deploy_update_is_blue_green_with_canary_and_retires_the_old_model(stubbed):
-    import deploy
     from botocore.stub import ANY
+
+    from evaluation import deploy
 
     stubbed.add_response("describe_endpoint", endpoint("InService", "c-old"))
     stubbed.add_response("describe_endpoint_config", config("c-old", "m-old"))
-    stubbed.add_response("create_model", {"ModelArn": ARN + "model/m"}, {
-        "ModelName": ANY, "ExecutionRoleArn": ROLE,
-        "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": "s3://b/b.tar.gz", "Environment": {}}})
-    stubbed.add_response("create_endpoint_config", {"EndpointConfigArn": ARN + "endpoint-config/c"}, {
-        "EndpointConfigName": ANY, "ProductionVariants": [{"VariantName": "variant-1", "ModelName": ANY,
-                                                           "InitialInstanceCount": 1, "InstanceType": "ml.m5.large",
-                                                           "InitialVariantWeight": 1.0}]})
+    stubbed.add_response(
+        "create_model",
+        {"ModelArn": ARN + "model/m"},
+        {
+            "ModelName": ANY,
+            "ExecutionRoleArn": ROLE,
+            "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": "s3://b/b.tar.gz", "Environment": {}},
+        },
+    )
+    stubbed.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": ARN + "endpoint-config/c"},
+        {
+            "EndpointConfigName": ANY,
+            "ProductionVariants": [
+                {
+                    "VariantName": "variant-1",
+                    "ModelName": ANY,
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.m5.large",
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
+        },
+    )
     stubbed.add_response("describe_endpoint", endpoint("InService", "c-old"))
-    stubbed.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/e"}, {
-        "EndpointName": "e", "EndpointConfigName": ANY, "DeploymentConfig": {"BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 120,
-                                            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}},
-            "TerminationWaitInSeconds": 0}}})
+    stubbed.add_response(
+        "update_endpoint",
+        {"EndpointArn": ARN + "endpoint/e"},
+        {
+            "EndpointName": "e",
+            "EndpointConfigName": ANY,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {
+                        "Type": "CANARY",
+                        "WaitIntervalInSeconds": 120,
+                        "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+                    },
+                    "TerminationWaitInSeconds": 0,
+                }
+            },
+        },
+    )
     stubbed.add_response("describe_endpoint", endpoint("Updating", "c-new"))
     stubbed.add_response("describe_endpoint", endpoint("InService", "c-new"))
     stubbed.add_response("describe_endpoint_config", config("c-new", "m-new"))
@@ -197,27 +319,61 @@ def test_deploy_update_is_blue_green_with_canary_and_retires_the_old_model(stubb
 
 
 def test_deploy_ab_variants_then_shift_traffic(stubbed, capsys):
-    import deploy
     from botocore.stub import ANY
 
+    from evaluation import deploy
+
     for data in ("s3://b/a.tar.gz", "s3://b/b.tar.gz"):
-        stubbed.add_response("create_model", {"ModelArn": ARN + "model/m"}, {
-            "ModelName": ANY, "ExecutionRoleArn": ROLE,
-            "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": data, "Environment": {}}})
-    stubbed.add_response("create_endpoint_config", {"EndpointConfigArn": ARN + "endpoint-config/c"}, {
-        "EndpointConfigName": ANY, "ProductionVariants": [
-            {"VariantName": "variant-1", "ModelName": ANY, "InitialInstanceCount": 1, "InstanceType": "ml.c5.2xlarge",
-             "InitialVariantWeight": 0.9},
-            {"VariantName": "variant-2", "ModelName": ANY, "InitialInstanceCount": 1, "InstanceType": "ml.c5.2xlarge",
-             "InitialVariantWeight": 0.1}]})
+        stubbed.add_response(
+            "create_model",
+            {"ModelArn": ARN + "model/m"},
+            {
+                "ModelName": ANY,
+                "ExecutionRoleArn": ROLE,
+                "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": data, "Environment": {}},
+            },
+        )
+    stubbed.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": ARN + "endpoint-config/c"},
+        {
+            "EndpointConfigName": ANY,
+            "ProductionVariants": [
+                {
+                    "VariantName": "variant-1",
+                    "ModelName": ANY,
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.c5.2xlarge",
+                    "InitialVariantWeight": 0.9,
+                },
+                {
+                    "VariantName": "variant-2",
+                    "ModelName": ANY,
+                    "InitialInstanceCount": 1,
+                    "InstanceType": "ml.c5.2xlarge",
+                    "InitialVariantWeight": 0.1,
+                },
+            ],
+        },
+    )
     not_found(stubbed, "describe_endpoint")
-    stubbed.add_response("create_endpoint", {"EndpointArn": ARN + "endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": ANY})
+    stubbed.add_response(
+        "create_endpoint", {"EndpointArn": ARN + "endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": ANY}
+    )
     stubbed.add_response("describe_endpoint", endpoint("InService", "c"))
     deploy.main(["ab", *DEPLOY, "--model-data", "s3://b/a.tar.gz", "s3://b/b.tar.gz", "--weights", "0.9", "0.1"])
 
-    stubbed.add_response("update_endpoint_weights_and_capacities", {"EndpointArn": ARN + "endpoint/e"}, {
-        "EndpointName": "e", "DesiredWeightsAndCapacities": [{"VariantName": "variant-1", "DesiredWeight": 0.5},
-                                                             {"VariantName": "variant-2", "DesiredWeight": 0.5}]})
+    stubbed.add_response(
+        "update_endpoint_weights_and_capacities",
+        {"EndpointArn": ARN + "endpoint/e"},
+        {
+            "EndpointName": "e",
+            "DesiredWeightsAndCapacities": [
+                {"VariantName": "variant-1", "DesiredWeight": 0.5},
+                {"VariantName": "variant-2", "DesiredWeight": 0.5},
+            ],
+        },
+    )
     variants = [{"VariantName": f"variant-{i}", "CurrentWeight": 0.5} for i in (1, 2)]
     stubbed.add_response("describe_endpoint", endpoint("InService", "c", variants))
     deploy.main(["shift", *DEPLOY[:2], "--weight", "variant-1=0.5", "--weight", "variant-2=0.5"])
@@ -225,7 +381,7 @@ def test_deploy_ab_variants_then_shift_traffic(stubbed, capsys):
 
 
 def test_deploy_delete_removes_endpoint_config_models_and_tolerates_missing(stubbed, capsys):
-    import deploy
+    from evaluation import deploy
 
     stubbed.add_response("describe_endpoint", endpoint("InService", "c"))
     stubbed.add_response("describe_endpoint_config", config("c", "m1", "m2"))
@@ -240,16 +396,18 @@ def test_deploy_delete_removes_endpoint_config_models_and_tolerates_missing(stub
 
 
 def test_aws_errors_are_one_clear_line_with_advice(stubbed, capsys):
-    import common
-    import deploy
+    from evaluation import common, deploy
 
     not_found(stubbed, "describe_endpoint")
-    stubbed.add_client_error("create_model", "AccessDeniedException",
-                             "User is not authorized to perform: iam:PassRole", 400)
+    stubbed.add_client_error(
+        "create_model", "AccessDeniedException", "User is not authorized to perform: iam:PassRole", 400
+    )
     assert common.run_command(deploy.main, ["create", *DEPLOY, "--model-data", "s3://b/a.tar.gz"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: CreateModel failed: AccessDeniedException: User is not authorized to perform: iam:PassRole "
-                   "-- the credentials or the role lack a permission (see the message)"]
+    assert err == [
+        "error: CreateModel failed: AccessDeniedException: User is not authorized to perform: iam:PassRole "
+        "-- the credentials or the role lack a permission (see the message)"
+    ]
 
     stubbed.add_response("update_endpoint_weights_and_capacities", {"EndpointArn": ARN + "endpoint/e"})
     stubbed.add_response("describe_endpoint", endpoint("Failed", "c") | {"FailureReason": "quota: ml.p5.48xlarge"})
@@ -258,8 +416,7 @@ def test_aws_errors_are_one_clear_line_with_advice(stubbed, capsys):
 
 
 def test_missing_role_and_image_say_what_to_pass(capsys):
-    import common
-    import deploy
+    from evaluation import common, deploy
 
     assert common.run_command(deploy.main, ["create", "--name", "e", "--model-data", "s3://b/a"]) == 1
     assert "no execution role: pass --role" in capsys.readouterr().err
@@ -267,28 +424,35 @@ def test_missing_role_and_image_say_what_to_pass(capsys):
 
 # --- prepare / train / invoke -----------------------------------------------------------------
 
+
 def test_prepare_names_the_file_and_line_of_a_bad_series(tmp_path, capsys):
-    import common
-    import prepare
+    from evaluation import common, prepare
 
     data = tmp_path / "series.json"
     data.write_text('{"start": "2024-01-01", "target": [1, 2, 3, 4, 5]}\n\n{"start": "2024-01-01", "target": [1, 2]}\n')
-    assert common.run_command(prepare.main, ["--local", "--data", str(data), "--prediction-length", "3",
-                                             "--output", str(tmp_path / "out")]) == 1
-    assert capsys.readouterr().err.strip() == (f"error: {data}:3: 2 points, the test channel needs more than "
-                                               "prediction_length=3")
+    assert (
+        common.run_command(
+            prepare.main,
+            ["--local", "--data", str(data), "--prediction-length", "3", "--output", str(tmp_path / "out")],
+        )
+        == 1
+    )
+    assert capsys.readouterr().err.strip() == (
+        f"error: {data}:3: 2 points, the test channel needs more than prediction_length=3"
+    )
     data.write_text('{"start": "2024-01-01", "target": [1, 2, 3, 4, 5], "dynamic_feat": [[0, 1, 2, 3, 4, 5, 6, 7]]}\n')
     uris = prepare.main(["--local", "--data", str(data), "--prediction-length", "3", "--output", str(tmp_path / "out")])
     train = json.loads(Path(uris["train"].removeprefix("file://"), "train.json").read_text())
     assert train["target"] == [1, 2] and train["dynamic_feat"] == [[0, 1, 2, 3, 4]]
-    assert common.run_command(prepare.main, ["--data", str(data), "--prediction-length", "3",
-                                             "--output", str(tmp_path)]) == 1
+    assert (
+        common.run_command(prepare.main, ["--data", str(data), "--prediction-length", "3", "--output", str(tmp_path)])
+        == 1
+    )
     assert "SageMaker reads channels from s3://" in capsys.readouterr().err
 
 
 def test_train_refuses_spot_without_checkpoints(stubbed, capsys):
-    import common
-    import train
+    from evaluation import common, train
 
     args = ["--image", IMAGE, "--role", ROLE, "--train", "s3://b/d/train", "--output-path", "s3://b/o", "--spot"]
     assert common.run_command(train.main, args) == 1
@@ -298,9 +462,9 @@ def test_train_refuses_spot_without_checkpoints(stubbed, capsys):
 def test_invoke_retries_adaptively_and_reports_model_errors(stubbed, capsys, monkeypatch):
     import argparse
 
-    import common
-    import invoke
     from botocore.stub import Stubber
+
+    from evaluation import common, invoke
 
     session = common.open_session(None)
     runtime = common.runtime_client(session, argparse.Namespace(local=False))
@@ -308,8 +472,12 @@ def test_invoke_retries_adaptively_and_reports_model_errors(stubbed, capsys, mon
     assert retries["mode"] == "adaptive" and retries["total_max_attempts"] == 11
     monkeypatch.setattr(common, "runtime_client", lambda session, args: runtime)
     with Stubber(runtime) as runtime_stub:
-        runtime_stub.add_client_error("invoke_endpoint", "ModelError", "Received client error (400) from primary: "
-                                      "{\"error\": \"instances[0]: target: missing\"}", 424)
+        runtime_stub.add_client_error(
+            "invoke_endpoint",
+            "ModelError",
+            'Received client error (400) from primary: {"error": "instances[0]: target: missing"}',
+            424,
+        )
         assert common.run_command(invoke.main, ["--name", "e", "--prediction-length", "24", "--series", "1"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: InvokeEndpoint failed: ModelError: Received client error (400)")

@@ -1,6 +1,6 @@
 """Runs one evaluation/ command's main() offline, under the network guard, for the tests.
 
-    .venv-sdk/bin/python tests/sdk/run_guarded.py workflow --workdir DIR -- <the command's arguments>
+    .venv-sdk/bin/python -m tests.sdk.run_guarded workflow --workdir DIR -- <the command's arguments>
 
 Fake credentials and telemetry opt-out (offline.py); every connection that is not to loopback is
 refused and recorded. Prints `SUMMARY <json>`: the exit status, main()'s result and the refusals.
@@ -13,21 +13,18 @@ import json
 import sys
 from pathlib import Path
 
-from offline import VIOLATIONS, guard_network, offline_environment
-
-REPO = Path(__file__).resolve().parents[2]
+from .offline import VIOLATIONS, guard_network, offline_environment
 
 
 def main() -> int:
     command = sys.argv[1]
     workdir = Path(sys.argv[sys.argv.index("--workdir") + 1])
-    arguments = sys.argv[sys.argv.index("--") + 1:]
+    arguments = sys.argv[sys.argv.index("--") + 1 :]
     offline_environment(workdir)
     guard_network()
-    sys.path.insert(0, str(REPO / "evaluation"))
-    import common
+    from evaluation import common
 
-    module = importlib.import_module(command)
+    module = importlib.import_module(f"evaluation.{command}")
     result: dict = {}
     status = common.run_command(lambda argv: result.update(module.main(argv)), arguments)
     print("SUMMARY " + json.dumps({"status": status, "result": result, "network_violations": VIOLATIONS}, default=str))

@@ -2,7 +2,7 @@
 -> batch transform -> delete. Runs in its own environment (.venv-sdk: the SDK needs numpy >= 1.26,
 the container's stack pins 1.23) and prints a JSON summary for tests/test_sagemaker_local.py.
 
-    .venv-sdk/bin/python tests/sdk/v2_local_mode.py --image sagemaker-deepar:latest --workdir DIR
+    .venv-sdk/bin/python -m tests.sdk.v2_local_mode --image sagemaker-deepar:latest --workdir DIR
 
 No AWS traffic: fake credentials, telemetry opted out, and a guard that fails on any connection
 that is not to loopback or a unix socket.
@@ -17,7 +17,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from offline import ROLE, VIOLATIONS, guard_network, offline_environment
+from sagemaker_deepar.contract import METADATA_FILE, ModelArtifact
+
+from .offline import ROLE, VIOLATIONS, guard_network, offline_environment
 
 
 def write_lines(path: Path, records: list[dict]) -> Path:
@@ -29,7 +31,11 @@ def write_lines(path: Path, records: list[dict]) -> Path:
 def series(i: int, n: int) -> dict:
     import math
 
-    return {"start": "2024-01-01 00:00:00", "target": [round(20 + 5 * math.sin(t / 4) + i, 3) for t in range(n)], "item_id": f"s{i}"}
+    return {
+        "start": "2024-01-01 00:00:00",
+        "target": [round(20 + 5 * math.sin(t / 4) + i, 3) for t in range(n)],
+        "item_id": f"s{i}",
+    }
 
 
 def main() -> None:
@@ -55,18 +61,33 @@ def main() -> None:
     summary: dict = {}
 
     estimator = Estimator(
-        image_uri=args.image, role=ROLE, instance_count=1, instance_type="local", sagemaker_session=session,
+        image_uri=args.image,
+        role=ROLE,
+        instance_count=1,
+        instance_type="local",
+        sagemaker_session=session,
         output_path=f"file://{args.workdir / 'output'}",
-        hyperparameters={"time_freq": "H", "prediction_length": 6, "context_length": 12, "epochs": 2,
-                         "num_cells": 8, "num_layers": 1, "num_batches_per_epoch": 3, "mini_batch_size": 16,
-                         "test_quantiles": [0.1, 0.5, 0.9], "early_stopping_patience": 5, "seed": 1})
+        hyperparameters={
+            "time_freq": "H",
+            "prediction_length": 6,
+            "context_length": 12,
+            "epochs": 2,
+            "num_cells": 8,
+            "num_layers": 1,
+            "num_batches_per_epoch": 3,
+            "mini_batch_size": 16,
+            "test_quantiles": [0.1, 0.5, 0.9],
+            "early_stopping_patience": 5,
+            "seed": 1,
+        },
+    )
     estimator.fit({"train": f"file://{data / 'train'}", "test": f"file://{data / 'test'}"}, logs=False)
     model_data = estimator.model_data.removeprefix("file://")
     with tarfile.open(model_data) as tar:
         summary["model_files"] = sorted(tar.getnames())
-        metadata = json.load(tar.extractfile("deepar-metadata.json"))
-    summary["test_metrics"] = metadata["test_metrics"]
-    summary["hyperparameters"] = metadata["hyperparameters"]
+        artifact = ModelArtifact.from_bytes(tar.extractfile(METADATA_FILE).read())
+    summary["test_metrics"] = artifact.test_metrics
+    summary["hyperparameters"] = artifact.hyperparameters
 
     predictor = estimator.deploy(1, "local", serializer=JSONSerializer(), deserializer=JSONDeserializer(), wait=False)
     try:
@@ -79,24 +100,39 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.5)
-        body = {"instances": [{"start": r["start"], "target": r["target"]} for r in full[:2]],
-                "configuration": {"num_samples": 20, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]}}
+        body = {
+            "instances": [{"start": r["start"], "target": r["target"]} for r in full[:2]],
+            "configuration": {"num_samples": 20, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]},
+        }
         summary["predict"] = predictor.predict(body)
         response = session.sagemaker_runtime_client.invoke_endpoint(
-            EndpointName=predictor.endpoint_name, Body=json.dumps(body), ContentType="application/json",
-            Accept="application/json")
+            EndpointName=predictor.endpoint_name,
+            Body=json.dumps(body),
+            ContentType="application/json",
+            Accept="application/json",
+        )
         summary["invoke_endpoint"] = json.loads(response["Body"].read())
     finally:
         predictor.delete_endpoint()
 
-    batch_input = write_lines(args.workdir / "batch" / "input.json", full + [{"start": "2024-01-01", "target": [1, "x"]}])
+    batch_input = write_lines(
+        args.workdir / "batch" / "input.json", full + [{"start": "2024-01-01", "target": [1, "x"]}]
+    )
     transformer = estimator.transformer(
-        1, "local", strategy="MultiRecord", assemble_with="Line", accept="application/jsonlines",
+        1,
+        "local",
+        strategy="MultiRecord",
+        assemble_with="Line",
+        accept="application/jsonlines",
         output_path=f"file://{args.workdir / 'batch-output'}",
-        env={"DEEPAR_INFERENCE_CONFIG": json.dumps({"num_samples": 20, "output_types": ["mean"]}),
-             "DEEPAR_FORWARD_FIELDS": "item_id"})
-    transformer.transform(f"file://{batch_input.parent}", content_type="application/jsonlines", split_type="Line",
-                          logs=False, wait=True)
+        env={
+            "DEEPAR_INFERENCE_CONFIG": json.dumps({"num_samples": 20, "output_types": ["mean"]}),
+            "DEEPAR_FORWARD_FIELDS": "item_id",
+        },
+    )
+    transformer.transform(
+        f"file://{batch_input.parent}", content_type="application/jsonlines", split_type="Line", logs=False, wait=True
+    )
     out = args.workdir / "batch-output" / "input.json.out"
     summary["batch_input_lines"] = len(batch_input.read_text().splitlines())
     summary["batch_output"] = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]

@@ -1,0 +1,386 @@
+"""The DeepAR contract, stated once: what a trained model is, what features it takes, how a series is
+cut into train and test, how ``time_freq`` is spelled for pandas, and how JSON Lines are read and written.
+
+Standard library and numpy only (orjson when it is installed), so the SageMaker SDK environments,
+a Lambda bundle and the container all import the same definitions without torch, GluonTS or pandas.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+try:  # fast and numpy-aware; absent from the SDK environments and Lambda bundles, where json does
+    import orjson
+except ImportError:  # pragma: no cover - exercised by the import test with orjson blocked
+    orjson = None  # type: ignore[assignment]
+
+METADATA_FILE = "deepar-metadata.json"
+SCHEMA_VERSION = 1  # deepar-metadata.json's "format_version"; bump on any change a reader must know about
+BACKENDS = ("torch", "mxnet")
+
+
+class ContractError(ValueError):
+    """Something does not follow the contract; the message says what, where and what is allowed."""
+
+
+# ---------------------------------------------------------------- time_freq
+
+
+_TIME_FREQ = re.compile(r"(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)")
+_PERIOD_UNIT = {"M": "M", "W": "W", "D": "D", "H": "h", "h": "h", "min": "min"}  # pandas >= 2.2: lower-case hours
+_RESAMPLE_UNIT = {**_PERIOD_UNIT, "M": "MS"}  # resampling labels a month by its first day, as a Period starts
+
+
+@dataclass(frozen=True)
+class TimeFreq:
+    """DeepAR's ``time_freq``: an optional integer multiple of ``M``, ``W``, ``D``, ``H`` or ``min``."""
+
+    multiple: int
+    unit: str
+
+    @property
+    def _prefix(self) -> str:
+        return str(self.multiple) if self.multiple != 1 else ""
+
+    @property
+    def pandas(self) -> str:
+        """The pandas period/offset alias (``2H`` -> ``2h``, ``M`` -> ``M``)."""
+        return self._prefix + _PERIOD_UNIT[self.unit]
+
+    @property
+    def resample_rule(self) -> str:
+        """The rule for ``DataFrame.resample`` (months as ``MS``, so bins start where the Period starts)."""
+        return self._prefix + _RESAMPLE_UNIT[self.unit]
+
+
+def parse_time_freq(value: str, where: str = "time_freq") -> TimeFreq:
+    match = _TIME_FREQ.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ContractError(
+            f"{where}: {value!r}: expected an optional integer multiple followed by one of "
+            "M, W, D, H, min (for example 5min, 2H, D)"
+        )
+    return TimeFreq(multiple=int(match["multiple"] or 1), unit=match["unit"])
+
+
+def pandas_freq(time_freq: str) -> str:
+    """``time_freq`` as pandas 2.2 wants it (``2H`` -> ``2h``)."""
+    return parse_time_freq(time_freq).pandas
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a model consumes besides the target: category cardinalities and the number of dynamic features."""
+
+    cardinality: tuple[int, ...] = ()
+    num_dynamic_feat: int = 0
+
+    @property
+    def num_cat(self) -> int:
+        return len(self.cardinality)
+
+    def check(self, record: Mapping[str, Any], prediction_length: int = 0, where: str = "") -> list[str]:
+        """Every way ``record``'s ``cat`` / ``dynamic_feat`` break this spec, one message each, located by
+        ``where`` (``instances[3].``, ``line 5: ``). ``prediction_length`` > 0 (inference): dynamic
+        features must also cover the forecast horizon. Fields the spec does not use are ignored."""
+        problems: list[str] = []
+        if self.num_cat:
+            problems += self._check_cat(record.get("cat"), where)
+        if self.num_dynamic_feat:
+            problems += self._check_dynamic_feat(
+                record.get("dynamic_feat"), _length(record.get("target")), prediction_length, where
+            )
+        return problems
+
+    def _check_cat(self, cats: Any, where: str) -> list[str]:
+        if cats is None:
+            return [f"{where}cat: required: the model was trained with {self.num_cat} categorical feature(s)"]
+        if not isinstance(cats, (Sequence, np.ndarray)) or isinstance(cats, str):
+            return [f"{where}cat: expected a list of non-negative integers, got {type(cats).__name__}"]
+        if len(cats) != self.num_cat:
+            return [f"{where}cat: has {len(cats)} value(s), the model expects {self.num_cat}"]
+        problems = []
+        for index, (value, limit) in enumerate(zip(cats, self.cardinality)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                problems.append(f"{where}cat[{index}]: {value!r} is not a non-negative integer")
+            elif value >= limit:
+                problems.append(f"{where}cat[{index}]: {value} is out of range; the model knows 0..{limit - 1}")
+        return problems
+
+    def _check_dynamic_feat(
+        self, feats: Any, target_length: Optional[int], prediction_length: int, where: str
+    ) -> list[str]:
+        rule = "len(target) + prediction_length" if prediction_length else "len(target)"
+        if feats is None:
+            return [
+                f"{where}dynamic_feat: required: the model was trained with {self.num_dynamic_feat} "
+                f"dynamic feature(s) of length {rule.replace('prediction_length', str(prediction_length))}"
+            ]
+        if not isinstance(feats, (Sequence, np.ndarray)) or isinstance(feats, str):
+            return [f"{where}dynamic_feat: expected a list of lists of numbers"]
+        if len(feats) != self.num_dynamic_feat:
+            return [f"{where}dynamic_feat: has {len(feats)} feature(s), the model expects {self.num_dynamic_feat}"]
+        if target_length is None:
+            return []
+        expected = target_length + prediction_length
+        return [
+            f"{where}dynamic_feat[{index}]: length {_length(row)}, expected {expected} ({rule})"
+            for index, row in enumerate(feats)
+            if _length(row) != expected
+        ]
+
+
+def _length(value: Any) -> Optional[int]:
+    try:
+        return None if isinstance(value, (str, Mapping)) else len(value)
+    except TypeError:
+        return None
+
+
+# ---------------------------------------------------------------- model artifact
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """``deepar-metadata.json``: what a trained model is, written by the train job beside ``predictor/``.
+
+    Read by the server and batch transform (features, horizon, frequency), the evaluation commands
+    (metrics) and the event-driven functions. Files of an older schema still read; a newer one is refused.
+    """
+
+    backend: str
+    freq: str  # pandas spelling (``h``, ``5min``)
+    prediction_length: int
+    context_length: int
+    likelihood: str
+    cardinality: tuple[int, ...] = ()
+    num_dynamic_feat: int = 0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    library_versions: dict[str, str] = field(default_factory=dict)
+    training_statistics: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # final_loss, best_epoch, epochs_run, interrupted, ...
+    test_metrics: Optional[dict[str, float]] = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def features(self) -> FeatureSpec:
+        return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
+
+    @property
+    def time_freq(self) -> str:
+        """The ``time_freq`` hyperparameter as the user wrote it (``H``), else the pandas spelling."""
+        return str(self.hyperparameters.get("time_freq", self.freq))
+
+    def metrics(self) -> dict[str, float]:
+        """The job's final metrics under their metric-definition names (``train:final_loss``, ``test:RMSE`` ...)."""
+        out = {f"test:{name}": value for name, value in (self.test_metrics or {}).items()}
+        if self.train.get("final_loss") is not None:
+            out["train:final_loss"] = self.train["final_loss"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"format_version": self.schema_version}
+        for item in fields(self):
+            if item.name != "schema_version":
+                value = getattr(self, item.name)
+                data[item.name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = METADATA_FILE) -> "ModelArtifact":
+        if not isinstance(data, dict):
+            raise ContractError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version", SCHEMA_VERSION)
+        if not _is_int(version) or version < 1:
+            raise ContractError(f"{where}: format_version: {version!r} is not a positive integer")
+        if version > SCHEMA_VERSION:
+            raise ContractError(
+                f"{where}: format_version {version} is newer than this code reads ({SCHEMA_VERSION}); "
+                "serve the model with the image version that trained it, or upgrade"
+            )
+        known = {item.name for item in fields(cls)} - {"schema_version"}
+        missing = sorted(
+            name
+            for name in ("backend", "freq", "prediction_length", "context_length", "likelihood")
+            if name not in data
+        )
+        if missing:
+            raise ContractError(
+                f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?"
+            )
+        values = {
+            name: data[name] for name in known if name in data and (data[name] is not None or name == "test_metrics")
+        }
+        artifact = cls(**{**values, "cardinality": tuple(data.get("cardinality") or ()), "schema_version": version})
+        artifact.validate(where)
+        return artifact
+
+    def validate(self, where: str = METADATA_FILE) -> None:
+        if self.backend not in BACKENDS:
+            raise ContractError(f"{where}: backend: {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        parse_time_freq(self.freq, f"{where}: freq")
+        for name in ("prediction_length", "context_length"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ContractError(f"{where}: {name}: {getattr(self, name)!r} is not a positive integer")
+        if not _is_int(self.num_dynamic_feat) or self.num_dynamic_feat < 0:
+            raise ContractError(f"{where}: num_dynamic_feat: {self.num_dynamic_feat!r} is not a non-negative integer")
+        if not all(_is_int(c) and c > 0 for c in self.cardinality):
+            raise ContractError(f"{where}: cardinality: {list(self.cardinality)!r} is not a list of positive integers")
+
+    @classmethod
+    def read(cls, path: Path) -> "ModelArtifact":
+        """From a model folder (or the metadata file itself)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / METADATA_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: is {path.parent} a model trained by this container?")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise ContractError(f"{path}: not JSON: {error}") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, content: bytes, where: str = METADATA_FILE) -> "ModelArtifact":
+        try:
+            data = json.loads(content)
+        except ValueError as error:
+            raise ContractError(f"{where}: not JSON: {error}") from None
+        return cls.from_dict(data, where)
+
+    def write(self, model_dir: Path) -> Path:
+        self.validate()
+        path = Path(model_dir) / METADATA_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
+        return path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------- train/test cut
+
+
+def holdout(record: Mapping[str, Any], prediction_length: int) -> dict[str, Any]:
+    """The request for a series whose last ``prediction_length`` points are held out as ground truth.
+
+    ``dynamic_feat`` keeps its full length: the model needs it to cover the forecast horizon.
+    """
+    _check_long_enough(record, prediction_length)
+    return {**record, "target": list(record["target"][:-prediction_length])}
+
+
+def train_cut(record: Mapping[str, Any], prediction_length: int) -> dict[str, Any]:
+    """The training form of a full series: its last ``prediction_length`` points (and those of every
+    ``dynamic_feat``) dropped, so the test channel's full series scores exactly the forecast horizon."""
+    _check_long_enough(record, prediction_length)
+    cut = {**record, "target": list(record["target"][:-prediction_length])}
+    if record.get("dynamic_feat") is not None:
+        cut["dynamic_feat"] = [list(row[:-prediction_length]) for row in record["dynamic_feat"]]
+    return cut
+
+
+def split_train_test(
+    records: Iterable[Mapping[str, Any]], prediction_length: int, locations: Optional[Sequence[str]] = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, test): test = the full series, train = each without its last ``prediction_length`` points.
+
+    A series too short for the test channel is an error naming ``locations[i]`` (``file:line``) or its index.
+    """
+    if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length < 1:
+        raise ContractError(f"prediction_length: {prediction_length!r} is not a positive integer")
+    train, test = [], []
+    for index, record in enumerate(records):
+        try:
+            train.append(train_cut(record, prediction_length))
+        except ContractError as error:
+            where = locations[index] if locations is not None else f"series {index}"
+            raise ContractError(f"{where}: {error}") from None
+        test.append(dict(record))
+    return train, test
+
+
+def _check_long_enough(record: Mapping[str, Any], prediction_length: int) -> None:
+    target = record.get("target") if isinstance(record, Mapping) else None
+    if not isinstance(target, (list, tuple)):
+        raise ContractError('a series needs "start" and a "target" list')
+    if len(target) <= prediction_length:
+        raise ContractError(
+            f"{len(target)} points, the test channel needs more than prediction_length={prediction_length}"
+        )
+
+
+def target_array(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """A DeepAR target (numbers; ``null`` or ``"NaN"`` for missing) as float64 with NaN gaps."""
+    return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
+
+
+# ---------------------------------------------------------------- JSON Lines
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def dumps_line(record: Any) -> bytes:
+    """One JSON Lines line (with its newline); numpy arrays and scalars are written as JSON numbers."""
+    if orjson is not None:
+        return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default) + b"\n"
+    return json.dumps(record, default=_json_default, separators=(",", ":")).encode() + b"\n"
+
+
+def write_jsonl(records: Iterable[Any], path: Path, compress: Optional[bool] = None) -> Path:
+    """Write one JSON value per line; gzip when ``compress`` (default: when the name ends in ``.gz``)."""
+    path = Path(path)
+    compress = path.suffix == ".gz" if compress is None else compress
+    if compress and path.suffix != ".gz":
+        path = path.with_suffix(path.suffix + ".gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream: IO[bytes] = gzip.open(path, "wb") if compress else open(path, "wb")  # type: ignore[assignment]
+    with stream:
+        write_lines(records, stream)
+    return path
+
+
+def write_lines(records: Iterable[Any], stream: IO[bytes]) -> None:
+    for record in records:
+        stream.write(dumps_line(record))
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of a JSON Lines file (``.gz`` decompressed);
+    a line that is not JSON is an error located as ``file:line``."""
+    path = Path(path)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except ValueError as error:
+                    raise ContractError(f"{path}:{number}: not JSON: {error}") from None
+
+
+def read_jsonl(path: Path, limit: Optional[int] = None) -> list[Any]:
+    """The values of a JSON Lines file (the first ``limit`` when given)."""
+    values: list[Any] = []
+    for _, value in iter_jsonl(path):
+        if limit is not None and len(values) >= limit:
+            break
+        values.append(value)
+    return values

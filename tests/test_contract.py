@@ -1,0 +1,236 @@
+"""sagemaker_deepar.contract: the model artifact, the feature check, the train/test cut, time_freq and
+JSON Lines, in process; and that it imports with nothing but the standard library and numpy."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from sagemaker_deepar.contract import (
+    METADATA_FILE,
+    SCHEMA_VERSION,
+    ContractError,
+    FeatureSpec,
+    ModelArtifact,
+    holdout,
+    iter_jsonl,
+    pandas_freq,
+    parse_time_freq,
+    read_jsonl,
+    split_train_test,
+    target_array,
+    train_cut,
+    write_jsonl,
+)
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.unit
+
+# What the train job wrote before the contract existed (format_version 1), abridged.
+TODAYS_METADATA = {
+    "format_version": 1,
+    "backend": "torch",
+    "hyperparameters": {"time_freq": "H", "prediction_length": 6},
+    "freq": "h",
+    "prediction_length": 6,
+    "context_length": 12,
+    "likelihood": "student-T",
+    "cardinality": [6, 2],
+    "num_dynamic_feat": 1,
+    "library_versions": {"gluonts": "0.17.0"},
+    "training_statistics": {"train": {"num_series": 9}},
+    "train": {"final_loss": 1.25, "best_epoch": 2},
+    "test_metrics": {"RMSE": 0.5, "mean_wQuantileLoss": 0.1},
+}
+
+
+def test_imports_with_only_stdlib_and_numpy(tmp_path):
+    """A Lambda bundle or the SDK environment has no torch, GluonTS, pandas, pydantic (maybe no orjson)."""
+    code = textwrap.dedent("""
+        import sys
+        for name in ("torch", "gluonts", "pandas", "mxnet", "pydantic", "lightning", "orjson", "flask", "scipy"):
+            sys.modules[name] = None  # any import of these now raises ImportError
+        from sagemaker_deepar import contract
+        contract.write_jsonl([{"a": contract.np.float32(1.5)}], __import__("pathlib").Path(sys.argv[1]))
+        print(open(sys.argv[1]).read().strip())
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "x.jsonl")], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"a": 1.5}
+
+
+@pytest.mark.parametrize(
+    "spelling, pandas, resample",
+    [
+        ("H", "h", "h"),
+        ("2H", "2h", "2h"),
+        ("h", "h", "h"),
+        ("5min", "5min", "5min"),
+        ("D", "D", "D"),
+        ("W", "W", "W"),
+        ("M", "M", "MS"),
+        ("3M", "3M", "3MS"),
+        ("1D", "D", "D"),
+    ],
+)
+def test_time_freq_to_pandas(spelling, pandas, resample):
+    freq = parse_time_freq(spelling)
+    assert (freq.pandas, freq.resample_rule, pandas_freq(spelling)) == (pandas, resample, pandas)
+
+
+@pytest.mark.parametrize("bad", ["", "0H", "5 min", "S", "Hourly", "2", None, "05min"])
+def test_time_freq_rejects_with_the_allowed_spellings(bad):
+    with pytest.raises(ContractError, match=r"--time-freq: .*M, W, D, H, min"):
+        parse_time_freq(bad, "--time-freq")
+
+
+def test_artifact_reads_todays_files_and_round_trips(tmp_path):
+    (tmp_path / METADATA_FILE).write_text(json.dumps(TODAYS_METADATA))
+    artifact = ModelArtifact.read(tmp_path)
+    assert artifact.schema_version == SCHEMA_VERSION == 1
+    assert artifact.features == FeatureSpec(cardinality=(6, 2), num_dynamic_feat=1)
+    assert (artifact.freq, artifact.time_freq, artifact.prediction_length) == ("h", "H", 6)
+    assert artifact.metrics() == {"train:final_loss": 1.25, "test:RMSE": 0.5, "test:mean_wQuantileLoss": 0.1}
+    (tmp_path / "copy").mkdir()
+    artifact.write(tmp_path / "copy")
+    again = json.loads((tmp_path / "copy" / METADATA_FILE).read_text())
+    assert again == TODAYS_METADATA
+
+
+def test_artifact_without_test_channel_has_only_the_train_metric():
+    artifact = ModelArtifact.from_dict({**TODAYS_METADATA, "test_metrics": None, "cardinality": []})
+    assert artifact.metrics() == {"train:final_loss": 1.25} and artifact.features.num_cat == 0
+    assert artifact.to_dict()["test_metrics"] is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format_version": 2}, r"format_version 2 is newer than this code reads \(1\)"),
+        ({"format_version": "1"}, "format_version: '1' is not a positive integer"),
+        ({"backend": "jax"}, "backend: 'jax'; expected one of torch, mxnet"),
+        ({"freq": "fortnightly"}, "freq: 'fortnightly'"),
+        ({"prediction_length": 0}, "prediction_length: 0 is not a positive integer"),
+        ({"cardinality": [3, 0]}, r"cardinality: \[3, 0\] is not a list of positive integers"),
+        ({"num_dynamic_feat": -1}, "num_dynamic_feat: -1"),
+        ({"backend": None}, "missing field"),
+    ],
+)
+def test_artifact_errors_name_the_file_and_field(tmp_path, change, message):
+    data = {k: v for k, v in {**TODAYS_METADATA, **change}.items() if v is not None}
+    path = tmp_path / METADATA_FILE
+    path.write_text(json.dumps(data))
+    with pytest.raises(ContractError, match=f"^{re.escape(str(path))}: .*{message}"):
+        ModelArtifact.read(path)
+
+
+def test_artifact_not_json_or_missing(tmp_path):
+    (tmp_path / METADATA_FILE).write_text("{")
+    with pytest.raises(ContractError, match="not JSON"):
+        ModelArtifact.read(tmp_path)
+    with pytest.raises(FileNotFoundError, match="model trained by this container"):
+        ModelArtifact.read(tmp_path / "nothing")
+
+
+SPEC = FeatureSpec(cardinality=(3, 2), num_dynamic_feat=1)
+
+
+def test_feature_check_accepts_a_matching_instance():
+    record = {"target": [1.0] * 30, "cat": [2, 1], "dynamic_feat": [[0.0] * 48]}
+    assert SPEC.check(record, prediction_length=18, where="instances[3].") == []
+    assert SPEC.check({**record, "dynamic_feat": [[0.0] * 30]}) == []  # training: len(target)
+    assert FeatureSpec().check({"target": [1], "cat": "ignored"}) == []
+
+
+def test_feature_check_names_every_problem():
+    record = {"target": [1.0] * 30, "cat": [3, -1], "dynamic_feat": [[0.0] * 30]}
+    assert SPEC.check(record, prediction_length=18, where="instances[3].") == [
+        "instances[3].cat[0]: 3 is out of range; the model knows 0..2",
+        "instances[3].cat[1]: -1 is not a non-negative integer",
+        "instances[3].dynamic_feat[0]: length 30, expected 48 (len(target) + prediction_length)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"target": [1]}, "cat: required: the model was trained with 2 categorical feature(s)"),
+        ({"target": [1], "cat": [1]}, "cat: has 1 value(s), the model expects 2"),
+        ({"target": [1], "cat": 5}, "cat: expected a list of non-negative integers, got int"),
+    ],
+)
+def test_feature_check_cat(record, message):
+    assert FeatureSpec(cardinality=(3, 2)).check(record, where="line 5: ") == [f"line 5: {message}"]
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"target": [1]},
+            "dynamic_feat: required: the model was trained with 1 dynamic feature(s) of length len(target) + 4",
+        ),
+        ({"target": [1], "dynamic_feat": [[1] * 5, [1] * 5]}, "dynamic_feat: has 2 feature(s), the model expects 1"),
+        ({"target": [1], "dynamic_feat": 3}, "dynamic_feat: expected a list of lists of numbers"),
+    ],
+)
+def test_feature_check_dynamic_feat(record, message):
+    assert FeatureSpec(num_dynamic_feat=1).check(record, prediction_length=4) == [message]
+
+
+def test_feature_check_works_on_arrays():
+    entry = {"target": np.zeros(10), "cat": np.array([1, 1]), "dynamic_feat": np.zeros((1, 12))}
+    assert SPEC.check(entry, prediction_length=2) == []
+
+
+def test_train_cut_and_holdout():
+    record = {"start": "2024-01-01", "target": [1, 2, None, 4, 5], "cat": [0], "dynamic_feat": [[1, 2, 3, 4, 5]]}
+    assert train_cut(record, 2) == {**record, "target": [1, 2, None], "dynamic_feat": [[1, 2, 3]]}
+    assert holdout(record, 2) == {**record, "target": [1, 2, None]}  # dynamic_feat still covers the horizon
+    assert record["target"] == [1, 2, None, 4, 5]  # not modified
+    train, test = split_train_test([record], 2)
+    assert train == [train_cut(record, 2)] and test == [record]
+
+
+def test_split_names_a_series_too_short():
+    long, short = {"start": "x", "target": [1, 2, 3]}, {"start": "x", "target": [1, 2]}
+    with pytest.raises(
+        ContractError, match=r"^data.json:7: 2 points, the test channel needs more than prediction_length=2"
+    ):
+        split_train_test([long, short], 2, locations=["data.json:1", "data.json:7"])
+    with pytest.raises(ContractError, match=r"^series 0: a series needs \"start\" and a \"target\" list"):
+        split_train_test([{"start": "x"}], 2)
+    with pytest.raises(ContractError, match="prediction_length: 0"):
+        split_train_test([long], 0)
+
+
+def test_target_array_marks_gaps():
+    np.testing.assert_array_equal(target_array([1, None, "NaN", 2.5]), [1.0, np.nan, np.nan, 2.5])
+
+
+def test_jsonl_round_trip_plain_and_gzip(tmp_path):
+    records = [{"target": np.array([1.5, 2.0], dtype=np.float32), "n": np.int64(3)}, {"x": "é"}]
+    plain = write_jsonl(records, tmp_path / "a" / "x.json")
+    zipped = write_jsonl(records, tmp_path / "x.json", compress=True)
+    assert zipped.name == "x.json.gz" and gzip.open(zipped).read() == plain.read_bytes()
+    assert read_jsonl(plain) == read_jsonl(zipped) == [{"target": [1.5, 2.0], "n": 3}, {"x": "é"}]
+    assert read_jsonl(plain, limit=1) == [{"target": [1.5, 2.0], "n": 3}]
+
+
+def test_jsonl_reader_skips_blank_lines_and_locates_bad_ones(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n\n  \n{"a": 2}\n{oops\n')
+    lines = iter_jsonl(path)
+    assert [next(lines), next(lines)] == [(1, {"a": 1}), (4, {"a": 2})]
+    with pytest.raises(ContractError, match=rf"^{re.escape(str(path))}:5: not JSON"):
+        next(lines)
