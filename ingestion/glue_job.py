@@ -24,7 +24,6 @@ held), so re-running over the same input leaves the same output. Logs the counts
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import zlib

@@ -19,8 +19,16 @@ from typing import Any, Optional
 
 from . import __version__, backends, faults
 from .contract import FeatureSpec, ModelArtifact
-from .data import (Channel, apply_features, check_observed, check_target_domain, check_train_lengths,
-                   log_channel_stats, read_channel, resolve_features)
+from .data import (
+    Channel,
+    apply_features,
+    check_observed,
+    check_target_domain,
+    check_train_lengths,
+    log_channel_stats,
+    read_channel,
+    resolve_features,
+)
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
 from .logs import configure_logging
