@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from contextlib import contextmanager
@@ -135,7 +136,8 @@ class Server:
     def __init__(self, root: Path, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / f"serve-{self.port}.log", "w+")
+        # An unnamed temporary file: test runs write nothing into the model folder or the checkout.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, str(SERVE)], stdout=self.log, stderr=subprocess.STDOUT,
             env=entrypoint_env(root, DEEPAR_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env))
@@ -151,7 +153,7 @@ class Server:
             assert self.process.poll() is None, self.output()
             try:
                 seen.append(requests.get(self.url + "/ping", timeout=5).status_code)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker importing torch can hold the GIL for seconds
                 time.sleep(0.05)
                 continue
             if seen[-1] == 200:
