@@ -45,9 +45,11 @@ def nginx_conf(config: ServerConfig, run_dir: Path, upstream_socket: Path) -> st
         504: f"the model server did not answer within {config.request_timeout + 35} s",
     }
     status_of = {494: 400, 502: 503, 504: 503}
-    pages = "\n".join(f"        error_page {code} @error{code};" for code in errors)
+    # URI error pages, not named locations: a malformed request line cannot be redirected to a named location.
+    pages = "\n".join(f"        error_page {code} ={status_of.get(code, code)} /_deepar_error/{code};" for code in errors)
     locations = "\n".join(
-        f"        location @error{code} {{ default_type application/json; return {status_of.get(code, code)} '{_json_body(text)}'; }}"
+        f"        location = /_deepar_error/{code} {{ internal; default_type application/json; "
+        f"return {status_of.get(code, code)} '{_json_body(text)}'; }}"
         for code, text in errors.items())
     temp = "\n".join(f"    {kind}_temp_path {run_dir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# rendered by sagemaker_deepar/front.py

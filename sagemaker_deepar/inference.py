@@ -27,6 +27,9 @@ OUTPUT_TYPES = ("mean", "quantiles", "samples")
 DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
 MAX_NUM_SAMPLES = 10_000
 MAX_QUANTILES = 100
+# Largest |value| accepted in target and dynamic_feat: DeepAR scales by the series' mean magnitude and its
+# samples are float32 (max 3.4e38), so values near 1e37 overflow to inf; 1e30 leaves room for any tail.
+MAX_ABS_VALUE = 1e30
 # Upper bound of one float32 as orjson writes it ("-1.1754944e-38") plus its comma: response-size estimates
 # use it so that an answer never exceeds its budget.
 MAX_FLOAT_CHARS = 15
@@ -158,6 +161,10 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
         entry = parse_record(raw, model.freq, dynamic_extra_length=model.prediction_length)
     except RecordError as error:
         raise RequestError(f"{prefix}{error}") from None
+    _check_magnitude(entry["target"], f"{prefix}target")
+    if entry.get("feat_dynamic_real") is not None:
+        for index, row in enumerate(entry["feat_dynamic_real"]):
+            _check_magnitude(row, f"{prefix}dynamic_feat[{index}]")
     cats = entry.pop("feat_static_cat", None)
     if model.cardinality:
         if cats is None:
@@ -178,6 +185,14 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
         entry["feat_dynamic_real"] = feats
     forwarded = {name: raw[name] for name in forward_fields if name in raw}
     return Instance(entry=entry, forwarded=forwarded)
+
+
+def _check_magnitude(values: np.ndarray, where: str) -> None:
+    too_large = np.flatnonzero(np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE)
+    if too_large.size:
+        i = int(too_large[0])
+        raise RequestError(f"{where}[{i}]: {float(values[i]):g} is too large in magnitude to forecast "
+                           f"(at most {MAX_ABS_VALUE:g}); rescale the series")
 
 
 def decode_json(body: bytes, where: str = "body") -> Any:
