@@ -24,7 +24,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libgomp1 libquadmath0 \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates libgomp1 libquadmath0 nginx \
  && update-ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv

@@ -80,6 +80,8 @@ class ForecastService:
                          for (n, line), prefix in zip(lines, prefixes)]
             cfg = self.defaults
         check_budget(len(instances), cfg.num_samples, self.config.max_sample_paths)
+        if self.clock() > deadline:  # parsing a large body can take seconds on a busy machine
+            raise RequestError(self._timeout_message(), status=503)
         forwarded = max((len(encode(i.forwarded)) for i in instances), default=0)
         check_response_size(len(instances), response_bytes_per_series(cfg, self.model.prediction_length, forwarded),
                             self.config.max_response_bytes)

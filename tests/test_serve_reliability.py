@@ -137,7 +137,8 @@ def test_malformed_http_gets_json_400(batch_server: Server):
 def test_abandoned_work_stops_and_small_requests_are_not_blocked(torch_model: Path):
     with running_server(torch_model, SAGEMAKER_MODEL_SERVER_TIMEOUT="3", SAGEMAKER_MODEL_SERVER_WORKERS="1",
                         DEEPAR_MAX_SAMPLE_PATHS="10000000", DEEPAR_MAX_PASS_SAMPLE_PATHS="3200") as s:
-        big = {"instances": [instance(48)] * 6000, "configuration": {"output_types": ["mean"]}}
+        # 1,500 series x 400 samples in slices of 8 series: seconds of work, far more than the 3 s timeout.
+        big = {"instances": [instance(48)] * 1500, "configuration": {"num_samples": 400, "output_types": ["mean"]}}
         small = {"instances": [instance()], "configuration": {"output_types": ["mean"]}}
         latencies: list[float] = []
         with ThreadPoolExecutor(1) as pool:
