@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--max-payload", type=int, default=6, help="MB per request")
+    parser.add_argument("--timeout", type=int, help="seconds per request (default: enough for --max-payload, see README "
+                                                    "Reliability: SAGEMAKER_MODEL_SERVER_TIMEOUT and InvocationsTimeoutInSeconds)")
     invoke_command.add_report_args(parser)
     common.add_session_args(parser)
     args = parser.parse_args(argv)
@@ -73,11 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
     model = Model(image_uri=common.default_image(args), model_data=args.model_data, role=common.execution_role(args),
                   sagemaker_session=session)
     config = {"num_samples": args.num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(QUANTILES)}
+    timeout = args.timeout or payload_timeout(args.max_payload)
     transformer = model.transformer(
         instance_count=args.instance_count, instance_type="local" if args.local else args.instance_type,
         strategy="MultiRecord", assemble_with="Line", accept="application/jsonlines", output_path=output_path,
-        max_payload=args.max_payload, env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config)})
-    transformer.transform(input_uri, content_type="application/jsonlines", split_type="Line", logs=False, wait=True)
+        max_payload=args.max_payload, env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config),
+                                           "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)})
+    extra = {} if args.local else {"model_client_config": {"InvocationsTimeoutInSeconds": timeout}}
+    transformer.transform(input_uri, content_type="application/jsonlines", split_type="Line", logs=False, wait=True,
+                          **extra)
     predictions = read_output(output_path, session)
     print(f"transform job {transformer.latest_transform_job.name}: {len(records)} lines in, {len(predictions)} out "
           f"({output_path})")
@@ -87,6 +93,16 @@ def main(argv: list[str] | None = None) -> dict:
     if model.name and not args.local:
         session.delete_model(model.name)  # the transform created it; nothing else uses it
     return {**result, "input_lines": len(records), "output_lines": len(predictions), "output_path": output_path}
+
+
+# The serving container's measured batch rate (sagemaker_deepar/server_config.py BATCH_BODY_BYTES_PER_SECOND,
+# README "Reliability"): this tool runs in the SDK's environment, which does not install the container's package.
+BATCH_BODY_BYTES_PER_SECOND = 80_000
+
+
+def payload_timeout(max_payload_mb: int) -> int:
+    """Seconds one worker needs for a body of ``max_payload_mb`` at the measured rate (at least SageMaker's 60)."""
+    return max(60, -(-max_payload_mb * 2**20 // BATCH_BODY_BYTES_PER_SECOND))
 
 
 if __name__ == "__main__":
