@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from sagemaker_deepar import sample_data  # noqa: E402
 from serve_throughput import free_port, stop, train, wait_ping  # noqa: E402
+
+from sagemaker_deepar import sample_data  # noqa: E402
 
 
 def write_body(path: Path, megabytes: float, seed: int = 1) -> int:

@@ -190,8 +190,11 @@ def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
               f"c=1 100-series {big['rps'] * 100:.0f} series/s; /ping with 64 stalled sockets: {ping}", flush=True)
     base = rows[-1] if args.baseline_repo else rows[1]
     print(f"\nratios against {base[0]}")
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
+
     for name, small, big, _ in rows:
-        print(f"  {name:<28}: 1-series c=8 {small['rps'] / base[1]['rps']:.2f}x, 100-series {big['rps'] / base[2]['rps']:.2f}x")
+        print(f"  {name:<28}: 1-series c=8 {ratio(small['rps'], base[1]['rps'])}, 100-series {ratio(big['rps'], base[2]['rps'])}")
 
 
 def main() -> None:

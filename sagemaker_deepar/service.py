@@ -14,9 +14,25 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .batcher import Batcher, DeadlineExceeded
-from .inference import (InferenceConfig, Instance, Model, RequestError, check_budget, check_response_size, decode_json,
-                        encode, encode_lines, iter_lines, non_finite_rows, overflow_message, parse_instance,
-                        parse_json_request, predictions, response_bytes_per_series, split_lines)
+from .inference import (
+    InferenceConfig,
+    Instance,
+    Model,
+    RequestError,
+    check_budget,
+    check_response_size,
+    decode_json,
+    encode,
+    encode_lines,
+    iter_lines,
+    non_finite_rows,
+    overflow_message,
+    parse_instance,
+    parse_json_request,
+    predictions,
+    response_bytes_per_series,
+    split_lines,
+)
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)
