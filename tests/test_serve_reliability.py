@@ -135,24 +135,37 @@ def test_malformed_http_gets_json_400(batch_server: Server):
 
 
 def test_abandoned_work_stops_and_small_requests_are_not_blocked(torch_model: Path):
-    with running_server(torch_model, SAGEMAKER_MODEL_SERVER_TIMEOUT="3", SAGEMAKER_MODEL_SERVER_WORKERS="1",
+    with running_server(torch_model, SAGEMAKER_MODEL_SERVER_TIMEOUT="6", SAGEMAKER_MODEL_SERVER_WORKERS="1",
                         DEEPAR_MAX_SAMPLE_PATHS="10000000", DEEPAR_MAX_PASS_SAMPLE_PATHS="3200") as s:
-        # 1,500 series x 400 samples in slices of 8 series: seconds of work, far more than the 3 s timeout.
-        big = {"instances": [instance(48)] * 1500, "configuration": {"num_samples": 400, "output_types": ["mean"]}}
+        # 3,000 series x 400 samples in slices of 8 series: far more work than the 6 s timeout allows.
+        big = {"instances": [instance(48)] * 3000, "configuration": {"num_samples": 400, "output_types": ["mean"]}}
         small = {"instances": [instance()], "configuration": {"output_types": ["mean"]}}
+
+        one_slice = {"instances": [instance(48)] * 8, "configuration": {"num_samples": 400, "output_types": ["mean"]}}
+
+        def timed(body: dict = small) -> float:
+            started = time.monotonic()
+            assert s.post(body).status_code == 200
+            return time.monotonic() - started
+
+        timed_small = timed
+        idle = statistics.median(timed() for _ in range(3)) + statistics.median(timed(one_slice) for _ in range(3))
+        # A small request waits for at most the slice in progress, then its own pass. 1 s is the target on an
+        # idle 2-core machine; a machine slower than that scales it, and head-of-line blocking (waiting for
+        # the whole large request, 375 slices) would still exceed it many times over.
+        limit = max(1.0, 2 * idle)
         latencies: list[float] = []
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(s.post, big)
             time.sleep(0.5)
             while not pending.done():  # 1-series requests while the large one runs, one worker
-                started = time.monotonic()
-                assert s.post(small).status_code == 200
-                latencies.append(time.monotonic() - started)
+                latencies.append(timed_small())
             message = error_of(pending.result(), 503)
-        assert "did not finish within 3 s (SAGEMAKER_MODEL_SERVER_TIMEOUT)" in message
-        assert len(latencies) >= 3 and statistics.quantiles(latencies, n=20)[-1] <= 1.0, latencies
-        started = time.monotonic()  # the abandoned request's remaining slices are not computed
-        assert s.post(small).status_code == 200 and time.monotonic() - started < 1.0
+        assert "did not finish within 6 s (SAGEMAKER_MODEL_SERVER_TIMEOUT)" in message
+        assert len(latencies) >= 3, latencies
+        assert statistics.quantiles(latencies, n=20, method="inclusive")[-1] <= limit, (latencies, limit)
+        # The abandoned request's remaining slices are never computed: the next request is served at once.
+        assert timed_small() <= limit
 
 
 # ---------------------------------------------------------------- 10. slow clients
