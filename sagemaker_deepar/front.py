@@ -56,7 +56,7 @@ def nginx_conf(config: ServerConfig, run_dir: Path, upstream_socket: Path) -> st
 daemon off;
 worker_processes 1;
 pid {run_dir / 'nginx.pid'};
-error_log stderr warn;
+error_log stderr error;
 events {{
     worker_connections 4096;
 }}

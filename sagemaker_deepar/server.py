@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Iterator, Optional
 
 from flask import Flask, Response, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -32,6 +33,7 @@ JSONLINES_ALIASES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
 WORKER_BOOT_ERROR = 3
 # Answers must leave the worker before gunicorn's graceful timeout kills it: keep room for one forward pass.
 DRAIN_MARGIN_S = 3.0
+SPOOL_IN_MEMORY_BYTES = 2**20
 
 
 class ModelState:
@@ -111,6 +113,31 @@ def ready_workers(folder: Path) -> int:
     return count
 
 
+def spool_body(stream: IO[bytes], limit: int, too_large: str) -> IO[bytes]:
+    """The whole body, read before answering, into a temporary file (in memory only up to 1 MB).
+
+    A batch answer is streamed as it is computed, and a proxy stops sending the request body once the
+    response has begun (nginx does): so the body is read completely first, without holding it in memory.
+    """
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+    total = 0
+    while chunk := stream.read(SPOOL_IN_MEMORY_BYTES):
+        total += len(chunk)
+        if total > limit:  # a chunked body without nginx in front: nothing is answered but the 413
+            spool.close()
+            raise RequestError(too_large, status=413)
+        spool.write(chunk)
+    spool.seek(0)
+    return spool
+
+
+def closing_after(chunks: Iterator[bytes], resource: IO[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        resource.close()
+
+
 def install_drain_on_sigterm(state: ModelState) -> None:
     """Chain to gunicorn's own SIGTERM handler (it stops accepting); only possible in the main thread."""
     if threading.current_thread() is not threading.main_thread():
@@ -186,8 +213,13 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
             if request.content_length is not None and request.content_length > config.max_payload_bytes:
                 return error_response(413, too_large)
             if config.batch_mode:
-                mimetype, chunks = service.batch(request.environ["wsgi.input"], request_type, response_type, deadline)
-                return Response(stream_with_context(chunks), mimetype=mimetype)
+                body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
+                try:
+                    mimetype, chunks = service.batch(iter(body), request_type, response_type, deadline)
+                except BaseException:
+                    body.close()
+                    raise
+                return Response(stream_with_context(closing_after(chunks, body)), mimetype=mimetype)
             body = request.get_data(cache=False)
             return Response(service.realtime(body, request_type, response_type, deadline),
                             mimetype=JSONLINES if response_type == JSONLINES else JSON)

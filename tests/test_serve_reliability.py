@@ -117,10 +117,12 @@ def test_chunked_bodies_over_the_limit_are_413_and_nothing_else(batch_server: Se
     assert status == b"HTTP/1.1 413 Request Entity Too Large", reply[:300]
     payload = rest.partition(b"\r\n\r\n")[2]
     assert json.loads(payload) == {"error": "body larger than 1 MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"}
-    # Under the limit, the same chunked encoding is forecast line by line.
-    small = line * 50
-    reply = raw_exchange(batch_server.port, head.replace(b"Host: x", b"Host: x\r\nConnection: close") + chunked(small))
-    assert reply.startswith(b"HTTP/1.1 200") and reply.count(b'"mean"') == 50
+    # Under the limit, the same chunked encoding is forecast line by line. ~0.9 MB: far more than the socket
+    # buffers, so an answer streamed before the whole body was read would stall (nginx stops sending the body).
+    small = line * (900 * 1024 // len(line))
+    reply = raw_exchange(batch_server.port, head.replace(b"Host: x", b"Host: x\r\nConnection: close") + chunked(small),
+                         timeout=120)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.count(b'"mean"') == small.count(b"\n")
 
 
 def test_malformed_http_gets_json_400(batch_server: Server):
