@@ -50,7 +50,7 @@ COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
 COPY docker/dpkg-nodoc.cfg /etc/dpkg/dpkg.cfg.d/nodoc
 # >>> Runtime system packages: the one apt-get line of the runtime image (add packages here). <<<
 # libgomp1/libquadmath0: torch, mxnet. python3-distutils: gluonts.mx.
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-distutils ca-certificates libgomp1 libquadmath0 \
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-distutils ca-certificates libgomp1 libquadmath0 nginx \
  && update-ca-certificates && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log
 # One layer per heavy dependency (see `docker history`, README "Docker image"); the rest layer holds
 # the venv itself and the small distributions (gluonts, lightning, flask, gunicorn, ...).

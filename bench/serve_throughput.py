@@ -11,6 +11,11 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
 
     .venv/bin/python -m bench.serve_throughput [--seconds 15]
 
+`--fronts [--baseline-repo /work/main]` instead compares, side by side in one run, the serving fronts
+(issue #12 item 10): nginx + gunicorn (default), gunicorn alone (DEEPAR_FRONT=gunicorn) and, if given,
+another checkout's `container/serve` (today's server): 1-series c=8 and 100-series c=1 throughput,
+and the slowest of 10 /ping calls while 64 connections sit on half-sent requests.
+
 Needs wrk (Debian package) and the dev extras (waitress, click for gluonts.shell).
 """
 
@@ -21,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -170,12 +176,76 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
+def ping_under_stalled_clients(port: int, url: str, stalled: int = 64, pings: int = 10) -> str:
+    """The slowest /ping (5 s cap) while ``stalled`` sockets hold half-sent requests (half headers, half bodies)."""
+    sockets = []
+    try:
+        for i in range(stalled):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty" if i % 2 else
+                         b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            sockets.append(sock)
+        time.sleep(0.5)
+        worst = 0.0
+        for _ in range(pings):
+            start = time.perf_counter()
+            try:
+                requests.get(url + "/ping", timeout=5).raise_for_status()
+            except requests.RequestException:
+                return "no answer in 5 s"
+            worst = max(worst, time.perf_counter() - start)
+        return f"{worst * 1000:.0f} ms"
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
+    servers = [("nginx + gunicorn", REPO, {}), ("gunicorn alone", REPO, {"DEEPAR_FRONT": "gunicorn"})]
+    if args.baseline_repo:
+        servers.append((f"baseline {args.baseline_repo}", Path(args.baseline_repo), {}))
+    rows = []
+    for name, repo, extra in servers:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path / "torch"), "DEEPAR_BIND_HOST": "127.0.0.1",
+               "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONPATH": str(repo), **extra}
+        server = subprocess.Popen([sys.executable, str(repo / "container/serve")], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ping(url, server)
+            small = wrk(url, request_body(records, 1), 8, args.seconds, tmp_path)
+            big = wrk(url, request_body(records, 100), 1, args.seconds, tmp_path)
+            ping = ping_under_stalled_clients(port, url)
+        finally:
+            stop(server)
+        rows.append((name, small, big, ping))
+        print(f"{name:<28}: c=8 1-series {small['rps']:.1f} req/s (p99 {small['p99_ms']:.0f} ms, non-2xx {small['non2xx']}); "
+              f"c=1 100-series {big['rps'] * 100:.0f} series/s; /ping with 64 stalled sockets: {ping}", flush=True)
+    base = rows[-1] if args.baseline_repo else rows[1]
+    print(f"\nratios against {base[0]}")
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
+
+    for name, small, big, _ in rows:
+        print(f"  {name:<28}: 1-series c=8 {ratio(small['rps'], base[1]['rps'])}, 100-series {ratio(big['rps'], base[2]['rps'])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--fronts", action="store_true", help="compare nginx + gunicorn, gunicorn alone, a baseline")
+    parser.add_argument("--baseline-repo", help="another checkout whose container/serve is measured beside ours")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
+    if args.fronts:
+        with tempfile.TemporaryDirectory() as tmp:
+            records = sample_data.generate(num_sensors=20, days=30)
+            train(Path(tmp) / "torch", "torch", records)
+            print("model: context 72, prediction 24, 3 x 40 LSTM, 100 samples; request series of 200 points")
+            compare_fronts(args, Path(tmp), records)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         records = sample_data.generate(num_sensors=20, days=30)

@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--max-payload", type=int, default=6, help="MB per request")
+    parser.add_argument("--timeout", type=int,
+                        help="seconds per request (default: enough for --max-payload; README, Reliability: "
+                             "SAGEMAKER_MODEL_SERVER_TIMEOUT and InvocationsTimeoutInSeconds)")
     invoke_command.add_report_args(parser)
     common.add_session_args(parser)
     return parser
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> dict:
         sagemaker_session=session,
     )
     config = {"num_samples": args.num_samples, "output_types": ["mean", "quantiles"], "quantiles": list(QUANTILES)}
+    timeout = args.timeout or contract.batch_payload_timeout(args.max_payload)
     transformer = model.transformer(
         instance_count=args.instance_count,
         instance_type="local" if args.local else args.instance_type,
@@ -94,9 +98,12 @@ def run(args: argparse.Namespace) -> dict:
         accept="application/jsonlines",
         output_path=output_path,
         max_payload=args.max_payload,
-        env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config)},
+        env={"DEEPAR_INFERENCE_CONFIG": json.dumps(config), "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)},
     )
-    transformer.transform(input_uri, content_type="application/jsonlines", split_type="Line", logs=False, wait=True)
+    extra = {} if args.local else {"model_client_config": {"InvocationsTimeoutInSeconds": timeout}}
+    transformer.transform(
+        input_uri, content_type="application/jsonlines", split_type="Line", logs=False, wait=True, **extra
+    )
     predictions = read_output(output_path, session)
     print(
         f"transform job {transformer.latest_transform_job.name}: {len(records)} lines in, {len(predictions)} out "

@@ -23,6 +23,16 @@ except ImportError:  # pragma: no cover - exercised by the import test with orjs
 
 METADATA_FILE = "deepar-metadata.json"
 SCHEMA_VERSION = 1  # deepar-metadata.json's "format_version"; bump on any change a reader must know about
+# Batch transform sizing shared by the server (default MaxPayloadInMB for its timeout) and
+# evaluation.batch (timeout for a chosen MaxPayloadInMB): bench/batch_memory.py --throughput measured
+# series of 200 points (~1.4 kB of JSON each, 100 samples) on one worker of a 2-core machine; halved
+# for headroom.
+BATCH_BODY_BYTES_PER_SECOND = 80_000
+
+
+def batch_payload_timeout(max_payload_mb: int) -> int:
+    """Seconds one worker needs for a body of ``max_payload_mb`` at the measured rate (at least SageMaker's 60)."""
+    return max(60, -(-max_payload_mb * 2**20 // BATCH_BODY_BYTES_PER_SECOND))
 BACKENDS = ("torch", "mxnet")
 
 

@@ -6,12 +6,13 @@ The request and response follow SageMaker's built-in DeepAR; every validation er
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import orjson
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 OUTPUT_TYPES = ("mean", "quantiles", "samples")
 DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
 MAX_NUM_SAMPLES = 10_000
+MAX_QUANTILES = 100
+# Largest |value| accepted in target and dynamic_feat: DeepAR scales by the series' mean magnitude and its
+# samples are float32 (max 3.4e38), so values near 1e37 overflow to inf; 1e30 leaves room for any tail.
+MAX_ABS_VALUE = 1e30
+# Upper bound of one float32 as orjson writes it ("-1.1754944e-38") plus its comma: response-size estimates
+# use it so that an answer never exceeds its budget.
+MAX_FLOAT_CHARS = 15
 
 
 class RequestError(UserError):
@@ -108,6 +116,8 @@ def parse_configuration(raw: Any, where: str = "configuration",
         quantiles = raw["quantiles"]
         if not isinstance(quantiles, list) or not quantiles:
             raise RequestError(f"{where}.quantiles: expected a non-empty list of numbers between 0 and 1")
+        if len(quantiles) > MAX_QUANTILES:
+            raise RequestError(f"{where}.quantiles: {len(quantiles)} quantiles; at most {MAX_QUANTILES} are allowed")
         keys_list, level_list = [], []
         for index, q in enumerate(quantiles):
             try:
@@ -153,6 +163,10 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
         entry = parse_record(raw, model.freq, dynamic_extra_length=model.prediction_length)
     except RecordError as error:
         raise RequestError(f"{prefix}{error}") from None
+    _check_magnitude(entry["target"], f"{prefix}target")
+    if entry.get("feat_dynamic_real") is not None:
+        for index, row in enumerate(entry["feat_dynamic_real"]):
+            _check_magnitude(row, f"{prefix}dynamic_feat[{index}]")
     cats = entry.pop("feat_static_cat", None)
     feats = entry.pop("feat_dynamic_real", None)
     record = {"target": entry["target"], "cat": cats, "dynamic_feat": feats}
@@ -165,6 +179,14 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
         entry["feat_dynamic_real"] = feats
     forwarded = {name: raw[name] for name in forward_fields if name in raw}
     return Instance(entry=entry, forwarded=forwarded)
+
+
+def _check_magnitude(values: np.ndarray, where: str) -> None:
+    too_large = np.flatnonzero(np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE)
+    if too_large.size:
+        i = int(too_large[0])
+        raise RequestError(f"{where}[{i}]: {float(values[i]):g} is too large in magnitude to forecast "
+                           f"(at most {MAX_ABS_VALUE:g}); rescale the series")
 
 
 def decode_json(body: bytes, where: str = "body") -> Any:
@@ -190,7 +212,14 @@ def parse_json_request(payload: Any, model: Model, forward_fields: Sequence[str]
 
 def split_lines(body: bytes) -> list[tuple[int, bytes]]:
     """(line number, line) of every non-blank line; a trailing newline and blank lines are tolerated."""
-    return [(n, line) for n, line in enumerate(body.split(b"\n"), start=1) if line.strip()]
+    return list(iter_lines(iter(io.BytesIO(body))))
+
+
+def iter_lines(lines: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of every non-blank line of a stream of lines, without holding the body."""
+    for n, line in enumerate(lines, start=1):
+        if line.strip():
+            yield n, line
 
 
 # ---------------------------------------------------------------- responses
@@ -202,6 +231,41 @@ def check_budget(num_series: int, num_samples: int, max_sample_paths: int) -> No
         raise RequestError(
             f"request too large: {num_series} series x {num_samples} samples = {num_series * num_samples} sample paths; "
             f"the limit is {max_sample_paths} per request (send fewer series or fewer num_samples)")
+
+
+def response_bytes_per_series(config: InferenceConfig, prediction_length: int, forwarded_bytes: int = 0) -> int:
+    """An upper bound of one series' encoded prediction: checked against the response budget before computing."""
+    values = 0
+    size = 2 + forwarded_bytes  # {}
+    if "mean" in config.output_types:
+        values += prediction_length
+        size += len('"mean":[],')
+    if "quantiles" in config.output_types:
+        values += prediction_length * len(config.quantile_keys)
+        size += len('"quantiles":{},') + sum(len(orjson.dumps(k)) + len(':[],') for k in config.quantile_keys)
+    if "samples" in config.output_types:
+        values += prediction_length * config.num_samples
+        size += len('"samples":[],') + 3 * config.num_samples
+    return size + values * MAX_FLOAT_CHARS + 2  # "," between predictions, newline in JSON Lines
+
+
+def check_response_size(num_series: int, per_series: int, max_bytes: int) -> None:
+    """Refuse a request whose answer could exceed the response budget (DEEPAR_MAX_RESPONSE_MB)."""
+    if num_series * per_series + 64 > max_bytes:
+        raise RequestError(
+            f"response too large: {num_series} series x up to {per_series} bytes each exceeds the limit of "
+            f"{max_bytes // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); send fewer series, quantiles or samples")
+
+
+def non_finite_rows(samples: np.ndarray) -> list[int]:
+    """Series whose forecast overflowed (e.g. targets near the float32 limit): answered as errors, never as nulls."""
+    bad = ~np.isfinite(samples.reshape(samples.shape[0], -1)).all(axis=1)
+    return [int(i) for i in np.flatnonzero(bad)]
+
+
+def overflow_message(prefix: str) -> str:
+    return (f"{prefix}target: the forecast overflowed float32 (values of target or dynamic_feat too large in "
+            "magnitude, e.g. near 1e37); rescale the series")
 
 
 def predictions(samples: np.ndarray, config: InferenceConfig, forwarded: Sequence[dict]) -> list[dict]:

@@ -10,10 +10,14 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from .contract import BATCH_BODY_BYTES_PER_SECOND
 from .errors import UserError
+from .inference import InferenceConfig, inference_config_from_env
 
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
 BATCH_PAYLOAD_LIMIT_MB = 100
+REALTIME_RESPONSE_MB = 6  # InvokeEndpoint's response limit: a larger answer could never reach the client
+BATCH_RESPONSE_MB = 1024  # batch answers are streamed; this bounds what one request can make SageMaker store
 WORKER_MEMORY_GB = 1.5  # a loaded DeepAR model + torch per worker, with headroom
 
 
@@ -66,8 +70,13 @@ class ServerConfig:
     max_batch_series: int
     batch_wait_ms: float
     forward_fields: tuple[str, ...]
-    inference_config: Optional[str]
+    inference_defaults: InferenceConfig
     model_dir: str
+    max_pass_paths: int = 6400
+    max_response_bytes: int = REALTIME_RESPONSE_MB * 2**20
+    body_timeout: int = 10
+    front: str = "nginx"
+    ready_dir: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
@@ -79,7 +88,10 @@ class ServerConfig:
         batch_mode = env.get("SAGEMAKER_BATCH", "").lower() == "true"
         payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=BATCH_PAYLOAD_LIMIT_MB)
         if payload_mb is None:
-            payload_mb = BATCH_PAYLOAD_LIMIT_MB if batch_mode else REALTIME_PAYLOAD_MB
+            payload_mb = batch_payload_mb(request_timeout) if batch_mode else REALTIME_PAYLOAD_MB
+        front = env.get("DEEPAR_FRONT", "nginx")
+        if front not in ("nginx", "gunicorn"):
+            raise UserError(f"environment variable DEEPAR_FRONT={front!r} must be nginx or gunicorn")
         # Sample paths per request: ~2,000 series x 100 samples finish well inside 60 s on one core.
         default_paths = 200_000 * max(1, request_timeout // 60)
         root = env.get("SAGEMAKER_BASE_DIR", "/opt/ml")
@@ -100,6 +112,17 @@ class ServerConfig:
             max_batch_series=_int(env, "DEEPAR_MAX_BATCH_SERIES", 256, high=100_000),
             batch_wait_ms=float(_int(env, "DEEPAR_BATCH_WAIT_MS", 0, low=0, high=1000)),
             forward_fields=tuple(f.strip() for f in env.get("DEEPAR_FORWARD_FIELDS", "").split(",") if f.strip()),
-            inference_config=env.get("DEEPAR_INFERENCE_CONFIG"),
+            inference_defaults=inference_config_from_env(env.get("DEEPAR_INFERENCE_CONFIG")),
             model_dir=os.path.abspath(os.path.join(root, "model")),  # gunicorn chdirs to the app folder
+            max_pass_paths=_int(env, "DEEPAR_MAX_PASS_SAMPLE_PATHS", 6400, high=10**7),
+            max_response_bytes=_int(env, "DEEPAR_MAX_RESPONSE_MB", BATCH_RESPONSE_MB if batch_mode else REALTIME_RESPONSE_MB,
+                                    high=100_000) * 2**20,
+            body_timeout=_int(env, "DEEPAR_BODY_TIMEOUT", 10, high=3600),
+            front=front,
+            ready_dir=env.get("DEEPAR_READY_DIR") or None,
         )
+
+
+def batch_payload_mb(request_timeout: int) -> int:
+    """The largest batch body (MB) one worker forecasts inside the request timeout (MaxPayloadInMB default)."""
+    return max(1, min(BATCH_PAYLOAD_LIMIT_MB, request_timeout * BATCH_BODY_BYTES_PER_SECOND // 2**20))

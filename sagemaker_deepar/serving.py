@@ -1,26 +1,36 @@
-"""`container/serve`: derive the server settings, then exec gunicorn with the app in container/predictor.py.
+"""`container/serve`: derive the server settings, then run nginx in front of gunicorn (the app in container/predictor.py).
 
-gunicorn replaces this process (exec), so it is PID 1 in the container and receives SIGTERM: it stops
-accepting, lets in-flight requests finish (graceful timeout < SageMaker's 30 s) and replaces workers
-that die.
+This process supervises both and forwards SIGTERM: nginx stops accepting and finishes the requests
+it holds, gunicorn's workers answer every request in flight before the grace period ends (503 JSON
+when a forecast cannot finish; see server.ModelState.drain). If either dies, the other is stopped
+and the job fails with the reason in the log. With DEEPAR_FRONT=gunicorn (or no nginx installed)
+gunicorn replaces this process and listens itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import Optional
 
 from .errors import UserError
+from .front import find_nginx, nginx_conf
 from .server_config import ServerConfig
 
+log = logging.getLogger("sagemaker_deepar.serving")
 
-def gunicorn_argv(config: ServerConfig, app_dir: Path) -> list[str]:
+
+def gunicorn_argv(config: ServerConfig, app_dir: Path, bind: Optional[str] = None) -> list[str]:
     argv = [
         sys.executable, "-m", "gunicorn",
-        "--bind", f"{config.host}:{config.port}",
+        "--bind", bind or f"{config.host}:{config.port}",
         "--workers", str(config.workers),
         "--worker-class", "gthread",
         "--threads", str(config.threads),
@@ -38,13 +48,11 @@ def gunicorn_argv(config: ServerConfig, app_dir: Path) -> list[str]:
     return argv + ["predictor:app"]
 
 
-def check_inference_config(value: str | None) -> None:
-    """Fail at start, not on the first request (the full check runs again in each worker)."""
-    if value:
-        try:
-            json.loads(value)
-        except ValueError as error:
-            raise UserError(f"DEEPAR_INFERENCE_CONFIG is not valid JSON: {error}") from None
+def _run_dir() -> Path:
+    """Sockets, nginx's temp files and the workers' ready marks; never under /opt/ml (it may be read-only)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="deepar-serve-"))
+    run_dir.chmod(0o755)  # nginx's workers drop root privileges and must reach the socket
+    return run_dir
 
 
 def main(app_dir: Path) -> int:
@@ -52,16 +60,71 @@ def main(app_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     try:
         config = ServerConfig.from_env()
-        check_inference_config(config.inference_config)
     except UserError as error:
         print(f"serve: configuration error: {error}", file=sys.stderr)
         return 1
-    logging.getLogger("sagemaker_deepar").info(
-        "serving %s on %s:%d with %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
-        config.model_dir, config.host, config.port, config.workers, config.threads, config.torch_threads,
-        config.request_timeout, ", batch transform mode" if config.batch_mode else "")
+    nginx = find_nginx() if config.front == "nginx" else None
+    if config.front == "nginx" and nginx is None:
+        log.warning("nginx not found: gunicorn listens directly, without protection from slow clients "
+                    "(install nginx, or set DEEPAR_FRONT=gunicorn to silence this)")
+    log.info("serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
+             config.model_dir, config.host, config.port, "nginx + gunicorn" if nginx else "gunicorn",
+             config.workers, config.threads, config.torch_threads, config.request_timeout,
+             ", batch transform mode" if config.batch_mode else "")
+    run_dir = _run_dir()
+    ready_dir = run_dir / "ready"
+    ready_dir.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": str(config.torch_threads),
-           "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads)}
-    argv = gunicorn_argv(config, app_dir)
-    os.execve(argv[0], argv, env)
-    return 0  # not reached
+           "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads), "DEEPAR_READY_DIR": str(ready_dir)}
+    if nginx is None:
+        argv = gunicorn_argv(config, app_dir)
+        os.execve(argv[0], argv, env)
+    try:
+        return supervise(config, app_dir, nginx, run_dir, env)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def supervise(config: ServerConfig, app_dir: Path, nginx: str, run_dir: Path, env: dict) -> int:
+    socket_path = run_dir / "gunicorn.sock"
+    conf = run_dir / "nginx.conf"
+    conf.write_text(nginx_conf(config, run_dir, socket_path))
+    stopping = False
+
+    gunicorn = subprocess.Popen(gunicorn_argv(config, app_dir, bind=f"unix:{socket_path}"), env=env)
+    front = subprocess.Popen([nginx, "-p", str(run_dir), "-e", "stderr", "-c", str(conf)])
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        log.info("%s: draining (nginx finishes what it holds, gunicorn answers what is in flight)",
+                 signal.Signals(signum).name)
+        _signal(front, signal.SIGQUIT)  # nginx's graceful stop
+        _signal(gunicorn, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while True:
+        for name, process, other in (("gunicorn", gunicorn, front), ("nginx", front, gunicorn)):
+            code = process.poll()
+            if code is None:
+                continue
+            if not stopping:
+                log.error("%s exited with code %d; stopping the server", name, code)
+                stopping = True
+                _signal(other, signal.SIGQUIT if other is front else signal.SIGTERM)
+            deadline = time.monotonic() + config.graceful_timeout + 4
+            while other.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+            return code if code else (other.returncode or 0)
+        time.sleep(0.1)
+
+
+def _signal(process: subprocess.Popen, signum: int) -> None:
+    if process.poll() is None:
+        process.send_signal(signum)

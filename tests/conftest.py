@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,8 @@ class Server:
     def __init__(self, root: Path, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(root / f"serve-{self.port}.log", "w+")
+        # An unnamed temporary file: test runs write nothing into the model folder or the checkout.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, str(SERVE)], stdout=self.log, stderr=subprocess.STDOUT,
             env=entrypoint_env(root, DEEPAR_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env))
@@ -145,7 +147,7 @@ class Server:
             assert self.process.poll() is None, self.output()
             try:
                 seen.append(requests.get(self.url + "/ping", timeout=5).status_code)
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a worker importing torch can hold the GIL for seconds
                 time.sleep(0.05)
                 continue
             if seen[-1] == 200:
@@ -172,6 +174,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.log.close()
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def gunicorn_workers(serve_pid: int) -> list[int]:
+    """Worker pids of the gunicorn master that `container/serve` started (nginx's processes excluded)."""
+    for child in children(serve_pid):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
+        if b"gunicorn" in cmdline:
+            return children(child)
+    return []
 
 
 @pytest.fixture(scope="session")

@@ -54,12 +54,23 @@ def check_payload(server: Server, body: bytes, content_type: str, accept: str) -
     headers = {"Content-Type": content_type, "Accept": accept}
     r = requests.post(server.url + "/invocations", data=body, headers=headers, timeout=60)
     assert r.status_code < 500, (r.status_code, r.text, body, headers)
-    if r.status_code >= 400:
+    if r.status_code >= 400:  # the error schema: exactly {"error": "<what and where>"}
         assert r.headers["Content-Type"].startswith("application/json")
-        assert isinstance(r.json()["error"], str) and "Traceback" not in r.text
+        payload = r.json()
+        assert list(payload) == ["error"] and isinstance(payload["error"], str) and payload["error"].strip()
+        assert "Traceback" not in r.text and "<html" not in r.text.lower()
+        return
+    assert r.status_code == 200
+    if r.headers["Content-Type"] == "application/jsonlines":
+        predictions = [json.loads(line) for line in r.text.splitlines()]
     else:
-        payload = r.text
-        assert payload
+        assert r.headers["Content-Type"] == "application/json"
+        predictions = r.json()["predictions"]
+    assert predictions and "null" not in r.text  # a forecast is finite numbers, never nulls
+    for p in predictions:
+        assert p and set(p) <= {"mean", "quantiles", "samples"}
+        for values in [p.get("mean", []), *p.get("quantiles", {}).values(), *p.get("samples", [])]:
+            assert all(isinstance(v, (int, float)) for v in values)
 
 
 def test_fuzzed_payloads_never_break_the_server(server: Server):

@@ -1,9 +1,11 @@
 """Serving settings derived from SageMaker's environment variables (one place for every timeout)."""
 
+import os
+
 import pytest
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.server_config import ServerConfig, default_workers
+from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, default_workers
 
 
 @pytest.mark.parametrize("cpus,memory_gb,expected", [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1)])
@@ -26,15 +28,49 @@ def test_realtime_and_batch_defaults():
     assert not realtime.batch_mode and realtime.max_sample_paths == 200_000
     batch = ServerConfig.from_env({"SAGEMAKER_BATCH": "true", "SAGEMAKER_BIND_TO_PORT": "9000",
                                    "SAGEMAKER_BATCH_STRATEGY": "SingleRecord"})
-    assert (batch.port, batch.max_payload_bytes, batch.batch_strategy) == (9000, 100 * 2**20, "SINGLE_RECORD")
-    assert batch.max_sample_paths == 2_000_000
+    assert (batch.port, batch.batch_strategy) == (9000, "SINGLE_RECORD")
+    assert batch.max_sample_paths == 2_000_000 and batch.max_response_bytes == 1024 * 2**20
+    # The default batch body is what one worker forecasts inside the timeout; an explicit limit wins.
+    assert batch.max_payload_bytes == batch_payload_mb(60) * 2**20 < batch_payload_mb(600) * 2**20
+    assert batch_payload_mb(3600) == 100
+    explicit = ServerConfig.from_env({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "100"})
+    assert explicit.max_payload_bytes == 100 * 2**20
+    assert realtime.max_response_bytes == 6 * 2**20 and realtime.front == "nginx"
+
+
+def test_inference_config_is_parsed_once_into_settings():
+    config = ServerConfig.from_env({"DEEPAR_INFERENCE_CONFIG": '{"num_samples": 7, "quantiles": ["0.5"]}'})
+    assert config.inference_defaults.num_samples == 7 and config.inference_defaults.quantile_keys == ("0.5",)
 
 
 @pytest.mark.parametrize("env,fragment", [
     ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many' is not an integer"),
     ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500' must be between 1 and 100"),
     ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0' must be between 1 and 65535"),
+    ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache' must be nginx or gunicorn"),
+    ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG is not valid JSON"),
+    ({"DEEPAR_INFERENCE_CONFIG": '{"quantiles": [2]}'}, "2 is not a number strictly between 0 and 1"),
 ])
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
         ServerConfig.from_env(env)
+
+
+def test_nginx_configuration_is_valid_and_answers_errors_in_json(tmp_path):
+    import subprocess
+
+    from sagemaker_deepar.front import find_nginx, nginx_conf
+
+    config = ServerConfig.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "3", "DEEPAR_BIND_HOST": "127.0.0.1"})
+    text = nginx_conf(config, tmp_path, tmp_path / "gunicorn.sock")
+    assert "client_max_body_size 3145728;" in text and "error_page 502 =503 /_deepar_error/502;" in text
+    assert """return 413 '{"error":"body larger than 3 MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"}'""" in text
+    nginx = find_nginx()
+    if nginx is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is required in CI (scripts/ensure_packages.sh)")
+        pytest.skip("nginx not installed")
+    (tmp_path / "nginx.conf").write_text(text)
+    check = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
