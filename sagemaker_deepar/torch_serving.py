@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fast_sampler import FastDeepARSampler
+
 _PACKAGES_WITHOUT_INIT = ("gluonts.torch", "gluonts.torch.model", "gluonts.torch.model.deepar")
 
 
@@ -64,6 +66,7 @@ class TorchDeepAR:
         self.transform = serde.decode(spec["input_transform"]) + SelectFields(self.input_names, allow_missing=True)
         self.batch_size = batch_size
         self._batchify = batchify
+        self.fast_sampler = FastDeepARSampler(self.model)
 
     def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
         """Sample paths, shape (series, num_samples, prediction_length)."""
@@ -74,6 +77,6 @@ class TorchDeepAR:
         blocks = []
         with torch.inference_mode():
             for batch in loader:
-                out = self.model(*[batch[name] for name in self.input_names], num_parallel_samples=num_samples)
+                out = self.fast_sampler.sample(*[batch[name] for name in self.input_names], num_samples=num_samples)
                 blocks.append(out.numpy())
         return np.concatenate(blocks).astype(np.float32, copy=False)
