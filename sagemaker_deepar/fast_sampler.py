@@ -35,6 +35,10 @@ INPUT_NAMES = ("feat_static_cat", "feat_static_real", "past_time_feat", "past_ta
 
 Draw = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 
+# Sample paths per forward pass from which the upper LSTM layers run as one oneDNN call (measured:
+# ~2x slower than per-layer products at 100 paths, ~1.6x faster at 10,000).
+FUSED_UPPER_LAYERS_FROM_PATHS = 2000
+
 
 def _draw_student_t(params: tuple[Tensor, ...], scale: Tensor) -> Tensor:
     # torch.distributions.StudentT.rsample: normal first, then chi2 = Gamma(df / 2, rate 0.5).
@@ -47,6 +51,19 @@ def _draw_student_t(params: tuple[Tensor, ...], scale: Tensor) -> Tensor:
 def _draw_normal(params: tuple[Tensor, ...], scale: Tensor) -> Tensor:
     loc, spread = params
     return torch.normal(loc, spread) * scale
+
+
+def _lstm_step(inputs: Tensor, weight: Tensor, bias: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+    """One LSTM step from [input, hidden] (paths, in + H) and weight (in + H, 4H), gates ordered i, f, g, o.
+
+    One matrix product and six pointwise ops: ATen's lstm_cell costs about three times as much for
+    a few hundred paths (two products, an add and per-gate ops on strided chunks).
+    """
+    size = cell.shape[1]
+    gates = torch.addmm(bias, inputs, weight)
+    gate = torch.sigmoid(gates)  # the g block is recomputed with tanh below; one call beats three slices
+    cell = torch.addcmul(gate[:, size:2 * size] * cell, gate[:, :size], gates[:, 2 * size:3 * size].tanh())
+    return gate[:, 3 * size:] * torch.tanh(cell), cell
 
 
 def _distribution_draw(distr_output) -> Draw:
@@ -83,6 +100,17 @@ class FastDeepARSampler:
         self.w_lags = w_ih0[:, :num_lags]  # (4H, lags)
         self.w_features = w_ih0[:, num_lags:]  # (4H, static + time features)
         self.bias0 = b_ih0 + b_hh0
+        # Layers above the first: for thousands of paths one fused multi-layer step (oneDNN on CPU)
+        # is fastest; for a few hundred its fixed cost dominates and one product per layer wins.
+        self.upper_weights = [w for layer in self.weights[1:] for w in layer]
+        self.upper_stacked = [(torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh)
+                              for w_ih, w_hh, b_ih, b_hh in self.weights[1:]]
+        # The distribution-argument projections as one product, split back per argument.
+        projections = list(model.param_proj.proj)
+        self.proj_weight = torch.cat([p.weight.detach() for p in projections]).t().contiguous()
+        self.proj_bias = torch.cat([p.bias.detach() for p in projections])
+        self.proj_sizes = [p.out_features for p in projections]
+        self.domain_map = model.distr_output.domain_map
         self.draw = _distribution_draw(model.distr_output)
         # Step k reads the sampled (scaled) value of step k - 1 - l for every lag l < k: fold those
         # lag weights into one (prediction_length, 4H) matrix per step, applied to the path buffer.
@@ -92,8 +120,8 @@ class FastDeepARSampler:
             for j, lag in enumerate(self.lags):
                 if lag <= k - 1:
                     matrix[k - 1 - lag] += self.w_lags[:, j]
-            steps.append(matrix.t().contiguous())  # (4H, prediction_length): lstm_cell's w_ih layout
-        self.step_lag_weights = steps
+            steps.append(torch.cat((matrix, self.weights[0][1].t())))  # (prediction_length + H, 4H)
+        self.step_weights = steps
 
     @torch.inference_mode()
     def sample(self, feat_static_cat: Tensor, feat_static_real: Tensor, past_time_feat: Tensor, past_target: Tensor,
@@ -122,8 +150,9 @@ class FastDeepARSampler:
         shared_gates = past_lags @ self.w_lags.t() + features @ self.w_features.t() + self.bias0  # (series, steps, 4H)
 
         repeated_scale = scale.squeeze(-1).repeat_interleave(num_samples)
-        hidden = [h.repeat_interleave(num_samples, dim=0) for h in h_context]
-        cell = [c.repeat_interleave(num_samples, dim=0) for c in c_context]
+        hidden = list(h_context.repeat_interleave(num_samples, dim=1).unbind(0))
+        cell = list(c_context.repeat_interleave(num_samples, dim=1).unbind(0))
+        fused_upper = self.num_layers > 1 and paths >= FUSED_UPPER_LAYERS_FROM_PATHS
         scaled_paths = torch.zeros(paths, steps)
         samples = torch.empty(paths, steps)
 
@@ -131,13 +160,20 @@ class FastDeepARSampler:
         for step in range(steps):
             if step:
                 gates = shared_gates[:, step].repeat_interleave(num_samples, dim=0)
-                hidden[0], cell[0] = torch.lstm_cell(scaled_paths, (hidden[0], cell[0]),
-                                                     self.step_lag_weights[step], self.weights[0][1], gates, None)
-                for layer in range(1, self.num_layers):
-                    w_ih, w_hh, b_ih, b_hh = self.weights[layer]
-                    hidden[layer], cell[layer] = torch.lstm_cell(hidden[layer - 1], (hidden[layer], cell[layer]),
-                                                                 w_ih, w_hh, b_ih, b_hh)
-                params = model.param_proj(hidden[-1])
+                hidden[0], cell[0] = _lstm_step(torch.cat((scaled_paths, hidden[0]), dim=1), self.step_weights[step],
+                                                gates, cell[0])
+                if fused_upper:
+                    # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+                    out, h_upper, c_upper = torch.lstm(
+                        hidden[0].unsqueeze(1), (torch.stack(hidden[1:]), torch.stack(cell[1:])), self.upper_weights,
+                        True, self.num_layers - 1, 0.0, False, False, True)
+                    hidden[1:], cell[1:] = h_upper.unbind(0), c_upper.unbind(0)
+                else:
+                    for layer, (weight, bias) in enumerate(self.upper_stacked, start=1):
+                        hidden[layer], cell[layer] = _lstm_step(torch.cat((hidden[layer - 1], hidden[layer]), dim=1),
+                                                                weight, bias, cell[layer])
+                raw = torch.addmm(self.proj_bias, hidden[-1], self.proj_weight)
+                params = self.domain_map(*raw.split(self.proj_sizes, dim=1))
             draw = self.draw(params, repeated_scale)
             samples[:, step] = draw
             scaled_paths[:, step] = draw / repeated_scale
