@@ -25,7 +25,7 @@ noise for several likelihoods, with categorical and dynamic features and missing
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -164,7 +164,7 @@ class FastDeepARSampler:
                                                 gates, cell[0])
                 if fused_upper:
                     # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-                    out, h_upper, c_upper = torch.lstm(
+                    _, h_upper, c_upper = torch.lstm(
                         hidden[0].unsqueeze(1), (torch.stack(hidden[1:]), torch.stack(cell[1:])), self.upper_weights,
                         True, self.num_layers - 1, 0.0, False, False, True)
                     hidden[1:], cell[1:] = h_upper.unbind(0), c_upper.unbind(0)
