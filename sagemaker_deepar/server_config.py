@@ -45,16 +45,24 @@ def available_memory_gb() -> float:
 
 
 def default_workers(cpus: int, memory_gb: float) -> int:
-    """One single-threaded worker per CPU, as memory allows.
+    """One worker per 2 CPUs, as memory allows.
 
-    A forward pass over the few series that concurrent requests batch together is a chain of small
-    tensor ops: a second intra-op thread only adds synchronisation (and spins against the other
-    worker when cores are shared), while a second worker runs a second batch and its own HTTP
-    parsing outside the first one's GIL. Measured on 2 cores, c=8 one-series requests: 2 workers x 1
-    thread answered 11x more requests than 1 worker x 2 threads (README, "Speed").
+    One worker per CPU answered more one-series requests on 2 shared cores (README, "Speed"), but
+    two workers importing torch at once left /ping unanswered for over 5 s on a loaded machine
+    (SageMaker's health check waits 2 s), so the default stays here until loading is made cheaper.
     """
     by_memory = int(memory_gb // WORKER_MEMORY_GB)
-    return max(1, min(cpus, by_memory))
+    return max(1, min(max(1, cpus // 2), by_memory))
+
+
+def default_torch_threads() -> int:
+    """One intra-op thread per worker: a batched forward pass is a chain of small tensor ops.
+
+    A second thread only adds synchronisation on these sizes, and OpenMP threads spin against
+    everything else on the cores (1 worker x 2 threads answered 11x fewer c=8 requests than
+    2 workers x 1 thread on 2 shared cores; README, "Speed").
+    """
+    return 1
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,7 @@ class ServerConfig:
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
             threads=_int(env, "DEEPAR_SERVER_THREADS", 16, high=256),
-            torch_threads=max(1, cpus // workers),
+            torch_threads=_int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
             request_timeout=request_timeout,
             graceful_timeout=min(25, request_timeout),
             keepalive=_int(env, "DEEPAR_KEEPALIVE", 75, high=3600),
