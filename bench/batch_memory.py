@@ -29,7 +29,7 @@ import requests
 
 from bench.serve_throughput import stop, train, wait_ping
 from sagemaker_deepar import sample_data
-from tests.helpers import free_port
+from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,15 +57,10 @@ def proc_kb(pid: int, field: str) -> int:
 
 
 def gunicorn_worker(serve_pid: int) -> int:
-    def children(pid: int) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
-    for child in children(serve_pid):
-        if b"gunicorn" in Path(f"/proc/{child}/cmdline").read_bytes():
-            workers = children(child)
-            if len(workers) == 1:
-                return workers[0]
-    raise RuntimeError("expected one gunicorn worker")
+    workers = gunicorn_workers(serve_pid)
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one gunicorn worker, found {len(workers)}")
+    return workers[0]
 
 
 def post_file(url: str, path: Path, timeout: float) -> tuple[int, int, float]:

@@ -2,14 +2,17 @@
 
 One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through `container/train`
 (torch for us, mxnet for the gluonts.shell peer), then measures
-  - in-process `Model.sample` (our batched path over `predictor.predict`), 1-series and 100-series inputs,
-    single thread;
-  - our server (`container/serve`, default settings) under wrk at concurrency 1/4/8 with 1-series
-    requests and at concurrency 1 with 100-series requests; serve -> /ping 200 time;
-  - gluonts.shell serving the mxnet model, 1-series requests at concurrency 8.
-100 samples per series everywhere. Loopback only; each load run is bounded by --seconds.
+  - in-process, single thread, 1-series and 100-series inputs: GluonTS's own `DeepARModel.forward`
+    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.fast_sampler`), with
+    the GFLOP/s each achieves (`fast_sampler.network_flops`) next to the CPU's estimated peak;
+  - our server (`container/serve`, default settings unless SAGEMAKER_MODEL_SERVER_WORKERS etc. are
+    set) under wrk at concurrency 1/4/8 with 1-series requests and at concurrency 1 with 100-series
+    requests; serve -> /ping 200 time; each worker's RSS after loading and after a --soak-seconds
+    load run (1-series, c=8);
+  - gluonts.shell serving the mxnet model, 1-series requests at concurrency 8 (skip with --no-peer).
+100 samples per series everywhere. Loopback only; each load run is bounded by --seconds / --soak-seconds.
 
-    .venv/bin/python -m bench.serve_throughput [--seconds 15]
+    .venv/bin/python -m bench.serve_throughput [--seconds 15] [--soak-seconds 600] [--no-peer]
 
 `--fronts [--baseline-repo /work/main]` instead compares, side by side in one run, the serving fronts
 (issue #12 item 10): nginx + gunicorn (default), gunicorn alone (DEEPAR_FRONT=gunicorn) and, if given,
@@ -37,7 +40,7 @@ import requests
 
 from sagemaker_deepar import sample_data
 from sagemaker_deepar.contract import write_jsonl
-from tests.helpers import free_port
+from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,30 +90,76 @@ def request_body(records: list[dict], n: int) -> dict:
 
 
 def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
+    """{"gluonts"|"ours": {1|100: rates}}: the two samplers alternate so both see the same machine load."""
+    import torch
+
+    from sagemaker_deepar.fast_sampler import network_flops
     from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
 
     quiet_libraries()
+    torch.set_num_threads(1)
 
     model = Model.load(model_dir)
-    cfg = InferenceConfig(
-        num_samples=100,
-        output_types=("mean", "quantiles"),
-        quantile_keys=("0.1", "0.5", "0.9"),
-        quantile_levels=(0.1, 0.5, 0.9),
-    )
-    results = {}
+    fast = model.sampler.fast_sampler
+    cfg = InferenceConfig(num_samples=100, output_types=("mean", "quantiles"), quantile_keys=("0.1", "0.5", "0.9"),
+                          quantile_levels=(0.1, 0.5, 0.9))
+    results: dict = {"gluonts": {}, "ours": {}}
     for n in (1, 100):
         body = request_body(records, n)
-        model.sample([parse_instance(i, model, "").entry for i in body["instances"]], 100)  # warm-up
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            entries = [parse_instance(i, model, "").entry for i in body["instances"]]
-            predictions(model.sample(entries, 100), cfg, [])
-            calls += 1
-        elapsed = time.perf_counter() - start
-        results[n] = {"calls_per_s": calls / elapsed, "series_per_s": calls * n / elapsed}
+        totals = {name: [0, 0.0] for name in results}
+        rounds = 5
+        for _ in range(rounds):  # interleaved slices: noise on a shared machine hits both alike
+            for name in results:
+                model.sampler.fast_sampler = fast if name == "ours" else None
+                model.sample([parse_instance(i, model, "").entry for i in body["instances"]], 100)  # warm-up
+                start = time.perf_counter()
+                while time.perf_counter() - start < seconds / rounds:
+                    entries = [parse_instance(i, model, "").entry for i in body["instances"]]
+                    predictions(model.sample(entries, 100), cfg, [])
+                    totals[name][0] += 1
+                totals[name][1] += time.perf_counter() - start
+        flops = network_flops(model.sampler.model, n, 100)
+        for name, (calls, elapsed) in totals.items():
+            results[name][n] = {"calls_per_s": calls / elapsed, "series_per_s": calls * n / elapsed,
+                                "gflops": calls * flops / elapsed / 1e9}
+    model.sampler.fast_sampler = fast
+    results["flops_per_series"] = network_flops(model.sampler.model, 1, 100)
     return results
+
+
+def peak_gflops() -> tuple[float, str]:
+    """FP32 peak from lscpu: cores x clock x FLOP/cycle (2 FMA pipes: 32 with AVX-512 off and AVX2+FMA)."""
+    info = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
+    field = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    flags = set(field.get("Flags", "").split())
+    cores = int(field.get("Core(s) per socket", "1").strip()) * int(field.get("Socket(s)", "1").strip())
+    mhz_text = field.get("CPU max MHz", "").strip() or field.get("CPU MHz", "").strip()
+    if not mhz_text:
+        mhz_text = re.search(r"cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text()).group(1)
+    ghz = float(mhz_text) / 1000
+    if "avx512f" in flags:
+        per_cycle, isa = 64, "AVX-512 + FMA"
+    elif {"avx2", "fma"} <= flags:
+        per_cycle, isa = 32, "AVX2 + FMA"
+    elif "avx" in flags:
+        per_cycle, isa = 16, "AVX"
+    else:
+        per_cycle, isa = 8, "SSE"
+    peak = cores * ghz * per_cycle
+    return peak, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({isa}, 2 FMA pipes x 8 lanes x 2)"
+
+
+def worker_rss_mb(serve_pid: int) -> list[float]:
+    """RSS of each gunicorn worker of the server that `container/serve` started, in MB."""
+    sizes = []
+    for pid in gunicorn_workers(serve_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        sizes.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024)
+    return sizes
 
 
 def wrk(url: str, body: dict, connections: int, seconds: int, workdir: Path) -> dict:
@@ -233,7 +282,9 @@ def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=15, help="length of each measurement")
+    parser.add_argument("--soak-seconds", type=int, default=60, help="1-series c=8 load before the second RSS reading")
+    parser.add_argument("--no-peer", action="store_true", help="skip gluonts.shell (and training the mxnet model)")
     parser.add_argument("--fronts", action="store_true", help="compare nginx + gunicorn, gunicorn alone, a baseline")
     parser.add_argument("--baseline-repo", help="another checkout whose container/serve is measured beside ours")
     args = parser.parse_args()
@@ -249,16 +300,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         records = sample_data.generate(num_sensors=20, days=30)
-        for backend in ("torch", "mxnet"):
+        for backend in ("torch",) if args.no_peer else ("torch", "mxnet"):
             train(tmp_path / backend, backend, records)
         print("model: context 72, prediction 24, 3 x 40 LSTM, 100 samples; request series of 200 points")
+        peak, peak_how = peak_gflops()
+        print(f"CPU FP32 peak        : {peak:.0f} GFLOP/s = {peak_how}")
 
-        ours_in_process = in_process(tmp_path / "torch/model", records, args.seconds)
-        single, batched = ours_in_process[1], ours_in_process[100]
-        print(
-            f"in-process, 1 thread : 1-series {single['calls_per_s']:.1f} req/s; "
-            f"100-series {batched['series_per_s']:.0f} series/s"
-        )
+        measured = in_process(tmp_path / "torch/model", records, args.seconds)
+        flops_per_series = measured["flops_per_series"]
+        print(f"network work         : {flops_per_series / 1e6:.1f} MFLOP per series (100 samples)")
+        for name, label in (("gluonts", "GluonTS forward"), ("ours", "ours (fast loop)")):
+            one, hundred = measured[name][1], measured[name][100]
+            print(f"in-process, 1 thread, {label:16}: 1-series {one['calls_per_s']:.1f} req/s "
+                  f"({one['gflops']:.1f} GFLOP/s); 100-series {hundred['series_per_s']:.0f} series/s "
+                  f"({hundred['gflops']:.1f} GFLOP/s = {hundred['gflops'] / peak:.1%} of peak)")
+        single, batched = measured["gluonts"][1], measured["gluonts"][100]
+        fast_single, fast_batched = measured["ours"][1], measured["ours"][100]
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -276,7 +333,9 @@ def main() -> None:
         )
         try:
             ready = wait_ping(url, server)
-            print(f"our server           : serve -> /ping 200 in {ready:.2f} s")
+            rss_loaded = worker_rss_mb(server.pid)
+            print(f"our server           : serve -> /ping 200 in {ready:.2f} s; {len(rss_loaded)} worker(s), RSS after "
+                  f"loading {', '.join(f'{r:.0f}' for r in rss_loaded)} MB")
             ours = {}
             for c in (1, 4, 8):
                 ours[c] = wrk(url, request_body(records, 1), c, args.seconds, tmp_path)
@@ -286,12 +345,21 @@ def main() -> None:
                     f"p99 {r['p99_ms']:.0f} ms, non-2xx {r['non2xx']} {r['socket_errors']}"
                 )
             big = wrk(url, request_body(records, 100), 1, args.seconds, tmp_path)
-            print(
-                f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
-                f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}"
-            )
+            print(f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
+                  f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}")
+            soak = wrk(url, request_body(records, 1), 8, args.soak_seconds, tmp_path)
+            rss_soaked = worker_rss_mb(server.pid)
+            print(f"soak {args.soak_seconds} s, c=8     : 1-series {soak['rps']:.1f} req/s, p99 {soak['p99_ms']:.0f} ms, "
+                  f"non-2xx {soak['non2xx']} {soak['socket_errors']}; worker RSS after "
+                  f"{', '.join(f'{r:.0f}' for r in rss_soaked)} MB")
         finally:
             stop(server)
+        server_gflops = ours[8]["rps"] * flops_per_series / 1e9
+        print(f"our server c=8 work  : {server_gflops:.1f} GFLOP/s = {server_gflops / peak:.1%} of peak; 100-series "
+              f"{big['rps'] * 100 * flops_per_series / 1e9:.1f} GFLOP/s")
+        if args.no_peer:
+            report(ours, big, single, batched, fast_single, fast_batched, None, ready)
+            return
 
         shell_root = tmp_path / "shell"
         shutil.copytree(tmp_path / "mxnet/model/predictor", shell_root / "model")
@@ -315,12 +383,23 @@ def main() -> None:
         finally:
             stop(shell)
 
-        print("\nratios (targets in brackets)")
-        print(f"  ours c=8 / gluonts.shell c=8        : {ours[8]['rps'] / peer['rps']:.1f}x  [>= 10x]")
-        print(f"  ours c=8 / in-process 1-series      : {ours[8]['rps'] / single['calls_per_s']:.2f}x  [>= 1.5x]")
-        print(f"  ours 100-series / in-process batched: {big['rps'] * 100 / batched['series_per_s']:.2f}x  [>= 0.9x]")
-        print(f"  ours p99 at c=8                     : {ours[8]['p99_ms']:.0f} ms  [<= 1000 ms]")
-        print(f"  serve -> /ping 200                  : {ready:.2f} s  [<= 5 s]")
+        report(ours, big, single, batched, fast_single, fast_batched, peer, ready)
+
+
+def report(ours: dict, big: dict, single: dict, batched: dict, fast_single: dict, fast_batched: dict,
+           peer: dict | None, ready: float) -> None:
+    """Ratios against the in-process GluonTS baseline measured in the same run (and against our own loop)."""
+    print("\nratios (targets in brackets; in-process = GluonTS forward, single thread, same run)")
+    if peer is not None:
+        print(f"  ours c=8 / gluonts.shell c=8             : {ours[8]['rps'] / peer['rps']:.1f}x  [>= 10x]")
+    print(f"  ours c=8 / in-process 1-series           : {ours[8]['rps'] / single['calls_per_s']:.2f}x  [>= 5x]")
+    print(f"  ours 100-series / in-process batched     : {big['rps'] * 100 / batched['series_per_s']:.2f}x  [>= 1.2x]")
+    print(f"  ours p99 at c=8                          : {ours[8]['p99_ms']:.0f} ms  [<= 250 ms]")
+    print(f"  serve -> /ping 200                       : {ready:.2f} s  [<= 5 s]")
+    print(f"  fast loop / GluonTS in-process, 1-series : {fast_single['calls_per_s'] / single['calls_per_s']:.2f}x")
+    print(f"  fast loop / GluonTS in-process, batched  : {fast_batched['series_per_s'] / batched['series_per_s']:.2f}x")
+    print(f"  ours c=8 / in-process fast loop 1-series : {ours[8]['rps'] / fast_single['calls_per_s']:.2f}x")
+    print(f"  ours 100-series / in-process fast batched: {big['rps'] * 100 / fast_batched['series_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows u
 BATCH_PAYLOAD_LIMIT_MB = 100
 REALTIME_RESPONSE_MB = 6  # InvokeEndpoint's response limit: a larger answer could never reach the client
 BATCH_RESPONSE_MB = 1024  # batch answers are streamed; this bounds what one request can make SageMaker store
-WORKER_MEMORY_GB = 1.5  # a loaded DeepAR model + torch per worker, with headroom
+# Per worker: ~0.47 GB RSS once the model is loaded, ~0.58 GB after a soak with 100-series requests
+# (bench/serve_throughput.py); the rest is headroom for a request at the sample-path budget.
+WORKER_MEMORY_GB = 1.5
 
 
 def _int(env: Mapping[str, str], name: str, default: Optional[int], low: int = 1, high: int = 10**9) -> Optional[int]:
@@ -47,9 +49,24 @@ def available_memory_gb() -> float:
 
 
 def default_workers(cpus: int, memory_gb: float) -> int:
-    """One worker per 2 CPUs (each batches its concurrent requests on 2 torch threads), as memory allows."""
+    """One worker per 2 CPUs, as memory allows.
+
+    One worker per CPU answered more one-series requests on 2 shared cores (README, "Speed"), but
+    two workers importing torch at once left /ping unanswered for over 5 s on a loaded machine
+    (SageMaker's health check waits 2 s), so the default stays here until loading is made cheaper.
+    """
     by_memory = int(memory_gb // WORKER_MEMORY_GB)
     return max(1, min(max(1, cpus // 2), by_memory))
+
+
+def default_torch_threads() -> int:
+    """One intra-op thread per worker: a batched forward pass is a chain of small tensor ops.
+
+    A second thread only adds synchronisation on these sizes, and OpenMP threads spin against
+    everything else on the cores (1 worker x 2 threads answered 11x fewer c=8 requests than
+    2 workers x 1 thread on 2 shared cores; README, "Speed").
+    """
+    return 1
 
 
 @dataclass(frozen=True)
@@ -100,7 +117,7 @@ class ServerConfig:
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
             threads=_int(env, "DEEPAR_SERVER_THREADS", 16, high=256),
-            torch_threads=max(1, cpus // workers),
+            torch_threads=_int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
             request_timeout=request_timeout,
             graceful_timeout=min(25, request_timeout),
             keepalive=_int(env, "DEEPAR_KEEPALIVE", 75, high=3600),

@@ -176,18 +176,6 @@ class Server:
         self.log.close()
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def gunicorn_workers(serve_pid: int) -> list[int]:
-    """Worker pids of the gunicorn master that `container/serve` started (nginx's processes excluded)."""
-    for child in children(serve_pid):
-        cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
-        if b"gunicorn" in cmdline:
-            return children(child)
-    return []
 
 
 @pytest.fixture(scope="session")

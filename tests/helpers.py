@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -10,3 +12,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def gunicorn_workers(serve_pid: int) -> list[int]:
+    """Worker pids of the gunicorn master that `container/serve` started (nginx's processes excluded)."""
+    for child in children(serve_pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"gunicorn" in cmdline:
+            return children(child)
+    return []

@@ -14,7 +14,8 @@ import requests
 
 from sagemaker_deepar.server_config import batch_payload_mb
 
-from .conftest import Server, gunicorn_workers, running_server
+from .conftest import Server, running_server
+from .helpers import gunicorn_workers
 
 PL = 6
 DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]

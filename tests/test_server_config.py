@@ -8,9 +8,16 @@ from sagemaker_deepar.errors import UserError
 from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, default_workers
 
 
-@pytest.mark.parametrize("cpus,memory_gb,expected", [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1)])
+@pytest.mark.parametrize("cpus,memory_gb,expected", [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1),
+                                                     (2, 2, 1), (4, 4, 2), (16, 16, 8)])
 def test_default_workers_follow_cpus_and_memory(cpus, memory_gb, expected):
     assert default_workers(cpus, memory_gb) == expected
+
+
+def test_one_torch_thread_per_worker_unless_set():
+    assert ServerConfig.from_env({}).torch_threads == 1
+    assert ServerConfig.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}).torch_threads == 1
+    assert ServerConfig.from_env({"DEEPAR_TORCH_THREADS": "2"}).torch_threads == 2
 
 
 def test_prefixed_variables_win():
