@@ -41,8 +41,12 @@ def write_body(path: Path, megabytes: float, seed: int = 1) -> int:
     with open(path, "wb") as f:
         while True:
             level = rng.uniform(5, 50)
-            line = json.dumps({"start": "2024-01-01 00:00:00",
-                               "target": [round(level + rng.gauss(0, 3), 3) for _ in range(200)]}).encode() + b"\n"
+            line = (
+                json.dumps(
+                    {"start": "2024-01-01 00:00:00", "target": [round(level + rng.gauss(0, 3), 3) for _ in range(200)]}
+                ).encode()
+                + b"\n"
+            )
             if f.tell() + len(line) > limit:
                 return lines
             f.write(line)
@@ -67,18 +71,32 @@ def post_file(url: str, path: Path, timeout: float) -> tuple[int, int, float]:
     """(status, output lines, seconds); the answer is streamed and counted, never held."""
     start = time.perf_counter()
     with open(path, "rb") as body:
-        r = requests.post(url + "/invocations", data=body, headers={"Content-Type": "application/jsonlines"},
-                          stream=True, timeout=timeout)
+        r = requests.post(
+            url + "/invocations",
+            data=body,
+            headers={"Content-Type": "application/jsonlines"},
+            stream=True,
+            timeout=timeout,
+        )
         lines = sum(chunk.count(b"\n") for chunk in r.iter_content(1 << 20))
     return r.status_code, lines, time.perf_counter() - start
 
 
 def serve(root: Path, port: int, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "container/serve")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), "DEEPAR_BIND_HOST": "127.0.0.1",
-                                 "SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_BATCH": "true",
-                                 "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env})
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "container/serve")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(root),
+            "DEEPAR_BIND_HOST": "127.0.0.1",
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "SAGEMAKER_BATCH": "true",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+            **env,
+        },
+    )
 
 
 def main() -> None:
@@ -94,24 +112,34 @@ def main() -> None:
         small = tmp_path / "small.jsonl"
         n = write_body(small, args.throughput_megabytes)
         port = free_port()
-        server = serve(tmp_path / "torch", port, SAGEMAKER_MAX_PAYLOAD_IN_MB="100", SAGEMAKER_MODEL_SERVER_TIMEOUT="3600")
+        server = serve(
+            tmp_path / "torch", port, SAGEMAKER_MAX_PAYLOAD_IN_MB="100", SAGEMAKER_MODEL_SERVER_TIMEOUT="3600"
+        )
         try:
             wait_ping(f"http://127.0.0.1:{port}", server)
             status, lines, seconds = post_file(f"http://127.0.0.1:{port}", small, timeout=3600)
         finally:
             stop(server)
         mb = small.stat().st_size / 2**20
-        print(f"throughput (100 samples, mean + 9 quantiles): {n} series, {mb:.2f} MB in {seconds:.1f} s -> "
-              f"{n / seconds:.0f} series/s, {mb / seconds * 1024:.0f} kB/s; status {status}, {lines} lines "
-              f"[{'ok' if lines == n else 'MISMATCH'}]; a 60 s timeout fits {mb / seconds * 60:.1f} MB", flush=True)
+        print(
+            f"throughput (100 samples, mean + 9 quantiles): {n} series, {mb:.2f} MB in {seconds:.1f} s -> "
+            f"{n / seconds:.0f} series/s, {mb / seconds * 1024:.0f} kB/s; status {status}, {lines} lines "
+            f"[{'ok' if lines == n else 'MISMATCH'}]; a 60 s timeout fits {mb / seconds * 60:.1f} MB",
+            flush=True,
+        )
 
         big = tmp_path / "big.jsonl"
         n = write_body(big, args.megabytes)
         body_mb = big.stat().st_size / 2**20
         port = free_port()
         config = json.dumps({"num_samples": 1, "output_types": ["mean"]})
-        server = serve(tmp_path / "torch", port, SAGEMAKER_MAX_PAYLOAD_IN_MB="100", SAGEMAKER_MODEL_SERVER_TIMEOUT="3600",
-                       DEEPAR_INFERENCE_CONFIG=config)
+        server = serve(
+            tmp_path / "torch",
+            port,
+            SAGEMAKER_MAX_PAYLOAD_IN_MB="100",
+            SAGEMAKER_MODEL_SERVER_TIMEOUT="3600",
+            DEEPAR_INFERENCE_CONFIG=config,
+        )
         try:
             wait_ping(f"http://127.0.0.1:{port}", server)
             worker = gunicorn_worker(server.pid)
@@ -122,10 +150,14 @@ def main() -> None:
         finally:
             stop(server)
         above = (peak - before) / 1024
-        print(f"memory: body {body_mb:.1f} MB, {n} lines in {seconds:.0f} s; status {status}, {lines} lines "
-              f"[{'ok' if lines == n else 'MISMATCH'}]")
-        print(f"worker RSS before {before / 1024:.0f} MB, peak {peak / 1024:.0f} MB: {above:.0f} MB above = "
-              f"{above / body_mb:.2f}x the body [target <= 3x]")
+        print(
+            f"memory: body {body_mb:.1f} MB, {n} lines in {seconds:.0f} s; status {status}, {lines} lines "
+            f"[{'ok' if lines == n else 'MISMATCH'}]"
+        )
+        print(
+            f"worker RSS before {before / 1024:.0f} MB, peak {peak / 1024:.0f} MB: {above:.0f} MB above = "
+            f"{above / body_mb:.2f}x the body [target <= 3x]"
+        )
 
 
 if __name__ == "__main__":

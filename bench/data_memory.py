@@ -70,24 +70,39 @@ def write_long_series(path: Path, points: int) -> int:
 
 def measure(channel: Path, size: int, label: str, code: Path = REPO) -> tuple[float, float]:
     """Read the channel in a fresh process; print and return (peak RSS above baseline / decoded, MB/s)."""
-    out = subprocess.run([sys.executable, "-c", READER, str(channel), str(code)], capture_output=True, text=True,
-                         check=True).stdout.split()
-    series, observations, baseline_kb, peak_kb, seconds = int(out[0]), int(out[1]), int(out[2]), int(out[3]), float(out[4])
+    out = subprocess.run(
+        [sys.executable, "-c", READER, str(channel), str(code)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    series, observations, baseline_kb, peak_kb, seconds = (
+        int(out[0]),
+        int(out[1]),
+        int(out[2]),
+        int(out[3]),
+        float(out[4]),
+    )
     decoded = 4 * observations
     used = (peak_kb - baseline_kb) * 1024
     rate = size / 1e6 / seconds
-    print(f"{label}: JSON Lines {size / 1e6:.1f} MB, {series} series, {observations:,} observations; read in "
-          f"{seconds:.2f} s ({rate:.0f} MB/s); decoded float32 {decoded / 1e6:.1f} MB, peak RSS above baseline "
-          f"{used / 1e6:.1f} MB = {used / decoded:.2f}x")
+    print(
+        f"{label}: JSON Lines {size / 1e6:.1f} MB, {series} series, {observations:,} observations; read in "
+        f"{seconds:.2f} s ({rate:.0f} MB/s); decoded float32 {decoded / 1e6:.1f} MB, peak RSS above baseline "
+        f"{used / 1e6:.1f} MB = {used / decoded:.2f}x"
+    )
     return used / decoded, rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gigabytes", type=float, default=1.0)
-    parser.add_argument("--single-series-points", type=int, default=0,
-                        help="one series of this many points on one line (beside a many-series baseline of equal size)")
-    parser.add_argument("--also-code", type=Path, help="another checkout (e.g. before a change) to read the long series with")
+    parser.add_argument(
+        "--single-series-points",
+        type=int,
+        default=0,
+        help="one series of this many points on one line (beside a many-series baseline of equal size)",
+    )
+    parser.add_argument(
+        "--also-code", type=Path, help="another checkout (e.g. before a change) to read the long series with"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.single_series_points:
@@ -101,8 +116,10 @@ def main() -> None:
         long_ratio, long_rate = measure(Path(tmp) / "long", size, "one long series            ")
         if args.also_code:
             measure(Path(tmp) / "long", size, f"one long series, {args.also_code}", args.also_code)
-        print(f"one long series vs baseline: memory {long_ratio:.2f}x vs {many_ratio:.2f}x of the decoded size "
-              f"[target <= 2x]; speed {long_rate:.0f} vs {many_rate:.0f} MB/s [target >= 50 MB/s]")
+        print(
+            f"one long series vs baseline: memory {long_ratio:.2f}x vs {many_ratio:.2f}x of the decoded size "
+            f"[target <= 2x]; speed {long_rate:.0f} vs {many_rate:.0f} MB/s [target >= 50 MB/s]"
+        )
 
 
 if __name__ == "__main__":

@@ -27,11 +27,18 @@ RECORDS_PER_OBJECT = 2000
 
 def layouts(readings: list[dict]) -> dict[str, list[bytes]]:
     project = [{**r, "received_at": 1_704_067_200_000} for r in readings]
-    reference = [{**reference_payload(r, parse_time(r["timestamp"])),
-                  "topic": f"deepar-iot/{r['device_id']}/telemetry", "received_at": 1_704_067_200_000}
-                 for r in readings]
-    chunks = {name: [records[i:i + RECORDS_PER_OBJECT] for i in range(0, len(records), RECORDS_PER_OBJECT)]
-              for name, records in (("project", project), ("reference", reference))}
+    reference = [
+        {
+            **reference_payload(r, parse_time(r["timestamp"])),
+            "topic": f"deepar-iot/{r['device_id']}/telemetry",
+            "received_at": 1_704_067_200_000,
+        }
+        for r in readings
+    ]
+    chunks = {
+        name: [records[i : i + RECORDS_PER_OBJECT] for i in range(0, len(records), RECORDS_PER_OBJECT)]
+        for name, records in (("project", project), ("reference", reference))
+    }
     built = {"project newline (baseline)": [encode(c, "\n") for c in chunks["project"]]}
     for separator, text in SEPARATORS.items():
         built[f"reference {separator}"] = [encode(c, text) for c in chunks["reference"]]
@@ -57,8 +64,11 @@ def main() -> None:
     start = parse_time("2024-01-01")
     devices = [f"bench-sensor-{n}" for n in range(1, 41)]
     hours = -(-args.readings // len(devices))
-    readings = [r for r in history(devices, start, start + timedelta(hours=hours), timedelta(hours=1), invalid_rate=0)
-                if "timestamp" in r][: args.readings]
+    readings = [
+        r
+        for r in history(devices, start, start + timedelta(hours=hours), timedelta(hours=1), invalid_rate=0)
+        if "timestamp" in r
+    ][: args.readings]
     built = layouts(readings)
     best: dict[str, float] = {}
     counts: dict[str, tuple[int, int]] = {}
@@ -68,12 +78,16 @@ def main() -> None:
             best[name] = min(seconds, best.get(name, seconds))
             counts[name] = (valid, total)
     baseline = best["project newline (baseline)"]
-    print(f"{len(readings):,} readings in objects of {RECORDS_PER_OBJECT} records; "
-          f"best of {args.rounds} alternating rounds")
+    print(
+        f"{len(readings):,} readings in objects of {RECORDS_PER_OBJECT} records; "
+        f"best of {args.rounds} alternating rounds"
+    )
     for name, seconds in best.items():
         valid, total = counts[name]
-        print(f"{name:28s}: {seconds:5.2f} s = {total / seconds:8,.0f} records/s ({valid:,} valid of {total:,}); "
-              f"ratio to baseline time {seconds / baseline:.2f}x")
+        print(
+            f"{name:28s}: {seconds:5.2f} s = {total / seconds:8,.0f} records/s ({valid:,} valid of {total:,}); "
+            f"ratio to baseline time {seconds / baseline:.2f}x"
+        )
     print(json.dumps({"readings": len(readings), "baseline_seconds": round(baseline, 3)}))
 
 

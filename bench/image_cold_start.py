@@ -38,21 +38,47 @@ def image_size(image: str) -> int:
 
 def train_model(image: str, root: Path) -> None:
     (root / "input/config").mkdir(parents=True)
-    (root / "input/config/hyperparameters.json").write_text(json.dumps(
-        {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "1", "num_layers": "3",
-         "num_batches_per_epoch": "2"}))
+    (root / "input/config/hyperparameters.json").write_text(
+        json.dumps(
+            {
+                "time_freq": "H",
+                "prediction_length": "24",
+                "context_length": "72",
+                "epochs": "1",
+                "num_layers": "3",
+                "num_batches_per_epoch": "2",
+            }
+        )
+    )
     (root / "input/data/train").mkdir(parents=True)
     (root / "input/data/train/train.json").write_text(
-        json.dumps({"start": "2024-01-01 00:00:00", "target": [float(i % 24) for i in range(500)]}) + "\n")
-    subprocess.run(["docker", "run", "--rm", "-v", f"{root}:/opt/ml", image, "train"], check=True,
-                   capture_output=True, timeout=600)
+        json.dumps({"start": "2024-01-01 00:00:00", "target": [float(i % 24) for i in range(500)]}) + "\n"
+    )
+    subprocess.run(
+        ["docker", "run", "--rm", "-v", f"{root}:/opt/ml", image, "train"], check=True, capture_output=True, timeout=600
+    )
 
 
 def seconds_to_ping(image: str, model_root: Path) -> float:
     port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
-    subprocess.run(["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-                    "-v", f"{model_root}:/opt/ml:ro", image, "serve"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-p",
+            f"127.0.0.1:{port}:8080",
+            "-v",
+            f"{model_root}:/opt/ml:ro",
+            image,
+            "serve",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         while time.perf_counter() - start < PING_DEADLINE_S:
             try:
@@ -122,8 +148,11 @@ def layer_table(image: str, base_image: str) -> list[tuple[int, str]]:
     aligned = dict(zip(reversed(copy_rows), reversed(copies))) if len(copy_rows) >= len(copies) else {}
     manifest = layer_manifest(image)
     table = [(sum(layer.size for layer in layers[:base_rows]), f"base image {base_image}")] if base_rows else []
-    table += [(layer.size, describe(layer.created_by, aligned.get(i), manifest))
-              for i, layer in enumerate(own) if layer.size > 0]
+    table += [
+        (layer.size, describe(layer.created_by, aligned.get(i), manifest))
+        for i, layer in enumerate(own)
+        if layer.size > 0
+    ]
     return table
 
 
@@ -143,11 +172,15 @@ def main() -> None:
                 times[image].append(seconds_to_ping(image, Path(tmp)))
     for image in images:
         print(f"image {image}: {image_size(image) / 1e9:.2f} GB")
-        print(f"  docker run ... serve -> /ping 200: median {statistics.median(times[image]):.2f} s "
-              f"(runs {', '.join(f'{t:.2f}' for t in times[image])})")
+        print(
+            f"  docker run ... serve -> /ping 200: median {statistics.median(times[image]):.2f} s "
+            f"(runs {', '.join(f'{t:.2f}' for t in times[image])})"
+        )
     if args.baseline:
-        print(f"ratio {args.image} / {args.baseline}: size {image_size(args.image) / image_size(args.baseline):.2f}, "
-              f"/ping {statistics.median(times[args.image]) / statistics.median(times[args.baseline]):.2f}")
+        print(
+            f"ratio {args.image} / {args.baseline}: size {image_size(args.image) / image_size(args.baseline):.2f}, "
+            f"/ping {statistics.median(times[args.image]) / statistics.median(times[args.baseline]):.2f}"
+        )
     print(f"\nlayers of {args.image} (docker history), oldest first:")
     for size, what in layer_table(args.image, args.base_image):
         print(f"  {size / 1e6:8.1f} MB  {what}")

@@ -56,8 +56,10 @@ def main() -> None:
             model.sampler.fast_sampler = sampler
             start = time.perf_counter()
             model.sample(entries, 100)
-            print(f"{name:15}: {args.series} series x 100 samples in one pass, {time.perf_counter() - start:.1f} s; "
-                  f"RSS {rss_mb():.0f} MB, peak {peak_mb():.0f} MB")
+            print(
+                f"{name:15}: {args.series} series x 100 samples in one pass, {time.perf_counter() - start:.1f} s; "
+                f"RSS {rss_mb():.0f} MB, peak {peak_mb():.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -102,8 +102,12 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
 
     model = Model.load(model_dir)
     fast = model.sampler.fast_sampler
-    cfg = InferenceConfig(num_samples=100, output_types=("mean", "quantiles"), quantile_keys=("0.1", "0.5", "0.9"),
-                          quantile_levels=(0.1, 0.5, 0.9))
+    cfg = InferenceConfig(
+        num_samples=100,
+        output_types=("mean", "quantiles"),
+        quantile_keys=("0.1", "0.5", "0.9"),
+        quantile_levels=(0.1, 0.5, 0.9),
+    )
     results: dict = {"gluonts": {}, "ours": {}}
     for n in (1, 100):
         body = request_body(records, n)
@@ -121,8 +125,11 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
                 totals[name][1] += time.perf_counter() - start
         flops = network_flops(model.sampler.model, n, 100)
         for name, (calls, elapsed) in totals.items():
-            results[name][n] = {"calls_per_s": calls / elapsed, "series_per_s": calls * n / elapsed,
-                                "gflops": calls * flops / elapsed / 1e9}
+            results[name][n] = {
+                "calls_per_s": calls / elapsed,
+                "series_per_s": calls * n / elapsed,
+                "gflops": calls * flops / elapsed / 1e9,
+            }
     model.sampler.fast_sampler = fast
     results["flops_per_series"] = network_flops(model.sampler.model, 1, 100)
     return results
@@ -231,8 +238,11 @@ def ping_under_stalled_clients(port: int, url: str, stalled: int = 64, pings: in
     try:
         for i in range(stalled):
             sock = socket.create_connection(("127.0.0.1", port))
-            sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty" if i % 2 else
-                         b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            sock.sendall(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty"
+                if i % 2
+                else b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+            )
             sockets.append(sock)
         time.sleep(0.5)
         worst = 0.0
@@ -257,10 +267,20 @@ def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
     for name, repo, extra in servers:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path / "torch"), "DEEPAR_BIND_HOST": "127.0.0.1",
-               "SAGEMAKER_BIND_TO_PORT": str(port), "PYTHONPATH": str(repo), **extra}
-        server = subprocess.Popen([sys.executable, str(repo / "container/serve")], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(tmp_path / "torch"),
+            "DEEPAR_BIND_HOST": "127.0.0.1",
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "PYTHONPATH": str(repo),
+            **extra,
+        }
+        server = subprocess.Popen(
+            [sys.executable, str(repo / "container/serve")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait_ping(url, server)
             small = wrk(url, request_body(records, 1), 8, args.seconds, tmp_path)
@@ -269,15 +289,21 @@ def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
         finally:
             stop(server)
         rows.append((name, small, big, ping))
-        print(f"{name:<28}: c=8 1-series {small['rps']:.1f} req/s (p99 {small['p99_ms']:.0f} ms, non-2xx {small['non2xx']}); "
-              f"c=1 100-series {big['rps'] * 100:.0f} series/s; /ping with 64 stalled sockets: {ping}", flush=True)
+        print(
+            f"{name:<28}: c=8 1-series {small['rps']:.1f} req/s (p99 {small['p99_ms']:.0f} ms, non-2xx {small['non2xx']}); "
+            f"c=1 100-series {big['rps'] * 100:.0f} series/s; /ping with 64 stalled sockets: {ping}",
+            flush=True,
+        )
     base = rows[-1] if args.baseline_repo else rows[1]
     print(f"\nratios against {base[0]}")
+
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
 
     for name, small, big, _ in rows:
-        print(f"  {name:<28}: 1-series c=8 {ratio(small['rps'], base[1]['rps'])}, 100-series {ratio(big['rps'], base[2]['rps'])}")
+        print(
+            f"  {name:<28}: 1-series c=8 {ratio(small['rps'], base[1]['rps'])}, 100-series {ratio(big['rps'], base[2]['rps'])}"
+        )
 
 
 def main() -> None:
@@ -311,9 +337,11 @@ def main() -> None:
         print(f"network work         : {flops_per_series / 1e6:.1f} MFLOP per series (100 samples)")
         for name, label in (("gluonts", "GluonTS forward"), ("ours", "ours (fast loop)")):
             one, hundred = measured[name][1], measured[name][100]
-            print(f"in-process, 1 thread, {label:16}: 1-series {one['calls_per_s']:.1f} req/s "
-                  f"({one['gflops']:.1f} GFLOP/s); 100-series {hundred['series_per_s']:.0f} series/s "
-                  f"({hundred['gflops']:.1f} GFLOP/s = {hundred['gflops'] / peak:.1%} of peak)")
+            print(
+                f"in-process, 1 thread, {label:16}: 1-series {one['calls_per_s']:.1f} req/s "
+                f"({one['gflops']:.1f} GFLOP/s); 100-series {hundred['series_per_s']:.0f} series/s "
+                f"({hundred['gflops']:.1f} GFLOP/s = {hundred['gflops'] / peak:.1%} of peak)"
+            )
         single, batched = measured["gluonts"][1], measured["gluonts"][100]
         fast_single, fast_batched = measured["ours"][1], measured["ours"][100]
 
@@ -334,8 +362,10 @@ def main() -> None:
         try:
             ready = wait_ping(url, server)
             rss_loaded = worker_rss_mb(server.pid)
-            print(f"our server           : serve -> /ping 200 in {ready:.2f} s; {len(rss_loaded)} worker(s), RSS after "
-                  f"loading {', '.join(f'{r:.0f}' for r in rss_loaded)} MB")
+            print(
+                f"our server           : serve -> /ping 200 in {ready:.2f} s; {len(rss_loaded)} worker(s), RSS after "
+                f"loading {', '.join(f'{r:.0f}' for r in rss_loaded)} MB"
+            )
             ours = {}
             for c in (1, 4, 8):
                 ours[c] = wrk(url, request_body(records, 1), c, args.seconds, tmp_path)
@@ -345,18 +375,24 @@ def main() -> None:
                     f"p99 {r['p99_ms']:.0f} ms, non-2xx {r['non2xx']} {r['socket_errors']}"
                 )
             big = wrk(url, request_body(records, 100), 1, args.seconds, tmp_path)
-            print(f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
-                  f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}")
+            print(
+                f"our server, c=1       : 100-series {big['rps'] * 100:.0f} series/s, p50 {big['p50_ms']:.0f} ms, "
+                f"p99 {big['p99_ms']:.0f} ms, non-2xx {big['non2xx']}"
+            )
             soak = wrk(url, request_body(records, 1), 8, args.soak_seconds, tmp_path)
             rss_soaked = worker_rss_mb(server.pid)
-            print(f"soak {args.soak_seconds} s, c=8     : 1-series {soak['rps']:.1f} req/s, p99 {soak['p99_ms']:.0f} ms, "
-                  f"non-2xx {soak['non2xx']} {soak['socket_errors']}; worker RSS after "
-                  f"{', '.join(f'{r:.0f}' for r in rss_soaked)} MB")
+            print(
+                f"soak {args.soak_seconds} s, c=8     : 1-series {soak['rps']:.1f} req/s, p99 {soak['p99_ms']:.0f} ms, "
+                f"non-2xx {soak['non2xx']} {soak['socket_errors']}; worker RSS after "
+                f"{', '.join(f'{r:.0f}' for r in rss_soaked)} MB"
+            )
         finally:
             stop(server)
         server_gflops = ours[8]["rps"] * flops_per_series / 1e9
-        print(f"our server c=8 work  : {server_gflops:.1f} GFLOP/s = {server_gflops / peak:.1%} of peak; 100-series "
-              f"{big['rps'] * 100 * flops_per_series / 1e9:.1f} GFLOP/s")
+        print(
+            f"our server c=8 work  : {server_gflops:.1f} GFLOP/s = {server_gflops / peak:.1%} of peak; 100-series "
+            f"{big['rps'] * 100 * flops_per_series / 1e9:.1f} GFLOP/s"
+        )
         if args.no_peer:
             report(ours, big, single, batched, fast_single, fast_batched, None, ready)
             return
@@ -386,8 +422,16 @@ def main() -> None:
         report(ours, big, single, batched, fast_single, fast_batched, peer, ready)
 
 
-def report(ours: dict, big: dict, single: dict, batched: dict, fast_single: dict, fast_batched: dict,
-           peer: dict | None, ready: float) -> None:
+def report(
+    ours: dict,
+    big: dict,
+    single: dict,
+    batched: dict,
+    fast_single: dict,
+    fast_batched: dict,
+    peer: dict | None,
+    ready: float,
+) -> None:
     """Ratios against the in-process GluonTS baseline measured in the same run (and against our own loop)."""
     print("\nratios (targets in brackets; in-process = GluonTS forward, single thread, same run)")
     if peer is not None:

@@ -32,9 +32,18 @@ from sagemaker_deepar import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
-HYPERPARAMETERS = {"time_freq": "H", "prediction_length": "24", "context_length": "72", "epochs": "5",
-                   "num_cells": "40", "num_layers": "3", "mini_batch_size": "64", "num_batches_per_epoch": "50",
-                   "likelihood": "student-T", "seed": "1"}
+HYPERPARAMETERS = {
+    "time_freq": "H",
+    "prediction_length": "24",
+    "context_length": "72",
+    "epochs": "5",
+    "num_cells": "40",
+    "num_layers": "3",
+    "mini_batch_size": "64",
+    "num_batches_per_epoch": "50",
+    "likelihood": "student-T",
+    "seed": "1",
+}
 
 # The same job written against GluonTS directly: its own JSON reader, the estimator, serialize;
 # seeded like our job; epoch times and losses measured as our job measures them.
@@ -115,8 +124,14 @@ def run_ours(root: Path, env: dict, batches_per_epoch: int, batch_size: int) -> 
     for d in ("model", "output", "checkpoints"):
         subprocess.run(["rm", "-rf", str(root / d)], check=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(REPO / "container/train")], env=env, check=True,
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "container/train")],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+    )
     wall = time.perf_counter() - start
     log = proc.stdout + proc.stderr
     epoch_seconds = [batches_per_epoch * batch_size / float(x) for x in THROUGHPUT_LINE.findall(log)]
@@ -128,15 +143,27 @@ def run_ours(root: Path, env: dict, batches_per_epoch: int, batch_size: int) -> 
 
 def run_plain(root: Path, env: dict, hp: dict, batches_per_epoch: int, with_test: bool) -> Run:
     result_file = root / "plain-result.json"
-    cmd = [sys.executable, "-c", PLAIN_GLUONTS, str(root / "input/data/train"), str(root / "plain"), json.dumps(hp),
-           str(result_file)] + ([str(root / "input/data/test")] if with_test else [])
+    cmd = [
+        sys.executable,
+        "-c",
+        PLAIN_GLUONTS,
+        str(root / "input/data/train"),
+        str(root / "plain"),
+        json.dumps(hp),
+        str(result_file),
+    ] + ([str(root / "input/data/test")] if with_test else [])
     start = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=RUN_TIMEOUT_SECONDS)
+    subprocess.run(
+        cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=RUN_TIMEOUT_SECONDS
+    )
     wall = time.perf_counter() - start
     result = json.loads(result_file.read_text())
-    return Run(len(result["epoch_seconds"]) * batches_per_epoch / sum(result["epoch_seconds"]), result["losses"][-1],
-               wall, result.get("mean_wQuantileLoss", float("nan")))
+    return Run(
+        len(result["epoch_seconds"]) * batches_per_epoch / sum(result["epoch_seconds"]),
+        result["losses"][-1],
+        wall,
+        result.get("mean_wQuantileLoss", float("nan")),
+    )
 
 
 def prepare(root: Path, hp: dict, with_test: bool) -> dict:
@@ -157,8 +184,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=["torch", "mxnet"])
-    parser.add_argument("--accuracy-seeds", nargs="*", type=int, default=[],
-                        help="torch: train both per seed with a held-out test channel, compare mean_wQuantileLoss")
+    parser.add_argument(
+        "--accuracy-seeds",
+        nargs="*",
+        type=int,
+        default=[],
+        help="torch: train both per seed with a held-out test channel, compare mean_wQuantileLoss",
+    )
     parser.add_argument("--epochs", type=int, default=int(HYPERPARAMETERS["epochs"]))
     parser.add_argument("--batches-per-epoch", type=int, default=int(HYPERPARAMETERS["num_batches_per_epoch"]))
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: the libraries' own)")
@@ -173,10 +205,13 @@ def main() -> None:
         train, test = sample_data.split_train_test(sample_data.generate(num_sensors=20, days=60), prediction_length)
         sample_data.write_jsonl(train, root / "input/data/train/train.json")
         sample_data.write_jsonl(test, root / "input/data/test/test.json")
-        print(f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
-              f"{HYPERPARAMETERS['epochs']} epochs x {batches} batches of {batch_size}; "
-              f"{HYPERPARAMETERS['num_layers']} x {HYPERPARAMETERS['num_cells']} LSTM; median of {args.repeats}; "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+        print(
+            f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
+            f"{HYPERPARAMETERS['epochs']} epochs x {batches} batches of {batch_size}; "
+            f"{HYPERPARAMETERS['num_layers']} x {HYPERPARAMETERS['num_cells']} LSTM; median of {args.repeats}; "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+            flush=True,
+        )
         for backend in args.backends:
             hp = {**HYPERPARAMETERS, "backend": backend}
             env = prepare(root, hp, with_test=False)
@@ -185,11 +220,16 @@ def main() -> None:
                 ours.append(run_ours(root, env, batches, batch_size))
                 plain.append(run_plain(root, env, hp, batches, with_test=False))
             o, p = median(ours, "batches_per_second"), median(plain, "batches_per_second")
-            print(f"{backend:6s} ours {o:6.2f} batches/s  plain GluonTS {p:6.2f} batches/s  ratio {o / p:.2f}  "
-                  f"final loss ours {median(ours, 'final_loss'):.4f} plain {median(plain, 'final_loss'):.4f}  "
-                  f"process wall ours {median(ours, 'wall_seconds'):.1f} s plain {median(plain, 'wall_seconds'):.1f} s")
-            print(f"       runs batches/s ours {[round(r.batches_per_second, 2) for r in ours]}, "
-                  f"plain {[round(r.batches_per_second, 2) for r in plain]}", flush=True)
+            print(
+                f"{backend:6s} ours {o:6.2f} batches/s  plain GluonTS {p:6.2f} batches/s  ratio {o / p:.2f}  "
+                f"final loss ours {median(ours, 'final_loss'):.4f} plain {median(plain, 'final_loss'):.4f}  "
+                f"process wall ours {median(ours, 'wall_seconds'):.1f} s plain {median(plain, 'wall_seconds'):.1f} s"
+            )
+            print(
+                f"       runs batches/s ours {[round(r.batches_per_second, 2) for r in ours]}, "
+                f"plain {[round(r.batches_per_second, 2) for r in plain]}",
+                flush=True,
+            )
         if args.accuracy_seeds:
             ours_wql, plain_wql = [], []
             for seed in args.accuracy_seeds:
@@ -199,13 +239,18 @@ def main() -> None:
                 p = run_plain(root, env, hp, batches, with_test=True)
                 ours_wql.append(o.mean_wql)
                 plain_wql.append(p.mean_wql)
-                print(f"torch  seed {seed}: test mean_wQuantileLoss ours {o.mean_wql:.4f} plain {p.mean_wql:.4f}; "
-                      f"final loss ours {o.final_loss:.4f} plain {p.final_loss:.4f}", flush=True)
+                print(
+                    f"torch  seed {seed}: test mean_wQuantileLoss ours {o.mean_wql:.4f} plain {p.mean_wql:.4f}; "
+                    f"final loss ours {o.final_loss:.4f} plain {p.final_loss:.4f}",
+                    flush=True,
+                )
             spread = max(plain_wql) - min(plain_wql)
             difference = abs(statistics.mean(ours_wql) - statistics.mean(plain_wql))
-            print(f"torch  mean_wQuantileLoss mean ours {statistics.mean(ours_wql):.4f} plain "
-                  f"{statistics.mean(plain_wql):.4f}; |difference| {difference:.4f} vs plain seed-to-seed spread "
-                  f"{spread:.4f}")
+            print(
+                f"torch  mean_wQuantileLoss mean ours {statistics.mean(ours_wql):.4f} plain "
+                f"{statistics.mean(plain_wql):.4f}; |difference| {difference:.4f} vs plain seed-to-seed spread "
+                f"{spread:.4f}"
+            )
 
 
 if __name__ == "__main__":

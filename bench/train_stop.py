@@ -28,8 +28,16 @@ TRAIN = REPO / "container" / "train"
 
 def make_job(root: Path, args: argparse.Namespace) -> None:
     (root / "input/config").mkdir(parents=True)
-    hp = {"time_freq": "H", "prediction_length": "24", "context_length": "48", "epochs": str(args.epochs),
-          "num_batches_per_epoch": str(args.batches), "mini_batch_size": "64", "num_cells": "40", "num_layers": "2"}
+    hp = {
+        "time_freq": "H",
+        "prediction_length": "24",
+        "context_length": "48",
+        "epochs": str(args.epochs),
+        "num_batches_per_epoch": str(args.batches),
+        "mini_batch_size": "64",
+        "num_cells": "40",
+        "num_layers": "2",
+    }
     (root / "input/config/hyperparameters.json").write_text(json.dumps(hp))
     (root / "input/data/train").mkdir(parents=True)
     with open(root / "input/data/train/data.json", "w") as f:
@@ -39,11 +47,16 @@ def make_job(root: Path, args: argparse.Namespace) -> None:
 
 
 def start(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(root),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     env.pop("TRAINING_JOB_NAME", None)
-    return subprocess.Popen([sys.executable, str(TRAIN)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
 
 
 def full_run(root: Path, timeout: float) -> tuple[float, float]:

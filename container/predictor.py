@@ -3,6 +3,7 @@
 All logic lives in sagemaker_deepar.server; this module only creates the app, so each gunicorn
 worker loads the model once, in the background, when it imports this file.
 """
+
 from sagemaker_deepar.server import create_app
 
 app = create_app()

@@ -62,9 +62,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--instance-type", default=common.DEFAULT_INSTANCE_TYPE)
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--max-payload", type=int, default=6, help="MB per request")
-    parser.add_argument("--timeout", type=int,
-                        help="seconds per request (default: enough for --max-payload; README, Reliability: "
-                             "SAGEMAKER_MODEL_SERVER_TIMEOUT and InvocationsTimeoutInSeconds)")
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        help="seconds per request (default: enough for --max-payload; README, Reliability: "
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT and InvocationsTimeoutInSeconds)",
+    )
     invoke_command.add_report_args(parser)
     common.add_session_args(parser)
     return parser

@@ -44,8 +44,10 @@ RANGES = {
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
 # Other spellings of the same fields, as the reference device kit publishes them.
 FIELD_ALIASES = {"particullate_matter": "particulate_matter", "sulfure_dioxide": "sulfur_dioxide"}
-ALIASES_OF = {name: tuple(alias for alias, canonical in FIELD_ALIASES.items() if canonical == name)
-              for name in set(FIELD_ALIASES.values())}
+ALIASES_OF = {
+    name: tuple(alias for alias, canonical in FIELD_ALIASES.items() if canonical == name)
+    for name in set(FIELD_ALIASES.values())
+}
 # What may sit between two records: every separator Firehose's IoT rule action allows, plus blanks.
 SEPARATOR_CHARACTERS = frozenset(" \t\r\n,")
 GZIP_CHUNK = 1 << 16
@@ -69,8 +71,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--curated-path", required=True)
     parser.add_argument("--quarantine-path", required=True)
     parser.add_argument("--partitions", type=int, default=0, help="output partitions (0: Spark's default)")
-    parser.add_argument("--topic-device-level", type=topic_level, default=2,
-                        help="level of a record's topic field that names the device (counted from 1, as topic(n))")
+    parser.add_argument(
+        "--topic-device-level",
+        type=topic_level,
+        default=2,
+        help="level of a record's topic field that names the device (counted from 1, as topic(n))",
+    )
     args, _glue_arguments = parser.parse_known_args(argv)
     return args
 
@@ -130,7 +136,7 @@ def read_object(content: bytes) -> tuple[str, Optional[str]]:
             member = zlib.decompressobj(wbits=31)
             for chunk in range(0, len(data), GZIP_CHUNK):  # in chunks: what precedes a corrupt block is kept
                 try:
-                    parts.append(member.decompress(data[chunk:chunk + GZIP_CHUNK]))
+                    parts.append(member.decompress(data[chunk : chunk + GZIP_CHUNK]))
                 except zlib.error as failure:
                     error = f"corrupt GZIP data: {failure}"
                     break
@@ -138,7 +144,7 @@ def read_object(content: bytes) -> tuple[str, Optional[str]]:
                     break
             if error is None and not member.eof:
                 error = "GZIP data cut short"
-            data = member.unused_data + data[chunk + GZIP_CHUNK:] if member.eof else b""
+            data = member.unused_data + data[chunk + GZIP_CHUNK :] if member.eof else b""
         if error is None and data.strip(b"\x00"):
             error = f"{len(data)} bytes after the GZIP data"
         content = b"".join(parts)
@@ -247,8 +253,9 @@ def classify(path: str, content: bytes, topic_level: int = 2) -> Iterator[tuple]
         yield ("bad", error, raw[:2000], when, path)
 
 
-def run(spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0,
-        topic_level: int = 2) -> dict[str, int]:
+def run(
+    spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0, topic_level: int = 2
+) -> dict[str, int]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -355,8 +362,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     spark = spark_session()
     spark.sparkContext.setLogLevel("WARN")
-    counts = run(spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions,
-                 args.topic_device_level)
+    counts = run(
+        spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions, args.topic_device_level
+    )
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
     print(
         f"raw -> curated: {counts['objects']} objects, {counts['records_in']} records in, {counts['valid']} valid, "

@@ -38,9 +38,20 @@ def encode(records: list[dict], separator: str = "\n", compress: bool = False) -
     return gzip.compress(body) if compress else body
 
 
-def write_lake(out: Path, devices: list[str], start: str, days: float, step: str = "1h", separator: str = "mixed",
-               compression: str = "mixed", seed: int = 7, invalid_rate: float = 0.002, duplicate_rate: float = 0.002,
-               object_hours: int = 1, payload: str = "project") -> dict[str, int]:
+def write_lake(
+    out: Path,
+    devices: list[str],
+    start: str,
+    days: float,
+    step: str = "1h",
+    separator: str = "mixed",
+    compression: str = "mixed",
+    seed: int = 7,
+    invalid_rate: float = 0.002,
+    duplicate_rate: float = 0.002,
+    object_hours: int = 1,
+    payload: str = "project",
+) -> dict[str, int]:
     """Write the sample; returns counts (records, objects, duplicates) for tests and logs.
 
     ``separator`` is a name of relay.SEPARATORS or "mixed"; ``compression`` one of COMPRESSIONS."""
@@ -72,9 +83,14 @@ def write_lake(out: Path, devices: list[str], start: str, days: float, step: str
         folder.mkdir(parents=True, exist_ok=True)
         suffix = ".gz" if compress else ""
         (folder / f"deepar-iot-stream-1-{bucket:%Y-%m-%d-%H-%M-%S}-{n:06d}{suffix}").write_bytes(
-            encode(records, SEPARATORS[names[n % len(names)]], compress))
-    return {"readings": len(readings), "records": len(readings) + duplicates, "duplicates": duplicates,
-            "objects": len(batches)}
+            encode(records, SEPARATORS[names[n % len(names)]], compress)
+        )
+    return {
+        "readings": len(readings),
+        "records": len(readings) + duplicates,
+        "duplicates": duplicates,
+        "objects": len(batches),
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -88,18 +104,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--days", type=float, default=14)
     parser.add_argument("--step", default="1h")
     parser.add_argument("--payload", choices=PAYLOAD_STYLES, default="project")
-    parser.add_argument("--separator", choices=[*SEPARATORS, "mixed"],
-                        help="after each record (default: comma for --payload reference, as its setup; else mixed)")
+    parser.add_argument(
+        "--separator",
+        choices=[*SEPARATORS, "mixed"],
+        help="after each record (default: comma for --payload reference, as its setup; else mixed)",
+    )
     parser.add_argument("--compression", choices=COMPRESSIONS, default="mixed")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--object-hours", type=int, default=1, help="hours of readings per object")
     args = parser.parse_args(argv)
     separator = args.separator or ("comma" if args.payload == "reference" else "mixed")
     devices = [f"{args.prefix}-sensor-{n}" for n in range(1, args.devices + 1)]
-    counts = write_lake(args.out, devices, args.start, args.days, args.step, separator, args.compression, args.seed,
-                        object_hours=args.object_hours, payload=args.payload)
-    print(f"raw sample: {counts['records']} records ({counts['duplicates']} duplicates) in {counts['objects']} "
-          f"objects under {args.out / 'raw'}")
+    counts = write_lake(
+        args.out,
+        devices,
+        args.start,
+        args.days,
+        args.step,
+        separator,
+        args.compression,
+        args.seed,
+        object_hours=args.object_hours,
+        payload=args.payload,
+    )
+    print(
+        f"raw sample: {counts['records']} records ({counts['duplicates']} duplicates) in {counts['objects']} "
+        f"objects under {args.out / 'raw'}"
+    )
     return 0
 
 

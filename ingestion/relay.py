@@ -27,8 +27,9 @@ SEPARATORS = {"newline": "\n", "tab": "\t", "crlf": "\r\n", "comma": ",", "none"
 
 
 class Relay:
-    def __init__(self, firehose, stream: str, batch_size: int = 500, separator: str = "\n",
-                 device_field: str = "device_id"):
+    def __init__(
+        self, firehose, stream: str, batch_size: int = 500, separator: str = "\n", device_field: str = "device_id"
+    ):
         self.firehose, self.stream, self.batch_size, self.separator = firehose, stream, batch_size, separator
         self.device_field = device_field
         self.pending: list[bytes] = []
@@ -83,20 +84,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--key", required=True)
     parser.add_argument("--prefix", default="deepar-iot")
     parser.add_argument("--stream", required=True, help="Firehose delivery stream")
-    parser.add_argument("--separator", choices=SEPARATORS, default="newline",
-                        help="what the rule's Firehose action appends to each record")
-    parser.add_argument("--device-field", choices=("device_id", "topic"), default="device_id",
-                        help="add topic(2) AS device_id (as `infra up`'s rule), or topic() AS topic")
+    parser.add_argument(
+        "--separator",
+        choices=SEPARATORS,
+        default="newline",
+        help="what the rule's Firehose action appends to each record",
+    )
+    parser.add_argument(
+        "--device-field",
+        choices=("device_id", "topic"),
+        default="device_id",
+        help="add topic(2) AS device_id (as `infra up`'s rule), or topic() AS topic",
+    )
     parser.add_argument("--flush-seconds", type=float, default=1.0)
-    parser.add_argument("--idle-exit", type=float,
-                        help="once messages came, exit after this many seconds without another")
+    parser.add_argument(
+        "--idle-exit", type=float, help="once messages came, exit after this many seconds without another"
+    )
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     args = parser.parse_args(argv)
     import boto3
     import paho.mqtt.client as mqtt
 
-    relay = Relay(boto3.client("firehose"), args.stream, separator=SEPARATORS[args.separator],
-                  device_field=args.device_field)
+    relay = Relay(
+        boto3.client("firehose"), args.stream, separator=SEPARATORS[args.separator], device_field=args.device_field
+    )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.prefix}-relay")
     client.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     subscribed = threading.Event()

@@ -120,8 +120,9 @@ def reference_payload(message: dict, when: datetime) -> dict:
     return payload
 
 
-def history(device_ids: list[str], start: datetime, end: datetime, step: timedelta, seed: int = 7,
-            invalid_rate: float = 0.002) -> Iterator[dict]:
+def history(
+    device_ids: list[str], start: datetime, end: datetime, step: timedelta, seed: int = 7, invalid_rate: float = 0.002
+) -> Iterator[dict]:
     """Readings of every device from ``start`` to ``end`` (exclusive), in time order."""
     devices = [Device(d, seed=seed, invalid_rate=invalid_rate) for d in device_ids]
     when = start

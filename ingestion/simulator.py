@@ -176,8 +176,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--invalid-rate", type=float, default=0.002, help="share of deliberately broken readings")
-    parser.add_argument("--payload", choices=PAYLOAD_STYLES, default="project",
-                        help="message format: this project's devices, or the reference device kit's")
+    parser.add_argument(
+        "--payload",
+        choices=PAYLOAD_STYLES,
+        default="project",
+        help="message format: this project's devices, or the reference device kit's",
+    )
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to wait for outstanding acks")
     args = parser.parse_args(argv)

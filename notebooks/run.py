@@ -30,8 +30,11 @@ DIGEST_KEY = "deepar_code_sha256"
 
 def code_digest(notebook: dict) -> str:
     """sha256 of the code cells' sources, in order (outputs and markdown excluded)."""
-    sources = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-               for c in notebook["cells"] if c["cell_type"] == "code"]
+    sources = [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        for c in notebook["cells"]
+        if c["cell_type"] == "code"
+    ]
     return hashlib.sha256(json.dumps(sources).encode()).hexdigest()
 
 
@@ -40,9 +43,15 @@ def kernel_in_this_python(jupyter_dir: Path) -> None:
     # JUPYTER_PATH: a python3 kernelspec installed elsewhere on the machine must not win.
     spec = jupyter_dir / "kernels" / "python3"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (.venv-sdk)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (.venv-sdk)",
+                "language": "python",
+            }
+        )
+    )
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
 
 
@@ -56,8 +65,13 @@ def execute(source: Path, output: Path, workdir: Path, cell_timeout: int) -> boo
     jupyter_dir = Path(tempfile.mkdtemp(prefix="deepar-nb-jupyter-"))
     kernel_in_this_python(jupyter_dir)
     os.environ.update({"NOTEBOOK_WORKDIR": str(workdir), "DEEPAR_REPO": str(REPO)})
-    client = NotebookClient(notebook, timeout=cell_timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        notebook,
+        timeout=cell_timeout,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": str(workdir)}},
+    )
     ok = True
     try:
         client.execute()
@@ -76,7 +90,9 @@ def main() -> int:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", type=Path, help="write the executed notebook here")
     target.add_argument("--write", action="store_true", help=f"write it back to {NOTEBOOK.relative_to(REPO)}")
-    parser.add_argument("--workdir", type=Path, help="kernel folder and NOTEBOOK_WORKDIR (default: a temporary one, removed)")
+    parser.add_argument(
+        "--workdir", type=Path, help="kernel folder and NOTEBOOK_WORKDIR (default: a temporary one, removed)"
+    )
     parser.add_argument("--cell-timeout", type=int, default=1800, help="seconds one cell may take")
     args = parser.parse_args()
 

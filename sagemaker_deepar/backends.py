@@ -68,8 +68,12 @@ class TrainingControl:
             self.interrupted = True
             return False
         if self.patience is not None and epoch - self.best_epoch >= self.patience:
-            log.info("early stopping: train loss has not improved for %d epochs (best %.6g at epoch %d)",
-                     self.patience, self.best_loss, self.best_epoch)
+            log.info(
+                "early stopping: train loss has not improved for %d epochs (best %.6g at epoch %d)",
+                self.patience,
+                self.best_loss,
+                self.best_epoch,
+            )
             return False
         return True
 
@@ -93,9 +97,18 @@ def clip_for_beta(entries: list[dict]) -> list[dict]:
 
 def checkpoint_fingerprint(params: DeepARHyperparameters, spec: FeatureSpec) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (everything that shapes the network)."""
-    shaping = params.model_dump(include={
-        "backend", "time_freq", "prediction_length", "context_length", "likelihood", "num_cells",
-        "num_layers", "embedding_dimension"})
+    shaping = params.model_dump(
+        include={
+            "backend",
+            "time_freq",
+            "prediction_length",
+            "context_length",
+            "likelihood",
+            "num_cells",
+            "num_layers",
+            "embedding_dimension",
+        }
+    )
     return {**shaping, "cardinality": list(spec.cardinality), "num_dynamic_feat": spec.num_dynamic_feat}
 
 
@@ -119,8 +132,9 @@ def read_checkpoint_state(checkpoint_dir: Path, fingerprint: dict) -> Optional[d
         log.info("checkpoint in %s is from a completed run: starting a new training", checkpoint_dir)
         return None
     if state.get("fingerprint") != fingerprint:
-        log.warning("ignoring checkpoint in %s: it was written with different hyperparameters or features",
-                    checkpoint_dir)
+        log.warning(
+            "ignoring checkpoint in %s: it was written with different hyperparameters or features", checkpoint_dir
+        )
         return None
     if not (checkpoint_dir / state["file"]).exists():
         return None
@@ -144,8 +158,9 @@ def _torch_distr_output(likelihood: str):
     }[likelihood]()
 
 
-def build_torch_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int,
-                          trainer_kwargs: dict[str, Any]):
+def build_torch_estimator(
+    params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int, trainer_kwargs: dict[str, Any]
+):
     from .windows import VectorisedDeepAREstimator  # GluonTS's estimator, training windows from numpy
 
     return VectorisedDeepAREstimator(
@@ -169,8 +184,14 @@ def build_torch_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_
     )
 
 
-def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
-                control: TrainingControl, checkpoint_dir: Path):
+def train_torch(
+    params: DeepARHyperparameters,
+    spec: FeatureSpec,
+    entries: list[dict],
+    num_batches_per_epoch: int,
+    control: TrainingControl,
+    checkpoint_dir: Path,
+):
     import lightning.pytorch as pl
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # lightning resets its levels on import
@@ -222,8 +243,10 @@ def train_torch(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
             trainer.save_checkpoint(str(tmp))
             os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_TORCH)
             # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
-            write_json_atomic(checkpoint_dir / CHECKPOINT_STATE, {
-                "file": LAST_CHECKPOINT_TORCH, "epochs_done": epoch + 1, "fingerprint": fingerprint})
+            write_json_atomic(
+                checkpoint_dir / CHECKPOINT_STATE,
+                {"file": LAST_CHECKPOINT_TORCH, "epochs_done": epoch + 1, "fingerprint": fingerprint},
+            )
 
     trainer_kwargs = {
         "max_epochs": params.epochs,
@@ -257,13 +280,19 @@ def _mx_distr_output(likelihood: str):
     }[likelihood]()
 
 
-def build_mx_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int,
-                       epochs: int, callbacks: list):
+def build_mx_estimator(
+    params: DeepARHyperparameters, spec: FeatureSpec, num_batches_per_epoch: int, epochs: int, callbacks: list
+):
     from gluonts.mx.model.deepar import DeepAREstimator
     from gluonts.mx.trainer import Trainer
 
-    trainer = Trainer(epochs=epochs, num_batches_per_epoch=num_batches_per_epoch,
-                      learning_rate=params.learning_rate, hybridize=True, callbacks=callbacks)
+    trainer = Trainer(
+        epochs=epochs,
+        num_batches_per_epoch=num_batches_per_epoch,
+        learning_rate=params.learning_rate,
+        hybridize=True,
+        callbacks=callbacks,
+    )
     return DeepAREstimator(
         freq=params.pandas_freq,
         prediction_length=params.prediction_length,
@@ -283,8 +312,14 @@ def build_mx_estimator(params: DeepARHyperparameters, spec: FeatureSpec, num_bat
     )
 
 
-def train_mxnet(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
-                control: TrainingControl, checkpoint_dir: Path):
+def train_mxnet(
+    params: DeepARHyperparameters,
+    spec: FeatureSpec,
+    entries: list[dict],
+    num_batches_per_epoch: int,
+    control: TrainingControl,
+    checkpoint_dir: Path,
+):
     import mxnet as mx
     from gluonts.mx.trainer.callback import Callback
 
@@ -318,9 +353,14 @@ def train_mxnet(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
             tmp = checkpoint_dir / f".{LAST_CHECKPOINT_MXNET}.tmp"
             training_network.save_parameters(str(tmp))
             os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_MXNET)
-            write_json_atomic(checkpoint_dir / CHECKPOINT_STATE, {
-                "file": LAST_CHECKPOINT_MXNET, "epochs_done": epoch + (0 if control.interrupted else 1),
-                "fingerprint": fingerprint})
+            write_json_atomic(
+                checkpoint_dir / CHECKPOINT_STATE,
+                {
+                    "file": LAST_CHECKPOINT_MXNET,
+                    "epochs_done": epoch + (0 if control.interrupted else 1),
+                    "fingerprint": fingerprint,
+                },
+            )
             return go_on
 
     remaining = params.epochs - control.start_epoch
@@ -332,8 +372,14 @@ def train_mxnet(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[
     return estimator.train(entries)
 
 
-def train(params: DeepARHyperparameters, spec: FeatureSpec, entries: list[dict], num_batches_per_epoch: int,
-          control: TrainingControl, checkpoint_dir: Path):
+def train(
+    params: DeepARHyperparameters,
+    spec: FeatureSpec,
+    entries: list[dict],
+    num_batches_per_epoch: int,
+    control: TrainingControl,
+    checkpoint_dir: Path,
+):
     """Train DeepAR on the chosen backend; return the GluonTS predictor (best epoch's weights)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer = train_torch if params.backend == "torch" else train_mxnet

@@ -47,8 +47,15 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, sample: SampleFn, max_pass_paths: int, max_pass_series: int, wait_ms: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic, start: bool = True):
+    def __init__(
+        self,
+        sample: SampleFn,
+        max_pass_paths: int,
+        max_pass_series: int,
+        wait_ms: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        start: bool = True,
+    ):
         self.sample = sample
         self.max_pass_paths = max_pass_paths
         self.max_pass_series = max_pass_series
@@ -131,11 +138,14 @@ class Batcher:
                 if not self._queue:
                     return []
             first = self._queue[0]
-            chosen, paths, series = [], 0, 0
+            chosen: list = []
+            paths, series = 0, 0
             for job in self._queue:
                 if job.num_samples != first.num_samples:
                     continue
-                if chosen and (paths + job.paths > self.max_pass_paths or series + len(job.entries) > self.max_pass_series):
+                if chosen and (
+                    paths + job.paths > self.max_pass_paths or series + len(job.entries) > self.max_pass_series
+                ):
                     break
                 chosen.append(job)
                 paths += job.paths
@@ -161,7 +171,7 @@ class Batcher:
             return
         start = 0
         for job in jobs:
-            job.future.set_result(samples[start:start + len(job.entries)])
+            job.future.set_result(samples[start : start + len(job.entries)])
             start += len(job.entries)
 
     def _loop(self) -> None:

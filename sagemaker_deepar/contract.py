@@ -33,6 +33,8 @@ BATCH_BODY_BYTES_PER_SECOND = 80_000
 def batch_payload_timeout(max_payload_mb: int) -> int:
     """Seconds one worker needs for a body of ``max_payload_mb`` at the measured rate (at least SageMaker's 60)."""
     return max(60, -(-max_payload_mb * 2**20 // BATCH_BODY_BYTES_PER_SECOND))
+
+
 BACKENDS = ("torch", "mxnet")
 
 

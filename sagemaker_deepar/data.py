@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Optional
+from typing import IO, Any, Iterator, Optional, cast
 
 import numpy as np
 import orjson
@@ -112,9 +112,8 @@ def _decode_json_line(line: bytes) -> Any:
 
 
 def _iter_json_lines(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
-    opener = gzip.open if compressed else open
     try:
-        with opener(path, "rb") as f:
+        with cast(IO[bytes], gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
             line_no = 0
             while True:
                 start = f.tell()
@@ -130,7 +129,9 @@ def _iter_json_lines(path: Path, compressed: bool) -> Iterator[tuple[int, Any]]:
                 except RecordError as error:
                     yield line_no, error
     except (OSError, EOFError) as error:
-        raise UserError(f"{path}: cannot be read as {'gzip-compressed ' if compressed else ''}JSON Lines: {error}") from None
+        raise UserError(
+            f"{path}: cannot be read as {'gzip-compressed ' if compressed else ''}JSON Lines: {error}"
+        ) from None
 
 
 # ---------------------------------------------------------------- one very long line (a long series)
@@ -141,7 +142,7 @@ BLOCK = 1 << 20  # checks and statistics run block by block: no temporary as lar
 def _blocks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     flat = values.reshape(-1)
     for offset in range(0, len(flat), BLOCK):
-        yield offset, flat[offset:offset + BLOCK]
+        yield offset, flat[offset : offset + BLOCK]
 
 
 LONG_LINE_BYTES = 1 << 18  # lines longer than this stream their target, decoded in chunks of this size
@@ -152,7 +153,7 @@ class _NotStreamable(Exception):
     """The long line is not a plain numeric target; decode it whole for the exact error or value."""
 
 
-def _decode_long_line(f: BinaryIO, start: int, head: bytes) -> Any:
+def _decode_long_line(f: IO[bytes], start: int, head: bytes) -> Any:
     """Decode a record whose line is longer than ``LONG_LINE_BYTES`` with its target streamed.
 
     Decoding a 50 MB line at once makes ~7 million Python floats (~32 bytes each) before the float32
@@ -167,22 +168,22 @@ def _decode_long_line(f: BinaryIO, start: int, head: bytes) -> Any:
         return _decode_json_line(f.readline())
 
 
-def _stream_target(f: BinaryIO, head: bytes) -> Any:
+def _stream_target(f: IO[bytes], head: bytes) -> Any:
     match = _TARGET_KEY.search(head)
     if match is None:
         raise _NotStreamable()
-    prefix, buffer = head[:match.start()], head[match.end():]
+    prefix, buffer = head[: match.start()], head[match.end() :]
     target = _GrowingFloat32()
     while True:
         end = buffer.find(b"]")
         if end >= 0:
             target.extend(_decode_numbers(buffer[:end]))
-            suffix = buffer[end + 1:] + (f.readline() if not buffer.endswith(b"\n") else b"")
+            suffix = buffer[end + 1 :] + (f.readline() if not buffer.endswith(b"\n") else b"")
             break
         cut = buffer.rfind(b",")
         if cut >= 0:
             target.extend(_decode_numbers(buffer[:cut]))
-            buffer = buffer[cut + 1:]
+            buffer = buffer[cut + 1 :]
         more = b"" if buffer.endswith(b"\n") else f.readline(LONG_LINE_BYTES)
         if not more:
             raise _NotStreamable()  # the line ends inside the target: invalid JSON, reported as such
@@ -218,7 +219,7 @@ class _GrowingFloat32:
         needed = self.size + len(values)
         if needed > len(self.array):
             self.array.resize(max(needed, 2 * len(self.array)), refcheck=False)
-        self.array[self.size:needed] = values
+        self.array[self.size : needed] = values
         self.size = needed
 
     def finish(self) -> np.ndarray:
@@ -258,7 +259,9 @@ def parse_start(value: Any, freq: str) -> pd.Period:
         try:
             timestamp = pd.Timestamp(value)
         except (ValueError, TypeError, OverflowError):
-            raise RecordError("start", f"{value!r} is not a timestamp; use 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD'") from None
+            raise RecordError(
+                "start", f"{value!r} is not a timestamp; use 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD'"
+            ) from None
     else:
         raise RecordError("start", f"expected a timestamp string, got {type(value).__name__}")
     if timestamp is pd.NaT:
@@ -281,11 +284,13 @@ def _describe_huge_int(value: int) -> str:
 def _find_bad_number(values: list, field_name: str) -> RecordError:
     for index, value in enumerate(values):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ABS_VALUE:
-            return RecordError(f"{field_name}[{index}]", f"{_describe_huge_int(value)} is too large "
-                               f"(values must be within ±{MAX_ABS_VALUE:g})")
+            return RecordError(
+                f"{field_name}[{index}]",
+                f"{_describe_huge_int(value)} is too large (values must be within ±{MAX_ABS_VALUE:g})",
+            )
         if value is None or value == "NaN" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             continue
-        return RecordError(f"{field_name}[{index}]", f"{value!r} is not a number (missing values are null or \"NaN\")")
+        return RecordError(f"{field_name}[{index}]", f'{value!r} is not a number (missing values are null or "NaN")')
     return RecordError(field_name, "contains values that are not numbers")
 
 
@@ -309,13 +314,20 @@ def parse_cat(value: Any) -> list[int]:
     if not isinstance(value, list):
         raise RecordError("cat", f"expected a list of non-negative integers, got {type(value).__name__}")
     for index, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0 or (
-                isinstance(item, float) and not item.is_integer()):
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, (int, float))
+            or item < 0
+            or (isinstance(item, float) and not item.is_integer())
+        ):
             raise RecordError(f"cat[{index}]", f"{item!r} is not a non-negative integer")
         if item >= MAX_CAT_VALUE:
             shown = _describe_huge_int(item) if isinstance(item, int) and item > MAX_ABS_VALUE else repr(item)
-            raise RecordError(f"cat[{index}]", f"{shown} is too large: category ids are embedding rows and must be "
-                                               f"below {MAX_CAT_VALUE:,}; renumber the categories from 0")
+            raise RecordError(
+                f"cat[{index}]",
+                f"{shown} is too large: category ids are embedding rows and must be "
+                f"below {MAX_CAT_VALUE:,}; renumber the categories from 0",
+            )
     return [int(item) for item in value]
 
 
@@ -324,7 +336,9 @@ def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np
         raise RecordError("dynamic_feat", "expected a list of lists of numbers")
     for index, row in enumerate(value):
         if len(row) != expected_length:
-            raise RecordError(f"dynamic_feat[{index}]", f"length {len(row)}, expected {expected_length} ({length_rule})")
+            raise RecordError(
+                f"dynamic_feat[{index}]", f"length {len(row)}, expected {expected_length} ({length_rule})"
+            )
     try:
         features = np.asarray(value, dtype=np.float32).reshape(len(value), expected_length)
     except (ValueError, TypeError, OverflowError):
@@ -336,7 +350,9 @@ def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np
         raise RecordError("dynamic_feat", "contains values that are not numbers") from None
     if not np.isfinite(features).all():
         row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(features)))
-        raise RecordError(f"dynamic_feat[{row}][{col}]", "missing or infinite value; dynamic_feat may not have missing values")
+        raise RecordError(
+            f"dynamic_feat[{row}][{col}]", "missing or infinite value; dynamic_feat may not have missing values"
+        )
     return features
 
 
@@ -369,8 +385,11 @@ def check_magnitude(entry: dict) -> None:
             if too_large.any():
                 position = np.unravel_index(offset + int(np.argmax(too_large)), values.shape)
                 name = field_name + "".join(f"[{int(i)}]" for i in position)
-                raise RecordError(name, f"{float(values[position]):g} is beyond ±{MAX_ABS_VALUE:g}, the largest "
-                                        "magnitude DeepAR trains on in float32; rescale the data (for example to other units)")
+                raise RecordError(
+                    name,
+                    f"{float(values[position]):g} is beyond ±{MAX_ABS_VALUE:g}, the largest "
+                    "magnitude DeepAR trains on in float32; rescale the data (for example to other units)",
+                )
 
 
 # ---------------------------------------------------------------- channels
@@ -413,8 +432,14 @@ class ChannelStats:
             "num_observations": self.num_observations,
             "num_missing": self.num_missing,
             "num_series_unobserved": self.num_series_unobserved,
-            **{name: (value if any_present else None) for name, value in
-               (("target_min", self.target_min), ("target_mean", self.target_mean), ("target_max", self.target_max))},
+            **{
+                name: (value if any_present else None)
+                for name, value in (
+                    ("target_min", self.target_min),
+                    ("target_mean", self.target_mean),
+                    ("target_max", self.target_max),
+                )
+            },
         }
 
 
@@ -452,7 +477,10 @@ def _check_feature_counts(channel: Channel, entry: dict, has_cat: bool, has_dyn:
         channel.cat_max = list(entry.get("feat_static_cat", []))
         return
     if cat_count != channel.num_cat:
-        raise RecordError("cat", f"has {cat_count} value(s) but earlier records have {channel.num_cat}; every record needs the same number")
+        raise RecordError(
+            "cat",
+            f"has {cat_count} value(s) but earlier records have {channel.num_cat}; every record needs the same number",
+        )
     if dyn_count != channel.num_dynamic_feat:
         raise RecordError(
             "dynamic_feat",
@@ -462,14 +490,17 @@ def _check_feature_counts(channel: Channel, entry: dict, has_cat: bool, has_dyn:
         channel.cat_max = [max(a, b) for a, b in zip(channel.cat_max, entry["feat_static_cat"])]
 
 
-def read_channel(name: str, channel_dir: Path, freq: str, content_type: Optional[str] = None, *,
-                 min_length: int = 1) -> Channel:
+def read_channel(
+    name: str, channel_dir: Path, freq: str, content_type: Optional[str] = None, *, min_length: int = 1
+) -> Channel:
     """Read and validate every record of a channel; raise ``DataError`` listing bad records."""
     if not channel_dir.is_dir():
         raise UserError(f"channel '{name}' has no data folder at {channel_dir}")
     files = discover_files(channel_dir)
     if not files:
-        raise UserError(f"channel '{name}' has no data files under {channel_dir} (hidden files and _SUCCESS are skipped)")
+        raise UserError(
+            f"channel '{name}' has no data files under {channel_dir} (hidden files and _SUCCESS are skipped)"
+        )
     channel = Channel(name=name)
     problems = _ProblemLog()
     base = channel_dir.parent
@@ -484,7 +515,9 @@ def read_channel(name: str, channel_dir: Path, freq: str, content_type: Optional
                 entry = parse_record(record, freq)
                 check_magnitude(entry)
                 if len(entry["target"]) < min_length:
-                    raise RecordError("target", f"has {len(entry['target'])} value(s); this channel needs at least {min_length}")
+                    raise RecordError(
+                        "target", f"has {len(entry['target'])} value(s); this channel needs at least {min_length}"
+                    )
                 _check_feature_counts(channel, entry, "feat_static_cat" in entry, "feat_dynamic_real" in entry)
             except RecordError as error:
                 problems.add(f"{location}: {error}")
@@ -519,7 +552,9 @@ def resolve_features(params: DeepARHyperparameters, train: Channel) -> FeatureSp
             )
         for index, (limit, seen) in enumerate(zip(cardinality, train.cat_max)):
             if seen >= limit:
-                location = next(loc for e, loc in zip(train.entries, train.locations) if e["feat_static_cat"][index] >= limit)
+                location = next(
+                    loc for e, loc in zip(train.entries, train.locations) if e["feat_static_cat"][index] >= limit
+                )
                 raise UserError(
                     f"{location}: cat[{index}] = {seen} is out of range for cardinality[{index}] = {limit} "
                     f"(values must be 0..{limit - 1})"
@@ -547,7 +582,11 @@ def apply_features(channel: Channel, spec: FeatureSpec) -> None:
             entry.pop("feat_static_cat", None)
         if spec.num_dynamic_feat == 0:
             entry.pop("feat_dynamic_real", None)
-        record = {"target": entry["target"], "cat": entry.get("feat_static_cat"), "dynamic_feat": entry.get("feat_dynamic_real")}
+        record = {
+            "target": entry["target"],
+            "cat": entry.get("feat_static_cat"),
+            "dynamic_feat": entry.get("feat_dynamic_real"),
+        }
         for problem in spec.check(record, where=f"{location}: "):
             problems.add(problem)
     problems.raise_if_any()
@@ -568,7 +607,9 @@ def check_target_domain(channel: Channel, likelihood: str) -> None:
         bad = np.flatnonzero((target < low) | (target > high))
         if len(bad):
             index = int(bad[0])
-            raise UserError(f"{location}: target[{index}] = {float(target[index])} but likelihood '{likelihood}' needs targets {rule}")
+            raise UserError(
+                f"{location}: target[{index}] = {float(target[index])} but likelihood '{likelihood}' needs targets {rule}"
+            )
 
 
 def check_observed(channel: Channel) -> None:
@@ -576,13 +617,19 @@ def check_observed(channel: Channel) -> None:
     unobserved = channel.stats.num_series_unobserved
     if not unobserved:
         return
-    examples = [loc for entry, loc in zip(channel.entries, channel.locations)
-                if np.isnan(entry["target"]).all()][:3]
+    examples = [loc for entry, loc in zip(channel.entries, channel.locations) if np.isnan(entry["target"]).all()][:3]
     if unobserved == channel.stats.num_series:
-        raise UserError(f"channel '{channel.name}': none of its {unobserved} series has an observed target value "
-                        f"(every value is null or \"NaN\"), e.g. {', '.join(examples)}")
-    log.warning("[%s] %d of %d series have no observed target value (all null or \"NaN\") and teach the model "
-                "nothing, e.g. %s", channel.name, unobserved, channel.stats.num_series, ", ".join(examples))
+        raise UserError(
+            f"channel '{channel.name}': none of its {unobserved} series has an observed target value "
+            f'(every value is null or "NaN"), e.g. {", ".join(examples)}'
+        )
+    log.warning(
+        '[%s] %d of %d series have no observed target value (all null or "NaN") and teach the model nothing, e.g. %s',
+        channel.name,
+        unobserved,
+        channel.stats.num_series,
+        ", ".join(examples),
+    )
 
 
 def check_train_lengths(channel: Channel, context_length: int, prediction_length: int) -> None:
@@ -602,18 +649,36 @@ def check_train_lengths(channel: Channel, context_length: int, prediction_length
             f"channel '{channel.name}': every series is shorter than the {needed} points one training window needs "
             f"(hyperparameters context_length = {context_length} + prediction_length = {prediction_length}); the longest "
             f"is {channel.locations[longest]} with {int(lengths[longest])} points. Use longer series or lower "
-            "context_length / prediction_length")
+            "context_length / prediction_length"
+        )
     first_short = channel.locations[int(np.argmax(lengths < needed))]
-    log.warning("[%s] %d of %d series are shorter than context_length + prediction_length = %d points (e.g. %s); "
-                "their training windows are padded", channel.name, short, len(lengths), needed, first_short)
+    log.warning(
+        "[%s] %d of %d series are shorter than context_length + prediction_length = %d points (e.g. %s); "
+        "their training windows are padded",
+        channel.name,
+        short,
+        len(lengths),
+        needed,
+        first_short,
+    )
 
 
 def log_channel_stats(channel: Channel, spec: Optional[FeatureSpec] = None) -> None:
     s = channel.stats
     log.info("[%s] number of time series: %d", channel.name, s.num_series)
-    log.info("[%s] number of observations: %d, missing values: %d (%.2f%%)", channel.name,
-             s.num_observations, s.num_missing, 100.0 * s.num_missing / max(1, s.num_observations))
+    log.info(
+        "[%s] number of observations: %d, missing values: %d (%.2f%%)",
+        channel.name,
+        s.num_observations,
+        s.num_missing,
+        100.0 * s.num_missing / max(1, s.num_observations),
+    )
     log.info("[%s] target min/mean/max: %.6g / %.6g / %.6g", channel.name, s.target_min, s.target_mean, s.target_max)
     if spec is not None:
-        log.info("[%s] categorical features: %d (cardinality %s), dynamic features: %d", channel.name,
-                 spec.num_cat, list(spec.cardinality), spec.num_dynamic_feat)
+        log.info(
+            "[%s] categorical features: %d (cardinality %s), dynamic features: %d",
+            channel.name,
+            spec.num_cat,
+            list(spec.cardinality),
+            spec.num_dynamic_feat,
+        )

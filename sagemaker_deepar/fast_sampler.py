@@ -30,8 +30,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-INPUT_NAMES = ("feat_static_cat", "feat_static_real", "past_time_feat", "past_target",
-               "past_observed_values", "future_time_feat")
+INPUT_NAMES = (
+    "feat_static_cat",
+    "feat_static_real",
+    "past_time_feat",
+    "past_target",
+    "past_observed_values",
+    "future_time_feat",
+)
 
 Draw = Callable[[tuple[Tensor, ...], Tensor], Tensor]
 
@@ -62,8 +68,8 @@ def _lstm_step(inputs: Tensor, weight: Tensor, bias: Tensor, cell: Tensor) -> tu
     size = cell.shape[1]
     gates = torch.addmm(bias, inputs, weight)
     gate = torch.sigmoid(gates)  # the g block is recomputed with tanh below; one call beats three slices
-    cell = torch.addcmul(gate[:, size:2 * size] * cell, gate[:, :size], gates[:, 2 * size:3 * size].tanh())
-    return gate[:, 3 * size:] * torch.tanh(cell), cell
+    cell = torch.addcmul(gate[:, size : 2 * size] * cell, gate[:, :size], gates[:, 2 * size : 3 * size].tanh())
+    return gate[:, 3 * size :] * torch.tanh(cell), cell
 
 
 def _distribution_draw(distr_output) -> Draw:
@@ -92,9 +98,15 @@ class FastDeepARSampler:
         self.lags: list[int] = list(model.lags_seq)  # already "minus one": lag l reads position t - 1 - l
         self.num_layers: int = rnn.num_layers
         self.hidden_size: int = rnn.hidden_size
-        self.weights = [(getattr(rnn, f"weight_ih_l{i}").detach(), getattr(rnn, f"weight_hh_l{i}").detach(),
-                         getattr(rnn, f"bias_ih_l{i}").detach(), getattr(rnn, f"bias_hh_l{i}").detach())
-                        for i in range(self.num_layers)]
+        self.weights = [
+            (
+                getattr(rnn, f"weight_ih_l{i}").detach(),
+                getattr(rnn, f"weight_hh_l{i}").detach(),
+                getattr(rnn, f"bias_ih_l{i}").detach(),
+                getattr(rnn, f"bias_hh_l{i}").detach(),
+            )
+            for i in range(self.num_layers)
+        ]
         w_ih0, _, b_ih0, b_hh0 = self.weights[0]
         num_lags = len(self.lags)
         self.w_lags = w_ih0[:, :num_lags]  # (4H, lags)
@@ -103,8 +115,10 @@ class FastDeepARSampler:
         # Layers above the first: for thousands of paths one fused multi-layer step (oneDNN on CPU)
         # is fastest; for a few hundred its fixed cost dominates and one product per layer wins.
         self.upper_weights = [w for layer in self.weights[1:] for w in layer]
-        self.upper_stacked = [(torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh)
-                              for w_ih, w_hh, b_ih, b_hh in self.weights[1:]]
+        self.upper_stacked = [
+            (torch.cat((w_ih, w_hh), dim=1).t().contiguous(), b_ih + b_hh)
+            for w_ih, w_hh, b_ih, b_hh in self.weights[1:]
+        ]
         # The distribution-argument projections as one product, split back per argument.
         projections = list(model.param_proj.proj)
         self.proj_weight = torch.cat([p.weight.detach() for p in projections]).t().contiguous()
@@ -124,8 +138,16 @@ class FastDeepARSampler:
         self.step_weights = steps
 
     @torch.inference_mode()
-    def sample(self, feat_static_cat: Tensor, feat_static_real: Tensor, past_time_feat: Tensor, past_target: Tensor,
-               past_observed_values: Tensor, future_time_feat: Tensor, num_samples: int) -> Tensor:
+    def sample(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+        num_samples: int,
+    ) -> Tensor:
         """Sample paths, shape (series, num_samples, prediction_length), like ``DeepARModel.forward``."""
         model = self.model
         steps = self.prediction_length
@@ -133,8 +155,13 @@ class FastDeepARSampler:
         paths = num_series * num_samples
 
         rnn_input, scale, static_feat = model.prepare_rnn_input(
-            feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values,
-            future_time_feat[:, :1])
+            feat_static_cat,
+            feat_static_real,
+            past_time_feat,
+            past_target,
+            past_observed_values,
+            future_time_feat[:, :1],
+        )
         output, (h_context, c_context) = model.rnn(rnn_input)
         first_params = model.param_proj(output[:, -1])
 
@@ -160,18 +187,28 @@ class FastDeepARSampler:
         for step in range(steps):
             if step:
                 gates = shared_gates[:, step].repeat_interleave(num_samples, dim=0)
-                hidden[0], cell[0] = _lstm_step(torch.cat((scaled_paths, hidden[0]), dim=1), self.step_weights[step],
-                                                gates, cell[0])
+                hidden[0], cell[0] = _lstm_step(
+                    torch.cat((scaled_paths, hidden[0]), dim=1), self.step_weights[step], gates, cell[0]
+                )
                 if fused_upper:
                     # torch.lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
                     _, h_upper, c_upper = torch.lstm(
-                        hidden[0].unsqueeze(1), (torch.stack(hidden[1:]), torch.stack(cell[1:])), self.upper_weights,
-                        True, self.num_layers - 1, 0.0, False, False, True)
+                        hidden[0].unsqueeze(1),
+                        (torch.stack(hidden[1:]), torch.stack(cell[1:])),
+                        self.upper_weights,
+                        True,
+                        self.num_layers - 1,
+                        0.0,
+                        False,
+                        False,
+                        True,
+                    )
                     hidden[1:], cell[1:] = h_upper.unbind(0), c_upper.unbind(0)
                 else:
                     for layer, (weight, bias) in enumerate(self.upper_stacked, start=1):
-                        hidden[layer], cell[layer] = _lstm_step(torch.cat((hidden[layer - 1], hidden[layer]), dim=1),
-                                                                weight, bias, cell[layer])
+                        hidden[layer], cell[layer] = _lstm_step(
+                            torch.cat((hidden[layer - 1], hidden[layer]), dim=1), weight, bias, cell[layer]
+                        )
                 raw = torch.addmm(self.proj_bias, hidden[-1], self.proj_weight)
                 params = self.domain_map(*raw.split(self.proj_sizes, dim=1))
             draw = self.draw(params, repeated_scale)
@@ -191,4 +228,6 @@ def network_flops(model, num_series: int, num_samples: int) -> float:
     per_step = sum(2 * 4 * hidden * (getattr(rnn, f"weight_ih_l{i}").shape[1] + hidden) for i in range(rnn.num_layers))
     per_step += 2 * hidden * sum(p.out_features for p in model.param_proj.proj)
     context_steps = model.context_length
-    return float(num_series * context_steps * per_step + num_series * num_samples * (model.prediction_length - 1) * per_step)
+    return float(
+        num_series * context_steps * per_step + num_series * num_samples * (model.prediction_length - 1) * per_step
+    )

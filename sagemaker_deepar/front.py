@@ -46,16 +46,21 @@ def nginx_conf(config: ServerConfig, run_dir: Path, upstream_socket: Path) -> st
     }
     status_of = {494: 400, 502: 503, 504: 503}
     # URI error pages, not named locations: a malformed request line cannot be redirected to a named location.
-    pages = "\n".join(f"        error_page {code} ={status_of.get(code, code)} /_deepar_error/{code};" for code in errors)
+    pages = "\n".join(
+        f"        error_page {code} ={status_of.get(code, code)} /_deepar_error/{code};" for code in errors
+    )
     locations = "\n".join(
         f"        location = /_deepar_error/{code} {{ internal; default_type application/json; "
         f"return {status_of.get(code, code)} '{_json_body(text)}'; }}"
-        for code, text in errors.items())
-    temp = "\n".join(f"    {kind}_temp_path {run_dir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        for code, text in errors.items()
+    )
+    temp = "\n".join(
+        f"    {kind}_temp_path {run_dir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     return f"""# rendered by sagemaker_deepar/front.py
 daemon off;
 worker_processes 1;
-pid {run_dir / 'nginx.pid'};
+pid {run_dir / "nginx.pid"};
 error_log stderr error;
 events {{
     worker_connections 4096;

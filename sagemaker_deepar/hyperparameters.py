@@ -31,7 +31,6 @@ MAX_BATCHES_PER_EPOCH = 10**9
 MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
 
 
-
 class DeepARHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,8 +64,7 @@ class DeepARHyperparameters(BaseModel):
             parse_time_freq(value)  # the built-in accepts an optional integer multiple of M, W, D, H, min
         except ContractError:
             raise ValueError(
-                "expected an optional integer multiple followed by one of M, W, D, H, min "
-                "(for example 5min, 2H, D)"
+                "expected an optional integer multiple followed by one of M, W, D, H, min (for example 5min, 2H, D)"
             ) from None
         return value
 
@@ -83,9 +81,7 @@ class DeepARHyperparameters(BaseModel):
     def _normalise_cardinality(cls, value: Any) -> Any:
         if value == "" or value is None:
             return "ignore"
-        if isinstance(value, list) and not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-        ):
+        if isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
             raise ValueError("expected 'auto', 'ignore', '' or a list of positive integers")
         return value
 
@@ -156,7 +152,9 @@ def parse_hyperparameters(raw: dict[str, Any]) -> DeepARHyperparameters:
     """Validate the raw ``hyperparameters.json`` mapping; raise ``UserError`` naming every bad key."""
     if not isinstance(raw, dict):
         raise UserError("hyperparameters.json must hold a JSON object of name -> value")
-    problems = [_unknown_key_message(k) for k in raw if k not in DeepARHyperparameters.model_fields and not _is_ignored(k)]
+    problems = [
+        _unknown_key_message(k) for k in raw if k not in DeepARHyperparameters.model_fields and not _is_ignored(k)
+    ]
     decoded = {k: decode_value(v) for k, v in raw.items() if k in DeepARHyperparameters.model_fields}
     try:
         params = DeepARHyperparameters(**decoded)
@@ -174,10 +172,14 @@ def load_hyperparameters(path) -> DeepARHyperparameters:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except FileNotFoundError:
-        raise UserError(f"{path} is missing: the hyperparameters time_freq, prediction_length, "
-                        "context_length and epochs are required") from None
+        raise UserError(
+            f"{path} is missing: the hyperparameters time_freq, prediction_length, "
+            "context_length and epochs are required"
+        ) from None
     except ValueError as error:
         raise UserError(f"{path} is not valid JSON: {error}") from None
     except RecursionError:
-        raise UserError(f"{path} is nested too deeply to be a hyperparameters file (a JSON object of name -> value)") from None
+        raise UserError(
+            f"{path} is nested too deeply to be a hyperparameters file (a JSON object of name -> value)"
+        ) from None
     return parse_hyperparameters(raw)

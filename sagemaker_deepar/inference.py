@@ -69,9 +69,15 @@ class Model:
 
             sampler = Predictor.deserialize(model_dir / PREDICTOR_DIR)
             sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
-        return cls(sampler=sampler, metadata=artifact.to_dict(), freq=artifact.freq,
-                   prediction_length=artifact.prediction_length, cardinality=list(artifact.cardinality),
-                   num_dynamic_feat=artifact.num_dynamic_feat, backend=artifact.backend)
+        return cls(
+            sampler=sampler,
+            metadata=artifact.to_dict(),
+            freq=artifact.freq,
+            prediction_length=artifact.prediction_length,
+            cardinality=list(artifact.cardinality),
+            num_dynamic_feat=artifact.num_dynamic_feat,
+            backend=artifact.backend,
+        )
 
     @property
     def features(self) -> FeatureSpec:
@@ -96,21 +102,26 @@ class InferenceConfig:
     quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
 
 
-def parse_configuration(raw: Any, where: str = "configuration",
-                        defaults: InferenceConfig = InferenceConfig()) -> InferenceConfig:
+def parse_configuration(
+    raw: Any, where: str = "configuration", defaults: InferenceConfig = InferenceConfig()
+) -> InferenceConfig:
     if raw is None:
         return defaults
     if not isinstance(raw, dict):
         raise RequestError(f"{where}: expected an object with num_samples, output_types, quantiles")
     unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
     if unknown:
-        raise RequestError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles")
+        raise RequestError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles"
+        )
     num_samples = raw.get("num_samples", defaults.num_samples)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
         raise RequestError(f"{where}.num_samples: {num_samples!r} is not an integer between 1 and {MAX_NUM_SAMPLES}")
     output_types = raw.get("output_types", list(defaults.output_types))
     if not isinstance(output_types, list) or not output_types or not all(t in OUTPUT_TYPES for t in output_types):
-        raise RequestError(f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}")
+        raise RequestError(
+            f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}"
+        )
     keys, levels = defaults.quantile_keys, defaults.quantile_levels
     if "quantiles" in raw:
         quantiles = raw["quantiles"]
@@ -129,8 +140,12 @@ def parse_configuration(raw: Any, where: str = "configuration",
             keys_list.append(q if isinstance(q, str) else _number_key(q))
             level_list.append(level)
         keys, levels = tuple(keys_list), tuple(level_list)
-    return InferenceConfig(num_samples=num_samples, output_types=tuple(dict.fromkeys(output_types)),
-                           quantile_keys=keys, quantile_levels=levels)
+    return InferenceConfig(
+        num_samples=num_samples,
+        output_types=tuple(dict.fromkeys(output_types)),
+        quantile_keys=keys,
+        quantile_levels=levels,
+    )
 
 
 def _number_key(q: float) -> str:
@@ -185,8 +200,10 @@ def _check_magnitude(values: np.ndarray, where: str) -> None:
     too_large = np.flatnonzero(np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE)
     if too_large.size:
         i = int(too_large[0])
-        raise RequestError(f"{where}[{i}]: {float(values[i]):g} is too large in magnitude to forecast "
-                           f"(at most {MAX_ABS_VALUE:g}); rescale the series")
+        raise RequestError(
+            f"{where}[{i}]: {float(values[i]):g} is too large in magnitude to forecast "
+            f"(at most {MAX_ABS_VALUE:g}); rescale the series"
+        )
 
 
 def decode_json(body: bytes, where: str = "body") -> Any:
@@ -196,7 +213,9 @@ def decode_json(body: bytes, where: str = "body") -> Any:
         raise RequestError(f"{where}: not valid JSON ({error})") from None
 
 
-def parse_json_request(payload: Any, model: Model, forward_fields: Sequence[str] = ()) -> tuple[list[Instance], InferenceConfig]:
+def parse_json_request(
+    payload: Any, model: Model, forward_fields: Sequence[str] = ()
+) -> tuple[list[Instance], InferenceConfig]:
     """A decoded ``{"instances": [...], "configuration": {...}}`` request."""
     if not isinstance(payload, dict) or "instances" not in payload:
         raise RequestError('body: expected a JSON object {"instances": [...], "configuration": {...}}')
@@ -230,7 +249,8 @@ def check_budget(num_series: int, num_samples: int, max_sample_paths: int) -> No
     if num_series * num_samples > max_sample_paths:
         raise RequestError(
             f"request too large: {num_series} series x {num_samples} samples = {num_series * num_samples} sample paths; "
-            f"the limit is {max_sample_paths} per request (send fewer series or fewer num_samples)")
+            f"the limit is {max_sample_paths} per request (send fewer series or fewer num_samples)"
+        )
 
 
 def response_bytes_per_series(config: InferenceConfig, prediction_length: int, forwarded_bytes: int = 0) -> int:
@@ -242,7 +262,7 @@ def response_bytes_per_series(config: InferenceConfig, prediction_length: int, f
         size += len('"mean":[],')
     if "quantiles" in config.output_types:
         values += prediction_length * len(config.quantile_keys)
-        size += len('"quantiles":{},') + sum(len(orjson.dumps(k)) + len(':[],') for k in config.quantile_keys)
+        size += len('"quantiles":{},') + sum(len(orjson.dumps(k)) + len(":[],") for k in config.quantile_keys)
     if "samples" in config.output_types:
         values += prediction_length * config.num_samples
         size += len('"samples":[],') + 3 * config.num_samples
@@ -254,7 +274,8 @@ def check_response_size(num_series: int, per_series: int, max_bytes: int) -> Non
     if num_series * per_series + 64 > max_bytes:
         raise RequestError(
             f"response too large: {num_series} series x up to {per_series} bytes each exceeds the limit of "
-            f"{max_bytes // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); send fewer series, quantiles or samples")
+            f"{max_bytes // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); send fewer series, quantiles or samples"
+        )
 
 
 def non_finite_rows(samples: np.ndarray) -> list[int]:
@@ -264,15 +285,20 @@ def non_finite_rows(samples: np.ndarray) -> list[int]:
 
 
 def overflow_message(prefix: str) -> str:
-    return (f"{prefix}target: the forecast overflowed float32 (values of target or dynamic_feat too large in "
-            "magnitude, e.g. near 1e37); rescale the series")
+    return (
+        f"{prefix}target: the forecast overflowed float32 (values of target or dynamic_feat too large in "
+        "magnitude, e.g. near 1e37); rescale the series"
+    )
 
 
 def predictions(samples: np.ndarray, config: InferenceConfig, forwarded: Sequence[dict]) -> list[dict]:
     """Response objects for a block of series: only the requested keys, quantiles computed at once."""
     means = samples.mean(axis=1) if "mean" in config.output_types else None
-    quantiles = (np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
-                 if "quantiles" in config.output_types else None)
+    quantiles = (
+        np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
+        if "quantiles" in config.output_types
+        else None
+    )
     out = []
     for i in range(samples.shape[0]):
         item: dict[str, Any] = dict(forwarded[i]) if forwarded else {}

@@ -6,8 +6,9 @@ import warnings
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="[%(asctime)s %(levelname)s %(name)s] %(message)s"
+    )
     quiet_libraries()
 
 

@@ -100,5 +100,7 @@ def probe_output_dirs(dirs: dict[str, Path], needed_bytes: int) -> None:
         needed = needed_bytes * len(members)
         if free < needed:
             names = ", ".join(f"{role} {path}" for role, path in members)
-            raise OutputError(f"not enough disk space for the {names}: {free / 2**20:.1f} MB free, the model and "
-                              f"checkpoints need about {needed / 2**20:.0f} MB; use a larger volume (VolumeSizeInGB)")
+            raise OutputError(
+                f"not enough disk space for the {names}: {free / 2**20:.1f} MB free, the model and "
+                f"checkpoints need about {needed / 2**20:.0f} MB; use a larger volume (VolumeSizeInGB)"
+            )

@@ -55,8 +55,9 @@ class ModelState:
 
             torch.set_num_threads(self.config.torch_threads)
             self.model = Model.load(Path(self.config.model_dir), self.config.max_batch_series)
-            self.batcher = Batcher(self.model.sample, self.config.max_pass_paths, self.config.max_batch_series,
-                                   self.config.batch_wait_ms)
+            self.batcher = Batcher(
+                self.model.sample, self.config.max_pass_paths, self.config.max_batch_series, self.config.batch_wait_ms
+            )
             self._warm_up()
             self.service = ForecastService(self.model, self.config, self.batcher)
         except Exception:
@@ -65,8 +66,12 @@ class ModelState:
             log.exception("the model could not be loaded from %s; stopping the server", self.config.model_dir)
             logging.shutdown()
             os._exit(WORKER_BOOT_ERROR)
-        log.info("model loaded (%s backend, prediction_length %d) in %.2f s", self.model.backend,
-                 self.model.prediction_length, time.perf_counter() - started)
+        log.info(
+            "model loaded (%s backend, prediction_length %d) in %.2f s",
+            self.model.backend,
+            self.model.prediction_length,
+            time.perf_counter() - started,
+        )
         if self.config.ready_dir:
             Path(self.config.ready_dir, str(os.getpid())).touch()
         self.ready.set()
@@ -95,8 +100,10 @@ class ModelState:
         deadline = time.monotonic() + max(1.0, self.config.graceful_timeout - DRAIN_MARGIN_S)
         if self.batcher is not None:
             self.batcher.drain(deadline)
-        log.info("SIGTERM: finishing requests in flight; those not done in %.0f s get 503",
-                 self.config.graceful_timeout - DRAIN_MARGIN_S)
+        log.info(
+            "SIGTERM: finishing requests in flight; those not done in %.0f s get 503",
+            self.config.graceful_timeout - DRAIN_MARGIN_S,
+        )
 
 
 def ready_workers(folder: Path) -> int:
@@ -197,9 +204,16 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
 
     @app.get("/execution-parameters")
     def execution_parameters() -> Response:
-        return Response(encode({"MaxConcurrentTransforms": config.max_concurrent_transforms,
-                                "BatchStrategy": config.batch_strategy,
-                                "MaxPayloadInMB": config.max_payload_bytes // 2**20}), mimetype=JSON)
+        return Response(
+            encode(
+                {
+                    "MaxConcurrentTransforms": config.max_concurrent_transforms,
+                    "BatchStrategy": config.batch_strategy,
+                    "MaxPayloadInMB": config.max_payload_bytes // 2**20,
+                }
+            ),
+            mimetype=JSON,
+        )
 
     @app.post("/invocations")
     def invocations() -> Response:
@@ -220,9 +234,11 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
                     body.close()
                     raise
                 return Response(stream_with_context(closing_after(chunks, body)), mimetype=mimetype)
-            body = request.get_data(cache=False)
-            return Response(service.realtime(body, request_type, response_type, deadline),
-                            mimetype=JSONLINES if response_type == JSONLINES else JSON)
+            payload = request.get_data(cache=False)
+            return Response(
+                service.realtime(payload, request_type, response_type, deadline),
+                mimetype=JSONLINES if response_type == JSONLINES else JSON,
+            )
         except RequestError as error:
             return error_response(error.status, str(error))
         except UserError as error:

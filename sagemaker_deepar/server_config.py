@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, overload
 
 from .contract import BATCH_BODY_BYTES_PER_SECOND
 from .errors import UserError
@@ -23,6 +23,10 @@ BATCH_RESPONSE_MB = 1024  # batch answers are streamed; this bounds what one req
 WORKER_MEMORY_GB = 1.5
 
 
+@overload
+def _int(env: Mapping[str, str], name: str, default: int, low: int = ..., high: int = ...) -> int: ...
+@overload
+def _int(env: Mapping[str, str], name: str, default: None, low: int = ..., high: int = ...) -> Optional[int]: ...
 def _int(env: Mapping[str, str], name: str, default: Optional[int], low: int = 1, high: int = 10**9) -> Optional[int]:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -98,10 +102,16 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
         cpus = os.cpu_count() or 1
-        workers = (_int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None) or _int(env, "MODEL_SERVER_WORKERS", None)
-                   or default_workers(cpus, available_memory_gb()))
-        request_timeout = (_int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", None, high=3600)
-                           or _int(env, "MODEL_SERVER_TIMEOUT", None, high=3600) or 60)
+        workers = (
+            _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
+            or _int(env, "MODEL_SERVER_WORKERS", None)
+            or default_workers(cpus, available_memory_gb())
+        )
+        request_timeout = (
+            _int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", None, high=3600)
+            or _int(env, "MODEL_SERVER_TIMEOUT", None, high=3600)
+            or 60
+        )
         batch_mode = env.get("SAGEMAKER_BATCH", "").lower() == "true"
         payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=BATCH_PAYLOAD_LIMIT_MB)
         if payload_mb is None:
@@ -124,7 +134,10 @@ class ServerConfig:
             batch_mode=batch_mode,
             max_payload_bytes=payload_mb * 1024 * 1024,
             max_concurrent_transforms=_int(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
-            batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD").upper().replace("MULTIRECORD", "MULTI_RECORD").replace("SINGLERECORD", "SINGLE_RECORD"),
+            batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD")
+            .upper()
+            .replace("MULTIRECORD", "MULTI_RECORD")
+            .replace("SINGLERECORD", "SINGLE_RECORD"),
             max_sample_paths=_int(env, "DEEPAR_MAX_SAMPLE_PATHS", default_paths * (10 if batch_mode else 1)),
             max_batch_series=_int(env, "DEEPAR_MAX_BATCH_SERIES", 256, high=100_000),
             batch_wait_ms=float(_int(env, "DEEPAR_BATCH_WAIT_MS", 0, low=0, high=1000)),
@@ -132,8 +145,10 @@ class ServerConfig:
             inference_defaults=inference_config_from_env(env.get("DEEPAR_INFERENCE_CONFIG")),
             model_dir=os.path.abspath(os.path.join(root, "model")),  # gunicorn chdirs to the app folder
             max_pass_paths=_int(env, "DEEPAR_MAX_PASS_SAMPLE_PATHS", 6400, high=10**7),
-            max_response_bytes=_int(env, "DEEPAR_MAX_RESPONSE_MB", BATCH_RESPONSE_MB if batch_mode else REALTIME_RESPONSE_MB,
-                                    high=100_000) * 2**20,
+            max_response_bytes=_int(
+                env, "DEEPAR_MAX_RESPONSE_MB", BATCH_RESPONSE_MB if batch_mode else REALTIME_RESPONSE_MB, high=100_000
+            )
+            * 2**20,
             body_timeout=_int(env, "DEEPAR_BODY_TIMEOUT", 10, high=3600),
             front=front,
             ready_dir=env.get("DEEPAR_READY_DIR") or None,

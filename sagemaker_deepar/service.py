@@ -48,8 +48,9 @@ class BatchInvariantError(RuntimeError):
 
 
 class ForecastService:
-    def __init__(self, model: Model, config: ServerConfig, batcher: Batcher,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, model: Model, config: ServerConfig, batcher: Batcher, clock: Callable[[], float] = time.monotonic
+    ):
         self.model = model
         self.config = config
         self.batcher = batcher
@@ -66,7 +67,7 @@ class ForecastService:
         size = self.batcher.slice_size(num_samples)
         blocks = []
         for begin in range(0, len(instances), size):
-            job = self.batcher.submit([i.entry for i in instances[begin:begin + size]], num_samples, deadline)
+            job = self.batcher.submit([i.entry for i in instances[begin : begin + size]], num_samples, deadline)
             try:
                 blocks.append(self.batcher.wait(job))
             except DeadlineExceeded:
@@ -76,13 +77,16 @@ class ForecastService:
     def _timeout_message(self) -> str:
         if self.batcher.drain_deadline < float("inf"):
             return "the server is shutting down and this forecast could not finish in its grace period; retry"
-        return (f"the forecast did not finish within {self.config.request_timeout} s (SAGEMAKER_MODEL_SERVER_TIMEOUT); "
-                "send fewer series or samples")
+        return (
+            f"the forecast did not finish within {self.config.request_timeout} s (SAGEMAKER_MODEL_SERVER_TIMEOUT); "
+            "send fewer series or samples"
+        )
 
     # ------------------------------------------------------------ real-time
 
-    def realtime(self, body: bytes, request_type: str, response_type: str, deadline: float,
-                 payload: Any = None) -> bytes:
+    def realtime(
+        self, body: bytes, request_type: str, response_type: str, deadline: float, payload: Any = None
+    ) -> bytes:
         if request_type == JSON:
             payload = decode_json(body) if payload is None else payload
             instances, cfg = parse_json_request(payload, self.model, self.config.forward_fields)
@@ -92,15 +96,20 @@ class ForecastService:
             if not lines:
                 raise RequestError("body: no JSON lines")
             prefixes = [f"line {n}: " for n, _ in lines]
-            instances = [parse_instance(decode_json(line, f"line {n}"), self.model, prefix, self.config.forward_fields)
-                         for (n, line), prefix in zip(lines, prefixes)]
+            instances = [
+                parse_instance(decode_json(line, f"line {n}"), self.model, prefix, self.config.forward_fields)
+                for (n, line), prefix in zip(lines, prefixes)
+            ]
             cfg = self.defaults
         check_budget(len(instances), cfg.num_samples, self.config.max_sample_paths)
         if self.clock() > deadline:  # parsing a large body can take seconds on a busy machine
             raise RequestError(self._timeout_message(), status=503)
         forwarded = max((len(encode(i.forwarded)) for i in instances), default=0)
-        check_response_size(len(instances), response_bytes_per_series(cfg, self.model.prediction_length, forwarded),
-                            self.config.max_response_bytes)
+        check_response_size(
+            len(instances),
+            response_bytes_per_series(cfg, self.model.prediction_length, forwarded),
+            self.config.max_response_bytes,
+        )
         samples = self.sample(instances, cfg.num_samples, deadline)
         bad = non_finite_rows(samples)
         if bad:
@@ -112,8 +121,9 @@ class ForecastService:
 
     # ------------------------------------------------------------ batch transform
 
-    def batch(self, lines: Iterator[bytes], request_type: str, response_type: str,
-              deadline: float) -> tuple[str, Iterator[bytes]]:
+    def batch(
+        self, lines: Iterator[bytes], request_type: str, response_type: str, deadline: float
+    ) -> tuple[str, Iterator[bytes]]:
         """(mimetype, body chunks). JSON Lines in, exactly one line out per input line, sent as computed.
 
         A whole ``{"instances": [...]}`` body (SplitType None) is answered like a real-time request.
@@ -130,8 +140,9 @@ class ForecastService:
                 return (JSONLINES if response_type == JSONLINES else JSON), iter([out])
         return JSONLINES, self._batch_lines(chain([first], numbered), deadline)
 
-    def _instances_request(self, first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]
-                           ) -> Optional[tuple[Any, bytes]]:
+    def _instances_request(
+        self, first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]
+    ) -> Optional[tuple[Any, bytes]]:
         """(payload, body) if the body is one {"instances": ...} object; else None (rest is then re-chained by caller)."""
         _, line = first
         try:
@@ -165,11 +176,15 @@ class ForecastService:
             lines_in += 1
             prefix = f"line {n}: "
             try:
-                instance = parse_instance(decode_json(line, f"line {n}"), self.model, prefix, self.config.forward_fields)
+                instance = parse_instance(
+                    decode_json(line, f"line {n}"), self.model, prefix, self.config.forward_fields
+                )
                 cost = per_series + len(encode(instance.forwarded))
                 if spent + cost > budget:
-                    raise RequestError(f"{prefix}not forecast: the answer would exceed the response limit of "
-                                       f"{budget // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); split the input into smaller requests")
+                    raise RequestError(
+                        f"{prefix}not forecast: the answer would exceed the response limit of "
+                        f"{budget // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); split the input into smaller requests"
+                    )
                 spent += cost
             except RequestError as error:
                 outputs.append({"error": str(error)})

@@ -29,18 +29,30 @@ log = logging.getLogger("sagemaker_deepar.serving")
 
 def gunicorn_argv(config: ServerConfig, app_dir: Path, bind: Optional[str] = None) -> list[str]:
     argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", bind or f"{config.host}:{config.port}",
-        "--workers", str(config.workers),
-        "--worker-class", "gthread",
-        "--threads", str(config.threads),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind or f"{config.host}:{config.port}",
+        "--workers",
+        str(config.workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(config.threads),
         # gthread's timeout watches the worker's event loop, which never blocks on a request.
-        "--timeout", str(config.request_timeout + 30),
-        "--graceful-timeout", str(config.graceful_timeout),
-        "--keep-alive", str(config.keepalive),
-        "--chdir", str(app_dir),
-        "--error-logfile", "-",
-        "--log-level", "info",
+        "--timeout",
+        str(config.request_timeout + 30),
+        "--graceful-timeout",
+        str(config.graceful_timeout),
+        "--keep-alive",
+        str(config.keepalive),
+        "--chdir",
+        str(app_dir),
+        "--error-logfile",
+        "-",
+        "--log-level",
+        "info",
         "--no-control-socket",  # it would live under $HOME, which may be read-only
     ]
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: keep them off slow or read-only disks
@@ -65,17 +77,31 @@ def main(app_dir: Path) -> int:
         return 1
     nginx = find_nginx() if config.front == "nginx" else None
     if config.front == "nginx" and nginx is None:
-        log.warning("nginx not found: gunicorn listens directly, without protection from slow clients "
-                    "(install nginx, or set DEEPAR_FRONT=gunicorn to silence this)")
-    log.info("serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
-             config.model_dir, config.host, config.port, "nginx + gunicorn" if nginx else "gunicorn",
-             config.workers, config.threads, config.torch_threads, config.request_timeout,
-             ", batch transform mode" if config.batch_mode else "")
+        log.warning(
+            "nginx not found: gunicorn listens directly, without protection from slow clients "
+            "(install nginx, or set DEEPAR_FRONT=gunicorn to silence this)"
+        )
+    log.info(
+        "serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
+        config.model_dir,
+        config.host,
+        config.port,
+        "nginx + gunicorn" if nginx else "gunicorn",
+        config.workers,
+        config.threads,
+        config.torch_threads,
+        config.request_timeout,
+        ", batch transform mode" if config.batch_mode else "",
+    )
     run_dir = _run_dir()
     ready_dir = run_dir / "ready"
     ready_dir.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": str(config.torch_threads),
-           "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads), "DEEPAR_READY_DIR": str(ready_dir)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(config.torch_threads),
+        "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads),
+        "DEEPAR_READY_DIR": str(ready_dir),
+    }
     if nginx is None:
         argv = gunicorn_argv(config, app_dir)
         os.execve(argv[0], argv, env)
@@ -99,8 +125,10 @@ def supervise(config: ServerConfig, app_dir: Path, nginx: str, run_dir: Path, en
         if stopping:
             return
         stopping = True
-        log.info("%s: draining (nginx finishes what it holds, gunicorn answers what is in flight)",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s: draining (nginx finishes what it holds, gunicorn answers what is in flight)",
+            signal.Signals(signum).name,
+        )
         _signal(front, signal.SIGQUIT)  # nginx's graceful stop
         _signal(gunicorn, signal.SIGTERM)
 

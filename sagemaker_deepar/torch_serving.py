@@ -73,8 +73,12 @@ class TorchDeepAR:
         """Sample paths, shape (series, num_samples, prediction_length)."""
         from gluonts.dataset.loader import InferenceDataLoader
 
-        loader = InferenceDataLoader(entries, transform=self.transform, batch_size=self.batch_size,
-                                     stack_fn=lambda data: self._batchify(data, "cpu"))
+        loader = InferenceDataLoader(
+            entries,
+            transform=self.transform,
+            batch_size=self.batch_size,
+            stack_fn=lambda data: self._batchify(data, "cpu"),
+        )
         blocks = []
         with torch.inference_mode():
             for batch in loader:
@@ -82,6 +86,6 @@ class TorchDeepAR:
                 if self.fast_sampler is None:
                     out = self.model(*inputs, num_parallel_samples=num_samples)
                 else:
-                    out = self.fast_sampler.sample(*inputs, num_samples=num_samples)
+                    out = self.fast_sampler.sample(*inputs, num_samples=num_samples)  # type: ignore[misc]  # inputs: the 6 tensors
                 blocks.append(out.numpy())
         return np.concatenate(blocks).astype(np.float32, copy=False)

@@ -79,8 +79,10 @@ def read_job_config(paths: SageMakerPaths) -> JobConfig:
         channels = {p.name: {} for p in sorted(data_root.iterdir()) if p.is_dir()} if data_root.is_dir() else {}
     unknown = [name for name in channels if name not in SUPPORTED_CHANNELS]
     if unknown:
-        raise UserError(f"channel(s) {', '.join(repr(c) for c in unknown)} not supported: DeepAR takes 'train' "
-                        "(required) and 'test' (optional)")
+        raise UserError(
+            f"channel(s) {', '.join(repr(c) for c in unknown)} not supported: DeepAR takes 'train' "
+            "(required) and 'test' (optional)"
+        )
     if "train" not in channels:
         raise UserError("the 'train' channel is required but was not provided")
     for name, channel in channels.items():
@@ -107,7 +109,9 @@ def load_channels(paths: SageMakerPaths, config: JobConfig) -> tuple[Channel, Op
     """Read and check both channels: every data problem surfaces here, before any epoch runs."""
     params = config.params
     faults.reached("reading")
-    train = read_channel("train", paths.channel("train"), params.pandas_freq, config.channels["train"].get("ContentType"))
+    train = read_channel(
+        "train", paths.channel("train"), params.pandas_freq, config.channels["train"].get("ContentType")
+    )
     spec = resolve_features(params, train)
     apply_features(train, spec)
     check_target_domain(train, params.likelihood)
@@ -116,8 +120,13 @@ def load_channels(paths: SageMakerPaths, config: JobConfig) -> tuple[Channel, Op
     check_train_lengths(train, params.context_length, params.prediction_length)
     test = None
     if "test" in config.channels:
-        test = read_channel("test", paths.channel("test"), params.pandas_freq, config.channels["test"].get("ContentType"),
-                            min_length=params.prediction_length + 1)
+        test = read_channel(
+            "test",
+            paths.channel("test"),
+            params.pandas_freq,
+            config.channels["test"].get("ContentType"),
+            min_length=params.prediction_length + 1,
+        )
         apply_features(test, spec)
         log_channel_stats(test)
         check_observed(test)
@@ -172,9 +181,19 @@ def publish_model(staging: Path, model_dir: Path) -> None:
     staging.rmdir()
 
 
-def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: FeatureSpec, train: Channel,
-                  test: Optional[Channel], control: backends.TrainingControl, interrupted: bool,
-                  test_metrics: Optional[dict[str, float]], num_batches_per_epoch: int, seconds: float) -> None:
+def write_outputs(
+    paths: SageMakerPaths,
+    predictor,
+    config: JobConfig,
+    spec: FeatureSpec,
+    train: Channel,
+    test: Optional[Channel],
+    control: backends.TrainingControl,
+    interrupted: bool,
+    test_metrics: Optional[dict[str, float]],
+    num_batches_per_epoch: int,
+    seconds: float,
+) -> None:
     """Write the model to a hidden staging folder, load it as serving would, then move it into place."""
     params = config.params
     staging = paths.model_dir / STAGING_DIR
@@ -186,8 +205,12 @@ def write_outputs(paths: SageMakerPaths, predictor, config: JobConfig, spec: Fea
     predictor.serialize(predictor_dir)
     faults.reached("writing")
     train_summary = {
-        "final_loss": control.best_loss, "best_epoch": control.best_epoch, "epochs_run": control.epochs_run,
-        "interrupted": interrupted, "num_batches_per_epoch": num_batches_per_epoch, "seconds": round(seconds, 3),
+        "final_loss": control.best_loss,
+        "best_epoch": control.best_epoch,
+        "epochs_run": control.epochs_run,
+        "interrupted": interrupted,
+        "num_batches_per_epoch": num_batches_per_epoch,
+        "seconds": round(seconds, 3),
     }
     ModelArtifact(
         backend=params.backend,
@@ -215,12 +238,23 @@ def run(paths: SageMakerPaths) -> None:
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
-    probe_output_dirs({"model folder": paths.model_dir, "output data folder": paths.output_data_dir,
-                       "checkpoint folder": config.checkpoint_dir}, estimated_output_bytes(params))
+    probe_output_dirs(
+        {
+            "model folder": paths.model_dir,
+            "output data folder": paths.output_data_dir,
+            "checkpoint folder": config.checkpoint_dir,
+        },
+        estimated_output_bytes(params),
+    )
     train, test, spec = load_channels(paths, config)
     num_batches = params.num_batches_per_epoch or default_batches_per_epoch(params, train)
-    log.info("backend %s, %d epochs of %d batches of %d windows", params.backend, params.epochs, num_batches,
-             params.mini_batch_size)
+    log.info(
+        "backend %s, %d epochs of %d batches of %d windows",
+        params.backend,
+        params.epochs,
+        num_batches,
+        params.mini_batch_size,
+    )
     backends.seed_everything(params.seed)
 
     metric_logger = MetricLogger(config.host)
@@ -231,17 +265,24 @@ def run(paths: SageMakerPaths) -> None:
         if readable:
             log.info("epoch %d/%d: train loss %.5f, %.0f records/s", epoch + 1, params.epochs, loss, throughput)
 
-    control = backends.TrainingControl(total_epochs=params.epochs, batch_size=params.mini_batch_size,
-                                       on_epoch=on_epoch, patience=params.early_stopping_patience,
-                                       stop_requested=stop.requested)
+    control = backends.TrainingControl(
+        total_epochs=params.epochs,
+        batch_size=params.mini_batch_size,
+        on_epoch=on_epoch,
+        patience=params.early_stopping_patience,
+        stop_requested=stop.requested,
+    )
     stop.phase = "training"
     predictor = backends.train(params, spec, train.entries, num_batches, control, config.checkpoint_dir)
     metric_logger.final_loss(control.best_loss)
     test_metrics = None
     if stop.requested.is_set():
-        log.warning("stopped by SIGTERM after %d epoch(s) (%d batches): saving the best model so far, skipping test "
-                    "scoring; a restart with the same checkpoint folder resumes training", control.epochs_run,
-                    control.batches_run)
+        log.warning(
+            "stopped by SIGTERM after %d epoch(s) (%d batches): saving the best model so far, skipping test "
+            "scoring; a restart with the same checkpoint folder resumes training",
+            control.epochs_run,
+            control.batches_run,
+        )
     elif test is not None:
         stop.phase = "scoring"
         try:
@@ -251,8 +292,19 @@ def run(paths: SageMakerPaths) -> None:
             log.warning("stopped by SIGTERM during test scoring: skipping it, saving the trained model")
     # A stop from here on changes nothing: the model is written and checked before the job exits.
     stop.phase = "writing"
-    write_outputs(paths, predictor, config, spec, train, test, control, control.interrupted or stop.requested.is_set(),
-                  test_metrics, num_batches, time.perf_counter() - started)
+    write_outputs(
+        paths,
+        predictor,
+        config,
+        spec,
+        train,
+        test,
+        control,
+        control.interrupted or stop.requested.is_set(),
+        test_metrics,
+        num_batches,
+        time.perf_counter() - started,
+    )
     log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
 
 
@@ -315,14 +367,18 @@ def main() -> int:
     except OSError as error:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             return internal_error(paths, error)
-        reason = (f"ClientError: no space left on the device while writing {error.filename or 'output'}; "
-                  "use a larger volume (VolumeSizeInGB) or a smaller model")
+        reason = (
+            f"ClientError: no space left on the device while writing {error.filename or 'output'}; "
+            "use a larger volume (VolumeSizeInGB) or a smaller model"
+        )
         log.error("%s", reason)
         write_failure(paths, reason)
         return 1
     except MemoryError:
-        reason = ("ClientError: out of memory while training; use an instance type with more memory, "
-                  "or reduce mini_batch_size, context_length or num_cells")
+        reason = (
+            "ClientError: out of memory while training; use an instance type with more memory, "
+            "or reduce mini_batch_size, context_length or num_cells"
+        )
         log.error("%s", reason)
         write_failure(paths, reason)
         return 1
@@ -332,8 +388,10 @@ def main() -> int:
 
 def internal_error(paths: SageMakerPaths, error: BaseException) -> int:
     detail = traceback.format_exc()
-    reason = (f"AlgorithmError: internal error (not caused by your input): {type(error).__name__}: {error}\n"
-              f"Please report this with the training log.\n{detail}")
+    reason = (
+        f"AlgorithmError: internal error (not caused by your input): {type(error).__name__}: {error}\n"
+        f"Please report this with the training log.\n{detail}"
+    )
     log.error("%s", reason)
     write_failure(paths, reason)
     return 2

@@ -29,8 +29,16 @@ MAX_DRAWS_PER_CALL = 1 << 22
 MAX_CALENDAR_FACTOR = 4
 MIN_CALENDAR_SIZE = 1 << 20
 
-TRAINING_FIELDS = ("feat_static_cat", "feat_static_real", "past_time_feat", "past_target", "past_observed_values",
-                   "future_time_feat", "future_target", "future_observed_values")
+TRAINING_FIELDS = (
+    "feat_static_cat",
+    "feat_static_real",
+    "past_time_feat",
+    "past_target",
+    "past_observed_values",
+    "future_time_feat",
+    "future_target",
+    "future_observed_values",
+)
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,24 @@ class SeriesTable:
         self.spec = spec
         self.lengths = np.fromiter((len(e["target"]) for e in entries), dtype=np.int64, count=len(entries))
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
-        self.target = np.concatenate([np.asarray(e["target"], dtype=np.float32) for e in entries]) \
-            if entries else np.zeros(0, np.float32)
-        self.dynamic = (np.concatenate([np.asarray(e["feat_dynamic_real"], dtype=np.float32) for e in entries], axis=1)
-                        .T.copy() if num_dynamic_feat > 0 else None)  # (points, features): rows gather contiguously
+        self.target = (
+            np.concatenate([np.asarray(e["target"], dtype=np.float32) for e in entries])
+            if entries
+            else np.zeros(0, np.float32)
+        )
+        self.dynamic = (
+            np.concatenate([np.asarray(e["feat_dynamic_real"], dtype=np.float32) for e in entries], axis=1).T.copy()
+            if num_dynamic_feat > 0
+            else None
+        )  # (points, features): rows gather contiguously
         # GluonTS sets feat_static_cat to [0] when there is none; AsNumpyArray(dtype=int) makes it int64.
-        self.static_cat = (np.array([np.asarray(e["feat_static_cat"], dtype=int) for e in entries], dtype=int)
-                           .reshape(len(entries), num_cat) if num_cat > 0 else np.zeros((len(entries), 1), dtype=int))
+        self.static_cat = (
+            np.array([np.asarray(e["feat_static_cat"], dtype=int) for e in entries], dtype=int).reshape(
+                len(entries), num_cat
+            )
+            if num_cat > 0
+            else np.zeros((len(entries), 1), dtype=int)
+        )
         starts = [pd.Period(e["start"], freq=spec.freq) for e in entries]
         self.start_ordinals = np.fromiter((p.ordinal for p in starts), dtype=np.int64, count=len(entries))
         first = starts[0] if starts else pd.Period("2000-01-01", freq=spec.freq)
@@ -144,8 +163,10 @@ class ExpectedNumInstanceWindows:
         self.usable = np.flatnonzero(window_sizes > 0)
         if not len(self.usable):
             # GluonTS's own loader would wait forever for a first window here.
-            raise UserError("train: no series has at least prediction_length values, so there is no training "
-                            "window; provide longer series or lower prediction_length")
+            raise UserError(
+                "train: no series has at least prediction_length values, so there is no training "
+                "window; provide longer series or lower prediction_length"
+            )
         self.sizes = window_sizes[self.usable].astype(np.int64)
         self.num_instances = num_instances
         self.next_visit = 0  # also the sampler's n: every visit counts
@@ -159,7 +180,7 @@ class ExpectedNumInstanceWindows:
         start = self.next_visit % len(self.sizes)
         ends = np.cumsum(self.sizes[start:])
         count = max(int(np.searchsorted(ends, MAX_DRAWS_PER_CALL, side="right")), 1)
-        sizes, ends = self.sizes[start:start + count], ends[:count]
+        sizes, ends = self.sizes[start : start + count], ends[:count]
         visits = self.next_visit + np.arange(1, count + 1, dtype=np.int64)
         totals = self.total_length + ends
         self._last_draw = (self.next_visit, np.random.get_state(), self.total_length, sizes)
@@ -193,8 +214,14 @@ class TrainingBatches:
     Every iteration is one epoch of ``num_batches`` full batches of consecutive windows.
     """
 
-    def __init__(self, table: SeriesTable, sampler: ExpectedNumInstanceWindows, batch_size: int, num_batches: int,
-                 as_tensor=torch.from_numpy) -> None:
+    def __init__(
+        self,
+        table: SeriesTable,
+        sampler: ExpectedNumInstanceWindows,
+        batch_size: int,
+        num_batches: int,
+        as_tensor=torch.from_numpy,
+    ) -> None:
         self.table, self.sampler = table, sampler
         self.batch_size, self.num_batches = batch_size, num_batches
         self.as_tensor = as_tensor
@@ -209,17 +236,21 @@ class TrainingBatches:
             while len(series) < self.batch_size:
                 more = self.sampler.draw()
                 series, points, visits = (np.concatenate(pair) for pair in zip((series, points, visits), more))
-            batch = self.table.batch(series[:self.batch_size], points[:self.batch_size])
+            batch = self.table.batch(series[: self.batch_size], points[: self.batch_size])
             self._last_visit = int(visits[self.batch_size - 1])
-            series, points, visits = series[self.batch_size:], points[self.batch_size:], visits[self.batch_size:]
+            series, points, visits = series[self.batch_size :], points[self.batch_size :], visits[self.batch_size :]
             yield {name: self.as_tensor(np.ascontiguousarray(value)) for name, value in batch.items()}
 
 
 def window_spec(estimator, module) -> WindowSpec:
     """The WindowSpec of a GluonTS torch DeepAREstimator and its Lightning module."""
-    return WindowSpec(past_length=module.model._past_length, future_length=estimator.prediction_length,
-                      freq=estimator.freq, time_features=list(estimator.time_features),
-                      dummy_value=float(estimator.distr_output.value_in_support))
+    return WindowSpec(
+        past_length=module.model._past_length,
+        future_length=estimator.prediction_length,
+        freq=estimator.freq,
+        time_features=list(estimator.time_features),
+        dummy_value=float(estimator.distr_output.value_in_support),
+    )
 
 
 class VectorisedDeepAREstimator(DeepAREstimator):
@@ -236,12 +267,19 @@ class VectorisedDeepAREstimator(DeepAREstimator):
 
     def create_training_data_loader(self, data, module, shuffle_buffer_length: Optional[int] = None, **kwargs):
         sampler = self.train_sampler
-        if (shuffle_buffer_length or self.num_feat_static_real > 0
-                or type(sampler) is not ExpectedNumInstanceSampler or sampler.min_past != 0
-                or sampler.min_instances != 0 or sampler.min_future != self.prediction_length):
-            return super().create_training_data_loader(data, module, shuffle_buffer_length=shuffle_buffer_length,
-                                                       **kwargs)
-        table = SeriesTable(self._training_entries, window_spec(self, module), self.num_feat_static_cat,
-                            self.num_feat_dynamic_real)
+        if (
+            shuffle_buffer_length
+            or self.num_feat_static_real > 0
+            or type(sampler) is not ExpectedNumInstanceSampler
+            or sampler.min_past != 0
+            or sampler.min_instances != 0
+            or sampler.min_future != self.prediction_length
+        ):
+            return super().create_training_data_loader(
+                data, module, shuffle_buffer_length=shuffle_buffer_length, **kwargs
+            )
+        table = SeriesTable(
+            self._training_entries, window_spec(self, module), self.num_feat_static_cat, self.num_feat_dynamic_real
+        )
         windows = ExpectedNumInstanceWindows(table.window_sizes, sampler.num_instances)
         return TrainingBatches(table, windows, self.batch_size, self.num_batches_per_epoch)

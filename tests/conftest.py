@@ -21,9 +21,16 @@ REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"
 
 TINY = {  # a few seconds per run on 2 cores
-    "time_freq": "H", "prediction_length": "6", "context_length": "12", "epochs": "2",
-    "num_cells": "8", "num_layers": "1", "mini_batch_size": "16", "num_batches_per_epoch": "3",
-    "num_eval_samples": "20", "seed": "1",
+    "time_freq": "H",
+    "prediction_length": "6",
+    "context_length": "12",
+    "epochs": "2",
+    "num_cells": "8",
+    "num_layers": "1",
+    "mini_batch_size": "16",
+    "num_batches_per_epoch": "3",
+    "num_eval_samples": "20",
+    "seed": "1",
 }
 
 
@@ -61,8 +68,13 @@ class OptMl:
         return write_jsonl(self.root / "input" / "data" / name / filename, records)
 
     def channels(self, **content_types: Optional[str]) -> None:
-        self.config("inputdataconfig.json", {
-            name: ({"ContentType": ct} if ct else {}) | {"TrainingInputMode": "File"} for name, ct in content_types.items()})
+        self.config(
+            "inputdataconfig.json",
+            {
+                name: ({"ContentType": ct} if ct else {}) | {"TrainingInputMode": "File"}
+                for name, ct in content_types.items()
+            },
+        )
 
     @property
     def failure(self) -> Optional[str]:
@@ -92,8 +104,13 @@ def entrypoint_env(root: Path, **extra: str) -> dict:
 
 
 def run_train(opt_ml: OptMl, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN)], env=entrypoint_env(opt_ml.root, **env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(TRAIN)],
+        env=entrypoint_env(opt_ml.root, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def standard_job(opt_ml: OptMl, with_test: bool = True, n_series: int = 4, **hyperparameters: Any) -> None:
@@ -116,7 +133,9 @@ def train_model(root: Path, backend: str, features: bool) -> Path:
     m.hyperparameters(backend=backend, epochs="1", prediction_length="6", context_length="12")
     records = [series(n=48, offset=10 + i) for i in range(4)]
     if features:
-        records = [{**r, "cat": [i % 2], "dynamic_feat": [[float(t % 24) for t in range(48)]]} for i, r in enumerate(records)]
+        records = [
+            {**r, "cat": [i % 2], "dynamic_feat": [[float(t % 24) for t in range(48)]]} for i, r in enumerate(records)
+        ]
     m.channel("train", records)
     m.channels(train=None)
     result = run_train(m)
@@ -133,8 +152,11 @@ class Server:
         # An unnamed temporary file: test runs write nothing into the model folder or the checkout.
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVE)], stdout=self.log, stderr=subprocess.STDOUT,
-            env=entrypoint_env(root, DEEPAR_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env))
+            [sys.executable, str(SERVE)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=entrypoint_env(root, DEEPAR_BIND_HOST="127.0.0.1", SAGEMAKER_BIND_TO_PORT=str(self.port), **env),
+        )
 
     def wait_ready(self, timeout: float = 120) -> list[int]:
         """Poll /ping until 200; return every status seen on the way."""
@@ -147,7 +169,10 @@ class Server:
             assert self.process.poll() is None, self.output()
             try:
                 seen.append(requests.get(self.url + "/ping", timeout=5).status_code)
-            except (requests.ConnectionError, requests.Timeout):  # a worker importing torch can hold the GIL for seconds
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+            ):  # a worker importing torch can hold the GIL for seconds
                 time.sleep(0.05)
                 continue
             if seen[-1] == 200:
@@ -174,8 +199,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.log.close()
-
-
 
 
 @pytest.fixture(scope="session")
@@ -228,12 +251,20 @@ def containers_of(image: str) -> set[str]:
 
 @pytest.fixture
 def sdk_ready():
-    missing = [what for what, ok in [
-        ("a Docker engine with the image", subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
-         if shutil.which("docker") else False),
-        ("docker-compose", shutil.which("docker-compose") is not None),
-        (".venv-sdk (scripts/bootstrap.sh)", SDK_PYTHON.exists()),
-    ] if not ok]
+    missing = [
+        what
+        for what, ok in [
+            (
+                "a Docker engine with the image",
+                subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0
+                if shutil.which("docker")
+                else False,
+            ),
+            ("docker-compose", shutil.which("docker-compose") is not None),
+            (".venv-sdk (scripts/bootstrap.sh)", SDK_PYTHON.exists()),
+        ]
+        if not ok
+    ]
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"required in CI: {', '.join(missing)}")
@@ -262,9 +293,15 @@ def moto_env():
     server.start()
     # moto keeps its state per process, not per server: start each module from an empty account.
     requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": MOTO_REGION, "AWS_DEFAULT_REGION": MOTO_REGION,
-           "INGESTION_IAM_WAIT": "5"}
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": MOTO_REGION,
+        "AWS_DEFAULT_REGION": MOTO_REGION,
+        "INGESTION_IAM_WAIT": "5",
+    }
     env.pop("AWS_PROFILE", None)
     yield env
     server.stop()

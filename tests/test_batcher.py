@@ -21,11 +21,13 @@ class FakeClock:
 
 def fake_sample(calls: list):
     """Each series' samples are filled with its entry's id, so results can be traced back to their job."""
+
     def sample(entries: list[dict], num_samples: int) -> np.ndarray:
         calls.append(([e["id"] for e in entries], num_samples))
         if any(e.get("fail") for e in entries):
             raise ValueError("bad series")
         return np.stack([np.full((num_samples, 2), e["id"], dtype=np.float32) for e in entries])
+
     return sample
 
 
@@ -36,8 +38,11 @@ def entries(*ids: int, **extra) -> list[dict]:
 def test_queued_jobs_share_a_pass_in_arrival_order_and_get_their_own_rows():
     calls: list = []
     b = Batcher(fake_sample(calls), max_pass_paths=1000, max_pass_series=100, start=False)
-    jobs = [b.submit(entries(1, 2), 10, deadline=1e12), b.submit(entries(3), 10, deadline=1e12),
-            b.submit(entries(4, 5, 6), 10, deadline=1e12)]
+    jobs = [
+        b.submit(entries(1, 2), 10, deadline=1e12),
+        b.submit(entries(3), 10, deadline=1e12),
+        b.submit(entries(4, 5, 6), 10, deadline=1e12),
+    ]
     b.run_pass(b.next_pass(block=False))
     assert calls == [([1, 2, 3, 4, 5, 6], 10)]
     assert [job.future.result()[:, 0, 0].tolist() for job in jobs] == [[1, 2], [3], [4, 5, 6]]
@@ -46,10 +51,10 @@ def test_queued_jobs_share_a_pass_in_arrival_order_and_get_their_own_rows():
 def test_a_pass_respects_the_sample_path_budget_and_num_samples():
     calls: list = []
     b = Batcher(fake_sample(calls), max_pass_paths=30, max_pass_series=100, start=False)
-    b.submit(entries(1, 2), 10, 1e12)     # 20 paths
-    b.submit(entries(3), 5, 1e12)         # other num_samples: a pass of its own
-    b.submit(entries(4), 10, 1e12)        # 30 paths in all: fits
-    b.submit(entries(5), 10, 1e12)        # over the budget: next pass
+    b.submit(entries(1, 2), 10, 1e12)  # 20 paths
+    b.submit(entries(3), 5, 1e12)  # other num_samples: a pass of its own
+    b.submit(entries(4), 10, 1e12)  # 30 paths in all: fits
+    b.submit(entries(5), 10, 1e12)  # over the budget: next pass
     while True:
         jobs = b.next_pass(block=False)
         if not jobs:

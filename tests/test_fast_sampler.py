@@ -26,16 +26,29 @@ def likelihoods():
 
     from sagemaker_deepar.distributions import LaplaceFixedScaleOutput
 
-    return {"student-T": StudentTOutput(), "gaussian": NormalOutput(),
-            "negative-binomial": NegativeBinomialOutput(), "deterministic-L1": LaplaceFixedScaleOutput()}
+    return {
+        "student-T": StudentTOutput(),
+        "gaussian": NormalOutput(),
+        "negative-binomial": NegativeBinomialOutput(),
+        "deterministic-L1": LaplaceFixedScaleOutput(),
+    }
 
 
 def network(distr_output, seed: int = 0):
     torch.manual_seed(seed)
     model = import_deepar_module().DeepARModel(
-        freq="h", context_length=24, prediction_length=8, num_feat_dynamic_real=3, num_feat_static_real=1,
-        num_feat_static_cat=2, cardinality=[3, 2], embedding_dimension=[2, 1], num_layers=2, hidden_size=16,
-        distr_output=distr_output)
+        freq="h",
+        context_length=24,
+        prediction_length=8,
+        num_feat_dynamic_real=3,
+        num_feat_static_real=1,
+        num_feat_static_cat=2,
+        cardinality=[3, 2],
+        embedding_dimension=[2, 1],
+        num_layers=2,
+        hidden_size=16,
+        distr_output=distr_output,
+    )
     with torch.no_grad():  # weights larger than the default init, so lags and features move the forecast
         for p in model.parameters():
             p.mul_(3.0)
@@ -48,16 +61,22 @@ def inputs(model, num_series: int = 3) -> dict[str, torch.Tensor]:
     past = model._past_length
     steps = torch.arange(past, dtype=torch.float32)
     level = torch.tensor([5.0, 40.0, 0.5]).unsqueeze(1)[:num_series]
-    target = (level * (1.5 + torch.sin(steps / 24 * 2 * torch.pi)) + torch.rand(num_series, past, generator=generator)).round()
+    target = (
+        level * (1.5 + torch.sin(steps / 24 * 2 * torch.pi)) + torch.rand(num_series, past, generator=generator)
+    ).round()
     observed = torch.ones(num_series, past)
     observed[0, -10:-5] = 0.0  # missing values inside the context
     observed[1, : past - 30] = 0.0  # a short series: left-padded history
     target = target * observed
     time_feat = torch.randn(num_series, past + model.prediction_length, 3, generator=generator)
-    return {"feat_static_cat": torch.tensor([[0, 1], [2, 0], [1, 1]])[:num_series],
-            "feat_static_real": torch.zeros(num_series, 1),
-            "past_time_feat": time_feat[:, :past], "past_target": target, "past_observed_values": observed,
-            "future_time_feat": time_feat[:, past:]}
+    return {
+        "feat_static_cat": torch.tensor([[0, 1], [2, 0], [1, 1]])[:num_series],
+        "feat_static_real": torch.zeros(num_series, 1),
+        "past_time_feat": time_feat[:, :past],
+        "past_target": target,
+        "past_observed_values": observed,
+        "future_time_feat": time_feat[:, past:],
+    }
 
 
 def assert_same_forecast(fast: np.ndarray, reference: np.ndarray) -> None:
@@ -113,11 +132,19 @@ def test_served_path_matches_the_gluonts_predictor(feature_model: Path):
     theirs = Predictor.deserialize(feature_model / "model" / "predictor")
     theirs.prediction_net.model.num_parallel_samples = 2000
     pl = ours.prediction_length
-    raw = [{"start": "2024-01-01 00:00:00", "target": [10.0 + (i % 7) for i in range(40)]},
-           {"start": "2024-01-03 05:00:00", "target": []},
-           {"start": "2024-01-02", "target": [None, 3.0, "NaN", 4.0, 5.0, None, 7.0]}]
-    data = [parse_instance({**r, "cat": [i % 2], "dynamic_feat": [[float(t % 24) for t in range(len(r["target"]) + pl)]]},
-                           ours, f"instances[{i}].").entry for i, r in enumerate(raw)]
+    raw = [
+        {"start": "2024-01-01 00:00:00", "target": [10.0 + (i % 7) for i in range(40)]},
+        {"start": "2024-01-03 05:00:00", "target": []},
+        {"start": "2024-01-02", "target": [None, 3.0, "NaN", 4.0, 5.0, None, 7.0]},
+    ]
+    data = [
+        parse_instance(
+            {**r, "cat": [i % 2], "dynamic_feat": [[float(t % 24) for t in range(len(r["target"]) + pl)]]},
+            ours,
+            f"instances[{i}].",
+        ).entry
+        for i, r in enumerate(raw)
+    ]
     torch.manual_seed(7)
     reference = np.stack([f.samples for f in theirs.predict(data)])
     torch.manual_seed(7)

@@ -79,9 +79,12 @@ def test_every_separator_plain_and_gzip_both_payloads_truncated_records_and_dupl
     for separator in SEPARATORS:
         for compress in (False, True):
             device = f"kit-{separator}-{'gz' if compress else 'plain'}"
-            kit = [kit_reading(hour, 0, device_id=device), kit_reading(hour, 10, clientid=device),
-                   kit_reading(hour, 20, topic=f"deepar-iot/{device}/telemetry"),
-                   kit_reading(hour, 30, device_id=device, received_at=SENT)]
+            kit = [
+                kit_reading(hour, 0, device_id=device),
+                kit_reading(hour, 10, clientid=device),
+                kit_reading(hour, 20, topic=f"deepar-iot/{device}/telemetry"),
+                kit_reading(hour, 30, device_id=device, received_at=SENT),
+            ]
             mine = reading(device, f"2024-01-01T{hour:02d}:40:00.5Z")
             body = encode(kit[:2], SEPARATORS[separator]).decode()
             cut = json.dumps(kit[3])[:-30]  # Firehose wrote only part of this one
@@ -95,8 +98,14 @@ def test_every_separator_plain_and_gzip_both_payloads_truncated_records_and_dupl
             hour += 1
     counts = glue_job.run(spark, str(raw), str(tmp_path / "curated"), str(tmp_path / "quarantine"))
     objects = len(SEPARATORS) * 2
-    assert counts == {"objects": objects, "records_in": 7 * objects, "valid": 6 * objects, "quarantined": objects,
-                      "curated_rows_in_touched_dates": 5 * objects, "dates_touched": 1}
+    assert counts == {
+        "objects": objects,
+        "records_in": 7 * objects,
+        "valid": 6 * objects,
+        "quarantined": objects,
+        "curated_rows_in_touched_dates": 5 * objects,
+        "dates_touched": 1,
+    }
 
     frame = curated(tmp_path / "curated")
     assert frame.groupby("device_id").size().to_dict() == {d: 5 for d in frame["device_id"].unique()}
@@ -206,8 +215,12 @@ def test_a_truncated_record_is_one_quarantined_record_whatever_the_separator(sep
 
 def test_a_broken_record_with_a_nested_object_loses_no_neighbour():
     good = [{"device_id": "d", "ozone": n, "timestamp": "2024-01-01T00:00:00Z"} for n in range(2)]
-    for broken in ('{"ozone": tru, "meta": {"b": 1}, "x": [{"c": 2}]}', '{"ozone": 1, "meta": {"b": 1}',
-                   'garbage', '{"ozone": "unterminated'):
+    for broken in (
+        '{"ozone": tru, "meta": {"b": 1}, "x": [{"c": 2}]}',
+        '{"ozone": 1, "meta": {"b": 1}',
+        "garbage",
+        '{"ozone": "unterminated',
+    ):
         for separator in SEPARATORS.values():
             text = separator.join([json.dumps(good[0]), broken, json.dumps(good[1])])
             values = [value for value, error, _ in glue_job.split_records(text) if error is None]
@@ -231,18 +244,32 @@ def test_read_object_keeps_what_precedes_gzip_damage():
 
 def test_reference_payload_is_read_with_its_spellings_and_device_from_the_rule():
     message = kit_reading(6)
-    assert set(message) == {"ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide",
-                            "longitude", "latitude", "timestamp"}
+    assert set(message) == {
+        "ozone",
+        "particullate_matter",
+        "carbon_monoxide",
+        "sulfure_dioxide",
+        "nitrogen_dioxide",
+        "longitude",
+        "latitude",
+        "timestamp",
+    }
     assert message["timestamp"] == "2024-01-01T06:00:30.250Z"
     assert glue_job.check(message) == (None, "missing device_id")
-    for rule_fields, level in (({"device_id": "dev-1"}, 2), ({"clientid": "dev-1"}, 2),
-                               ({"topic": "deepar-iot/dev-1/telemetry"}, 2), ({"topic": "dt/air/dev-1"}, 3),
-                               ({"device_id": "", "clientid": "dev-1", "topic": "x/other"}, 2)):
+    for rule_fields, level in (
+        ({"device_id": "dev-1"}, 2),
+        ({"clientid": "dev-1"}, 2),
+        ({"topic": "deepar-iot/dev-1/telemetry"}, 2),
+        ({"topic": "dt/air/dev-1"}, 3),
+        ({"device_id": "", "clientid": "dev-1", "topic": "x/other"}, 2),
+    ):
         row, reason = glue_job.check({**message, **rule_fields}, level)
         assert reason is None and row[0] == "dev-1", rule_fields
         assert row[1] == datetime(2024, 1, 1, 6, 0, 30, 250_000)
-        assert row[2:7] == tuple(float(message[k]) for k in ("ozone", "particullate_matter", "carbon_monoxide",
-                                                              "sulfure_dioxide", "nitrogen_dioxide"))
+        assert row[2:7] == tuple(
+            float(message[k])
+            for k in ("ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide")
+        )
     assert glue_job.check({**message, "topic": "deepar-iot"}) == (None, "missing device_id")
     both = {**message, "device_id": "d", "particulate_matter": 7, "particullate_matter": 9}
     assert glue_job.check(both)[0][3] == 7.0  # the proper spelling wins over the alias
@@ -279,8 +306,23 @@ def test_what_the_relay_forwards_is_read_back_whatever_the_rule(separator, devic
 def test_raw_sample_writes_the_reference_kits_lake_comma_joined(tmp_path):
     from ingestion import raw_sample
 
-    assert raw_sample.main(["--out", str(tmp_path), "--payload", "reference", "--devices", "2", "--days", "0.25",
-                            "--compression", "none"]) == 0
+    assert (
+        raw_sample.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--payload",
+                "reference",
+                "--devices",
+                "2",
+                "--days",
+                "0.25",
+                "--compression",
+                "none",
+            ]
+        )
+        == 0
+    )
     objects = sorted((tmp_path / "raw").rglob("deepar-iot-stream-*"))
     assert len(objects) == 6
     for path in objects:
@@ -303,13 +345,38 @@ def test_job_runs_as_glue_invokes_it(tmp_path):
     """The script itself, with Glue's extra arguments, on the generated sample lake."""
     if shutil.which("java") is None and not os.environ.get("CI"):
         pytest.skip("no Java runtime for Spark")
-    sample = write_lake(tmp_path, ["s-1", "s-2"], "2024-01-01", days=3, separator="comma", invalid_rate=0.05,
-                        duplicate_rate=0.05, payload="reference")  # the reference kit's lake
-    result = subprocess.run([sys.executable, str(REPO / "ingestion" / "glue_job.py"), "--JOB_NAME", "raw-to-curated",
-                             "--raw-path", str(tmp_path / "raw"), "--curated-path", str(tmp_path / "curated"),
-                             "--quarantine-path", str(tmp_path / "quarantine"), "--TempDir", "/tmp/x",
-                             "--enable-metrics", "--job-bookmark-option", "job-bookmark-disable"],
-                            capture_output=True, text=True, timeout=300)
+    sample = write_lake(
+        tmp_path,
+        ["s-1", "s-2"],
+        "2024-01-01",
+        days=3,
+        separator="comma",
+        invalid_rate=0.05,
+        duplicate_rate=0.05,
+        payload="reference",
+    )  # the reference kit's lake
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "ingestion" / "glue_job.py"),
+            "--JOB_NAME",
+            "raw-to-curated",
+            "--raw-path",
+            str(tmp_path / "raw"),
+            "--curated-path",
+            str(tmp_path / "curated"),
+            "--quarantine-path",
+            str(tmp_path / "quarantine"),
+            "--TempDir",
+            "/tmp/x",
+            "--enable-metrics",
+            "--job-bookmark-option",
+            "job-bookmark-disable",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [line] = [line for line in result.stdout.splitlines() if line.startswith("ETL_COUNTS ")]
     counts = json.loads(line.removeprefix("ETL_COUNTS "))

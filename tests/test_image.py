@@ -100,8 +100,20 @@ def start_server(image: str, root: Path, names: list[str], *env: str) -> str:
     name = f"deepar-test-{uuid.uuid4().hex[:8]}"
     names.append(name)
     env_args = [arg for pair in (("-e", e) for e in env) for arg in pair]
-    docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{root}:/opt/ml:ro", *env_args,
-           image, "serve", check=True)
+    docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-p",
+        f"127.0.0.1:{port}:8080",
+        "-v",
+        f"{root}:/opt/ml:ro",
+        *env_args,
+        image,
+        "serve",
+        check=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -116,8 +128,10 @@ def start_server(image: str, root: Path, names: list[str], *env: str) -> str:
 
 def test_serve_from_a_read_only_opt_ml_and_stop_fast(image, trained: Path, container_names):
     url = start_server(image, trained, container_names)
-    body = {"instances": [{"start": "2024-01-01 00:00:00", "target": [1.0, 2.0, 3.0] * 8}],
-            "configuration": {"num_samples": 10, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]}}
+    body = {
+        "instances": [{"start": "2024-01-01 00:00:00", "target": [1.0, 2.0, 3.0] * 8}],
+        "configuration": {"num_samples": 10, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]},
+    }
     r = requests.post(url + "/invocations", json=body, timeout=60)
     assert r.status_code == 200 and len(r.json()["predictions"][0]["mean"]) == 6
     started = time.monotonic()
@@ -131,8 +145,12 @@ def test_batch_transform_mode(image, trained: Path, container_names):
     url = start_server(image, trained, container_names, "SAGEMAKER_BATCH=true", f"DEEPAR_INFERENCE_CONFIG={config}")
     assert requests.get(url + "/execution-parameters", timeout=5).json()["BatchStrategy"] == "MULTI_RECORD"
     lines = [json.dumps({"start": "2024-01-01", "target": [float(i)] * 20}) for i in range(5)] + ["oops"]
-    r = requests.post(url + "/invocations", data="\n".join(lines) + "\n", headers={"Content-Type": "application/jsonlines"},
-                      timeout=60)
+    r = requests.post(
+        url + "/invocations",
+        data="\n".join(lines) + "\n",
+        headers={"Content-Type": "application/jsonlines"},
+        timeout=60,
+    )
     out = [json.loads(line) for line in r.text.splitlines()]
     assert len(out) == 6 and all(set(o) == {"mean"} for o in out[:5]) and out[5]["error"].startswith("line 6:")
 

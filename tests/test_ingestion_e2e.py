@@ -63,16 +63,58 @@ def test_device_to_forecast(moto_env, tmp_path):
         (tmp_path / "settings.json").write_text(json.dumps(settings))
         relay_cert, relay_key = broker.client("relay")
         relay = subprocess.Popen(
-            [sys.executable, "-m", "ingestion.relay", "--host", "localhost", "--port", str(broker.port), "--ca",
-             str(broker.ca), "--cert", str(relay_cert), "--key", str(relay_key), "--prefix", PREFIX, "--stream",
-             settings["resources"]["firehose_stream"], "--idle-exit", "4", "--flush-seconds", "0.5",
-             "--max-seconds", "300", "--separator", "comma", "--device-field", "topic"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "ingestion.relay",
+                "--host",
+                "localhost",
+                "--port",
+                str(broker.port),
+                "--ca",
+                str(broker.ca),
+                "--cert",
+                str(relay_cert),
+                "--key",
+                str(relay_key),
+                "--prefix",
+                PREFIX,
+                "--stream",
+                settings["resources"]["firehose_stream"],
+                "--idle-exit",
+                "4",
+                "--flush-seconds",
+                "0.5",
+                "--max-seconds",
+                "300",
+                "--separator",
+                "comma",
+                "--device-field",
+                "topic",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert "subscribed" in relay.stdout.readline()
-            simulated = module("simulator", "--settings", str(tmp_path / "settings.json"), "--replay", "2024-01-01",
-                               "2024-01-06", "--step", "1h", "--invalid-rate", "0.02", "--payload", "reference",
-                               env=env).stdout
+            simulated = module(
+                "simulator",
+                "--settings",
+                str(tmp_path / "settings.json"),
+                "--replay",
+                "2024-01-01",
+                "2024-01-06",
+                "--step",
+                "1h",
+                "--invalid-rate",
+                "0.02",
+                "--payload",
+                "reference",
+                env=env,
+            ).stdout
             relay_out, relay_err = relay.communicate(timeout=120)
         finally:
             if relay.poll() is None:

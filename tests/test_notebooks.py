@@ -62,15 +62,19 @@ def assert_complete_run(notebook: dict) -> None:
 def test_committed_notebook_carries_the_outputs_of_its_code():
     notebook = json.loads(NOTEBOOK.read_text())
     assert notebook["metadata"].get(DIGEST_KEY) == code_digest(notebook), (
-        "the committed outputs come from other code: refresh them with .venv-sdk/bin/python -m notebooks.run --write")
+        "the committed outputs come from other code: refresh them with .venv-sdk/bin/python -m notebooks.run --write"
+    )
     assert_complete_run(notebook)
 
 
 def containers_mounting(folder: Path) -> list[str]:
     ids = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True).stdout.split()
     found = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True).stdout if ids else ""
-    return [c["Id"][:12] for c in json.loads(found or "[]")
-            if any(m.get("Source", "").startswith(str(folder)) for m in c.get("Mounts") or [])]
+    return [
+        c["Id"][:12]
+        for c in json.loads(found or "[]")
+        if any(m.get("Source", "").startswith(str(folder)) for m in c.get("Mounts") or [])
+    ]
 
 
 def require(ok: bool, what: str) -> None:
@@ -81,20 +85,31 @@ def require(ok: bool, what: str) -> None:
 
 
 def test_walkthrough_executes_end_to_end(tmp_path: Path):
-    docker = shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    docker = (
+        shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
     require(docker, "a Docker engine")
-    require(subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0, f"the image {IMAGE}")
+    require(
+        subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0, f"the image {IMAGE}"
+    )
     require(shutil.which("docker-compose") is not None, "docker-compose (SDK local mode)")
     require(shutil.which("docker-registry") is not None, "docker-registry (Debian package)")
-    require(SDK_PYTHON.exists() and subprocess.run([SDK_PYTHON, "-c", "import nbclient, ipykernel"]).returncode == 0,
-            ".venv-sdk with nbclient and ipykernel (scripts/bootstrap.sh)")
+    require(
+        SDK_PYTHON.exists() and subprocess.run([SDK_PYTHON, "-c", "import nbclient, ipykernel"]).returncode == 0,
+        ".venv-sdk with nbclient and ipykernel (scripts/bootstrap.sh)",
+    )
     tracked_before = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     executed, workdir = tmp_path / "executed.ipynb", tmp_path / "work"
 
     try:
-        result = subprocess.run([SDK_PYTHON, "-m", "notebooks.run", "--output", executed, "--workdir", workdir],
-                                cwd=REPO, env={**os.environ, "DEEPAR_IMAGE": IMAGE}, capture_output=True, text=True,
-                                timeout=2400)
+        result = subprocess.run(
+            [SDK_PYTHON, "-m", "notebooks.run", "--output", executed, "--workdir", workdir],
+            cwd=REPO,
+            env={**os.environ, "DEEPAR_IMAGE": IMAGE},
+            capture_output=True,
+            text=True,
+            timeout=2400,
+        )
         leftovers = containers_mounting(workdir)
     finally:  # whatever happened, take away what the run left (only containers of this test's folder)
         if stray := containers_mounting(workdir):
@@ -104,5 +119,7 @@ def test_walkthrough_executes_end_to_end(tmp_path: Path):
     assert_complete_run(json.loads(executed.read_text()))
     assert not leftovers, f"containers left behind: {leftovers}"
     assert subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True).returncode == 1, "a helper still runs"
-    assert subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                          text=True).stdout == tracked_before, "the run wrote into the checkout"
+    assert (
+        subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        == tracked_before
+    ), "the run wrote into the checkout"

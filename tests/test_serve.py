@@ -93,11 +93,14 @@ def test_features_are_used_and_checked(feature_server: Server):
     r = feature_server.post({"instances": [feature_instance(), feature_instance(0)]})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
     bad = [feature_instance(), feature_instance(24, dyn_len=24)]
-    assert error_of(feature_server.post({"instances": bad}), 400) == \
-        "instances[1].dynamic_feat[0]: length 24, expected 30 (len(target) + prediction_length)"
+    assert (
+        error_of(feature_server.post({"instances": bad}), 400)
+        == "instances[1].dynamic_feat[0]: length 24, expected 30 (len(target) + prediction_length)"
+    )
     assert "instances[0].cat: required" in error_of(feature_server.post({"instances": [instance()]}), 400)
     assert "instances[0].cat[0]: 2 is out of range" in error_of(
-        feature_server.post({"instances": [feature_instance(cat=[2])]}), 400)
+        feature_server.post({"instances": [feature_instance(cat=[2])]}), 400
+    )
     no_dyn = {k: v for k, v in feature_instance().items() if k != "dynamic_feat"}
     assert "instances[0].dynamic_feat: required" in error_of(feature_server.post({"instances": [no_dyn]}), 400)
 
@@ -116,19 +119,46 @@ def test_mxnet_model_is_served(mxnet_model: Path):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("body,status,expected", [
-    (b"{not json", 400, "body: not valid JSON"),
-    (b'{"instances": []}', 400, "instances: expected a non-empty list"),
-    (b'[1, 2]', 400, 'body: expected a JSON object {"instances"'),
-    (b'{"instances": [{"start": "2024-01-01"}]}', 400, "instances[0].target: missing"),
-    (b'{"instances": [{"start": "2024-01-01T00:00:00Z", "target": [1]}]}', 400, "instances[0].start: '2024-01-01T00:00:00Z' has a time zone"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1, "x"]}]}', 400, "instances[0].target[1]: 'x' is not a number"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"num_samples": 0}}', 400, "configuration.num_samples: 0"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"output_types": ["median"]}}', 400, "configuration.output_types"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"quantiles": [1.5]}}', 400, "configuration.quantiles[0]: 1.5"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"output_type": ["mean"]}}', 400, "configuration: unknown field(s) output_type"),
-    (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "extra": 1}', 400, "body: unknown field(s) extra"),
-])
+@pytest.mark.parametrize(
+    "body,status,expected",
+    [
+        (b"{not json", 400, "body: not valid JSON"),
+        (b'{"instances": []}', 400, "instances: expected a non-empty list"),
+        (b"[1, 2]", 400, 'body: expected a JSON object {"instances"'),
+        (b'{"instances": [{"start": "2024-01-01"}]}', 400, "instances[0].target: missing"),
+        (
+            b'{"instances": [{"start": "2024-01-01T00:00:00Z", "target": [1]}]}',
+            400,
+            "instances[0].start: '2024-01-01T00:00:00Z' has a time zone",
+        ),
+        (
+            b'{"instances": [{"start": "2024-01-01", "target": [1, "x"]}]}',
+            400,
+            "instances[0].target[1]: 'x' is not a number",
+        ),
+        (
+            b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"num_samples": 0}}',
+            400,
+            "configuration.num_samples: 0",
+        ),
+        (
+            b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"output_types": ["median"]}}',
+            400,
+            "configuration.output_types",
+        ),
+        (
+            b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"quantiles": [1.5]}}',
+            400,
+            "configuration.quantiles[0]: 1.5",
+        ),
+        (
+            b'{"instances": [{"start": "2024-01-01", "target": [1]}], "configuration": {"output_type": ["mean"]}}',
+            400,
+            "configuration: unknown field(s) output_type",
+        ),
+        (b'{"instances": [{"start": "2024-01-01", "target": [1]}], "extra": 1}', 400, "body: unknown field(s) extra"),
+    ],
+)
 def test_bad_requests_say_what_and_where(server: Server, body, status, expected):
     message = error_of(server.post(body), status)
     assert message.startswith(expected), message
@@ -140,7 +170,9 @@ def test_unsupported_content_type_is_415_with_the_builtins_wording(server: Serve
 
 
 def test_unsupported_accept_is_406(server: Server):
-    assert "Accept header value 'text/csv' not supported" in error_of(server.post({"instances": [instance()]}, Accept="text/csv"), 406)
+    assert "Accept header value 'text/csv' not supported" in error_of(
+        server.post({"instances": [instance()]}, Accept="text/csv"), 406
+    )
 
 
 def test_unknown_path_and_method(server: Server):
@@ -179,15 +211,24 @@ def test_invalid_server_settings_fail_at_start(torch_model: Path):
 @pytest.fixture(scope="module")
 def batch_server(torch_model):
     config = json.dumps({"num_samples": 30, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]})
-    with running_server(torch_model, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3",
-                        DEEPAR_INFERENCE_CONFIG=config, DEEPAR_FORWARD_FIELDS="item_id") as s:
+    with running_server(
+        torch_model,
+        SAGEMAKER_BATCH="true",
+        SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3",
+        DEEPAR_INFERENCE_CONFIG=config,
+        DEEPAR_FORWARD_FIELDS="item_id",
+    ) as s:
         yield s
 
 
 def test_execution_parameters(batch_server: Server):
     r = requests.get(batch_server.url + "/execution-parameters", timeout=5)
     # The default body limit is what one worker forecasts inside the default 60 s timeout (README, Reliability).
-    assert r.json() == {"MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": batch_payload_mb(60)}
+    assert r.json() == {
+        "MaxConcurrentTransforms": 3,
+        "BatchStrategy": "MULTI_RECORD",
+        "MaxPayloadInMB": batch_payload_mb(60),
+    }
 
 
 def test_batch_single_record(batch_server: Server):

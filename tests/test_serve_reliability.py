@@ -57,12 +57,15 @@ def dechunk(payload: bytes) -> bytes:
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
             break
-        out, rest = out + rest[:size], rest[size + 2:]
+        out, rest = out + rest[:size], rest[size + 2 :]
     return out
 
 
 def chunked(body: bytes, chunk_size: int = 65536) -> bytes:
-    parts = [b"%x\r\n%s\r\n" % (len(body[i:i + chunk_size]), body[i:i + chunk_size]) for i in range(0, len(body), chunk_size)]
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + chunk_size]), body[i : i + chunk_size])
+        for i in range(0, len(body), chunk_size)
+    ]
     return b"".join(parts) + b"0\r\n\r\n"
 
 
@@ -91,8 +94,12 @@ def test_targets_near_the_float_limit_are_400_never_nulls(server: Server):
     message = error_of(server.post({"instances": [instance(), big]}), 400)
     assert message.startswith("instances[1].target[1]: 1e+37 is too large in magnitude to forecast (at most 1e+30)")
     for scale in (1e20, 1e29, 1e-30):  # the largest accepted magnitudes and tiny ones: finite numbers
-        r = server.post({"instances": [instance(target=[scale, 2 * scale, -scale] * 8)],
-                         "configuration": {"output_types": ["mean", "quantiles", "samples"], "num_samples": 200}})
+        r = server.post(
+            {
+                "instances": [instance(target=[scale, 2 * scale, -scale] * 8)],
+                "configuration": {"output_types": ["mean", "quantiles", "samples"], "num_samples": 200},
+            }
+        )
         assert r.status_code == 200 and "null" not in r.text and "NaN" not in r.text and "Infinity" not in r.text
 
 
@@ -102,8 +109,13 @@ def test_targets_near_the_float_limit_are_400_never_nulls(server: Server):
 @pytest.fixture(scope="module")
 def batch_server(torch_model):
     config = json.dumps({"num_samples": 20, "output_types": ["mean"]})
-    with running_server(torch_model, SAGEMAKER_BATCH="true", SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
-                        DEEPAR_INFERENCE_CONFIG=config, DEEPAR_MAX_PASS_SAMPLE_PATHS="400") as s:
+    with running_server(
+        torch_model,
+        SAGEMAKER_BATCH="true",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
+        DEEPAR_INFERENCE_CONFIG=config,
+        DEEPAR_MAX_PASS_SAMPLE_PATHS="400",
+    ) as s:
         yield s
 
 
@@ -131,8 +143,9 @@ def test_chunked_bodies_over_the_limit_are_413_and_nothing_else(batch_server: Se
     # Under the limit, the same chunked encoding is forecast line by line. ~0.9 MB: far more than the socket
     # buffers, so an answer streamed before the whole body was read would stall (nginx stops sending the body).
     small = line * (900 * 1024 // len(line))
-    reply = raw_exchange(batch_server.port, head.replace(b"Host: x", b"Host: x\r\nConnection: close") + chunked(small),
-                         timeout=120)
+    reply = raw_exchange(
+        batch_server.port, head.replace(b"Host: x", b"Host: x\r\nConnection: close") + chunked(small), timeout=120
+    )
     head, _, payload = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in head
     out = [json.loads(x) for x in dechunk(payload).splitlines()]
@@ -140,8 +153,10 @@ def test_chunked_bodies_over_the_limit_are_413_and_nothing_else(batch_server: Se
 
 
 def test_malformed_http_gets_json_400(batch_server: Server):
-    for data in (b"GARBAGE\r\n\r\n",
-                 b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n"):
+    for data in (
+        b"GARBAGE\r\n\r\n",
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nabc\r\n0\r\n\r\n",
+    ):
         reply = raw_exchange(batch_server.port, data)
         assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
         assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"].startswith("bad request: malformed HTTP")
@@ -151,8 +166,13 @@ def test_malformed_http_gets_json_400(batch_server: Server):
 
 
 def test_abandoned_work_stops_and_small_requests_are_not_blocked(torch_model: Path):
-    with running_server(torch_model, SAGEMAKER_MODEL_SERVER_TIMEOUT="6", SAGEMAKER_MODEL_SERVER_WORKERS="1",
-                        DEEPAR_MAX_SAMPLE_PATHS="10000000", DEEPAR_MAX_PASS_SAMPLE_PATHS="3200") as s:
+    with running_server(
+        torch_model,
+        SAGEMAKER_MODEL_SERVER_TIMEOUT="6",
+        SAGEMAKER_MODEL_SERVER_WORKERS="1",
+        DEEPAR_MAX_SAMPLE_PATHS="10000000",
+        DEEPAR_MAX_PASS_SAMPLE_PATHS="3200",
+    ) as s:
         # 3,000 series x 400 samples in slices of 8 series: far more work than the 6 s timeout allows.
         big = {"instances": [instance(48)] * 3000, "configuration": {"num_samples": 400, "output_types": ["mean"]}}
         small = {"instances": [instance()], "configuration": {"output_types": ["mean"]}}
@@ -195,8 +215,10 @@ def test_stalled_clients_hold_no_thread_and_ping_stays_fast(torch_model: Path):
             if i % 2:  # half a request line and headers
                 sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Ty")
             else:  # headers, then half of the body
-                sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+                sock.sendall(
+                    b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b'Content-Length: 1000\r\n\r\n{"instances": ['
+                )
             stalled.append(sock)
         time.sleep(0.3)
         for _ in range(5):
@@ -223,8 +245,12 @@ def test_stalled_clients_hold_no_thread_and_ping_stays_fast(torch_model: Path):
 
 def test_sigterm_answers_every_accepted_request(torch_model: Path):
     # Grace period 8 s (= the timeout): requests that need ~15 s each cannot finish and must get 503 JSON.
-    s = Server(torch_model, SAGEMAKER_MODEL_SERVER_TIMEOUT="8", SAGEMAKER_MODEL_SERVER_WORKERS="1",
-               DEEPAR_MAX_SAMPLE_PATHS="10000000")
+    s = Server(
+        torch_model,
+        SAGEMAKER_MODEL_SERVER_TIMEOUT="8",
+        SAGEMAKER_MODEL_SERVER_WORKERS="1",
+        DEEPAR_MAX_SAMPLE_PATHS="10000000",
+    )
     try:
         s.wait_ready()
         long = {"instances": [instance(48)] * 4000, "configuration": {"output_types": ["mean"]}}

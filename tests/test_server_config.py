@@ -8,8 +8,10 @@ from sagemaker_deepar.errors import UserError
 from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, default_workers
 
 
-@pytest.mark.parametrize("cpus,memory_gb,expected", [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1),
-                                                     (2, 2, 1), (4, 4, 2), (16, 16, 8)])
+@pytest.mark.parametrize(
+    "cpus,memory_gb,expected",
+    [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1), (2, 2, 1), (4, 4, 2), (16, 16, 8)],
+)
 def test_default_workers_follow_cpus_and_memory(cpus, memory_gb, expected):
     assert default_workers(cpus, memory_gb) == expected
 
@@ -21,8 +23,12 @@ def test_one_torch_thread_per_worker_unless_set():
 
 
 def test_prefixed_variables_win():
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": "3", "MODEL_SERVER_WORKERS": "5",
-           "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "MODEL_SERVER_TIMEOUT": "10"}
+    env = {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+        "MODEL_SERVER_WORKERS": "5",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
+        "MODEL_SERVER_TIMEOUT": "10",
+    }
     config = ServerConfig.from_env(env)
     assert (config.workers, config.request_timeout) == (3, 120)
     assert config.graceful_timeout == 25  # under SageMaker's 30 s SIGKILL whatever the request timeout
@@ -33,8 +39,9 @@ def test_realtime_and_batch_defaults():
     realtime = ServerConfig.from_env({})
     assert (realtime.port, realtime.request_timeout, realtime.max_payload_bytes) == (8080, 60, 6 * 2**20)
     assert not realtime.batch_mode and realtime.max_sample_paths == 200_000
-    batch = ServerConfig.from_env({"SAGEMAKER_BATCH": "true", "SAGEMAKER_BIND_TO_PORT": "9000",
-                                   "SAGEMAKER_BATCH_STRATEGY": "SingleRecord"})
+    batch = ServerConfig.from_env(
+        {"SAGEMAKER_BATCH": "true", "SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_BATCH_STRATEGY": "SingleRecord"}
+    )
     assert (batch.port, batch.batch_strategy) == (9000, "SINGLE_RECORD")
     assert batch.max_sample_paths == 2_000_000 and batch.max_response_bytes == 1024 * 2**20
     # The default batch body is what one worker forecasts inside the timeout; an explicit limit wins.
@@ -50,14 +57,17 @@ def test_inference_config_is_parsed_once_into_settings():
     assert config.inference_defaults.num_samples == 7 and config.inference_defaults.quantile_keys == ("0.5",)
 
 
-@pytest.mark.parametrize("env,fragment", [
-    ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many' is not an integer"),
-    ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500' must be between 1 and 100"),
-    ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0' must be between 1 and 65535"),
-    ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache' must be nginx or gunicorn"),
-    ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG is not valid JSON"),
-    ({"DEEPAR_INFERENCE_CONFIG": '{"quantiles": [2]}'}, "2 is not a number strictly between 0 and 1"),
-])
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many' is not an integer"),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500' must be between 1 and 100"),
+        ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0' must be between 1 and 65535"),
+        ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache' must be nginx or gunicorn"),
+        ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG is not valid JSON"),
+        ({"DEEPAR_INFERENCE_CONFIG": '{"quantiles": [2]}'}, "2 is not a number strictly between 0 and 1"),
+    ],
+)
 def test_bad_values_name_the_variable(env, fragment):
     with pytest.raises(UserError, match=fragment.replace("(", r"\(")):
         ServerConfig.from_env(env)
@@ -78,6 +88,10 @@ def test_nginx_configuration_is_valid_and_answers_errors_in_json(tmp_path):
             pytest.fail("nginx is required in CI (scripts/ensure_packages.sh)")
         pytest.skip("nginx not installed")
     (tmp_path / "nginx.conf").write_text(text)
-    check = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
-                           capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert check.returncode == 0, check.stderr

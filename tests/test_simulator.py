@@ -60,8 +60,10 @@ class Subscriber:
         self.client.reconnect_delay_set(0.2, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/#", qos=1)
         self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = lambda c, u, m: (self.payloads.append(m.payload),
-                                                  self.messages.append((m.topic, json.loads(m.payload))))
+        self.client.on_message = lambda c, u, m: (
+            self.payloads.append(m.payload),
+            self.messages.append((m.topic, json.loads(m.payload))),
+        )
         self.client.connect("localhost", broker.port)
         self.client.loop_start()
         assert self.ready.wait(10)
@@ -128,16 +130,33 @@ def test_reference_payload_is_exactly_what_the_reference_kit_publishes(broker, t
     id (the topic says which device), JSON.stringify's compact form; the Glue job reads it back."""
     subscriber = Subscriber(broker)
     try:
-        result = simulate(settings_file(broker, tmp_path), "--payload", "reference", "--rate", "20", "--count", "5",
-                          "--invalid-rate", "0")
+        result = simulate(
+            settings_file(broker, tmp_path),
+            "--payload",
+            "reference",
+            "--rate",
+            "20",
+            "--count",
+            "5",
+            "--invalid-rate",
+            "0",
+        )
         assert result.returncode == 0, result.stderr
         assert "sent 10, acked 10, failed 0" in result.stdout
         subscriber.wait_for(10)
     finally:
         subscriber.close()
     assert len(subscriber.messages) == 10
-    kit_fields = ["ozone", "particullate_matter", "carbon_monoxide", "sulfure_dioxide", "nitrogen_dioxide",
-                  "longitude", "latitude", "timestamp"]
+    kit_fields = [
+        "ozone",
+        "particullate_matter",
+        "carbon_monoxide",
+        "sulfure_dioxide",
+        "nitrogen_dioxide",
+        "longitude",
+        "latitude",
+        "timestamp",
+    ]
     for payload, (topic, message) in zip(subscriber.payloads, subscriber.messages, strict=True):
         assert list(message) == kit_fields
         assert all(type(message[k]) is int and 0 <= message[k] <= 100 for k in kit_fields[:5])

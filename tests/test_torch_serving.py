@@ -43,9 +43,11 @@ def test_same_samples_as_the_gluonts_predictor(feature_model: Path):
 
 
 def test_serving_does_not_import_lightning(feature_model: Path):
-    code = ("import sys; from pathlib import Path; from sagemaker_deepar.inference import Model; "
-            f"Model.load(Path({str(feature_model / 'model')!r})); "
-            "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from sagemaker_deepar.inference import Model; "
+        f"Model.load(Path({str(feature_model / 'model')!r})); "
+        "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

@@ -119,7 +119,9 @@ def test_each_likelihood_on_each_backend(opt_ml: OptMl, backend: str, likelihood
     assert meta["backend"] == backend and meta["likelihood"] == likelihood
     test_metrics = opt_ml.metrics["test"]
     assert math.isfinite(test_metrics["RMSE"]) and math.isfinite(test_metrics["mean_wQuantileLoss"])
-    forecasts = [json.loads(line) for line in (opt_ml.root / "output/data/test-forecasts.jsonl").read_text().splitlines()]
+    forecasts = [
+        json.loads(line) for line in (opt_ml.root / "output/data/test-forecasts.jsonl").read_text().splitlines()
+    ]
     assert len(forecasts) == 3 and all(len(f["mean"]) == 6 for f in forecasts)
     if likelihood == "beta":
         assert all(0 <= v <= 1 for f in forecasts for v in f["mean"])
@@ -145,11 +147,21 @@ def gluonts_scores(test_records, forecasts, quantiles, pl) -> dict:
     from gluonts.model.forecast import QuantileForecast
 
     keys = ["mean"] + [str(q) for q in quantiles]
-    qf = [QuantileForecast(np.array([f["mean"]] + [f["quantiles"][str(q)] for q in quantiles]),
-                           start_date=pd.Period(f["start"], "h"), forecast_keys=keys) for f in forecasts]
-    actuals = [pd.DataFrame(np.array(r["target"], dtype=float),
-                            index=pd.period_range(pd.Period(r["start"], "h"), periods=len(r["target"])))
-               for r in test_records]
+    qf = [
+        QuantileForecast(
+            np.array([f["mean"]] + [f["quantiles"][str(q)] for q in quantiles]),
+            start_date=pd.Period(f["start"], "h"),
+            forecast_keys=keys,
+        )
+        for f in forecasts
+    ]
+    actuals = [
+        pd.DataFrame(
+            np.array(r["target"], dtype=float),
+            index=pd.period_range(pd.Period(r["start"], "h"), periods=len(r["target"])),
+        )
+        for r in test_records
+    ]
     aggregate, _ = Evaluator(quantiles=quantiles, num_workers=0)(iter(actuals), iter(qf), num_series=len(qf))
     return aggregate
 
@@ -164,7 +176,9 @@ def test_test_metrics_match_an_independent_computation_and_the_regexes(opt_ml: O
     result = run_train(opt_ml)
     assert_ok(result)
     reported = opt_ml.metrics["test"]
-    forecasts = [json.loads(line) for line in (opt_ml.root / "output/data/test-forecasts.jsonl").read_text().splitlines()]
+    forecasts = [
+        json.loads(line) for line in (opt_ml.root / "output/data/test-forecasts.jsonl").read_text().splitlines()
+    ]
     by_hand = independent_scores(records, forecasts, quantiles, 6)
     by_gluonts = gluonts_scores(records, forecasts, quantiles, 6)
     for name, value in by_hand.items():
@@ -184,8 +198,13 @@ def test_test_metrics_match_an_independent_computation_and_the_regexes(opt_ml: O
 def test_host_comes_from_resourceconfig_and_job_logs_have_no_readable_lines(opt_ml: OptMl):
     standard_job(opt_ml, with_test=False)
     opt_ml.config("resourceconfig.json", {"current_host": "algo-1-xyz", "hosts": ["algo-1-xyz"]})
-    result = subprocess.run([sys.executable, str(TRAIN)], capture_output=True, text=True, timeout=300,
-                            env={**entrypoint_env(opt_ml.root), "TRAINING_JOB_NAME": "job-1"})
+    result = subprocess.run(
+        [sys.executable, str(TRAIN)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**entrypoint_env(opt_ml.root), "TRAINING_JOB_NAME": "job-1"},
+    )
     assert_ok(result)
     assert "#quality_metric: host=algo-1-xyz, epoch=0, train loss <loss>=" in result.stdout
     assert "epoch 1/2" not in result.stderr and "it/s" not in result.stderr
@@ -230,8 +249,13 @@ def read_until(process: subprocess.Popen, pattern: str, timeout: float) -> str:
 @pytest.mark.parametrize("backend", ["torch", "mxnet"])
 def test_sigterm_saves_a_model_and_a_rerun_resumes(opt_ml: OptMl, backend: str):
     standard_job(opt_ml, backend=backend, epochs="12", num_batches_per_epoch="20")
-    process = subprocess.Popen([sys.executable, str(TRAIN)], env=entrypoint_env(opt_ml.root), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN)],
+        env=entrypoint_env(opt_ml.root),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         read_until(process, r"epoch=1, train loss", timeout=240)
         sent = time.monotonic()

@@ -11,6 +11,7 @@ def bad_train_line(line: str):
     def setup(m: OptMl) -> None:
         standard_job(m, with_test=False)
         m.channel("train", [series(), line])
+
     return setup
 
 
@@ -21,6 +22,7 @@ def bad_train_record(**fields):
         standard_job(m, with_test=False)
         record = {**base, **fields}
         m.channel("train", [series(), {k: v for k, v in record.items() if v != "<drop>"}])
+
     return setup
 
 
@@ -28,6 +30,7 @@ def with_hyperparameters(**overrides):
     def setup(m: OptMl) -> None:
         standard_job(m, with_test=False)
         m.hyperparameters(**overrides)
+
     return setup
 
 
@@ -35,6 +38,7 @@ def two_records(first: dict, second: dict, **hp):
     def setup(m: OptMl) -> None:
         standard_job(m, with_test=False, **hp)
         m.channel("train", [first, second])
+
     return setup
 
 
@@ -81,7 +85,9 @@ def mismatched_test_cat(m: OptMl) -> None:
 def corrupt_gzip(m: OptMl) -> None:
     standard_job(m, with_test=False)
     (m.root / "input/data/train/data.json").unlink()
-    (m.root / "input/data/train/broken.json.gz").write_bytes(gzip.compress(b'{"start": "2024-01-01", "target": [1]}\n')[:20])
+    (m.root / "input/data/train/broken.json.gz").write_bytes(
+        gzip.compress(b'{"start": "2024-01-01", "target": [1]}\n')[:20]
+    )
 
 
 def garbage_parquet(m: OptMl) -> None:
@@ -99,35 +105,65 @@ CASES = {
     "unknown channel": (unknown_channel, ["'validation'", "not supported"]),
     "pipe mode": (pipe_mode, ["Pipe input mode"]),
     "empty train folder": (empty_train_folder, ["no data files"]),
-    "invalid JSON line": (bad_train_line('{"start": "2024-01-01", "target": [1, 2'), ["train/data.json:2", "not valid JSON"]),
+    "invalid JSON line": (
+        bad_train_line('{"start": "2024-01-01", "target": [1, 2'),
+        ["train/data.json:2", "not valid JSON"],
+    ),
     "record is a list": (bad_train_line("[1, 2, 3]"), ["train/data.json:2", "record: expected a JSON object"]),
     "missing start": (bad_train_record(start="<drop>"), ["train/data.json:2: start: missing"]),
     "missing target": (bad_train_record(target="<drop>"), ["train/data.json:2: target: missing"]),
     "start in UTC": (bad_train_record(start="2024-01-01T00:00:00Z"), ["train/data.json:2: start", "time zone"]),
-    "start with offset": (bad_train_record(start="2024-01-01 00:00:00+02:00"), ["train/data.json:2: start", "time zone"]),
-    "start not a date": (bad_train_record(start="yesterday"), ["train/data.json:2: start", "'yesterday' is not a timestamp"]),
-    "target value is text": (bad_train_record(target=[1, 2, 3, "abc", 5]), ["train/data.json:2: target[3]", "'abc' is not a number"]),
+    "start with offset": (
+        bad_train_record(start="2024-01-01 00:00:00+02:00"),
+        ["train/data.json:2: start", "time zone"],
+    ),
+    "start not a date": (
+        bad_train_record(start="yesterday"),
+        ["train/data.json:2: start", "'yesterday' is not a timestamp"],
+    ),
+    "target value is text": (
+        bad_train_record(target=[1, 2, 3, "abc", 5]),
+        ["train/data.json:2: target[3]", "'abc' is not a number"],
+    ),
     "target not a list": (bad_train_record(target=5), ["train/data.json:2: target: expected a list"]),
     "target overflows float32": (bad_train_record(target=[1, 2, 1e39]), ["train/data.json:2: target[2]", "infinite"]),
-    "cat not an integer": (bad_train_record(cat=["a"]), ["train/data.json:2: cat[0]", "'a' is not a non-negative integer"]),
+    "cat not an integer": (
+        bad_train_record(cat=["a"]),
+        ["train/data.json:2: cat[0]", "'a' is not a non-negative integer"],
+    ),
     "cat negative": (bad_train_record(cat=[-1]), ["train/data.json:2: cat[0]", "-1"]),
     "cat counts differ": (two_records(series(cat=[1]), series(cat=[1, 2])), ["train/data.json:2: cat", "same number"]),
-    "dynamic_feat too short": (two_records(series(n=30, dynamic_feat=[[0.0] * 30]), series(n=30, dynamic_feat=[[0.0] * 20])),
-                               ["train/data.json:2: dynamic_feat[0]: length 20, expected 30"]),
-    "dynamic_feat missing value": (two_records(series(n=3, dynamic_feat=[[0.0] * 3]), series(n=3, dynamic_feat=[[0.0, None, 1.0]])),
-                                   ["train/data.json:2: dynamic_feat[0][1]", "missing"]),
-    "dynamic_feat counts differ": (two_records(series(n=3, dynamic_feat=[[0.0] * 3]), series(n=3, dynamic_feat=[[0.0] * 3] * 2)),
-                                   ["train/data.json:2: dynamic_feat", "same number"]),
-    "cardinality too small": (two_records(series(cat=[1]), series(cat=[4]), cardinality="[3]"),
-                              ["train/data.json:2: cat[0] = 4", "cardinality[0] = 3"]),
-    "cardinality wrong length": (two_records(series(cat=[1]), series(cat=[2]), cardinality="[3, 3]"),
-                                 ["'cardinality'", "2 entries", "1 'cat'"]),
-    "num_dynamic_feat mismatch": (two_records(series(), series(), num_dynamic_feat="2"), ["'num_dynamic_feat' = 2", "0 dynamic_feat"]),
+    "dynamic_feat too short": (
+        two_records(series(n=30, dynamic_feat=[[0.0] * 30]), series(n=30, dynamic_feat=[[0.0] * 20])),
+        ["train/data.json:2: dynamic_feat[0]: length 20, expected 30"],
+    ),
+    "dynamic_feat missing value": (
+        two_records(series(n=3, dynamic_feat=[[0.0] * 3]), series(n=3, dynamic_feat=[[0.0, None, 1.0]])),
+        ["train/data.json:2: dynamic_feat[0][1]", "missing"],
+    ),
+    "dynamic_feat counts differ": (
+        two_records(series(n=3, dynamic_feat=[[0.0] * 3]), series(n=3, dynamic_feat=[[0.0] * 3] * 2)),
+        ["train/data.json:2: dynamic_feat", "same number"],
+    ),
+    "cardinality too small": (
+        two_records(series(cat=[1]), series(cat=[4]), cardinality="[3]"),
+        ["train/data.json:2: cat[0] = 4", "cardinality[0] = 3"],
+    ),
+    "cardinality wrong length": (
+        two_records(series(cat=[1]), series(cat=[2]), cardinality="[3, 3]"),
+        ["'cardinality'", "2 entries", "1 'cat'"],
+    ),
+    "num_dynamic_feat mismatch": (
+        two_records(series(), series(), num_dynamic_feat="2"),
+        ["'num_dynamic_feat' = 2", "0 dynamic_feat"],
+    ),
     "test series too short": (short_test_series, ["test/data.json:1: target", "at least 7"]),
     "test cat count differs": (mismatched_test_cat, ["test/data.json:1: cat: has 2 value(s), the model expects 1"]),
     "beta needs (0, 1)": (with_hyperparameters(likelihood="beta"), ["train/data.json:1: target[0]", "between 0 and 1"]),
-    "negative-binomial needs counts": (two_records(series(), series(offset=-100), likelihood="negative-binomial"),
-                                       ["train/data.json:2: target", "non-negative"]),
+    "negative-binomial needs counts": (
+        two_records(series(), series(offset=-100), likelihood="negative-binomial"),
+        ["train/data.json:2: target", "non-negative"],
+    ),
     "corrupt gzip": (corrupt_gzip, ["broken.json.gz", "cannot be read"]),
     "garbage parquet": (garbage_parquet, ["data.parquet", "cannot be read as Parquet"]),
 }
@@ -155,8 +191,7 @@ def test_all_bad_records_are_listed_with_locations(opt_ml):
     assert result.returncode == 1
     lines = opt_ml.failure.removeprefix("ClientError: ").splitlines()
     assert "(and 2 more problem(s) in the input data)" in lines[0]
-    assert [line.split(": ")[0] for line in lines] == [
-        "train/data.json:2", "train/data.json:3", "train/data.json:5"]
+    assert [line.split(": ")[0] for line in lines] == ["train/data.json:2", "train/data.json:3", "train/data.json:5"]
 
 
 def test_internal_errors_are_marked_as_ours(opt_ml):

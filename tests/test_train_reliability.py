@@ -124,13 +124,17 @@ def test_docker_stop_mid_epoch_leaves_a_loadable_model(image, opt_ml: OptMl, con
     deadline = time.monotonic() + 300
     while "epoch=0, train loss" not in docker("logs", name).stdout:
         assert time.monotonic() < deadline, docker("logs", name).stderr[-3000:]
-        assert docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true", docker("logs", name).stderr[-3000:]
+        assert docker("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true", docker(
+            "logs", name
+        ).stderr[-3000:]
         time.sleep(0.5)
     time.sleep(1.0)  # well inside the second epoch (30 batches take seconds)
     stopped = time.monotonic()
     docker("stop", "-t", "60", name, check=True)
     assert time.monotonic() - stopped < 60
-    assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0", docker("logs", name).stderr[-3000:]
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() == "0", docker("logs", name).stderr[
+        -3000:
+    ]
     train = assert_loadable_model(opt_ml)["train"]
     assert train["interrupted"] and 1 <= train["epochs_run"] < 200
 
@@ -185,22 +189,36 @@ def nested_hyperparameter_value(m: OptMl) -> None:
 
 def all_missing(m: OptMl) -> None:
     standard_job(m, with_test=False)
-    m.channel("train", [{"start": "2024-01-01", "target": [None] * 40}, {"start": "2024-01-01", "target": ["NaN"] * 40}])
+    m.channel(
+        "train", [{"start": "2024-01-01", "target": [None] * 40}, {"start": "2024-01-01", "target": ["NaN"] * 40}]
+    )
 
 
 MISTAKES = {
-    "every series too short": (too_short, ["every series is shorter than the 18 points", "context_length = 12",
-                                           "prediction_length = 6", "train/data.json:2 with 17 points"]),
+    "every series too short": (
+        too_short,
+        [
+            "every series is shorter than the 18 points",
+            "context_length = 12",
+            "prediction_length = 6",
+            "train/data.json:2 with 17 points",
+        ],
+    ),
     "JSON nested 100,000 deep": (nested_json, ["train/data.json:2: record: not valid JSON", "depth limit"]),
-    "400-digit integer in target": (huge_integer, ["train/data.json:2: target[2]", "an integer of 400 digits", "too large"]),
+    "400-digit integer in target": (
+        huge_integer,
+        ["train/data.json:2: target[2]", "an integer of 400 digits", "too large"],
+    ),
     "target near the float limit": (near_float_limit, ["train/data.json:2: target[0]", "1e+37", "beyond ±1e+30"]),
     "dynamic_feat near the float limit": (huge_dynamic_feat, ["train/data.json:1: dynamic_feat[0][29]", "beyond"]),
     "400-digit category id": (huge_cat, ["train/data.json:2: cat[0]", "an integer of 400 digits", "too large"]),
     "400-digit hyperparameter": (huge_hyperparameter, ["hyperparameter 'context_length'", "less than or equal"]),
     "hyperparameters.json nested 100,000 deep": (nested_hyperparameters, ["hyperparameters.json", "nested too deeply"]),
     "hyperparameter value nested 100,000 deep": (nested_hyperparameter_value, ["hyperparameter 'cardinality'"]),
-    "no series has an observed value": (all_missing, ["channel 'train': none of its 2 series has an observed target",
-                                                      "train/data.json:1, train/data.json:2"]),
+    "no series has an observed value": (
+        all_missing,
+        ["channel 'train': none of its 2 series has an observed target", "train/data.json:1, train/data.json:2"],
+    ),
 }
 
 
@@ -222,9 +240,13 @@ def test_series_without_observations_are_counted_in_the_log(opt_ml: OptMl):
     opt_ml.channel("train", [series(), {"start": "2024-01-01", "target": [None] * 60}, series(), series(n=10)])
     result = run_train(opt_ml)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[train] 1 of 4 series have no observed target value" in result.stderr and "train/data.json:2" in result.stderr
-    assert "[train] 1 of 4 series are shorter than context_length + prediction_length = 18 points (e.g. train/data.json:4)" \
+    assert (
+        "[train] 1 of 4 series have no observed target value" in result.stderr and "train/data.json:2" in result.stderr
+    )
+    assert (
+        "[train] 1 of 4 series are shorter than context_length + prediction_length = 18 points (e.g. train/data.json:4)"
         in result.stderr
+    )
     assert opt_ml.metadata["training_statistics"]["train"]["num_series_unobserved"] == 1
 
 
@@ -246,8 +268,9 @@ def test_checkpoint_folder_that_cannot_be_created_fails_before_reading_data(opt_
     opt_ml.config("checkpointconfig.json", {"LocalPath": str(opt_ml.root / "blocker/checkpoints")})
     result = run_train(opt_ml, timeout=120)
     assert result.returncode == 1
-    assert opt_ml.failure.startswith(f"ClientError: the checkpoint folder {opt_ml.root / 'blocker/checkpoints'} "
-                                     "cannot be created")
+    assert opt_ml.failure.startswith(
+        f"ClientError: the checkpoint folder {opt_ml.root / 'blocker/checkpoints'} cannot be created"
+    )
     assert "number of time series" not in result.stderr
 
 
@@ -275,16 +298,21 @@ def test_read_only_model_folder_fails_in_seconds_in_the_image(image, opt_ml: Opt
     (opt_ml.root / "model").mkdir()
     result = run_image_train(image, opt_ml.root, container_names, "-v", f"{opt_ml.root / 'model'}:/opt/ml/model:ro")
     assert result.returncode == 1, result.stderr[-3000:]
-    assert opt_ml.failure.startswith("ClientError: the model folder /opt/ml/model is not writable: Read-only file system")
+    assert opt_ml.failure.startswith(
+        "ClientError: the model folder /opt/ml/model is not writable: Read-only file system"
+    )
     assert "number of time series" not in result.stderr
 
 
 def test_full_disk_fails_in_seconds_in_the_image(image, opt_ml: OptMl, container_names):  # noqa: F811
     standard_job(opt_ml, with_test=False)
-    result = run_image_train(image, opt_ml.root, container_names,
-                             "--mount", "type=tmpfs,destination=/opt/ml/model,tmpfs-size=1048576")
+    result = run_image_train(
+        image, opt_ml.root, container_names, "--mount", "type=tmpfs,destination=/opt/ml/model,tmpfs-size=1048576"
+    )
     assert result.returncode == 1, result.stderr[-3000:]
-    assert opt_ml.failure.startswith("ClientError: not enough disk space for the model folder /opt/ml/model: 1.0 MB free")
+    assert opt_ml.failure.startswith(
+        "ClientError: not enough disk space for the model folder /opt/ml/model: 1.0 MB free"
+    )
     assert "number of time series" not in result.stderr
 
 
@@ -316,8 +344,14 @@ def test_streamed_targets_equal_whole_line_decoding(tmp_path, small_chunks):
     (tmp_path / "train/a.json").write_text(text + "\n")
     (tmp_path / "train/b.json.gz").write_bytes(gzip.compress(text.encode()))  # no final newline
     channel = small_chunks.read_channel("train", tmp_path / "train", "D")
-    assert channel.locations == ["train/a.json:1", "train/a.json:2", "train/a.json:3",
-                                 "train/b.json.gz:1", "train/b.json.gz:2", "train/b.json.gz:3"]
+    assert channel.locations == [
+        "train/a.json:1",
+        "train/a.json:2",
+        "train/a.json:3",
+        "train/b.json.gz:1",
+        "train/b.json.gz:2",
+        "train/b.json.gz:3",
+    ]
     expected = np.array([np.nan if v in (None, "NaN") else v for v in values], dtype=np.float32)
     for entry in (channel.entries[0], channel.entries[3]):
         assert entry["target"].dtype == np.float32
@@ -328,17 +362,25 @@ def test_streamed_targets_equal_whole_line_decoding(tmp_path, small_chunks):
     assert channel.stats.num_missing == 2 * (3 + 1)
 
 
-@pytest.mark.parametrize("bad, problem", [
-    ('"abc"', "train/data.json:1: target[1500]: 'abc' is not a number"),
-    ("1" * 400, "train/data.json:1: target[1500]: an integer of 400 digits is too large"),
-    ("1e39", "train/data.json:1: target[1500]: is infinite"),
-    ("[1]", "train/data.json:1: target[1500]: [1] is not a number"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ('"abc"', "train/data.json:1: target[1500]: 'abc' is not a number"),
+        ("1" * 400, "train/data.json:1: target[1500]: an integer of 400 digits is too large"),
+        ("1e39", "train/data.json:1: target[1500]: is infinite"),
+        ("[1]", "train/data.json:1: target[1500]: [1] is not a number"),
+    ],
+)
 def test_a_bad_value_deep_in_a_long_line_is_reported_exactly(tmp_path, small_chunks, bad, problem):
     numbers = ", ".join(["1.5"] * 1500 + [bad] + ["2.5"] * 500)
     (tmp_path / "train").mkdir()
-    (tmp_path / "train/data.json").write_text('{"start": "2024-01-01", "target": [' + numbers + "]}\n"
-                                               + json.dumps({"start": "2024-01-01", "target": [1.0] * 30}) + "\n")
+    (tmp_path / "train/data.json").write_text(
+        '{"start": "2024-01-01", "target": ['
+        + numbers
+        + "]}\n"
+        + json.dumps({"start": "2024-01-01", "target": [1.0] * 30})
+        + "\n"
+    )
     with pytest.raises(small_chunks.DataError) as error:
         small_chunks.read_channel("train", tmp_path / "train", "D")
     assert str(error.value).startswith(problem) and error.value.total == 1  # line 2 is read normally
@@ -346,8 +388,13 @@ def test_a_bad_value_deep_in_a_long_line_is_reported_exactly(tmp_path, small_chu
 
 def test_a_long_line_cut_inside_its_target_is_invalid_json(tmp_path, small_chunks):
     (tmp_path / "train").mkdir()
-    (tmp_path / "train/data.json").write_text('{"start": "2024-01-01", "target": [' + "1.5, " * 500 + "\n"
-                                               + json.dumps({"start": "2024-01-01", "target": [1.0] * 30}) + "\n")
+    (tmp_path / "train/data.json").write_text(
+        '{"start": "2024-01-01", "target": ['
+        + "1.5, " * 500
+        + "\n"
+        + json.dumps({"start": "2024-01-01", "target": [1.0] * 30})
+        + "\n"
+    )
     with pytest.raises(small_chunks.DataError) as error:
         small_chunks.read_channel("train", tmp_path / "train", "D")
     assert str(error.value).startswith("train/data.json:1: record: not valid JSON") and error.value.total == 1

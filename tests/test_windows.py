@@ -46,11 +46,22 @@ def make_entries(freq: str, num_dynamic_feat: int, num_cat: int, seed: int = 0, 
 
 
 def estimator_kwargs(freq: str, num_dynamic_feat: int, num_cat: int, distr_output) -> dict:
-    return dict(freq=freq, prediction_length=PREDICTION_LENGTH, context_length=12, num_layers=1, hidden_size=4,
-                dropout_rate=0.0, num_feat_dynamic_real=num_dynamic_feat, num_feat_static_cat=num_cat,
-                cardinality=[3, 2][:num_cat] or None, embedding_dimension=[2] * num_cat or None,
-                distr_output=distr_output, scaling=not isinstance(distr_output, BetaOutput), batch_size=5,
-                num_batches_per_epoch=7)
+    return dict(
+        freq=freq,
+        prediction_length=PREDICTION_LENGTH,
+        context_length=12,
+        num_layers=1,
+        hidden_size=4,
+        dropout_rate=0.0,
+        num_feat_dynamic_real=num_dynamic_feat,
+        num_feat_static_cat=num_cat,
+        cardinality=[3, 2][:num_cat] or None,
+        embedding_dimension=[2] * num_cat or None,
+        distr_output=distr_output,
+        scaling=not isinstance(distr_output, BetaOutput),
+        batch_size=5,
+        num_batches_per_epoch=7,
+    )
 
 
 def first_batches(estimator, entries: list[dict], count: int, seed: int, first_epoch_cut_at: int = 7) -> list[dict]:
@@ -65,14 +76,17 @@ def first_batches(estimator, entries: list[dict], count: int, seed: int, first_e
     return list(itertools.chain(itertools.islice(loader, first_epoch_cut_at), loader))[:count]
 
 
-@pytest.mark.parametrize("freq, num_dynamic_feat, num_cat, distr_output", [
-    ("h", 0, 0, StudentTOutput()),
-    ("h", 2, 2, StudentTOutput()),
-    ("2h", 1, 1, NegativeBinomialOutput()),
-    ("D", 0, 2, BetaOutput()),  # dummy value 0.5: padding and imputation are not zeros
-    ("W", 1, 0, StudentTOutput()),
-    ("M", 0, 1, StudentTOutput()),
-])
+@pytest.mark.parametrize(
+    "freq, num_dynamic_feat, num_cat, distr_output",
+    [
+        ("h", 0, 0, StudentTOutput()),
+        ("h", 2, 2, StudentTOutput()),
+        ("2h", 1, 1, NegativeBinomialOutput()),
+        ("D", 0, 2, BetaOutput()),  # dummy value 0.5: padding and imputation are not zeros
+        ("W", 1, 0, StudentTOutput()),
+        ("M", 0, 1, StudentTOutput()),
+    ],
+)
 def test_batches_equal_gluonts_for_the_same_seed(freq, num_dynamic_feat, num_cat, distr_output):
     entries = make_entries(freq, num_dynamic_feat, num_cat, in_unit=isinstance(distr_output, BetaOutput))
     kwargs = estimator_kwargs(freq, num_dynamic_feat, num_cat, distr_output)
