@@ -21,7 +21,7 @@ import numpy as np
 
 from . import faults
 from .contract import FeatureSpec
-from .hyperparameters import DeepARHyperparameters
+from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,42 @@ def read_checkpoint_state(checkpoint_dir: Path, fingerprint: dict) -> Optional[d
     return state
 
 
+def resume_state(
+    params: DeepARHyperparameters, spec: FeatureSpec, checkpoint_dir: Path, control: TrainingControl
+) -> tuple[dict[str, Any], Optional[dict]]:
+    """This job's checkpoint fingerprint and the compatible unfinished checkpoint's state, if any."""
+    fingerprint, state = resume_state(params, spec, checkpoint_dir, control)
+    return fingerprint, state
+
+
+def save_checkpoint(
+    checkpoint_dir: Path, filename: str, write: Callable[[str], None], epochs_done: int, fingerprint: dict
+) -> None:
+    """Write the checkpoint through ``write(path)`` to a temp file, rename it, then record its state."""
+    tmp = checkpoint_dir / f".{filename}.tmp"
+    write(str(tmp))
+    os.replace(tmp, checkpoint_dir / filename)
+    write_json_atomic(
+        checkpoint_dir / CHECKPOINT_STATE, {"file": filename, "epochs_done": epochs_done, "fingerprint": fingerprint}
+    )
+
+
+def _shared_estimator_kwargs(params: DeepARHyperparameters, spec: FeatureSpec) -> dict[str, Any]:
+    """The DeepAR arguments both GluonTS backends spell alike (the rest is mapped per backend below)."""
+    return dict(
+        freq=params.pandas_freq,
+        prediction_length=params.prediction_length,
+        context_length=params.context_length,
+        num_layers=params.num_layers,
+        dropout_rate=params.dropout_rate,
+        cardinality=list(spec.cardinality) or None,
+        embedding_dimension=[params.embedding_dimension] * spec.num_cat or None,
+        scaling=params.likelihood != "beta",  # beta's targets are probabilities: never rescaled
+        batch_size=params.mini_batch_size,
+        num_parallel_samples=params.num_eval_samples,
+    )
+
+
 # ---------------------------------------------------------------- torch
 
 
@@ -149,13 +185,14 @@ def _torch_distr_output(likelihood: str):
 
     from .distributions import LaplaceFixedScaleOutput
 
-    return {
-        "gaussian": NormalOutput,
-        "student-T": StudentTOutput,
-        "negative-binomial": NegativeBinomialOutput,
-        "beta": BetaOutput,
-        "deterministic-L1": LaplaceFixedScaleOutput,
-    }[likelihood]()
+    outputs = (
+        NormalOutput,
+        BetaOutput,
+        NegativeBinomialOutput,
+        StudentTOutput,
+        LaplaceFixedScaleOutput,
+    )  # LIKELIHOODS order
+    return dict(zip(LIKELIHOODS, outputs))[likelihood]()
 
 
 def build_torch_estimator(
@@ -164,22 +201,13 @@ def build_torch_estimator(
     from .windows import VectorisedDeepAREstimator  # GluonTS's estimator, training windows from numpy
 
     return VectorisedDeepAREstimator(
-        freq=params.pandas_freq,
-        prediction_length=params.prediction_length,
-        context_length=params.context_length,
-        num_layers=params.num_layers,
+        **_shared_estimator_kwargs(params, spec),
         hidden_size=params.num_cells,
         lr=params.learning_rate,
-        dropout_rate=params.dropout_rate,
         num_feat_dynamic_real=spec.num_dynamic_feat,
         num_feat_static_cat=spec.num_cat,
-        cardinality=list(spec.cardinality) or None,
-        embedding_dimension=[params.embedding_dimension] * spec.num_cat or None,
         distr_output=_torch_distr_output(params.likelihood),
-        scaling=params.likelihood != "beta",
-        batch_size=params.mini_batch_size,
         num_batches_per_epoch=num_batches_per_epoch,
-        num_parallel_samples=params.num_eval_samples,
         trainer_kwargs=trainer_kwargs,
     )
 
@@ -196,13 +224,9 @@ def train_torch(
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # lightning resets its levels on import
         logging.getLogger(name).setLevel(logging.WARNING)
-    fingerprint = checkpoint_fingerprint(params, spec)
-    state = read_checkpoint_state(checkpoint_dir, fingerprint)
+    fingerprint, state = resume_state(params, spec, checkpoint_dir, control)
     resume_path = str(checkpoint_dir / state["file"]) if state else None
     our_sigterm_handler = signal.getsignal(signal.SIGTERM)
-    if state:
-        control.start_epoch = int(state["epochs_done"])
-        log.info("resuming from checkpoint %s after %d epoch(s)", resume_path, control.start_epoch)
 
     class EpochReporter(pl.Callback):
         """Feeds TrainingControl and writes the resumable checkpoint atomically after every epoch."""
@@ -239,14 +263,8 @@ def train_torch(
             self._save(trainer, epoch)
 
         def _save(self, trainer, epoch: int) -> None:
-            tmp = checkpoint_dir / f".{LAST_CHECKPOINT_TORCH}.tmp"
-            trainer.save_checkpoint(str(tmp))
-            os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_TORCH)
             # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
-            write_json_atomic(
-                checkpoint_dir / CHECKPOINT_STATE,
-                {"file": LAST_CHECKPOINT_TORCH, "epochs_done": epoch + 1, "fingerprint": fingerprint},
-            )
+            save_checkpoint(checkpoint_dir, LAST_CHECKPOINT_TORCH, trainer.save_checkpoint, epoch + 1, fingerprint)
 
     trainer_kwargs = {
         "max_epochs": params.epochs,
@@ -271,13 +289,14 @@ def _mx_distr_output(likelihood: str):
     from gluonts.mx.distribution import BetaOutput, GaussianOutput, NegativeBinomialOutput, StudentTOutput
     from gluonts.mx.distribution.laplace import LaplaceFixedVarianceOutput
 
-    return {
-        "gaussian": GaussianOutput,
-        "student-T": StudentTOutput,
-        "negative-binomial": NegativeBinomialOutput,
-        "beta": BetaOutput,
-        "deterministic-L1": LaplaceFixedVarianceOutput,
-    }[likelihood]()
+    outputs = (
+        GaussianOutput,
+        BetaOutput,
+        NegativeBinomialOutput,
+        StudentTOutput,
+        LaplaceFixedVarianceOutput,
+    )  # LIKELIHOODS order
+    return dict(zip(LIKELIHOODS, outputs))[likelihood]()
 
 
 def build_mx_estimator(
@@ -294,21 +313,12 @@ def build_mx_estimator(
         callbacks=callbacks,
     )
     return DeepAREstimator(
-        freq=params.pandas_freq,
-        prediction_length=params.prediction_length,
-        context_length=params.context_length,
+        **_shared_estimator_kwargs(params, spec),
         trainer=trainer,
-        num_layers=params.num_layers,
         num_cells=params.num_cells,
-        dropout_rate=params.dropout_rate,
         use_feat_dynamic_real=spec.num_dynamic_feat > 0,
         use_feat_static_cat=spec.num_cat > 0,
-        cardinality=list(spec.cardinality) or None,
-        embedding_dimension=[params.embedding_dimension] * spec.num_cat or None,
         distr_output=_mx_distr_output(params.likelihood),
-        scaling=params.likelihood != "beta",
-        batch_size=params.mini_batch_size,
-        num_parallel_samples=params.num_eval_samples,
     )
 
 
@@ -325,11 +335,7 @@ def train_mxnet(
 
     if params.seed is not None:
         mx.random.seed(params.seed)
-    fingerprint = checkpoint_fingerprint(params, spec)
-    state = read_checkpoint_state(checkpoint_dir, fingerprint)
-    if state:
-        control.start_epoch = int(state["epochs_done"])
-        log.info("resuming from checkpoint %s after %d epoch(s)", checkpoint_dir / state["file"], control.start_epoch)
+    fingerprint, state = resume_state(params, spec, checkpoint_dir, control)
 
     class EpochReporter(Callback):
         def __init__(self) -> None:
@@ -350,16 +356,10 @@ def train_mxnet(
         def on_epoch_end(self, epoch_no, epoch_loss, training_network, trainer, best_epoch_info, ctx) -> bool:
             epoch = control.start_epoch + epoch_no
             go_on = control.epoch_finished(epoch, float(epoch_loss), self.batches, time.perf_counter() - self.started)
-            tmp = checkpoint_dir / f".{LAST_CHECKPOINT_MXNET}.tmp"
-            training_network.save_parameters(str(tmp))
-            os.replace(tmp, checkpoint_dir / LAST_CHECKPOINT_MXNET)
-            write_json_atomic(
-                checkpoint_dir / CHECKPOINT_STATE,
-                {
-                    "file": LAST_CHECKPOINT_MXNET,
-                    "epochs_done": epoch + (0 if control.interrupted else 1),
-                    "fingerprint": fingerprint,
-                },
+            # mxnet reruns an epoch cut short by SIGTERM: it is not counted as done.
+            epochs_done = epoch + (0 if control.interrupted else 1)
+            save_checkpoint(
+                checkpoint_dir, LAST_CHECKPOINT_MXNET, training_network.save_parameters, epochs_done, fingerprint
             )
             return go_on
 

@@ -22,6 +22,7 @@ from gluonts.torch.model.deepar import DeepAREstimator
 from gluonts.transform import ExpectedNumInstanceSampler
 
 from .errors import UserError
+from .fast_sampler import INPUT_NAMES
 
 # One numpy call draws at most this many uniforms (memory: 8 bytes each); longer passes are chunked.
 MAX_DRAWS_PER_CALL = 1 << 22
@@ -29,16 +30,8 @@ MAX_DRAWS_PER_CALL = 1 << 22
 MAX_CALENDAR_FACTOR = 4
 MIN_CALENDAR_SIZE = 1 << 20
 
-TRAINING_FIELDS = (
-    "feat_static_cat",
-    "feat_static_real",
-    "past_time_feat",
-    "past_target",
-    "past_observed_values",
-    "future_time_feat",
-    "future_target",
-    "future_observed_values",
-)
+# What the network takes to sample (fast_sampler.INPUT_NAMES), plus the targets its training loss needs.
+TRAINING_FIELDS = (*INPUT_NAMES, "future_target", "future_observed_values")
 
 
 @dataclass(frozen=True)
