@@ -10,6 +10,8 @@ import pytest
 
 from sagemaker_deepar.batcher import Batcher, DeadlineExceeded
 
+pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
+
 
 class FakeClock:
     def __init__(self) -> None:

@@ -7,6 +7,8 @@ import pytest
 from sagemaker_deepar.errors import UserError
 from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, default_workers
 
+pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
+
 
 @pytest.mark.parametrize(
     "cpus,memory_gb,expected",
