@@ -145,7 +145,11 @@ def resume_state(
     params: DeepARHyperparameters, spec: FeatureSpec, checkpoint_dir: Path, control: TrainingControl
 ) -> tuple[dict[str, Any], Optional[dict]]:
     """This job's checkpoint fingerprint and the compatible unfinished checkpoint's state, if any."""
-    fingerprint, state = resume_state(params, spec, checkpoint_dir, control)
+    fingerprint = checkpoint_fingerprint(params, spec)
+    state = read_checkpoint_state(checkpoint_dir, fingerprint)
+    if state:
+        control.start_epoch = int(state["epochs_done"])
+        log.info("resuming from checkpoint %s after %d epoch(s)", checkpoint_dir / state["file"], control.start_epoch)
     return fingerprint, state
 
 
