@@ -50,17 +50,24 @@ class TrainingControl:
     epochs_run: int = 0
     batches_run: int = 0
     interrupted: bool = False
+    epoch_batches: int = 0  # batches of the current epoch, for its throughput
+    epoch_started: float = field(default_factory=time.perf_counter)
+
+    def epoch_started_now(self) -> None:
+        self.epoch_batches, self.epoch_started = 0, time.perf_counter()
 
     def batch_finished(self) -> bool:
         """Count the batch; return whether the epoch should go on (False once SIGTERM arrived)."""
         self.batches_run += 1
+        self.epoch_batches += 1
         faults.reached(f"batch:{self.batches_run}")
         return not self.stop_requested.is_set()
 
-    def epoch_finished(self, epoch: int, loss: float, batches: int, seconds: float) -> bool:
+    def epoch_finished(self, epoch: int, loss: float) -> bool:
         """Log the epoch; return whether training should go on."""
         self.epochs_run = epoch + 1
-        throughput = batches * self.batch_size / seconds if seconds > 0 else 0.0
+        seconds = time.perf_counter() - self.epoch_started
+        throughput = self.epoch_batches * self.batch_size / seconds if seconds > 0 else 0.0
         self.on_epoch(epoch, loss, 100.0 * (epoch + 1) / self.total_epochs, throughput)
         if np.isfinite(loss) and loss < self.best_loss:
             self.best_loss, self.best_epoch = loss, epoch
@@ -78,6 +85,18 @@ class TrainingControl:
         return True
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """What a backend's training function needs."""
+
+    params: DeepARHyperparameters
+    spec: FeatureSpec
+    entries: list[dict]
+    num_batches_per_epoch: int
+    control: TrainingControl
+    checkpoint_dir: Path
+
+
 def seed_everything(seed: Optional[int]) -> None:
     if seed is None:
         return
@@ -89,6 +108,11 @@ def seed_everything(seed: Optional[int]) -> None:
         torch.manual_seed(seed)
     except ImportError:  # pragma: no cover - torch is always installed with this package
         pass
+
+
+def training_entries(job: TrainingJob) -> list[dict]:
+    """The dataset as the backend trains on it: beta's targets clipped into its open support."""
+    return clip_for_beta(job.entries) if job.params.likelihood == "beta" else job.entries
 
 
 def clip_for_beta(entries: list[dict]) -> list[dict]:
@@ -216,14 +240,8 @@ def build_torch_estimator(
     )
 
 
-def train_torch(
-    params: DeepARHyperparameters,
-    spec: FeatureSpec,
-    entries: list[dict],
-    num_batches_per_epoch: int,
-    control: TrainingControl,
-    checkpoint_dir: Path,
-):
+def train_torch(job: TrainingJob):
+    params, spec, control, checkpoint_dir = job.params, job.spec, job.control, job.checkpoint_dir
     import lightning.pytorch as pl
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # lightning resets its levels on import
@@ -235,10 +253,6 @@ def train_torch(
     class EpochReporter(pl.Callback):
         """Feeds TrainingControl and writes the resumable checkpoint atomically after every epoch."""
 
-        def __init__(self) -> None:
-            self.batches = 0
-            self.started = time.perf_counter()
-
         def on_train_start(self, trainer, pl_module) -> None:
             # Lightning installs its own SIGTERM handler as fit starts; on SIGTERM it raises SystemExit
             # after the current batch (exit 0, no model). Put ours back: the batch finishes, the epoch
@@ -248,17 +262,16 @@ def train_torch(
             trainer._signal_connector.received_sigterm = False
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.batches, self.started = 0, time.perf_counter()
+            control.epoch_started_now()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.batches += 1
             if not control.batch_finished():
                 trainer.should_stop = True  # finish this batch, then close the epoch and checkpoint
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             loss = float(trainer.callback_metrics.get("train_loss", float("nan")))
             epoch = trainer.current_epoch
-            go_on = control.epoch_finished(epoch, loss, self.batches, time.perf_counter() - self.started)
+            go_on = control.epoch_finished(epoch, loss)
             if control.interrupted:
                 # We handle SIGTERM ourselves; Lightning would otherwise raise SystemExit and lose the model.
                 trainer._signal_connector.received_sigterm = False
@@ -280,10 +293,8 @@ def train_torch(
         "enable_model_summary": False,
         "deterministic": params.seed is not None,
     }
-    estimator = build_torch_estimator(params, spec, num_batches_per_epoch, trainer_kwargs)
-    if params.likelihood == "beta":
-        entries = clip_for_beta(entries)
-    return estimator.train(entries, ckpt_path=resume_path)
+    estimator = build_torch_estimator(params, spec, job.num_batches_per_epoch, trainer_kwargs)
+    return estimator.train(training_entries(job), ckpt_path=resume_path)
 
 
 # ---------------------------------------------------------------- mxnet
@@ -326,14 +337,8 @@ def build_mx_estimator(
     )
 
 
-def train_mxnet(
-    params: DeepARHyperparameters,
-    spec: FeatureSpec,
-    entries: list[dict],
-    num_batches_per_epoch: int,
-    control: TrainingControl,
-    checkpoint_dir: Path,
-):
+def train_mxnet(job: TrainingJob):
+    params, spec, control, checkpoint_dir = job.params, job.spec, job.control, job.checkpoint_dir
     import mxnet as mx
     from gluonts.mx.trainer.callback import Callback
 
@@ -342,24 +347,19 @@ def train_mxnet(
     fingerprint, state = resume_state(params, spec, checkpoint_dir, control)
 
     class EpochReporter(Callback):
-        def __init__(self) -> None:
-            self.batches = 0
-            self.started = time.perf_counter()
-
         def on_network_initializing_end(self, training_network) -> None:
             if state:  # the mx trainer has no resume of its own: warm-start the weights
                 training_network.load_parameters(str(checkpoint_dir / state["file"]), ctx=mx.cpu())
 
         def on_train_epoch_start(self, training_network) -> None:
-            self.batches, self.started = 0, time.perf_counter()
+            control.epoch_started_now()
 
         def on_train_batch_end(self, training_network) -> bool:
-            self.batches += 1
             return control.batch_finished()
 
         def on_epoch_end(self, epoch_no, epoch_loss, training_network, trainer, best_epoch_info, ctx) -> bool:
             epoch = control.start_epoch + epoch_no
-            go_on = control.epoch_finished(epoch, float(epoch_loss), self.batches, time.perf_counter() - self.started)
+            go_on = control.epoch_finished(epoch, float(epoch_loss))
             # mxnet reruns an epoch cut short by SIGTERM: it is not counted as done.
             epochs_done = epoch + (0 if control.interrupted else 1)
             save_checkpoint(
@@ -370,10 +370,8 @@ def train_mxnet(
     remaining = params.epochs - control.start_epoch
     if remaining <= 0:
         remaining = 1  # a finished checkpoint: one more epoch rebuilds the predictor from it
-    estimator = build_mx_estimator(params, spec, num_batches_per_epoch, remaining, [EpochReporter()])
-    if params.likelihood == "beta":
-        entries = clip_for_beta(entries)
-    return estimator.train(entries)
+    estimator = build_mx_estimator(params, spec, job.num_batches_per_epoch, remaining, [EpochReporter()])
+    return estimator.train(training_entries(job))
 
 
 def train(
@@ -387,7 +385,7 @@ def train(
     """Train DeepAR on the chosen backend; return the GluonTS predictor (best epoch's weights)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer = train_torch if params.backend == "torch" else train_mxnet
-    predictor = trainer(params, spec, entries, num_batches_per_epoch, control, checkpoint_dir)
+    predictor = trainer(TrainingJob(params, spec, entries, num_batches_per_epoch, control, checkpoint_dir))
     state_file = checkpoint_dir / CHECKPOINT_STATE
     if not control.interrupted and state_file.exists():
         # A finished run is not resumed: the next job with this checkpoint folder trains anew.

@@ -16,52 +16,36 @@ PROBE_BYTES = 64 * 1024
 PREDICTOR_DIR = "predictor"
 
 
+class _Below:
+    """A path at fixed parts below ``SageMakerPaths.root`` (a read-only attribute)."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, paths: "SageMakerPaths", owner: type) -> Path:
+        return paths.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class SageMakerPaths:
     root: Path
+
+    config_dir = _Below("input", "config")
+    hyperparameters = _Below("input", "config", "hyperparameters.json")
+    input_data_config = _Below("input", "config", "inputdataconfig.json")
+    resource_config = _Below("input", "config", "resourceconfig.json")
+    checkpoint_config = _Below("input", "config", "checkpointconfig.json")
+    model_dir = _Below("model")
+    output_data_dir = _Below("output", "data")
+    failure_file = _Below("output", "failure")
+    default_checkpoint_dir = _Below("checkpoints")
 
     @classmethod
     def from_env(cls) -> "SageMakerPaths":
         return cls(Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")))
 
-    @property
-    def config_dir(self) -> Path:
-        return self.root / "input" / "config"
-
-    @property
-    def hyperparameters(self) -> Path:
-        return self.config_dir / "hyperparameters.json"
-
-    @property
-    def input_data_config(self) -> Path:
-        return self.config_dir / "inputdataconfig.json"
-
-    @property
-    def resource_config(self) -> Path:
-        return self.config_dir / "resourceconfig.json"
-
-    @property
-    def checkpoint_config(self) -> Path:
-        return self.config_dir / "checkpointconfig.json"
-
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name
-
-    @property
-    def model_dir(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def output_data_dir(self) -> Path:
-        return self.root / "output" / "data"
-
-    @property
-    def failure_file(self) -> Path:
-        return self.root / "output" / "failure"
-
-    @property
-    def default_checkpoint_dir(self) -> Path:
-        return self.root / "checkpoints"
 
 
 def _probe_dir(role: str, path: Path) -> None:
