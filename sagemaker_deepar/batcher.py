@@ -64,6 +64,7 @@ class Batcher:
         self.drain_deadline = math.inf
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
+        self._stopped = False
         if start:
             threading.Thread(target=self._loop, name="deepar-batcher", daemon=True).start()
 
@@ -107,6 +108,16 @@ class Batcher:
         with self._cond:
             self._cond.notify()
 
+    def stop(self) -> None:
+        """The forward-pass thread ends (a multi-model server unloads the model); queued jobs get DeadlineExceeded."""
+        with self._cond:
+            self._stopped = True
+            for job in self._queue:
+                if not job.future.cancelled():
+                    job.future.set_exception(DeadlineExceeded())
+            self._queue.clear()
+            self._cond.notify()
+
     # ------------------------------------------------------------ batching side
 
     def _drop_dead(self) -> None:
@@ -127,7 +138,7 @@ class Batcher:
         with self._cond:
             while True:
                 self._drop_dead()
-                if self._queue or not block:
+                if self._queue or not block or self._stopped:
                     break
                 self._cond.wait(timeout=0.5)
             if not self._queue:
@@ -175,7 +186,7 @@ class Batcher:
             start += len(job.entries)
 
     def _loop(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 self.run_pass(self.next_pass())
             except Exception:  # never let the only forward-pass thread die

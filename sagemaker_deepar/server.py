@@ -24,6 +24,7 @@ from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, encode, parse_instance
 from .logs import configure_logging
+from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
 from .service import JSON, JSONLINES, ForecastService
 
@@ -58,7 +59,7 @@ class ModelState:
             self.batcher = Batcher(
                 self.model.sample, self.config.max_pass_paths, self.config.max_batch_series, self.config.batch_wait_ms
             )
-            self._warm_up()
+            warm_up(self.model)
             self.service = ForecastService(self.model, self.config, self.batcher)
         except Exception:
             # Without a model this server can never become healthy: stop now with the reason in the log.
@@ -75,16 +76,6 @@ class ModelState:
         if self.config.ready_dir:
             Path(self.config.ready_dir, str(os.getpid())).touch()
         self.ready.set()
-
-    def _warm_up(self) -> None:
-        """One tiny forecast so the first real request does not pay for lazy initialisation."""
-        assert self.model is not None
-        entry: dict[str, Any] = {"start": "2020-01-01 00:00:00", "target": [1.0, 2.0, 3.0]}
-        if self.model.cardinality:
-            entry["cat"] = [0] * len(self.model.cardinality)
-        if self.model.num_dynamic_feat:
-            entry["dynamic_feat"] = [[0.0] * (3 + self.model.prediction_length)] * self.model.num_dynamic_feat
-        self.model.sample([parse_instance(entry, self.model, "warm-up: ").entry], 2)
 
     def all_workers_ready(self) -> bool:
         """This worker has its model, and so has every other worker of the server."""
@@ -104,6 +95,16 @@ class ModelState:
             "SIGTERM: finishing requests in flight; those not done in %.0f s get 503",
             self.config.graceful_timeout - DRAIN_MARGIN_S,
         )
+
+
+def warm_up(model: Model) -> None:
+    """One tiny forecast so the first real request does not pay for lazy initialisation."""
+    entry: dict[str, Any] = {"start": "2020-01-01 00:00:00", "target": [1.0, 2.0, 3.0]}
+    if model.cardinality:
+        entry["cat"] = [0] * len(model.cardinality)
+    if model.num_dynamic_feat:
+        entry["dynamic_feat"] = [[0.0] * (3 + model.prediction_length)] * model.num_dynamic_feat
+    model.sample([parse_instance(entry, model, "warm-up: ").entry], 2)
 
 
 def ready_workers(folder: Path) -> int:
@@ -187,14 +188,41 @@ def _request_type() -> str:
     raise RequestError(f"Customer Error: Content-Type header value '{request.content_type}' not supported", status=415)
 
 
+def forecast_response(service: ForecastService, config: ServerConfig, too_large: str, batch_mode: bool) -> Response:
+    """The /invocations answer for the current request (also a multi-model invoke's)."""
+    deadline = service.deadline()
+    request_type = _request_type()
+    response_type = _response_type()
+    if request.content_length is not None and request.content_length > config.max_payload_bytes:
+        return error_response(413, too_large)
+    if batch_mode:
+        body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
+        try:
+            mimetype, chunks = service.batch(iter(body), request_type, response_type, deadline)
+        except BaseException:
+            body.close()
+            raise
+        return Response(stream_with_context(closing_after(chunks, body)), mimetype=mimetype)
+    payload = request.get_data(cache=False)
+    return Response(
+        service.realtime(payload, request_type, response_type, deadline),
+        mimetype=JSONLINES if response_type == JSONLINES else JSON,
+    )
+
+
 def create_app(config: Optional[ServerConfig] = None) -> Flask:
     configure_logging()  # gunicorn workers have no handler of their own for our loggers
     config = config or ServerConfig.from_env()
+    too_large = f"body larger than {config.max_payload_bytes // 2**20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    if multi_model_enabled():
+        from .multi_model_server import create_multi_model_app
+
+        return create_multi_model_app(config, too_large)
     state = ModelState(config)
     install_drain_on_sigterm(state)
     app = Flask("sagemaker_deepar")
     app.config["MAX_CONTENT_LENGTH"] = config.max_payload_bytes
-    too_large = f"body larger than {config.max_payload_bytes // 2**20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
+    install_error_handlers(app, too_large)
 
     @app.get("/ping")
     def ping() -> Response:
@@ -221,29 +249,16 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
         if not state.ready.is_set() or service is None:
             return error_response(503, "the model is still loading; retry after /ping answers 200")
         try:
-            deadline = service.deadline()
-            request_type = _request_type()
-            response_type = _response_type()
-            if request.content_length is not None and request.content_length > config.max_payload_bytes:
-                return error_response(413, too_large)
-            if config.batch_mode:
-                body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
-                try:
-                    mimetype, chunks = service.batch(iter(body), request_type, response_type, deadline)
-                except BaseException:
-                    body.close()
-                    raise
-                return Response(stream_with_context(closing_after(chunks, body)), mimetype=mimetype)
-            payload = request.get_data(cache=False)
-            return Response(
-                service.realtime(payload, request_type, response_type, deadline),
-                mimetype=JSONLINES if response_type == JSONLINES else JSON,
-            )
+            return forecast_response(service, config, too_large, config.batch_mode)
         except RequestError as error:
             return error_response(error.status, str(error))
         except UserError as error:
             return error_response(400, str(error))
 
+    return app
+
+
+def install_error_handlers(app: Flask, too_large: str) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
         if error.code == 413:
@@ -254,5 +269,3 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
     def internal_error(error: Exception) -> Response:
         log.exception("internal error while answering %s %s", request.method, request.path)
         return error_response(500, "internal error; the traceback is in the endpoint's log")
-
-    return app

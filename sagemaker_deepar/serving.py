@@ -101,6 +101,8 @@ def main(app_dir: Path) -> int:
         "OMP_NUM_THREADS": str(config.torch_threads),
         "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads),
         "DEEPAR_READY_DIR": str(ready_dir),
+        # Multi-model endpoints: the registry every worker shares (sagemaker_deepar/multi_model.py).
+        "DEEPAR_MME_DIR": str(run_dir / "mme"),
     }
     if nginx is None:
         argv = gunicorn_argv(config, app_dir)
