@@ -184,12 +184,13 @@ class ModelRegistry:
         cost_of: Callable[[Path], int] = estimated_cost_bytes,
         headroom: Callable[[], int] = memory_headroom_bytes,
         sweep: bool = True,
+        pid: Optional[int] = None,  # the worker's, in the marks of what it holds (tests stand in for workers)
     ):
         self.config = config
         self.loader = loader
         self.cost_of = cost_of
         self.headroom = headroom
-        self.pid = os.getpid()
+        self.pid = pid or os.getpid()
         self.models_dir = config.shared_dir / "models"
         self.resident_dir = config.shared_dir / "resident"
         self.models_dir.mkdir(parents=True, exist_ok=True)
