@@ -42,6 +42,8 @@ RUN /tmp/build/slim_venv.sh /opt/venv \
 FROM ${BASE_IMAGE}
 ARG CA_DIR=docker/ca
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# Multi-model endpoints (CreateModel Mode=MultiModel): SageMaker then sets SAGEMAKER_MULTI_MODEL=true (README, "Multi-model endpoints").
+LABEL com.amazonaws.sagemaker.capabilities.multi-models=true
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
