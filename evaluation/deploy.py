@@ -1,6 +1,8 @@
 """Host a trained model on a SageMaker endpoint, and change or remove it.
 
     python -m evaluation.deploy create --name E --model-data s3://.../model.tar.gz --image <ecr-uri>   model + config + endpoint
+    python -m evaluation.deploy create --name E --multi-model --model-data s3://bucket/models/ --image <ecr-uri>
+                                         multi-model endpoint: every model.tar.gz under the prefix (invoke --target-model)
     python -m evaluation.deploy update --name E --model-data s3://.../other.tar.gz [--canary 10]       blue/green to a new model
     python -m evaluation.deploy ab     --name E --model-data A.tar.gz B.tar.gz --weights 0.9 0.1      A/B production variants
     python -m evaluation.deploy shift  --name E --weight variant-1=0.5 --weight variant-2=0.5          move traffic between variants
@@ -28,15 +30,34 @@ def unique(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{int(time.time() * 1000) % 1000:03d}"
 
 
-def create_model(client, endpoint: str, image: str, model_data: str, role: str, env: dict[str, str]) -> str:
+def create_model(
+    client, endpoint: str, image: str, model_data: str, role: str, env: dict[str, str], multi_model: bool = False
+) -> str:
     model = unique(endpoint)
-    client.create_model(
-        ModelName=model,
-        ExecutionRoleArn=role,
-        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env},
-    )
-    print(f"model {model}: {model_data}")
+    container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
+    if multi_model:  # the image's multi-models label lets SageMaker accept this; it sets SAGEMAKER_MULTI_MODEL=true
+        container["Mode"] = "MultiModel"
+    client.create_model(ModelName=model, ExecutionRoleArn=role, PrimaryContainer=container)
+    print(f"model {model}: {model_data}{' (multi-model: invoke with --target-model)' if multi_model else ''}")
     return model
+
+
+def multi_model_prefix(args: argparse.Namespace) -> str:
+    """With --multi-model, --model-data is the S3 prefix under which SageMaker finds every model.tar.gz."""
+    if args.local:
+        raise UserError(
+            "--multi-model needs SageMaker: local mode serves one model per endpoint; "
+            "run `docker run -e SAGEMAKER_MULTI_MODEL=true IMAGE serve` to try the routes locally"
+        )
+    if len(args.model_data) != 1:
+        raise UserError("--multi-model takes one --model-data: the S3 prefix holding the models")
+    prefix = args.model_data[0]
+    if not prefix.startswith("s3://") or prefix.endswith(".tar.gz"):
+        raise UserError(
+            f"--model-data {prefix}: with --multi-model, pass the S3 prefix holding the models "
+            "(e.g. s3://bucket/models/), not one model.tar.gz"
+        )
+    return prefix if prefix.endswith("/") else prefix + "/"
 
 
 def create_config(client, endpoint: str, variants: list[dict]) -> str:
@@ -107,9 +128,11 @@ def ignore_missing(call, **kwargs) -> None:
 
 def create(client, args: argparse.Namespace) -> dict:
     role, image = common.execution_role(args), common.default_image(args)  # before any call: fail fast
+    multi_model = getattr(args, "multi_model", False)
+    model_data = multi_model_prefix(args) if multi_model else args.model_data[0]
     if endpoint_exists(client, args.name):
         raise UserError(f"endpoint {args.name} exists: use `update` to change its model, or `delete` it")
-    model = create_model(client, args.name, image, args.model_data[0], role, args.env)
+    model = create_model(client, args.name, image, model_data, role, args.env, multi_model)
     config = create_config(client, args.name, [variant("variant-1", model, args)])
     client.create_endpoint(EndpointName=args.name, EndpointConfigName=config)
     return wait_in_service(client, args.name, args)
@@ -233,6 +256,12 @@ def add_command_args(p: argparse.ArgumentParser, name: str) -> None:
             metavar="KEY=VALUE",
             type=env_item,
             help="container environment, e.g. SAGEMAKER_MODEL_SERVER_WORKERS=2",
+        )
+    if name == "create":
+        p.add_argument(
+            "--multi-model",
+            action="store_true",
+            help="multi-model endpoint (CreateModel Mode=MultiModel); --model-data is the S3 prefix of the models",
         )
     if name == "update":
         p.add_argument("--canary", type=int, metavar="PERCENT", help="shift this share of capacity first")

@@ -7,6 +7,7 @@ mean_wQuantileLoss (the built-in's definitions) and writes one PNG per series.
 
     python -m evaluation.invoke --name deepar-pollution --prediction-length 24 --plot-dir plots/
     python -m evaluation.invoke --local --name any --prediction-length 24      (the local endpoint on --serving-port)
+    python -m evaluation.invoke --name fleet --target-model site-7/model.tar.gz --prediction-length 24   (multi-model)
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ def request_body(records: list[dict], num_samples: int, quantiles: tuple[str, ..
     ).encode()
 
 
-def invoke(runtime, endpoint: str, body: bytes, variant: str | None = None) -> list[dict]:
+def invoke(
+    runtime, endpoint: str, body: bytes, variant: str | None = None, target_model: str | None = None
+) -> list[dict]:
     """One invoke_endpoint call; the predictions, or a clear error with the container's message."""
     request = {"EndpointName": endpoint, "Body": body, "ContentType": "application/json", "Accept": "application/json"}
     if variant:
         request["TargetVariant"] = variant
+    if target_model:  # multi-model endpoint: the model.tar.gz path relative to the endpoint's S3 prefix
+        request["TargetModel"] = target_model
     response = runtime.invoke_endpoint(**request)
     stream = response["Body"]
     status = getattr(stream, "status", 200)  # the local runtime does not raise on 4xx/5xx; SageMaker does
@@ -104,6 +109,10 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", required=True, help="endpoint name")
     parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
+    parser.add_argument(
+        "--target-model",
+        help="multi-model endpoint: the model to use, relative to its S3 prefix (e.g. site-7/model.tar.gz)",
+    )
     parser.add_argument("--batch-size", type=int, default=10, help="series per request")
     add_report_args(parser)
     common.add_session_args(parser)
@@ -118,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     predictions: list[dict] = []
     for chunk in common.chunks(held_out, args.batch_size):
         body = request_body(chunk, args.num_samples, QUANTILES)
-        predictions.extend(invoke(runtime, args.name, body, args.variant))
+        predictions.extend(invoke(runtime, args.name, body, args.variant, getattr(args, "target_model", None)))
     print(f"endpoint {args.name}: {len(predictions)} forecasts of {args.prediction_length} steps")
     return report(records, predictions, args, f"endpoint {args.name}")
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -155,3 +156,31 @@ def test_image_has_the_label_and_serves_multi_model(image, torch_model, tmp_path
     assert requests.delete(url + "/models/site-2", timeout=30).status_code == 200
     assert requests.post(url + "/models/site-2/invoke", json=BODY, timeout=60).status_code == 404
     assert_forecasts(requests.post(url + "/models/site-1/invoke", json=BODY, timeout=60))
+
+
+def test_evaluation_deploy_multi_model_and_invoke_target_model_requests():
+    """tests/sdk/multi_model_check.py under pytest in .venv-sdk: requests checked with botocore's Stubber."""
+    from .conftest import REPO, SDK_PYTHON
+
+    if not SDK_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail("required in CI: .venv-sdk (scripts/bootstrap.sh)")
+        pytest.skip("needs .venv-sdk")
+    result = subprocess.run(
+        [
+            str(SDK_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--noconftest",
+            "tests/sdk/multi_model_check.py",
+        ],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
