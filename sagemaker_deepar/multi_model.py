@@ -252,7 +252,7 @@ class ModelRegistry:
         log.info("model %r loaded from %s", name, url)
         return {"status": f"model {name!r} loaded"}
 
-    def list(self, limit: Any = None, next_page_token: Any = None) -> dict:
+    def listing(self, limit: Any = None, next_page_token: Any = None) -> dict:
         """GET /models: pages of at most ``limit`` (≤ 100) in name order; ``{"models": []}`` when none."""
         size = _page_number(limit, "limit", LIST_PAGE_MAX, low=1)
         start = _page_number(next_page_token, "next_page_token", 0, low=0)

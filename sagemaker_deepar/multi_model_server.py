@@ -136,7 +136,7 @@ def create_multi_model_app(config: ServerConfig, too_large: str) -> Flask:
 
     @app.get("/models")
     def list_models() -> Response:
-        return answer(lambda: _json(registry.list(request.args.get("limit"), request.args.get("next_page_token"))))
+        return answer(lambda: _json(registry.listing(request.args.get("limit"), request.args.get("next_page_token"))))
 
     @app.get("/models/<name>")
     def describe_model(name: str) -> Response:

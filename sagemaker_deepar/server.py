@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional, Protocol
 
 from flask import Flask, Response, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -146,7 +146,11 @@ def closing_after(chunks: Iterator[bytes], resource: IO[bytes]) -> Iterator[byte
         resource.close()
 
 
-def install_drain_on_sigterm(state: ModelState) -> None:
+class Drains(Protocol):
+    def drain(self) -> None: ...
+
+
+def install_drain_on_sigterm(state: Drains) -> None:
     """Chain to gunicorn's own SIGTERM handler (it stops accepting); only possible in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         return

@@ -100,7 +100,7 @@ def test_least_recently_used_idle_model_is_evicted_and_reloaded_on_demand(tmp_pa
     assert reg.resident_names() == ["c", "a", "d"]  # b was the least recently used
     assert loader.models[1].closed and not loader.models[0].closed
     assert reg.resident_bytes() <= 3 * COST
-    assert [m["modelName"] for m in reg.list()["models"]] == ["a", "b", "c", "d"]  # evicted != unloaded
+    assert [m["modelName"] for m in reg.listing()["models"]] == ["a", "b", "c", "d"]  # evicted != unloaded
     assert invoke(reg, "b") is False  # loaded again from its url
     assert loader.calls == ["a", "b", "c", "d", "b"]
     assert "c" not in reg.resident_names()
@@ -127,7 +127,7 @@ def test_status_codes_404_409_400(tmp_path):
     assert status(lambda: reg.load("b", str(empty))) == 400
     assert status(lambda: reg.load("", url)) == 400
     assert status(lambda: reg.load("b", None)) == 400
-    assert status(lambda: reg.list(limit="x")) == 400
+    assert status(lambda: reg.listing(limit="x")) == 400
     assert reg.describe("a") == {"modelName": "a", "modelUrl": url}
 
 
@@ -149,7 +149,7 @@ def test_507_when_every_resident_model_is_busy_and_the_model_is_not_registered(t
     reg.load("a", model_url(tmp_path, "a"))
     with reg.use("a"):
         assert status(lambda: reg.load("b", model_url(tmp_path, "b"))) == 507
-    assert [m["modelName"] for m in reg.list()["models"]] == ["a"]
+    assert [m["modelName"] for m in reg.listing()["models"]] == ["a"]
     reg.load("b", model_url(tmp_path, "b"))  # a is idle now: evicted to make room
     assert reg.resident_names() == ["b"]
 
@@ -229,19 +229,19 @@ def test_unload_frees_the_model_before_it_returns_even_with_a_request_in_flight(
     reg.load("b", model_url(tmp_path, "b"))
     reg.unload("b")
     assert loader.models[1].closed and reg.resident_names() == []
-    assert reg.list() == {"models": []}
+    assert reg.listing() == {"models": []}
     reg.load("b", model_url(tmp_path, "b"))  # loadable again after an unload
 
 
 def test_list_pages_with_next_page_token(tmp_path):
     reg = registry(tmp_path, budget_models=10)
-    assert reg.list() == {"models": []}
+    assert reg.listing() == {"models": []}
     for name in ["e", "a", "d", "c", "b"]:
         reg.load(name, model_url(tmp_path, name))
-    first = reg.list(limit="2")
+    first = reg.listing(limit="2")
     assert [m["modelName"] for m in first["models"]] == ["a", "b"]
-    second = reg.list(limit="2", next_page_token=first["nextPageToken"])
-    third = reg.list(limit="2", next_page_token=second["nextPageToken"])
+    second = reg.listing(limit="2", next_page_token=first["nextPageToken"])
+    third = reg.listing(limit="2", next_page_token=second["nextPageToken"])
     assert [m["modelName"] for m in second["models"] + third["models"]] == ["c", "d", "e"]
     assert "nextPageToken" not in third
 
