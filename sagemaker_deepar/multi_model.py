@@ -452,9 +452,16 @@ class ModelRegistry:
             gc.collect()
 
     def _sweep_forever(self) -> None:
+        seen, full_sweep_at = None, 0.0
         while True:
             time.sleep(SWEEP_INTERVAL_S)
             try:
+                # Registrations change only by link/unlink in the folder, which moves its mtime: skip idle sweeps
+                # (but sweep fully each second: mtime ticks are coarse, two changes can share one).
+                changed = self.models_dir.stat().st_mtime_ns
+                if changed == seen and time.monotonic() < full_sweep_at:
+                    continue
+                seen, full_sweep_at = changed, time.monotonic() + 1.0
                 self._evict_unregistered()
             except Exception:  # never let the sweeper die: unloads would stop freeing memory
                 log.exception("multi-model sweeper: unexpected error")
