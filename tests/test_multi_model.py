@@ -254,8 +254,6 @@ def test_unload_returns_once_every_worker_has_freed_the_model(tmp_path):
     worker_a.load("m", model_url(tmp_path, "m"))
     assert invoke(worker_b, "m") is False  # lazily loaded from the shared registration
     assert status(lambda: worker_b.load("m", model_url(tmp_path, "m"))) == 409
-    started = time.monotonic()
     worker_a.unload("m")
     assert loader_b.models[0].closed and worker_b.resident_names() == []  # b's sweeper freed it first
-    assert time.monotonic() - started < 2
     assert status(lambda: invoke(worker_b, "m")) == 404
