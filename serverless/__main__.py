@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     emu.add_argument("--until-idle", action="store_true", help="drain the queue (redrives included) and exit")
     emu.add_argument("--idle-seconds", type=float, default=3.0, help="--until-idle: quiet time that means drained")
     emu.add_argument("--api-port", type=int, help="also serve the forecast API on 127.0.0.1:PORT")
+    emu.add_argument("--retry-delay", type=int, default=0, help="seconds before a failed message is received again")
     emu.add_argument("--max-seconds", type=float, default=0, help="stop after this long (0: until idle or Ctrl-C)")
     return root
 

@@ -36,6 +36,10 @@ class BackendTimeout(BackendError):
     status = 504
 
 
+class BackendThrottled(BackendError):
+    status = 429
+
+
 class RequestRejected(Exception):
     """The forecaster refused a request as the caller's mistake (400 with its message)."""
 
@@ -93,7 +97,9 @@ class HttpForecaster:
                 return _predictions(response.read(), len(instances), self.name)
         except urllib.error.HTTPError as error:
             message = _error_message(error.read())
-            if 400 <= error.code < 500 and error.code not in (408, 429):
+            if error.code == 429:
+                raise BackendThrottled(f"{self.name}: 429: {message}") from None
+            if 400 <= error.code < 500 and error.code != 408:
                 raise RequestRejected(message, error.code) from None
             if error.code in (503, 504):
                 raise BackendTimeout(f"{self.name}: {error.code}: {message}") from None
@@ -141,6 +147,8 @@ class EndpointForecaster:
             info = error.response.get("Error", {})
             message = str(info.get("Message", error))
             original = error.response.get("OriginalStatusCode")
+            if info.get("Code") in ("ThrottlingException", "TooManyRequestsException"):
+                raise BackendThrottled(f"{self.name}: {message}") from None
             if info.get("Code") == "ModelError" and original and 400 <= int(original) < 500:
                 raise RequestRejected(_error_message(message.encode()), int(original)) from None
             raise BackendError(f"{self.name}: {info.get('Code')}: {message}") from None
