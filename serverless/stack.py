@@ -404,7 +404,7 @@ def _wait(cfn: Any, stack: str, timeout: float = 1800) -> str:
         status = _stack_status(cfn, stack) or "DELETE_COMPLETE"
         if not status.endswith("IN_PROGRESS"):
             return status
-        time.sleep(2)
+        time.sleep(0.5 if timeout - (deadline - time.monotonic()) < 10 else 5)
     raise StackError(f"{stack}: still in progress after {timeout} s")
 
 
