@@ -23,16 +23,22 @@ def parser() -> argparse.ArgumentParser:
     dep.add_argument("--stack", required=True)
     dep.add_argument("--out", type=Path, default=REPO / "build" / "serverless")
     dep.add_argument("--endpoint-name", help="the SageMaker endpoint the functions may invoke")
-    dep.add_argument("--forecast-endpoint", help="FORECAST_ENDPOINT (default: the endpoint name; http://host:port locally)")
+    dep.add_argument(
+        "--forecast-endpoint", help="FORECAST_ENDPOINT (default: the endpoint name; http://host:port locally)"
+    )
     dep.add_argument("--forecast-model", help="FORECAST_MODEL: s3://.../model.tar.gz run inside the functions")
     dep.add_argument("--lake-bucket", help="the curated Parquet lake's bucket (GET /forecast/{device_id})")
     dep.add_argument("--lake-prefix")
     dep.add_argument("--time-freq")
-    dep.add_argument("--event-source-mapping", choices=["true", "false"], help="default: false offline (moto), else true")
+    dep.add_argument(
+        "--event-source-mapping", choices=["true", "false"], help="default: false offline (moto), else true"
+    )
 
     des = commands.add_parser("destroy", help="remove the stack; says what it kept")
     des.add_argument("--stack", required=True)
-    des.add_argument("--delete-data", action="store_true", help="also empty and delete the buckets (and a non-empty DLQ)")
+    des.add_argument(
+        "--delete-data", action="store_true", help="also empty and delete the buckets (and a non-empty DLQ)"
+    )
 
     emu = commands.add_parser("emulate", help="play Lambda's SQS poller and API Gateway's proxy against the stack")
     emu.add_argument("--stack", required=True)

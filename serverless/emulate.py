@@ -65,7 +65,12 @@ def sqs_event(messages: list[dict], queue_arn: str, region: str) -> dict:
                 "body": m["Body"],
                 "attributes": {
                     k: m.get("Attributes", {}).get(k, "")
-                    for k in ("ApproximateReceiveCount", "SentTimestamp", "SenderId", "ApproximateFirstReceiveTimestamp")
+                    for k in (
+                        "ApproximateReceiveCount",
+                        "SentTimestamp",
+                        "SenderId",
+                        "ApproximateFirstReceiveTimestamp",
+                    )
                 },
                 "messageAttributes": {
                     name: {
@@ -100,7 +105,9 @@ class Poller:
 
     def __post_init__(self) -> None:
         sqs = self.aws("sqs")
-        self.queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self.queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
 
     def poll_once(self, wait_seconds: int = 1) -> int:
         """One receive -> invoke -> delete/release round; the number of messages received."""
@@ -126,7 +133,9 @@ class Poller:
         for m in messages:
             if m["MessageId"] in failed:
                 self.failures += 1
-                sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=self.retry_delay)
+                sqs.change_message_visibility(
+                    QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=self.retry_delay
+                )
             else:
                 sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
         return len(messages)
@@ -182,7 +191,9 @@ def route(method: str, path: str) -> tuple[Optional[str], dict[str, str]]:
     return None, {}
 
 
-def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: Optional[str], stage: str, api_id: str) -> Optional[dict]:
+def proxy_event(
+    method: str, raw_path: str, headers: dict[str, str], body: Optional[str], stage: str, api_id: str
+) -> Optional[dict]:
     """API Gateway's REST API proxy integration event (None when no route matches)."""
     split = urlsplit(raw_path)
     resource, path_parameters = route(method, split.path)
@@ -214,7 +225,13 @@ def proxy_event(method: str, raw_path: str, headers: dict[str, str], body: Optio
 
 
 def api_server(
-    port: int, handler: Callable[[dict, Any], dict], variables: dict[str, str], api_key: str, bucket: TokenBucket, stage: str, api_id: str
+    port: int,
+    handler: Callable[[dict, Any], dict],
+    variables: dict[str, str],
+    api_key: str,
+    bucket: TokenBucket,
+    stage: str,
+    api_id: str,
 ) -> ThreadingHTTPServer:
     class Proxy(BaseHTTPRequestHandler):
         def _answer(self, status: int, body: bytes, headers: Optional[dict] = None) -> None:
@@ -265,7 +282,11 @@ def run(aws: stacks.Aws, args: argparse.Namespace) -> int:
     if args.api_port:
         from .handlers import forecast_api
 
-        plans = [p for p in aws("apigateway").get_usage_plans()["items"] if any(s["apiId"] == outputs["ApiId"] for s in p.get("apiStages", []))]
+        plans = [
+            p
+            for p in aws("apigateway").get_usage_plans()["items"]
+            if any(s["apiId"] == outputs["ApiId"] for s in p.get("apiStages", []))
+        ]
         throttle = plans[0].get("throttle", {}) if plans else {}
         bucket = TokenBucket(float(throttle.get("rateLimit", 10)), int(throttle.get("burstLimit", 20)))
         server = api_server(
@@ -279,7 +300,13 @@ def run(aws: stacks.Aws, args: argparse.Namespace) -> int:
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
         print(f"forecast API on http://127.0.0.1:{args.api_port} (x-api-key: the stack's ApiKey)", flush=True)
-    poller = Poller(aws, outputs["QueueUrl"], batch_forecast.handler, function_variables(aws, outputs["BatchFunctionName"]), retry_delay=args.retry_delay)
+    poller = Poller(
+        aws,
+        outputs["QueueUrl"],
+        batch_forecast.handler,
+        function_variables(aws, outputs["BatchFunctionName"]),
+        retry_delay=args.retry_delay,
+    )
     try:
         poller.run(args.until_idle, args.idle_seconds, args.max_seconds, stop)
     except KeyboardInterrupt:

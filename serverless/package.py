@@ -53,7 +53,9 @@ def _files(root: Path) -> list[Path]:
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and not _SKIP_DIRS.intersection(p.relative_to(root).parts) and not p.name.endswith(_SKIP_SUFFIXES)
+        if p.is_file()
+        and not _SKIP_DIRS.intersection(p.relative_to(root).parts)
+        and not p.name.endswith(_SKIP_SUFFIXES)
     )
 
 
@@ -96,7 +98,9 @@ def build(out: Path) -> list[Bundle]:
         bundles.append(Bundle(name, str(out / f"{name}.zip"), first.zipped_bytes, first.unzipped_bytes))
     layer = _write_zip(out / f"{LAYER}.zip", layer_entries())
     problems = [
-        f"{b.name}: {b.zipped_bytes / 2**20:.1f} MB zipped > 50 MB" for b in [*bundles, layer] if b.zipped_bytes > ZIPPED_LIMIT
+        f"{b.name}: {b.zipped_bytes / 2**20:.1f} MB zipped > 50 MB"
+        for b in [*bundles, layer]
+        if b.zipped_bytes > ZIPPED_LIMIT
     ]
     problems += [
         f"{b.name} + {LAYER}: {(b.unzipped_bytes + layer.unzipped_bytes) / 2**20:.1f} MB unzipped > 250 MB"
@@ -160,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     bundles = build(args.out)
     for b in bundles:
-        print(f"{b.name}: {b.zipped_bytes / 2**20:.1f} MB zipped, {b.unzipped_bytes / 2**20:.1f} MB unzipped -> {b.path}")
+        print(
+            f"{b.name}: {b.zipped_bytes / 2**20:.1f} MB zipped, {b.unzipped_bytes / 2**20:.1f} MB unzipped -> {b.path}"
+        )
     if args.cold_start:
         layer = Path(bundles[-1].path)
         for b in bundles[:-1]:

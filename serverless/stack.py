@@ -90,13 +90,15 @@ class Resolver:
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (key, arg), = node.items()
+            ((key, arg),) = node.items()
             if key == "Ref":
                 return _NO_VALUE if arg == "AWS::NoValue" else self.ref(arg)
             if key == "Fn::GetAtt":
                 return self.get_att(*(arg if isinstance(arg, list) else arg.split(".", 1)))
             if key == "Fn::Sub":
-                text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], {k: self.value(v) for k, v in arg[1].items()})
+                text, extra = (
+                    (arg, {}) if isinstance(arg, str) else (arg[0], {k: self.value(v) for k, v in arg[1].items()})
+                )
                 return self._sub(text, extra)
             if key == "Fn::If":
                 return self.value(arg[1] if self.condition(arg[0]) else arg[2])
@@ -256,7 +258,10 @@ def _usage_plan(aws: Aws, props: dict) -> Completed:
     plan = api.create_usage_plan(
         name=props["UsagePlanName"],
         apiStages=[{"apiId": s["ApiId"], "stage": s["Stage"]} for s in props["ApiStages"]],
-        throttle={"rateLimit": float(props["Throttle"]["RateLimit"]), "burstLimit": int(props["Throttle"]["BurstLimit"])},
+        throttle={
+            "rateLimit": float(props["Throttle"]["RateLimit"]),
+            "burstLimit": int(props["Throttle"]["BurstLimit"]),
+        },
         quota={"limit": int(props["Quota"]["Limit"]), "period": props["Quota"]["Period"]},
     )
     return plan["id"], True
@@ -306,7 +311,9 @@ def _layer(aws: Aws, props: dict) -> Completed:
 
 def _method(aws: Aws, props: dict) -> Completed:
     try:
-        aws("apigateway").get_method(restApiId=props["RestApiId"], resourceId=props["ResourceId"], httpMethod=props["HttpMethod"])
+        aws("apigateway").get_method(
+            restApiId=props["RestApiId"], resourceId=props["ResourceId"], httpMethod=props["HttpMethod"]
+        )
     except ClientError:
         raise StackError(f"API method {props['HttpMethod']} on {props['ResourceId']} was not created") from None
     return props["HttpMethod"], False
@@ -344,7 +351,9 @@ def complete_bucket(aws: Aws, name: str, props: dict) -> list[str]:
         except ClientError:
             current = {}
         if any(not current.get(k) for k in block):
-            s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={k: bool(v) for k, v in block.items()})
+            s3.put_public_access_block(
+                Bucket=name, PublicAccessBlockConfiguration={k: bool(v) for k, v in block.items()}
+            )
             applied.append("PublicAccessBlockConfiguration")
     versioning = props.get("VersioningConfiguration")
     if versioning and s3.get_bucket_versioning(Bucket=name).get("Status") != versioning["Status"]:
@@ -357,12 +366,18 @@ def complete_bucket(aws: Aws, name: str, props: dict) -> list[str]:
             {
                 "TopicArn": n["Topic"],
                 "Events": [n["Event"]],
-                "Filter": {"Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]} for r in n["Filter"]["S3Key"]["Rules"]]}},
+                "Filter": {
+                    "Key": {
+                        "FilterRules": [{"Name": r["Name"], "Value": r["Value"]} for r in n["Filter"]["S3Key"]["Rules"]]
+                    }
+                },
             }
             for n in notifications
         ]
         if {c["TopicArn"] for c in current} != {w["TopicArn"] for w in wanted}:
-            s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={"TopicConfigurations": wanted})
+            s3.put_bucket_notification_configuration(
+                Bucket=name, NotificationConfiguration={"TopicConfigurations": wanted}
+            )
             applied.append("NotificationConfiguration")
     return applied
 
@@ -381,11 +396,15 @@ def ensure_code_bucket(aws: Aws, name: str) -> None:
         s3.create_bucket(Bucket=name, **extra)
     s3.put_bucket_encryption(
         Bucket=name,
-        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
     )
     s3.put_public_access_block(
         Bucket=name,
-        PublicAccessBlockConfiguration={k: True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")},
+        PublicAccessBlockConfiguration={
+            k: True for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+        },
     )
 
 
@@ -433,10 +452,20 @@ def deploy(aws: Aws, stack: str, parameters: dict[str, str], out: Path, say: Cal
     status = _stack_status(cfn, stack)
     try:
         if status is None:
-            cfn.create_stack(StackName=stack, TemplateBody=TEMPLATE.read_text(), Parameters=cfn_params, Capabilities=["CAPABILITY_IAM"])
+            cfn.create_stack(
+                StackName=stack,
+                TemplateBody=TEMPLATE.read_text(),
+                Parameters=cfn_params,
+                Capabilities=["CAPABILITY_IAM"],
+            )
             say(f"creating stack {stack}")
         else:
-            cfn.update_stack(StackName=stack, TemplateBody=TEMPLATE.read_text(), Parameters=cfn_params, Capabilities=["CAPABILITY_IAM"])
+            cfn.update_stack(
+                StackName=stack,
+                TemplateBody=TEMPLATE.read_text(),
+                Parameters=cfn_params,
+                Capabilities=["CAPABILITY_IAM"],
+            )
             say(f"updating stack {stack}")
     except ClientError as error:
         if "No updates are to be performed" not in str(error):
@@ -449,7 +478,9 @@ def deploy(aws: Aws, stack: str, parameters: dict[str, str], out: Path, say: Cal
     return outputs
 
 
-def complete(aws: Aws, stack: str, template: dict, params: dict[str, str], code_bucket: str, say: Callable[[str], None]) -> dict[str, str]:
+def complete(
+    aws: Aws, stack: str, template: dict, params: dict[str, str], code_bucket: str, say: Callable[[str], None]
+) -> dict[str, str]:
     """Create through the service APIs each template resource the stack lacks (in template order,
     which lists dependencies first); record them for `destroy`."""
     cfn = aws("cloudformation")
@@ -522,7 +553,9 @@ def stack_outputs(aws: Aws, stack: str, completed: Optional[dict[str, str]] = No
 
 def _objects(aws: Aws, bucket: str) -> int:
     try:
-        return sum(page.get("KeyCount", 0) for page in aws("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket))
+        return sum(
+            page.get("KeyCount", 0) for page in aws("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        )
     except ClientError:
         return -1
 
@@ -530,7 +563,10 @@ def _objects(aws: Aws, bucket: str) -> int:
 def _empty_and_delete(aws: Aws, bucket: str) -> None:
     s3 = aws("s3")
     for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        items = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        items = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
         if items:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": items})
     s3.delete_bucket(Bucket=bucket)
@@ -547,7 +583,11 @@ def destroy(aws: Aws, stack: str, delete_data: bool = False, say: Callable[[str]
     code_bucket = code_bucket_name(stack, account)
     dlq = outputs.get("DeadLetterQueueUrl")
     if dlq and not delete_data:
-        waiting = int(aws("sqs").get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"])
+        waiting = int(
+            aws("sqs").get_queue_attributes(QueueUrl=dlq, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"][
+                "ApproximateNumberOfMessages"
+            ]
+        )
         if waiting:
             raise StackError(
                 f"{stack}: the dead-letter queue holds {waiting} message(s) ({dlq}): inspect them (errors/ in "

@@ -86,7 +86,9 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         raise
     read_s = time.monotonic() - started
     forecaster = forecasting.from_environment()
-    configuration = json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
+    configuration = (
+        json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
+    )
     results, requests = forecast_lines(forecaster, lines, configuration)
     forecast_s = time.monotonic() - started - read_s
     outputs, errors = [], []
@@ -132,7 +134,9 @@ def forecast_lines(
     requests = 0
     for span in forecasting.chunks(encoded):
         requests += 1
-        for index, result in zip(span, forecasting.forecast_isolating(forecaster, [instances[i] for i in span], configuration)):
+        for index, result in zip(
+            span, forecasting.forecast_isolating(forecaster, [instances[i] for i in span], configuration)
+        ):
             results[valid[index]] = result
     return results, requests
 

@@ -68,7 +68,9 @@ class Lake:
             return sorted(p.name for p in Path(self.uri).glob("date=*") if p.is_dir())
         bucket, _, prefix = self.uri[5:].partition("/")
         names = []
-        for page in self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        for page in (
+            self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        ):
             names += [c["Prefix"][len(prefix) :].rstrip("/") for c in page.get("CommonPrefixes", [])]
         return sorted(n for n in names if n.startswith("date="))
 
@@ -101,9 +103,16 @@ class Lake:
                     stamps.append(np.asarray(table["timestamp"].to_numpy(zero_copy_only=False), dtype="datetime64[s]"))
                     values.append(np.asarray(table[pollutant].to_numpy(zero_copy_only=False), dtype=float))
         if not seen_column:
-            raise ApiError(404, "unknown_pollutant", f"pollutant {pollutant!r}: no such column in the lake", "pollutant")
+            raise ApiError(
+                404, "unknown_pollutant", f"pollutant {pollutant!r}: no such column in the lake", "pollutant"
+            )
         if not stamps:
-            raise ApiError(404, "unknown_device", f"device {device_id!r}: no readings in the last {days} day partition(s)", "device_id")
+            raise ApiError(
+                404,
+                "unknown_device",
+                f"device {device_id!r}: no readings in the last {days} day partition(s)",
+                "device_id",
+            )
         return np.concatenate(stamps), np.concatenate(values)
 
 
@@ -151,7 +160,9 @@ def get_forecast(event: dict) -> dict:
         raise ApiError(400, "bad_parameter", "device_id: required in the path /forecast/{device_id}", "device_id")
     pollutant = (params.get("pollutant") or "").strip()
     if not pollutant:
-        raise ApiError(400, "bad_parameter", "pollutant: required (for example pollutant=nitrogen_dioxide)", "pollutant")
+        raise ApiError(
+            400, "bad_parameter", "pollutant: required (for example pollutant=nitrogen_dioxide)", "pollutant"
+        )
     if pollutant in ("device_id", "timestamp", "date", "received_at", "source"):
         raise ApiError(400, "bad_parameter", f"pollutant: {pollutant!r} is not a measurement", "pollutant")
     horizon = _integer(params, "horizon", 1, 10_000, None)
@@ -164,10 +175,18 @@ def get_forecast(event: dict) -> dict:
     prediction = forecasting.from_environment().forecast([{"start": start, "target": target}], None)[0]
     length = len(prediction.get("mean") or next(iter(prediction.get("quantiles", {}).values()), []))
     if horizon is not None and horizon > length:
-        raise ApiError(400, "bad_parameter", f"horizon: {horizon} is beyond the model's prediction_length {length}", "horizon")
+        raise ApiError(
+            400, "bad_parameter", f"horizon: {horizon} is beyond the model's prediction_length {length}", "horizon"
+        )
     if horizon is not None:
         prediction = {k: _cut(v, horizon) for k, v in prediction.items()}
-    return {"device_id": device_id, "pollutant": pollutant, "history_start": start, "history_points": len(target), "forecast": prediction}
+    return {
+        "device_id": device_id,
+        "pollutant": pollutant,
+        "history_start": start,
+        "history_points": len(target),
+        "forecast": prediction,
+    }
 
 
 def _cut(value: Any, horizon: int) -> Any:

@@ -228,7 +228,9 @@ def from_environment(environ: Optional[dict] = None) -> Forecaster:
     return forecaster
 
 
-def chunks(lines: list[bytes], max_bytes: int = MAX_REQUEST_BYTES, max_count: int = MAX_SERIES_PER_REQUEST) -> list[range]:
+def chunks(
+    lines: list[bytes], max_bytes: int = MAX_REQUEST_BYTES, max_count: int = MAX_SERIES_PER_REQUEST
+) -> list[range]:
     """Index ranges of consecutive series whose encoded size fits one request."""
     ranges, begin, size = [], 0, 0
     for index, line in enumerate(lines):

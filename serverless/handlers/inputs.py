@@ -80,11 +80,11 @@ def _checked(number: int, record: Any) -> Line:
         return Line(number, None, "start: required, a 'YYYY-MM-DD HH:MM:SS' string")
     target = record.get("target")
     if not isinstance(target, list):
-        return Line(number, None, "target: required, a list of numbers (null or \"NaN\" for missing)")
+        return Line(number, None, 'target: required, a list of numbers (null or "NaN" for missing)')
     try:
         contract.target_array(target)
     except (TypeError, ValueError):
-        return Line(number, None, "target: expected numbers (null or \"NaN\" for missing)")
+        return Line(number, None, 'target: expected numbers (null or "NaN" for missing)')
     return Line(number, record)
 
 
