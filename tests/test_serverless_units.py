@@ -187,3 +187,16 @@ def test_template_resolver_evaluates_the_intrinsics_deploy_needs():
     )
     assert statements[-1]["Resource"] == "arn:aws:s3:::m/k/model.tar.gz"
     assert statements[-2]["Resource"] == "arn:aws:sagemaker:r:1:endpoint/ep"
+
+
+class Budget(Fake):
+    def forecast(self, instances, configuration=None):
+        if len(instances) > 2:
+            self.calls += 1
+            raise forecasting.RequestRejected(f"request too large: {len(instances)} series")
+        return super().forecast(instances, configuration)
+
+
+def test_an_unlocated_rejection_halves_the_request():
+    results = forecasting.forecast_isolating(Budget({5}), [{"n": n} for n in range(8)])
+    assert results[:5] == [{"mean": [n]} for n in range(5)] and results[5] == "target: bad number 5" and results[7] == {"mean": [7]}

@@ -260,9 +260,11 @@ def forecast_isolating(
                 if len(pending) == 1:
                     results[pending[0]] = message
                     return results
-                # Not located: find the culprits one at a time.
-                for index in pending:
-                    results[index] = forecast_isolating(forecaster, [instances[index]], configuration)[0]
+                # Not located (e.g. "request too large"): halve the request until it is.
+                half = len(pending) // 2
+                for part in (pending[:half], pending[half:]):
+                    for index, result in zip(part, forecast_isolating(forecaster, [instances[i] for i in part], configuration)):
+                        results[index] = result
                 return results
             culprit = pending.pop(int(match[1]))
             results[culprit] = message[match.end() :] if message[match.end() :] else message
