@@ -111,8 +111,16 @@ def main() -> None:
         direct(url, lines[:200], args.direct_series, args.timeout)  # warm-up
         first = direct(url, lines, args.direct_series, args.timeout)
 
-        variables = {**emulate.function_variables(aws, outputs["BatchFunctionName"]), "DEEPAR_INFERENCE_CONFIG": inference_config}
-        poller = emulate.Poller(aws, outputs["QueueUrl"], __import__("serverless.handlers.batch_forecast", fromlist=["handler"]).handler, variables)
+        variables = {
+            **emulate.function_variables(aws, outputs["BatchFunctionName"]),
+            "DEEPAR_INFERENCE_CONFIG": inference_config,
+        }
+        poller = emulate.Poller(
+            aws,
+            outputs["QueueUrl"],
+            __import__("serverless.handlers.batch_forecast", fromlist=["handler"]).handler,
+            variables,
+        )
         while poller.poll_once(wait_seconds=0):  # the s3:TestEvent
             pass
         s3 = aws("s3")
@@ -122,15 +130,23 @@ def main() -> None:
         while manifest is None and time.perf_counter() - started < args.timeout:
             poller.poll_once(wait_seconds=1)
             try:
-                manifest = json.loads(s3.get_object(Bucket=outputs["OutputBucket"], Key="forecasts/bench.jsonl.manifest.json")["Body"].read())
+                manifest = json.loads(
+                    s3.get_object(Bucket=outputs["OutputBucket"], Key="forecasts/bench.jsonl.manifest.json")[
+                        "Body"
+                    ].read()
+                )
             except s3.exceptions.NoSuchKey:
                 pass
         serverless_s = time.perf_counter() - started
         assert manifest is not None and manifest["counts"]["forecast"] == args.series, manifest
         second = direct(url, lines, args.direct_series, args.timeout)
         baseline = (first + second) / 2
-        print(f"direct /invocations ({args.direct_series} series per request): {args.series / first:.0f} and {args.series / second:.0f} series/s")
-        print(f"serverless upload -> manifest: {args.series / serverless_s:.0f} series/s ({serverless_s:.1f} s; manifest timings {manifest['timings']}, {manifest['requests']} requests)")
+        print(
+            f"direct /invocations ({args.direct_series} series per request): {args.series / first:.0f} and {args.series / second:.0f} series/s"
+        )
+        print(
+            f"serverless upload -> manifest: {args.series / serverless_s:.0f} series/s ({serverless_s:.1f} s; manifest timings {manifest['timings']}, {manifest['requests']} requests)"
+        )
         print(f"ratio serverless / direct: {baseline / serverless_s:.2f} (target >= 0.8)")
     finally:
         stop(server)

@@ -199,4 +199,8 @@ class Budget(Fake):
 
 def test_an_unlocated_rejection_halves_the_request():
     results = forecasting.forecast_isolating(Budget({5}), [{"n": n} for n in range(8)])
-    assert results[:5] == [{"mean": [n]} for n in range(5)] and results[5] == "target: bad number 5" and results[7] == {"mean": [7]}
+    assert (
+        results[:5] == [{"mean": [n]} for n in range(5)]
+        and results[5] == "target: bad number 5"
+        and results[7] == {"mean": [7]}
+    )

@@ -263,7 +263,9 @@ def forecast_isolating(
                 # Not located (e.g. "request too large"): halve the request until it is.
                 half = len(pending) // 2
                 for part in (pending[:half], pending[half:]):
-                    for index, result in zip(part, forecast_isolating(forecaster, [instances[i] for i in part], configuration)):
+                    for index, result in zip(
+                        part, forecast_isolating(forecaster, [instances[i] for i in part], configuration)
+                    ):
                         results[index] = result
                 return results
             culprit = pending.pop(int(match[1]))
