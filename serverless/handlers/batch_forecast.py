@@ -81,15 +81,18 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
             raise Superseded(f"s3://{bucket}/{key}: now ETag {obj['ETag']}, the event is for {etag}")
         lines = read_object(key, obj["Body"].read())
     except UnreadableObject as error:
-        report = {"location": f"{key}", "error": str(error), "receive_count": receive_count}
-        s3.put_object(Bucket=output_bucket, Key=errors_key, Body=contract.dumps_line(report))
+        _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     read_s = time.monotonic() - started
-    forecaster = forecasting.from_environment()
-    configuration = (
-        json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
-    )
-    results, requests = forecast_lines(forecaster, lines, configuration)
+    try:
+        forecaster = forecasting.from_environment()
+        configuration = (
+            json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
+        )
+        results, requests = forecast_lines(forecaster, lines, configuration)
+    except forecasting.BackendError as error:  # retried by SQS; the report says why meanwhile
+        _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
+        raise
     forecast_s = time.monotonic() - started - read_s
     outputs, errors = [], []
     for line, result in zip(lines, results):
@@ -121,6 +124,12 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(manifest, indent=1).encode())
     log.info("forecast s3://%s/%s: %s", bucket, key, manifest["counts"])
     return manifest
+
+
+def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
+    """The object could not be forecast at all: say why (and on which receive) where its errors go."""
+    report = {"location": key, "error": str(error), "receive_count": receive_count}
+    s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))
 
 
 def forecast_lines(
