@@ -69,7 +69,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
 
+    import logging
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`/kill: still stop the server below
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    warnings.filterwarnings("ignore", message="Tried to parse")
 
     tmp = Path(tempfile.mkdtemp(prefix="serverless-bench-"))
     records = make_series(args.series, args.points)
