@@ -1,0 +1,179 @@
+"""Lambda ``batch_forecast``: an SQS batch of S3 upload events -> forecasts for each uploaded object.
+
+For ``incoming/<name>`` it writes, to the output bucket (``OUTPUT_BUCKET``):
+- ``forecasts/<name>.jsonl``: one line per input series, in order (ids forwarded); a bad series gets
+  ``{"error": ...}`` in its place so that line N still answers series N;
+- ``errors/<name>.jsonl``: ``{"location": "<key>:<line>", "error": ...}`` per bad line, or, for an
+  object that cannot be read, the reason and the receive count (the message is retried, then dead-lettered);
+- ``forecasts/<name>.manifest.json`` last: counts, model, timings, and the object's ETag/version, which
+  makes redelivery idempotent (a manifest for the same version means the work is done).
+
+Answers SQS partial batch failures (``ReportBatchItemFailures``) so that one bad object does not
+redeliver its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.parse
+from typing import Any, Iterator, Optional
+
+from sagemaker_deepar import contract
+
+from . import forecasting
+from .inputs import DEEPAR_FIELDS, Line, UnreadableObject, read_object
+
+log = logging.getLogger("batch_forecast")
+log.setLevel(logging.INFO)
+
+INCOMING = "incoming/"
+
+
+class Superseded(Exception):
+    """The event names an object version that was since replaced (its own event follows)."""
+
+
+def s3_records(message_body: str) -> Iterator[dict]:
+    """The S3 event records in one SQS message body: raw SNS delivery or an SNS envelope; the
+    ``s3:TestEvent`` S3 sends when the notification is configured has none."""
+    event = json.loads(message_body)
+    if isinstance(event, dict) and event.get("Type") == "Notification" and "Message" in event:
+        event = json.loads(event["Message"])
+    for record in event.get("Records", []) if isinstance(event, dict) else []:
+        if str(record.get("eventName", "")).startswith("ObjectCreated"):
+            yield record
+
+
+def output_name(key: str) -> str:
+    return key[len(INCOMING) :] if key.startswith(INCOMING) else key
+
+
+def _s3() -> Any:
+    import boto3
+
+    return boto3.client("s3")
+
+
+def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
+    """Forecast one uploaded object; return its manifest (existing one when already done)."""
+    bucket = record["s3"]["bucket"]["name"]
+    key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])  # S3 events URL-encode keys
+    etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
+    version = record["s3"]["object"].get("versionId")
+    name = output_name(key)
+    forecasts_key, errors_key, manifest_key = (
+        f"forecasts/{name}.jsonl",
+        f"errors/{name}.jsonl",
+        f"forecasts/{name}.manifest.json",
+    )
+    done = _manifest(s3, output_bucket, manifest_key)
+    if done and done["source"]["etag"] == etag and done["source"].get("version_id") == version:
+        log.info("already forecast: s3://%s/%s (etag %s)", bucket, key, etag)
+        return done
+    started = time.monotonic()
+    try:
+        get = {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
+        obj = s3.get_object(**get)
+        if etag and not version and obj["ETag"].strip('"') != etag:
+            raise Superseded(f"s3://{bucket}/{key}: now ETag {obj['ETag']}, the event is for {etag}")
+        lines = read_object(key, obj["Body"].read())
+    except UnreadableObject as error:
+        _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
+        raise
+    read_s = time.monotonic() - started
+    try:
+        forecaster = forecasting.from_environment()
+        configuration = (
+            json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
+        )
+        results, requests = forecast_lines(forecaster, lines, configuration)
+    except forecasting.BackendError as error:  # retried by SQS; the report says why meanwhile
+        _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
+        raise
+    forecast_s = time.monotonic() - started - read_s
+    outputs, errors = [], []
+    for line, result in zip(lines, results):
+        if isinstance(result, dict):
+            forwarded = {k: v for k, v in (line.record or {}).items() if k not in DEEPAR_FIELDS}
+            outputs.append({**forwarded, **result})
+        else:
+            errors.append({"location": f"{key}:{line.number}", "error": result})
+            outputs.append({"error": f"{key}:{line.number}: {result}"})
+    s3.put_object(Bucket=output_bucket, Key=forecasts_key, Body=b"".join(contract.dumps_line(o) for o in outputs))
+    if errors:
+        s3.put_object(Bucket=output_bucket, Key=errors_key, Body=b"".join(contract.dumps_line(e) for e in errors))
+    else:
+        s3.delete_object(Bucket=output_bucket, Key=errors_key)  # a failed earlier attempt's report
+    manifest = {
+        "source": {"bucket": bucket, "key": key, "etag": etag, "version_id": version},
+        "forecasts": f"s3://{output_bucket}/{forecasts_key}",
+        "errors": f"s3://{output_bucket}/{errors_key}" if errors else None,
+        "counts": {"series": len(lines), "forecast": len(lines) - len(errors), "errors": len(errors)},
+        "model": forecaster.name,
+        "requests": requests,
+        "timings": {
+            "read_s": round(read_s, 3),
+            "forecast_s": round(forecast_s, 3),
+            "total_s": round(time.monotonic() - started, 3),
+        },
+    }
+    # Written last: its presence means the forecasts above are complete for this object version.
+    s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(manifest, indent=1).encode())
+    log.info("forecast s3://%s/%s: %s", bucket, key, manifest["counts"])
+    return manifest
+
+
+def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
+    """The object could not be forecast at all: say why (and on which receive) where its errors go."""
+    report = {"location": key, "error": str(error), "receive_count": receive_count}
+    s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))
+
+
+def forecast_lines(
+    forecaster: forecasting.Forecaster, lines: list[Line], configuration: Optional[dict]
+) -> tuple[list[dict | str], int]:
+    """A forecast dict or an error message per line; valid series go in requests under the payload limit."""
+    results: list[dict | str] = [line.problem for line in lines]
+    valid = [i for i, line in enumerate(lines) if line.record is not None]
+    instances = [{k: v for k, v in lines[i].record.items() if k in DEEPAR_FIELDS} for i in valid]  # type: ignore[union-attr]
+    encoded = [json.dumps(instance).encode() for instance in instances]
+    requests = 0
+    for span in forecasting.chunks(encoded):
+        requests += 1
+        for index, result in zip(
+            span, forecasting.forecast_isolating(forecaster, [instances[i] for i in span], configuration)
+        ):
+            results[valid[index]] = result
+    return results, requests
+
+
+def _manifest(s3: Any, bucket: str, key: str) -> Optional[dict]:
+    from botocore.exceptions import ClientError
+
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
+    """The SQS event source mapping's entry point (``FunctionResponseTypes: [ReportBatchItemFailures]``)."""
+    s3 = s3 or _s3()
+    output_bucket = os.environ["OUTPUT_BUCKET"]
+    failures = []
+    for message in event.get("Records", []):
+        receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        try:
+            for record in s3_records(message["body"]):
+                process_object(record, s3, output_bucket, receive_count)
+        except Superseded as error:
+            log.info("skipped: %s", error)
+        except Exception as error:  # noqa: BLE001 - any failure leaves the message to SQS's redrive
+            log.error("message %s failed (receive %d): %s", message.get("messageId"), receive_count, error)
+            failures.append({"itemIdentifier": message["messageId"]})
+    return {"batchItemFailures": failures}

@@ -1,0 +1,243 @@
+"""Lambda ``forecast_api`` behind API Gateway's REST proxy integration.
+
+- ``GET /forecast/{device_id}?pollutant=...&horizon=...``: the device's recent history from the
+  curated Parquet lake (``LAKE_URI``, partitioned ``date=YYYY-MM-DD/``; only the newest
+  ``HISTORY_DAYS`` partitions are listed and read, and only three columns), resampled to
+  ``TIME_FREQ`` (mean; empty intervals missing), then forecast;
+- ``POST /forecast``: a DeepAR request ``{"instances": [...], "configuration": {...}}``.
+
+Errors are JSON ``{"error": code, "message": ..., "parameter"?: ...}``: 400 bad parameter (which and
+why), 404 unknown device or pollutant, 429 throttled, 502 forecaster failed, 504 forecaster timed out.
+(API Gateway itself answers 403 without the API key and 429 beyond the usage plan.)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from sagemaker_deepar import contract
+
+from . import forecasting
+from .inputs import step_of
+
+log = logging.getLogger("forecast_api")
+log.setLevel(logging.INFO)
+MAX_BODY_BYTES = 6 * 2**20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, parameter: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.code, self.parameter = status, code, parameter
+
+    def body(self) -> dict:
+        return {"error": self.code, "message": str(self), **({"parameter": self.parameter} if self.parameter else {})}
+
+
+def response(status: int, body: Any) -> dict:
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+
+
+# ---------------------------------------------------------------- the lake
+
+
+class Lake:
+    """The curated Parquet lake on S3 (``s3://bucket/prefix/``) or a local folder."""
+
+    def __init__(self, uri: str, s3: Any = None):
+        self.uri = uri.rstrip("/") + "/"
+        self.s3 = s3
+
+    def _client(self) -> Any:
+        if self.s3 is None:
+            import boto3
+
+            self.s3 = boto3.client("s3")
+        return self.s3
+
+    def partitions(self) -> list[str]:
+        """The ``date=...`` partition names, without listing their files."""
+        if not self.uri.startswith("s3://"):
+            return sorted(p.name for p in Path(self.uri).glob("date=*") if p.is_dir())
+        bucket, _, prefix = self.uri[5:].partition("/")
+        names = []
+        for page in (
+            self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+        ):
+            names += [c["Prefix"][len(prefix) :].rstrip("/") for c in page.get("CommonPrefixes", [])]
+        return sorted(n for n in names if n.startswith("date="))
+
+    def files(self, partition: str) -> list[bytes]:
+        if not self.uri.startswith("s3://"):
+            return [p.read_bytes() for p in sorted((Path(self.uri) / partition).glob("*.parquet"))]
+        bucket, _, prefix = self.uri[5:].partition("/")
+        s3, out = self._client(), []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}{partition}/"):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith(".parquet") or "." not in item["Key"].rsplit("/", 1)[-1]:
+                    out.append(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        return out
+
+    def history(self, device_id: str, pollutant: str, days: int) -> tuple[np.ndarray, np.ndarray]:
+        """(timestamps as datetime64[s], values) of one device and pollutant in the newest ``days`` partitions."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        stamps, values, seen_column = [], [], False
+        for partition in self.partitions()[-days:]:
+            for content in self.files(partition):
+                schema = pq.read_schema(io.BytesIO(content))
+                if pollutant not in schema.names:
+                    continue
+                seen_column = True
+                table = pq.read_table(io.BytesIO(content), columns=["device_id", "timestamp", pollutant])
+                table = table.filter(pc.equal(table["device_id"], device_id))
+                if table.num_rows:
+                    stamps.append(np.asarray(table["timestamp"].to_numpy(zero_copy_only=False), dtype="datetime64[s]"))
+                    values.append(np.asarray(table[pollutant].to_numpy(zero_copy_only=False), dtype=float))
+        if not seen_column:
+            raise ApiError(
+                404, "unknown_pollutant", f"pollutant {pollutant!r}: no such column in the lake", "pollutant"
+            )
+        if not stamps:
+            raise ApiError(
+                404,
+                "unknown_device",
+                f"device {device_id!r}: no readings in the last {days} day partition(s)",
+                "device_id",
+            )
+        return np.concatenate(stamps), np.concatenate(values)
+
+
+def resample(stamps: np.ndarray, values: np.ndarray, time_freq: str) -> tuple[str, list]:
+    """(start, target): the mean per ``time_freq`` interval, empty intervals as "NaN"."""
+    step = step_of(time_freq)
+    if step is None:
+        raise ApiError(500, "configuration", f"TIME_FREQ {time_freq!r}: the API resamples fixed steps only (min, H, D)")
+    seconds = int(step.total_seconds())
+    slots = stamps.astype("int64") // seconds
+    keep = ~np.isnan(values)
+    slots, values = slots[keep], values[keep]
+    if not len(slots):
+        raise ApiError(404, "no_data", "no non-missing readings in the history window")
+    first = int(slots.min())
+    index = slots - first
+    sums = np.bincount(index, weights=values)
+    counts = np.bincount(index)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / counts
+    start = np.datetime64(first * seconds, "s").astype(object).strftime("%Y-%m-%d %H:%M:%S")
+    return start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in means]
+
+
+# ---------------------------------------------------------------- routes
+
+
+def _integer(params: dict, name: str, low: int, high: int, default: Optional[int]) -> Optional[int]:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"{name}: {raw!r} is not an integer", name) from None
+    if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name}: {value} is outside {low}..{high}", name)
+    return value
+
+
+def get_forecast(event: dict) -> dict:
+    device_id = ((event.get("pathParameters") or {}).get("device_id") or "").strip()
+    params = event.get("queryStringParameters") or {}
+    if not device_id:
+        raise ApiError(400, "bad_parameter", "device_id: required in the path /forecast/{device_id}", "device_id")
+    pollutant = (params.get("pollutant") or "").strip()
+    if not pollutant:
+        raise ApiError(
+            400, "bad_parameter", "pollutant: required (for example pollutant=nitrogen_dioxide)", "pollutant"
+        )
+    if pollutant in ("device_id", "timestamp", "date", "received_at", "source"):
+        raise ApiError(400, "bad_parameter", f"pollutant: {pollutant!r} is not a measurement", "pollutant")
+    horizon = _integer(params, "horizon", 1, 10_000, None)
+    lake_uri = os.environ.get("LAKE_URI", "")
+    if not lake_uri:
+        raise ApiError(404, "no_lake", "this API has no lake configured (LAKE_URI); use POST /forecast")
+    days = int(os.environ.get("HISTORY_DAYS", "14"))
+    stamps, values = Lake(lake_uri).history(device_id, pollutant, days)
+    start, target = resample(stamps, values, os.environ.get("TIME_FREQ", "H"))
+    prediction = forecasting.from_environment().forecast([{"start": start, "target": target}], None)[0]
+    length = len(prediction.get("mean") or next(iter(prediction.get("quantiles", {}).values()), []))
+    if horizon is not None and horizon > length:
+        raise ApiError(
+            400, "bad_parameter", f"horizon: {horizon} is beyond the model's prediction_length {length}", "horizon"
+        )
+    if horizon is not None:
+        prediction = {k: _cut(v, horizon) for k, v in prediction.items()}
+    return {
+        "device_id": device_id,
+        "pollutant": pollutant,
+        "history_start": start,
+        "history_points": len(target),
+        "forecast": prediction,
+    }
+
+
+def _cut(value: Any, horizon: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _cut(v, horizon) for k, v in value.items()}
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        return [row[:horizon] for row in value]
+    return value[:horizon] if isinstance(value, list) else value
+
+
+def post_forecast(event: dict) -> dict:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        import base64
+
+        body = base64.b64decode(body).decode(errors="replace")
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(400, "bad_request", f"body: {len(body)} bytes, at most {MAX_BODY_BYTES}")
+    try:
+        payload = json.loads(body)
+    except ValueError as error:
+        raise ApiError(400, "bad_request", f"body: not JSON: {error}") from None
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise ApiError(400, "bad_parameter", "instances: required, a non-empty list of DeepAR series", "instances")
+    configuration = payload.get("configuration")
+    if configuration is not None and not isinstance(configuration, dict):
+        raise ApiError(400, "bad_parameter", "configuration: expected an object", "configuration")
+    try:
+        predictions = forecasting.from_environment().forecast(instances, configuration)
+    except forecasting.RequestRejected as error:
+        parameter = str(error).split(".", 1)[0] if str(error).startswith("instances[") else None
+        raise ApiError(400, "bad_parameter", str(error), parameter) from None
+    return {"predictions": predictions}
+
+
+def handler(event: dict, context: Any = None) -> dict:
+    method, resource = event.get("httpMethod"), event.get("resource")
+    try:
+        if method == "GET" and resource == "/forecast/{device_id}":
+            return response(200, get_forecast(event))
+        if method == "POST" and resource == "/forecast":
+            return response(200, post_forecast(event))
+        raise ApiError(404, "no_route", f"{method} {event.get('path')}: no such route")
+    except ApiError as error:
+        return response(error.status, error.body())
+    except forecasting.RequestRejected as error:
+        return response(400, {"error": "bad_request", "message": str(error)})
+    except forecasting.BackendError as error:
+        code = {429: "throttled", 504: "forecaster_timeout"}.get(error.status, "forecaster_failed")
+        log.error("forecaster: %s", error)
+        return response(error.status, {"error": code, "message": str(error)})
+    except contract.ContractError as error:
+        return response(400, {"error": "bad_parameter", "message": str(error)})

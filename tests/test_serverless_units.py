@@ -1,0 +1,243 @@
+"""The serverless handlers in process: no torch/GluonTS import, object formats, request splitting and
+bad-instance isolation, Lambda/API Gateway event shapes, throttling, 502/504, the template resolver."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from serverless import emulate, stack
+from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
+
+pytestmark = pytest.mark.unit
+
+
+def test_handlers_import_neither_torch_nor_gluonts():
+    blocked = "import sys\nfor m in ('torch', 'gluonts', 'mxnet', 'pandas', 'lightning'): sys.modules[m] = None\n"
+    code = (
+        blocked
+        + "import serverless.handlers.batch_forecast, serverless.handlers.forecast_api, serverless.handlers.inputs\nprint('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_json_lines_gzip_and_bad_lines_keep_their_numbers():
+    body = b'{"start": "2024-01-01", "target": [1, null, "NaN"]}\n\nnot json\n[1]\n{"start": "2024-01-01", "target": "x"}\n'
+    lines = inputs.read_object("incoming/a.json.gz", gzip.compress(body))
+    assert [(line.number, line.record is not None) for line in lines] == [(1, True), (3, False), (4, False), (5, False)]
+    assert "not JSON" in lines[1].problem and "target" in lines[3].problem
+    with pytest.raises(inputs.UnreadableObject, match="gzip"):
+        inputs.read_object("incoming/a.json.gz", b"\x1f\x8bbroken")
+
+
+def test_parquet_and_long_csv():
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(
+        pa.table({"start": ["2024-01-01 00:00:00", None], "target": [[1.0, 2.0], [3.0]], "id": ["a", "b"]}), out
+    )
+    lines = inputs.read_object("incoming/x.parquet", out.getvalue())
+    assert lines[0].record == {"start": "2024-01-01 00:00:00", "target": [1.0, 2.0], "id": "a"}
+    assert lines[1].number == 2 and "start" in lines[1].problem
+    with pytest.raises(inputs.UnreadableObject, match="Parquet"):
+        inputs.read_object("incoming/x.parquet", b"PAR1 nope")
+    csv_body = b"item_id,timestamp,value\nb,2024-01-01 02:00:00,3\na,2024-01-01 00:00:00,1\na,2024-01-01 03:00:00,4\nb,oops,1\nc,2024-01-01 00:00:00,\n"
+    got = inputs._long_csv(csv_body, "H")
+    assert got[0].number == 5 and "'b'" in got[0].problem and got[0].record is None  # the bad row names its line
+    assert got[1].record == {"item_id": "a", "start": "2024-01-01 00:00:00", "target": [1.0, "NaN", "NaN", 4.0]}
+    assert got[2].record["target"] == ["NaN"]
+    with pytest.raises(inputs.UnreadableObject, match="header"):
+        inputs.read_object("incoming/x.csv", b"a,b\n1,2\n")
+
+
+class Fake:
+    name = "fake"
+
+    def __init__(self, bad: set[int]):
+        self.bad, self.calls = bad, 0
+
+    def forecast(self, instances, configuration=None):
+        self.calls += 1
+        for i, instance in enumerate(instances):
+            if instance["n"] in self.bad:
+                raise forecasting.RequestRejected(f"instances[{i}].target: bad number {instance['n']}")
+        return [{"mean": [instance["n"]]} for instance in instances]
+
+
+def test_bad_instances_are_isolated_and_neighbours_forecast():
+    fake = Fake({1, 3})
+    results = forecasting.forecast_isolating(fake, [{"n": n} for n in range(5)])
+    assert results == [{"mean": [0]}, "target: bad number 1", {"mean": [2]}, "target: bad number 3", {"mean": [4]}]
+    assert fake.calls == 3
+
+
+def test_requests_stay_under_the_payload_limit():
+    lines = [b"x" * 400] * 10
+    spans = forecasting.chunks(lines, max_bytes=1000, max_count=100)
+    assert [len(s) for s in spans] == [2, 2, 2, 2, 2] and spans[-1].stop == 10
+    assert [len(s) for s in forecasting.chunks(lines, max_bytes=10**6, max_count=3)] == [3, 3, 3, 1]
+
+
+def test_sqs_event_shape_and_sns_envelopes():
+    message = {
+        "MessageId": "m1",
+        "ReceiptHandle": "r",
+        "Body": '{"Records": []}',
+        "Attributes": {"ApproximateReceiveCount": "2"},
+        "MD5OfBody": "x",
+    }
+    event = emulate.sqs_event([message], "arn:aws:sqs:eu-west-1:1:q", "eu-west-1")
+    record = event["Records"][0]
+    assert record["eventSource"] == "aws:sqs" and record["attributes"]["ApproximateReceiveCount"] == "2"
+    assert set(record) == {
+        "messageId",
+        "receiptHandle",
+        "body",
+        "attributes",
+        "messageAttributes",
+        "md5OfBody",
+        "eventSource",
+        "eventSourceARN",
+        "awsRegion",
+    }
+    s3_event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}, {"eventName": "ObjectRemoved:Delete"}]}
+    envelope = {"Type": "Notification", "Message": json.dumps(s3_event)}
+    assert len(list(batch_forecast.s3_records(json.dumps(envelope)))) == 1
+    assert list(batch_forecast.s3_records(json.dumps({"Event": "s3:TestEvent"}))) == []
+
+
+def test_proxy_event_and_throttle():
+    event = emulate.proxy_event(
+        "GET", "/forecast/dev%201?pollutant=no2&horizon=3", {"x-api-key": "k"}, None, "v1", "api"
+    )
+    assert event["resource"] == "/forecast/{device_id}" and event["pathParameters"] == {"device_id": "dev 1"}
+    assert (
+        event["queryStringParameters"] == {"pollutant": "no2", "horizon": "3"}
+        and event["requestContext"]["stage"] == "v1"
+    )
+    assert emulate.proxy_event("DELETE", "/forecast", {}, None, "v1", "api") is None
+    bucket = emulate.TokenBucket(rate=0.001, burst=3)
+    assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
+
+
+def _api(monkeypatch, endpoint: str, timeout: str = "2") -> dict:
+    monkeypatch.setenv("FORECAST_ENDPOINT", endpoint)
+    monkeypatch.setenv("FORECAST_TIMEOUT", timeout)
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    event = {
+        "httpMethod": "POST",
+        "resource": "/forecast",
+        "body": json.dumps({"instances": [{"start": "2024-01-01", "target": [1]}]}),
+    }
+    answer = forecast_api.handler(event)
+    return {"status": answer["statusCode"], **json.loads(answer["body"])}
+
+
+def test_api_answers_502_when_the_forecaster_is_down_and_504_when_it_hangs(monkeypatch):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    down = _api(monkeypatch, f"http://127.0.0.1:{port}")
+    assert down["status"] == 502 and down["error"] == "forecaster_failed"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hung = _api(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}", timeout="0.5")
+    assert hung["status"] == 504 and hung["error"] == "forecaster_timeout"
+    bad = forecast_api.handler({"httpMethod": "POST", "resource": "/forecast", "body": "{"})
+    assert bad["statusCode"] == 400 and "not JSON" in json.loads(bad["body"])["message"]
+
+
+def test_template_resolver_evaluates_the_intrinsics_deploy_needs():
+    template = stack.load_template()
+    physical = {"UploadTopic": "arn:topic", "UploadQueue": "https://q"}
+    resolver = stack.Resolver(
+        template,
+        {
+            "ForecastModel": "s3://m/k/model.tar.gz",
+            "EndpointName": "ep",
+            "ForecastEndpoint": "",
+            "LakeBucket": "",
+            "EventSourceMapping": "false",
+        },
+        physical,
+        {"AWS::StackName": "st", "AWS::AccountId": "1", "AWS::Partition": "aws", "AWS::Region": "r"},
+        lambda logical, kind, name: f"{logical}.{name}",
+    )
+    subscription = resolver.value(template["Resources"]["UploadSubscription"]["Properties"])
+    assert subscription == {
+        "TopicArn": "arn:topic",
+        "Protocol": "sqs",
+        "Endpoint": "UploadQueue.Arn",
+        "RawMessageDelivery": True,
+    }
+    assert not resolver.condition("WithEventSourceMapping") and resolver.condition("WithModel")
+    statements = resolver.value(
+        template["Resources"]["BatchRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    )
+    assert statements[-1]["Resource"] == "arn:aws:s3:::m/k/model.tar.gz"
+    assert statements[-2]["Resource"] == "arn:aws:sagemaker:r:1:endpoint/ep"
+
+
+class Budget(Fake):
+    def forecast(self, instances, configuration=None):
+        if len(instances) > 2:
+            self.calls += 1
+            raise forecasting.RequestRejected(f"request too large: {len(instances)} series")
+        return super().forecast(instances, configuration)
+
+
+def test_an_unlocated_rejection_halves_the_request():
+    results = forecasting.forecast_isolating(Budget({5}), [{"n": n} for n in range(8)])
+    assert (
+        results[:5] == [{"mean": [n]} for n in range(5)]
+        and results[5] == "target: bad number 5"
+        and results[7] == {"mean": [7]}
+    )
+
+
+def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("FORECAST_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="in-bucket")
+        s3.create_bucket(Bucket="out-bucket")
+        etag = s3.put_object(
+            Bucket="in-bucket", Key="incoming/a.jsonl", Body=b'{"start": "2024-01-01", "target": [1]}\n'
+        )["ETag"]
+        record = {
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "incoming%2Fa.jsonl", "eTag": etag.strip('"')}},
+        }
+        message = {
+            "messageId": "m1",
+            "body": json.dumps({"Records": [record]}),
+            "attributes": {"ApproximateReceiveCount": "2"},
+        }
+        answer = batch_forecast.handler({"Records": [message]}, None, s3=s3)
+        assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+        report = json.loads(s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
+        assert "unreachable" in report["error"] and report["receive_count"] == 2
+        assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
