@@ -6,10 +6,10 @@
 
 The approval event (EventBridge "SageMaker Model Package State Change", ModelApprovalStatus Approved)
 reaches the loop through the rule's SQS target; ``--from-queue`` consumes those messages. For each
-approved package: refuse it when its evaluation failed; raise the bar (the SSM threshold := its
-mean_wQuantileLoss when lower); roll it out to ``<name>-staging`` (create, or blue/green with automatic
-rollback on the endpoint's CloudWatch alarm); record the outcome on the package (``staging_status``),
-which ``promote`` requires. ``--local``: endpoints are containers of our image (mlops.endpoints), AWS
+approved package: refuse it when its evaluation failed; roll it out to ``<name>-staging`` (create, or
+blue/green with automatic rollback on the endpoint's CloudWatch alarm); record the outcome on the
+package (``staging_status``), which ``promote`` requires; once it serves, raise the bar (the SSM
+threshold := its mean_wQuantileLoss when lower). ``--local``: endpoints are containers of our image (mlops.endpoints), AWS
 calls go wherever AWS_ENDPOINT_URL points (moto server offline).
 """
 
@@ -32,6 +32,7 @@ from .events import (
     now,
     parse_approval_event,
     raise_bar,
+    read_threshold,
     record,
 )
 
@@ -54,12 +55,12 @@ def stage_endpoint(name: str, stage: str) -> str:
 def deploy_to_staging(
     sagemaker: Any, ssm: Any, endpoints: Endpoints, package_arn: str, name: str, threshold_parameter: str
 ) -> Deployment:
-    """Raise the bar and roll an approved package out to ``<name>-staging``; records the outcome on it."""
+    """Roll an approved package out to ``<name>-staging``, record the outcome on it, then raise the bar."""
     package = describe_package(sagemaker, package_arn)
     wql = package.wql  # a failed evaluation stops here, before anything changes
     if package.approval != "Approved":
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: approve it first")
-    before, after = raise_bar(ssm, threshold_parameter, wql)
+    read_threshold(ssm, threshold_parameter)  # a missing or bad threshold stops here, before any rollout
     endpoint = stage_endpoint(name, "staging")
     try:
         rollout = roll_out(endpoints, endpoint, package)
@@ -67,6 +68,8 @@ def deploy_to_staging(
         record(sagemaker, package, **{STAGING_STATUS: f"Failed at {now()}: {str(error)[:200]}"})
         raise
     record(sagemaker, package, **{STAGING_STATUS: f"InService at {now()} on {endpoint}"})
+    # Only a model that serves raises the bar: a broken artifact's evaluation must not gate the next builds.
+    before, after = raise_bar(ssm, threshold_parameter, wql)
     return Deployment(package.arn, endpoint, wql, before, after, rollout.created, rollout.target)
 
 

@@ -198,11 +198,12 @@ class LocalEndpoints:
         url = f"http://127.0.0.1:{port}"
         problem = self._health(container, url, requests)
         if problem:
-            logs = docker("logs", "--tail", "20", container)
+            logs = docker("logs", "--tail", "40", container)
             docker("rm", "-f", container)
             shutil.rmtree(root, ignore_errors=True)
             still = f"; {endpoint} keeps serving {old['url']} ({old['model_data']})" if old else ""
-            tail = (logs.stdout + logs.stderr).strip().splitlines()[-3:]
+            lines = (logs.stdout + logs.stderr).strip().splitlines()
+            tail = [line for line in lines if "Error" in line][-1:] or lines[-3:]
             raise DeployFailed(
                 f"endpoint {endpoint}: the new model {model_data} is unhealthy ({problem}); rolled back{still}. "
                 f"Container log: {' | '.join(tail)}"
