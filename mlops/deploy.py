@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     outcomes = consume_queue(sqs, args.from_queue, handle, args.group, args.max_messages)
     failed = [o for kind, o in outcomes if kind == "failed"]
     for error in failed:
-        print(f"error: {error}", flush=True)
+        print(f"error: {error}", file=sys.stderr, flush=True)
     print(
         f"{len(outcomes)} message(s): {sum(k == 'deployed' for k, _ in outcomes)} deployed, "
         f"{len(failed)} refused or failed, {sum(k == 'skipped' for k, _ in outcomes)} skipped",

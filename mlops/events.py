@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from sagemaker_deepar.errors import UserError
@@ -86,6 +86,7 @@ class Package:
     model_data: str
     image: str
     metadata: dict[str, str]
+    description: str = ""
 
     @property
     def wql(self) -> float:
@@ -118,6 +119,7 @@ def describe_package(sagemaker: Any, arn: str) -> Package:
         model_data=containers[0].get("ModelDataUrl", ""),
         image=containers[0].get("Image", ""),
         metadata=dict(d.get("CustomerMetadataProperties") or {}),
+        description=d.get("ApprovalDescription") or "",
     )
 
 
@@ -128,10 +130,11 @@ def record(sagemaker: Any, package: Package, description: Optional[str] = None, 
     request: dict[str, Any] = {"ModelPackageArn": package.arn, "CustomerMetadataProperties": merged}
     if package.approval:
         request["ModelApprovalStatus"] = package.approval
+    description = (description or package.description)[:1000]
     if description:
-        request["ApprovalDescription"] = description[:1000]
+        request["ApprovalDescription"] = description
     sagemaker.update_model_package(**request)
-    return Package(package.arn, package.group, package.approval, package.model_data, package.image, merged)
+    return replace(package, metadata=merged, description=description)
 
 
 def approve(sagemaker: Any, arn: str, by: str) -> Package:
