@@ -166,7 +166,7 @@ def read_threshold(ssm: Any, name: str) -> float:
         if error.response["Error"]["Code"] == "ParameterNotFound":
             raise ThresholdError(
                 f"SSM parameter {name} (the {WQL} threshold) does not exist: run `python -m mlops build` "
-                "(it creates it with a default) or `aws ssm put-parameter --name {name} --type String --value 0.3`"
+                f"(it creates it with a default) or `aws ssm put-parameter --name {name} --type String --value 0.3`"
             ) from None
         raise
     try:
