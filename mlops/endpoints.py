@@ -217,15 +217,14 @@ class LocalEndpoints:
     def _health(self, container: str, url: str, requests: Any) -> Optional[str]:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
-            state = docker("inspect", "-f", "{{.State.Running}}", container).stdout.strip()
-            if state != "true":
-                return "the container exited"
             try:
                 if requests.get(url + "/ping", timeout=2).status_code == 200:
                     break
             except requests.RequestException:
                 pass
-            time.sleep(0.3)
+            if docker("inspect", "-f", "{{.State.Running}}", container).stdout.strip() != "true":
+                return "the container exited"
+            time.sleep(0.5)
         else:
             return f"/ping not 200 within {self.ready_timeout:.0f} s"
         if self.smoke_instance is not None:

@@ -1,7 +1,10 @@
 """python -m mlops monitor: one scoring run of the production model (an EventBridge schedule triggers it).
 
     python -m mlops monitor --forecasts s3://B/forecasts/ --lake s3://B/readings/ --pipeline P \\
-        [--target particulate_matter] [--time-freq H] [--name N] [--threshold-parameter P]
+        [--from-queue URL] [--target particulate_matter] [--time-freq H] [--name N] [--threshold-parameter P]
+
+With --from-queue it runs only when the schedule rule's SQS target (mlops/template.yaml) holds a
+trigger, and deletes the triggers once the run completed.
 
 Reads the production forecasts stored as JSON Lines (one per series: item_id, start, mean, quantiles —
 what batch transform or the endpoint answered, plus the series' item_id) and the actuals that arrived
@@ -230,6 +233,11 @@ def monitor_once(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from-queue",
+        metavar="URL",
+        help="run only when the schedule rule's SQS target holds a message (deleted after the run)",
+    )
     parser.add_argument("--forecasts", required=True, help="stored production forecasts (s3:// prefix or path)")
     parser.add_argument("--lake", required=True, help="curated Parquet lake (s3:// prefix or path)")
     parser.add_argument("--pipeline", required=True, help="the build pipeline to start on a breach")
@@ -242,7 +250,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:
+    """The schedule's pending trigger messages (several missed periods make one run)."""
+    messages: list[dict] = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
 def run(args: argparse.Namespace) -> int:
+    triggers: list[dict] = []
+    if args.from_queue:
+        import boto3
+
+        sqs = boto3.client("sqs")
+        triggers = scheduled_messages(sqs, args.from_queue)
+        if not triggers:
+            print("no scheduled run pending", flush=True)
+            return 0
     result = monitor_once(
         forecasts=args.forecasts,
         lake=args.lake,
@@ -253,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
         time_freq=args.time_freq,
         group=args.group,
     )
+    for message in triggers:  # only after a completed run: a failed one is retried on redelivery
+        sqs.delete_message(QueueUrl=args.from_queue, ReceiptHandle=message["ReceiptHandle"])
     if result.wql is None:
         print(f"{result.status}: {result.message}", flush=True)
         return 0

@@ -96,7 +96,7 @@ def register(aws, model_data: str, **metadata: str) -> str:
 
 
 class Prober(threading.Thread):
-    """Asks each endpoint (name -> URL, re-read from the map each time) for a forecast every 0.2 s."""
+    """Asks each endpoint (name -> URL, re-read from the map each time) for a forecast every 0.5 s."""
 
     def __init__(self, endpoints):
         super().__init__(daemon=True)
@@ -105,7 +105,10 @@ class Prober(threading.Thread):
     def run(self):
         import requests
 
-        body = {"instances": [{"start": "2024-01-01 00:00:00", "target": [float(i % 7) for i in range(30)]}]}
+        body = {
+            "instances": [{"start": "2024-01-01 00:00:00", "target": [float(i % 7) for i in range(30)]}],
+            "configuration": {"num_samples": 20},  # light: the probe must not be what slows the rollouts
+        }
         while not self.halt.is_set():
             for name in ("dtest-staging", "dtest-prod"):
                 try:
@@ -113,12 +116,12 @@ class Prober(threading.Thread):
                     self.statuses.append((name, response.status_code))
                 except requests.RequestException as error:
                     self.statuses.append((name, type(error).__name__))
-            time.sleep(0.2)
+            time.sleep(0.5)
 
 
 def test_staging_then_prod_and_a_broken_model_never_reaches_prod(aws, moto_env, image_ready, torch_model, tmp_path):
     from mlops.endpoints import LocalEndpoints
-    from mlops.events import approval_event, approve, describe_package
+    from mlops.events import DeployFailed, approval_event, approve, describe_package
 
     sagemaker, ssm, sqs, events = (aws(s) for s in ("sagemaker", "ssm", "sqs", "events"))
     sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
@@ -184,6 +187,9 @@ def test_staging_then_prod_and_a_broken_model_never_reaches_prod(aws, moto_env, 
         assert ssm.get_parameter(Name=THRESHOLD)["Parameter"]["Value"] == "0.3"  # a broken model does not raise the bar
         assert describe_package(sagemaker, v2).metadata["staging_status"].startswith("Failed at ")
 
+        # a prod rollout that fails (the same broken artifact, straight to the endpoint): prod keeps serving
+        with pytest.raises(DeployFailed, match=f"dtest-prod keeps serving {serving['dtest-prod']['url']}"):
+            endpoints.roll_out("dtest-prod", broken, IMAGE)
         refused = mlops(moto_env, "promote", "--package-arn", v2, "--approved-by", "bob", *local)
         assert refused.returncode == 1
         assert refused.stderr.startswith(
@@ -207,6 +213,11 @@ def test_staging_then_prod_and_a_broken_model_never_reaches_prod(aws, moto_env, 
     finally:
         prober.halt.set()
         endpoints.delete_all()
+        leaked = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"name=^{NAME}-"], capture_output=True, text=True
+        ).stdout.split()
+        if leaked:  # a rollout interrupted by a failing assertion
+            subprocess.run(["docker", "rm", "-f", *leaked], capture_output=True)
 
 
 # --- monitor ----------------------------------------------------------------------------------------
@@ -257,10 +268,6 @@ def test_monitor_publishes_and_starts_one_retrain_on_drift(aws, moto_env):
         "--forecasts", f"s3://{BUCKET}/forecasts/", "--lake", f"s3://{BUCKET}/readings/",
         "--pipeline", f"{NAME}-build", "--name", NAME, "--threshold-parameter", f"{THRESHOLD}-monitor",
     ]  # fmt: skip
-    missing = mlops(moto_env, "monitor", *monitor_args)
-    assert missing.returncode == 1 and missing.stderr.startswith(
-        f"error: SSM parameter {THRESHOLD}-monitor (the mean_wQuantileLoss threshold) does not exist"
-    )
     ssm.put_parameter(Name=f"{THRESHOLD}-monitor", Value="0.2x", Type="String")
     bad = mlops(moto_env, "monitor", *monitor_args)
     assert bad.returncode == 1
@@ -297,8 +304,13 @@ def test_monitor_publishes_and_starts_one_retrain_on_drift(aws, moto_env):
     )
     assert result.status == "retrain-started" and result.breached and result.points == 12
     assert result.wql > 0.2 and result.execution_arn
-    again = mlops(moto_env, "monitor", *monitor_args, "--group", GROUP)
+    # the next scheduled run (moto never fires schedules: put the rule's trigger on its queue ourselves)
+    sqs = aws("sqs")
+    runs = sqs.create_queue(QueueName=f"{NAME}-monitor-runs")["QueueUrl"]
+    sqs.send_message(QueueUrl=runs, MessageBody=json.dumps({"detail-type": "Scheduled Event", "detail": {}}))
+    again = mlops(moto_env, "monitor", *monitor_args, "--group", GROUP, "--from-queue", runs)
     assert again.returncode == 2, again.stderr[-2000:]
     assert f"retrain {result.execution_arn} already running, none started" in again.stdout
+    assert sqs.receive_message(QueueUrl=runs, WaitTimeSeconds=0).get("Messages", []) == []  # consumed
     executions = sagemaker.list_pipeline_executions(PipelineName=f"{NAME}-build")["PipelineExecutionSummaries"]
     assert [e["PipelineExecutionArn"] for e in executions] == [result.execution_arn]
