@@ -4,8 +4,6 @@ and starting a retrain only once."""
 
 from __future__ import annotations
 
-import math
-
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
@@ -346,13 +344,3 @@ def test_retrain_starts_when_the_last_one_finished_and_registered():
     )
     with stub:
         assert monitor.start_retrain(sagemaker, "deepar-build", "deepar-models", "breach") == ("arn:new", True)
-
-
-def test_score_matches_the_contract_metric():
-    import numpy as np
-
-    from sagemaker_deepar.metrics import score_forecasts
-
-    actual = np.array([[10.0, 12.0, math.nan]])
-    scores = score_forecasts(actual, np.array([[10.0, 10.0, 10.0]]), {0.5: np.array([[10.0, 10.0, 10.0]])})
-    assert scores["mean_wQuantileLoss"] == pytest.approx(2 * 0.5 * 2 / 22)
