@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .endpoints import Endpoints, LocalEndpoints, SageMakerEndpoints
+from .endpoints import Endpoints, LocalEndpoints, Rollout, SageMakerEndpoints
 from .events import (
     STAGING_STATUS,
     DeployFailed,
@@ -74,7 +74,7 @@ def deploy_to_staging(
     return Deployment(package.arn, endpoint, wql, before, after, rollout.created, rollout.target)
 
 
-def roll_out(endpoints: Endpoints, endpoint: str, package: Package):
+def roll_out(endpoints: Endpoints, endpoint: str, package: Package) -> Rollout:
     if not package.model_data:
         raise DeployFailed(f"model package {package.arn} has no ModelDataUrl in its InferenceSpecification")
     return endpoints.roll_out(endpoint, package.model_data, package.image)
@@ -163,12 +163,14 @@ def make_endpoints(args: argparse.Namespace, sagemaker: Any, s3: Any) -> Endpoin
 
 
 def with_image(endpoints: Endpoints, image: Optional[str]) -> Endpoints:
+    """``endpoints`` serving ``image`` whatever the package names (e.g. a local tag for an ECR image)."""
     if not image:
         return endpoints
+    override: str = image
 
     class Override:
-        def roll_out(self, endpoint: str, model_data: str, _image: str):
-            return endpoints.roll_out(endpoint, model_data, image)
+        def roll_out(self, endpoint: str, model_data: str, _image: str) -> Rollout:
+            return endpoints.roll_out(endpoint, model_data, override)
 
     return Override()
 

@@ -118,7 +118,9 @@ def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, freq: str)
 
     grids = read_actuals(lake, {column(f["item_id"])[1] for _, f in forecasts}, freq)
     quantile_names = sorted(forecasts[0][1]["quantiles"], key=float)
-    actuals, means, bands = [], [], {float(q): [] for q in quantile_names}
+    actuals: list[np.ndarray] = []
+    means: list[np.ndarray] = []
+    bands: dict[float, list[np.ndarray]] = {float(q): [] for q in quantile_names}
     length = len(forecasts[0][1]["mean"])
     for where, forecast in forecasts:
         if len(forecast["mean"]) != length or sorted(forecast["quantiles"], key=float) != quantile_names:
