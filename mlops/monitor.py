@@ -1,0 +1,301 @@
+"""python -m mlops monitor: one scoring run of the production model (an EventBridge schedule triggers it).
+
+    python -m mlops monitor --forecasts s3://B/forecasts/ --lake s3://B/readings/ --pipeline P \\
+        [--from-queue URL] [--target particulate_matter] [--time-freq H] [--name N] [--threshold-parameter P]
+
+With --from-queue it runs only when the schedule rule's SQS target (mlops/template.yaml) holds a
+trigger, and deletes the triggers once the run completed.
+
+Reads the production forecasts stored as JSON Lines (one per series: item_id, start, mean, quantiles —
+what batch transform or the endpoint answered, plus the series' item_id) and the actuals that arrived
+since from the curated Parquet lake (device_id, timestamp, one column per pollutant; an item_id
+"device/pollutant" names its column, else --target). Scores them as the built-in does
+(sagemaker_deepar.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
+(namespace DeepAR/MLOps, dimension Endpoint=<name>-prod) and, when mean_wQuantileLoss exceeds the SSM
+threshold, starts the build pipeline — once: not while an execution is Executing, nor while one that
+succeeded after the newest registered package awaits its model's approval.
+Exit status: 0 healthy or no actuals yet, 2 breach (retrain started or already running), 1 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from sagemaker_deepar.contract import iter_jsonl, pandas_freq
+from sagemaker_deepar.metrics import score_forecasts
+
+from .events import WQL, LoopError, read_threshold
+
+NAMESPACE = "DeepAR/MLOps"
+
+
+@dataclass(frozen=True)
+class MonitorResult:
+    status: str  # "healthy" | "no-data" | "retrain-started" | "retrain-running"
+    wql: Optional[float]
+    rmse: Optional[float]
+    threshold: float
+    points: int  # forecast points that had an actual
+    execution_arn: Optional[str] = None
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def breached(self) -> bool:
+        return self.status in ("retrain-started", "retrain-running")
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def local_copy(uri: str, folder: Path, s3: Any, suffixes: tuple[str, ...]) -> Path:
+    """An s3:// prefix downloaded into ``folder`` (only ``suffixes``), or the local path itself."""
+    if not uri.startswith("s3://"):
+        path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            raise LoopError(f"{uri}: no such file or folder")
+        return path
+    bucket, _, prefix = uri[5:].partition("/")
+    found = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(suffixes):
+                target = folder / item["Key"][len(prefix) :].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(target))
+                found += 1
+    if not found:
+        raise LoopError(f"{uri}: no {'/'.join(suffixes)} objects under this prefix")
+    return folder
+
+
+def read_forecasts(path: Path) -> list[tuple[str, dict]]:
+    """(where, forecast) for every line of every JSON Lines file under ``path``."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    forecasts = []
+    for file in files:
+        for line, record in iter_jsonl(file):
+            where = f"{file}:{line}"
+            if not isinstance(record, dict) or not {"item_id", "start", "mean", "quantiles"} <= record.keys():
+                raise LoopError(f"{where}: a stored forecast needs item_id, start, mean and quantiles")
+            forecasts.append((where, record))
+    if not forecasts:
+        raise LoopError(f"{path}: no stored forecasts")
+    return forecasts
+
+
+def read_actuals(lake: Path, columns: set[str], freq: str):
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(lake, columns=["device_id", "timestamp", *sorted(columns)])
+    except (OSError, ValueError, KeyError) as error:
+        raise LoopError(f"lake {lake}: {error}") from None
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
+    frame["device_id"] = frame["device_id"].astype(str)
+    rule = pandas_freq(freq)
+    return {
+        device: readings.set_index("timestamp")[sorted(columns)].resample(rule).mean()
+        for device, readings in frame.groupby("device_id")
+    }
+
+
+def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, freq: str):
+    """(actuals, means, {q: quantiles}) arrays of shape (series, prediction_length); NaN = no actual yet."""
+    import pandas as pd
+
+    def column(item_id: str) -> tuple[str, str]:
+        device, _, pollutant = item_id.partition("/")
+        return device, pollutant or target
+
+    grids = read_actuals(lake, {column(f["item_id"])[1] for _, f in forecasts}, freq)
+    quantile_names = sorted(forecasts[0][1]["quantiles"], key=float)
+    actuals: list[np.ndarray] = []
+    means: list[np.ndarray] = []
+    bands: dict[float, list[np.ndarray]] = {float(q): [] for q in quantile_names}
+    length = len(forecasts[0][1]["mean"])
+    for where, forecast in forecasts:
+        if len(forecast["mean"]) != length or sorted(forecast["quantiles"], key=float) != quantile_names:
+            raise LoopError(f"{where}: every forecast must have {length} points and quantiles {quantile_names}")
+        device, pollutant = column(str(forecast["item_id"]))
+        index = pd.period_range(forecast["start"], periods=length, freq=pandas_freq(freq)).to_timestamp()
+        grid = grids.get(device)
+        observed = grid[pollutant].reindex(index) if grid is not None else pd.Series(np.nan, index=index)
+        actuals.append(observed.to_numpy(dtype=float))
+        means.append(np.asarray(forecast["mean"], dtype=float))
+        for q in quantile_names:
+            bands[float(q)].append(np.asarray(forecast["quantiles"][q], dtype=float))
+    return np.array(actuals), np.array(means), {q: np.array(v) for q, v in bands.items()}
+
+
+# --- the retrain trigger -------------------------------------------------------------------------
+
+
+def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Optional[str]:
+    """The execution a new one would duplicate: one Executing, or (when ``group`` is given) the newest
+    one that Succeeded after the group's newest package was registered — its model is on the way
+    (moto marks executions Succeeded at once and never registers anything: this keeps it to one)."""
+    executions = sagemaker.list_pipeline_executions(
+        PipelineName=pipeline, SortBy="CreationTime", SortOrder="Descending", MaxResults=10
+    ).get("PipelineExecutionSummaries", [])
+    for execution in executions:
+        if execution.get("PipelineExecutionStatus") in ("Executing", "Stopping"):
+            return execution["PipelineExecutionArn"]
+    if group and executions and executions[0].get("PipelineExecutionStatus") == "Succeeded":
+        packages = sagemaker.list_model_packages(
+            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=1
+        ).get("ModelPackageSummaryList", [])
+        if not packages or packages[0]["CreationTime"] < executions[0]["StartTime"]:
+            return executions[0]["PipelineExecutionArn"]
+    return None
+
+
+def start_retrain(sagemaker: Any, pipeline: str, group: Optional[str], reason: str) -> tuple[str, bool]:
+    """(execution ARN, started?) — never a second execution while one is running."""
+    running = running_retrain(sagemaker, pipeline, group)
+    if running:
+        return running, False
+    arn = sagemaker.start_pipeline_execution(
+        PipelineName=pipeline,
+        PipelineExecutionDescription=reason[:3072],
+        PipelineExecutionDisplayName="monitor-retrain",
+    )["PipelineExecutionArn"]
+    return arn, True
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+def monitor_once(
+    *,
+    forecasts: str,
+    lake: str,
+    pipeline: str,
+    threshold_parameter: str,
+    endpoint: str,
+    target: str = "particulate_matter",
+    time_freq: str = "H",
+    group: Optional[str] = None,
+    sagemaker: Any = None,
+    ssm: Any = None,
+    cloudwatch: Any = None,
+    s3: Any = None,
+) -> MonitorResult:
+    import boto3
+
+    sagemaker = sagemaker or boto3.client("sagemaker")
+    ssm, cloudwatch, s3 = ssm or boto3.client("ssm"), cloudwatch or boto3.client("cloudwatch"), s3 or boto3.client("s3")
+    threshold = read_threshold(ssm, threshold_parameter)  # a bad threshold stops the run before any work
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = read_forecasts(local_copy(forecasts, Path(tmp) / "forecasts", s3, (".out", ".json", ".jsonl")))
+        actual, mean, bands = align(stored, local_copy(lake, Path(tmp) / "lake", s3, (".parquet",)), target, time_freq)
+    points = int((~np.isnan(actual)).sum())
+    if points == 0:
+        return MonitorResult(
+            "no-data", None, None, threshold, 0, message="no actuals have arrived for the forecasts yet"
+        )
+    scores = score_forecasts(actual, mean, bands)
+    wql, rmse = scores[WQL], scores["RMSE"]
+    if not (math.isfinite(wql) and math.isfinite(rmse)):
+        raise LoopError(
+            f"{WQL} is {wql} over {points} point(s) (the actuals sum to zero or a forecast holds NaN): "
+            "nothing published, no retrain started"
+        )
+    cloudwatch.put_metric_data(
+        Namespace=NAMESPACE,
+        MetricData=[
+            {"MetricName": name, "Dimensions": [{"Name": "Endpoint", "Value": endpoint}], "Value": value}
+            for name, value in ((WQL, wql), ("RMSE", rmse), ("ScoredPoints", float(points)))
+        ],
+    )
+    if wql <= threshold:
+        return MonitorResult("healthy", wql, rmse, threshold, points, metrics=scores)
+    reason = f"{endpoint}: {WQL} {wql:.4g} > threshold {threshold:.4g} over {points} point(s)"
+    arn, started = start_retrain(sagemaker, pipeline, group, reason)
+    if started:
+        return MonitorResult("retrain-started", wql, rmse, threshold, points, arn, f"{reason}: started {arn}", scores)
+    return MonitorResult(
+        "retrain-running",
+        wql,
+        rmse,
+        threshold,
+        points,
+        arn,
+        f"{reason}: retrain {arn} already running, none started",
+        scores,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--from-queue",
+        metavar="URL",
+        help="run only when the schedule rule's SQS target holds a message (deleted after the run)",
+    )
+    parser.add_argument("--forecasts", required=True, help="stored production forecasts (s3:// prefix or path)")
+    parser.add_argument("--lake", required=True, help="curated Parquet lake (s3:// prefix or path)")
+    parser.add_argument("--pipeline", required=True, help="the build pipeline to start on a breach")
+    parser.add_argument("--group", help="model package group (a succeeded retrain counts until it registers)")
+    parser.add_argument("--target", default="particulate_matter", help="lake column when item_id names none")
+    parser.add_argument("--time-freq", default="H", help="the model's time_freq")
+    parser.add_argument("--name", default=os.environ.get("MLOPS_NAME", "deepar"), help="endpoint base name")
+    parser.add_argument(
+        "--threshold-parameter", default=os.environ.get("MLOPS_THRESHOLD_PARAMETER", "/deepar/mlops/wql-threshold")
+    )
+
+
+def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:
+    """The schedule's pending trigger messages (several missed periods make one run)."""
+    messages: list[dict] = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
+def run(args: argparse.Namespace) -> int:
+    triggers: list[dict] = []
+    if args.from_queue:
+        import boto3
+
+        sqs = boto3.client("sqs")
+        triggers = scheduled_messages(sqs, args.from_queue)
+        if not triggers:
+            print("no scheduled run pending", flush=True)
+            return 0
+    result = monitor_once(
+        forecasts=args.forecasts,
+        lake=args.lake,
+        pipeline=args.pipeline,
+        threshold_parameter=args.threshold_parameter,
+        endpoint=f"{args.name}-prod",
+        target=args.target,
+        time_freq=args.time_freq,
+        group=args.group,
+    )
+    for message in triggers:  # only after a completed run: a failed one is retried on redelivery
+        sqs.delete_message(QueueUrl=args.from_queue, ReceiptHandle=message["ReceiptHandle"])
+    if result.wql is None:
+        print(f"{result.status}: {result.message}", flush=True)
+        return 0
+    print(
+        f"{result.status}: {WQL} {result.wql:.4g} (threshold {result.threshold:.4g}), RMSE {result.rmse:.4g}, "
+        f"{result.points} point(s)" + (f"; {result.message}" if result.breached else ""),
+        flush=True,
+    )
+    return 2 if result.breached else 0
+
+
+if __name__ == "__main__":
+    from .events import standalone
+
+    raise SystemExit(standalone("monitor", __doc__, add_arguments, run))

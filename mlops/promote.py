@@ -1,0 +1,85 @@
+"""python -m mlops promote: the manual approval for production, then the same model to ``<name>-prod``.
+
+    python -m mlops promote --package-arn ARN --approved-by alice --name N [--local]
+
+Only a package whose evaluation passed and that served from ``<name>-staging`` (``staging_status``
+InService, recorded by ``deploy``) can be promoted: a model that failed in staging never reaches prod.
+The approval is recorded on the package (CustomerMetadataProperties ``promoted_by``/``promoted_at`` and
+its ApprovalDescription) before the rollout, which is blue/green like staging's: when the new model is
+unhealthy the old prod model keeps serving and ``prod_status`` records the failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .deploy import Deployment, add_loop_arguments, clients, make_endpoints, roll_out, show, stage_endpoint, with_image
+from .endpoints import Endpoints
+from .events import (
+    PROD_STATUS,
+    PROMOTED_AT,
+    PROMOTED_BY,
+    STAGING_STATUS,
+    DeployFailed,
+    LoopError,
+    describe_package,
+    now,
+    read_threshold,
+    record,
+)
+
+
+def promote(
+    sagemaker: Any, ssm: Any, endpoints: Endpoints, package_arn: str, name: str, by: str, threshold_parameter: str
+) -> Deployment:
+    package = describe_package(sagemaker, package_arn)
+    wql = package.wql
+    if package.approval != "Approved":
+        raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: it cannot be promoted")
+    staging = package.metadata.get(STAGING_STATUS, "")
+    if not staging.startswith("InService"):
+        raise LoopError(
+            f"model package {package_arn} has not served from {stage_endpoint(name, 'staging')} "
+            f"({STAGING_STATUS}: {staging or 'never deployed'}): run `python -m mlops deploy` first"
+        )
+    if not by.strip():
+        raise LoopError("--approved-by: name who approves the production rollout")
+    threshold = read_threshold(ssm, threshold_parameter)
+    at = now()
+    package = record(
+        sagemaker,
+        package,
+        description=f"promoted to {stage_endpoint(name, 'prod')} by {by} at {at}",
+        **{PROMOTED_BY: by, PROMOTED_AT: at},
+    )
+    endpoint = stage_endpoint(name, "prod")
+    try:
+        rollout = roll_out(endpoints, endpoint, package)
+    except DeployFailed as error:
+        record(sagemaker, package, **{PROD_STATUS: f"Failed at {now()}: {str(error)[:200]}"})
+        raise
+    record(sagemaker, package, **{PROD_STATUS: f"InService at {now()} on {endpoint}"})
+    return Deployment(package.arn, endpoint, wql, threshold, threshold, rollout.created, rollout.target)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--package-arn", required=True, metavar="ARN", help="the package serving from staging")
+    parser.add_argument(
+        "--approved-by", default=os.environ.get("USER", ""), help="who approves the rollout (recorded on the package)"
+    )
+    add_loop_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    sagemaker, ssm, _, s3 = clients()
+    endpoints = with_image(make_endpoints(args, sagemaker, s3), args.image)
+    show(promote(sagemaker, ssm, endpoints, args.package_arn, args.name, args.approved_by, args.threshold_parameter))
+    return 0
+
+
+if __name__ == "__main__":
+    from .events import standalone
+
+    raise SystemExit(standalone("promote", __doc__, add_arguments, run))
