@@ -226,7 +226,7 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
             response_type = _response_type()
             if request.content_length is not None and request.content_length > config.max_payload_bytes:
                 return error_response(413, too_large)
-            if config.batch_mode:
+            if config.streams_bodies:
                 body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
                 try:
                     mimetype, chunks = service.batch(iter(body), request_type, response_type, deadline)
