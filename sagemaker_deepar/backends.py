@@ -52,6 +52,7 @@ class TrainingControl:
     interrupted: bool = False
     epoch_batches: int = 0  # batches of the current epoch, for its throughput
     epoch_started: float = field(default_factory=time.perf_counter)
+    initial_weights_sha256: Optional[str] = None  # set when a warm start loaded a previous model
 
     def epoch_started_now(self) -> None:
         self.epoch_batches, self.epoch_started = 0, time.perf_counter()
@@ -95,6 +96,7 @@ class TrainingJob:
     num_batches_per_epoch: int
     control: TrainingControl
     checkpoint_dir: Path
+    initial_weights: Optional[Path] = None  # a previous model's weights (warm start, warm_start.py)
 
 
 def seed_everything(seed: Optional[int]) -> None:
@@ -283,9 +285,16 @@ def train_torch(job: TrainingJob):
             # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
             save_checkpoint(checkpoint_dir, LAST_CHECKPOINT_TORCH, trainer.save_checkpoint, epoch + 1, fingerprint)
 
+    callbacks: list = [EpochReporter()]
+    if job.initial_weights is not None and not state:  # a resumed checkpoint of this job wins
+        from .warm_start import torch_callback
+
+        callbacks.append(
+            torch_callback(job.initial_weights, lambda sha: setattr(control, "initial_weights_sha256", sha))
+        )
     trainer_kwargs = {
         "max_epochs": params.epochs,
-        "callbacks": [EpochReporter()],
+        "callbacks": callbacks,
         "default_root_dir": str(checkpoint_dir),
         "accelerator": "cpu",
         "logger": False,
@@ -350,6 +359,10 @@ def train_mxnet(job: TrainingJob):
         def on_network_initializing_end(self, training_network) -> None:
             if state:  # the mx trainer has no resume of its own: warm-start the weights
                 training_network.load_parameters(str(checkpoint_dir / state["file"]), ctx=mx.cpu())
+            elif job.initial_weights is not None:
+                from .warm_start import load_mxnet
+
+                control.initial_weights_sha256 = load_mxnet(training_network, job.initial_weights)
 
         def on_train_epoch_start(self, training_network) -> None:
             control.epoch_started_now()
@@ -381,11 +394,14 @@ def train(
     num_batches_per_epoch: int,
     control: TrainingControl,
     checkpoint_dir: Path,
+    initial_weights: Optional[Path] = None,
 ):
     """Train DeepAR on the chosen backend; return the GluonTS predictor (best epoch's weights)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainer = train_torch if params.backend == "torch" else train_mxnet
-    predictor = trainer(TrainingJob(params, spec, entries, num_batches_per_epoch, control, checkpoint_dir))
+    predictor = trainer(
+        TrainingJob(params, spec, entries, num_batches_per_epoch, control, checkpoint_dir, initial_weights)
+    )
     state_file = checkpoint_dir / CHECKPOINT_STATE
     if not control.interrupted and state_file.exists():
         # A finished run is not resumed: the next job with this checkpoint folder trains anew.

@@ -182,6 +182,8 @@ class ModelArtifact:
     training_statistics: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # final_loss, best_epoch, epochs_run, interrupted, ...
     test_metrics: Optional[dict[str, float]] = None
+    # Set when the network started from a previous model (the `model` channel): source, its digest, its training.
+    warm_start: Optional[dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -205,6 +207,8 @@ class ModelArtifact:
         for item in fields(self):
             if item.name != "schema_version":
                 value = getattr(self, item.name)
+                if item.name == "warm_start" and value is None:  # a cold run's file is as before
+                    continue
                 data[item.name] = list(value) if isinstance(value, tuple) else value
         return data
 

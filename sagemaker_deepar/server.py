@@ -253,7 +253,7 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
         if not state.ready.is_set() or service is None:
             return error_response(503, "the model is still loading; retry after /ping answers 200")
         try:
-            return forecast_response(service, config, too_large, config.batch_mode)
+            return forecast_response(service, config, too_large, config.streams_bodies)
         except RequestError as error:
             return error_response(error.status, str(error))
         except UserError as error:

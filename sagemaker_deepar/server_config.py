@@ -63,6 +63,60 @@ def default_workers(cpus: int, memory_gb: float) -> int:
     return max(1, min(max(1, cpus // 2), by_memory))
 
 
+# ---------------------------------------------------------------- hosting modes (README, "Hosting modes")
+# SageMaker runs the same container for real-time, asynchronous and serverless endpoints and does
+# not tell it which: the model's environment does, with DEEPAR_HOSTING_MODE. Each mode only changes
+# defaults; every explicit variable (SAGEMAKER_MODEL_SERVER_TIMEOUT, ...) still wins.
+HOSTING_MODES = ("realtime", "async", "serverless")
+ASYNC_PAYLOAD_MB = 1024  # async inference takes payloads up to 1 GB from S3
+ASYNC_TIMEOUT_S = 3600  # the largest InvocationTimeoutSeconds
+SERVERLESS_PAYLOAD_MB = 4  # serverless request and response limit
+SERVERLESS_TIMEOUT_S = 60
+# A worker after a soak (~0.58 GB RSS, README "Speed"), and a generous bound on one request in flight
+# at serverless sizes (a 4 MB body decoded, plus samples and quantiles at the sample-path budget).
+WORKER_RSS_GB = 0.6
+REQUEST_MEMORY_GB = 0.25
+MAX_THREADS = 16
+
+
+@dataclass(frozen=True)
+class HostingDefaults:
+    """What a hosting mode changes; None keeps the real-time (or batch) default."""
+
+    mode: str = "realtime"
+    payload_mb: Optional[int] = None
+    request_timeout: Optional[int] = None
+    response_mb: Optional[int] = None
+    workers: Optional[int] = None
+    threads: Optional[int] = None
+
+    @property
+    def payload_limit_mb(self) -> int:
+        """The largest SAGEMAKER_MAX_PAYLOAD_IN_MB accepted."""
+        return ASYNC_PAYLOAD_MB if self.mode == "async" else BATCH_PAYLOAD_LIMIT_MB
+
+
+def serverless_threads(memory_gb: float) -> int:
+    """Request threads of the one serverless worker: as many requests as the memory left after the
+    worker holds, plus one so /ping answers while they run (1 GB: 2 threads; 6 GB: 16)."""
+    spare = int(max(0.0, memory_gb - WORKER_RSS_GB) // REQUEST_MEMORY_GB)
+    return 1 + max(1, min(MAX_THREADS - 1, spare))
+
+
+def hosting_defaults(mode: str, memory_gb: float) -> HostingDefaults:
+    if mode == "async":
+        # Bodies are streamed (as in batch transform): a 1 GB body never sits in a worker's memory.
+        return HostingDefaults(mode, ASYNC_PAYLOAD_MB, ASYNC_TIMEOUT_S, ASYNC_PAYLOAD_MB)
+    if mode == "serverless":
+        # AWS recommends one worker (one model copy) for serverless endpoints.
+        return HostingDefaults(
+            mode, SERVERLESS_PAYLOAD_MB, SERVERLESS_TIMEOUT_S, SERVERLESS_PAYLOAD_MB, 1, serverless_threads(memory_gb)
+        )
+    if mode != "realtime":
+        raise UserError(f"environment variable DEEPAR_HOSTING_MODE={mode!r} must be one of {', '.join(HOSTING_MODES)}")
+    return HostingDefaults()
+
+
 def default_torch_threads() -> int:
     """One intra-op thread per worker: a batched forward pass is a chain of small tensor ops.
 
@@ -98,24 +152,34 @@ class ServerConfig:
     body_timeout: int = 10
     front: str = "nginx"
     ready_dir: Optional[str] = None
+    hosting_mode: str = "realtime"
+
+    @property
+    def streams_bodies(self) -> bool:
+        """Bodies spooled and answered line by line as computed: batch transform, and async's large payloads."""
+        return self.batch_mode or self.hosting_mode == "async"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
         cpus = os.cpu_count() or 1
+        memory_gb = available_memory_gb()
+        hosting = hosting_defaults(env.get("DEEPAR_HOSTING_MODE", "realtime"), memory_gb)
         workers = (
             _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
             or _int(env, "MODEL_SERVER_WORKERS", None)
-            or default_workers(cpus, available_memory_gb())
+            or hosting.workers
+            or default_workers(cpus, memory_gb)
         )
         request_timeout = (
             _int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", None, high=3600)
             or _int(env, "MODEL_SERVER_TIMEOUT", None, high=3600)
+            or hosting.request_timeout
             or 60
         )
         batch_mode = env.get("SAGEMAKER_BATCH", "").lower() == "true"
-        payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=BATCH_PAYLOAD_LIMIT_MB)
+        payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=hosting.payload_limit_mb)
         if payload_mb is None:
-            payload_mb = batch_payload_mb(request_timeout) if batch_mode else REALTIME_PAYLOAD_MB
+            payload_mb = batch_payload_mb(request_timeout) if batch_mode else hosting.payload_mb or REALTIME_PAYLOAD_MB
         front = env.get("DEEPAR_FRONT", "nginx")
         if front not in ("nginx", "gunicorn"):
             raise UserError(f"environment variable DEEPAR_FRONT={front!r} must be nginx or gunicorn")
@@ -126,7 +190,7 @@ class ServerConfig:
             host=env.get("DEEPAR_BIND_HOST", "0.0.0.0"),
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
-            threads=_int(env, "DEEPAR_SERVER_THREADS", 16, high=256),
+            threads=_int(env, "DEEPAR_SERVER_THREADS", hosting.threads or MAX_THREADS, high=256),
             torch_threads=_int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
             request_timeout=request_timeout,
             graceful_timeout=min(25, request_timeout),
@@ -146,12 +210,16 @@ class ServerConfig:
             model_dir=os.path.abspath(os.path.join(root, "model")),  # gunicorn chdirs to the app folder
             max_pass_paths=_int(env, "DEEPAR_MAX_PASS_SAMPLE_PATHS", 6400, high=10**7),
             max_response_bytes=_int(
-                env, "DEEPAR_MAX_RESPONSE_MB", BATCH_RESPONSE_MB if batch_mode else REALTIME_RESPONSE_MB, high=100_000
+                env,
+                "DEEPAR_MAX_RESPONSE_MB",
+                BATCH_RESPONSE_MB if batch_mode else hosting.response_mb or REALTIME_RESPONSE_MB,
+                high=100_000,
             )
             * 2**20,
             body_timeout=_int(env, "DEEPAR_BODY_TIMEOUT", 10, high=3600),
             front=front,
             ready_dir=env.get("DEEPAR_READY_DIR") or None,
+            hosting_mode=hosting.mode,
         )
 
 

@@ -82,7 +82,8 @@ def main(app_dir: Path) -> int:
             "(install nginx, or set DEEPAR_FRONT=gunicorn to silence this)"
         )
     log.info(
-        "serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s%s",
+        "serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s, "
+        "body limit %d MB%s%s",
         config.model_dir,
         config.host,
         config.port,
@@ -91,7 +92,9 @@ def main(app_dir: Path) -> int:
         config.threads,
         config.torch_threads,
         config.request_timeout,
+        config.max_payload_bytes // 2**20,
         ", batch transform mode" if config.batch_mode else "",
+        f", {config.hosting_mode} hosting" if config.hosting_mode != "realtime" else "",
     )
     run_dir = _run_dir()
     ready_dir = run_dir / "ready"

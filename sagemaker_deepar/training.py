@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, backends, faults
+from . import __version__, backends, faults, warm_start
 from .contract import FeatureSpec, ModelArtifact
 from .data import (
     Channel,
@@ -77,11 +77,11 @@ def read_job_config(paths: SageMakerPaths) -> JobConfig:
     else:  # local runs without SageMaker's config: every folder under input/data is a channel
         data_root = paths.root / "input" / "data"
         channels = {p.name: {} for p in sorted(data_root.iterdir()) if p.is_dir()} if data_root.is_dir() else {}
-    unknown = [name for name in channels if name not in SUPPORTED_CHANNELS]
+    unknown = [name for name in channels if name not in (*SUPPORTED_CHANNELS, warm_start.MODEL_CHANNEL)]
     if unknown:
         raise UserError(
             f"channel(s) {', '.join(repr(c) for c in unknown)} not supported: DeepAR takes 'train' "
-            "(required) and 'test' (optional)"
+            "(required), 'test' (optional) and 'model' (optional: a previous model to warm-start from)"
         )
     if "train" not in channels:
         raise UserError("the 'train' channel is required but was not provided")
@@ -193,6 +193,7 @@ def write_outputs(
     test_metrics: Optional[dict[str, float]],
     num_batches_per_epoch: int,
     seconds: float,
+    warm_started: Optional[dict[str, Any]] = None,
 ) -> None:
     """Write the model to a hidden staging folder, load it as serving would, then move it into place."""
     params = config.params
@@ -225,6 +226,7 @@ def write_outputs(
         training_statistics={"train": train.stats.as_dict(), **({"test": test.stats.as_dict()} if test else {})},
         train=train_summary,
         test_metrics=test_metrics,
+        warm_start=warm_started,
     ).write(staging)
     check_loadable(staging)
     publish_model(staging, paths.model_dir)
@@ -247,6 +249,9 @@ def run(paths: SageMakerPaths) -> None:
         estimated_output_bytes(params),
     )
     train, test, spec = load_channels(paths, config)
+    previous = None
+    if warm_start.MODEL_CHANNEL in config.channels:
+        previous = warm_start.prepare(paths.channel(warm_start.MODEL_CHANNEL), params, spec)
     num_batches = params.num_batches_per_epoch or default_batches_per_epoch(params, train)
     log.info(
         "backend %s, %d epochs of %d batches of %d windows",
@@ -273,7 +278,9 @@ def run(paths: SageMakerPaths) -> None:
         stop_requested=stop.requested,
     )
     stop.phase = "training"
-    predictor = backends.train(params, spec, train.entries, num_batches, control, config.checkpoint_dir)
+    predictor = backends.train(
+        params, spec, train.entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
+    )
     metric_logger.final_loss(control.best_loss)
     test_metrics = None
     if stop.requested.is_set():
@@ -304,6 +311,7 @@ def run(paths: SageMakerPaths) -> None:
         test_metrics,
         num_batches,
         time.perf_counter() - started,
+        previous.description(control.initial_weights_sha256) if previous else None,
     )
     log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
 

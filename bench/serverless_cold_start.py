@@ -1,0 +1,78 @@
+"""Serverless cold start: `docker run --memory=NG -e DEEPAR_HOSTING_MODE=serverless IMAGE serve` until
+/ping answers 200 (read-only /opt/ml, as bench/image_cold_start.py), for each memory size, beside
+the default real-time start without a memory limit, runs interleaved in the same run. Also prints
+the workers x threads each container chose (from its log): they must follow the memory limit.
+
+    .venv/bin/python -m bench.serverless_cold_start [--image sagemaker-deepar:latest] [--memory 1 3 6] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from bench.image_cold_start import PING_DEADLINE_S, train_model
+from tests.helpers import free_port
+
+
+def cold_start(image: str, model_root: Path, run_args: list[str]) -> tuple[float, str]:
+    """(seconds from `docker run` to /ping 200, "W worker(s) x T threads" from the container's log)."""
+    port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    subprocess.run(
+        ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_root}:/opt/ml:ro"]
+        + run_args
+        + [image, "serve"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        while time.perf_counter() - start < PING_DEADLINE_S:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                    seconds = time.perf_counter() - start
+                    out = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+                    logs = out.stdout + out.stderr
+                    shape = re.search(r"\d+ worker\(s\) x \d+ threads", logs)
+                    return seconds, shape.group(0) if shape else "?"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{image} {run_args}: /ping did not answer 200 within {PING_DEADLINE_S} s")
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default="sagemaker-deepar:latest")
+    parser.add_argument("--memory", type=int, nargs="+", default=[1, 3, 6], help="GB, as MemorySizeInMB / 1024")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    setups = {"real-time, no memory limit (baseline)": []}
+    for gb in args.memory:
+        setups[f"serverless, --memory={gb}g"] = [f"--memory={gb}g", "-e", "DEEPAR_HOSTING_MODE=serverless"]
+    times: dict[str, list[float]] = {label: [] for label in setups}
+    shapes: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train_model(args.image, Path(tmp))
+        for _ in range(args.runs):
+            for label, run_args in setups.items():  # interleaved, so machine noise hits all alike
+                seconds, shapes[label] = cold_start(args.image, Path(tmp), run_args)
+                times[label].append(seconds)
+    baseline = statistics.median(times[next(iter(setups))])
+    print(f"image {args.image}: docker run ... serve -> /ping 200, median of {args.runs}")
+    for label in setups:
+        median = statistics.median(times[label])
+        runs = ", ".join(f"{t:.2f}" for t in times[label])
+        print(f"  {label:<40} {median:6.2f} s ({runs}); {shapes[label]}; {median / baseline:.2f}x the baseline")
+
+
+if __name__ == "__main__":
+    main()
