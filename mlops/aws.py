@@ -17,6 +17,8 @@ from typing import Any, Iterator, Optional
 
 from botocore.config import Config
 
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2's sagemaker.workflow is what build uses, on purpose
+
 DEFAULT_REGION = "us-east-1"
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants a full ARN, never checks it
 # Standard mode retries throttling and 5xx with backoff; 10 attempts rides out a control-plane hiccup.
@@ -37,7 +39,6 @@ def offline_credentials() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", DEFAULT_REGION)
     os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
         config = Path(tempfile.gettempdir()) / "mlops-sagemaker-config.yaml"
         config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")

@@ -80,15 +80,25 @@ class BuildSettings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--lake", required=True, help="curated Parquet lake: s3:// prefix (or a folder/file:// with --local)")
+    parser.add_argument(
+        "--lake", required=True, help="curated Parquet lake: s3:// prefix (or a folder/file:// with --local)"
+    )
     parser.add_argument("--local", action="store_true", help="run here: local pipeline session, moto for AWS calls")
     parser.add_argument("--image", help=f"the image (default with --local: {LOCAL_IMAGE}; else an ECR URI)")
     parser.add_argument("--workdir", type=Path, default=Path("mlops-build"), help="--local: where each run writes")
-    parser.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE"), help="execution role ARN (env SAGEMAKER_ROLE)")
-    parser.add_argument("--bucket", help="the SDK's bucket for code and step outputs (default: the SDK's default bucket)")
+    parser.add_argument(
+        "--role", default=os.environ.get("SAGEMAKER_ROLE"), help="execution role ARN (env SAGEMAKER_ROLE)"
+    )
+    parser.add_argument(
+        "--bucket", help="the SDK's bucket for code and step outputs (default: the SDK's default bucket)"
+    )
     parser.add_argument("--pipeline-name", default=PIPELINE_NAME)
-    parser.add_argument("--threshold-parameter", default=registry.DEFAULT_THRESHOLD_PARAMETER, help="SSM parameter name")
-    parser.add_argument("--default-threshold", type=float, default=registry.DEFAULT_THRESHOLD, help="created if missing")
+    parser.add_argument(
+        "--threshold-parameter", default=registry.DEFAULT_THRESHOLD_PARAMETER, help="SSM parameter name"
+    )
+    parser.add_argument(
+        "--default-threshold", type=float, default=registry.DEFAULT_THRESHOLD, help="created if missing"
+    )
     parser.add_argument("--model-package-group", default=registry.DEFAULT_GROUP)
     parser.add_argument("--instance-type", default="ml.c5.xlarge", help="training")
     parser.add_argument("--transform-instance-type", default="ml.c5.xlarge")
@@ -238,7 +248,11 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     image = settings.image or LOCAL_IMAGE
     run_dir = (settings.workdir / (time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    lake = settings.lake_uri if settings.lake_uri.startswith(("s3://", "file://")) else f"file://{Path(settings.lake_uri).resolve()}"
+    lake = (
+        settings.lake_uri
+        if settings.lake_uri.startswith(("s3://", "file://"))
+        else f"file://{Path(settings.lake_uri).resolve()}"
+    )
     settings = BuildSettings(**{**asdict(settings), "lake_uri": lake})
     threshold = read_threshold(settings)
     session = LocalPipelineSession(default_bucket=settings.bucket or "mlops-artifacts")

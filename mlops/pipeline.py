@@ -57,15 +57,15 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     """The ``sagemaker.workflow.pipeline.Pipeline`` on ``session`` (a PipelineSession, or a
     LocalPipelineSession with ``local``)."""
     from sagemaker.estimator import Estimator
-    from sagemaker.inputs import TrainingInput, TransformInput
+    from sagemaker.inputs import TrainingInput
     from sagemaker.model import Model
     from sagemaker.model_metrics import MetricsSource, ModelMetrics
     from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
     from sagemaker.transformer import Transformer
     from sagemaker.workflow.condition_step import ConditionStep
     from sagemaker.workflow.conditions import ConditionLessThanOrEqualTo
-    from sagemaker.workflow.fail_step import FailStep
     from sagemaker.workflow.execution_variables import ExecutionVariables
+    from sagemaker.workflow.fail_step import FailStep
     from sagemaker.workflow.functions import Join, JsonGet
     from sagemaker.workflow.model_step import ModelStep
     from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
@@ -190,7 +190,9 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
             code=str(STEPS_DIR / "evaluate.py"),
             inputs=[
                 ProcessingInput(
-                    source=channels["test"].S3Output.S3Uri, destination="/opt/ml/processing/input/test", input_name="test"
+                    source=channels["test"].S3Output.S3Uri,
+                    destination="/opt/ml/processing/input/test",
+                    input_name="test",
                 ),
                 ProcessingInput(
                     source=forecast.properties.TransformOutput.S3OutputPath,
@@ -212,7 +214,8 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     passed: list = []
     if not local:
         evaluation_uri = Join(
-            on="/", values=[evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, EVALUATION_FILE]
+            on="/",
+            values=[evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, EVALUATION_FILE],
         )
         passed.append(
             ModelStep(

@@ -42,7 +42,7 @@ def evaluate(tests: list[tuple[str, Any]], forecasts: list[tuple[str, Any]], pre
     for (where, record), (answer_where, prediction) in zip(tests, forecasts):
         report.add(f"{record.get('item_id', where)} ({answer_where})", record, prediction)
     overall = report.scores()
-    bad = {k: v for k, v in overall.items() if not math.isfinite(v)}
+    bad = {k: overall[k] for k in ("mean_wQuantileLoss", "RMSE") if not math.isfinite(overall[k])}
     if bad:
         raise ValueError(
             f"evaluation over {len(tests)} series yields {', '.join(f'{k}={v}' for k, v in bad.items())}: "
