@@ -152,6 +152,7 @@ def run_build(settings: BuildSettings) -> BuildResult:
     """Run (--local) or start the gated training pipeline; the library entry point of ``build``."""
     check_settings(settings)
     aws.quiet_logs()
+    aws.validate_sdk_config_once()
     if settings.local:
         with aws.moto_server():
             return _run_local(settings)

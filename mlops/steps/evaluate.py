@@ -19,7 +19,6 @@ from typing import Any, Optional
 TEST = "/opt/ml/processing/input/test"
 FORECASTS = "/opt/ml/processing/input/forecasts"
 OUTPUT = "/opt/ml/processing/evaluation"
-EXIT_MESSAGE = Path("/opt/ml/output/message")  # SageMaker shows it as the processing job's ExitMessage
 
 
 def read_folder(folder: Path, suffix: str) -> list[tuple[str, Any]]:
@@ -85,8 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"mean_wQuantileLoss {metrics['mean_wQuantileLoss']['value']:.4f}, RMSE {metrics['RMSE']['value']:.4f}"
         )
 
-    status = run_command(run, argv, debug_env="DEEPAR_MLOPS_DEBUG")
-    return status
+    return run_command(run, argv, debug_env="DEEPAR_MLOPS_DEBUG")
 
 
 if __name__ == "__main__":
