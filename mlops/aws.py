@@ -46,7 +46,7 @@ def offline_credentials() -> None:
         os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -63,7 +63,7 @@ def moto_server() -> Iterator[str]:
         return
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"

@@ -18,6 +18,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -237,6 +238,14 @@ class _Tee(io.TextIOBase):
         self.stream.flush()
 
 
+def _quiet_container_threads(hook: Any) -> None:
+    """The SDK streams a local serving container from a thread that ends in a traceback when the
+    container stops early; the failed step already says why (one line), so keep the traceback for
+    DEEPAR_MLOPS_DEBUG."""
+    if os.environ.get("DEEPAR_MLOPS_DEBUG") or "Failed to run" not in str(hook.exc_value):
+        threading.__excepthook__(hook)
+
+
 def _containers(image: str) -> set[str]:
     out = subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True, text=True)
     return set(out.stdout.split())
@@ -257,6 +266,9 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     settings = BuildSettings(**{**asdict(settings), "lake_uri": lake})
     threshold = read_threshold(settings)
     session = LocalPipelineSession(default_bucket=settings.bucket or "mlops-artifacts")
+    # the Forecast step's serving container listens on this host port: never a fixed 8080 that a
+    # parallel build or a local endpoint may hold
+    session.config = {"local": {"local_code": True, "serving_port": aws.free_port()}}
     pipeline = build_pipeline(
         _defaults(settings, image, f"file://{run_dir}", threshold), session, settings.role or aws.LOCAL_ROLE,
         local=True, name=settings.pipeline_name,
@@ -265,10 +277,11 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     pipeline.create(role_arn=settings.role or aws.LOCAL_ROLE)
     tee = _Tee(sys.stdout)
     previous, sys.stdout = sys.stdout, tee  # type: ignore[assignment]
+    previous_hook, threading.excepthook = threading.excepthook, _quiet_container_threads
     try:
         execution = pipeline.start(parameters=execution_parameters(settings, threshold))
     finally:
-        sys.stdout = previous
+        sys.stdout, threading.excepthook = previous, previous_hook
         leftover = sorted(_containers(image) - before)
         if leftover:  # local mode leaves each job's stopped container behind
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
