@@ -85,7 +85,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     batches = ParameterInteger("NumBatchesPerEpoch", default_value=defaults.num_batches_per_epoch)
     num_cells = ParameterInteger("NumCells", default_value=defaults.num_cells)
     num_layers = ParameterInteger("NumLayers", default_value=defaults.num_layers)
-    # The bar lives in SSM; whoever starts an execution reads it (mlops.build.start_execution) and
+    # The bar lives in SSM; whoever starts an execution reads it (mlops.build.read_threshold, execution_parameters) and
     # passes it here, and its name travels along so the Fail message and the metrics say where it is.
     threshold = ParameterFloat("AccuracyThreshold", default_value=defaults.threshold)
     threshold_parameter = ParameterString("ThresholdParameterName", default_value=defaults.threshold_parameter)
