@@ -247,7 +247,13 @@ def _quiet_container_threads(hook: Any) -> None:
 
 
 def _containers(image: str) -> set[str]:
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"ancestor={image}"], capture_output=True, text=True)
+    """Stopped containers of the image: what local mode leaves behind. Running ones are never
+    touched, since they may be another build's steps or a local endpoint."""
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"ancestor={image}", "--filter", "status=exited"],
+        capture_output=True,
+        text=True,
+    )
     return set(out.stdout.split())
 
 
