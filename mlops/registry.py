@@ -1,0 +1,105 @@
+"""The model registry and the accuracy bar: Model Package Group (created if missing), model package
+versions registered as PendingManualApproval with their metrics, and the SSM parameter holding the
+mean_wQuantileLoss threshold (created with a default if missing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Optional
+
+from sagemaker_deepar.errors import UserError
+
+DEFAULT_GROUP = "deepar-forecasts"
+DEFAULT_THRESHOLD_PARAMETER = "/mlops/deepar/wql-threshold"
+DEFAULT_THRESHOLD = 0.5  # a first model must at least beat this mean_wQuantileLoss; deploy raises the bar
+PENDING = "PendingManualApproval"
+CONTENT_TYPES = ["application/json", "application/jsonlines"]
+
+
+def ensure_group(sagemaker_client: Any, group: str, description: str = "DeepAR forecasts (mlops build)") -> str:
+    """The group's ARN; created when it does not exist yet."""
+    try:
+        return str(sagemaker_client.describe_model_package_group(ModelPackageGroupName=group)["ModelPackageGroupArn"])
+    except sagemaker_client.exceptions.ClientError as error:
+        if "does not exist" not in str(error) and "ValidationException" not in str(error):
+            raise
+    return str(
+        sagemaker_client.create_model_package_group(
+            ModelPackageGroupName=group, ModelPackageGroupDescription=description
+        )["ModelPackageGroupArn"]
+    )
+
+
+def model_metrics_document(metrics: Mapping[str, float], threshold: float, threshold_parameter: str) -> str:
+    return json.dumps(
+        {
+            "regression_metrics": {name: {"value": value} for name, value in metrics.items()},
+            "threshold": {"parameter": threshold_parameter, "value": threshold},
+        }
+    )
+
+
+def register(
+    sagemaker_client: Any,
+    group: str,
+    image: str,
+    model_data: str,
+    metrics: Mapping[str, float],
+    evaluation_uri: Optional[str] = None,
+    instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
+    transform_instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
+) -> str:
+    """Register one model version as PendingManualApproval; its metrics travel in CustomerMetadataProperties
+    (readable without S3) and, when ``evaluation_uri`` is given, as the package's ModelMetrics report."""
+    ensure_group(sagemaker_client, group)
+    request: dict[str, Any] = {
+        "ModelPackageGroupName": group,
+        "ModelApprovalStatus": PENDING,
+        "ModelPackageDescription": ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        "InferenceSpecification": {
+            "Containers": [{"Image": image, "ModelDataUrl": model_data}],
+            "SupportedContentTypes": CONTENT_TYPES,
+            "SupportedResponseMIMETypes": CONTENT_TYPES,
+            "SupportedRealtimeInferenceInstanceTypes": list(instance_types),
+            "SupportedTransformInstanceTypes": list(transform_instance_types),
+        },
+        "CustomerMetadataProperties": {name: repr(float(value)) for name, value in metrics.items()},
+    }
+    if evaluation_uri:
+        request["ModelMetrics"] = {
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}}
+        }
+    return str(sagemaker_client.create_model_package(**request)["ModelPackageArn"])
+
+
+def threshold(ssm_client: Any, name: str, default: float = DEFAULT_THRESHOLD, create: bool = True) -> float:
+    """The threshold stored in SSM parameter ``name``; created with ``default`` when missing (unless
+    ``create`` is False, then a missing parameter is an error). A non-numeric value is an error."""
+    try:
+        value = ssm_client.get_parameter(Name=name)["Parameter"]["Value"]
+    except ssm_client.exceptions.ParameterNotFound:
+        if not create:
+            raise UserError(f"SSM parameter {name}: missing (the mean_wQuantileLoss threshold)") from None
+        ssm_client.put_parameter(
+            Name=name,
+            Value=repr(float(default)),
+            Type="String",
+            Description="mlops: highest mean_wQuantileLoss a retrained DeepAR model may have to be registered",
+        )
+        return float(default)
+    return parse_threshold(value, name)
+
+
+def parse_threshold(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise UserError(
+            f"SSM parameter {name}: {value!r} is not a usable threshold: expected a positive number "
+            "(the highest mean_wQuantileLoss to accept, e.g. 0.3)"
+        )
+    return number

@@ -1,0 +1,170 @@
+"""`python -m mlops build` through its real entrypoint in the SDK's environment (.venv-sdk):
+
+- ``--local``: the SDK's local pipeline session runs every step in real containers of the image
+  (prepare from a curated Parquet lake in moto S3 -> train -> model -> batch transform -> evaluate ->
+  accuracy gate) and the passing model is registered in moto's model registry, PendingManualApproval,
+  with its metrics; the SSM threshold is created with its default; no container is left behind.
+- without --local, against a moto server: the pipeline definition is upserted with every step and
+  parameter (Register and Fail behind the condition) and one execution is started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import boto3
+import numpy as np
+import pytest
+
+from .conftest import IMAGE, REPO, SDK_PYTHON, containers_of
+
+PREDICTION_LENGTH = 12
+THRESHOLD_PARAMETER = "/mlops/test/wql-threshold"
+TINY = [
+    "--prediction-length", str(PREDICTION_LENGTH), "--context-length", "24", "--epochs", "1",
+    "--num-batches-per-epoch", "3", "--num-cells", "8", "--num-layers", "1",
+]  # fmt: skip
+
+
+def mlops(args: list[str], endpoint: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        PYTHONPATH=str(REPO),
+    )
+    return subprocess.run(
+        [str(SDK_PYTHON), "-m", "mlops", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def result_of(run: subprocess.CompletedProcess) -> dict:
+    assert run.returncode == 0, (run.stdout[-4000:], run.stderr[-4000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """A moto server on loopback the commands are pointed at (AWS_ENDPOINT_URL), so its state can be checked."""
+    from moto.server import ThreadedMotoServer
+
+    from .helpers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    yield endpoint, lambda service: session.client(service, endpoint_url=endpoint)
+    server.stop()
+
+
+def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
+    if not SDK_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail("required in CI: .venv-sdk")
+        pytest.skip("needs .venv-sdk")
+    endpoint, client = moto
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/deepar:1"
+    args = ["build", "--lake", "s3://lake/curated/readings/", "--image", image, "--pipeline-name", "deepar-aws"]
+    args += ["--role", "arn:aws:iam::123456789012:role/SageMakerRole", "--threshold-parameter", "/mlops/aws/wql"]
+    result = result_of(mlops([*args, "--json"], endpoint, timeout=300))
+    assert result["status"] == "started" and result["threshold"] == 0.5
+
+    sagemaker = client("sagemaker")
+    definition = json.loads(sagemaker.describe_pipeline(PipelineName="deepar-aws")["PipelineDefinition"])
+    steps = {step["Name"]: step for step in definition["Steps"]}
+    assert list(steps) == ["Prepare", "Train", "CreateModel-CreateModel", "Forecast", "Evaluate", "CheckAccuracy"]
+    check = steps["CheckAccuracy"]["Arguments"]
+    assert [s["Name"] for s in check["IfSteps"]] == ["Register-RegisterModel"]
+    assert [s["Name"] for s in check["ElseSteps"]] == ["Fail"]
+    register = check["IfSteps"][0]["Arguments"]
+    assert register["ModelApprovalStatus"] == "PendingManualApproval"
+    assert register["ModelMetrics"]["ModelQuality"]["Statistics"]["ContentType"] == "application/json"
+    condition = check["Conditions"][0]
+    assert condition["Type"] == "LessThanOrEqualTo"
+    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "regression_metrics.mean_wQuantileLoss.value"
+    assert condition["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
+    fail_message = json.dumps(check["ElseSteps"][0]["Arguments"]["ErrorMessage"])
+    assert "Parameters.AccuracyThreshold" in fail_message and "Parameters.ThresholdParameterName" in fail_message
+    assert {p["Name"] for p in definition["Parameters"]} == {
+        "LakeUri", "ImageUri", "TrainInstanceType", "TransformInstanceType", "ProcessingInstanceType", "TimeFreq",
+        "PredictionLength", "ContextLength", "Epochs", "NumBatchesPerEpoch", "NumCells", "NumLayers",
+        "AccuracyThreshold", "ThresholdParameterName", "ModelPackageGroupName",
+    }  # fmt: skip
+    assert steps["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.ImageUri"}
+    assert set(steps["Train"]["Arguments"]["HyperParameters"]) >= {"prediction_length", "context_length", "epochs"}
+    assert steps["Evaluate"]["PropertyFiles"][0]["FilePath"] == "evaluation.json"
+
+    executions = sagemaker.list_pipeline_executions(PipelineName="deepar-aws")["PipelineExecutionSummaries"]
+    assert [e["PipelineExecutionArn"] for e in executions] == [result["execution_arn"]]
+    assert client("ssm").get_parameter(Name="/mlops/aws/wql")["Parameter"]["Value"] == "0.5"  # created
+    assert sagemaker.describe_model_package_group(ModelPackageGroupName="deepar-forecasts")
+
+    again = result_of(mlops([*args, "--json"], endpoint, timeout=300))  # upsert: same pipeline, a second run
+    assert again["execution_arn"] != result["execution_arn"]
+    assert len(sagemaker.list_pipeline_executions(PipelineName="deepar-aws")["PipelineExecutionSummaries"]) == 2
+
+
+def test_non_numeric_threshold_is_a_clear_error(moto):
+    if not SDK_PYTHON.exists():
+        pytest.skip("needs .venv-sdk")  # the first test already fails in CI without it
+    endpoint, client = moto
+    client("ssm").put_parameter(Name="/mlops/broken", Value="ten percent", Type="String")
+    run = mlops(
+        ["build", "--lake", "s3://lake/x/", "--image", "i", "--role", "arn:aws:iam::1:role/R",
+         "--threshold-parameter", "/mlops/broken"],
+        endpoint,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: SSM parameter /mlops/broken: 'ten percent' is not a usable threshold: expected a positive number "
+        "(the highest mean_wQuantileLoss to accept, e.g. 0.3)"
+    )
+
+
+def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
+    """The whole pipeline in containers of the image; the lake is read from moto S3."""
+    from mlops.lake import write_sample_lake
+
+    endpoint, client = moto
+    lake = write_sample_lake(tmp_path / "lake", sensors=1, days=10)
+    s3 = client("s3")
+    s3.create_bucket(Bucket="lake")
+    for path in lake.rglob("*.parquet"):
+        s3.upload_file(str(path), "lake", f"curated/{path.relative_to(lake)}")
+    before = containers_of(IMAGE)
+    run = mlops(
+        ["build", "--local", "--lake", "s3://lake/curated/", "--image", IMAGE, "--workdir", str(tmp_path / "work"),
+         "--threshold-parameter", THRESHOLD_PARAMETER, "--default-threshold", "5", *TINY, "--json"],
+        endpoint,
+        timeout=900,
+    )  # fmt: skip
+    result = result_of(run)
+    assert containers_of(IMAGE) - before == set()  # every step's container is removed
+
+    assert result["status"] == "registered" and result["threshold"] == 5.0
+    assert set(result["steps"].values()) == {"Succeeded"} and len(result["steps"]) == 6
+    assert np.isfinite(result["wql"]) and 0 < result["wql"] <= 5.0 and result["rmse"] > 0
+    assert "evaluation over 5 series x 12 steps" in run.stdout  # one series per pollutant of the one device
+    assert os.path.exists(result["model_data"].removeprefix("file://"))
+
+    package = client("sagemaker").describe_model_package(ModelPackageName=result["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    assert package["ModelPackageGroupName"] == "deepar-forecasts"
+    assert package["InferenceSpecification"]["Containers"][0]["Image"] == IMAGE
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == result["model_data"]
+    assert float(package["CustomerMetadataProperties"]["mean_wQuantileLoss"]) == pytest.approx(result["wql"])
+    assert float(package["CustomerMetadataProperties"]["RMSE"]) == pytest.approx(result["rmse"])
+    evaluation_uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+    bucket, _, key = evaluation_uri.removeprefix("s3://").partition("/")
+    evaluation = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert evaluation["regression_metrics"]["mean_wQuantileLoss"]["value"] == pytest.approx(result["wql"])
+    assert len(evaluation["per_series"]) == 5
+    assert client("ssm").get_parameter(Name=THRESHOLD_PARAMETER)["Parameter"]["Value"] == "5.0"
