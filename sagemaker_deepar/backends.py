@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import faults
+from . import distributed, faults
 from .contract import FeatureSpec
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 
@@ -283,9 +283,11 @@ def train_torch(job: TrainingJob):
             # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
             save_checkpoint(checkpoint_dir, LAST_CHECKPOINT_TORCH, trainer.save_checkpoint, epoch + 1, fingerprint)
 
+    session = distributed.active()  # several hosts: DDP, and callbacks that keep the hosts in step
+    before, after = session.callbacks(control) if session else ([], [])
     trainer_kwargs = {
         "max_epochs": params.epochs,
-        "callbacks": [EpochReporter()],
+        "callbacks": [*before, EpochReporter(), *after],
         "default_root_dir": str(checkpoint_dir),
         "accelerator": "cpu",
         "logger": False,
@@ -293,8 +295,13 @@ def train_torch(job: TrainingJob):
         "enable_model_summary": False,
         "deterministic": params.seed is not None,
     }
+    if session:
+        trainer_kwargs.update(session.trainer_kwargs())
     estimator = build_torch_estimator(params, spec, job.num_batches_per_epoch, trainer_kwargs)
-    return estimator.train(training_entries(job), ckpt_path=resume_path)
+    predictor = estimator.train(training_entries(job), ckpt_path=resume_path)
+    if session:
+        session.raise_if_training_failed()
+    return predictor
 
 
 # ---------------------------------------------------------------- mxnet
