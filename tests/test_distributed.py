@@ -3,6 +3,8 @@ on 127.0.0.1 as two hosts (two /opt/ml roots, the rendezvous address overridden)
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 from sagemaker_deepar import distributed
 from sagemaker_deepar.errors import UserError
 
-from .conftest import TRAIN, OptMl, entrypoint_env, run_train, standard_job
+from .conftest import IMAGE, REPO, SDK_PYTHON, TRAIN, OptMl, entrypoint_env, run_train, standard_job
 from .helpers import free_port
 
 HOSTS = ["algo-1-ab12c", "algo-2-xy34z"]  # SDK local mode's names: never compare with "algo-1"
@@ -184,3 +186,28 @@ def test_mxnet_with_two_hosts_is_a_client_error(opt_ml):
     assert opt_ml.failure.startswith(
         "ClientError: backend=mxnet trains on one host only, but resourceconfig.json lists 2"
     )
+
+
+# ---------------------------------------------------------------- SDK v2 local mode, instance_count=2
+
+
+def test_sdk_v2_local_mode_trains_on_two_hosts(sdk_ready, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    result = subprocess.run(
+        [str(SDK_PYTHON), "-m", "tests.sdk.v2_multihost", "--image", IMAGE, "--workdir", str(tmp_path)],
+        cwd=REPO,
+        env={**env, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
+    summary = json.loads(line.removeprefix("SUMMARY "))
+    assert summary["network_violations"] == []
+    assert {"deepar-metadata.json", "predictor/predictor.json"} <= set(summary["model_files"])
+    assert summary["train"]["epochs_run"] == 2 and summary["test_metrics"]["RMSE"] > 0
+    epoch_lines = re.findall(r"#quality_metric: host=(algo-\d-\w+), epoch=", output)
+    assert len(epoch_lines) == 2 and {h.split("-")[1] for h in epoch_lines} == {"1"}  # the leader's only
+    assert re.search(r"algo-2-\w+ is rank 1 of 2", output) and "published the model" in output
