@@ -110,12 +110,12 @@ def test_failure_reasons_name_the_host():
 # ---------------------------------------------------------------- two hosts on 127.0.0.1
 
 
-def two_hosts(tmp_path: Path, **hyperparameters) -> list[OptMl]:
+def two_hosts(tmp_path: Path, with_test: bool = True, **hyperparameters) -> list[OptMl]:
     roots = []
     for host in HOSTS:
         opt_ml = OptMl(tmp_path / host)
         opt_ml.root.mkdir()
-        standard_job(opt_ml, n_series=6, **hyperparameters)
+        standard_job(opt_ml, with_test=with_test, n_series=6, **hyperparameters)
         opt_ml.config("resourceconfig.json", {"current_host": host, "hosts": HOSTS, "network_interface_name": "lo"})
         roots.append(opt_ml)
     return roots
@@ -149,31 +149,38 @@ def run_hosts(roots: list[OptMl], faults: dict[int, str] | None = None, timeout:
     return results
 
 
-def test_two_hosts_train_one_model_with_one_metric_set(tmp_path):
-    leader, follower = two_hosts(tmp_path, epochs="2", num_batches_per_epoch="4")
-    (leader_rc, leader_log), (follower_rc, follower_log) = run_hosts([leader, follower])
+def test_two_hosts_train_one_model_with_one_metric_set_and_a_follower_sigterm_stops_both(tmp_path):
+    """Both hosts run 2 epochs of 2 batches; the follower gets SIGTERM after its 3rd batch (epoch 2):
+    every host stops after that batch and checkpoints, the leader alone writes the model."""
+    leader, follower = two_hosts(tmp_path, epochs="3", num_batches_per_epoch="4")
+    (leader_rc, leader_log), (follower_rc, follower_log) = run_hosts([leader, follower], faults={1: "sigterm@batch:3"})
     assert leader_rc == 0, leader_log
     assert follower_rc == 0, follower_log
-    assert leader.metadata["train"]["epochs_run"] == 2
+    train = leader.metadata["train"]
+    assert (train["epochs_run"], train["interrupted"], train["num_batches_per_epoch"]) == (2, True, 2)
+    assert leader.metadata["test_metrics"] is None  # a stopped job skips scoring: on every host
+    assert "another host stops the training" in leader_log
     assert not (follower.root / "model" / "deepar-metadata.json").exists()
-    assert not [p for p in (follower.root / "model").iterdir()] if (follower.root / "model").exists() else True
+    assert not (follower.root / "model" / "predictor").exists()
     assert not (follower.root / "output" / "data" / "metrics.json").exists()
+    for opt_ml in (leader, follower):  # every host can resume: its own checkpoint after 2 epochs
+        state = json.loads((opt_ml.root / "checkpoints" / "deepar-checkpoint.json").read_text())
+        assert state["epochs_done"] == 2 and not state.get("completed")
     assert leader_log.count(f"#quality_metric: host={HOSTS[0]}, epoch=") == 2
-    assert "#test_score" in leader_log
-    assert "#quality_metric" not in follower_log and "#test_score" not in follower_log
+    assert "#quality_metric" not in follower_log
     assert "rank 1 of 2" in follower_log and "trains on 3 of 6 series, 2 batches per epoch" in follower_log
     assert "published the model" in follower_log
-    losses = [re.findall(r"epoch 2/2: train loss ([0-9.]+)", text) for text in (leader_log, follower_log)]
+    losses = [re.findall(r"epoch 2/3: train loss ([0-9.]+)", text) for text in (leader_log, follower_log)]
     assert losses[0] and losses[0] == losses[1]  # one loss: the mean over both hosts' shards
     assert leader.failure is None and follower.failure is None
 
 
 def test_a_failing_follower_fails_the_job_with_its_reason(tmp_path):
-    leader, follower = two_hosts(tmp_path, epochs="3", num_batches_per_epoch="6")
-    (leader_rc, leader_log), (follower_rc, follower_log) = run_hosts([leader, follower], faults={1: "error@batch:2"})
+    leader, follower = two_hosts(tmp_path, with_test=False, epochs="2", num_batches_per_epoch="4")
+    (leader_rc, leader_log), (follower_rc, follower_log) = run_hosts([leader, follower], faults={1: "error@batch:1"})
     assert follower_rc != 0, follower_log
     assert leader_rc != 0, leader_log
-    assert f"host {HOSTS[1]}" in leader.failure and "fault injected at batch:2" in leader.failure
+    assert f"host {HOSTS[1]}" in leader.failure and "fault injected at batch:1" in leader.failure
     assert f"host {HOSTS[1]}" in follower.failure
     assert not (leader.root / "model" / "deepar-metadata.json").exists()
 
