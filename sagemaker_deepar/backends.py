@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import faults
+from . import distributed, faults
 from .contract import FeatureSpec
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 
@@ -285,7 +285,9 @@ def train_torch(job: TrainingJob):
             # Lightning resumes after the epoch this checkpoint closes, even one cut short by SIGTERM.
             save_checkpoint(checkpoint_dir, LAST_CHECKPOINT_TORCH, trainer.save_checkpoint, epoch + 1, fingerprint)
 
-    callbacks: list = [EpochReporter()]
+    session = distributed.active()  # several hosts: DDP, and callbacks that keep the hosts in step
+    before, after = session.callbacks(control) if session else ([], [])
+    callbacks: list = [*before, EpochReporter(), *after]
     if job.initial_weights is not None and not state:  # a resumed checkpoint of this job wins
         from .warm_start import torch_callback
 
@@ -302,8 +304,13 @@ def train_torch(job: TrainingJob):
         "enable_model_summary": False,
         "deterministic": params.seed is not None,
     }
+    if session:
+        trainer_kwargs.update(session.trainer_kwargs())
     estimator = build_torch_estimator(params, spec, job.num_batches_per_epoch, trainer_kwargs)
-    return estimator.train(training_entries(job), ckpt_path=resume_path)
+    predictor = estimator.train(training_entries(job), ckpt_path=resume_path)
+    if session:
+        session.raise_if_training_failed()
+    return predictor
 
 
 # ---------------------------------------------------------------- mxnet

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, backends, faults, warm_start
+from . import __version__, backends, distributed, faults, warm_start
 from .contract import FeatureSpec, ModelArtifact
 from .data import (
     Channel,
@@ -240,6 +240,8 @@ def run(paths: SageMakerPaths) -> None:
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
+    cluster = distributed.read_cluster(paths.resource_config)
+    distributed.check_backend(params.backend, cluster)
     probe_output_dirs(
         {
             "model folder": paths.model_dir,
@@ -260,13 +262,23 @@ def run(paths: SageMakerPaths) -> None:
         num_batches,
         params.mini_batch_size,
     )
+    entries = train.entries
+    if cluster.is_distributed:
+        if not distributed.check_data_distribution(config.channels, params.num_batches_per_epoch):
+            entries = distributed.shard_entries(entries, cluster)
+        num_batches = distributed.batches_per_host(num_batches, cluster.world_size)
+        log.info(
+            "this host trains on %d of %d series, %d batches per epoch", len(entries), len(train.entries), num_batches
+        )
+    session = distributed.start(cluster)
     backends.seed_everything(params.seed)
 
     metric_logger = MetricLogger(config.host)
     readable = "TRAINING_JOB_NAME" not in os.environ
 
     def on_epoch(epoch: int, loss: float, progress: float, throughput: float) -> None:
-        metric_logger.epoch(epoch, loss, progress, throughput)
+        if cluster.is_leader:  # one set of metric lines per job: the loss is already the hosts' mean
+            metric_logger.epoch(epoch, loss, progress, throughput)
         if readable:
             log.info("epoch %d/%d: train loss %.5f, %.0f records/s", epoch + 1, params.epochs, loss, throughput)
 
@@ -279,8 +291,12 @@ def run(paths: SageMakerPaths) -> None:
     )
     stop.phase = "training"
     predictor = backends.train(
-        params, spec, train.entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
+        params, spec, entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
     )
+    if session and not cluster.is_leader:  # the leader scores and writes the model; this host waits for it
+        stop.phase = "waiting for the leader"
+        session.wait_for_leader()
+        return
     metric_logger.final_loss(control.best_loss)
     test_metrics = None
     if stop.requested.is_set():
@@ -314,6 +330,8 @@ def run(paths: SageMakerPaths) -> None:
         previous.description(control.initial_weights_sha256) if previous else None,
     )
     log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
+    if session:
+        session.publish()
 
 
 def estimated_output_bytes(params: DeepARHyperparameters) -> int:
@@ -351,6 +369,7 @@ class SigtermHandler:
 
 
 def write_failure(paths: SageMakerPaths, reason: str) -> None:
+    reason = distributed.failure_reason(reason)  # on several hosts: which host failed, told to the others
     try:
         paths.failure_file.parent.mkdir(parents=True, exist_ok=True)
         paths.failure_file.write_text(reason)
