@@ -36,6 +36,9 @@ def batch_payload_timeout(max_payload_mb: int) -> int:
 
 
 BACKENDS = ("torch", "mxnet")
+# The trained network as ONNX (torch backend), beside predictor/; ModelArtifact.onnx describes it.
+ONNX_FILE = "network.onnx"
+ONNX_LIKELIHOODS = ("student-T", "gaussian", "deterministic-L1")  # what onnx_forecast draws in numpy
 
 
 class ContractError(ValueError):
@@ -182,6 +185,9 @@ class ModelArtifact:
     training_statistics: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # final_loss, best_epoch, epochs_run, interrupted, ...
     test_metrics: Optional[dict[str, float]] = None
+    # {"file": "network.onnx", ...what the numpy sampler needs} or {"file": None, "reason": ...};
+    # None in artifacts written before the export existed.
+    onnx: Optional[dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -231,7 +237,7 @@ class ModelArtifact:
                 f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?"
             )
         values = {
-            name: data[name] for name in known if name in data and (data[name] is not None or name == "test_metrics")
+            name: data[name] for name in known if name in data and (data[name] is not None or name in ("test_metrics", "onnx"))
         }
         artifact = cls(**{**values, "cardinality": tuple(data.get("cardinality") or ()), "schema_version": version})
         artifact.validate(where)
