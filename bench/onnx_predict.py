@@ -62,8 +62,8 @@ def main() -> None:
             instances = request_body(records, n)["instances"]
             torch_rates, onnx_rates = [], []
             for _ in range(args.rounds):
-                torch_rates.append(rate(lambda: torch_forecast(instances), n, args.seconds))
-                onnx_rates.append(rate(lambda: onnx.forecast(instances, config), n, args.seconds))
+                torch_rates.append(rate(lambda batch=instances: torch_forecast(batch), n, args.seconds))
+                onnx_rates.append(rate(lambda batch=instances: onnx.forecast(batch, config), n, args.seconds))
             best_torch, best_onnx = max(torch_rates), max(onnx_rates)
             print(f"{n:>15} {best_torch:>17.1f} s/s {best_onnx:>6.1f} s/s {best_onnx / best_torch:>10.2f}x")
 

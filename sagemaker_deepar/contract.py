@@ -237,7 +237,9 @@ class ModelArtifact:
                 f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?"
             )
         values = {
-            name: data[name] for name in known if name in data and (data[name] is not None or name in ("test_metrics", "onnx"))
+            name: data[name]
+            for name in known
+            if name in data and (data[name] is not None or name in ("test_metrics", "onnx"))
         }
         artifact = cls(**{**values, "cardinality": tuple(data.get("cardinality") or ()), "schema_version": version})
         artifact.validate(where)

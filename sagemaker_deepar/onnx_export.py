@@ -151,9 +151,9 @@ def export_checked(model: Any, likelihood: str, freq: str, model_dir: Path) -> d
         export(model, path)
         error = check_export(model, path)
         spec = sampler_spec(model, freq)
-    except Exception as error:  # any exporter or runtime failure: the torch model is still good
+    except Exception as failure:  # any exporter or runtime failure: the torch model is still good
         path.unlink(missing_ok=True)
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        reason = f"{type(failure).__name__}: {failure}".splitlines()[0][:500]
         log.warning("no ONNX network exported (the torch model is unaffected): %s", reason)
         return {"file": None, "reason": reason}
     log.info("ONNX network written to %s (checked: max |onnxruntime - torch| = %.2g)", ONNX_FILE, error)

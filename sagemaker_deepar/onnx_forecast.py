@@ -61,7 +61,8 @@ def parse_configuration(raw: Any, where: str = "configuration") -> ForecastConfi
         raise ContractError(
             f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}"
         )
-    keys, levels = DEFAULT_QUANTILES, ForecastConfig.quantile_levels
+    keys: tuple[str, ...] = DEFAULT_QUANTILES
+    levels = ForecastConfig.quantile_levels
     if "quantiles" in raw:
         quantiles = raw["quantiles"]
         if not isinstance(quantiles, list) or not quantiles or len(quantiles) > MAX_QUANTILES:
@@ -200,11 +201,11 @@ class OnnxForecaster:
             if name not in raw:
                 raise ContractError(f"{where}{name}: missing")
         if not isinstance(raw["target"], list):
-            raise ContractError(f"{where}target: expected a list of numbers (null or \"NaN\" for missing)")
+            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)')
         try:
             target = target_array(raw["target"]).astype(np.float32)
         except (TypeError, ValueError):
-            raise ContractError(f"{where}target: expected a list of numbers (null or \"NaN\" for missing)") from None
+            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)') from None
         if not target.size:
             raise ContractError(f"{where}target: empty; at least one value is needed")
         problems = self.artifact.features.check(raw, prediction_length=self.prediction_length, where=where)
