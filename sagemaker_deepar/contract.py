@@ -209,6 +209,8 @@ class ModelArtifact:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"format_version": self.schema_version}
         for item in fields(self):
+            if item.name == "onnx" and self.onnx is None:
+                continue  # artifacts from before the export round-trip unchanged
             if item.name != "schema_version":
                 value = getattr(self, item.name)
                 data[item.name] = list(value) if isinstance(value, tuple) else value
