@@ -36,6 +36,9 @@ def batch_payload_timeout(max_payload_mb: int) -> int:
 
 
 BACKENDS = ("torch", "mxnet")
+# The trained network as ONNX (torch backend), beside predictor/; ModelArtifact.onnx describes it.
+ONNX_FILE = "network.onnx"
+ONNX_LIKELIHOODS = ("student-T", "gaussian", "deterministic-L1")  # what onnx_forecast draws in numpy
 
 
 class ContractError(ValueError):
@@ -184,6 +187,9 @@ class ModelArtifact:
     test_metrics: Optional[dict[str, float]] = None
     # Set when the network started from a previous model (the `model` channel): source, its digest, its training.
     warm_start: Optional[dict[str, Any]] = None
+    # {"file": "network.onnx", ...what the numpy sampler needs} or {"file": None, "reason": ...};
+    # None in artifacts written before the export existed.
+    onnx: Optional[dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -205,11 +211,11 @@ class ModelArtifact:
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"format_version": self.schema_version}
         for item in fields(self):
-            if item.name != "schema_version":
-                value = getattr(self, item.name)
-                if item.name == "warm_start" and value is None:  # a cold run's file is as before
-                    continue
-                data[item.name] = list(value) if isinstance(value, tuple) else value
+            value = getattr(self, item.name)
+            # Optional additions are left out when absent, so older artifacts round-trip byte for byte.
+            if item.name == "schema_version" or (item.name in ("onnx", "warm_start") and value is None):
+                continue
+            data[item.name] = list(value) if isinstance(value, tuple) else value
         return data
 
     @classmethod
@@ -235,7 +241,9 @@ class ModelArtifact:
                 f"{where}: missing field(s) {', '.join(missing)}: was this model trained by this container?"
             )
         values = {
-            name: data[name] for name in known if name in data and (data[name] is not None or name == "test_metrics")
+            name: data[name]
+            for name in known
+            if name in data and (data[name] is not None or name in ("test_metrics", "onnx"))
         }
         artifact = cls(**{**values, "cardinality": tuple(data.get("cardinality") or ()), "schema_version": version})
         artifact.validate(where)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__, backends, distributed, faults, warm_start
-from .contract import FeatureSpec, ModelArtifact
+from .contract import ONNX_FILE, FeatureSpec, ModelArtifact
 from .data import (
     Channel,
     apply_features,
@@ -171,12 +171,27 @@ def check_loadable(model_dir: Path) -> None:
     Model.load(model_dir, max_batch_series=1)
 
 
+def export_onnx(predictor, backend: str, likelihood: str, freq: str, staging: Path) -> dict[str, Any]:
+    """The network as ONNX beside the predictor (torch); a failure is logged and recorded, never fatal."""
+    if backend != "torch":
+        reason = f"{backend} backend: only torch networks are exported to ONNX"
+        log.info("no ONNX network: %s", reason)
+        return {"file": None, "reason": reason}
+    from .onnx_export import export_checked
+
+    return export_checked(predictor.prediction_net.model.eval(), likelihood, freq, staging)
+
+
 def publish_model(staging: Path, model_dir: Path) -> None:
     """Move a checked model from ``staging`` into ``model_dir``, metadata last: its presence marks a complete model."""
     (model_dir / METADATA_FILE).unlink(missing_ok=True)
     if (model_dir / PREDICTOR_DIR).exists():
         shutil.rmtree(model_dir / PREDICTOR_DIR)
     os.replace(staging / PREDICTOR_DIR, model_dir / PREDICTOR_DIR)
+    # A stale network from an earlier run must not outlive the model it was exported from.
+    (model_dir / ONNX_FILE).unlink(missing_ok=True)
+    if (staging / ONNX_FILE).exists():
+        os.replace(staging / ONNX_FILE, model_dir / ONNX_FILE)
     os.replace(staging / METADATA_FILE, model_dir / METADATA_FILE)
     staging.rmdir()
 
@@ -205,6 +220,7 @@ def write_outputs(
     predictor_dir.mkdir()
     predictor.serialize(predictor_dir)
     faults.reached("writing")
+    onnx = export_onnx(predictor, params.backend, params.likelihood, params.pandas_freq, staging)
     train_summary = {
         "final_loss": control.best_loss,
         "best_epoch": control.best_epoch,
@@ -227,6 +243,7 @@ def write_outputs(
         train=train_summary,
         test_metrics=test_metrics,
         warm_start=warm_started,
+        onnx=onnx,
     ).write(staging)
     check_loadable(staging)
     publish_model(staging, paths.model_dir)

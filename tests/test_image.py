@@ -61,6 +61,8 @@ def test_train_in_the_container(image, opt_ml: OptMl, container_names):
     assert "#quality_metric: host=algo-1, test RMSE <loss>=" in result.stdout
     assert opt_ml.metadata["backend"] == "torch" and (opt_ml.root / "model/predictor").is_dir()
     assert opt_ml.metrics["test"]["RMSE"] > 0
+    # The network as ONNX, checked against torch with the image's onnxruntime (tests/test_onnx.py).
+    assert opt_ml.metadata["onnx"]["file"] == "network.onnx" and (opt_ml.root / "model/network.onnx").is_file()
 
 
 def test_no_argument_trains_when_sagemaker_wrote_a_resource_config(image, opt_ml: OptMl, container_names):
