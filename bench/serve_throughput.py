@@ -16,6 +16,8 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
 
     .venv/bin/python -m bench.serve_throughput [--seconds 15] [--soak-seconds 600] [--no-peer]
         [--baseline-repo /work/main] [--workers 2]
+    .venv/bin/python -m bench.serve_throughput --interleave 2 --baseline-repo /work/main --workers 2
+        (A/B: each server started in turn every round, c=8 1-series; for a machine whose load changes)
 
 `--fronts [--baseline-repo /work/main]` instead compares, side by side in one run, the serving fronts
 (issue #12 item 10): nginx + gunicorn (default), gunicorn alone (DEEPAR_FRONT=gunicorn) and, if given,
@@ -383,6 +385,34 @@ def compare_fronts(args, tmp_path: Path, records: list[dict]) -> None:
         )
 
 
+def interleaved(args, tmp_path: Path, records: list[dict]) -> None:
+    """A/B on a noisy machine: each server in turn, every round, so load changes hit all of them alike."""
+    servers: list[tuple[str, Path, dict]] = [("ours", REPO, {})]
+    servers += [(f"ours, {n} worker(s)", REPO, {"SAGEMAKER_MODEL_SERVER_WORKERS": str(n)}) for n in args.workers]
+    if args.baseline_repo:
+        servers.append((f"baseline {args.baseline_repo}", Path(args.baseline_repo), {}))
+    totals = {name: [0.0, 0.0] for name, _, _ in servers}
+    for round_ in range(args.interleave):
+        for name, repo, extra in servers:
+            with launched(repo, tmp_path / "torch", **extra) as server:
+                wrk(server.url, request_body(records, 1), 8, 2, tmp_path)  # warm-up
+                r = wrk(server.url, request_body(records, 1), 8, args.seconds, tmp_path)
+            totals[name][0] += r["rps"]
+            totals[name][1] += server.ready_s
+            print(
+                f"round {round_} {name:<24}: serve -> /ping 200 {server.ready_s:.1f} s; c=8 1-series "
+                f"{r['rps']:.1f} req/s, p99 {r['p99_ms']:.0f} ms, non-2xx {r['non2xx']}",
+                flush=True,
+            )
+    base = servers[-1][0]
+    print(f"\nmeans over {args.interleave} rounds, ratio against {base}")
+    for name, (rps, ready) in totals.items():
+        n = args.interleave
+        print(
+            f"  {name:<24}: c=8 {rps / n:.1f} req/s ({ratio(rps, totals[base][0])}); /ping 200 after {ready / n:.1f} s"
+        )
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
 
@@ -397,6 +427,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="*", default=[], help="also measure ours with these SAGEMAKER_MODEL_SERVER_WORKERS"
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only ours, --workers variants and --baseline-repo, started in turn for ROUNDS rounds: c=8 1-series",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -410,6 +447,9 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
         if args.fronts:
             compare_fronts(args, tmp_path, records)
+            return
+        if args.interleave:
+            interleaved(args, tmp_path, records)
             return
         peak, peak_how = peak_gflops()
         print(f"CPU FP32 peak        : {peak:.0f} GFLOP/s = {peak_how}")
