@@ -35,6 +35,33 @@ WORKER_BOOT_ERROR = 3
 # Answers must leave the worker before gunicorn's graceful timeout kills it: keep room for one forward pass.
 DRAIN_MARGIN_S = 3.0
 SPOOL_IN_MEMORY_BYTES = 2**20
+# A torch model the gunicorn master loaded before forking (gunicorn_hooks.py); workers share its pages.
+_preloaded: Optional[Model] = None
+
+
+def preload_model(config: ServerConfig) -> None:
+    """In the gunicorn master: import torch/GluonTS and load a torch model (and draw once, for lazy imports).
+
+    Only torch: mxnet's engine threads do not survive fork, so mxnet models are still loaded by each worker.
+    The warm-up draw runs here only on one intra-op thread, where no OpenMP thread pool exists to be
+    broken by fork; the workers draw again anyway.
+    """
+    global _preloaded
+    from .contract import ModelArtifact
+
+    if multi_model_enabled():  # no /opt/ml/model: each worker loads the models it is asked for
+        return
+    if ModelArtifact.read(Path(config.model_dir)).backend != "torch":
+        return
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(config.torch_threads)
+    model = Model.load(Path(config.model_dir), config.max_batch_series)
+    if config.torch_threads == 1:
+        warm_up(model)
+    _preloaded = model
+    log.info("model loaded in the gunicorn master in %.2f s; the workers share it", time.perf_counter() - started)
 
 
 class ModelState:
@@ -55,7 +82,7 @@ class ModelState:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-            self.model = Model.load(Path(self.config.model_dir), self.config.max_batch_series)
+            self.model = _preloaded or Model.load(Path(self.config.model_dir), self.config.max_batch_series)
             self.batcher = Batcher(
                 self.model.sample, self.config.max_pass_paths, self.config.max_batch_series, self.config.batch_wait_ms
             )
@@ -68,7 +95,8 @@ class ModelState:
             logging.shutdown()
             os._exit(WORKER_BOOT_ERROR)
         log.info(
-            "model loaded (%s backend, prediction_length %d) in %.2f s",
+            "model %s (%s backend, prediction_length %d) in %.2f s",
+            "ready (loaded before fork)" if self.model is _preloaded else "loaded",
             self.model.backend,
             self.model.prediction_length,
             time.perf_counter() - started,

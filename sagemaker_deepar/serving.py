@@ -54,6 +54,8 @@ def gunicorn_argv(config: ServerConfig, app_dir: Path, bind: Optional[str] = Non
         "--log-level",
         "info",
         "--no-control-socket",  # it would live under $HOME, which may be read-only
+        "--config",  # the master loads the model before forking (gunicorn_hooks.py)
+        "python:sagemaker_deepar.gunicorn_hooks",
     ]
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: keep them off slow or read-only disks
         argv += ["--worker-tmp-dir", "/dev/shm"]

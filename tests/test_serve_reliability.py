@@ -220,24 +220,37 @@ def test_stalled_clients_hold_no_thread_and_ping_stays_fast(torch_model: Path):
                     b'Content-Length: 1000\r\n\r\n{"instances": ['
                 )
             stalled.append(sock)
+        stalled_at = time.monotonic()
         time.sleep(0.3)
         for _ in range(5):
             started = time.monotonic()
             assert requests.get(s.url + "/ping", timeout=5).status_code == 200
             assert time.monotonic() - started <= 1.0
         assert s.post({"instances": [instance()]}).status_code == 200
-        # After the body timeout every stalled connection is closed by the server (nginx logs them as 408).
-        time.sleep(4.5)
-        closed = 0
+        # Within the body timeout (3 s after their last bytes, plus scheduling) a stalled body gets a JSON 408
+        # and its connection is closed; half-sent headers are closed (there is no request to answer yet).
+        time.sleep(max(0.0, stalled_at + 4.5 - time.monotonic()))
+        answers: list[bytes] = []
         for sock in stalled:
             sock.settimeout(2)
+            reply = b""
             try:
-                closed += sock.recv(1024) == b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
             except (ConnectionResetError, socket.timeout):
-                closed += 0
+                reply += b"<not closed>"
             finally:
                 sock.close()
-        assert closed == 64
+            answers.append(reply)
+        half_headers = [a for i, a in enumerate(answers) if i % 2]
+        half_bodies = [a for i, a in enumerate(answers) if not i % 2]
+        assert half_headers == [b""] * 32, half_headers[:2]
+        for reply in half_bodies:
+            assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+            assert b"Content-Type: application/json" in reply
+            assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {
+                "error": "request timed out: the body did not arrive within 3 s of its last bytes (DEEPAR_BODY_TIMEOUT)"
+            }
 
 
 # ---------------------------------------------------------------- 11. SIGTERM
@@ -295,6 +308,6 @@ def test_ping_is_200_only_when_every_worker_has_its_model(torch_model: Path):
         statuses += [s.post({"instances": [instance()]}).status_code for _ in range(10)]
         assert set(statuses) == {200}, statuses  # never a 503 from a worker still loading
         output = s.output()
-        assert output.count("model loaded (torch backend") == 2, output  # workers log through a handler
+        assert output.count("model ready (loaded before fork) (torch backend") == 2, output  # workers log
     finally:
         s.stop()
