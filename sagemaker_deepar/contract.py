@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -349,6 +350,102 @@ def _check_long_enough(record: Mapping[str, Any], prediction_length: int) -> Non
 def target_array(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
     """A DeepAR target (numbers; ``null`` or ``"NaN"`` for missing) as float64 with NaN gaps."""
     return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
+
+
+# ---------------------------------------------------------------- forecast requests
+
+# Largest |value| accepted in target and dynamic_feat, in training and in requests: DeepAR scales by the
+# series' mean magnitude and draws float32 samples (max 3.4e38), so values near 1e37 overflow; 1e30 leaves
+# room for any tail.
+MAX_ABS_VALUE = 1e30
+OUTPUT_TYPES = ("mean", "quantiles", "samples")
+DEFAULT_QUANTILES = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9")
+MAX_NUM_SAMPLES = 10_000
+MAX_QUANTILES = 100  # bounds the response (issue #12): 9,999 quantiles x 200 series was a 536 MB answer
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """A request's ``configuration`` (or ``DEEPAR_INFERENCE_CONFIG``), checked."""
+
+    num_samples: int = 100
+    output_types: tuple[str, ...] = ("mean", "quantiles")
+    quantile_keys: tuple[str, ...] = DEFAULT_QUANTILES  # as the client spelled them
+    quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
+
+
+def parse_configuration(
+    raw: Any,
+    where: str = "configuration",
+    defaults: InferenceConfig = InferenceConfig(),
+    number_key: Callable[[float], str] = json.dumps,
+) -> InferenceConfig:
+    """The built-in DeepAR's ``configuration`` object; ``number_key`` spells a quantile given as a number."""
+    if raw is None:
+        return defaults
+    if not isinstance(raw, dict):
+        raise ContractError(f"{where}: expected an object with num_samples, output_types, quantiles")
+    unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
+    if unknown:
+        raise ContractError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles"
+        )
+    num_samples = raw.get("num_samples", defaults.num_samples)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise ContractError(f"{where}.num_samples: {num_samples!r} is not an integer between 1 and {MAX_NUM_SAMPLES}")
+    output_types = raw.get("output_types", list(defaults.output_types))
+    if not isinstance(output_types, list) or not output_types or not all(t in OUTPUT_TYPES for t in output_types):
+        raise ContractError(
+            f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}"
+        )
+    keys, levels = defaults.quantile_keys, defaults.quantile_levels
+    if "quantiles" in raw:
+        keys, levels = _parse_quantiles(raw["quantiles"], f"{where}.quantiles", number_key)
+    return InferenceConfig(num_samples, tuple(dict.fromkeys(output_types)), keys, levels)
+
+
+def _parse_quantiles(
+    quantiles: Any, where: str, number_key: Callable[[float], str]
+) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    if not isinstance(quantiles, list) or not quantiles:
+        raise ContractError(f"{where}: expected a non-empty list of numbers between 0 and 1")
+    if len(quantiles) > MAX_QUANTILES:
+        raise ContractError(f"{where}: {len(quantiles)} quantiles; at most {MAX_QUANTILES} are allowed")
+    keys, levels = [], []
+    for index, q in enumerate(quantiles):
+        try:
+            level = float(q) if isinstance(q, (str, int, float)) and not isinstance(q, bool) else math.nan
+        except ValueError:
+            level = math.nan
+        if not 0.0 < level < 1.0:
+            raise ContractError(f"{where}[{index}]: {q!r} is not a number strictly between 0 and 1")
+        keys.append(q if isinstance(q, str) else number_key(q))
+        levels.append(level)
+    return tuple(keys), tuple(levels)
+
+
+def predictions(
+    samples: np.ndarray[Any, np.dtype[Any]], config: InferenceConfig, forwarded: Sequence[Mapping[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """Response objects for a block of series ``(series, paths, horizon)``: only the requested keys, with the
+    request's forwarded fields first; values stay numpy arrays for the encoder."""
+    means = samples.mean(axis=1) if "mean" in config.output_types else None
+    quantiles = (
+        np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
+        if "quantiles" in config.output_types
+        else None
+    )
+    out = []
+    for i in range(samples.shape[0]):
+        item: dict[str, Any] = dict(forwarded[i]) if forwarded else {}
+        if means is not None:
+            item["mean"] = means[i]
+        if quantiles is not None:
+            item["quantiles"] = {key: quantiles[j, i] for j, key in enumerate(config.quantile_keys)}
+        if "samples" in config.output_types:
+            item["samples"] = samples[i]
+        out.append(item)
+    return out
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -19,17 +19,13 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .contract import FeatureSpec
+from .contract import MAX_ABS_VALUE, FeatureSpec
 from .errors import DataError, UserError
 from .hyperparameters import DeepARHyperparameters
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED_PROBLEMS = 20
-# Largest |value| a target or dynamic feature may have. DeepAR's mean scaling sums |target| over
-# context windows and batches in float32 (max 3.4e38): far below that bound the sums, the
-# likelihood and the forecasts stay finite on both backends (measured, see README "Reliability").
-MAX_ABS_VALUE = 1e30
 # Category ids index embedding tables (int64 in torch, float32 in mxnet): beyond this they cannot be exact.
 MAX_CAT_VALUE = 2**24
 KNOWN_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json.gz", ".parquet": "parquet"}

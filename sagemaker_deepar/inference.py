@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -17,20 +16,25 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import orjson
 
-from .contract import FeatureSpec, ModelArtifact
+from . import contract
+from .contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
+    DEFAULT_QUANTILES,
+    MAX_ABS_VALUE,
+    MAX_NUM_SAMPLES,
+    MAX_QUANTILES,
+    OUTPUT_TYPES,
+    ContractError,
+    FeatureSpec,
+    InferenceConfig,
+    ModelArtifact,
+    predictions,
+)
 from .data import RecordError, parse_record
 from .errors import UserError
 from .paths import PREDICTOR_DIR
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TYPES = ("mean", "quantiles", "samples")
-DEFAULT_QUANTILES = ["0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9"]
-MAX_NUM_SAMPLES = 10_000
-MAX_QUANTILES = 100
-# Largest |value| accepted in target and dynamic_feat: DeepAR scales by the series' mean magnitude and its
-# samples are float32 (max 3.4e38), so values near 1e37 overflow to inf; 1e30 leaves room for any tail.
-MAX_ABS_VALUE = 1e30
 # Upper bound of one float32 as orjson writes it ("-1.1754944e-38") plus its comma: response-size estimates
 # use it so that an answer never exceeds its budget.
 MAX_FLOAT_CHARS = 15
@@ -94,58 +98,14 @@ class Model:
 # ---------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class InferenceConfig:
-    num_samples: int = 100
-    output_types: tuple[str, ...] = ("mean", "quantiles")
-    quantile_keys: tuple[str, ...] = tuple(DEFAULT_QUANTILES)  # as the client spelled them
-    quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
-
-
 def parse_configuration(
-    raw: Any, where: str = "configuration", defaults: InferenceConfig = InferenceConfig()
+    raw: Any, where: str = "configuration", defaults: Optional[InferenceConfig] = None
 ) -> InferenceConfig:
-    if raw is None:
-        return defaults
-    if not isinstance(raw, dict):
-        raise RequestError(f"{where}: expected an object with num_samples, output_types, quantiles")
-    unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
-    if unknown:
-        raise RequestError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles"
-        )
-    num_samples = raw.get("num_samples", defaults.num_samples)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise RequestError(f"{where}.num_samples: {num_samples!r} is not an integer between 1 and {MAX_NUM_SAMPLES}")
-    output_types = raw.get("output_types", list(defaults.output_types))
-    if not isinstance(output_types, list) or not output_types or not all(t in OUTPUT_TYPES for t in output_types):
-        raise RequestError(
-            f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}"
-        )
-    keys, levels = defaults.quantile_keys, defaults.quantile_levels
-    if "quantiles" in raw:
-        quantiles = raw["quantiles"]
-        if not isinstance(quantiles, list) or not quantiles:
-            raise RequestError(f"{where}.quantiles: expected a non-empty list of numbers between 0 and 1")
-        if len(quantiles) > MAX_QUANTILES:
-            raise RequestError(f"{where}.quantiles: {len(quantiles)} quantiles; at most {MAX_QUANTILES} are allowed")
-        keys_list, level_list = [], []
-        for index, q in enumerate(quantiles):
-            try:
-                level = float(q) if isinstance(q, (str, int, float)) and not isinstance(q, bool) else math.nan
-            except ValueError:
-                level = math.nan
-            if not 0.0 < level < 1.0:
-                raise RequestError(f"{where}.quantiles[{index}]: {q!r} is not a number strictly between 0 and 1")
-            keys_list.append(q if isinstance(q, str) else _number_key(q))
-            level_list.append(level)
-        keys, levels = tuple(keys_list), tuple(level_list)
-    return InferenceConfig(
-        num_samples=num_samples,
-        output_types=tuple(dict.fromkeys(output_types)),
-        quantile_keys=keys,
-        quantile_levels=levels,
-    )
+    """The contract's check, answered as a 400."""
+    try:
+        return contract.parse_configuration(raw, where, defaults or InferenceConfig(), number_key=_number_key)
+    except ContractError as error:
+        raise RequestError(str(error)) from None
 
 
 def _number_key(q: float) -> str:
@@ -289,27 +249,6 @@ def overflow_message(prefix: str) -> str:
         f"{prefix}target: the forecast overflowed float32 (values of target or dynamic_feat too large in "
         "magnitude, e.g. near 1e37); rescale the series"
     )
-
-
-def predictions(samples: np.ndarray, config: InferenceConfig, forwarded: Sequence[dict]) -> list[dict]:
-    """Response objects for a block of series: only the requested keys, quantiles computed at once."""
-    means = samples.mean(axis=1) if "mean" in config.output_types else None
-    quantiles = (
-        np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
-        if "quantiles" in config.output_types
-        else None
-    )
-    out = []
-    for i in range(samples.shape[0]):
-        item: dict[str, Any] = dict(forwarded[i]) if forwarded else {}
-        if means is not None:
-            item["mean"] = means[i]
-        if quantiles is not None:
-            item["quantiles"] = {key: quantiles[j, i] for j, key in enumerate(config.quantile_keys)}
-        if "samples" in config.output_types:
-            item["samples"] = samples[i]
-        out.append(item)
-    return out
 
 
 def encode(obj: Any) -> bytes:

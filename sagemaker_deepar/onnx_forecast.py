@@ -17,7 +17,6 @@ distribution: ``tests/test_onnx.py`` compares quantiles with the torch server's)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -25,63 +24,16 @@ from typing import Any, Optional
 import numpy as np
 import onnxruntime
 
-from .contract import ONNX_FILE, ContractError, ModelArtifact, parse_time_freq, target_array
-
-OUTPUT_TYPES = ("mean", "quantiles", "samples")
-DEFAULT_QUANTILES = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9")
-MAX_NUM_SAMPLES = 10_000
-MAX_QUANTILES = 100
-MAX_ABS_VALUE = 1e30  # as the server: DeepAR's float32 scaling overflows beyond this
-
-
-@dataclass(frozen=True)
-class ForecastConfig:
-    num_samples: int = 100
-    output_types: tuple[str, ...] = ("mean", "quantiles")
-    quantile_keys: tuple[str, ...] = DEFAULT_QUANTILES
-    quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
-
-
-def parse_configuration(raw: Any, where: str = "configuration") -> ForecastConfig:
-    """The request's ``configuration`` object, with the server's rules and messages."""
-    if raw is None:
-        return ForecastConfig()
-    if not isinstance(raw, dict):
-        raise ContractError(f"{where}: expected an object with num_samples, output_types, quantiles")
-    unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
-    if unknown:
-        raise ContractError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles"
-        )
-    num_samples = raw.get("num_samples", 100)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
-        raise ContractError(f"{where}.num_samples: {num_samples!r} is not an integer between 1 and {MAX_NUM_SAMPLES}")
-    output_types = raw.get("output_types", ["mean", "quantiles"])
-    if not isinstance(output_types, list) or not output_types or not all(t in OUTPUT_TYPES for t in output_types):
-        raise ContractError(
-            f"{where}.output_types: {output_types!r}; expected a non-empty list of {', '.join(OUTPUT_TYPES)}"
-        )
-    keys: tuple[str, ...] = DEFAULT_QUANTILES
-    levels = ForecastConfig.quantile_levels
-    if "quantiles" in raw:
-        quantiles = raw["quantiles"]
-        if not isinstance(quantiles, list) or not quantiles or len(quantiles) > MAX_QUANTILES:
-            raise ContractError(
-                f"{where}.quantiles: expected a non-empty list of at most {MAX_QUANTILES} numbers between 0 and 1"
-            )
-        key_list, level_list = [], []
-        for index, q in enumerate(quantiles):
-            try:
-                level = float(q) if isinstance(q, (str, int, float)) and not isinstance(q, bool) else math.nan
-            except ValueError:
-                level = math.nan
-            if not 0.0 < level < 1.0:
-                raise ContractError(f"{where}.quantiles[{index}]: {q!r} is not a number strictly between 0 and 1")
-            key_list.append(q if isinstance(q, str) else repr(q))
-            level_list.append(level)
-        keys, levels = tuple(key_list), tuple(level_list)
-    return ForecastConfig(num_samples, tuple(dict.fromkeys(output_types)), keys, levels)
-
+from .contract import (
+    MAX_ABS_VALUE,
+    ONNX_FILE,
+    ContractError,
+    ModelArtifact,
+    parse_configuration,
+    parse_time_freq,
+    predictions,
+    target_array,
+)
 
 # ---------------------------------------------------------------- calendar features (GluonTS's, in numpy)
 
@@ -342,25 +294,13 @@ class OnnxForecaster:
                 f"instances[{int(bad[0])}].target: the forecast overflowed float32 (values too large in "
                 "magnitude); rescale the series"
             )
-        return predictions(samples, config)
+        return [_as_lists(item) for item in predictions(samples, config)]
 
 
-def predictions(samples: np.ndarray, config: ForecastConfig) -> list[dict]:
-    """The server's response objects: only the requested keys, as JSON-ready lists."""
-    means = samples.mean(axis=1) if "mean" in config.output_types else None
-    quantiles = (
-        np.quantile(samples, config.quantile_levels, axis=1).astype(np.float32)
-        if "quantiles" in config.output_types
-        else None
-    )
-    out = []
-    for i in range(samples.shape[0]):
-        item: dict[str, Any] = {}
-        if means is not None:
-            item["mean"] = means[i].tolist()
-        if quantiles is not None:
-            item["quantiles"] = {key: quantiles[j, i].tolist() for j, key in enumerate(config.quantile_keys)}
-        if "samples" in config.output_types:
-            item["samples"] = samples[i].tolist()
-        out.append(item)
-    return out
+def _as_lists(value: Any) -> Any:
+    """JSON-ready values (the server's encoder takes numpy arrays; a function returns plain objects)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
