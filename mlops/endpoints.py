@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from sagemaker_deepar.contract import extract_model_tarball
+
 from .events import DeployFailed
 
 LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
@@ -165,8 +167,7 @@ class LocalEndpoints:
             else:
                 shutil.copy(model_data.removeprefix("file://"), archive)
             try:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(root / "model", filter="data")
+                extract_model_tarball(archive, root / "model")
             except tarfile.TarError as error:
                 shutil.rmtree(root, ignore_errors=True)
                 raise DeployFailed(f"model artifact {model_data} is not a tar.gz: {error}") from None

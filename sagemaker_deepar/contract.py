@@ -11,6 +11,7 @@ import gzip
 import json
 import math
 import re
+import tarfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -446,6 +447,34 @@ def predictions(
             item["samples"] = samples[i]
         out.append(item)
     return out
+
+
+# ---------------------------------------------------------------- model.tar.gz
+
+
+def extract_model_tarball(tarball: Path, target: Path) -> None:
+    """Unpack a ``model.tar.gz`` safely: no absolute paths, no ``..``, no links out, no devices.
+
+    tarfile's ``filter="data"`` does exactly this where it exists (Python >= 3.11.4); the image's Debian
+    Python 3.11.2 lacks it, so there the same rules are checked member by member. Raises tarfile.TarError.
+    """
+    with tarfile.open(tarball) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(target, filter="data")
+            return
+        root = Path(target).resolve()
+        for member in archive.getmembers():
+            path = (root / member.name).resolve()
+            unsafe = (
+                Path(member.name).is_absolute()
+                or not path.is_relative_to(root)
+                or member.isdev()
+                or (member.issym() or member.islnk())
+                and not (path.parent / member.linkname).resolve().is_relative_to(root)
+            )
+            if unsafe:
+                raise tarfile.TarError(f"{member.name}: not a plain file or folder inside the archive")
+        archive.extractall(target)  # noqa: S202 - every member was checked above
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -9,7 +9,6 @@ exactly what `/invocations` does in single-model mode (``server.forecast_respons
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,11 +24,11 @@ from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig
 from .server import (
     DRAIN_MARGIN_S,
     JSON,
+    WorkerReadiness,
     error_response,
     forecast_response,
     install_drain_on_sigterm,
     install_error_handlers,
-    ready_workers,
     warm_up,
 )
 from .server_config import ServerConfig
@@ -53,13 +52,11 @@ def load_served_model(model_dir: Path, config: ServerConfig) -> ServedModel:
     return ServedModel(ForecastService(model, config, batcher))
 
 
-class MultiModelState:
+class MultiModelState(WorkerReadiness):
     """Ready once the worker has imported what loading a model needs (so a cold invoke is only the model's load)."""
 
     def __init__(self, config: ServerConfig):
-        self.config = config
-        self.ready = threading.Event()
-        self.draining = False
+        super().__init__(config)
         self.registry = ModelRegistry(
             MultiModelConfig.from_env(config.workers), lambda model_dir: load_served_model(model_dir, config)
         )
@@ -85,16 +82,7 @@ class MultiModelState:
         from gluonts.torch.batchify import batchify  # noqa: F401
         from gluonts.transform import SelectFields  # noqa: F401
 
-        if self.config.ready_dir:
-            Path(self.config.ready_dir, str(os.getpid())).touch()
-        self.ready.set()
-
-    def all_workers_ready(self) -> bool:
-        if not self.ready.is_set() or self.draining:
-            return False
-        if not self.config.ready_dir:
-            return True
-        return ready_workers(Path(self.config.ready_dir)) >= self.config.workers
+        self.mark_ready()
 
     def drain(self) -> None:
         self.draining = True

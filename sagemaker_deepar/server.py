@@ -64,16 +64,37 @@ def preload_model(config: ServerConfig) -> None:
     log.info("model loaded in the gunicorn master in %.2f s; the workers share it", time.perf_counter() - started)
 
 
-class ModelState:
-    """Loads the model in the background so the port answers /ping at once (503 until ready)."""
+class WorkerReadiness:
+    """A worker's readiness, and that of every worker of the server: each ready worker leaves a pid file
+    in ``ready_dir``, so /ping says 200 only once all of them can answer."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
         self.ready = threading.Event()
+        self.draining = False
+
+    def mark_ready(self) -> None:
+        if self.config.ready_dir:
+            Path(self.config.ready_dir, str(os.getpid())).touch()
+        self.ready.set()
+
+    def all_workers_ready(self) -> bool:
+        """This worker is ready, and so is every other worker of the server."""
+        if not self.ready.is_set() or self.draining:
+            return False
+        if not self.config.ready_dir:
+            return True
+        return ready_workers(Path(self.config.ready_dir)) >= self.config.workers
+
+
+class ModelState(WorkerReadiness):
+    """Loads the model in the background so the port answers /ping at once (503 until ready)."""
+
+    def __init__(self, config: ServerConfig):
+        super().__init__(config)
         self.model: Optional[Model] = None
         self.batcher: Optional[Batcher] = None
         self.service: Optional[ForecastService] = None
-        self.draining = False
         threading.Thread(target=self._load, name="deepar-model-loader", daemon=True).start()
 
     def _load(self) -> None:
@@ -101,17 +122,7 @@ class ModelState:
             self.model.prediction_length,
             time.perf_counter() - started,
         )
-        if self.config.ready_dir:
-            Path(self.config.ready_dir, str(os.getpid())).touch()
-        self.ready.set()
-
-    def all_workers_ready(self) -> bool:
-        """This worker has its model, and so has every other worker of the server."""
-        if not self.ready.is_set() or self.draining:
-            return False
-        if not self.config.ready_dir:
-            return True
-        return ready_workers(Path(self.config.ready_dir)) >= self.config.workers
+        self.mark_ready()
 
     def drain(self) -> None:
         """SIGTERM: every request still running must be answered before the worker is stopped."""

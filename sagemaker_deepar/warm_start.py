@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .contract import ContractError, FeatureSpec, ModelArtifact
+from .contract import ContractError, FeatureSpec, ModelArtifact, extract_model_tarball
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters
 from .paths import METADATA_FILE, PREDICTOR_DIR
@@ -81,8 +81,7 @@ def _where(channel_dir: Path) -> str:
 def _unpack(tarball: Path, channel_dir: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="deepar-warm-start-"))
     try:
-        with tarfile.open(tarball) as archive:
-            archive.extractall(target, filter="data")  # no absolute paths, links out or devices
+        extract_model_tarball(tarball, target)
     except (tarfile.TarError, OSError, EOFError) as error:
         shutil.rmtree(target, ignore_errors=True)
         raise UserError(

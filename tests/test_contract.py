@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from sagemaker_deepar.contract import (
     ContractError,
     FeatureSpec,
     ModelArtifact,
+    extract_model_tarball,
     holdout,
     iter_jsonl,
     pandas_freq,
@@ -234,3 +236,45 @@ def test_jsonl_reader_skips_blank_lines_and_locates_bad_ones(tmp_path):
     assert [next(lines), next(lines)] == [(1, {"a": 1}), (4, {"a": 2})]
     with pytest.raises(ContractError, match=rf"^{re.escape(str(path))}:5: not JSON"):
         next(lines)
+
+
+def _tarball(path: Path, members: dict[str, bytes], link: tuple[str, str] | None = None) -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link[0])
+            info.type, info.linkname = tarfile.SYMTYPE, link[1]
+            archive.addfile(info)
+    return path
+
+
+@pytest.mark.parametrize("has_data_filter", [True, False], ids=["filter=data", "python-3.11.2-checks"])
+def test_model_tarball_extracts_plain_files_and_refuses_escapes(tmp_path, monkeypatch, has_data_filter):
+    """The image's Python 3.11.2 has no tarfile filter=: the member checks must refuse the same archives."""
+    import tarfile
+
+    if not has_data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    good = _tarball(tmp_path / "good.tar.gz", {"deepar-metadata.json": b"{}", "predictor/x": b"1"})
+    extract_model_tarball(good, tmp_path / "out")
+    assert (tmp_path / "out" / "predictor" / "x").read_bytes() == b"1"
+    for name, archive in {
+        "dotdot": _tarball(tmp_path / "a.tar.gz", {"../evil": b"x"}),
+        "link out": _tarball(tmp_path / "c.tar.gz", {}, link=("l", "/etc/passwd")),
+    }.items():
+        with pytest.raises(tarfile.TarError):
+            extract_model_tarball(archive, tmp_path / f"out-{name}")
+    assert not (tmp_path / "evil").exists()
+    # An absolute name never lands outside: filter="data" strips the slash, the member checks refuse it.
+    absolute = _tarball(tmp_path / "b.tar.gz", {"/tmp/evil-deepar": b"x"})
+    try:
+        extract_model_tarball(absolute, tmp_path / "out-absolute")
+    except tarfile.TarError:
+        pass
+    assert not Path("/tmp/evil-deepar").exists()

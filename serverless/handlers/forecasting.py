@@ -12,13 +12,14 @@ import json
 import os
 import re
 import socket
-import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
+
+from sagemaker_deepar.contract import extract_model_tarball
 
 # SageMaker's real-time body limit (6 MB); requests stay under it with headroom for the configuration.
 MAX_REQUEST_BYTES = 5 * 2**20
@@ -198,8 +199,7 @@ def download_model(uri: str, root: Optional[Path] = None) -> Path:
         boto3.client("s3").download_file(bucket, key, str(archive))
     else:
         archive = Path(uri)
-    with tarfile.open(archive) as tar:
-        tar.extractall(root, filter="data")
+    extract_model_tarball(archive, root)
     done.write_text(uri)
     return root
 
