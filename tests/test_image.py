@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -79,6 +80,21 @@ def test_bad_hyperparameter_fails_the_container(image, opt_ml: OptMl, container_
     result = run_job(image, opt_ml.root, "train", names=container_names)
     assert result.returncode == 1
     assert opt_ml.failure.startswith("ClientError: hyperparameter 'epoch' is not recognised; did you mean 'epochs'?")
+
+
+def test_warm_start_from_a_model_tarball_in_the_container(image, trained, opt_ml: OptMl, container_names):
+    """The image's own Python (Debian 3.11.2, no tarfile filter=) unpacks the model channel's tarball."""
+    opt_ml.hyperparameters(epochs="1", prediction_length="6", context_length="12")
+    opt_ml.channel("train", [series(n=48, offset=20 + i) for i in range(3)])
+    channel = opt_ml.root / "input" / "data" / "model"
+    channel.mkdir(parents=True)
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as archive:
+        for item in (trained / "model").iterdir():
+            archive.add(item, arcname=item.name)
+    opt_ml.channels(train=None, model="application/x-sagemaker-model")
+    result = run_job(image, opt_ml.root, "train", names=container_names)
+    assert result.returncode == 0, (opt_ml.failure or "") + result.stderr[-3000:]
+    assert opt_ml.metadata["warm_start"]["source"] == "model.tar.gz"
 
 
 @pytest.fixture(scope="module")
