@@ -50,16 +50,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=LOCAL_IMAGE)
     parser.add_argument("--workdir", type=Path, help="where the lakes, runs and endpoints go (default: a temp dir)")
     parser.add_argument("--days", type=int, default=6, help="days of hourly sample data in the lake")
-    parser.add_argument("--level-shift", type=float, default=100.0, help="the drift added to the new actuals")
+    parser.add_argument("--level-shift", type=float, default=300.0, help="the drift added to the new actuals")
     parser.add_argument(
         "--default-threshold", type=float, default=1.0, help="the first model's bar (mean_wQuantileLoss)"
     )
     parser.add_argument(
         "--alert-margin",
         type=float,
-        default=1.5,
+        default=1.25,
         help="monitor alerts above margin x the served model's wQL (sampling noise of one forecast window)",
     )
+    parser.add_argument("--epochs", type=int, default=10, help="enough for the model to learn the series' level")
+    parser.add_argument("--num-batches-per-epoch", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="also print the timeline as one JSON line")
 
 
@@ -104,8 +106,8 @@ def _build_settings(args: argparse.Namespace, lake: Path, workdir: Path) -> Buil
     return BuildSettings(
         lake_uri=str(lake), local=True, image=args.image, workdir=workdir / "runs", pipeline_name=PIPELINE,
         threshold_parameter=THRESHOLD_PARAMETER, default_threshold=args.default_threshold,
-        model_package_group=GROUP, prediction_length=12, context_length=24, epochs=1,
-        num_batches_per_epoch=3, num_cells=8, num_layers=1,
+        model_package_group=GROUP, prediction_length=12, context_length=24, epochs=args.epochs,
+        num_batches_per_epoch=args.num_batches_per_epoch, num_cells=8, num_layers=1,
     )  # fmt: skip
 
 
@@ -153,7 +155,7 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
 
     def monitor(key: str) -> tuple[str, str]:
         if not forecasts.exists():
-            _store_forecasts(endpoints.url(stage_endpoint(NAME, "prod")), workdir, forecasts)
+            _store_forecasts(endpoints.url(stage_endpoint(NAME, "prod")), s3, forecasts)
         result = monitor_once(
             forecasts=str(forecasts.parent), lake=str(lake), pipeline=PIPELINE, threshold_parameter=alert_parameter,
             endpoint=stage_endpoint(NAME, "prod"), group=GROUP, sagemaker=sagemaker, ssm=ssm,
@@ -190,25 +192,32 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     )
 
 
-def _store_forecasts(url: str, workdir: Path, target: Path) -> None:
+def _store_forecasts(url: str, s3: Any, target: Path) -> None:
     """Ask the prod endpoint to forecast every series of the first build's train channel (the lake
-    minus its held-out points): what a production job stores and the monitor scores."""
+    minus its held-out points, which the Prepare step wrote to the artifacts bucket): what a
+    production job stores and the monitor scores."""
     import requests
 
-    train = sorted((workdir / "runs").glob("*/**/train/*.json*"))
-    if not train:
-        raise RuntimeError(f"no train channel under {workdir / 'runs'} to forecast from")
-    series = [json.loads(line) for line in train[0].read_text().splitlines() if line.strip()]
+    bucket = "mlops-artifacts"
+    keys = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for item in page.get("Contents", [])
+        if "/train/" in item["Key"] and item["Key"].endswith((".json", ".jsonl"))
+    ]
+    if not keys:
+        raise RuntimeError(f"no train channel in s3://{bucket} to forecast from")
+    body = s3.get_object(Bucket=bucket, Key=sorted(keys)[0])["Body"].read().decode()
+    series = [json.loads(line) for line in body.splitlines() if line.strip()]
     instances = [{k: v for k, v in s.items() if k in ("start", "target", "cat", "dynamic_feat")} for s in series]
-    body = {"instances": instances, "configuration": {"output_types": ["mean", "quantiles"], "quantiles": QUANTILES}}
-    response = requests.post(url + "/invocations", json=body, timeout=300)
+    request = {"instances": instances, "configuration": {"output_types": ["mean", "quantiles"], "quantiles": QUANTILES}}
+    response = requests.post(url + "/invocations", json=request, timeout=300)
     response.raise_for_status()
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("w") as out:
         for instance, prediction in zip(series, response.json()["predictions"]):
             start = _after(instance["start"], len(instance["target"]))
-            line = {"item_id": instance["item_id"], "start": start, **prediction}
-            out.write(json.dumps(line) + "\n")
+            out.write(json.dumps({"item_id": instance["item_id"], "start": start, **prediction}) + "\n")
 
 
 def _after(start: str, points: int) -> str:
