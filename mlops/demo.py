@@ -16,7 +16,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -182,14 +182,28 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     _timed(timeline, "drift", drift)
     if _timed(timeline, "monitor", lambda: monitor("breach")) != "retrain-started":
         return False
-    # the execution monitor started on (moto's) SageMaker is the record; the run happens here
-    if _timed(timeline, "retrain", lambda: build("v2", settings)) != REGISTERED:
+    # the execution monitor started on (moto's) SageMaker is the record; the run happens here, gated by
+    # the current bar and warm-started from the production model
+    retrain = replace(settings, warm_start_model=_warm_start_channel(v1.model_data, workdir / "warm-start"))
+    if _timed(timeline, "retrain", lambda: build("v2", retrain)) != REGISTERED:
         return False
     v2 = built["v2"]
     return (
         _timed(timeline, "register", lambda: ("v" + _version(v2.model_package_arn), _arn_tail(v2.model_package_arn)))
         == "v2"
     )
+
+
+def _warm_start_channel(model_data: Optional[str], folder: Path) -> str:
+    """A folder holding only the production model's model.tar.gz: local mode mounts a file:// input's
+    folder, and the model's own output folder also holds extracted files and output.tar.gz."""
+    import shutil
+
+    if not model_data or not model_data.startswith("file://"):
+        raise RuntimeError(f"the production model {model_data} is not a local artifact")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_data.removeprefix("file://"), folder / "model.tar.gz")
+    return f"file://{folder}"
 
 
 def _store_forecasts(url: str, s3: Any, target: Path) -> None:
