@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--epochs", type=int, default=10, help="enough for the model to learn the series' level")
     parser.add_argument("--num-batches-per-epoch", type=int, default=20)
+    parser.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="the retrain starts from the production model's weights (its Train step's model channel)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the timeline as one JSON line")
 
 
@@ -183,8 +188,12 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     if _timed(timeline, "monitor", lambda: monitor("breach")) != "retrain-started":
         return False
     # the execution monitor started on (moto's) SageMaker is the record; the run happens here, gated by
-    # the current bar and warm-started from the production model
-    retrain = replace(settings, warm_start_model=_warm_start_channel(v1.model_data, workdir / "warm-start"))
+    # the current bar (and with --warm-start initialised from the production model)
+    retrain = (
+        replace(settings, warm_start_model=_warm_start_channel(v1.model_data, workdir / "warm-start"))
+        if args.warm_start
+        else settings
+    )
     if _timed(timeline, "retrain", lambda: build("v2", retrain)) != REGISTERED:
         return False
     v2 = built["v2"]
