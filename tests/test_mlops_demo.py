@@ -36,7 +36,8 @@ def test_demo_runs_the_loop_from_build_to_a_retrained_version_2(sdk_ready, tmp_p
     timeline = json.loads(run.stdout.strip().splitlines()[-1])
     assert [(step["step"], step["status"]) for step in timeline] == EXPECTED
     assert "deepar-demo-models/2" in timeline[-1]["metric"]
-    assert all(step["seconds"] >= 0 for step in timeline)
+    healthy, breach = (wql_and_bar(step["metric"]) for step in timeline if step["step"] == "monitor")
+    assert healthy[0] <= healthy[1] and breach[0] > breach[1]  # the drift is what crossed the bar
     table = run.stdout.strip().splitlines()
     assert table[-len(EXPECTED) - 2].split() == ["step", "status", "seconds", "metric"]
     # no endpoint container outlives the demo (by name: other jobs may run the image meanwhile); the
@@ -47,3 +48,9 @@ def test_demo_runs_the_loop_from_build_to_a_retrained_version_2(sdk_ready, tmp_p
     ).stdout.split()  # fmt: skip
     assert leftover == []
     assert json.loads((tmp_path / "endpoints" / "endpoints.json").read_text()) == {}
+
+
+def wql_and_bar(metric: str) -> tuple[float, float]:
+    """``wQL 0.1002 / bar 0.135165[, ...]`` -> (0.1002, 0.135165)."""
+    wql, bar = metric.split(",")[0].removeprefix("wQL ").split(" / bar ")
+    return float(wql), float(bar)
