@@ -76,6 +76,7 @@ class BuildSettings:
     num_batches_per_epoch: int = 50
     num_cells: int = 40
     num_layers: int = 2
+    warm_start_model: Optional[str] = None  # the production model's artifact (a model channel)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +192,7 @@ def _defaults(settings: BuildSettings, image: str, output_uri: str, threshold: f
         threshold=threshold,
         threshold_parameter=settings.threshold_parameter,
         model_package_group=settings.model_package_group,
+        warm_start_model=settings.warm_start_model,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from sagemaker_deepar.report import QUANTILES
 
@@ -51,6 +51,8 @@ class Defaults:
     threshold: float = registry.DEFAULT_THRESHOLD
     threshold_parameter: str = registry.DEFAULT_THRESHOLD_PARAMETER
     model_package_group: str = registry.DEFAULT_GROUP
+    # the production model's artifact: the Train step warm-starts from it (README "Warm start")
+    warm_start_model: Optional[str] = None
 
 
 def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, name: str = PIPELINE_NAME):
@@ -147,15 +149,13 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
         },
         sagemaker_session=session,
     )
-    train = TrainingStep(
-        "Train",
-        step_args=estimator.fit(
-            {
-                "train": TrainingInput(channels["train"].S3Output.S3Uri, content_type="application/jsonlines"),
-                "test": TrainingInput(channels["test"].S3Output.S3Uri, content_type="application/jsonlines"),
-            }
-        ),
-    )
+    inputs = {
+        "train": TrainingInput(channels["train"].S3Output.S3Uri, content_type="application/jsonlines"),
+        "test": TrainingInput(channels["test"].S3Output.S3Uri, content_type="application/jsonlines"),
+    }
+    if defaults.warm_start_model:
+        inputs["model"] = TrainingInput(defaults.warm_start_model, content_type="application/x-sagemaker-model")
+    train = TrainingStep("Train", step_args=estimator.fit(inputs))
     model = Model(
         image_uri=image,
         model_data=train.properties.ModelArtifacts.S3ModelArtifacts,
