@@ -63,9 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="enough for the model to learn the series' level")
     parser.add_argument("--num-batches-per-epoch", type=int, default=20)
     parser.add_argument(
-        "--warm-start",
-        action="store_true",
-        help="the retrain starts from the production model's weights (its Train step's model channel)",
+        "--cold-start",
+        dest="warm_start",
+        action="store_false",
+        help="retrain from random weights (default: from the production model's, through the Train step's model channel)",
     )
     parser.add_argument("--json", action="store_true", help="also print the timeline as one JSON line")
 
@@ -188,7 +189,7 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     if _timed(timeline, "monitor", lambda: monitor("breach")) != "retrain-started":
         return False
     # the execution monitor started on (moto's) SageMaker is the record; the run happens here, gated by
-    # the current bar (and with --warm-start initialised from the production model)
+    # the current bar, initialised from the production model unless --cold-start
     retrain = (
         replace(settings, warm_start_model=_warm_start_channel(v1.model_data, workdir / "warm-start"))
         if args.warm_start

@@ -48,6 +48,9 @@ def test_demo_runs_the_loop_from_build_to_a_retrained_version_2(sdk_ready, tmp_p
     ).stdout.split()  # fmt: skip
     assert leftover == []
     assert json.loads((tmp_path / "endpoints" / "endpoints.json").read_text()) == {}
+    # the retrain started from the production model's weights (its Train step's model channel), v1 from scratch
+    v1, v2 = (json.loads(path.read_text()) for path in sorted(tmp_path.glob("runs/*/models/deepar-metadata.json")))
+    assert v1.get("warm_start") is None and v2["warm_start"]["source"] == "model.tar.gz"
 
 
 def wql_and_bar(metric: str) -> tuple[float, float]:
