@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 from sagemaker_deepar.errors import UserError
 
+from . import registry
+
 APPROVAL_DETAIL_TYPE = "SageMaker Model Package State Change"
 WQL = "mean_wQuantileLoss"
 EVALUATION_STATUS = "evaluation_status"  # "Failed" when the pipeline's evaluation failed or gave no number
@@ -170,12 +172,9 @@ def read_threshold(ssm: Any, name: str) -> float:
             ) from None
         raise
     try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ThresholdError(f"SSM parameter {name} is {raw!r}: the {WQL} threshold must be a positive number")
-    return value
+        return registry.parse_threshold(raw, name)
+    except UserError as error:
+        raise ThresholdError(str(error)) from None
 
 
 def raise_bar(ssm: Any, name: str, wql: float) -> tuple[float, float]:

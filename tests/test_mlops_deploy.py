@@ -272,7 +272,8 @@ def test_monitor_publishes_and_starts_one_retrain_on_drift(aws, moto_env):
     bad = mlops(moto_env, "monitor", *monitor_args)
     assert bad.returncode == 1
     assert bad.stderr.strip() == (
-        f"error: SSM parameter {THRESHOLD}-monitor is '0.2x': the mean_wQuantileLoss threshold must be a positive number"
+        f"error: SSM parameter {THRESHOLD}-monitor: '0.2x' is not a usable threshold: expected a positive number "
+        "(the highest mean_wQuantileLoss to accept, e.g. 0.3)"
     )
     ssm.put_parameter(Name=f"{THRESHOLD}-monitor", Value="0.2", Type="String", Overwrite=True)
 

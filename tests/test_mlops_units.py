@@ -222,8 +222,8 @@ def test_threshold_missing_or_not_a_number_is_named():
         with stub, pytest.raises(events.ThresholdError) as failure:
             events.read_threshold(ssm, "/p")
         assert (
-            str(failure.value)
-            == f"SSM parameter /p is {bad!r}: the mean_wQuantileLoss threshold must be a positive number"
+            str(failure.value) == f"SSM parameter /p: {bad!r} is not a usable threshold: expected a positive number "
+            "(the highest mean_wQuantileLoss to accept, e.g. 0.3)"
         )
 
 
