@@ -186,10 +186,12 @@ class Server:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
         return requests.post(self.url + path, data=data, headers={"Content-Type": content_type, **headers}, timeout=120)
 
-    def output(self) -> str:
+    def output(self, tail: Optional[int] = 5000) -> str:
+        """The server's log so far: its last ``tail`` characters, or all of it with ``tail=None``."""
         self.log.flush()
         self.log.seek(0)
-        return self.log.read()[-5000:]
+        text = self.log.read()
+        return text[-tail:] if tail else text
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sagemaker_deepar.contract import METADATA_FILE, ONNX_FILE
 from sagemaker_deepar.errors import OutputError
 from sagemaker_deepar.inference import Model
 from sagemaker_deepar.paths import probe_output_dirs
@@ -31,10 +32,12 @@ FAST = {"epochs": "4", "num_batches_per_epoch": "4"}
 def assert_loadable_model(m: OptMl) -> dict:
     """The model folder holds a complete model that serving's loader accepts; returns its metadata."""
     model_dir = m.root / "model"
-    assert sorted(p.name for p in model_dir.iterdir()) == ["deepar-metadata.json", "predictor"]  # no staging left
+    metadata = m.metadata
+    onnx = [ONNX_FILE] if (metadata.get("onnx") or {}).get("file") else []  # torch exports the network too
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([METADATA_FILE, "predictor", *onnx])  # no staging left
     model = Model.load(model_dir)
     assert model.prediction_length == 6
-    return m.metadata
+    return metadata
 
 
 def no_epoch_ran(result: subprocess.CompletedProcess) -> bool:
