@@ -196,7 +196,8 @@ def _decode_numbers(text: bytes) -> np.ndarray:
         return np.empty(0, dtype=np.float32)
     try:
         values = orjson.loads(b"[" + text.replace(b'"NaN"', b"null") + b"]")
-        array = np.asarray(values, dtype=np.float32)
+        # Python floats -> float64 is a plain copy (-> float32 converts each one, ~1.4x slower); cast once after.
+        array = np.asarray(values, dtype=np.float64).astype(np.float32)
     except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
         raise _NotStreamable() from None
     if array.ndim != 1:
