@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from bench.serve_throughput import REPO, request_body, stop, train, wait_ping, worker_rss_mb
+from bench.serve_throughput import REPO, request_body, stop, train, wait_ping, worker_memory_mb
 from sagemaker_deepar import sample_data
 from sagemaker_deepar.multi_model import estimated_cost_bytes
 from tests.helpers import free_port
@@ -140,8 +140,8 @@ def main() -> None:
             for _ in range(max(1, args.warm // 20)):
                 for kind, target in targets.items():
                     warm[kind] += [timed_post(session, target, body)[0] for _ in range(20)]
-            mme_rss = worker_rss_mb(mme.pid)
-            single_rss = worker_rss_mb(single.pid)
+            mme_memory = worker_memory_mb(mme.pid)
+            single_memory = worker_memory_mb(single.pid)
         finally:
             stop(mme)
             stop(single)
@@ -165,10 +165,7 @@ def main() -> None:
         f"p99 {percentile(warm['single'], 99):.1f} ms | multi-model invoke p50 {multi_p50:.1f} ms "
         f"p99 {percentile(warm['multi'], 99):.1f} ms | ratio multi/single p50 {multi_p50 / single_p50:.2f}x"
     )
-    print(
-        f"worker RSS: multi-model {', '.join(f'{r:.0f}' for r in mme_rss)} MB (<= {args.resident} resident) | "
-        f"single-model {', '.join(f'{r:.0f}' for r in single_rss)} MB"
-    )
+    print(f"worker RSS/PSS: multi-model {mme_memory} (<= {args.resident} resident) | single-model {single_memory}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""Every benchmark still imports: bench/ scripts run in no other test, so a renamed helper they import
+(``bench.multi_model`` once imported a function ``bench.serve_throughput`` no longer had) would
+otherwise only show when someone next measures."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+MODULES = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "__init__")
+
+
+def test_the_benchmarks_are_found():
+    assert {"serve_throughput", "multi_model", "data_memory", "train_speed"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_benchmark_imports_and_has_a_main(name):
+    module = importlib.import_module(f"bench.{name}")
+    assert callable(getattr(module, "main", None)), f"bench/{name}.py has no main()"
