@@ -8,7 +8,7 @@ series is ~50 MB) and reads it beside a many-series baseline of the same size, m
 same run (target: <= 2x the decoded size above baseline, >= 50 MB/s).
 
     .venv/bin/python -m bench.data_memory [--gigabytes 1.0]
-    .venv/bin/python -m bench.data_memory --single-series-points 7200000
+    .venv/bin/python -m bench.data_memory --single-series-points 7200000 [--dynamic-feat 2]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 READER = r"""
 import sys, time
 from pathlib import Path
+sys.path.insert(0, sys.argv[2])  # the checkout whose reader is measured (--also-code)
 import numpy, pandas, orjson  # the baseline includes the libraries the job always imports
 from sagemaker_deepar.data import read_channel
 
@@ -37,14 +38,20 @@ start = time.perf_counter()
 channel = read_channel("train", Path(sys.argv[1]), "h")
 elapsed = time.perf_counter() - start
 peak = peak_kb()
-print(channel.stats.num_series, channel.stats.num_observations, baseline, peak, elapsed)
+assert Path(sys.modules["sagemaker_deepar"].__file__).is_relative_to(sys.argv[2]), "measured the wrong checkout"
+floats = sum(e["target"].size + getattr(e.get("feat_dynamic_real"), "size", 0) for e in channel.entries)
+print(channel.stats.num_series, channel.stats.num_observations, baseline, peak, elapsed, floats)
 """
 
 
-def series_line(rng: np.random.Generator, points: int) -> str:
+def series_line(rng: np.random.Generator, points: int, dynamic_feat: int = 0) -> str:
     values = np.round(30 + 10 * np.sin(np.arange(points) / 24 * 2 * np.pi) + rng.normal(0, 3, points), 3)
     text = ",".join(map(str, values.tolist()))
-    return '{"start": "2024-01-01 00:00:00", "target": [' + text.replace(",31.0,", ",null,", 3) + '], "cat": [1]}\n'
+    line = '{"start": "2024-01-01 00:00:00", "target": [' + text.replace(",31.0,", ",null,", 3) + '], "cat": [1]'
+    if dynamic_feat:
+        rows = (",".join(map(str, np.round(rng.normal(0, 1, points), 3).tolist())) for _ in range(dynamic_feat))
+        line += ', "dynamic_feat": [' + ",".join(f"[{row}]" for row in rows) + "]"
+    return line + "}\n"
 
 
 def write_channel(path: Path, gigabytes: float) -> int:
@@ -60,10 +67,10 @@ def write_channel(path: Path, gigabytes: float) -> int:
     return written
 
 
-def write_long_series(path: Path, points: int) -> int:
-    """One series of ``points`` values on one line; returns bytes written."""
+def write_long_series(path: Path, points: int, dynamic_feat: int = 0) -> int:
+    """One series of ``points`` values (and ``dynamic_feat`` features as long) on one line; returns bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = series_line(np.random.default_rng(0), points)
+    line = series_line(np.random.default_rng(0), points, dynamic_feat)
     path.write_text(line)
     return len(line)
 
@@ -80,7 +87,8 @@ def measure(channel: Path, size: int, label: str, code: Path = REPO) -> tuple[fl
         int(out[3]),
         float(out[4]),
     )
-    decoded = 4 * observations
+    floats = int(out[5]) if len(out) > 5 else observations  # another checkout's reader may print targets only
+    decoded = 4 * floats
     used = (peak_kb - baseline_kb) * 1024
     rate = size / 1e6 / seconds
     print(
@@ -101,6 +109,9 @@ def main() -> None:
         help="one series of this many points on one line (beside a many-series baseline of equal size)",
     )
     parser.add_argument(
+        "--dynamic-feat", type=int, default=0, help="with --single-series-points: that many dynamic features as long"
+    )
+    parser.add_argument(
         "--also-code", type=Path, help="another checkout (e.g. before a change) to read the long series with"
     )
     args = parser.parse_args()
@@ -110,7 +121,7 @@ def main() -> None:
             measure(Path(tmp) / "train", size, "many series")
             print("[target: a few times]")
             return
-        size = write_long_series(Path(tmp) / "long" / "data.json", args.single_series_points)
+        size = write_long_series(Path(tmp) / "long" / "data.json", args.single_series_points, args.dynamic_feat)
         baseline_size = write_channel(Path(tmp) / "many" / "data.json", size / 1e9)
         many_ratio, many_rate = measure(Path(tmp) / "many", baseline_size, "baseline, series of 5,000 points")
         long_ratio, long_rate = measure(Path(tmp) / "long", size, "one long series            ")

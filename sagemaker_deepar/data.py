@@ -141,54 +141,121 @@ def _blocks(values: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield offset, flat[offset : offset + BLOCK]
 
 
-LONG_LINE_BYTES = 1 << 18  # lines longer than this stream their target, decoded in chunks of this size
-_TARGET_KEY = re.compile(rb'"target"\s*:\s*\[')
+LONG_LINE_BYTES = 1 << 18  # lines longer than this stream their numeric arrays, decoded in chunks of this size
+_ARRAY_KEY = re.compile(rb'"(target|dynamic_feat)"\s*:\s*\[')
+_KEY_SPAN = 64  # bytes kept from one chunk to the next: a key split across the boundary is still found
 
 
 class _NotStreamable(Exception):
-    """The long line is not a plain numeric target; decode it whole for the exact error or value."""
+    """The long line is not plain numeric arrays; decode it whole for the exact error or value."""
 
 
 def _decode_long_line(f: IO[bytes], start: int, head: bytes) -> Any:
-    """Decode a record whose line is longer than ``LONG_LINE_BYTES`` with its target streamed.
+    """Decode a record whose line is longer than ``LONG_LINE_BYTES`` with its target and dynamic_feat streamed.
 
     Decoding a 50 MB line at once makes ~7 million Python floats (~32 bytes each) before the float32
-    array exists: 16x the decoded size. Here the target's numbers are decoded a chunk at a time
-    straight into a float32 array, so memory stays near the array. Anything unusual inside the
-    target (strings, nesting, huge numbers) falls back to decoding the whole line.
+    arrays exist: 16x the decoded size. Here the numbers are decoded a chunk at a time straight into
+    float32 arrays, so memory stays near the arrays. Anything unusual inside them (strings, nesting,
+    huge numbers) falls back to decoding the whole line, which names the exact place.
     """
     try:
-        return _stream_target(f, head)
+        return _stream_arrays(_LineReader(f, head))
     except _NotStreamable:
         f.seek(start)
         return _decode_json_line(f.readline())
 
 
-def _stream_target(f: IO[bytes], head: bytes) -> Any:
-    match = _TARGET_KEY.search(head)
-    if match is None:
-        raise _NotStreamable()
-    prefix, buffer = head[: match.start()], head[match.end() :]
-    target = _GrowingFloat32()
+class _LineReader:
+    """The rest of one long line, read a chunk at a time into ``buffer``."""
+
+    def __init__(self, f: IO[bytes], head: bytes) -> None:
+        self.f, self.buffer, self.ended = f, head, head.endswith(b"\n")
+
+    def more(self) -> bool:
+        """Append the next chunk of the line; False at its end (newline or end of file)."""
+        if self.ended:
+            return False
+        chunk = self.f.readline(LONG_LINE_BYTES)
+        self.ended = len(chunk) < LONG_LINE_BYTES or chunk.endswith(b"\n")
+        self.buffer += chunk
+        return bool(chunk)
+
+    def next_byte(self) -> bytes:
+        """The next non-blank byte, consumed (b"" at the end of the line)."""
+        while True:
+            self.buffer = self.buffer.lstrip()
+            if self.buffer or not self.more():
+                byte, self.buffer = self.buffer[:1], self.buffer[1:]
+                return byte
+
+
+def _stream_arrays(reader: _LineReader) -> Any:
+    kept: list[bytes] = []  # the line with each streamed array replaced by []
+    arrays: dict[str, Any] = {}
     while True:
-        end = buffer.find(b"]")
-        if end >= 0:
-            target.extend(_decode_numbers(buffer[:end]))
-            suffix = buffer[end + 1 :] + (f.readline() if not buffer.endswith(b"\n") else b"")
-            break
-        cut = buffer.rfind(b",")
-        if cut >= 0:
-            target.extend(_decode_numbers(buffer[:cut]))
-            buffer = buffer[cut + 1 :]
-        more = b"" if buffer.endswith(b"\n") else f.readline(LONG_LINE_BYTES)
-        if not more:
-            raise _NotStreamable()  # the line ends inside the target: invalid JSON, reported as such
-        buffer += more
-    record = _decode_json_line(prefix + b'"target": []' + suffix)
-    if not isinstance(record, dict) or record.get("target") != []:
+        match = _ARRAY_KEY.search(reader.buffer)
+        if match is None:
+            cut = max(0, len(reader.buffer) - _KEY_SPAN)
+            kept.append(reader.buffer[:cut])
+            reader.buffer = reader.buffer[cut:]
+            if not reader.more():
+                kept.append(reader.buffer)
+                break
+            continue
+        name = match.group(1).decode()
+        if name in arrays:
+            raise _NotStreamable()
+        kept.append(reader.buffer[: match.start()] + b'"' + match.group(1) + b'": []')
+        reader.buffer = reader.buffer[match.end() :]
+        arrays[name] = _stream_numbers(reader).finish() if name == "target" else _stream_rows(reader)
+    if not arrays:
         raise _NotStreamable()
-    record["target"] = target.finish()
+    record = _decode_json_line(b"".join(kept))
+    if not isinstance(record, dict) or any(record.get(name) != [] for name in arrays):
+        raise _NotStreamable()  # a key inside a string, or a line that is not one object
+    record.update(arrays)
     return record
+
+
+def _stream_numbers(reader: _LineReader, into: Optional["_GrowingFloat32"] = None) -> "_GrowingFloat32":
+    """The numbers up to the closing bracket (the opening one is consumed), appended to ``into``."""
+    values = into if into is not None else _GrowingFloat32()
+    while True:
+        end = reader.buffer.find(b"]")
+        if end >= 0:
+            values.extend(_decode_numbers(reader.buffer[:end]))
+            reader.buffer = reader.buffer[end + 1 :]
+            return values
+        cut = reader.buffer.rfind(b",")
+        if cut >= 0:
+            values.extend(_decode_numbers(reader.buffer[:cut]))
+            reader.buffer = reader.buffer[cut + 1 :]
+        if not reader.more():
+            raise _NotStreamable()  # the line ends inside the array: invalid JSON, reported as such
+
+
+def _stream_rows(reader: _LineReader) -> Any:
+    """dynamic_feat's rows (its opening bracket consumed): one (rows, length) float32 array, or a list of
+    row arrays when the lengths differ (parse_dynamic_feat names the row)."""
+    values, lengths = _GrowingFloat32(), list[int]()
+    while True:
+        opening = reader.next_byte()
+        if opening == b"]" and not lengths:
+            return []
+        if opening != b"[":
+            raise _NotStreamable()
+        before = values.size
+        _stream_numbers(reader, values)
+        lengths.append(values.size - before)
+        separator = reader.next_byte()
+        if separator == b"]":
+            break
+        if separator != b",":
+            raise _NotStreamable()
+    flat = values.finish()
+    if len(set(lengths)) == 1:
+        return flat.reshape(len(lengths), lengths[0])
+    return np.split(flat, np.cumsum(lengths)[:-1])
 
 
 def _decode_numbers(text: bytes) -> np.ndarray:
@@ -329,7 +396,11 @@ def parse_cat(value: Any) -> list[int]:
 
 
 def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np.ndarray:
-    if not isinstance(value, list) or not all(isinstance(row, list) for row in value):
+    """``value``: lists of numbers as decoded, or float32 rows from a streamed long line."""
+    streamed = value if isinstance(value, np.ndarray) and value.ndim == 2 else None
+    if streamed is not None:
+        value = list(streamed)  # rows as views: the length check below names a wrong row
+    if not isinstance(value, list) or not all(isinstance(row, (list, np.ndarray)) for row in value):
         raise RecordError("dynamic_feat", "expected a list of lists of numbers")
     for index, row in enumerate(value):
         if len(row) != expected_length:
@@ -337,7 +408,11 @@ def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np
                 f"dynamic_feat[{index}]", f"length {len(row)}, expected {expected_length} ({length_rule})"
             )
     try:
-        features = np.asarray(value, dtype=np.float32).reshape(len(value), expected_length)
+        features = (
+            streamed
+            if streamed is not None
+            else np.asarray(value, dtype=np.float32).reshape(len(value), expected_length)
+        )
     except (ValueError, TypeError, OverflowError):
         for index, row in enumerate(value):
             try:

@@ -401,3 +401,45 @@ def test_a_long_line_cut_inside_its_target_is_invalid_json(tmp_path, small_chunk
     with pytest.raises(small_chunks.DataError) as error:
         small_chunks.read_channel("train", tmp_path / "train", "D")
     assert str(error.value).startswith("train/data.json:1: record: not valid JSON") and error.value.total == 1
+
+
+def test_streamed_dynamic_feat_equals_whole_line_decoding(tmp_path, small_chunks, monkeypatch):
+    import numpy as np
+
+    target = [round(i * 0.5 - 40, 2) for i in range(600)]
+    target[10] = None
+    rows = [[round(i * 0.01 + k, 3) for i in range(600)] for k in range(3)]
+    records = [
+        {"start": "2024-01-01", "target": target, "dynamic_feat": rows},
+        {"dynamic_feat": rows[::-1], "start": "2024-01-02", "target": target},  # dynamic_feat first
+        {"start": "2024-01-03", "target": target[:5], "dynamic_feat": [[1, 2, 3, 4, 5]] * 3},  # short
+    ]
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/a.json").write_text("\n".join(json.dumps(r, separators=(",", ":")) for r in records) + "\n")
+    streamed, stream = [], small_chunks._stream_arrays
+    monkeypatch.setattr(small_chunks, "_stream_arrays", lambda reader: streamed.append(stream(reader)) or streamed[-1])
+    channel = small_chunks.read_channel("train", tmp_path / "train", "D")
+    assert len(streamed) == 3  # every line is long at 64-byte chunks, and none fell back to a whole decode
+    assert [e["feat_dynamic_real"].shape for e in channel.entries] == [(3, 600), (3, 600), (3, 5)]
+    for entry, expected_rows in zip(channel.entries, (rows, rows[::-1])):
+        assert entry["feat_dynamic_real"].dtype == np.float32
+        np.testing.assert_array_equal(entry["feat_dynamic_real"], np.asarray(expected_rows, dtype=np.float32))
+        assert np.isnan(entry["target"][10]) and entry["target"].size == 600
+
+
+@pytest.mark.parametrize(
+    "rows, problem",
+    [
+        ("[" + "1.5, " * 599 + '"x"], [' + "2.5, " * 599 + "2.5]", "train/data.json:1: dynamic_feat[0][599]"),
+        ("[" + "1.5, " * 599 + "1.5], [" + "2.5, " * 300 + "null]", "train/data.json:1: dynamic_feat[1]: length 301"),
+        ("[" + "1.5, " * 599 + "1.5], [" + "2.5, " * 599 + "null]", "train/data.json:1: dynamic_feat[1][599]: missing"),
+    ],
+)
+def test_a_bad_dynamic_feat_in_a_long_line_is_reported_exactly(tmp_path, small_chunks, rows, problem):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/data.json").write_text(
+        '{"start": "2024-01-01", "target": [' + "1.0, " * 599 + '1.0], "dynamic_feat": [' + rows + "]}\n"
+    )
+    with pytest.raises(small_chunks.DataError) as error:
+        small_chunks.read_channel("train", tmp_path / "train", "D")
+    assert str(error.value).startswith(problem), str(error.value)
