@@ -1,13 +1,14 @@
 """The model registry and the accuracy bar: Model Package Group (created if missing), model package
-versions registered as PendingManualApproval with their metrics, and the SSM parameter holding the
-mean_wQuantileLoss threshold (created with a default if missing).
+versions registered as PendingManualApproval with their metrics, the production model (the newest
+Approved version), and the SSM parameter holding the mean_wQuantileLoss threshold (created with a
+default if missing).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from sagemaker_deepar.errors import UserError
 
@@ -15,16 +16,30 @@ DEFAULT_GROUP = "deepar-forecasts"
 DEFAULT_THRESHOLD_PARAMETER = "/mlops/deepar/wql-threshold"
 DEFAULT_THRESHOLD = 0.5  # a first model must at least beat this mean_wQuantileLoss; deploy raises the bar
 PENDING = "PendingManualApproval"
+APPROVED = "Approved"
 CONTENT_TYPES = ["application/json", "application/jsonlines"]
 
 
-def ensure_group(sagemaker_client: Any, group: str, description: str = "DeepAR forecasts (mlops build)") -> str:
-    """The group's ARN; created when it does not exist yet."""
+class ProductionModel(NamedTuple):
+    package_arn: str
+    model_data: str  # InferenceSpecification.Containers[0].ModelDataUrl
+
+
+def group_arn(sagemaker_client: Any, group: str) -> Optional[str]:
+    """The group's ARN, None when it does not exist."""
     try:
         return str(sagemaker_client.describe_model_package_group(ModelPackageGroupName=group)["ModelPackageGroupArn"])
     except sagemaker_client.exceptions.ClientError as error:
         if "does not exist" not in str(error) and "ValidationException" not in str(error):
             raise
+    return None
+
+
+def ensure_group(sagemaker_client: Any, group: str, description: str = "DeepAR forecasts (mlops build)") -> str:
+    """The group's ARN; created when it does not exist yet."""
+    existing = group_arn(sagemaker_client, group)
+    if existing:
+        return existing
     return str(
         sagemaker_client.create_model_package_group(
             ModelPackageGroupName=group, ModelPackageGroupDescription=description
@@ -72,6 +87,26 @@ def register(
             "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}}
         }
     return str(sagemaker_client.create_model_package(**request)["ModelPackageArn"])
+
+
+def production_model(sagemaker_client: Any, group: str) -> Optional[ProductionModel]:
+    """The model in production: the newest Approved version of ``group`` that has model data; None when
+    the group is missing or holds no approved version (a newer pending or rejected one never counts)."""
+    if group_arn(sagemaker_client, group) is None:
+        return None
+    pages = sagemaker_client.get_paginator("list_model_packages").paginate(
+        ModelPackageGroupName=group, ModelApprovalStatus=APPROVED, SortBy="CreationTime", SortOrder="Descending"
+    )
+    for page in pages:
+        for summary in page.get("ModelPackageSummaryList", []):
+            if summary.get("ModelApprovalStatus", APPROVED) != APPROVED:
+                continue
+            arn = summary["ModelPackageArn"]
+            described = sagemaker_client.describe_model_package(ModelPackageName=arn)
+            containers = (described.get("InferenceSpecification") or {}).get("Containers") or [{}]
+            if containers[0].get("ModelDataUrl"):
+                return ProductionModel(str(arn), str(containers[0]["ModelDataUrl"]))
+    return None
 
 
 def threshold(ssm_client: Any, name: str, default: float = DEFAULT_THRESHOLD, create: bool = True) -> float:
