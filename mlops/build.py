@@ -344,7 +344,11 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     warm = resolve_warm_start(settings, aws.client("sagemaker"))
     named = f"model package {warm.package_arn}: model data" if warm.package_arn else "--warm-start-model"
     channel = local_model_channel(warm.model, run_dir / "warm-start", named) if warm.model else None
-    warmed: dict[str, Any] = {"warm_start_model": channel, "warm_start_package_arn": warm.package_arn, "warm_start": warm.note}
+    warmed: dict[str, Any] = {
+        "warm_start_model": channel,
+        "warm_start_package_arn": warm.package_arn,
+        "warm_start": warm.note,
+    }
     print(f"[build] {warm.note}", flush=True)
     session = LocalPipelineSession(default_bucket=settings.bucket or "mlops-artifacts")
     # the Forecast step's serving container listens on this host port: never a fixed 8080 that a
