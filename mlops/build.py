@@ -192,10 +192,42 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
     production = registry.production_model(sagemaker_client, group)
     if production is None:
         return WarmStart(None, None, f"cold start: no approved model in {group}")
-    arn, model_data = production
+    arn, model_data, recorded = production
+    wanted = network_hyperparameters(settings)
+    differ = [f"{n} {recorded[n]} -> {v}" for n, v in wanted.items() if n in recorded and not _same(n, recorded[n], v)]
+    if differ:  # the Train step would refuse it (sagemaker_deepar.warm_start): a new shape starts afresh
+        return WarmStart(None, None, f"cold start: model package {arn} has another network shape ({', '.join(differ)})")
     if not settings.local and not model_data.startswith("s3://"):
         return WarmStart(None, None, f"cold start: model package {arn} holds {model_data}, not an s3:// model")
     return WarmStart(model_data, arn, f"warm start from {model_data} (model package {arn})")
+
+
+def network_hyperparameters(settings: BuildSettings) -> dict[str, str]:
+    """The hyperparameters this build sets that shape the network: a warm start must match them (the
+    pipeline's Register step records the same names)."""
+    return {
+        "time_freq": settings.time_freq,
+        "prediction_length": str(settings.prediction_length),
+        "context_length": str(settings.context_length),
+        "num_cells": str(settings.num_cells),
+        "num_layers": str(settings.num_layers),
+    }
+
+
+_FREQ_ALIASES = {"H": "h", "T": "min", "S": "s"}  # pandas' old spellings the contract still accepts
+
+
+def _same(name: str, recorded: str, wanted: str) -> bool:
+    """Equal values; for time_freq "H", "1H" and "1h" are one frequency (no pandas here: its 3.x no
+    longer parses "H", and a false difference would only cost a cold start, said so)."""
+    if name != "time_freq":
+        return recorded == wanted
+
+    def canonical(freq: str) -> str:
+        unit = freq[1:] if freq[:1] == "1" and freq[1:2].isalpha() else freq
+        return _FREQ_ALIASES.get(unit, unit)
+
+    return canonical(recorded) == canonical(wanted)
 
 
 def local_model_channel(model: str, folder: Path, named: str = "--warm-start-model") -> str:
@@ -395,6 +427,7 @@ def _run_local(settings: BuildSettings) -> BuildResult:
         model_data,
         {"mean_wQuantileLoss": wql, "RMSE": rmse},
         evaluation_uri=_evaluation_uri(execution),
+        hyperparameters=network_hyperparameters(settings),
     )
     return BuildResult(
         REGISTERED, threshold, wql, rmse, model_package_arn=arn, model_data=model_data,

@@ -18,11 +18,26 @@ DEFAULT_THRESHOLD = 0.5  # a first model must at least beat this mean_wQuantileL
 PENDING = "PendingManualApproval"
 APPROVED = "Approved"
 CONTENT_TYPES = ["application/json", "application/jsonlines"]
+# a package's training hyperparameters travel in CustomerMetadataProperties under this prefix, so a
+# warm start can be judged from the registry alone (mlops.build.resolve_warm_start)
+HYPERPARAMETER_PREFIX = "hyperparameters."
 
 
 class ProductionModel(NamedTuple):
     package_arn: str
     model_data: str  # InferenceSpecification.Containers[0].ModelDataUrl
+    hyperparameters: dict[str, str] = {}  # what it was trained with, as recorded (may be none)
+
+
+def hyperparameter_metadata(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata keys of ``hyperparameters``; values as given (strings, or pipeline variables)."""
+    return {HYPERPARAMETER_PREFIX + name: value for name, value in hyperparameters.items()}
+
+
+def recorded_hyperparameters(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {
+        k.removeprefix(HYPERPARAMETER_PREFIX): v for k, v in metadata.items() if k.startswith(HYPERPARAMETER_PREFIX)
+    }
 
 
 def group_arn(sagemaker_client: Any, group: str) -> Optional[str]:
@@ -65,9 +80,11 @@ def register(
     evaluation_uri: Optional[str] = None,
     instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
     transform_instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
+    hyperparameters: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """Register one model version as PendingManualApproval; its metrics travel in CustomerMetadataProperties
-    (readable without S3) and, when ``evaluation_uri`` is given, as the package's ModelMetrics report."""
+    """Register one model version as PendingManualApproval; its metrics (and ``hyperparameters``, prefixed)
+    travel in CustomerMetadataProperties (readable without S3) and, when ``evaluation_uri`` is given, as
+    the package's ModelMetrics report."""
     ensure_group(sagemaker_client, group)
     request: dict[str, Any] = {
         "ModelPackageGroupName": group,
@@ -80,7 +97,10 @@ def register(
             "SupportedRealtimeInferenceInstanceTypes": list(instance_types),
             "SupportedTransformInstanceTypes": list(transform_instance_types),
         },
-        "CustomerMetadataProperties": {name: repr(float(value)) for name, value in metrics.items()},
+        "CustomerMetadataProperties": {
+            **{name: repr(float(value)) for name, value in metrics.items()},
+            **hyperparameter_metadata({name: str(value) for name, value in (hyperparameters or {}).items()}),
+        },
     }
     if evaluation_uri:
         request["ModelMetrics"] = {
@@ -105,7 +125,8 @@ def production_model(sagemaker_client: Any, group: str) -> Optional[ProductionMo
             described = sagemaker_client.describe_model_package(ModelPackageName=arn)
             containers = (described.get("InferenceSpecification") or {}).get("Containers") or [{}]
             if containers[0].get("ModelDataUrl"):
-                return ProductionModel(str(arn), str(containers[0]["ModelDataUrl"]))
+                recorded = recorded_hyperparameters(described.get("CustomerMetadataProperties") or {})
+                return ProductionModel(str(arn), str(containers[0]["ModelDataUrl"]), recorded)
     return None
 
 

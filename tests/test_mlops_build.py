@@ -94,6 +94,14 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     register = check["IfSteps"][0]["Arguments"]
     assert register["ModelApprovalStatus"] == "PendingManualApproval"
     assert register["ModelMetrics"]["ModelQuality"]["Statistics"]["ContentType"] == "application/json"
+    # the network shape it was trained with, for a later build's warm-start decision
+    assert register["CustomerMetadataProperties"]["hyperparameters.num_cells"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.NumCells"}]}
+    }
+    assert set(register["CustomerMetadataProperties"]) == {
+        f"hyperparameters.{name}"
+        for name in ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
+    }
     condition = check["Conditions"][0]
     assert condition["Type"] == "LessThanOrEqualTo"
     assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "regression_metrics.mean_wQuantileLoss.value"
@@ -184,6 +192,7 @@ def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == result["model_data"]
     assert float(package["CustomerMetadataProperties"]["mean_wQuantileLoss"]) == pytest.approx(result["wql"])
     assert float(package["CustomerMetadataProperties"]["RMSE"]) == pytest.approx(result["rmse"])
+    assert package["CustomerMetadataProperties"]["hyperparameters.num_cells"] == "8"
     evaluation_uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
     bucket, _, key = evaluation_uri.removeprefix("s3://").partition("/")
     evaluation = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -25,9 +25,11 @@ from mlops.build import (
     check_settings,
     describe,
     local_model_channel,
+    network_hyperparameters,
     resolve_warm_start,
     settings_from,
 )
+from mlops.events import approve
 from sagemaker_deepar.errors import UserError
 
 pytestmark = pytest.mark.unit
@@ -128,7 +130,7 @@ def test_production_model_pages_through_the_newest_approved_first():
         described["InferenceSpecification"] = {"Containers": containers, "SupportedContentTypes": []}
         described["InferenceSpecification"]["SupportedResponseMIMETypes"] = []
         stub.add_response("describe_model_package", described, {"ModelPackageName": arn})
-        assert registry.production_model(client, "g") == (arn, "s3://m/7/model.tar.gz")
+        assert registry.production_model(client, "g") == (arn, "s3://m/7/model.tar.gz", {})
         stub.assert_no_pending_responses()
 
 
@@ -162,3 +164,42 @@ def test_local_channel_is_a_folder_holding_only_the_model(tmp_path):
     assert local_model_channel("s3://m/model.tar.gz", tmp_path / "unused") == "s3://m/model.tar.gz"
     with pytest.raises(UserError, match=r"^--warm-start-model .*missing.tar.gz: no such file or folder"):
         local_model_channel(str(Path(tmp_path / "missing.tar.gz")), tmp_path / "unused")
+
+
+def shaped(sagemaker, **hyperparameters) -> str:
+    arn = registry.register(
+        sagemaker, GROUP, "img:1", "s3://models/shaped/model.tar.gz", {"mean_wQuantileLoss": 0.25},
+        hyperparameters=network_hyperparameters(settings(**hyperparameters)),
+    )  # fmt: skip
+    approve(sagemaker, arn, "test")  # as deploy does: moto's update clears metadata not re-sent
+    return arn
+
+
+def test_registration_records_the_network_shape(sagemaker):
+    arn = shaped(sagemaker, num_cells=8)
+    metadata = sagemaker.describe_model_package(ModelPackageName=arn)["CustomerMetadataProperties"]
+    assert metadata == {
+        "mean_wQuantileLoss": "0.25", "hyperparameters.time_freq": "H", "hyperparameters.prediction_length": "24",
+        "hyperparameters.context_length": "72", "hyperparameters.num_cells": "8", "hyperparameters.num_layers": "2",
+    }  # fmt: skip
+    assert registry.production_model(sagemaker, GROUP).hyperparameters["num_cells"] == "8"
+
+
+def test_auto_starts_cold_when_the_production_model_has_another_network_shape(sagemaker):
+    arn = shaped(sagemaker, num_cells=8, time_freq="1H")
+    assert (
+        resolve_warm_start(settings(num_cells=8, time_freq="h"), sagemaker).model == "s3://models/shaped/model.tar.gz"
+    )
+    assert resolve_warm_start(settings(num_cells=16, context_length=48), sagemaker) == WarmStart(
+        None,
+        None,
+        f"cold start: model package {arn} has another network shape (context_length 72 -> 48, num_cells 8 -> 16)",
+    )
+
+
+def test_every_command_module_must_import(monkeypatch):
+    import mlops.__main__ as entry
+
+    monkeypatch.setitem(entry.COMMANDS, "nosuch", "a command whose module is missing")
+    with pytest.raises(ModuleNotFoundError, match="mlops.nosuch"):
+        entry.parser()
