@@ -5,9 +5,10 @@ it here with the SDK's local pipeline session (real containers of our image; AWS
     python -m mlops build --lake s3://lake/curated/readings/ --image <ecr-uri> --role <arn> --bucket <bucket>
 
 The accuracy bar is the SSM parameter --threshold-parameter (created with --default-threshold when
-missing). --warm-start-model auto (the default) initialises the Train step from the production model,
-the newest Approved version of --model-package-group, and starts cold when there is none. --local registers a model that passed through the registry API (local pipelines reject a
-register step); on SageMaker the pipeline's own Register step does it.
+missing). --local registers a model that passed through the registry API (local pipelines reject a
+register step); on SageMaker the pipeline's own Register step does it. --warm-start-model auto (the
+default) initialises the Train step from the production model, the newest Approved version of
+--model-package-group, and starts cold when there is none (or its recorded network shape differs).
 """
 
 from __future__ import annotations
