@@ -6,7 +6,9 @@ it here with the SDK's local pipeline session (real containers of our image; AWS
 
 The accuracy bar is the SSM parameter --threshold-parameter (created with --default-threshold when
 missing). --local registers a model that passed through the registry API (local pipelines reject a
-register step); on SageMaker the pipeline's own Register step does it.
+register step); on SageMaker the pipeline's own Register step does it. --warm-start-model auto (the
+default) initialises the Train step from the production model, the newest Approved version of
+--model-package-group, and starts cold when there is none (or its recorded network shape differs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -32,6 +35,7 @@ from .pipeline import EVALUATION_FILE, PIPELINE_NAME, Defaults, build_pipeline
 
 LOCAL_IMAGE = "sagemaker-deepar:latest"
 REGISTERED, REJECTED, STARTED = "registered", "rejected", "started"
+AUTO, NONE = "auto", "none"  # --warm-start-model: the production model if there is one / random weights
 
 
 @dataclass
@@ -49,6 +53,9 @@ class BuildResult:
     model_data: Optional[str] = None
     seconds: float = 0.0
     steps: dict[str, str] = field(default_factory=dict)
+    warm_start_model: Optional[str] = None  # the Train step's model channel; None: a cold start
+    warm_start_package_arn: Optional[str] = None  # the production package it came from (auto)
+    warm_start: str = ""  # which, and why, in one line
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +83,17 @@ class BuildSettings:
     num_batches_per_epoch: int = 50
     num_cells: int = 40
     num_layers: int = 2
-    warm_start_model: Optional[str] = None  # the production model's artifact (a model channel)
+    # auto | none | an s3:// (or with --local a file://, a path) model.tar.gz or its folder; None is none
+    warm_start_model: Optional[str] = AUTO
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What the Train step starts from: ``model`` (its model channel) or, when None, random weights."""
+
+    model: Optional[str]
+    package_arn: Optional[str]
+    note: str
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +130,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--num-batches-per-epoch", type=int, default=50)
     hp.add_argument("--num-cells", type=int, default=40)
     hp.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument(
+        "--warm-start-model",
+        default=AUTO,
+        metavar="{auto,none,URI}",
+        help="the Train step's model channel: auto (default) = the newest Approved package of "
+        "--model-package-group (cold start when none), none = cold start, or an s3:// URI of a "
+        "model.tar.gz (with --local also file:// or a path)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
 
@@ -131,12 +156,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe(result: BuildResult) -> str:
+    warm = f"\n{result.warm_start}" if result.warm_start else ""
     if result.status == STARTED:
-        return f"pipeline execution started: {result.execution_arn} (threshold {result.threshold})"
+        return f"pipeline execution started: {result.execution_arn} (threshold {result.threshold}){warm}"
     measured = f"mean_wQuantileLoss {result.wql:.4f}, RMSE {result.rmse:.4f}, threshold {result.threshold}"
     if result.status == REGISTERED:
-        return f"registered {result.model_package_arn} (PendingManualApproval): {measured}, {result.seconds:.0f} s"
-    return f"rejected: {result.reason} ({result.seconds:.0f} s)"
+        registered = f"registered {result.model_package_arn} (PendingManualApproval)"
+        return f"{registered}: {measured}, {result.seconds:.0f} s{warm}"
+    return f"rejected: {result.reason} ({result.seconds:.0f} s){warm}"
 
 
 def check_settings(settings: BuildSettings) -> None:
@@ -148,6 +175,76 @@ def check_settings(settings: BuildSettings) -> None:
         raise UserError("no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag>")
     if not settings.local and not settings.role:
         raise UserError("no execution role: pass --role arn:aws:iam::<account>:role/<role> or set SAGEMAKER_ROLE")
+    model = settings.warm_start_model
+    if not settings.local and model not in (None, AUTO, NONE) and not str(model).startswith("s3://"):
+        raise UserError(
+            f"--warm-start-model {model}: SageMaker reads the model from s3:// (or pass auto, none, or --local)"
+        )
+
+
+def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmStart:
+    """The model channel of this build: the explicit URI, none, or (auto) the production model of the
+    group; auto without an approved version is a cold start, said so."""
+    choice, group = settings.warm_start_model or NONE, settings.model_package_group
+    if choice == NONE:
+        return WarmStart(None, None, "cold start: --warm-start-model none")
+    if choice != AUTO:
+        return WarmStart(choice, None, f"warm start from {choice} (--warm-start-model)")
+    production = registry.production_model(sagemaker_client, group)
+    if production is None:
+        return WarmStart(None, None, f"cold start: no approved model in {group}")
+    arn, model_data, recorded = production
+    wanted = network_hyperparameters(settings)
+    differ = [f"{n} {recorded[n]} -> {v}" for n, v in wanted.items() if n in recorded and not _same(n, recorded[n], v)]
+    if differ:  # the Train step would refuse it (sagemaker_deepar.warm_start): a new shape starts afresh
+        return WarmStart(None, None, f"cold start: model package {arn} has another network shape ({', '.join(differ)})")
+    if not settings.local and not model_data.startswith("s3://"):
+        return WarmStart(None, None, f"cold start: model package {arn} holds {model_data}, not an s3:// model")
+    return WarmStart(model_data, arn, f"warm start from {model_data} (model package {arn})")
+
+
+def network_hyperparameters(settings: BuildSettings) -> dict[str, str]:
+    """The hyperparameters this build sets that shape the network: a warm start must match them (the
+    pipeline's Register step records the same names)."""
+    return {
+        "time_freq": settings.time_freq,
+        "prediction_length": str(settings.prediction_length),
+        "context_length": str(settings.context_length),
+        "num_cells": str(settings.num_cells),
+        "num_layers": str(settings.num_layers),
+    }
+
+
+_FREQ_ALIASES = {"H": "h", "T": "min", "S": "s"}  # pandas' old spellings the contract still accepts
+
+
+def _same(name: str, recorded: str, wanted: str) -> bool:
+    """Equal values; for time_freq "H", "1H" and "1h" are one frequency (no pandas here: its 3.x no
+    longer parses "H", and a false difference would only cost a cold start, said so)."""
+    if name != "time_freq":
+        return recorded == wanted
+
+    def canonical(freq: str) -> str:
+        unit = freq[1:] if freq[:1] == "1" and freq[1:2].isalpha() else freq
+        return _FREQ_ALIASES.get(unit, unit)
+
+    return canonical(recorded) == canonical(wanted)
+
+
+def local_model_channel(model: str, folder: Path, named: str = "--warm-start-model") -> str:
+    """The model channel as local mode mounts it: a file:// input is its whole folder, and a model's
+    output folder also holds extracted files and output.tar.gz, so a model.tar.gz is copied alone into
+    ``folder``; an s3:// URI (moto) or a folder is used as it is."""
+    if model.startswith("s3://"):
+        return model
+    path = Path(model.removeprefix("file://")).resolve()
+    if path.is_dir():
+        return f"file://{path}"
+    if not path.is_file():
+        raise UserError(f"{named} {model}: no such file or folder (--warm-start-model none starts cold)")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, folder / "model.tar.gz")
+    return f"file://{folder}"
 
 
 def run_build(settings: BuildSettings) -> BuildResult:
@@ -173,7 +270,9 @@ def execution_parameters(settings: BuildSettings, threshold: float) -> dict[str,
     }
 
 
-def _defaults(settings: BuildSettings, image: str, output_uri: str, threshold: float) -> Defaults:
+def _defaults(
+    settings: BuildSettings, image: str, output_uri: str, threshold: float, warm_start_model: Optional[str]
+) -> Defaults:
     local = "local" if settings.local else None
     return Defaults(
         lake_uri=settings.lake_uri,
@@ -192,7 +291,7 @@ def _defaults(settings: BuildSettings, image: str, output_uri: str, threshold: f
         threshold=threshold,
         threshold_parameter=settings.threshold_parameter,
         model_package_group=settings.model_package_group,
-        warm_start_model=settings.warm_start_model,
+        warm_start_model=warm_start_model,
     )
 
 
@@ -212,17 +311,19 @@ def _upsert_and_start(settings: BuildSettings) -> BuildResult:
     )
     threshold = read_threshold(settings)
     registry.ensure_group(aws.client("sagemaker", session), settings.model_package_group)
+    warm = resolve_warm_start(settings, aws.client("sagemaker", session))
     output_uri = f"s3://{pipeline_session.default_bucket()}/mlops/{settings.pipeline_name}"
     image = settings.image or ""
     pipeline = build_pipeline(
-        _defaults(settings, image, output_uri, threshold), pipeline_session, str(settings.role), local=False,
-        name=settings.pipeline_name,
+        _defaults(settings, image, output_uri, threshold, warm.model), pipeline_session, str(settings.role),
+        local=False, name=settings.pipeline_name,
     )  # fmt: skip
     pipeline.upsert(role_arn=str(settings.role), description="DeepAR: lake -> train -> evaluate -> gated register")
     execution = pipeline.start(parameters=execution_parameters(settings, threshold))
     return BuildResult(
-        status=STARTED, threshold=threshold, execution_arn=execution.arn, seconds=time.monotonic() - started
-    )
+        status=STARTED, threshold=threshold, execution_arn=execution.arn, seconds=time.monotonic() - started,
+        warm_start_model=warm.model, warm_start_package_arn=warm.package_arn, warm_start=warm.note,
+    )  # fmt: skip
 
 
 class _Tee(io.TextIOBase):
@@ -273,13 +374,22 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     )
     settings = BuildSettings(**{**asdict(settings), "lake_uri": lake})
     threshold = read_threshold(settings)
+    warm = resolve_warm_start(settings, aws.client("sagemaker"))
+    named = f"model package {warm.package_arn}: model data" if warm.package_arn else "--warm-start-model"
+    channel = local_model_channel(warm.model, run_dir / "warm-start", named) if warm.model else None
+    warmed: dict[str, Any] = {
+        "warm_start_model": channel,
+        "warm_start_package_arn": warm.package_arn,
+        "warm_start": warm.note,
+    }
+    print(f"[build] {warm.note}", flush=True)
     session = LocalPipelineSession(default_bucket=settings.bucket or "mlops-artifacts")
     # the Forecast step's serving container listens on this host port: never a fixed 8080 that a
     # parallel build or a local endpoint may hold
     session.config = {"local": {"local_code": True, "serving_port": aws.free_port()}}
     pipeline = build_pipeline(
-        _defaults(settings, image, f"file://{run_dir}", threshold), session, settings.role or aws.LOCAL_ROLE,
-        local=True, name=settings.pipeline_name,
+        _defaults(settings, image, f"file://{run_dir}", threshold, channel), session,
+        settings.role or aws.LOCAL_ROLE, local=True, name=settings.pipeline_name,
     )  # fmt: skip
     before = _containers(image)
     pipeline.create(role_arn=settings.role or aws.LOCAL_ROLE)
@@ -300,7 +410,9 @@ def _run_local(settings: BuildSettings) -> BuildResult:
     seconds = time.monotonic() - started
     if "Fail" in failures:  # the condition sent it to the Fail step: a measured, rejected model
         wql, rmse = evaluation or (None, None)
-        return BuildResult(REJECTED, threshold, wql, rmse, reason=failures["Fail"], seconds=seconds, steps=steps)
+        return BuildResult(
+            REJECTED, threshold, wql, rmse, reason=failures["Fail"], seconds=seconds, steps=steps, **warmed
+        )
     if failures:
         step, reason = next(iter(failures.items()))
         said = next((line.split("error: ", 1)[1].strip() for line in reversed(tee.lines)), None)
@@ -316,10 +428,11 @@ def _run_local(settings: BuildSettings) -> BuildResult:
         model_data,
         {"mean_wQuantileLoss": wql, "RMSE": rmse},
         evaluation_uri=_evaluation_uri(execution),
+        hyperparameters=network_hyperparameters(settings),
     )
     return BuildResult(
         REGISTERED, threshold, wql, rmse, model_package_arn=arn, model_data=model_data,
-        seconds=time.monotonic() - started, steps=steps,
+        seconds=time.monotonic() - started, steps=steps, **warmed,
     )  # fmt: skip
 
 

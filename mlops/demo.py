@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import aws, registry
-from .build import LOCAL_IMAGE, REGISTERED, BuildResult, BuildSettings, run_build
+from .build import LOCAL_IMAGE, NONE, REGISTERED, BuildResult, BuildSettings, run_build
 from .deploy import deploy_to_staging, stage_endpoint
 from .endpoints import LocalEndpoints
 from .events import approve
@@ -193,7 +193,7 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     retrain = (
         replace(settings, warm_start_model=_warm_start_channel(v1.model_data, workdir / "warm-start"))
         if args.warm_start
-        else settings
+        else replace(settings, warm_start_model=NONE)
     )
     if _timed(timeline, "retrain", lambda: build("v2", retrain)) != REGISTERED:
         return False

@@ -92,6 +92,11 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     threshold = ParameterFloat("AccuracyThreshold", default_value=defaults.threshold)
     threshold_parameter = ParameterString("ThresholdParameterName", default_value=defaults.threshold_parameter)
     group = ParameterString("ModelPackageGroupName", default_value=defaults.model_package_group)
+    # what a later warm start must match (mlops.build.network_hyperparameters names the same)
+    network_shape = {
+        "time_freq": time_freq, "prediction_length": prediction_length, "context_length": context_length,
+        "num_cells": num_cells, "num_layers": num_layers,
+    }  # fmt: skip
     parameters = [
         lake, image, instance_type, transform_type, processing_type, time_freq, prediction_length,
         context_length, epochs, batches, num_cells, num_layers, threshold, threshold_parameter, group,
@@ -227,6 +232,10 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
                     transform_instances=[transform_type],
                     model_package_group_name=group,
                     approval_status=registry.PENDING,
+                    # strings (CustomerMetadataProperties' type) resolved per execution
+                    customer_metadata_properties=registry.hyperparameter_metadata(
+                        {name: value.to_string() for name, value in network_shape.items()}
+                    ),
                     model_metrics=ModelMetrics(
                         model_statistics=MetricsSource(content_type="application/json", s3_uri=evaluation_uri)
                     ),

@@ -1,13 +1,14 @@
 """The model registry and the accuracy bar: Model Package Group (created if missing), model package
-versions registered as PendingManualApproval with their metrics, and the SSM parameter holding the
-mean_wQuantileLoss threshold (created with a default if missing).
+versions registered as PendingManualApproval with their metrics, the production model (the newest
+Approved version), and the SSM parameter holding the mean_wQuantileLoss threshold (created with a
+default if missing).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 from sagemaker_deepar.errors import UserError
 
@@ -15,16 +16,45 @@ DEFAULT_GROUP = "deepar-forecasts"
 DEFAULT_THRESHOLD_PARAMETER = "/mlops/deepar/wql-threshold"
 DEFAULT_THRESHOLD = 0.5  # a first model must at least beat this mean_wQuantileLoss; deploy raises the bar
 PENDING = "PendingManualApproval"
+APPROVED = "Approved"
 CONTENT_TYPES = ["application/json", "application/jsonlines"]
+# a package's training hyperparameters travel in CustomerMetadataProperties under this prefix, so a
+# warm start can be judged from the registry alone (mlops.build.resolve_warm_start)
+HYPERPARAMETER_PREFIX = "hyperparameters."
 
 
-def ensure_group(sagemaker_client: Any, group: str, description: str = "DeepAR forecasts (mlops build)") -> str:
-    """The group's ARN; created when it does not exist yet."""
+class ProductionModel(NamedTuple):
+    package_arn: str
+    model_data: str  # InferenceSpecification.Containers[0].ModelDataUrl
+    hyperparameters: dict[str, str] = {}  # what it was trained with, as recorded (may be none)
+
+
+def hyperparameter_metadata(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata keys of ``hyperparameters``; values as given (strings, or pipeline variables)."""
+    return {HYPERPARAMETER_PREFIX + name: value for name, value in hyperparameters.items()}
+
+
+def recorded_hyperparameters(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {
+        k.removeprefix(HYPERPARAMETER_PREFIX): v for k, v in metadata.items() if k.startswith(HYPERPARAMETER_PREFIX)
+    }
+
+
+def group_arn(sagemaker_client: Any, group: str) -> Optional[str]:
+    """The group's ARN, None when it does not exist."""
     try:
         return str(sagemaker_client.describe_model_package_group(ModelPackageGroupName=group)["ModelPackageGroupArn"])
     except sagemaker_client.exceptions.ClientError as error:
         if "does not exist" not in str(error) and "ValidationException" not in str(error):
             raise
+    return None
+
+
+def ensure_group(sagemaker_client: Any, group: str, description: str = "DeepAR forecasts (mlops build)") -> str:
+    """The group's ARN; created when it does not exist yet."""
+    existing = group_arn(sagemaker_client, group)
+    if existing:
+        return existing
     return str(
         sagemaker_client.create_model_package_group(
             ModelPackageGroupName=group, ModelPackageGroupDescription=description
@@ -50,9 +80,11 @@ def register(
     evaluation_uri: Optional[str] = None,
     instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
     transform_instance_types: tuple[str, ...] = ("ml.c5.xlarge",),
+    hyperparameters: Optional[Mapping[str, Any]] = None,
 ) -> str:
-    """Register one model version as PendingManualApproval; its metrics travel in CustomerMetadataProperties
-    (readable without S3) and, when ``evaluation_uri`` is given, as the package's ModelMetrics report."""
+    """Register one model version as PendingManualApproval; its metrics (and ``hyperparameters``, prefixed)
+    travel in CustomerMetadataProperties (readable without S3) and, when ``evaluation_uri`` is given, as
+    the package's ModelMetrics report."""
     ensure_group(sagemaker_client, group)
     request: dict[str, Any] = {
         "ModelPackageGroupName": group,
@@ -65,13 +97,37 @@ def register(
             "SupportedRealtimeInferenceInstanceTypes": list(instance_types),
             "SupportedTransformInstanceTypes": list(transform_instance_types),
         },
-        "CustomerMetadataProperties": {name: repr(float(value)) for name, value in metrics.items()},
+        "CustomerMetadataProperties": {
+            **{name: repr(float(value)) for name, value in metrics.items()},
+            **hyperparameter_metadata({name: str(value) for name, value in (hyperparameters or {}).items()}),
+        },
     }
     if evaluation_uri:
         request["ModelMetrics"] = {
             "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri}}
         }
     return str(sagemaker_client.create_model_package(**request)["ModelPackageArn"])
+
+
+def production_model(sagemaker_client: Any, group: str) -> Optional[ProductionModel]:
+    """The model in production: the newest Approved version of ``group`` that has model data; None when
+    the group is missing or holds no approved version (a newer pending or rejected one never counts)."""
+    if group_arn(sagemaker_client, group) is None:
+        return None
+    pages = sagemaker_client.get_paginator("list_model_packages").paginate(
+        ModelPackageGroupName=group, ModelApprovalStatus=APPROVED, SortBy="CreationTime", SortOrder="Descending"
+    )
+    for page in pages:
+        for summary in page.get("ModelPackageSummaryList", []):
+            if summary.get("ModelApprovalStatus", APPROVED) != APPROVED:
+                continue
+            arn = summary["ModelPackageArn"]
+            described = sagemaker_client.describe_model_package(ModelPackageName=arn)
+            containers = (described.get("InferenceSpecification") or {}).get("Containers") or [{}]
+            if containers[0].get("ModelDataUrl"):
+                recorded = recorded_hyperparameters(described.get("CustomerMetadataProperties") or {})
+                return ProductionModel(str(arn), str(containers[0]["ModelDataUrl"]), recorded)
+    return None
 
 
 def threshold(ssm_client: Any, name: str, default: float = DEFAULT_THRESHOLD, create: bool = True) -> float:

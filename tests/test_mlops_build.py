@@ -5,7 +5,9 @@
   accuracy gate) and the passing model is registered in moto's model registry, PendingManualApproval,
   with its metrics; the SSM threshold is created with its default; no container is left behind.
 - without --local, against a moto server: the pipeline definition is upserted with every step and
-  parameter (Register and Fail behind the condition) and one execution is started.
+  parameter (Register and Fail behind the condition) and one execution is started; the Train step
+  has no model channel while the group holds no approved package, and the approved one's model
+  (--warm-start-model auto) once it does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import boto3
 import numpy as np
 import pytest
+
+from mlops import registry
 
 from .conftest import IMAGE, REPO, SDK_PYTHON, containers_of
 
@@ -73,8 +77,12 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/deepar:1"
     args = ["build", "--lake", "s3://lake/curated/readings/", "--image", image, "--pipeline-name", "deepar-aws"]
     args += ["--role", "arn:aws:iam::123456789012:role/SageMakerRole", "--threshold-parameter", "/mlops/aws/wql"]
+    args += ["--model-package-group", "deepar-aws"]  # its own: the local build's group must stay unapproved
     result = result_of(mlops([*args, "--json"], endpoint, timeout=300))
     assert result["status"] == "started" and result["threshold"] == 0.5
+    # --warm-start-model auto (the default) on an empty group: random weights, and said so
+    assert result["warm_start"] == "cold start: no approved model in deepar-aws"
+    assert result["warm_start_model"] is None
 
     sagemaker = client("sagemaker")
     definition = json.loads(sagemaker.describe_pipeline(PipelineName="deepar-aws")["PipelineDefinition"])
@@ -86,6 +94,14 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     register = check["IfSteps"][0]["Arguments"]
     assert register["ModelApprovalStatus"] == "PendingManualApproval"
     assert register["ModelMetrics"]["ModelQuality"]["Statistics"]["ContentType"] == "application/json"
+    # the network shape it was trained with, for a later build's warm-start decision
+    assert register["CustomerMetadataProperties"]["hyperparameters.num_cells"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.NumCells"}]}
+    }
+    assert set(register["CustomerMetadataProperties"]) == {
+        f"hyperparameters.{name}"
+        for name in ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
+    }
     condition = check["Conditions"][0]
     assert condition["Type"] == "LessThanOrEqualTo"
     assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "regression_metrics.mean_wQuantileLoss.value"
@@ -100,15 +116,28 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     assert steps["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.ImageUri"}
     assert set(steps["Train"]["Arguments"]["HyperParameters"]) >= {"prediction_length", "context_length", "epochs"}
     assert steps["Evaluate"]["PropertyFiles"][0]["FilePath"] == "evaluation.json"
+    assert [c["ChannelName"] for c in steps["Train"]["Arguments"]["InputDataConfig"]] == ["train", "test"]
 
     executions = sagemaker.list_pipeline_executions(PipelineName="deepar-aws")["PipelineExecutionSummaries"]
     assert [e["PipelineExecutionArn"] for e in executions] == [result["execution_arn"]]
     assert client("ssm").get_parameter(Name="/mlops/aws/wql")["Parameter"]["Value"] == "0.5"  # created
-    assert sagemaker.describe_model_package_group(ModelPackageGroupName="deepar-forecasts")
+    assert sagemaker.describe_model_package_group(ModelPackageGroupName="deepar-aws")
 
+    # a production model now exists (approved), and a newer pending one that must not be picked
+    model_data = "s3://mlops-artifacts/models/v1/model.tar.gz"
+    approved = registry.register(sagemaker, "deepar-aws", image, model_data, {"mean_wQuantileLoss": 0.2})
+    sagemaker.update_model_package(ModelPackageArn=approved, ModelApprovalStatus="Approved")
+    registry.register(sagemaker, "deepar-aws", image, "s3://mlops-artifacts/models/v2/model.tar.gz", {})
     again = result_of(mlops([*args, "--json"], endpoint, timeout=300))  # upsert: same pipeline, a second run
     assert again["execution_arn"] != result["execution_arn"]
     assert len(sagemaker.list_pipeline_executions(PipelineName="deepar-aws")["PipelineExecutionSummaries"]) == 2
+    assert (again["warm_start_model"], again["warm_start_package_arn"]) == (model_data, approved)
+    assert again["warm_start"] == f"warm start from {model_data} (model package {approved})"
+    definition = json.loads(sagemaker.describe_pipeline(PipelineName="deepar-aws")["PipelineDefinition"])
+    (train,) = (step for step in definition["Steps"] if step["Name"] == "Train")
+    channels = {c["ChannelName"]: c for c in train["Arguments"]["InputDataConfig"]}
+    assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == model_data
+    assert channels["model"]["ContentType"] == "application/x-sagemaker-model"
 
 
 def test_non_numeric_threshold_is_a_clear_error(moto):
@@ -150,6 +179,7 @@ def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
     assert containers_of(IMAGE) - before == set()  # every step's container is removed
 
     assert result["status"] == "registered" and result["threshold"] == 5.0
+    assert result["warm_start"] == "cold start: no approved model in deepar-forecasts"
     assert set(result["steps"].values()) == {"Succeeded"} and len(result["steps"]) == 6
     assert np.isfinite(result["wql"]) and 0 < result["wql"] <= 5.0 and result["rmse"] > 0
     assert "evaluation over 5 series x 12 steps" in run.stdout  # one series per pollutant of the one device
@@ -162,6 +192,7 @@ def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == result["model_data"]
     assert float(package["CustomerMetadataProperties"]["mean_wQuantileLoss"]) == pytest.approx(result["wql"])
     assert float(package["CustomerMetadataProperties"]["RMSE"]) == pytest.approx(result["rmse"])
+    assert package["CustomerMetadataProperties"]["hyperparameters.num_cells"] == "8"
     evaluation_uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
     bucket, _, key = evaluation_uri.removeprefix("s3://").partition("/")
     evaluation = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
