@@ -194,8 +194,7 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
     if production is None:
         return WarmStart(None, None, f"cold start: no approved model in {group}")
     arn, model_data, recorded = production
-    wanted = network_hyperparameters(settings)
-    differ = [f"{n} {recorded[n]} -> {v}" for n, v in wanted.items() if n in recorded and not _same(n, recorded[n], v)]
+    differ = registry.shape_differences(recorded, network_hyperparameters(settings))
     if differ:  # the Train step would refuse it (sagemaker_deepar.warm_start): a new shape starts afresh
         return WarmStart(None, None, f"cold start: model package {arn} has another network shape ({', '.join(differ)})")
     if not settings.local and not model_data.startswith("s3://"):
@@ -213,22 +212,6 @@ def network_hyperparameters(settings: BuildSettings) -> dict[str, str]:
         "num_cells": str(settings.num_cells),
         "num_layers": str(settings.num_layers),
     }
-
-
-_FREQ_ALIASES = {"H": "h", "T": "min", "S": "s"}  # pandas' old spellings the contract still accepts
-
-
-def _same(name: str, recorded: str, wanted: str) -> bool:
-    """Equal values; for time_freq "H", "1H" and "1h" are one frequency (no pandas here: its 3.x no
-    longer parses "H", and a false difference would only cost a cold start, said so)."""
-    if name != "time_freq":
-        return recorded == wanted
-
-    def canonical(freq: str) -> str:
-        unit = freq[1:] if freq[:1] == "1" and freq[1:2].isalpha() else freq
-        return _FREQ_ALIASES.get(unit, unit)
-
-    return canonical(recorded) == canonical(wanted)
 
 
 def local_model_channel(model: str, folder: Path, named: str = "--warm-start-model") -> str:

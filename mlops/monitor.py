@@ -20,6 +20,7 @@ Exit status: 0 healthy or no actuals yet, 2 breach (retrain started or already r
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
@@ -32,6 +33,7 @@ import numpy as np
 from sagemaker_deepar.contract import iter_jsonl, pandas_freq
 from sagemaker_deepar.metrics import score_forecasts
 
+from . import registry
 from .events import WQL, LoopError, read_threshold
 
 NAMESPACE = "DeepAR/MLOps"
@@ -158,17 +160,81 @@ def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Opti
     return None
 
 
+NETWORK_HYPERPARAMETERS = ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
+
+
 def start_retrain(sagemaker: Any, pipeline: str, group: Optional[str], reason: str) -> tuple[str, bool]:
-    """(execution ARN, started?) — never a second execution while one is running."""
+    """(execution ARN, started?) — never a second execution while one is running. With ``group``, the
+    execution warm-starts from the group's production model (see ``warm_start_from_production``)."""
     running = running_retrain(sagemaker, pipeline, group)
     if running:
         return running, False
+    description = f"{reason}; {warm_start_from_production(sagemaker, pipeline, group)}" if group else reason
     arn = sagemaker.start_pipeline_execution(
         PipelineName=pipeline,
-        PipelineExecutionDescription=reason[:3072],
+        PipelineExecutionDescription=description[:3072],
         PipelineExecutionDisplayName="monitor-retrain",
     )["PipelineExecutionArn"]
     return arn, True
+
+
+def warm_start_from_production(sagemaker: Any, pipeline: str, group: str) -> str:
+    """Point the pipeline's Train step at the production model before an execution starts; what was done, said.
+
+    ``build`` fixes its warm-start choice into the definition it upserts, so an execution started
+    here would otherwise train from whatever was in production at the last build (or cold, when
+    there was none then). The model channel is set (or replaced) in the stored definition, unless
+    the production model has another network shape than the Train step's hyperparameters (the step
+    would refuse it): then the definition is left as it is.
+    """
+    production = registry.production_model(sagemaker, group)
+    if production is None:
+        return f"no approved model in {group}: the pipeline's own warm-start choice stands"
+    definition = json.loads(sagemaker.describe_pipeline(PipelineName=pipeline)["PipelineDefinition"])
+    train = next((s for s in definition.get("Steps", []) if s.get("Type") == "Training"), None)
+    if train is None:
+        return f"pipeline {pipeline} has no training step: nothing to warm-start"
+    arguments = train["Arguments"]
+    wanted = {
+        name: value
+        for name in NETWORK_HYPERPARAMETERS
+        if (value := _resolve(arguments.get("HyperParameters", {}).get(name), definition)) is not None
+    }
+    differ = registry.shape_differences(production.hyperparameters, wanted)
+    if differ:
+        return f"model package {production.package_arn} has another network shape ({', '.join(differ)}): not used"
+    channels = [c for c in arguments.get("InputDataConfig", []) if c.get("ChannelName") != "model"]
+    channels.append(
+        {
+            "ChannelName": "model",
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": production.model_data,
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "ContentType": "application/x-sagemaker-model",
+        }
+    )
+    arguments["InputDataConfig"] = channels
+    sagemaker.update_pipeline(PipelineName=pipeline, PipelineDefinition=json.dumps(definition))
+    return f"warm start from {production.model_data} (model package {production.package_arn})"
+
+
+def _resolve(value: Any, definition: dict) -> Optional[str]:
+    """A hyperparameter's value in a stored definition: a string, a parameter's default, or a join of
+    those (the SDK's form for numbers); None when it is only known at run time."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("Get"), str) and value["Get"].startswith("Parameters."):
+        name = value["Get"].removeprefix("Parameters.")
+        default = next((p.get("DefaultValue") for p in definition.get("Parameters", []) if p.get("Name") == name), None)
+        return None if default is None else str(default)
+    if isinstance(value, dict) and "Std:Join" in value:
+        parts = [_resolve(v, definition) for v in value["Std:Join"].get("Values", [])]
+        return None if any(p is None for p in parts) else str(value["Std:Join"].get("On", "")).join(parts)  # type: ignore[arg-type]
+    return None
 
 
 # --- one run -------------------------------------------------------------------------------------

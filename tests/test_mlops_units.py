@@ -333,14 +333,84 @@ def test_retrain_starts_when_the_last_one_finished_and_registered():
         },
         None,
     )
+    stub.add_client_error(
+        "describe_model_package_group", "ValidationException", "Model Package Group deepar-models does not exist"
+    )  # no production model: the pipeline's own warm-start choice stands
     stub.add_response(
         "start_pipeline_execution",
         {"PipelineExecutionArn": "arn:new"},
         {
             "PipelineName": "deepar-build",
-            "PipelineExecutionDescription": "breach",
+            "PipelineExecutionDescription": "breach; no approved model in deepar-models: the pipeline's own "
+            "warm-start choice stands",
             "PipelineExecutionDisplayName": "monitor-retrain",
         },
     )
     with stub:
         assert monitor.start_retrain(sagemaker, "deepar-build", "deepar-models", "breach") == ("arn:new", True)
+
+
+def _train_definition(num_cells: str) -> dict:
+    """A stored pipeline definition as the SDK writes it: hyperparameters joined from parameters."""
+    joined = {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.NumCells"}]}}
+    return {
+        "Version": "2020-12-01",
+        "Parameters": [{"Name": "NumCells", "Type": "Integer", "DefaultValue": int(num_cells)}],
+        "Steps": [
+            {
+                "Name": "Train",
+                "Type": "Training",
+                "Arguments": {
+                    "HyperParameters": {"num_cells": joined, "prediction_length": "24"},
+                    "InputDataConfig": [
+                        {"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": "s3://b/t"}}}
+                    ],
+                },
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("pipeline_cells, used", [("40", True), ("16", False)])
+def test_a_monitor_retrain_warm_starts_from_the_production_model(pipeline_cells, used):
+    """build fixes its warm-start choice into the definition; a retrain the monitor starts later must
+    use the model in production now (unless its network shape differs from the Train step's)."""
+    import json
+
+    from moto import mock_aws
+
+    from mlops import registry
+
+    with mock_aws():
+        sagemaker = client("sagemaker")
+        sagemaker.create_pipeline(
+            PipelineName="deepar-build",
+            PipelineDefinition=json.dumps(_train_definition(pipeline_cells)),
+            RoleArn="arn:aws:iam::123456789012:role/R",
+        )
+        registry.ensure_group(sagemaker, "deepar-models")
+        shape, metrics = {"num_cells": "40", "prediction_length": "24"}, {"mean_wQuantileLoss": 0.2}
+        packages = [
+            registry.register(
+                sagemaker, "deepar-models", "i", f"s3://b/v{v}/model.tar.gz", metrics, hyperparameters=shape
+            )
+            for v in (1, 2, 3)
+        ]
+        for approved in packages[:2]:  # v3 stays pending: v2 is production
+            events.approve(sagemaker, approved, "test")
+        prod = packages[1]
+
+        arn, started = monitor.start_retrain(sagemaker, "deepar-build", "deepar-models", "breach")
+
+        assert started
+        stored = json.loads(sagemaker.describe_pipeline(PipelineName="deepar-build")["PipelineDefinition"])
+        channels = {c["ChannelName"]: c for c in stored["Steps"][0]["Arguments"]["InputDataConfig"]}
+        description = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionDescription"]
+    if used:
+        assert set(channels) == {"train", "model"}
+        assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/v2/model.tar.gz"
+        assert channels["model"]["ContentType"] == "application/x-sagemaker-model"
+        assert description == f"breach; warm start from s3://b/v2/model.tar.gz (model package {prod})"
+    else:
+        assert set(channels) == {"train"}
+        assert "another network shape (num_cells 40 -> 16): not used" in description
