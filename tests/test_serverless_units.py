@@ -241,3 +241,148 @@ def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch):
         report = json.loads(s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
         assert "unreachable" in report["error"] and report["receive_count"] == 2
         assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+@pytest.fixture
+def answering_429():
+    """A serving container over its capacity: every /invocations answers 429 with Retry-After: 7."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Busy(BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            Busy.calls += 1
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"message": "too many requests in flight"}'
+            self.send_response(429)
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Busy
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_answers_429_with_retry_after_for_a_throttling_container_and_endpoint(monkeypatch, answering_429):
+    from botocore.stub import Stubber
+
+    url, _ = answering_429
+    throttled = _api(monkeypatch, url)
+    assert throttled["status"] == 429 and throttled["error"] == "throttled" and throttled["retry_after_s"] == 7
+    # The SageMaker endpoint: botocore's retries are spent and InvokeEndpoint still raises ThrottlingException.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    endpoint = forecasting.from_environment()
+    with Stubber(endpoint.client()) as stub:
+        stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400)
+        answer = forecast_api.handler(
+            {
+                "httpMethod": "POST",
+                "resource": "/forecast",
+                "body": json.dumps({"instances": [{"start": "x", "target": [1]}]}),
+            }
+        )
+        stub.assert_no_pending_responses()
+    assert answer["statusCode"] == 429 and answer["headers"]["Retry-After"] == str(forecasting.DEFAULT_RETRY_AFTER_S)
+    assert (
+        json.loads(answer["body"])["error"] == "throttled" and "Rate exceeded" in json.loads(answer["body"])["message"]
+    )
+
+
+def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count: int = 1) -> dict:
+    etag = s3.put_object(Bucket="in-bucket", Key=key, Body=body)["ETag"]
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": key, "eTag": etag.strip('"')}},
+    }
+    return {
+        "messageId": "m1",
+        "body": json.dumps({"Records": [record]}),
+        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+    }
+
+
+@pytest.fixture
+def buckets(monkeypatch):
+    """In-process moto S3 with the stack's input and output buckets."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="in-bucket")
+        s3.create_bucket(Bucket="out-bucket")
+        yield s3
+    forecasting._cached.clear()
+
+
+THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))
+
+
+def _assert_left_for_redrive(s3, answer: dict, receive_count: int) -> None:
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # SQS redelivers it later
+    report = [
+        json.loads(line) for line in s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].iter_lines()
+    ]
+    assert len(report) == 1 and report[0]["throttled"] is True and report[0]["receive_count"] == receive_count
+    assert report[0]["location"] == "incoming/a.jsonl"  # the object, not one error line per series
+    assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+def test_batch_leaves_a_throttled_container_s_message_for_redrive(monkeypatch, buckets, answering_429):
+    url, busy = answering_429
+    monkeypatch.setenv("FORECAST_ENDPOINT", url)
+    answer = batch_forecast.handler({"Records": [_upload_event(buckets, THREE_SERIES)]}, None, s3=buckets)
+    _assert_left_for_redrive(buckets, answer, 1)
+    assert busy.calls == 1  # the first 429 stops the object: no request per series, no bisection
+    # The queue dead-letters only after 3 receives, so a first throttle is retried, not a poison message.
+    queue = stack.load_template()["Resources"]["UploadQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 3
+
+
+def test_batch_leaves_a_throttled_endpoint_s_message_for_redrive(monkeypatch, buckets):
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    endpoint = forecasting.from_environment()
+    with Stubber(endpoint.client()) as stub:
+        stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400)
+        answer = batch_forecast.handler(
+            {"Records": [_upload_event(buckets, THREE_SERIES, receive_count=2)]}, None, s3=buckets
+        )
+        stub.assert_no_pending_responses()
+    _assert_left_for_redrive(buckets, answer, 2)
+    # Once the endpoint has capacity again the redelivered message is forecast and the report is gone.
+    with Stubber(endpoint.client()) as stub:
+        predictions = {"predictions": [{"mean": [float(i)]} for i in range(3)]}
+        stub.add_response(
+            "invoke_endpoint", {"Body": io.BytesIO(json.dumps(predictions).encode()), "ContentType": "application/json"}
+        )
+        answer = batch_forecast.handler(
+            {"Records": [_upload_event(buckets, THREE_SERIES, receive_count=3)]}, None, s3=buckets
+        )
+    assert answer == {"batchItemFailures": []}
+    lines = buckets.get_object(Bucket="out-bucket", Key="forecasts/a.jsonl.jsonl")["Body"].read().splitlines()
+    assert [json.loads(line)["mean"] for line in lines] == [[0.0], [1.0], [2.0]]
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="errors/")

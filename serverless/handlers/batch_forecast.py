@@ -129,6 +129,8 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
 def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
     """The object could not be forecast at all: say why (and on which receive) where its errors go."""
     report = {"location": key, "error": str(error), "receive_count": receive_count}
+    if isinstance(error, forecasting.BackendThrottled):
+        report["throttled"] = True  # not the object's fault: the next receive retries it whole
     s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))
 
 
