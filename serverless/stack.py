@@ -174,6 +174,8 @@ def attribute_of(aws: Aws, physical: dict[str, str]) -> Callable[[str, str, str]
             return aws("lambda").get_function(FunctionName=pid)["Configuration"]["FunctionArn"]
         if kind == "AWS::IAM::Role" and name == "Arn":
             return aws("iam").get_role(RoleName=pid)["Role"]["Arn"]
+        if kind == "AWS::Events::Rule" and name == "Arn":
+            return aws("events").describe_rule(Name=pid)["Arn"]
         if kind == "AWS::ApiGateway::RestApi" and name == "RootResourceId":
             items = aws("apigateway").get_resources(restApiId=pid)["items"]
             return next(i["id"] for i in items if i["path"] == "/")
@@ -213,7 +215,7 @@ def _queue_policy(aws: Aws, props: dict) -> Completed:
     created = False
     for url in props["Queues"]:
         current = aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"]).get("Attributes", {})
-        if props["PolicyDocument"]["Statement"][0]["Sid"] not in current.get("Policy", ""):
+        if any(statement["Sid"] not in current.get("Policy", "") for statement in props["PolicyDocument"]["Statement"]):
             aws("sqs").set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(props["PolicyDocument"])})
             created = True
     return ",".join(props["Queues"]), created

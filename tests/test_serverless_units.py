@@ -186,7 +186,13 @@ def test_template_resolver_evaluates_the_intrinsics_deploy_needs():
         template["Resources"]["BatchRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     )
     assert statements[-1]["Resource"] == "arn:aws:s3:::m/k/model.tar.gz"
-    assert statements[-2]["Resource"] == "arn:aws:sagemaker:r:1:endpoint/ep"
+    by_action = {json.dumps(s["Action"]): s["Resource"] for s in statements}
+    assert (
+        by_action['["sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint"]'] == "arn:aws:sagemaker:r:1:endpoint/ep"
+    )
+    assert by_action['["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob"]'].endswith(
+        ":transform-job/st-*"
+    )
 
 
 class Budget(Fake):
@@ -386,3 +392,139 @@ def test_batch_leaves_a_throttled_endpoint_s_message_for_redrive(monkeypatch, bu
     lines = buckets.get_object(Bucket="out-bucket", Key="forecasts/a.jsonl.jsonl")["Body"].read().splitlines()
     assert [json.loads(line)["mean"] for line in lines] == [[0.0], [1.0], [2.0]]
     assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="errors/")
+
+
+LARGE = (
+    b"".join(
+        json.dumps({"id": f"s{i}", "start": "2024-01-01 00:00:00", "target": [i, 2, 3]}).encode() + b"\n"
+        for i in range(3)
+    )
+    + b"not json\n"
+)
+
+
+def _stub_model_lookup(stub) -> None:
+    from datetime import datetime
+
+    when = datetime(2024, 1, 1)
+    stub.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "deepar",
+            "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/deepar",
+            "EndpointConfigName": "deepar-config",
+            "EndpointStatus": "InService",
+            "CreationTime": when,
+            "LastModifiedTime": when,
+        },
+        {"EndpointName": "deepar"},
+    )
+    stub.add_response(
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "deepar-config",
+            "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/deepar-config",
+            "ProductionVariants": [{"VariantName": "all", "ModelName": "deepar-model-7"}],
+            "CreationTime": when,
+        },
+        {"EndpointConfigName": "deepar-config"},
+    )
+
+
+def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeypatch, buckets):
+    import boto3
+    from botocore.stub import Stubber
+
+    from serverless.handlers import transform
+
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "3")
+    monkeypatch.setenv("TRANSFORM_JOB_PREFIX", "fc")
+    sagemaker = boto3.client("sagemaker")
+    monkeypatch.setattr(batch_forecast, "_sagemaker", lambda: sagemaker)
+    message = _upload_event(buckets, LARGE, key="incoming/big.jsonl")
+    etag = json.loads(message["body"])["Records"][0]["s3"]["object"]["eTag"]
+    source = {"bucket": "in-bucket", "key": "incoming/big.jsonl", "etag": etag, "version_id": None}
+    job = transform.job_name(source, "fc")
+    timeout = transform.contract.batch_payload_timeout(6)
+    expected = {
+        "TransformJobName": job,
+        "ModelName": "deepar-model-7",
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
+        "ModelClientConfig": {"InvocationsTimeoutInSeconds": timeout, "InvocationsMaxRetries": 1},
+        "Environment": {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)},
+        "TransformInput": {
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://out-bucket/staging/big.jsonl.jsonl"}
+            },
+            "ContentType": "application/jsonlines",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {
+            "S3OutputPath": f"s3://out-bucket/transform/{job}/",
+            "Accept": "application/jsonlines",
+            "AssembleWith": "Line",
+        },
+        "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+    }
+    with Stubber(sagemaker) as stub:
+        _stub_model_lookup(stub)
+        stub.add_response(
+            "create_transform_job", {"TransformJobArn": f"arn:aws:sagemaker:::transform-job/{job}"}, expected
+        )
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+        # Redelivery of the same upload event: the "transforming" manifest answers, no second job.
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+        stub.assert_no_pending_responses()
+    staged = buckets.get_object(Bucket="out-bucket", Key="staging/big.jsonl.jsonl")["Body"].read().splitlines()
+    assert [json.loads(line) for line in staged] == [
+        {"start": "2024-01-01 00:00:00", "target": [i, 2, 3]} for i in range(3)
+    ]
+    manifest_key = "forecasts/big.jsonl.manifest.json"
+    manifest = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert (
+        manifest["status"] == "transforming"
+        and manifest["transform_job"] == job
+        and manifest["model"] == "deepar-model-7"
+    )
+    assert manifest["counts"] == {"series": 4, "staged": 3, "invalid": 1}
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/big.jsonl.jsonl")
+
+    # The job started but the manifest was lost (the function stopped): redelivery finds the job, not a 2nd one.
+    buckets.delete_object(Bucket="out-bucket", Key=manifest_key)
+    with Stubber(sagemaker) as stub:
+        _stub_model_lookup(stub)
+        stub.add_client_error(
+            "create_transform_job", "ValidationException", "Job name must be unique within an AWS account and region"
+        )
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+    assert json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())["transform_job"] == job
+
+    # The job fails: its end (EventBridge -> the queue) gives a failed manifest and a report with SageMaker's reason.
+    ended = {
+        "detail-type": transform.STATE_CHANGE,
+        "source": "aws.sagemaker",
+        "detail": {
+            "TransformJobName": job,
+            "TransformJobStatus": "Failed",
+            "FailureReason": "ClientError: out of memory",
+            "TransformInput": expected["TransformInput"],
+        },
+    }
+    event = {
+        "Records": [{"messageId": "m2", "body": json.dumps(ended), "attributes": {"ApproximateReceiveCount": "1"}}]
+    }
+    assert batch_forecast.handler(event, None, s3=buckets) == {"batchItemFailures": []}
+    failed = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert failed["status"] == "failed" and "out of memory" in failed["error"]
+    report = json.loads(buckets.get_object(Bucket="out-bucket", Key="errors/big.jsonl.jsonl")["Body"].read())
+    assert report["location"] == "incoming/big.jsonl" and job in report["error"]
+
+
+def test_the_transform_threshold_comes_from_the_environment_and_the_template(monkeypatch):
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "5")
+    assert batch_forecast.transform_min_series() == 5
+    monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
+    assert batch_forecast.transform_min_series() == 12_000
+    assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 from sagemaker_deepar import contract
 
-from . import forecasting
+from . import forecasting, transform
 from .inputs import DEEPAR_FIELDS, Line, UnreadableObject, read_object
 
 log = logging.getLogger("batch_forecast")
@@ -34,6 +34,16 @@ INCOMING = "incoming/"
 
 class Superseded(Exception):
     """The event names an object version that was since replaced (its own event follows)."""
+
+
+def read_source(s3: Any, source: dict) -> list[Line]:
+    """The uploaded object's lines again (the version the event named), for a finished transform job."""
+    get = {"Bucket": source["bucket"], "Key": source["key"]}
+    if source.get("version_id"):
+        get["VersionId"] = source["version_id"]
+    elif source.get("etag"):
+        get["IfMatch"] = source["etag"]
+    return read_object(source["key"], s3.get_object(**get)["Body"].read())
 
 
 def s3_records(message_body: str) -> Iterator[dict]:
@@ -57,6 +67,18 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
+def _sagemaker() -> Any:
+    import boto3
+
+    return boto3.client("sagemaker")
+
+
+def transform_min_series() -> int:
+    """Uploads with at least this many valid series go to a batch transform job (README: the measured
+    request-route rate x Lambda's 15 minutes, with a 2x margin)."""
+    return int(os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES)))
+
+
 def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
     """Forecast one uploaded object; return its manifest (existing one when already done)."""
     bucket = record["s3"]["bucket"]["name"]
@@ -64,14 +86,11 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
     version = record["s3"]["object"].get("versionId")
     name = output_name(key)
-    forecasts_key, errors_key, manifest_key = (
-        f"forecasts/{name}.jsonl",
-        f"errors/{name}.jsonl",
-        f"forecasts/{name}.manifest.json",
-    )
+    forecasts_key, errors_key, manifest_key = _output_keys(name)
     done = _manifest(s3, output_bucket, manifest_key)
     if done and done["source"]["etag"] == etag and done["source"].get("version_id") == version:
-        log.info("already forecast: s3://%s/%s (etag %s)", bucket, key, etag)
+        # Also a transform job already started for this version: redelivery starts no second one.
+        log.info("already %s: s3://%s/%s (etag %s)", done.get("status", "forecast"), bucket, key, etag)
         return done
     started = time.monotonic()
     try:
@@ -86,6 +105,10 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     read_s = time.monotonic() - started
     try:
         forecaster = forecasting.from_environment()
+        valid = sum(1 for line in lines if line.record is not None)
+        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= transform_min_series():
+            source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
+            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name)
         configuration = (
             json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
         )
@@ -94,6 +117,17 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     forecast_s = time.monotonic() - started - read_s
+    source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
+    extra = {"model": forecaster.name, "requests": requests, "read_s": read_s, "forecast_s": forecast_s}
+    return write_results(s3, output_bucket, source, lines, results, extra, started)
+
+
+def write_results(
+    s3: Any, output_bucket: str, source: dict, lines: list[Line], results: list, extra: dict, started: float
+) -> dict:
+    """forecasts/, errors/ and, last, the manifest (status "complete") for one object's per-line results."""
+    key, name = source["key"], output_name(source["key"])
+    forecasts_key, errors_key, manifest_key = _output_keys(name)
     outputs, errors = [], []
     for line, result in zip(lines, results):
         if isinstance(result, dict):
@@ -107,23 +141,24 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         s3.put_object(Bucket=output_bucket, Key=errors_key, Body=b"".join(contract.dumps_line(e) for e in errors))
     else:
         s3.delete_object(Bucket=output_bucket, Key=errors_key)  # a failed earlier attempt's report
+    timings = {k: round(extra.pop(k), 3) for k in ("read_s", "forecast_s") if k in extra}
     manifest = {
-        "source": {"bucket": bucket, "key": key, "etag": etag, "version_id": version},
+        "status": "complete",
+        "source": source,
         "forecasts": f"s3://{output_bucket}/{forecasts_key}",
         "errors": f"s3://{output_bucket}/{errors_key}" if errors else None,
         "counts": {"series": len(lines), "forecast": len(lines) - len(errors), "errors": len(errors)},
-        "model": forecaster.name,
-        "requests": requests,
-        "timings": {
-            "read_s": round(read_s, 3),
-            "forecast_s": round(forecast_s, 3),
-            "total_s": round(time.monotonic() - started, 3),
-        },
+        **extra,
+        "timings": {**timings, "total_s": round(time.monotonic() - started, 3)},
     }
     # Written last: its presence means the forecasts above are complete for this object version.
     s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(manifest, indent=1).encode())
-    log.info("forecast s3://%s/%s: %s", bucket, key, manifest["counts"])
+    log.info("forecast s3://%s/%s: %s", source["bucket"], key, manifest["counts"])
     return manifest
+
+
+def _output_keys(name: str) -> tuple[str, str, str]:
+    return f"forecasts/{name}.jsonl", f"errors/{name}.jsonl", f"forecasts/{name}.manifest.json"
 
 
 def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
@@ -171,6 +206,9 @@ def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     for message in event.get("Records", []):
         receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
+            job_event = transform.state_change(message["body"])
+            if job_event is not None:
+                transform.complete(s3, output_bucket, job_event, read_source, write_results)
             for record in s3_records(message["body"]):
                 process_object(record, s3, output_bucket, receive_count)
         except Superseded as error:
