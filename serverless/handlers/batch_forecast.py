@@ -90,7 +90,9 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     done = _manifest(s3, output_bucket, manifest_key)
     if done and done["source"]["etag"] == etag and done["source"].get("version_id") == version:
         # Also a transform job already started for this version: redelivery starts no second one.
-        log.info("already %s: s3://%s/%s (etag %s)", done.get("status", "forecast"), bucket, key, etag)
+        state = done.get("status", "complete")
+        what = "forecast" if state == "complete" else f"{state} (transform job {done.get('transform_job')})"
+        log.info("already %s: s3://%s/%s (etag %s)", what, bucket, key, etag)
         return done
     started = time.monotonic()
     try:
