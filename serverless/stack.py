@@ -482,6 +482,20 @@ def _physical_ids(cfn: Any, stack: str) -> dict[str, str]:
     return {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
 
 
+def _stored(aws: Aws, bucket: str, key: str) -> bool:
+    return _exists(lambda: aws("s3").head_object(Bucket=bucket, Key=key))
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def without_layers(template: dict) -> dict:
     """The template less its ``AWS::Lambda::LayerVersion`` resources and the functions' ``Layers``."""
     layers = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::Lambda::LayerVersion"}
@@ -521,13 +535,21 @@ def deploy(aws: Aws, stack: str, parameters: dict[str, str], out: Path, say: Cal
     keys = {"batch_forecast": "BatchCodeKey", "forecast_api": "ApiCodeKey", package.LAYER: "ParquetLayerKey"}
     template = load_template(TEMPLATE)
     defaults = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
-    params = {**defaults, "CodeBucket": code_bucket, **parameters}
+    # Keys named after the bundle's content: CloudFormation updates a function's code only when its
+    # S3Key changes, and the same code keeps the same key (a re-deploy then changes nothing).
+    content_keys = {keys[name]: f"serverless/{name}-{_digest(Path(b.path))}.zip" for name, b in bundles.items()}
+    params = {**defaults, "CodeBucket": code_bucket, **content_keys, **parameters}
     if aws.offline and "EventSourceMapping" not in parameters:
         params["EventSourceMapping"] = "false"
         say("offline (AWS_ENDPOINT_URL): no event source mapping; `python -m serverless emulate` polls the queue")
+    uploaded = 0
     for name, bundle in bundles.items():
-        aws("s3").upload_file(bundle.path, code_bucket, params[keys[name]])
-    say(f"uploaded {len(bundles)} bundles to s3://{code_bucket}/")
+        key = params[keys[name]]
+        if key == content_keys.get(keys[name]) and _stored(aws, code_bucket, key):
+            continue  # the same content is already there under its own name
+        aws("s3").upload_file(bundle.path, code_bucket, key)
+        uploaded += 1
+    say(f"uploaded {uploaded} of {len(bundles)} bundles to s3://{code_bucket}/ (the others are there already)")
     cfn = aws("cloudformation")
     cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()]
     # moto cannot update a stack holding a layer (a function's Layers resolve to nothing and the update
