@@ -501,6 +501,28 @@ def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeyp
         assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
     assert json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())["transform_job"] == job
 
+    transforming = buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read()
+
+    def ended_event(status: str, reason: str = "") -> dict:
+        detail = {"TransformJobName": job, "TransformJobStatus": status, "TransformInput": expected["TransformInput"]}
+        body = {
+            "detail-type": transform.STATE_CHANGE,
+            "source": "aws.sagemaker",
+            "detail": {**detail, "FailureReason": reason},
+        }
+        return {
+            "Records": [{"messageId": "m2", "body": json.dumps(body), "attributes": {"ApproximateReceiveCount": "1"}}]
+        }
+
+    # A job whose .out lacks lines cannot be joined back: a failed manifest saying so, never a shifted forecast.
+    buckets.put_object(
+        Bucket="out-bucket", Key=f"transform/{job}/big.jsonl.jsonl.out", Body=b'{"mean": [1]}\n{"mean": [2]}\n'
+    )
+    assert batch_forecast.handler(ended_event("Completed"), None, s3=buckets) == {"batchItemFailures": []}
+    short = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert short["status"] == "failed" and "2 output lines for 3 staged series" in short["error"]
+    buckets.put_object(Bucket="out-bucket", Key=manifest_key, Body=transforming)
+
     # The job fails: its end (EventBridge -> the queue) gives a failed manifest and a report with SageMaker's reason.
     ended = {
         "detail-type": transform.STATE_CHANGE,

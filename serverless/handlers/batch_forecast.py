@@ -76,7 +76,11 @@ def _sagemaker() -> Any:
 def transform_min_series() -> int:
     """Uploads with at least this many valid series go to a batch transform job (README: the measured
     request-route rate x Lambda's 15 minutes, with a 2x margin)."""
-    return int(os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES)))
+    raw = os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES))
+    try:
+        return int(raw)
+    except ValueError:
+        raise forecasting.BackendError(f"BATCH_TRANSFORM_MIN_SERIES={raw!r}: expected a whole number") from None
 
 
 def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:

@@ -148,6 +148,21 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
+def _failed(s3: Any, output_bucket: str, current: dict, reason: str) -> dict:
+    """The job gave no usable output: a report naming the job and why, and a final "failed" manifest
+    (not retried: the same input would fail the same way; uploading the object again starts afresh)."""
+    from .batch_forecast import _output_keys, output_name
+
+    source = current["source"]
+    _, errors_key, manifest_key = _output_keys(output_name(source["key"]))
+    report = {"location": source["key"], "error": reason, "transform_job": current.get("transform_job")}
+    s3.put_object(Bucket=output_bucket, Key=errors_key, Body=contract.dumps_line(report))
+    failed = {**current, "status": "failed", "error": reason, "errors": f"s3://{output_bucket}/{errors_key}"}
+    s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(failed, indent=1).encode())
+    log.error("%s (s3://%s/%s)", reason, source["bucket"], source["key"])
+    return failed
+
+
 def complete(
     s3: Any,
     output_bucket: str,
@@ -156,6 +171,8 @@ def complete(
     write_results: Callable[..., dict],
 ) -> Optional[dict]:
     """A transform job ended: the final outputs of the upload it forecast (None: not one of ours any more)."""
+    from botocore.exceptions import ClientError
+
     from .batch_forecast import _manifest
 
     job, status = detail.get("TransformJobName", ""), detail.get("TransformJobStatus", "")
@@ -165,7 +182,7 @@ def complete(
         log.info("transform job %s: input %s is not staged by this stack; ignored", job, uri)
         return None
     name = uri[len(prefix) : -len(".jsonl")]
-    manifest_key, errors_key = f"forecasts/{name}.manifest.json", f"errors/{name}.jsonl"
+    manifest_key = f"forecasts/{name}.manifest.json"
     current = _manifest(s3, output_bucket, manifest_key)
     if not current or current.get("transform_job") != job:
         log.info("transform job %s: forecasts/%s is not waiting for it (superseded); ignored", job, name)
@@ -176,27 +193,26 @@ def complete(
     source = current["source"]
     started = time.monotonic()
     if status != "Completed":
-        reason = f"transform job {job} {status}: {detail.get('FailureReason', 'no reason given')}"
-        s3.put_object(
-            Bucket=output_bucket,
-            Key=errors_key,
-            Body=contract.dumps_line({"location": source["key"], "error": reason, "transform_job": job}),
+        return _failed(
+            s3,
+            output_bucket,
+            current,
+            f"transform job {job} {status}: {detail.get('FailureReason', 'no reason given')}",
         )
-        failed = {**current, "status": "failed", "error": reason, "errors": f"s3://{output_bucket}/{errors_key}"}
-        s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(failed, indent=1).encode())
-        log.error("%s (s3://%s/%s)", reason, source["bucket"], source["key"])
-        return failed
     outs = [k for k in _list_keys(s3, output_bucket, f"{OUTPUT}{job}/") if k.endswith(".out")]
     if len(outs) != 1:
-        raise forecasting.BackendError(f"transform job {job}: expected one .out under {OUTPUT}{job}/, found {outs}")
-    answers = s3.get_object(Bucket=output_bucket, Key=outs[0])["Body"].read().splitlines()
-    answers = [a for a in answers if a.strip()]
-    lines = read_source(s3, source)
+        return _failed(
+            s3, output_bucket, current, f"transform job {job}: expected one .out under {OUTPUT}{job}/, found {outs}"
+        )
+    answers = [a for a in s3.get_object(Bucket=output_bucket, Key=outs[0])["Body"].read().splitlines() if a.strip()]
+    try:
+        lines = read_source(s3, source)
+    except ClientError as error:  # overwritten (no versioning) or deleted since: its own event follows
+        return _failed(s3, output_bucket, current, f"transform job {job}: the uploaded object is gone: {error}")
     valid = [i for i, line in enumerate(lines) if line.record is not None]
     if len(answers) != len(valid):
-        raise forecasting.BackendError(
-            f"transform job {job}: {len(answers)} output lines for {len(valid)} staged series ({outs[0]})"
-        )
+        reason = f"transform job {job}: {len(answers)} output lines for {len(valid)} staged series ({outs[0]})"
+        return _failed(s3, output_bucket, current, reason)
     results: list[dict | str] = [line.problem for line in lines]
     for index, answer in zip(valid, answers):
         try:
