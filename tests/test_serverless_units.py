@@ -357,11 +357,24 @@ def _assert_left_for_redrive(s3, answer: dict, receive_count: int) -> None:
 
 
 def test_batch_leaves_a_throttled_container_s_message_for_redrive(monkeypatch, buckets, answering_429):
+    import boto3
+
     url, busy = answering_429
     monkeypatch.setenv("FORECAST_ENDPOINT", url)
-    answer = batch_forecast.handler({"Records": [_upload_event(buckets, THREE_SERIES)]}, None, s3=buckets)
+    # A real queue (moto) whose own visibility timeout is 0: only the handler's back-off hides the message.
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="uploads", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody=_upload_event(buckets, THREE_SERIES)["body"])
+    received = sqs.receive_message(QueueUrl=queue, AttributeNames=["All"])["Messages"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    event = emulate.sqs_event(received, arn, "us-east-1")
+    event["Records"][0]["messageId"] = "m1"
+    answer = batch_forecast.handler(event, None, s3=buckets)
     _assert_left_for_redrive(buckets, answer, 1)
     assert busy.calls == 1  # the first 429 stops the object: no request per series, no bisection
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue)  # back in 30 s, not at once, not in 90 min
+    assert [batch_forecast.throttle_backoff_s(n, 7) for n in (1, 2, 3, 9)] == [30, 60, 120, 900]
+    assert batch_forecast.throttle_backoff_s(1, 45) == 45  # the forecaster's Retry-After when longer
     # The queue dead-letters only after 3 receives, so a first throttle is retried, not a poison message.
     queue = stack.load_template()["Resources"]["UploadQueue"]["Properties"]
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 3

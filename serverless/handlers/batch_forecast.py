@@ -204,6 +204,30 @@ def _manifest(s3: Any, bucket: str, key: str) -> Optional[dict]:
         raise
 
 
+def throttle_backoff_s(receive_count: int, retry_after: int) -> int:
+    """When a throttled message is received again: 30 s doubling per receive, at least the forecaster's
+    Retry-After, at most 15 min (the queue's own visibility timeout, 90 min, would idle the upload)."""
+    return min(900, max(retry_after, 30 * 2 ** max(0, receive_count - 1)))
+
+
+def _retry_in(message: dict, seconds: int) -> None:
+    """Make a failed SQS message visible again after ``seconds`` (best effort: else the queue's timeout)."""
+    parts = str(message.get("eventSourceARN", "")).split(":")
+    if len(parts) != 6 or not message.get("receiptHandle"):
+        return
+    _, _, _, region, account, queue = parts
+    import boto3
+
+    try:
+        boto3.client("sqs", region_name=region).change_message_visibility(
+            QueueUrl=f"https://sqs.{region}.amazonaws.com/{account}/{queue}",
+            ReceiptHandle=message["receiptHandle"],
+            VisibilityTimeout=seconds,
+        )
+    except Exception as error:  # noqa: BLE001 - the message is still redriven, only later
+        log.warning("message %s: visibility not shortened: %s", message.get("messageId"), error)
+
+
 def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     """The SQS event source mapping's entry point (``FunctionResponseTypes: [ReportBatchItemFailures]``)."""
     s3 = s3 or _s3()
@@ -219,6 +243,17 @@ def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
                 process_object(record, s3, output_bucket, receive_count)
         except Superseded as error:
             log.info("skipped: %s", error)
+        except forecasting.BackendThrottled as error:
+            delay = throttle_backoff_s(receive_count, error.retry_after)
+            log.warning(
+                "message %s throttled (receive %d), retried in %d s: %s",
+                message.get("messageId"),
+                receive_count,
+                delay,
+                error,
+            )
+            failures.append({"itemIdentifier": message["messageId"]})
+            _retry_in(message, delay)
         except Exception as error:  # noqa: BLE001 - any failure leaves the message to SQS's redrive
             log.error("message %s failed (receive %d): %s", message.get("messageId"), receive_count, error)
             failures.append({"itemIdentifier": message["messageId"]})
