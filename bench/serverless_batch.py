@@ -75,7 +75,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`/kill: still stop the server below
 
-    from moto.server import ThreadedMotoServer
+    from mlops.aws import moto_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     warnings.filterwarnings("ignore", message="Tried to parse")
@@ -98,16 +98,11 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    moto_port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port)
-    moto.start()
-    os.environ.update(
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{moto_port}",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="eu-west-1",
-        AWS_REGION="eu-west-1",
-    )
+    # The moto server the mlops commands use: AWS_ENDPOINT_URL's when set, else one on loopback for this run.
+    os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+    os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
+    moto = moto_server()
+    moto.__enter__()
     try:
         wait_ping(url, server)
         from serverless import emulate, stack
@@ -159,7 +154,7 @@ def main() -> None:
         print(f"ratio serverless / direct: {baseline / serverless_s:.2f} (target >= 0.8)")
     finally:
         stop(server)
-        moto.stop()
+        moto.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

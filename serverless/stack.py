@@ -10,6 +10,7 @@ what is missing and saying which. Its last output line is the stack outputs as o
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
@@ -173,6 +174,8 @@ def attribute_of(aws: Aws, physical: dict[str, str]) -> Callable[[str, str, str]
             return aws("lambda").get_function(FunctionName=pid)["Configuration"]["FunctionArn"]
         if kind == "AWS::IAM::Role" and name == "Arn":
             return aws("iam").get_role(RoleName=pid)["Role"]["Arn"]
+        if kind == "AWS::Events::Rule" and name == "Arn":
+            return aws("events").describe_rule(Name=pid)["Arn"]
         if kind == "AWS::ApiGateway::RestApi" and name == "RootResourceId":
             items = aws("apigateway").get_resources(restApiId=pid)["items"]
             return next(i["id"] for i in items if i["path"] == "/")
@@ -212,7 +215,7 @@ def _queue_policy(aws: Aws, props: dict) -> Completed:
     created = False
     for url in props["Queues"]:
         current = aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"]).get("Attributes", {})
-        if props["PolicyDocument"]["Statement"][0]["Sid"] not in current.get("Policy", ""):
+        if any(statement["Sid"] not in current.get("Policy", "") for statement in props["PolicyDocument"]["Statement"]):
             aws("sqs").set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(props["PolicyDocument"])})
             created = True
     return ",".join(props["Queues"]), created
@@ -341,6 +344,53 @@ COMPLETERS: dict[str, Callable[[Aws, dict], Completed]] = {
 }
 
 
+def _function_configuration(aws: Aws, name: str, props: dict) -> list[str]:
+    """Offline: what moto's stack update missed on a function (a parameter used only inside a Sub
+    does not mark it changed; layers are not its to attach) -> updated through Lambda's API."""
+    current = aws("lambda").get_function_configuration(FunctionName=name)
+    changes: dict[str, Any] = {}
+    variables = {k: str(v) for k, v in props.get("Environment", {}).get("Variables", {}).items()}
+    if current.get("Environment", {}).get("Variables", {}) != variables:
+        changes["Environment"] = {"Variables": variables}
+    if [layer["Arn"] for layer in current.get("Layers", [])] != list(props.get("Layers", [])):
+        changes["Layers"] = list(props.get("Layers", []))
+    for key in ("Handler", "Runtime", "Timeout", "MemorySize"):
+        wanted = int(props[key]) if key in ("Timeout", "MemorySize") and key in props else props.get(key)
+        if wanted is not None and current.get(key) != wanted:
+            changes[key] = wanted
+    if changes:
+        aws("lambda").update_function_configuration(FunctionName=name, **changes)
+    return sorted(changes)
+
+
+def _role_policies(aws: Aws, name: str, props: dict) -> list[str]:
+    """Offline: a role's inline policies as the template resolves them now (moto's update misses Sub-only changes)."""
+    changed = []
+    for policy in props.get("Policies", []):
+        try:
+            current = aws("iam").get_role_policy(RoleName=name, PolicyName=policy["PolicyName"])["PolicyDocument"]
+        except ClientError:
+            current = None
+        if isinstance(current, str):  # moto keeps what its CloudFormation wrote as a Python repr
+            try:
+                current = json.loads(current)
+            except ValueError:
+                current = ast.literal_eval(current)
+        if current != json.loads(json.dumps(policy["PolicyDocument"])):
+            aws("iam").put_role_policy(
+                RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
+            )
+            changed.append(f"Policies[{policy['PolicyName']}]")
+    return changed
+
+
+# Offline only: resources moto's CloudFormation creates but does not reliably update.
+RECONCILERS: dict[str, Callable[[Aws, str, dict], list[str]]] = {
+    "AWS::Lambda::Function": _function_configuration,
+    "AWS::IAM::Role": _role_policies,
+}
+
+
 def complete_bucket(aws: Aws, name: str, props: dict) -> list[str]:
     """Apply the bucket properties CloudFormation may have ignored; the names of those it had to apply."""
     s3, applied = aws("s3"), []
@@ -432,44 +482,93 @@ def _physical_ids(cfn: Any, stack: str) -> dict[str, str]:
     return {r["LogicalResourceId"]: r.get("PhysicalResourceId", "") for r in resources}
 
 
+def _stored(aws: Aws, bucket: str, key: str) -> bool:
+    return _exists(lambda: aws("s3").head_object(Bucket=bucket, Key=key))
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def without_layers(template: dict) -> dict:
+    """The template less its ``AWS::Lambda::LayerVersion`` resources and the functions' ``Layers``."""
+    layers = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::Lambda::LayerVersion"}
+    resources = {}
+    for logical, resource in template["Resources"].items():
+        if logical in layers:
+            continue
+        if resource["Type"] == "AWS::Lambda::Function":
+            properties = {k: v for k, v in resource["Properties"].items() if k != "Layers"}
+            resource = {**resource, "Properties": properties}
+        resources[logical] = resource
+    return {**template, "Resources": resources}
+
+
+def _parsed(body: Any) -> Any:
+    """A template body as CloudFormation returns it (boto3 decodes JSON bodies, not YAML) -> a dict."""
+    if isinstance(body, dict):
+        return json.loads(json.dumps(body))
+    try:
+        return json.loads(body)
+    except ValueError:
+        return yaml.load(body, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+def _deployed_as(cfn: Any, stack: str) -> tuple[Any, dict[str, str]]:
+    """(template, parameters) the stack was last created or updated with."""
+    body = cfn.get_template(StackName=stack)["TemplateBody"]
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])
+    return _parsed(body), {p["ParameterKey"]: p.get("ParameterValue", "") for p in described}
+
+
 def deploy(aws: Aws, stack: str, parameters: dict[str, str], out: Path, say: Callable[[str], None] = print) -> dict:
     account = aws.account()
     bundles = {b.name: b for b in package.build(out)}
     code_bucket = code_bucket_name(stack, account)
     ensure_code_bucket(aws, code_bucket)
     keys = {"batch_forecast": "BatchCodeKey", "forecast_api": "ApiCodeKey", package.LAYER: "ParquetLayerKey"}
-    template = load_template()
+    template = load_template(TEMPLATE)
     defaults = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
-    params = {**defaults, "CodeBucket": code_bucket, **parameters}
+    # Keys named after the bundle's content: CloudFormation updates a function's code only when its
+    # S3Key changes, and the same code keeps the same key (a re-deploy then changes nothing).
+    content_keys = {keys[name]: f"serverless/{name}-{_digest(Path(b.path))}.zip" for name, b in bundles.items()}
+    params = {**defaults, "CodeBucket": code_bucket, **content_keys, **parameters}
     if aws.offline and "EventSourceMapping" not in parameters:
         params["EventSourceMapping"] = "false"
         say("offline (AWS_ENDPOINT_URL): no event source mapping; `python -m serverless emulate` polls the queue")
+    uploaded = 0
     for name, bundle in bundles.items():
-        aws("s3").upload_file(bundle.path, code_bucket, params[keys[name]])
-    say(f"uploaded {len(bundles)} bundles to s3://{code_bucket}/")
+        key = params[keys[name]]
+        if key == content_keys.get(keys[name]) and _stored(aws, code_bucket, key):
+            continue  # the same content is already there under its own name
+        aws("s3").upload_file(bundle.path, code_bucket, key)
+        uploaded += 1
+    say(f"uploaded {uploaded} of {len(bundles)} bundles to s3://{code_bucket}/ (the others are there already)")
     cfn = aws("cloudformation")
     cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()]
+    # moto cannot update a stack holding a layer (a function's Layers resolve to nothing and the update
+    # fails): offline the stack gets the template without layers, and `complete` publishes and attaches them.
+    body = json.dumps(without_layers(template)) if aws.offline else TEMPLATE.read_text()
     status = _stack_status(cfn, stack)
     try:
         if status is None:
-            cfn.create_stack(
-                StackName=stack,
-                TemplateBody=TEMPLATE.read_text(),
-                Parameters=cfn_params,
-                Capabilities=["CAPABILITY_IAM"],
-            )
+            cfn.create_stack(StackName=stack, TemplateBody=body, Parameters=cfn_params, Capabilities=["CAPABILITY_IAM"])
             say(f"creating stack {stack}")
+        elif _deployed_as(cfn, stack) == (_parsed(body), params):
+            say(f"stack {stack}: no changes (same template and parameters)")
         else:
-            cfn.update_stack(
-                StackName=stack,
-                TemplateBody=TEMPLATE.read_text(),
-                Parameters=cfn_params,
-                Capabilities=["CAPABILITY_IAM"],
-            )
+            cfn.update_stack(StackName=stack, TemplateBody=body, Parameters=cfn_params, Capabilities=["CAPABILITY_IAM"])
             say(f"updating stack {stack}")
     except ClientError as error:
         if "No updates are to be performed" not in str(error):
             raise StackError(f"{stack}: {error}") from None
+        say(f"stack {stack}: no changes")
     status = _wait(cfn, stack)
     if status not in ("CREATE_COMPLETE", "UPDATE_COMPLETE"):
         raise StackError(f"{stack}: {status}")
@@ -511,6 +610,10 @@ def complete(
         if kind not in COMPLETERS:
             if not physical.get(logical):
                 raise StackError(f"{logical} ({kind}): skipped by CloudFormation and deploy cannot complete it")
+            if aws.offline and kind in RECONCILERS:
+                applied = RECONCILERS[kind](aws, physical[logical], resolver.value(resource["Properties"]))
+                if applied:
+                    say(f"completed {logical} ({kind}): {', '.join(applied)} through its service API")
             continue
         if stack_physical.get(logical):
             continue

@@ -93,8 +93,7 @@ def lake(moto_env) -> str:
 
 @pytest.fixture(scope="module")
 def deployed(moto_env, forecast_server, lake, tmp_path_factory) -> dict:
-    result = cli(
-        moto_env,
+    args = (
         "deploy",
         "--stack",
         STACK,
@@ -105,6 +104,7 @@ def deployed(moto_env, forecast_server, lake, tmp_path_factory) -> dict:
         "--lake-bucket",
         lake,
     )
+    result = cli(moto_env, *args)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     outputs = json.loads(lines[-1])
@@ -112,7 +112,7 @@ def deployed(moto_env, forecast_server, lake, tmp_path_factory) -> dict:
     for piece in ("UploadSubscription", "TopicPolicy", "QueuePolicy", "ApiStage", "UsagePlan", "ApiKey"):
         assert any(line.startswith(f"completed {piece} ") for line in lines), result.stdout
     assert "NotificationConfiguration" in result.stdout
-    return {**outputs, "env": moto_env}
+    return {**outputs, "env": moto_env, "args": args}
 
 
 def aws(deployed: dict, service: str):
@@ -306,6 +306,127 @@ def test_forecast_api_through_the_emulated_gateway(deployed):
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+
+
+def test_redeploy_changes_nothing_then_applies_a_changed_parameter(deployed):
+    """moto's stack update cannot handle a function with a layer and ignores a parameter used only in a
+    Sub: a second deploy must still succeed, the same one changing nothing, a changed one updating."""
+    outputs = {k: v for k, v in deployed.items() if k not in ("env", "args")}
+    again = cli(deployed["env"], *deployed["args"])
+    assert again.returncode == 0, again.stderr
+    assert f"stack {STACK}: no changes" in again.stdout and "completed" not in again.stdout, again.stdout
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == outputs
+    changed = cli(deployed["env"], *deployed["args"], "--lake-prefix", "elsewhere/")
+    assert changed.returncode == 0, changed.stderr
+    assert (
+        f"updating stack {STACK}" in changed.stdout and json.loads(changed.stdout.strip().splitlines()[-1]) == outputs
+    )
+    function = aws(deployed, "lambda").get_function_configuration(FunctionName=outputs["ApiFunctionName"])
+    assert function["Environment"]["Variables"]["LAKE_URI"] == "s3://lake/elsewhere/"
+    assert [layer["Arn"].split(":")[-2] for layer in function["Layers"]] == [f"{STACK}-pyarrow"]
+    policy = aws(deployed, "iam").get_role_policy(
+        RoleName=aws(deployed, "lambda")
+        .get_function_configuration(FunctionName=outputs["ApiFunctionName"])["Role"]
+        .split("/")[-1],
+        PolicyName="forecast-api",
+    )["PolicyDocument"]
+    assert "arn:aws:s3:::lake/elsewhere/*" in json.dumps(policy)
+
+
+@pytest.fixture(scope="module")
+def transform_container(torch_model):
+    """`container/serve` as a transform job runs it (batch mode, the job's payload and timeout)."""
+    from sagemaker_deepar.contract import batch_payload_timeout
+
+    with running_server(
+        torch_model,
+        SAGEMAKER_BATCH="true",
+        SAGEMAKER_BATCH_STRATEGY="MULTI_RECORD",
+        SAGEMAKER_MAX_PAYLOAD_IN_MB="6",
+        SAGEMAKER_MODEL_SERVER_TIMEOUT=str(batch_payload_timeout(6)),
+    ) as s:
+        yield s
+
+
+def _invoke_batch(deployed: dict, monkeypatch, **variables: str) -> dict:
+    """Receive one message from the stack's queue and run batch_forecast on it in process, as Lambda would."""
+    from serverless import emulate
+    from serverless.handlers import batch_forecast
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, deployed["env"][name])
+    for name, value in {"OUTPUT_BUCKET": deployed["OutputBucket"], **variables}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    sqs = aws(deployed, "sqs")
+    received = sqs.receive_message(QueueUrl=deployed["QueueUrl"], WaitTimeSeconds=5, AttributeNames=["All"])
+    (message,) = received["Messages"]
+    arn = sqs.get_queue_attributes(QueueUrl=deployed["QueueUrl"], AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    answer = batch_forecast.handler(
+        emulate.sqs_event([message], arn, deployed["env"]["AWS_REGION"]), None, s3=aws(deployed, "s3")
+    )
+    assert answer == {"batchItemFailures": []}, answer
+    sqs.delete_message(QueueUrl=deployed["QueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+    return json.loads(message["Body"])
+
+
+def test_large_upload_goes_through_a_transform_job_and_its_state_change(deployed, transform_container, monkeypatch):
+    """Above BATCH_TRANSFORM_MIN_SERIES: staged input, CreateTransformJob on the endpoint's model (moto's
+    SageMaker), the real serving container's batch answer as the job's .out, the EventBridge event on the queue."""
+    s3, sqs, sagemaker = aws(deployed, "s3"), aws(deployed, "sqs"), aws(deployed, "sagemaker")
+    inb, outb = deployed["InputBucket"], deployed["OutputBucket"]
+    role = "arn:aws:iam::123456789012:role/model-role"
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/deepar:latest"
+    sagemaker.create_model(ModelName="deepar-m1", ExecutionRoleArn=role, PrimaryContainer={"Image": image})
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="deepar-c1",
+        ProductionVariants=[
+            {"VariantName": "all", "ModelName": "deepar-m1", "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName="deepar", EndpointConfigName="deepar-c1")
+    body = [json.dumps(series(10)), json.dumps({**series(11), "cat": "x"}), "not json", json.dumps(series(12))]
+    s3.put_object(Bucket=inb, Key="incoming/big.jsonl", Body=("\n".join(body) + "\n").encode())
+    variables = {"FORECAST_ENDPOINT": "deepar", "BATCH_TRANSFORM_MIN_SERIES": "3", "TRANSFORM_JOB_PREFIX": STACK}
+    _invoke_batch(deployed, monkeypatch, **variables)  # the upload's own S3 -> SNS -> SQS message
+
+    manifest = json.loads(read(s3, outb, "forecasts/big.jsonl.manifest.json"))
+    assert manifest["status"] == "transforming" and manifest["model"] == "deepar-m1"
+    job = sagemaker.describe_transform_job(TransformJobName=manifest["transform_job"])
+    assert job["ModelName"] == "deepar-m1" and job["TransformInput"]["SplitType"] == "Line"
+    staged_uri = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    staged = read(s3, outb, staged_uri.split("/", 3)[3])
+    assert staged.count(b"\n") == 3  # the three parsed series; line 3 (not JSON) never reaches the model
+    answer = requests.post(
+        transform_container.url + "/invocations",
+        data=staged,
+        headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"},
+        timeout=120,
+    )
+    assert answer.status_code == 200 and answer.text.count("\n") == 3, answer.text
+    output = job["TransformOutput"]["S3OutputPath"].split("/", 3)[3] + "big.jsonl.jsonl.out"
+    s3.put_object(Bucket=outb, Key=output, Body=answer.content)
+
+    state_change = {
+        "version": "0",
+        "detail-type": "SageMaker Transform Job State Change",
+        "source": "aws.sagemaker",
+        "detail": {**job, "TransformJobStatus": "Completed"},
+    }
+    sqs.send_message(QueueUrl=deployed["QueueUrl"], MessageBody=json.dumps(state_change, default=str))
+    _invoke_batch(deployed, monkeypatch, **variables)
+
+    out = [json.loads(line) for line in read(s3, outb, "forecasts/big.jsonl.jsonl").splitlines()]
+    assert [o.get("id") for o in out] == ["s10", None, None, "s12"] and len(out[3]["mean"]) == 6
+    errors = [json.loads(line) for line in read(s3, outb, "errors/big.jsonl.jsonl").splitlines()]
+    assert [e["location"] for e in errors] == ["incoming/big.jsonl:2", "incoming/big.jsonl:3"]
+    assert "cat" in errors[0]["error"] and "not JSON" in errors[1]["error"]
+    final = json.loads(read(s3, outb, "forecasts/big.jsonl.manifest.json"))
+    assert final["status"] == "complete" and final["transform_job"] == job["TransformJobName"]
+    assert final["counts"] == {"series": 4, "forecast": 2, "errors": 2}
+    assert "Contents" not in s3.list_objects_v2(Bucket=outb, Prefix="staging/")
+    assert "Contents" not in s3.list_objects_v2(Bucket=outb, Prefix="transform/")
 
 
 def test_destroy_keeps_data_and_refuses_with_dead_letters(deployed):

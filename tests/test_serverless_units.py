@@ -186,7 +186,13 @@ def test_template_resolver_evaluates_the_intrinsics_deploy_needs():
         template["Resources"]["BatchRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     )
     assert statements[-1]["Resource"] == "arn:aws:s3:::m/k/model.tar.gz"
-    assert statements[-2]["Resource"] == "arn:aws:sagemaker:r:1:endpoint/ep"
+    by_action = {json.dumps(s["Action"]): s["Resource"] for s in statements}
+    assert (
+        by_action['["sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint"]'] == "arn:aws:sagemaker:r:1:endpoint/ep"
+    )
+    assert by_action['["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob"]'].endswith(
+        ":transform-job/st-*"
+    )
 
 
 class Budget(Fake):
@@ -241,3 +247,319 @@ def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch):
         report = json.loads(s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
         assert "unreachable" in report["error"] and report["receive_count"] == 2
         assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+@pytest.fixture
+def answering_429():
+    """A serving container over its capacity: every /invocations answers 429 with Retry-After: 7."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Busy(BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            Busy.calls += 1
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"message": "too many requests in flight"}'
+            self.send_response(429)
+            self.send_header("Retry-After", "7")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Busy
+    server.shutdown()
+    server.server_close()
+
+
+def test_api_answers_429_with_retry_after_for_a_throttling_container_and_endpoint(monkeypatch, answering_429):
+    from botocore.stub import Stubber
+
+    url, _ = answering_429
+    throttled = _api(monkeypatch, url)
+    assert throttled["status"] == 429 and throttled["error"] == "throttled" and throttled["retry_after_s"] == 7
+    # The SageMaker endpoint: botocore's retries are spent and InvokeEndpoint still raises ThrottlingException.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    endpoint = forecasting.from_environment()
+    with Stubber(endpoint.client()) as stub:
+        stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400)
+        answer = forecast_api.handler(
+            {
+                "httpMethod": "POST",
+                "resource": "/forecast",
+                "body": json.dumps({"instances": [{"start": "x", "target": [1]}]}),
+            }
+        )
+        stub.assert_no_pending_responses()
+    assert answer["statusCode"] == 429 and answer["headers"]["Retry-After"] == str(forecasting.DEFAULT_RETRY_AFTER_S)
+    assert (
+        json.loads(answer["body"])["error"] == "throttled" and "Rate exceeded" in json.loads(answer["body"])["message"]
+    )
+
+
+def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count: int = 1) -> dict:
+    etag = s3.put_object(Bucket="in-bucket", Key=key, Body=body)["ETag"]
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": key, "eTag": etag.strip('"')}},
+    }
+    return {
+        "messageId": "m1",
+        "body": json.dumps({"Records": [record]}),
+        "attributes": {"ApproximateReceiveCount": str(receive_count)},
+    }
+
+
+@pytest.fixture
+def buckets(monkeypatch):
+    """In-process moto S3 with the stack's input and output buckets."""
+    import boto3
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    forecasting._cached.clear()
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="in-bucket")
+        s3.create_bucket(Bucket="out-bucket")
+        yield s3
+    forecasting._cached.clear()
+
+
+THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))
+
+
+def _assert_left_for_redrive(s3, answer: dict, receive_count: int) -> None:
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # SQS redelivers it later
+    report = [
+        json.loads(line) for line in s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].iter_lines()
+    ]
+    assert len(report) == 1 and report[0]["throttled"] is True and report[0]["receive_count"] == receive_count
+    assert report[0]["location"] == "incoming/a.jsonl"  # the object, not one error line per series
+    assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+def test_batch_leaves_a_throttled_container_s_message_for_redrive(monkeypatch, buckets, answering_429):
+    import boto3
+
+    url, busy = answering_429
+    monkeypatch.setenv("FORECAST_ENDPOINT", url)
+    # A real queue (moto) whose own visibility timeout is 0: only the handler's back-off hides the message.
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="uploads", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody=_upload_event(buckets, THREE_SERIES)["body"])
+    received = sqs.receive_message(QueueUrl=queue, AttributeNames=["All"])["Messages"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    event = emulate.sqs_event(received, arn, "us-east-1")
+    event["Records"][0]["messageId"] = "m1"
+    answer = batch_forecast.handler(event, None, s3=buckets)
+    _assert_left_for_redrive(buckets, answer, 1)
+    assert busy.calls == 1  # the first 429 stops the object: no request per series, no bisection
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue)  # back in 30 s, not at once, not in 90 min
+    assert [batch_forecast.throttle_backoff_s(n, 7) for n in (1, 2, 3, 9)] == [30, 60, 120, 900]
+    assert batch_forecast.throttle_backoff_s(1, 45) == 45  # the forecaster's Retry-After when longer
+    # The queue dead-letters only after 3 receives, so a first throttle is retried, not a poison message.
+    queue = stack.load_template()["Resources"]["UploadQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == 3
+
+
+def test_batch_leaves_a_throttled_endpoint_s_message_for_redrive(monkeypatch, buckets):
+    from botocore.stub import Stubber
+
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    endpoint = forecasting.from_environment()
+    with Stubber(endpoint.client()) as stub:
+        stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded", 400)
+        answer = batch_forecast.handler(
+            {"Records": [_upload_event(buckets, THREE_SERIES, receive_count=2)]}, None, s3=buckets
+        )
+        stub.assert_no_pending_responses()
+    _assert_left_for_redrive(buckets, answer, 2)
+    # Once the endpoint has capacity again the redelivered message is forecast and the report is gone.
+    with Stubber(endpoint.client()) as stub:
+        predictions = {"predictions": [{"mean": [float(i)]} for i in range(3)]}
+        stub.add_response(
+            "invoke_endpoint", {"Body": io.BytesIO(json.dumps(predictions).encode()), "ContentType": "application/json"}
+        )
+        answer = batch_forecast.handler(
+            {"Records": [_upload_event(buckets, THREE_SERIES, receive_count=3)]}, None, s3=buckets
+        )
+    assert answer == {"batchItemFailures": []}
+    lines = buckets.get_object(Bucket="out-bucket", Key="forecasts/a.jsonl.jsonl")["Body"].read().splitlines()
+    assert [json.loads(line)["mean"] for line in lines] == [[0.0], [1.0], [2.0]]
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="errors/")
+
+
+LARGE = (
+    b"".join(
+        json.dumps({"id": f"s{i}", "start": "2024-01-01 00:00:00", "target": [i, 2, 3]}).encode() + b"\n"
+        for i in range(3)
+    )
+    + b"not json\n"
+)
+
+
+def _stub_model_lookup(stub) -> None:
+    from datetime import datetime
+
+    when = datetime(2024, 1, 1)
+    stub.add_response(
+        "describe_endpoint",
+        {
+            "EndpointName": "deepar",
+            "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/deepar",
+            "EndpointConfigName": "deepar-config",
+            "EndpointStatus": "InService",
+            "CreationTime": when,
+            "LastModifiedTime": when,
+        },
+        {"EndpointName": "deepar"},
+    )
+    stub.add_response(
+        "describe_endpoint_config",
+        {
+            "EndpointConfigName": "deepar-config",
+            "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/deepar-config",
+            "ProductionVariants": [{"VariantName": "all", "ModelName": "deepar-model-7"}],
+            "CreationTime": when,
+        },
+        {"EndpointConfigName": "deepar-config"},
+    )
+
+
+def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeypatch, buckets):
+    import boto3
+    from botocore.stub import Stubber
+
+    from serverless.handlers import transform
+
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "3")
+    monkeypatch.setenv("TRANSFORM_JOB_PREFIX", "fc")
+    sagemaker = boto3.client("sagemaker")
+    monkeypatch.setattr(batch_forecast, "_sagemaker", lambda: sagemaker)
+    message = _upload_event(buckets, LARGE, key="incoming/big.jsonl")
+    etag = json.loads(message["body"])["Records"][0]["s3"]["object"]["eTag"]
+    source = {"bucket": "in-bucket", "key": "incoming/big.jsonl", "etag": etag, "version_id": None}
+    job = transform.job_name(source, "fc")
+    timeout = transform.contract.batch_payload_timeout(6)
+    expected = {
+        "TransformJobName": job,
+        "ModelName": "deepar-model-7",
+        "BatchStrategy": "MultiRecord",
+        "MaxPayloadInMB": 6,
+        "ModelClientConfig": {"InvocationsTimeoutInSeconds": timeout, "InvocationsMaxRetries": 1},
+        "Environment": {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)},
+        "TransformInput": {
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://out-bucket/staging/big.jsonl.jsonl"}
+            },
+            "ContentType": "application/jsonlines",
+            "SplitType": "Line",
+        },
+        "TransformOutput": {
+            "S3OutputPath": f"s3://out-bucket/transform/{job}/",
+            "Accept": "application/jsonlines",
+            "AssembleWith": "Line",
+        },
+        "TransformResources": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1},
+    }
+    with Stubber(sagemaker) as stub:
+        _stub_model_lookup(stub)
+        stub.add_response(
+            "create_transform_job", {"TransformJobArn": f"arn:aws:sagemaker:::transform-job/{job}"}, expected
+        )
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+        # Redelivery of the same upload event: the "transforming" manifest answers, no second job.
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+        stub.assert_no_pending_responses()
+    staged = buckets.get_object(Bucket="out-bucket", Key="staging/big.jsonl.jsonl")["Body"].read().splitlines()
+    assert [json.loads(line) for line in staged] == [
+        {"start": "2024-01-01 00:00:00", "target": [i, 2, 3]} for i in range(3)
+    ]
+    manifest_key = "forecasts/big.jsonl.manifest.json"
+    manifest = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert (
+        manifest["status"] == "transforming"
+        and manifest["transform_job"] == job
+        and manifest["model"] == "deepar-model-7"
+    )
+    assert manifest["counts"] == {"series": 4, "staged": 3, "invalid": 1}
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/big.jsonl.jsonl")
+
+    # The job started but the manifest was lost (the function stopped): redelivery finds the job, not a 2nd one.
+    buckets.delete_object(Bucket="out-bucket", Key=manifest_key)
+    with Stubber(sagemaker) as stub:
+        _stub_model_lookup(stub)
+        stub.add_client_error(
+            "create_transform_job", "ValidationException", "Job name must be unique within an AWS account and region"
+        )
+        assert batch_forecast.handler({"Records": [message]}, None, s3=buckets) == {"batchItemFailures": []}
+    assert json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())["transform_job"] == job
+
+    transforming = buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read()
+
+    def ended_event(status: str, reason: str = "") -> dict:
+        detail = {"TransformJobName": job, "TransformJobStatus": status, "TransformInput": expected["TransformInput"]}
+        body = {
+            "detail-type": transform.STATE_CHANGE,
+            "source": "aws.sagemaker",
+            "detail": {**detail, "FailureReason": reason},
+        }
+        return {
+            "Records": [{"messageId": "m2", "body": json.dumps(body), "attributes": {"ApproximateReceiveCount": "1"}}]
+        }
+
+    # A job whose .out lacks lines cannot be joined back: a failed manifest saying so, never a shifted forecast.
+    buckets.put_object(
+        Bucket="out-bucket", Key=f"transform/{job}/big.jsonl.jsonl.out", Body=b'{"mean": [1]}\n{"mean": [2]}\n'
+    )
+    assert batch_forecast.handler(ended_event("Completed"), None, s3=buckets) == {"batchItemFailures": []}
+    short = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert short["status"] == "failed" and "2 output lines for 3 staged series" in short["error"]
+    buckets.put_object(Bucket="out-bucket", Key=manifest_key, Body=transforming)
+
+    # The job fails: its end (EventBridge -> the queue) gives a failed manifest and a report with SageMaker's reason.
+    ended = {
+        "detail-type": transform.STATE_CHANGE,
+        "source": "aws.sagemaker",
+        "detail": {
+            "TransformJobName": job,
+            "TransformJobStatus": "Failed",
+            "FailureReason": "ClientError: out of memory",
+            "TransformInput": expected["TransformInput"],
+        },
+    }
+    event = {
+        "Records": [{"messageId": "m2", "body": json.dumps(ended), "attributes": {"ApproximateReceiveCount": "1"}}]
+    }
+    assert batch_forecast.handler(event, None, s3=buckets) == {"batchItemFailures": []}
+    failed = json.loads(buckets.get_object(Bucket="out-bucket", Key=manifest_key)["Body"].read())
+    assert failed["status"] == "failed" and "out of memory" in failed["error"]
+    report = json.loads(buckets.get_object(Bucket="out-bucket", Key="errors/big.jsonl.jsonl")["Body"].read())
+    assert report["location"] == "incoming/big.jsonl" and job in report["error"]
+
+
+def test_the_transform_threshold_comes_from_the_environment_and_the_template(monkeypatch):
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "5")
+    assert batch_forecast.transform_min_series() == 5
+    monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
+    assert batch_forecast.transform_min_series() == 12_000
+    assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000

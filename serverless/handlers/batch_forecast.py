@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional
 
 from sagemaker_deepar import contract
 
-from . import forecasting
+from . import forecasting, transform
 from .inputs import DEEPAR_FIELDS, Line, UnreadableObject, read_object
 
 log = logging.getLogger("batch_forecast")
@@ -34,6 +34,16 @@ INCOMING = "incoming/"
 
 class Superseded(Exception):
     """The event names an object version that was since replaced (its own event follows)."""
+
+
+def read_source(s3: Any, source: dict) -> list[Line]:
+    """The uploaded object's lines again (the version the event named), for a finished transform job."""
+    get = {"Bucket": source["bucket"], "Key": source["key"]}
+    if source.get("version_id"):
+        get["VersionId"] = source["version_id"]
+    elif source.get("etag"):
+        get["IfMatch"] = source["etag"]
+    return read_object(source["key"], s3.get_object(**get)["Body"].read())
 
 
 def s3_records(message_body: str) -> Iterator[dict]:
@@ -57,6 +67,22 @@ def _s3() -> Any:
     return boto3.client("s3")
 
 
+def _sagemaker() -> Any:
+    import boto3
+
+    return boto3.client("sagemaker")
+
+
+def transform_min_series() -> int:
+    """Uploads with at least this many valid series go to a batch transform job (README: the measured
+    request-route rate x Lambda's 15 minutes, with a 2x margin)."""
+    raw = os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES))
+    try:
+        return int(raw)
+    except ValueError:
+        raise forecasting.BackendError(f"BATCH_TRANSFORM_MIN_SERIES={raw!r}: expected a whole number") from None
+
+
 def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
     """Forecast one uploaded object; return its manifest (existing one when already done)."""
     bucket = record["s3"]["bucket"]["name"]
@@ -64,14 +90,13 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
     version = record["s3"]["object"].get("versionId")
     name = output_name(key)
-    forecasts_key, errors_key, manifest_key = (
-        f"forecasts/{name}.jsonl",
-        f"errors/{name}.jsonl",
-        f"forecasts/{name}.manifest.json",
-    )
+    forecasts_key, errors_key, manifest_key = _output_keys(name)
     done = _manifest(s3, output_bucket, manifest_key)
     if done and done["source"]["etag"] == etag and done["source"].get("version_id") == version:
-        log.info("already forecast: s3://%s/%s (etag %s)", bucket, key, etag)
+        # Also a transform job already started for this version: redelivery starts no second one.
+        state = done.get("status", "complete")
+        what = "forecast" if state == "complete" else f"{state} (transform job {done.get('transform_job')})"
+        log.info("already %s: s3://%s/%s (etag %s)", what, bucket, key, etag)
         return done
     started = time.monotonic()
     try:
@@ -86,6 +111,10 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
     read_s = time.monotonic() - started
     try:
         forecaster = forecasting.from_environment()
+        valid = sum(1 for line in lines if line.record is not None)
+        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= transform_min_series():
+            source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
+            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name)
         configuration = (
             json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
         )
@@ -94,6 +123,17 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     forecast_s = time.monotonic() - started - read_s
+    source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
+    extra = {"model": forecaster.name, "requests": requests, "read_s": read_s, "forecast_s": forecast_s}
+    return write_results(s3, output_bucket, source, lines, results, extra, started)
+
+
+def write_results(
+    s3: Any, output_bucket: str, source: dict, lines: list[Line], results: list, extra: dict, started: float
+) -> dict:
+    """forecasts/, errors/ and, last, the manifest (status "complete") for one object's per-line results."""
+    key, name = source["key"], output_name(source["key"])
+    forecasts_key, errors_key, manifest_key = _output_keys(name)
     outputs, errors = [], []
     for line, result in zip(lines, results):
         if isinstance(result, dict):
@@ -107,28 +147,31 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         s3.put_object(Bucket=output_bucket, Key=errors_key, Body=b"".join(contract.dumps_line(e) for e in errors))
     else:
         s3.delete_object(Bucket=output_bucket, Key=errors_key)  # a failed earlier attempt's report
+    timings = {k: round(extra.pop(k), 3) for k in ("read_s", "forecast_s") if k in extra}
     manifest = {
-        "source": {"bucket": bucket, "key": key, "etag": etag, "version_id": version},
+        "status": "complete",
+        "source": source,
         "forecasts": f"s3://{output_bucket}/{forecasts_key}",
         "errors": f"s3://{output_bucket}/{errors_key}" if errors else None,
         "counts": {"series": len(lines), "forecast": len(lines) - len(errors), "errors": len(errors)},
-        "model": forecaster.name,
-        "requests": requests,
-        "timings": {
-            "read_s": round(read_s, 3),
-            "forecast_s": round(forecast_s, 3),
-            "total_s": round(time.monotonic() - started, 3),
-        },
+        **extra,
+        "timings": {**timings, "total_s": round(time.monotonic() - started, 3)},
     }
     # Written last: its presence means the forecasts above are complete for this object version.
     s3.put_object(Bucket=output_bucket, Key=manifest_key, Body=json.dumps(manifest, indent=1).encode())
-    log.info("forecast s3://%s/%s: %s", bucket, key, manifest["counts"])
+    log.info("forecast s3://%s/%s: %s", source["bucket"], key, manifest["counts"])
     return manifest
+
+
+def _output_keys(name: str) -> tuple[str, str, str]:
+    return f"forecasts/{name}.jsonl", f"errors/{name}.jsonl", f"forecasts/{name}.manifest.json"
 
 
 def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
     """The object could not be forecast at all: say why (and on which receive) where its errors go."""
     report = {"location": key, "error": str(error), "receive_count": receive_count}
+    if isinstance(error, forecasting.BackendThrottled):
+        report["throttled"] = True  # not the object's fault: the next receive retries it whole
     s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))
 
 
@@ -161,6 +204,30 @@ def _manifest(s3: Any, bucket: str, key: str) -> Optional[dict]:
         raise
 
 
+def throttle_backoff_s(receive_count: int, retry_after: int) -> int:
+    """When a throttled message is received again: 30 s doubling per receive, at least the forecaster's
+    Retry-After, at most 15 min (the queue's own visibility timeout, 90 min, would idle the upload)."""
+    return min(900, max(retry_after, 30 * 2 ** max(0, receive_count - 1)))
+
+
+def _retry_in(message: dict, seconds: int) -> None:
+    """Make a failed SQS message visible again after ``seconds`` (best effort: else the queue's timeout)."""
+    parts = str(message.get("eventSourceARN", "")).split(":")
+    if len(parts) != 6 or not message.get("receiptHandle"):
+        return
+    _, _, _, region, account, queue = parts
+    import boto3
+
+    try:
+        boto3.client("sqs", region_name=region).change_message_visibility(
+            QueueUrl=f"https://sqs.{region}.amazonaws.com/{account}/{queue}",
+            ReceiptHandle=message["receiptHandle"],
+            VisibilityTimeout=seconds,
+        )
+    except Exception as error:  # noqa: BLE001 - the message is still redriven, only later
+        log.warning("message %s: visibility not shortened: %s", message.get("messageId"), error)
+
+
 def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     """The SQS event source mapping's entry point (``FunctionResponseTypes: [ReportBatchItemFailures]``)."""
     s3 = s3 or _s3()
@@ -169,10 +236,24 @@ def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     for message in event.get("Records", []):
         receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
+            job_event = transform.state_change(message["body"])
+            if job_event is not None:
+                transform.complete(s3, output_bucket, job_event, read_source, write_results)
             for record in s3_records(message["body"]):
                 process_object(record, s3, output_bucket, receive_count)
         except Superseded as error:
             log.info("skipped: %s", error)
+        except forecasting.BackendThrottled as error:
+            delay = throttle_backoff_s(receive_count, error.retry_after)
+            log.warning(
+                "message %s throttled (receive %d), retried in %d s: %s",
+                message.get("messageId"),
+                receive_count,
+                delay,
+                error,
+            )
+            failures.append({"itemIdentifier": message["messageId"]})
+            _retry_in(message, delay)
         except Exception as error:  # noqa: BLE001 - any failure leaves the message to SQS's redrive
             log.error("message %s failed (receive %d): %s", message.get("messageId"), receive_count, error)
             failures.append({"itemIdentifier": message["messageId"]})

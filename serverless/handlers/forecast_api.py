@@ -41,8 +41,12 @@ class ApiError(Exception):
         return {"error": self.code, "message": str(self), **({"parameter": self.parameter} if self.parameter else {})}
 
 
-def response(status: int, body: Any) -> dict:
-    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(body)}
+def response(status: int, body: Any, headers: Optional[dict[str, str]] = None) -> dict:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "body": json.dumps(body),
+    }
 
 
 # ---------------------------------------------------------------- the lake
@@ -238,6 +242,9 @@ def handler(event: dict, context: Any = None) -> dict:
     except forecasting.BackendError as error:
         code = {429: "throttled", 504: "forecaster_timeout"}.get(error.status, "forecaster_failed")
         log.error("forecaster: %s", error)
+        if isinstance(error, forecasting.BackendThrottled):
+            retry = {"Retry-After": str(error.retry_after)}
+            return response(429, {"error": code, "message": str(error), "retry_after_s": error.retry_after}, retry)
         return response(error.status, {"error": code, "message": str(error)})
     except contract.ContractError as error:
         return response(400, {"error": "bad_parameter", "message": str(error)})

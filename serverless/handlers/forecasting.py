@@ -24,6 +24,8 @@ from sagemaker_deepar.contract import extract_model_tarball
 # SageMaker's real-time body limit (6 MB); requests stay under it with headroom for the configuration.
 MAX_REQUEST_BYTES = 5 * 2**20
 MAX_SERIES_PER_REQUEST = 1000
+# Seconds a throttled caller is told to wait when the forecaster gives no Retry-After of its own.
+DEFAULT_RETRY_AFTER_S = 2
 _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.")
 
 
@@ -38,7 +40,14 @@ class BackendTimeout(BackendError):
 
 
 class BackendThrottled(BackendError):
+    """The forecaster is over its capacity (after botocore's own retries): the API answers 429 with
+    ``Retry-After``; batch leaves the message to SQS's redrive (a later receive, not an error per series)."""
+
     status = 429
+
+    def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER_S):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RequestRejected(Exception):
@@ -63,6 +72,13 @@ def _error_message(body: bytes) -> str:
     if isinstance(decoded, dict):
         return str(decoded.get("message") or decoded.get("error") or decoded)[:1000]
     return str(decoded)[:1000]
+
+
+def _retry_after(headers: Any) -> int:
+    """The server's ``Retry-After`` in whole seconds (an HTTP date or garbage: the default)."""
+    headers = headers or {}
+    raw = str(headers.get("Retry-After") or headers.get("retry-after") or "").strip()  # botocore: lower case
+    return max(1, int(raw)) if raw.isdigit() else DEFAULT_RETRY_AFTER_S
 
 
 def _predictions(body: bytes, expected: int, source: str) -> list[dict]:
@@ -99,7 +115,7 @@ class HttpForecaster:
         except urllib.error.HTTPError as error:
             message = _error_message(error.read())
             if error.code == 429:
-                raise BackendThrottled(f"{self.name}: 429: {message}") from None
+                raise BackendThrottled(f"{self.name}: 429: {message}", _retry_after(error.headers)) from None
             if 400 <= error.code < 500 and error.code != 408:
                 raise RequestRejected(message, error.code) from None
             if error.code in (503, 504):
@@ -149,7 +165,8 @@ class EndpointForecaster:
             message = str(info.get("Message", error))
             original = error.response.get("OriginalStatusCode")
             if info.get("Code") in ("ThrottlingException", "TooManyRequestsException"):
-                raise BackendThrottled(f"{self.name}: {message}") from None
+                headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                raise BackendThrottled(f"{self.name}: {message}", _retry_after(headers)) from None
             if info.get("Code") == "ModelError" and original and 400 <= int(original) < 500:
                 raise RequestRejected(_error_message(message.encode()), int(original)) from None
             raise BackendError(f"{self.name}: {info.get('Code')}: {message}") from None
