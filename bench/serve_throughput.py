@@ -110,7 +110,7 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     quiet_libraries()
     torch.set_num_threads(1)
 
-    model = Model.load(model_dir)
+    model = Model.load(model_dir, runtime="torch")
     fast = model.sampler.fast_sampler
     cfg = InferenceConfig(
         num_samples=100,
