@@ -193,7 +193,14 @@ def test_served_quantiles_equal_torchs_and_onnx_serving_never_imports_torch(
         maps = {pid: _mapped_libraries(pid) for pid in [*masters, *workers]}
         log = s.output(tail=None)
     assert len(workers) == 2 and len(masters) == 1
+    # ONNX: a session per worker, after the fork; torch: the model loaded once, in the master, before it.
     assert log.count(f"inference runtime: {runtime} (") == (2 if runtime == "onnx" else 1), log[-3000:]
+    ready = (
+        "model loaded (torch backend, onnx"
+        if runtime == "onnx"
+        else "model ready (loaded before fork) (torch backend, torch"
+    )
+    assert log.count(ready) == 2, log[-3000:]
     for pid, mapped in maps.items():
         assert ("libtorch_cpu" in mapped) == (runtime == "torch"), f"pid {pid}"
         assert ("onnxruntime" in mapped) == (runtime == "onnx"), f"pid {pid}"
