@@ -48,7 +48,7 @@ def main() -> None:
         records = sample_data.generate(num_sensors=20, days=30)
         train(Path(tmp) / "torch", "torch", records)
         model_dir = Path(tmp) / "torch" / "model"
-        model = Model.load(model_dir)
+        model = Model.load(model_dir, runtime="torch")
         onnx = OnnxForecaster.load(model_dir, threads=1)
         config = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
         torch_config = InferenceConfig(100, ("mean", "quantiles"), ("0.1", "0.5", "0.9"), (0.1, 0.5, 0.9))

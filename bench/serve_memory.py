@@ -46,7 +46,7 @@ def main() -> None:
 
         quiet_libraries()
         torch.set_num_threads(1)
-        model = Model.load(Path(tmp) / "torch/model", max_batch_series=args.series)
+        model = Model.load(Path(tmp) / "torch/model", max_batch_series=args.series, runtime="torch")
         instances = request_body(records * (args.series // len(records) + 1), args.series)["instances"]
         entries = [parse_instance(i, model, "").entry for i in instances]
         model.sample(entries[:1], 2)  # warm-up, as the server does

@@ -18,6 +18,8 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
         [--baseline-repo /work/main] [--workers 2]
     .venv/bin/python -m bench.serve_throughput --interleave 2 --baseline-repo /work/main --workers 2
         (A/B: each server started in turn every round, c=8 1-series; for a machine whose load changes)
+    .venv/bin/python -m bench.serve_throughput --runtimes onnx torch --interleave 3 [--workers 2]
+        (DEEPAR_INFERENCE_RUNTIME side by side, in turn every round: /ping time, c=8 1-series, 100-series)
 
 `--fronts [--baseline-repo /work/main]` instead compares, side by side in one run, the serving fronts
 (issue #12 item 10): nginx + gunicorn (default), gunicorn alone (DEEPAR_FRONT=gunicorn) and, if given,
@@ -110,7 +112,7 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     quiet_libraries()
     torch.set_num_threads(1)
 
-    model = Model.load(model_dir)
+    model = Model.load(model_dir, runtime="torch")
     fast = model.sampler.fast_sampler
     cfg = InferenceConfig(
         num_samples=100,
@@ -413,6 +415,47 @@ def interleaved(args, tmp_path: Path, records: list[dict]) -> None:
         )
 
 
+def compare_runtimes(args, tmp_path: Path, records: list[dict]) -> None:
+    """Our server with each DEEPAR_INFERENCE_RUNTIME, started in turn every round (--interleave rounds, at least 1):
+    serve -> /ping 200, 1-series c=8 and 100-series c=1; then the in-process GluonTS baseline of the same run."""
+    rounds = max(1, args.interleave)
+    workers = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.workers[0])} if args.workers else {}
+    keys = ("rps", "p99_ms", "series_per_s", "ready_s")
+    totals = {runtime: dict.fromkeys(keys, 0.0) for runtime in args.runtimes}
+    for round_ in range(rounds):
+        for runtime in args.runtimes:
+            with launched(REPO, tmp_path / "torch", DEEPAR_INFERENCE_RUNTIME=runtime, **workers) as server:
+                wrk(server.url, request_body(records, 1), 8, 2, tmp_path)  # warm-up
+                small = wrk(server.url, request_body(records, 1), 8, args.seconds, tmp_path)
+                big = wrk(server.url, request_body(records, 100), 1, args.seconds, tmp_path)
+            values = (small["rps"], small["p99_ms"], big["rps"] * 100, server.ready_s)
+            for key, value in zip(keys, values):
+                totals[runtime][key] += value / rounds
+            print(
+                f"round {round_} runtime {runtime:<6}: serve -> /ping 200 {server.ready_s:.2f} s; c=8 1-series "
+                f"{small['rps']:.1f} req/s, p99 {small['p99_ms']:.0f} ms, non-2xx {small['non2xx']}; c=1 100-series "
+                f"{big['rps'] * 100:.0f} series/s, non-2xx {big['non2xx']}",
+                flush=True,
+            )
+    measured = in_process(tmp_path / "torch/model", records, args.seconds)
+    single = measured["gluonts"][1]["calls_per_s"]
+    batched = measured["gluonts"][100]["series_per_s"]
+    print(
+        f"in-process, 1 thread, GluonTS forward: 1-series {single:.1f} req/s; 100-series {batched:.0f} series/s "
+        f"(fast loop: {measured['ours'][1]['calls_per_s']:.1f} req/s, {measured['ours'][100]['series_per_s']:.0f} series/s)"
+    )
+    base = args.runtimes[-1]
+    print(f"\nmeans over {rounds} round(s); ratios against runtime {base} and against in-process GluonTS (targets)")
+    for runtime, t in totals.items():
+        b = totals[base]
+        print(
+            f"  {runtime:<6}: c=8 {t['rps']:.1f} req/s ({ratio(t['rps'], b['rps'])}; {t['rps'] / single:.2f}x in-process "
+            f"1-series [>= 5x]), p99 {t['p99_ms']:.0f} ms [<= 250 ms]; 100-series {t['series_per_s']:.0f} series/s "
+            f"({ratio(t['series_per_s'], b['series_per_s'])}; {t['series_per_s'] / batched:.2f}x in-process batched "
+            f"[>= 1.2x]); /ping 200 after {t['ready_s']:.2f} s ({ratio(t['ready_s'], b['ready_s'])}) [<= 3 s]"
+        )
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
 
@@ -434,19 +477,29 @@ def main() -> None:
         metavar="ROUNDS",
         help="only ours, --workers variants and --baseline-repo, started in turn for ROUNDS rounds: c=8 1-series",
     )
+    parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=("onnx", "torch"),
+        help="only our server under each DEEPAR_INFERENCE_RUNTIME (ratios against the last), in turn every "
+        "--interleave round: /ping time, c=8 1-series, 100-series; plus the in-process GluonTS baseline",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         records = sample_data.generate(num_sensors=20, days=30)
-        backends = ("torch",) if args.no_peer or args.fronts else ("torch", "mxnet")
+        backends = ("torch",) if args.no_peer or args.fronts or args.runtimes else ("torch", "mxnet")
         for backend in backends:
             train(tmp_path / backend, backend, records)
         print("model: context 72, prediction 24, 3 x 40 LSTM, 100 samples; request series of 200 points")
         print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
         if args.fronts:
             compare_fronts(args, tmp_path, records)
+            return
+        if args.runtimes:
+            compare_runtimes(args, tmp_path, records)
             return
         if args.interleave:
             interleaved(args, tmp_path, records)

@@ -1,7 +1,8 @@
 """gunicorn configuration hooks (``-c python:sagemaker_deepar.gunicorn_hooks``): load the model in the master.
 
-The master imports torch, GluonTS and the app and loads a torch model once, before it binds its socket
-and forks: every worker starts with them in copy-on-write pages instead of importing and loading on
+The master imports what the workers need before it binds its socket and forks (``server.preload_model``):
+onnxruntime for a model served by its ONNX network, torch, GluonTS and the model itself for one served
+by torch. Every worker starts with them in copy-on-write pages instead of importing and loading on
 its own (seconds of GIL-bound work per worker, all workers at once on a busy machine, while /ping
 waits). Until the master is done nginx answers /ping with a JSON 503; a model that cannot be loaded
 stops the server with the reason in the log, as a worker would.

@@ -51,28 +51,67 @@ class RequestError(UserError):
 # ---------------------------------------------------------------- model
 
 
+INFERENCE_RUNTIMES = ("onnx", "torch")
+
+
 @dataclass
 class Model:
-    sampler: Any  # TorchDeepAR (torch) or a GluonTS predictor (mxnet)
+    sampler: Any  # OnnxForecaster (onnx), TorchDeepAR (torch) or a GluonTS predictor (mxnet)
     metadata: dict
     freq: str
     prediction_length: int
     cardinality: list[int]
     num_dynamic_feat: int
     backend: str
+    runtime: str = "torch"  # what draws the samples: "onnx", "torch" or "mxnet"
+    rng: Optional[np.random.Generator] = None  # the ONNX runtime's draws (numpy); seeded from the OS per load
 
     @classmethod
-    def load(cls, model_dir: Path, max_batch_series: int = 256) -> "Model":
+    def load(
+        cls, model_dir: Path, max_batch_series: int = 256, runtime: str = "onnx", threads: Optional[int] = None
+    ) -> "Model":
+        """A torch model is served by its ONNX network when ``runtime`` is "onnx" and the artifact has one
+        (``network.onnx``, exported at training); ``runtime="torch"``, a model without it and mxnet models
+        keep GluonTS's network. ``threads``: intra-op threads of the runtime (None: leave its default)."""
+        if runtime not in INFERENCE_RUNTIMES:
+            raise ValueError(f"inference runtime {runtime!r} must be one of {', '.join(INFERENCE_RUNTIMES)}")
         artifact = ModelArtifact.read(model_dir)
-        if artifact.backend == "torch":
+        rng, no_onnx = None, None
+        sampler: Any = None
+        onnx_file = (artifact.onnx or {}).get("file") if artifact.backend == "torch" else None
+        if onnx_file and runtime == "onnx":
+            from .onnx_forecast import OnnxForecaster
+
+            try:
+                sampler = OnnxForecaster.load(model_dir, threads=threads or 0)
+            except Exception as failure:  # e.g. a damaged file: the torch network in the same artifact still serves
+                no_onnx = f"{onnx_file} did not load ({type(failure).__name__}: {failure})".splitlines()[0][:500]
+                log.warning("%s; serving with torch instead", no_onnx)
+            else:
+                rng = np.random.default_rng()
+                served_by, why = "onnx", f"{onnx_file} with onnxruntime"
+        if sampler is None and artifact.backend == "torch":
+            import torch
+
             from .torch_serving import TorchDeepAR
 
-            sampler: Any = TorchDeepAR(model_dir / PREDICTOR_DIR, batch_size=max_batch_series)
-        else:
+            if threads:
+                torch.set_num_threads(threads)
+            sampler = TorchDeepAR(model_dir / PREDICTOR_DIR, batch_size=max_batch_series)
+            served_by = "torch"
+            if runtime == "torch":
+                why = "DEEPAR_INFERENCE_RUNTIME=torch"
+            else:
+                why = no_onnx or "no ONNX network: " + (artifact.onnx or {}).get(
+                    "reason", "trained before the ONNX export existed"
+                )
+        elif sampler is None:
             from gluonts.model.predictor import Predictor
 
             sampler = Predictor.deserialize(model_dir / PREDICTOR_DIR)
             sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
+            served_by, why = "mxnet", "GluonTS's mxnet predictor"
+        log.info("inference runtime: %s (%s)", served_by, why)
         return cls(
             sampler=sampler,
             metadata=artifact.to_dict(),
@@ -81,6 +120,8 @@ class Model:
             cardinality=list(artifact.cardinality),
             num_dynamic_feat=artifact.num_dynamic_feat,
             backend=artifact.backend,
+            runtime=served_by,
+            rng=rng,
         )
 
     @property
@@ -89,7 +130,18 @@ class Model:
 
     def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
         """Sample paths, shape (series, num_samples, prediction_length), batched over all entries."""
-        if self.backend == "torch":
+        if self.runtime == "onnx":
+            series = [
+                self.sampler.series(
+                    entry["start"].start_time.to_datetime64(),  # a pandas Period (data.parse_start)
+                    entry["target"],
+                    entry.get("feat_static_cat"),
+                    entry.get("feat_dynamic_real"),
+                )
+                for entry in entries
+            ]
+            return self.sampler.sample(series, num_samples, self.rng)
+        if self.runtime == "torch":
             return self.sampler.sample(entries, num_samples)
         forecasts = self.sampler.predict(entries, num_samples=num_samples)  # mxnet draws 100 per pass, then trims
         return np.stack([f.samples[:num_samples] for f in forecasts]).astype(np.float32, copy=False)

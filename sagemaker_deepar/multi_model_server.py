@@ -46,7 +46,7 @@ class ServedModel:
 
 
 def load_served_model(model_dir: Path, config: ServerConfig) -> ServedModel:
-    model = Model.load(model_dir, config.max_batch_series)
+    model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
     batcher = Batcher(model.sample, config.max_pass_paths, config.max_batch_series, config.batch_wait_ms)
     warm_up(model)
     return ServedModel(ForecastService(model, config, batcher))
@@ -69,9 +69,18 @@ class MultiModelState(WorkerReadiness):
         threading.Thread(target=self._prepare, name="deepar-mme-prepare", daemon=True).start()
 
     def _prepare(self) -> None:
+        if self.config.inference_runtime == "onnx":
+            # What loading a model with an ONNX network imports; one without it (mxnet, or trained before the
+            # export) imports torch or mxnet on its first load instead of delaying every worker's start.
+            import onnxruntime  # noqa: F401
+
+            from . import onnx_forecast  # noqa: F401
+
+            self.mark_ready()
+            return
         import torch
 
-        torch.set_num_threads(self.config.torch_threads)
+        torch.set_num_threads(self.config.inference_threads)
         # What a torch model's first load would otherwise import (seconds): a cold invoke pays only its model.
         # The DeepAR module first, as TorchDeepAR does, so that gluonts.torch's __init__ (Lightning) never runs.
         from .torch_serving import import_deepar_module

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import onnxruntime
@@ -41,18 +41,24 @@ from .contract import (
 _UNITS = {"min": "m", "h": "h", "H": "h", "D": "D", "W": "D", "M": "M"}
 
 
-def period_index(start: str, unit: str, multiple: int, length: int, where: str) -> np.ndarray:
-    """The timestamps pandas' ``PeriodIndex`` reports attributes for: each period's start (its end for weeks)."""
+def period_index(
+    start: str | np.datetime64, unit: str, multiple: int, length: int, where: str, offset: int = 0
+) -> np.ndarray:
+    """The timestamps pandas' ``PeriodIndex`` reports attributes for: each period's start (its end for weeks).
+
+    Periods ``offset`` to ``offset + length`` after ``start`` (a timestamp string, or a datetime64 parsed before).
+    """
     try:
-        first = np.datetime64(str(start).strip().replace(" ", "T"))
+        first = start if isinstance(start, np.datetime64) else np.datetime64(str(start).strip().replace(" ", "T"))
     except ValueError:
         raise ContractError(f"{where}start: {start!r} is not a timestamp (expected YYYY-MM-DD HH:MM:SS)") from None
+    steps = offset + np.arange(length)
     if unit == "W":
         day = first.astype("datetime64[D]")
         day = day + (6 - _day_of_week(day)) % 7  # W-SUN: a week is labelled by its Sunday
-        return day + np.arange(length) * 7 * multiple
+        return day + steps * 7 * multiple
     base = first.astype(f"datetime64[{_UNITS[unit]}]")
-    return base + np.arange(length) * multiple
+    return base + steps * multiple
 
 
 def _day_of_week(days: Any) -> Any:
@@ -106,6 +112,7 @@ class Series:
     cat: list[int]
     dynamic_feat: Optional[np.ndarray]  # (features, len(target) + prediction_length)
     features: np.ndarray  # (time features + age + dynamic, len(target) + prediction_length)
+    # target holds at most the network's past_length last points; features and dynamic_feat the same ones onwards
 
 
 class OnnxForecaster:
@@ -139,6 +146,8 @@ class OnnxForecaster:
             raise ContractError(f"{model_dir}: the model has no ONNX network ({reason}); serve it with the container")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        if threads:  # the graph is one chain: a pool for independent nodes would only add threads
+            options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(
             str(model_dir / artifact.onnx["file"]), options, providers=["CPUExecutionProvider"]
         )
@@ -174,16 +183,39 @@ class OnnxForecaster:
         for name, values in (("target", target), ("dynamic_feat", dynamic)):
             if values is not None and (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE).any():
                 raise ContractError(f"{where}{name}: values beyond {MAX_ABS_VALUE:g} are too large to forecast")
-        length = target.size + self.prediction_length
-        index = period_index(raw["start"], self.unit, self.multiple, length, where)
+        cat = [int(c) for c in raw["cat"]] if self.artifact.cardinality else None
+        return self.series(raw["start"], target, cat, dynamic, where)
+
+    def series(
+        self,
+        start: str | np.datetime64,
+        target: np.ndarray,
+        cat: Optional[Sequence[int]],
+        dynamic: Optional[np.ndarray],
+        where: str = "",
+    ) -> Series:
+        """The network's inputs for one checked series (the server's entries come here too, see inference.Model).
+
+        Only the last ``past_length`` points reach the network: older ones are dropped before the calendar
+        features are computed, so a long history costs no more than a short one.
+        """
+        skip = max(0, target.size - self.past_length)
+        length = target.size - skip + self.prediction_length
+        index = period_index(start, self.unit, self.multiple, length, where, offset=skip)
         rows = [
             time_features(index, self.time_feature_names),
-            np.log10(2.0 + np.arange(length, dtype=np.float32))[None, :],  # GluonTS's AddAgeFeature(log_scale)
+            # GluonTS's AddAgeFeature(log_scale) counts from the series' first point, dropped or not.
+            np.log10(2.0 + np.arange(skip, skip + length, dtype=np.float32))[None, :],
         ]
         if dynamic is not None:
+            dynamic = np.asarray(dynamic, dtype=np.float32)[:, skip:]
             rows.append(dynamic)
-        cat = [int(c) for c in raw["cat"]] if self.artifact.cardinality else [0]
-        return Series(target=target, cat=cat, dynamic_feat=dynamic, features=np.concatenate(rows).astype(np.float32))
+        return Series(
+            target=np.asarray(target[skip:], dtype=np.float32),
+            cat=[int(c) for c in cat] if cat is not None and len(cat) else [0],
+            dynamic_feat=dynamic,
+            features=np.concatenate(rows).astype(np.float32),
+        )
 
     # ------------------------------------------------------------ sampling
 

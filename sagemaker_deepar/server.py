@@ -39,26 +39,46 @@ SPOOL_IN_MEMORY_BYTES = 2**20
 _preloaded: Optional[Model] = None
 
 
-def preload_model(config: ServerConfig) -> None:
-    """In the gunicorn master: import torch/GluonTS and load a torch model (and draw once, for lazy imports).
+def served_by_onnx(config: ServerConfig, artifact: Any) -> bool:
+    """Whether Model.load will serve this artifact with its ONNX network (then nothing imports torch)."""
+    return (
+        config.inference_runtime == "onnx" and artifact.backend == "torch" and bool((artifact.onnx or {}).get("file"))
+    )
 
-    Only torch: mxnet's engine threads do not survive fork, so mxnet models are still loaded by each worker.
-    The warm-up draw runs here only on one intra-op thread, where no OpenMP thread pool exists to be
-    broken by fork; the workers draw again anyway.
+
+def preload_model(config: ServerConfig) -> None:
+    """In the gunicorn master, before forking: what every worker needs, loaded once in shared pages.
+
+    An ONNX-served model: only the imports (onnxruntime, the numpy sampler); each worker creates its own
+    onnxruntime session after the fork (milliseconds), since a session's thread pools and allocator are
+    not documented as fork-safe, and draws with its own random generator. A torch-served model: torch,
+    GluonTS and the model itself, with one warm-up draw on one intra-op thread, where no OpenMP thread
+    pool exists to be broken by fork (the workers draw again anyway). mxnet: nothing, since its engine
+    threads do not survive fork, so each worker loads it.
     """
     global _preloaded
     from .contract import ModelArtifact
 
     if multi_model_enabled():  # no /opt/ml/model: each worker loads the models it is asked for
         return
-    if ModelArtifact.read(Path(config.model_dir)).backend != "torch":
-        return
+    artifact = ModelArtifact.read(Path(config.model_dir))
     started = time.perf_counter()
+    if served_by_onnx(config, artifact):
+        import onnxruntime  # noqa: F401
+
+        from . import onnx_forecast  # noqa: F401
+
+        log.info("onnxruntime imported in the gunicorn master in %.2f s", time.perf_counter() - started)
+        return
+    if artifact.backend != "torch":
+        return
     import torch
 
-    torch.set_num_threads(config.torch_threads)
-    model = Model.load(Path(config.model_dir), config.max_batch_series)
-    if config.torch_threads == 1:
+    torch.set_num_threads(config.inference_threads)
+    model = Model.load(
+        Path(config.model_dir), config.max_batch_series, config.inference_runtime, config.inference_threads
+    )
+    if config.inference_threads == 1:
         warm_up(model)
     _preloaded = model
     log.info("model loaded in the gunicorn master in %.2f s; the workers share it", time.perf_counter() - started)
@@ -100,10 +120,12 @@ class ModelState(WorkerReadiness):
     def _load(self) -> None:
         started = time.perf_counter()
         try:
-            import torch
-
-            torch.set_num_threads(self.config.torch_threads)
-            self.model = _preloaded or Model.load(Path(self.config.model_dir), self.config.max_batch_series)
+            self.model = _preloaded or Model.load(
+                Path(self.config.model_dir),
+                self.config.max_batch_series,
+                self.config.inference_runtime,
+                self.config.inference_threads,
+            )
             self.batcher = Batcher(
                 self.model.sample, self.config.max_pass_paths, self.config.max_batch_series, self.config.batch_wait_ms
             )
@@ -116,9 +138,10 @@ class ModelState(WorkerReadiness):
             logging.shutdown()
             os._exit(WORKER_BOOT_ERROR)
         log.info(
-            "model %s (%s backend, prediction_length %d) in %.2f s",
+            "model %s (%s backend, %s runtime, prediction_length %d) in %.2f s",
             "ready (loaded before fork)" if self.model is _preloaded else "loaded",
             self.model.backend,
+            self.model.runtime,
             self.model.prediction_length,
             time.perf_counter() - started,
         )

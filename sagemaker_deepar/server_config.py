@@ -12,7 +12,7 @@ from typing import Mapping, Optional, overload
 
 from .contract import BATCH_BODY_BYTES_PER_SECOND
 from .errors import UserError
-from .inference import InferenceConfig, inference_config_from_env
+from .inference import INFERENCE_RUNTIMES, InferenceConfig, inference_config_from_env
 
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
 BATCH_PAYLOAD_LIMIT_MB = 100
@@ -117,8 +117,19 @@ def hosting_defaults(mode: str, memory_gb: float) -> HostingDefaults:
     return HostingDefaults()
 
 
+def inference_runtime(env: Mapping[str, str]) -> str:
+    """DEEPAR_INFERENCE_RUNTIME: what runs a torch model's network (onnx when the artifact has network.onnx)."""
+    runtime = env.get("DEEPAR_INFERENCE_RUNTIME", "").strip().lower() or "onnx"
+    if runtime not in INFERENCE_RUNTIMES:
+        raise UserError(
+            f"environment variable DEEPAR_INFERENCE_RUNTIME={env['DEEPAR_INFERENCE_RUNTIME']!r} "
+            f"must be one of {', '.join(INFERENCE_RUNTIMES)}"
+        )
+    return runtime
+
+
 def default_torch_threads() -> int:
-    """One intra-op thread per worker: a batched forward pass is a chain of small tensor ops.
+    """One intra-op thread per worker (torch or onnxruntime): a batched forward pass is a chain of small ops.
 
     A second thread only adds synchronisation on these sizes, and OpenMP threads spin against
     everything else on the cores (1 worker x 2 threads answered 11x fewer c=8 requests than
@@ -133,7 +144,7 @@ class ServerConfig:
     port: int
     workers: int
     threads: int
-    torch_threads: int
+    inference_threads: int  # intra-op threads of the worker's runtime (torch or onnxruntime)
     request_timeout: int
     graceful_timeout: int
     keepalive: int
@@ -153,6 +164,12 @@ class ServerConfig:
     front: str = "nginx"
     ready_dir: Optional[str] = None
     hosting_mode: str = "realtime"
+    inference_runtime: str = "onnx"
+
+    @property
+    def torch_threads(self) -> int:
+        """The former name of ``inference_threads``."""
+        return self.inference_threads
 
     @property
     def streams_bodies(self) -> bool:
@@ -191,7 +208,13 @@ class ServerConfig:
             port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
             threads=_int(env, "DEEPAR_SERVER_THREADS", hosting.threads or MAX_THREADS, high=256),
-            torch_threads=_int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
+            # DEEPAR_TORCH_THREADS: the name from before the ONNX runtime, still honoured.
+            inference_threads=_int(
+                env,
+                "DEEPAR_INFERENCE_THREADS",
+                _int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
+                high=1024,
+            ),
             request_timeout=request_timeout,
             graceful_timeout=min(25, request_timeout),
             keepalive=_int(env, "DEEPAR_KEEPALIVE", 75, high=3600),
@@ -220,6 +243,7 @@ class ServerConfig:
             front=front,
             ready_dir=env.get("DEEPAR_READY_DIR") or None,
             hosting_mode=hosting.mode,
+            inference_runtime=inference_runtime(env),
         )
 
 

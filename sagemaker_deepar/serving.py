@@ -84,7 +84,8 @@ def main(app_dir: Path) -> int:
             "(install nginx, or set DEEPAR_FRONT=gunicorn to silence this)"
         )
     log.info(
-        "serving %s on %s:%d with %s, %d worker(s) x %d threads, %d torch thread(s) each, timeout %d s, "
+        "serving %s on %s:%d with %s, %d worker(s) x %d threads, %d inference thread(s) each "
+        "(DEEPAR_INFERENCE_RUNTIME=%s), timeout %d s, "
         "body limit %d MB%s%s",
         config.model_dir,
         config.host,
@@ -92,7 +93,8 @@ def main(app_dir: Path) -> int:
         "nginx + gunicorn" if nginx else "gunicorn",
         config.workers,
         config.threads,
-        config.torch_threads,
+        config.inference_threads,
+        config.inference_runtime,
         config.request_timeout,
         config.max_payload_bytes // 2**20,
         ", batch transform mode" if config.batch_mode else "",
@@ -103,8 +105,8 @@ def main(app_dir: Path) -> int:
     ready_dir.mkdir()
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(config.torch_threads),
-        "MXNET_CPU_WORKER_NTHREADS": str(config.torch_threads),
+        "OMP_NUM_THREADS": str(config.inference_threads),
+        "MXNET_CPU_WORKER_NTHREADS": str(config.inference_threads),
         "DEEPAR_READY_DIR": str(ready_dir),
         # Multi-model endpoints: the registry every worker shares (sagemaker_deepar/multi_model.py).
         "DEEPAR_MME_DIR": str(run_dir / "mme"),

@@ -168,7 +168,7 @@ def check_loadable(model_dir: Path) -> None:
     """Load the model the way serving does; raises if it cannot be served."""
     from .inference import Model
 
-    Model.load(model_dir, max_batch_series=1)
+    Model.load(model_dir, max_batch_series=1, runtime="torch")  # ONNX is checked at export (onnx_export)
 
 
 def export_onnx(predictor, backend: str, likelihood: str, freq: str, staging: Path) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def test_served_path_matches_the_gluonts_predictor(feature_model: Path):
     """Trained model (student-T, cat, dynamic_feat), transformation included, NaNs and an empty target."""
     from gluonts.model.predictor import Predictor
 
-    ours = Model.load(feature_model / "model")
+    ours = Model.load(feature_model / "model", runtime="torch")
     theirs = Predictor.deserialize(feature_model / "model" / "predictor")
     theirs.prediction_net.model.num_parallel_samples = 2000
     pl = ours.prediction_length

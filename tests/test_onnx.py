@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,41 +80,134 @@ def _quantiles(samples: np.ndarray) -> np.ndarray:
     return np.quantile(samples, LEVELS, axis=1)
 
 
-def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(sample_model: Path):
-    import onnx
-    import onnxruntime
+@dataclass
+class TorchReference:
+    """The torch server's quantiles (levels, series, steps) and its own Monte-Carlo noise per series."""
+
+    quantiles: np.ndarray
+    noise: np.ndarray
+
+    def distance(self, samples: np.ndarray) -> np.ndarray:
+        """Per series: the largest quantile difference from torch's, in units of torch's seed-to-seed noise."""
+        return self.distance_of_quantiles(_quantiles(samples))
+
+    def distance_of_quantiles(self, quantiles: np.ndarray) -> np.ndarray:
+        return np.abs(quantiles - self.quantiles).max(axis=(0, 2)) / self.noise
+
+
+@pytest.fixture(scope="module")
+def torch_reference(sample_model: Path) -> TorchReference:
     import torch
 
     from sagemaker_deepar.inference import Model, parse_instance
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
 
-    requests = sample_requests()
-    torch_model = Model.load(sample_model)
-    entries = [parse_instance(r, torch_model, "").entry for r in requests]
+    torch_model = Model.load(sample_model, runtime="torch")
+    entries = [parse_instance(r, torch_model, "").entry for r in sample_requests()]
     torch.manual_seed(0)
     reference = _quantiles(torch_model.sample(entries, NUM_SAMPLES))
     torch.manual_seed(1)
-    noise = np.abs(_quantiles(torch_model.sample(entries, NUM_SAMPLES)) - reference).max(axis=(0, 2))  # per series
+    noise = np.abs(_quantiles(torch_model.sample(entries, NUM_SAMPLES)) - reference).max(axis=(0, 2))
+    return TorchReference(reference, noise)
 
-    forecaster = OnnxForecaster.load(sample_model)
+
+def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(
+    sample_model: Path, torch_reference: TorchReference
+):
+    """Both ONNX paths, the function's (OnnxForecaster.forecast) and the server's (Model.sample on parsed entries)."""
+    import onnx
+    import onnxruntime
+
+    from sagemaker_deepar.inference import Model, parse_instance
+
+    requests = sample_requests()
+    served = Model.load(sample_model)  # the server's default runtime
+    assert served.runtime == "onnx"
+    forecaster = served.sampler
     series = [forecaster.parse_instance(r, "") for r in requests]
+    entries = [parse_instance(r, served, "").entry for r in requests]
 
-    def distance(f: OnnxForecaster) -> np.ndarray:
-        got = _quantiles(f.sample(series, NUM_SAMPLES, np.random.default_rng(0)))
-        return np.abs(got - reference).max(axis=(0, 2)) / noise  # per series, in noise units
+    def distances() -> tuple[float, float]:
+        function = forecaster.sample(series, NUM_SAMPLES, np.random.default_rng(0))
+        served.rng = np.random.default_rng(0)
+        return torch_reference.distance(function).max(), torch_reference.distance(
+            served.sample(entries, NUM_SAMPLES)
+        ).max()
 
-    assert distance(forecaster).max() <= NOISE_MARGIN
+    function, server = distances()
+    assert function <= NOISE_MARGIN and server <= NOISE_MARGIN
 
     # The check can fail: without the scaling, or with one weight of the graph perturbed.
     forecaster.scaling = False
-    assert distance(forecaster).max() > NOISE_MARGIN
+    assert min(distances()) > NOISE_MARGIN
     forecaster.scaling = True
     graph = onnx.load(str(sample_model / "network.onnx"))
     # Student-t's projections are df, loc, scale: shift loc by one unit of the series' scale.
     (bias,) = [t for t in graph.graph.initializer if t.name == "model.param_proj.proj.1.bias"]
     bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1.0, bias.name))
     forecaster.session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert distance(forecaster).max() > NOISE_MARGIN
+    assert min(distances()) > NOISE_MARGIN
+
+
+def test_a_long_history_gives_the_same_network_inputs_as_its_tail(sample_model: Path):
+    """Only the last past_length points reach the network: dropping older ones changes nothing but the age."""
+    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+
+    forecaster = OnnxForecaster.load(sample_model)
+    past = forecaster.past_length
+    request = {"start": "2024-01-01 00:00:00", "target": [float(i % 24) for i in range(past + 50)], "cat": [0, 1]}
+    long = forecaster.parse_instance(request, "")
+    assert long.target.size == past and long.features.shape[1] == past + PREDICTION_LENGTH
+    full_age = np.log10(2.0 + np.arange(past + 50 + PREDICTION_LENGTH, dtype=np.float32))
+    np.testing.assert_array_equal(long.features[-1], full_age[50:])
+    tail = forecaster.parse_instance({**request, "start": "2024-01-03 02:00:00", "target": request["target"][50:]}, "")
+    np.testing.assert_array_equal(long.target, tail.target)
+    np.testing.assert_array_equal(long.features[:-1], tail.features[:-1])  # calendar features of the same hours
+
+
+def _mapped_libraries(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_served_quantiles_equal_torchs_and_onnx_serving_never_imports_torch(
+    sample_model: Path, torch_reference: TorchReference, runtime: str
+):
+    """Through container/serve (2 workers): the runtime named in the log, torch's libraries mapped in no process
+    of an ONNX server (master, workers), and quantiles within Monte-Carlo noise of the torch reference."""
+    from tests.conftest import running_server
+    from tests.helpers import children, gunicorn_workers
+
+    with running_server(sample_model.parent, SAGEMAKER_MODEL_SERVER_WORKERS="2", DEEPAR_INFERENCE_RUNTIME=runtime) as s:
+        body = {
+            "instances": sample_requests(),
+            "configuration": {
+                "num_samples": NUM_SAMPLES,
+                "output_types": ["quantiles"],
+                "quantiles": ["0.1", "0.5", "0.9"],
+            },
+        }
+        response = s.post(body)
+        assert response.status_code == 200, response.text
+        workers = gunicorn_workers(s.process.pid)
+        masters = [p for p in children(s.process.pid) if b"gunicorn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        maps = {pid: _mapped_libraries(pid) for pid in [*masters, *workers]}
+        log = s.output(tail=None)
+    assert len(workers) == 2 and len(masters) == 1
+    # ONNX: a session per worker, after the fork; torch: the model loaded once, in the master, before it.
+    assert log.count(f"inference runtime: {runtime} (") == (2 if runtime == "onnx" else 1), log[-3000:]
+    ready = (
+        "model loaded (torch backend, onnx"
+        if runtime == "onnx"
+        else "model ready (loaded before fork) (torch backend, torch"
+    )
+    assert log.count(ready) == 2, log[-3000:]
+    for pid, mapped in maps.items():
+        assert ("libtorch_cpu" in mapped) == (runtime == "torch"), f"pid {pid}"
+        assert ("onnxruntime" in mapped) == (runtime == "onnx"), f"pid {pid}"
+    served = np.asarray(
+        [[p["quantiles"][key] for p in response.json()["predictions"]] for key in ("0.1", "0.5", "0.9")]
+    )
+    assert torch_reference.distance_of_quantiles(served).max() <= NOISE_MARGIN
 
 
 def test_forecast_answers_like_invocations_and_names_bad_fields(sample_model: Path):

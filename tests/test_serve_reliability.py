@@ -308,6 +308,6 @@ def test_ping_is_200_only_when_every_worker_has_its_model(torch_model: Path):
         statuses += [s.post({"instances": [instance()]}).status_code for _ in range(10)]
         assert set(statuses) == {200}, statuses  # never a 503 from a worker still loading
         output = s.output()
-        assert output.count("model ready (loaded before fork) (torch backend") == 2, output  # workers log
+        assert output.count("model loaded (torch backend, onnx runtime") == 2, output  # each worker its session
     finally:
         s.stop()

@@ -18,10 +18,19 @@ def test_default_workers_follow_cpus_and_memory(cpus, memory_gb, expected):
     assert default_workers(cpus, memory_gb) == expected
 
 
-def test_one_torch_thread_per_worker_unless_set():
-    assert ServerConfig.from_env({}).torch_threads == 1
-    assert ServerConfig.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}).torch_threads == 1
-    assert ServerConfig.from_env({"DEEPAR_TORCH_THREADS": "2"}).torch_threads == 2
+def test_one_inference_thread_per_worker_unless_set():
+    assert ServerConfig.from_env({}).inference_threads == 1
+    assert ServerConfig.from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "1"}).inference_threads == 1
+    assert ServerConfig.from_env({"DEEPAR_TORCH_THREADS": "2"}).inference_threads == 2  # the former name
+    both = ServerConfig.from_env({"DEEPAR_TORCH_THREADS": "2", "DEEPAR_INFERENCE_THREADS": "3"})
+    assert both.inference_threads == both.torch_threads == 3
+
+
+def test_inference_runtime_defaults_to_onnx_and_names_a_bad_value():
+    assert ServerConfig.from_env({}).inference_runtime == "onnx"
+    assert ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "Torch"}).inference_runtime == "torch"
+    with pytest.raises(UserError, match=r"DEEPAR_INFERENCE_RUNTIME='tensorrt' must be one of onnx, torch"):
+        ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "tensorrt"})
 
 
 def test_prefixed_variables_win():

@@ -29,7 +29,7 @@ def entries(model: Model) -> list[dict]:
 def test_same_samples_as_the_gluonts_predictor(feature_model: Path):
     from gluonts.model.predictor import Predictor
 
-    ours = Model.load(feature_model / "model")
+    ours = Model.load(feature_model / "model", runtime="torch")
     theirs = Predictor.deserialize(feature_model / "model" / "predictor")
     theirs.prediction_net.model.num_parallel_samples = 50
     data = entries(ours)
@@ -45,7 +45,7 @@ def test_same_samples_as_the_gluonts_predictor(feature_model: Path):
 def test_serving_does_not_import_lightning(feature_model: Path):
     code = (
         "import sys; from pathlib import Path; from sagemaker_deepar.inference import Model; "
-        f"Model.load(Path({str(feature_model / 'model')!r})); "
+        f"Model.load(Path({str(feature_model / 'model')!r}), runtime='torch'); "
         "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
