@@ -281,21 +281,26 @@ class Launched:
     ready_s: float  # serve -> /ping 200
 
 
-@contextmanager
-def launched(repo: Path, base_dir: Path, **extra: str) -> Iterator[Launched]:
-    """`container/serve` of the checkout ``repo`` (ours or a baseline) on a free loopback port, stopped on exit."""
-    port = free_port()
+def spawn_serve(repo: Path, base_dir: Path, port: int, **extra: str) -> subprocess.Popen:
+    """`container/serve` of the checkout ``repo`` on loopback ``port`` (its output discarded), with the
+    environment plus ``extra``; the caller waits for /ping (``wait_ping``) and ``stop``s it."""
     env = {
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(base_dir),
         "DEEPAR_BIND_HOST": "127.0.0.1",
         "SAGEMAKER_BIND_TO_PORT": str(port),
-        "PYTHONPATH": str(repo),
         **extra,
     }
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(repo / "container/serve")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+@contextmanager
+def launched(repo: Path, base_dir: Path, **extra: str) -> Iterator[Launched]:
+    """`container/serve` of the checkout ``repo`` (ours or a baseline) on a free loopback port, stopped on exit."""
+    port = free_port()
+    process = spawn_serve(repo, base_dir, port, **{"PYTHONPATH": str(repo), **extra})
     url = f"http://127.0.0.1:{port}"
     try:
         yield Launched(url, port, process, wait_ping(url, process))
