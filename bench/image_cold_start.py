@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_container_args
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 PING_DEADLINE_S = 120
@@ -62,23 +62,7 @@ def train_model(image: str, root: Path) -> None:
 def seconds_to_ping(image: str, model_root: Path) -> float:
     port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
-    subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-p",
-            f"127.0.0.1:{port}:8080",
-            "-v",
-            f"{model_root}:/opt/ml:ro",
-            image,
-            "serve",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run(["docker", *serve_container_args(image, model_root, port, name)], check=True, capture_output=True)
     try:
         while time.perf_counter() - start < PING_DEADLINE_S:
             try:

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from bench.image_cold_start import PING_DEADLINE_S, train_model
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_container_args
 
 
 def cold_start(image: str, model_root: Path, run_args: list[str]) -> tuple[float, str]:
@@ -27,11 +27,7 @@ def cold_start(image: str, model_root: Path, run_args: list[str]) -> tuple[float
     port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     subprocess.run(
-        ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_root}:/opt/ml:ro"]
-        + run_args
-        + [image, "serve"],
-        check=True,
-        capture_output=True,
+        ["docker", *serve_container_args(image, model_root, port, name, *run_args)], check=True, capture_output=True
     )
     try:
         while time.perf_counter() - start < PING_DEADLINE_S:
