@@ -54,17 +54,15 @@ from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The bench model (context 72, prediction 24, 3 x 40 LSTM, seeded): the network every benchmark trains
+# (here, train_speed, train_scaling), each with its own epochs and batches.
+BENCH_MODEL = dict(time_freq="H", prediction_length="24", context_length="72", num_cells="40", num_layers="3", seed="1")
 HYPERPARAMETERS = {
-    "time_freq": "H",
-    "prediction_length": "24",
-    "context_length": "72",
+    **BENCH_MODEL,
     "epochs": "1",
-    "num_cells": "40",
-    "num_layers": "3",
     "num_batches_per_epoch": "5",
     "cardinality": "ignore",
     "mini_batch_size": "32",
-    "seed": "1",
 }
 CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
 
