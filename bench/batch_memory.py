@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from bench.serve_throughput import stop, train, wait_ping
+from bench.serve_throughput import spawn_serve, stop, train, wait_ping
 from sagemaker_deepar import sample_data
 from tests.helpers import free_port, gunicorn_workers
 
@@ -83,20 +81,8 @@ def post_file(url: str, path: Path, timeout: float) -> tuple[int, int, float]:
 
 
 def serve(root: Path, port: int, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "container/serve")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(root),
-            "DEEPAR_BIND_HOST": "127.0.0.1",
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-            "SAGEMAKER_BATCH": "true",
-            "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-            **env,
-        },
-    )
+    """`container/serve` in batch mode with one worker, as a batch transform runs it."""
+    return spawn_serve(REPO, root, port, **{"SAGEMAKER_BATCH": "true", "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env})
 
 
 def main() -> None:

@@ -19,10 +19,12 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_container_args
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 PING_DEADLINE_S = 120
@@ -59,36 +61,34 @@ def train_model(image: str, root: Path) -> None:
     )
 
 
-def seconds_to_ping(image: str, model_root: Path) -> float:
+@contextmanager
+def serving_container(image: str, model_root: Path, run_args: Sequence[str] = ()) -> Iterator[tuple[str, float]]:
+    """`docker run [run_args] IMAGE serve` on a read-only /opt/ml: yields (the container's name, seconds
+    from `docker run` to /ping 200, at most PING_DEADLINE_S); the container is removed on exit."""
     port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     subprocess.run(
-        [
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            name,
-            "-p",
-            f"127.0.0.1:{port}:8080",
-            "-v",
-            f"{model_root}:/opt/ml:ro",
-            image,
-            "serve",
-        ],
-        check=True,
-        capture_output=True,
+        ["docker", *serve_container_args(image, model_root, port, name, *run_args)], check=True, capture_output=True
     )
     try:
-        while time.perf_counter() - start < PING_DEADLINE_S:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
-                    return time.perf_counter() - start
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{image}: /ping did not answer 200 within {PING_DEADLINE_S} s")
+        yield name, _seconds_to_ping(port, start, f"{image} {list(run_args)}" if run_args else image)
     finally:
         subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
+
+
+def _seconds_to_ping(port: int, start: float, what: str) -> float:
+    while time.perf_counter() - start < PING_DEADLINE_S:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
+                return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what}: /ping did not answer 200 within {PING_DEADLINE_S} s")
+
+
+def seconds_to_ping(image: str, model_root: Path) -> float:
+    with serving_container(image, model_root) as (_, seconds):
+        return seconds
 
 
 @dataclass

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from bench.serve_throughput import REPO, request_body, stop, train, wait_ping, worker_memory_mb
+from bench.serve_throughput import REPO, request_body, spawn_serve, stop, train, wait_ping, worker_memory_mb
 from sagemaker_deepar import sample_data
 from sagemaker_deepar.multi_model import estimated_cost_bytes
 from tests.helpers import free_port
@@ -38,18 +36,7 @@ from tests.helpers import free_port
 
 def start(root: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "container/serve")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(root),
-            "DEEPAR_BIND_HOST": "127.0.0.1",
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-            **env,
-        },
-    )
+    process = spawn_serve(REPO, root, port, **env)
     url = f"http://127.0.0.1:{port}"
     wait_ping(url, process)
     return process, url

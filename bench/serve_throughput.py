@@ -56,17 +56,15 @@ from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The bench model (context 72, prediction 24, 3 x 40 LSTM, seeded): the network every benchmark trains
+# (here, train_speed, train_scaling), each with its own epochs and batches.
+BENCH_MODEL = dict(time_freq="H", prediction_length="24", context_length="72", num_cells="40", num_layers="3", seed="1")
 HYPERPARAMETERS = {
-    "time_freq": "H",
-    "prediction_length": "24",
-    "context_length": "72",
+    **BENCH_MODEL,
     "epochs": "1",
-    "num_cells": "40",
-    "num_layers": "3",
     "num_batches_per_epoch": "5",
     "cardinality": "ignore",
     "mini_batch_size": "32",
-    "seed": "1",
 }
 CONFIG = {"num_samples": 100, "output_types": ["mean", "quantiles"], "quantiles": ["0.1", "0.5", "0.9"]}
 
@@ -283,21 +281,26 @@ class Launched:
     ready_s: float  # serve -> /ping 200
 
 
-@contextmanager
-def launched(repo: Path, base_dir: Path, **extra: str) -> Iterator[Launched]:
-    """`container/serve` of the checkout ``repo`` (ours or a baseline) on a free loopback port, stopped on exit."""
-    port = free_port()
+def spawn_serve(repo: Path, base_dir: Path, port: int, **extra: str) -> subprocess.Popen:
+    """`container/serve` of the checkout ``repo`` on loopback ``port`` (its output discarded), with the
+    environment plus ``extra``; the caller waits for /ping (``wait_ping``) and ``stop``s it."""
     env = {
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(base_dir),
         "DEEPAR_BIND_HOST": "127.0.0.1",
         "SAGEMAKER_BIND_TO_PORT": str(port),
-        "PYTHONPATH": str(repo),
         **extra,
     }
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(repo / "container/serve")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+@contextmanager
+def launched(repo: Path, base_dir: Path, **extra: str) -> Iterator[Launched]:
+    """`container/serve` of the checkout ``repo`` (ours or a baseline) on a free loopback port, stopped on exit."""
+    port = free_port()
+    process = spawn_serve(repo, base_dir, port, **{"PYTHONPATH": str(repo), **extra})
     url = f"http://127.0.0.1:{port}"
     try:
         yield Launched(url, port, process, wait_ping(url, process))

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from bench.serve_throughput import CONFIG, stop, train, wait_ping
+from bench.serve_throughput import CONFIG, spawn_serve, stop, train, wait_ping
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,18 +85,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     inference_config = json.dumps(CONFIG)
-    server = subprocess.Popen(
-        [sys.executable, str(REPO / "container/serve")],
-        env={
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(tmp),
-            "DEEPAR_BIND_HOST": "127.0.0.1",
-            "SAGEMAKER_BIND_TO_PORT": str(port),
-            "DEEPAR_INFERENCE_CONFIG": inference_config,
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = spawn_serve(REPO, tmp, port, DEEPAR_INFERENCE_CONFIG=inference_config)
     # The moto server the mlops commands use: AWS_ENDPOINT_URL's when set, else one on loopback for this run.
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
     os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])

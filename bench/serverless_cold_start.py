@@ -13,40 +13,17 @@ import re
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.request
-import uuid
 from pathlib import Path
 
-from bench.image_cold_start import PING_DEADLINE_S, train_model
-from tests.helpers import free_port
+from bench.image_cold_start import serving_container, train_model
 
 
 def cold_start(image: str, model_root: Path, run_args: list[str]) -> tuple[float, str]:
     """(seconds from `docker run` to /ping 200, "W worker(s) x T threads" from the container's log)."""
-    port, name = free_port(), f"deepar-bench-{uuid.uuid4().hex[:8]}"
-    start = time.perf_counter()
-    subprocess.run(
-        ["docker", "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_root}:/opt/ml:ro"]
-        + run_args
-        + [image, "serve"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        while time.perf_counter() - start < PING_DEADLINE_S:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).status == 200:
-                    seconds = time.perf_counter() - start
-                    out = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-                    logs = out.stdout + out.stderr
-                    shape = re.search(r"\d+ worker\(s\) x \d+ threads", logs)
-                    return seconds, shape.group(0) if shape else "?"
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{image} {run_args}: /ping did not answer 200 within {PING_DEADLINE_S} s")
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
+    with serving_container(image, model_root, run_args) as (name, seconds):
+        out = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    shape = re.search(r"\d+ worker\(s\) x \d+ threads", out.stdout + out.stderr)
+    return seconds, shape.group(0) if shape else "?"
 
 
 def main() -> None:

@@ -27,17 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.serve_throughput import BENCH_MODEL
 from sagemaker_deepar import sample_data
 
 HYPERPARAMETERS = {
-    "time_freq": "H",
-    "prediction_length": "24",
-    "context_length": "72",
-    "num_cells": "40",
-    "num_layers": "3",
+    **BENCH_MODEL,
     "mini_batch_size": "64",
     "likelihood": "student-T",
-    "seed": "1",
 }
 THROUGHPUT = re.compile(r"#throughput_metric: host=\S+, train throughput=([0-9.]+) records/second")
 

@@ -28,21 +28,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.serve_throughput import BENCH_MODEL
 from sagemaker_deepar import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
 HYPERPARAMETERS = {
-    "time_freq": "H",
-    "prediction_length": "24",
-    "context_length": "72",
+    **BENCH_MODEL,
     "epochs": "5",
-    "num_cells": "40",
-    "num_layers": "3",
     "mini_batch_size": "64",
     "num_batches_per_epoch": "50",
     "likelihood": "student-T",
-    "seed": "1",
 }
 
 # The same job written against GluonTS directly: its own JSON reader, the estimator, serialize;

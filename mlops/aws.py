@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from botocore.config import Config
@@ -35,15 +33,13 @@ def endpoint_url() -> Optional[str]:
 
 
 def offline_credentials() -> None:
-    """Fake credentials and region where none are set, and the SDK's telemetry off (it calls home)."""
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", DEFAULT_REGION)
-    os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
-    if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
-        config = Path(tempfile.gettempdir()) / "mlops-sagemaker-config.yaml"
-        config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
-        os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config)
+    """Fake credentials and region where none are set, and the SDK's telemetry off (it calls home):
+    what evaluation/'s local mode sets up, in the same environment (.venv-sdk)."""
+    # imported here: evaluation.common quiets the SDK's loggers on import (quiet_logs keeps
+    # DEEPAR_MLOPS_DEBUG meaning all of them)
+    from evaluation.common import local_environment
+
+    local_environment()
 
 
 def free_port() -> int:
@@ -115,7 +111,9 @@ def quiet_logs() -> None:
     keep the containers' own output and our lines readable (DEEPAR_MLOPS_DEBUG keeps them all)."""
     import logging
 
-    if not os.environ.get("DEEPAR_MLOPS_DEBUG"):
+    if os.environ.get("DEEPAR_MLOPS_DEBUG"):
+        os.environ.setdefault("DEEPAR_EVAL_DEBUG", "1")  # evaluation.common's switch, for offline_credentials
+    else:
         for name in ("sagemaker", "werkzeug", "botocore.credentials"):
             logging.getLogger(name).setLevel(logging.WARNING)
 

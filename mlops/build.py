@@ -24,14 +24,14 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from sagemaker_deepar.errors import UserError
 
 from . import aws, registry
-from .pipeline import EVALUATION_FILE, PIPELINE_NAME, Defaults, build_pipeline
+from .pipeline import EVALUATION_FILE, PIPELINE_NAME, Defaults, PipelineSettings, build_pipeline
 
 LOCAL_IMAGE = "sagemaker-deepar:latest"
 REGISTERED, REJECTED, STARTED = "registered", "rejected", "started"
@@ -61,8 +61,11 @@ class BuildResult:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class BuildSettings:
+@dataclass(frozen=True, kw_only=True)
+class BuildSettings(PipelineSettings):
+    """The ``build`` command's settings: one field per CLI flag (``settings_from``), the instance types,
+    hyperparameters and registry names those of ``PipelineSettings``."""
+
     lake_uri: str
     local: bool = False
     image: Optional[str] = None
@@ -70,19 +73,7 @@ class BuildSettings:
     role: Optional[str] = None
     bucket: Optional[str] = None
     pipeline_name: str = PIPELINE_NAME
-    threshold_parameter: str = registry.DEFAULT_THRESHOLD_PARAMETER
     default_threshold: float = registry.DEFAULT_THRESHOLD
-    model_package_group: str = registry.DEFAULT_GROUP
-    instance_type: str = "ml.c5.xlarge"
-    transform_instance_type: str = "ml.c5.xlarge"
-    processing_instance_type: str = "ml.t3.medium"
-    time_freq: str = "H"
-    prediction_length: int = 24
-    context_length: int = 72
-    epochs: int = 20
-    num_batches_per_epoch: int = 50
-    num_cells: int = 40
-    num_layers: int = 2
     # auto | none | an s3:// (or with --local a file://, a path) model.tar.gz or its folder; None is none
     warm_start_model: Optional[str] = AUTO
 
@@ -97,6 +88,7 @@ class WarmStart:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    default = PipelineSettings()  # each flag's default is its setting's: declared once
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
@@ -112,24 +104,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bucket", help="the SDK's bucket for code and step outputs (default: the SDK's default bucket)"
     )
     parser.add_argument("--pipeline-name", default=PIPELINE_NAME)
-    parser.add_argument(
-        "--threshold-parameter", default=registry.DEFAULT_THRESHOLD_PARAMETER, help="SSM parameter name"
-    )
+    parser.add_argument("--threshold-parameter", default=default.threshold_parameter, help="SSM parameter name")
     parser.add_argument(
         "--default-threshold", type=float, default=registry.DEFAULT_THRESHOLD, help="created if missing"
     )
-    parser.add_argument("--model-package-group", default=registry.DEFAULT_GROUP)
-    parser.add_argument("--instance-type", default="ml.c5.xlarge", help="training")
-    parser.add_argument("--transform-instance-type", default="ml.c5.xlarge")
-    parser.add_argument("--processing-instance-type", default="ml.t3.medium")
+    parser.add_argument("--model-package-group", default=default.model_package_group)
+    parser.add_argument("--instance-type", default=default.instance_type, help="training")
+    parser.add_argument("--transform-instance-type", default=default.transform_instance_type)
+    parser.add_argument("--processing-instance-type", default=default.processing_instance_type)
     hp = parser.add_argument_group("hyperparameters")
-    hp.add_argument("--time-freq", default="H")
-    hp.add_argument("--prediction-length", type=int, default=24)
-    hp.add_argument("--context-length", type=int, default=72)
-    hp.add_argument("--epochs", type=int, default=20)
-    hp.add_argument("--num-batches-per-epoch", type=int, default=50)
-    hp.add_argument("--num-cells", type=int, default=40)
-    hp.add_argument("--num-layers", type=int, default=2)
+    hp.add_argument("--time-freq", default=default.time_freq)
+    hp.add_argument("--prediction-length", type=int, default=default.prediction_length)
+    hp.add_argument("--context-length", type=int, default=default.context_length)
+    hp.add_argument("--epochs", type=int, default=default.epochs)
+    hp.add_argument("--num-batches-per-epoch", type=int, default=default.num_batches_per_epoch)
+    hp.add_argument("--num-cells", type=int, default=default.num_cells)
+    hp.add_argument("--num-layers", type=int, default=default.num_layers)
     parser.add_argument(
         "--warm-start-model",
         default=AUTO,
@@ -256,24 +246,15 @@ def execution_parameters(settings: BuildSettings, threshold: float) -> dict[str,
 def _defaults(
     settings: BuildSettings, image: str, output_uri: str, threshold: float, warm_start_model: Optional[str]
 ) -> Defaults:
-    local = "local" if settings.local else None
+    shared = {f.name: getattr(settings, f.name) for f in fields(PipelineSettings)}
+    if settings.local:  # a local pipeline runs every step in a container here
+        shared.update(dict.fromkeys(("instance_type", "transform_instance_type", "processing_instance_type"), "local"))
     return Defaults(
+        **shared,
         lake_uri=settings.lake_uri,
         image=image,
         output_uri=output_uri,
-        instance_type=local or settings.instance_type,
-        transform_instance_type=local or settings.transform_instance_type,
-        processing_instance_type=local or settings.processing_instance_type,
-        time_freq=settings.time_freq,
-        prediction_length=settings.prediction_length,
-        context_length=settings.context_length,
-        epochs=settings.epochs,
-        num_batches_per_epoch=settings.num_batches_per_epoch,
-        num_cells=settings.num_cells,
-        num_layers=settings.num_layers,
         threshold=threshold,
-        threshold_parameter=settings.threshold_parameter,
-        model_package_group=settings.model_package_group,
         warm_start_model=warm_start_model,
     )
 

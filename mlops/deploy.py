@@ -63,12 +63,7 @@ def deploy_to_staging(
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: approve it first")
     read_threshold(ssm, threshold_parameter)  # a missing or bad threshold stops here, before any rollout
     endpoint = stage_endpoint(name, "staging")
-    try:
-        rollout = roll_out(endpoints, endpoint, package)
-    except DeployFailed as error:
-        record(sagemaker, package, **{STAGING_STATUS: f"Failed at {now()}: {str(error)[:200]}"})
-        raise
-    record(sagemaker, package, **{STAGING_STATUS: f"InService at {now()} on {endpoint}"})
+    rollout = roll_out_recorded(sagemaker, endpoints, package, endpoint, STAGING_STATUS)
     # Only a model that serves raises the bar: a broken artifact's evaluation must not gate the next builds.
     before, after = raise_bar(ssm, threshold_parameter, wql)
     return Deployment(package.arn, endpoint, wql, before, after, rollout.created, rollout.target)
@@ -78,6 +73,18 @@ def roll_out(endpoints: Endpoints, endpoint: str, package: Package) -> Rollout:
     if not package.model_data:
         raise DeployFailed(f"model package {package.arn} has no ModelDataUrl in its InferenceSpecification")
     return endpoints.roll_out(endpoint, package.model_data, package.image)
+
+
+def roll_out_recorded(sagemaker: Any, endpoints: Endpoints, package: Package, endpoint: str, status: str) -> Rollout:
+    """Roll ``package`` out to ``endpoint`` and record the outcome on the package under ``status``
+    (``staging_status``, ``prod_status``): InService, or the failure, which is raised again."""
+    try:
+        rollout = roll_out(endpoints, endpoint, package)
+    except DeployFailed as error:
+        record(sagemaker, package, **{status: f"Failed at {now()}: {str(error)[:200]}"})
+        raise
+    record(sagemaker, package, **{status: f"InService at {now()} on {endpoint}"})
+    return rollout
 
 
 def consume_queue(

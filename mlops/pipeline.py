@@ -31,13 +31,12 @@ RMSE_PATH = "regression_metrics.RMSE.value"
 STEP_NAMES = ("Prepare", "Train", "CreateModel", "Forecast", "Evaluate", "CheckAccuracy", "Register", "Fail")
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """Default values of the pipeline's parameters (each can be overridden per execution)."""
+@dataclass(frozen=True, kw_only=True)
+class PipelineSettings:
+    """The instance types, hyperparameters and registry names of a build, declared once: both the
+    command's settings (``mlops.build.BuildSettings``, whose CLI flags carry these names) and the
+    pipeline's parameter ``Defaults`` extend it."""
 
-    lake_uri: str
-    image: str
-    output_uri: str  # s3:// (or file:// for local pipelines): channels, models, forecasts, evaluation
     instance_type: str = "ml.c5.xlarge"
     transform_instance_type: str = "ml.c5.xlarge"
     processing_instance_type: str = "ml.t3.medium"
@@ -48,9 +47,18 @@ class Defaults:
     num_batches_per_epoch: int = 50
     num_cells: int = 40
     num_layers: int = 2
-    threshold: float = registry.DEFAULT_THRESHOLD
     threshold_parameter: str = registry.DEFAULT_THRESHOLD_PARAMETER
     model_package_group: str = registry.DEFAULT_GROUP
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defaults(PipelineSettings):
+    """Default values of the pipeline's parameters (each can be overridden per execution)."""
+
+    lake_uri: str
+    image: str
+    output_uri: str  # s3:// (or file:// for local pipelines): channels, models, forecasts, evaluation
+    threshold: float = registry.DEFAULT_THRESHOLD
     # the production model's artifact: the Train step warm-starts from it (README "Warm start")
     warm_start_model: Optional[str] = None
 

@@ -15,14 +15,22 @@ import argparse
 import os
 from typing import Any
 
-from .deploy import Deployment, add_loop_arguments, clients, make_endpoints, roll_out, show, stage_endpoint, with_image
+from .deploy import (
+    Deployment,
+    add_loop_arguments,
+    clients,
+    make_endpoints,
+    roll_out_recorded,
+    show,
+    stage_endpoint,
+    with_image,
+)
 from .endpoints import Endpoints
 from .events import (
     PROD_STATUS,
     PROMOTED_AT,
     PROMOTED_BY,
     STAGING_STATUS,
-    DeployFailed,
     LoopError,
     describe_package,
     now,
@@ -55,12 +63,7 @@ def promote(
         **{PROMOTED_BY: by, PROMOTED_AT: at},
     )
     endpoint = stage_endpoint(name, "prod")
-    try:
-        rollout = roll_out(endpoints, endpoint, package)
-    except DeployFailed as error:
-        record(sagemaker, package, **{PROD_STATUS: f"Failed at {now()}: {str(error)[:200]}"})
-        raise
-    record(sagemaker, package, **{PROD_STATUS: f"InService at {now()} on {endpoint}"})
+    rollout = roll_out_recorded(sagemaker, endpoints, package, endpoint, PROD_STATUS)
     return Deployment(package.arn, endpoint, wql, threshold, threshold, rollout.created, rollout.target)
 
 

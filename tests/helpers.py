@@ -29,3 +29,13 @@ def gunicorn_workers(serve_pid: int) -> list[int]:
         if b"gunicorn" in cmdline:
             return children(child)
     return []
+
+
+def serve_container_args(image: str, model_root: Path, port: int, name: str, *options: str) -> list[str]:
+    """The ``docker`` arguments that start ``image``'s `serve` detached as ``name``, with ``model_root`` as
+    a read-only /opt/ml (as SageMaker mounts it) and port 8080 published on loopback ``port``;
+    ``options`` go before the image (``-e K=V``, ``--memory``)."""
+    return [
+        "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{model_root}:/opt/ml:ro",
+        *options, image, "serve",
+    ]  # fmt: skip

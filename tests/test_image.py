@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from .conftest import OptMl, free_port, series, standard_job
+from .helpers import serve_container_args
 
 IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
 
@@ -118,20 +119,7 @@ def start_server(image: str, root: Path, names: list[str], *env: str) -> str:
     name = f"deepar-test-{uuid.uuid4().hex[:8]}"
     names.append(name)
     env_args = [arg for pair in (("-e", e) for e in env) for arg in pair]
-    docker(
-        "run",
-        "-d",
-        "--name",
-        name,
-        "-p",
-        f"127.0.0.1:{port}:8080",
-        "-v",
-        f"{root}:/opt/ml:ro",
-        *env_args,
-        image,
-        "serve",
-        check=True,
-    )
+    docker(*serve_container_args(image, root, port, name, *env_args), check=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
