@@ -62,9 +62,9 @@ def test_serverless_runs_one_worker_with_threads_from_the_memory(monkeypatch, me
     config = config_with_memory(monkeypatch, memory_gb, DEEPAR_HOSTING_MODE="serverless")
     assert (config.workers, config.threads) == (1, threads) == (1, serverless_threads(memory_gb))
     assert config.max_payload_bytes == 4 * 2**20 and config.request_timeout == 60
-    # Without the mode, workers follow the memory as before (1.5 GB each): 6 GB on 8 CPUs makes 4.
+    # Without the mode, workers follow the CPUs and the memory (1.5 GB each): 6 GB on 8 CPUs makes 4.
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert config_with_memory(monkeypatch, memory_gb).workers == min(4, max(1, int(memory_gb // 1.5)))
+    assert config_with_memory(monkeypatch, memory_gb).workers == min(8, max(1, int(memory_gb // 1.5)))
 
 
 def test_serverless_mode_through_container_serve(torch_model: Path):

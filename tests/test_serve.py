@@ -304,14 +304,16 @@ def test_a_killed_worker_is_replaced(torch_model: Path):
     s = Server(torch_model)
     try:
         s.wait_ready()
-        [worker] = gunicorn_workers(s.process.pid)
+        before = gunicorn_workers(s.process.pid)
+        worker = before[0]
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             pids = gunicorn_workers(s.process.pid)
-            if pids and pids != [worker]:
+            if len(pids) == len(before) and worker not in pids:
                 break
             time.sleep(0.2)
+        assert len(pids) == len(before) and worker not in pids, (before, pids)
         s.wait_ready()
         assert s.post({"instances": [instance()]}).status_code == 200
         assert s.process.poll() is None

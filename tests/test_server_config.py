@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fa
 
 @pytest.mark.parametrize(
     "cpus,memory_gb,expected",
-    [(2, 24, 1), (8, 32, 4), (8, 3, 2), (4, 1, 1), (1, 0.5, 1), (2, 2, 1), (4, 4, 2), (16, 16, 8)],
+    [(2, 24, 2), (8, 32, 8), (8, 3, 2), (4, 1, 1), (1, 0.5, 1), (2, 2, 1), (4, 4, 2), (16, 16, 10), (8, 16, 8)],
 )
 def test_default_workers_follow_cpus_and_memory(cpus, memory_gb, expected):
     assert default_workers(cpus, memory_gb) == expected
