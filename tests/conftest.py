@@ -284,6 +284,21 @@ def sdk_ready():
 MOTO_REGION = "eu-west-1"
 
 
+@pytest.fixture
+def offline_aws(monkeypatch) -> Iterator[None]:
+    """In-process moto for every AWS call the test makes: throwaway credentials, us-east-1, and no
+    AWS_ENDPOINT_URL (which would send boto3 past the mock)."""
+    from moto import mock_aws
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.setenv(name, "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield
+
+
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""

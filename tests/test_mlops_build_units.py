@@ -8,7 +8,6 @@ import json
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
 
 from mlops import registry
 from mlops.steps import evaluate as evaluate_step
@@ -19,16 +18,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def aws(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield lambda service: boto3.client(service, region_name="us-east-1")
+def aws(offline_aws):
+    return lambda service: boto3.client(service, region_name="us-east-1")
 
 
 def test_threshold_is_created_with_its_default_then_read(aws):

@@ -11,7 +11,6 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from mlops import registry
 from mlops.__main__ import parser as mlops_parser
@@ -39,17 +38,8 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 
 @pytest.fixture
-def sagemaker(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        yield boto3.client("sagemaker", region_name="us-east-1")
+def sagemaker(offline_aws):
+    return boto3.client("sagemaker", region_name="us-east-1")
 
 
 def package(sagemaker, version: int, status: str) -> str:

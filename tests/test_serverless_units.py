@@ -212,41 +212,27 @@ def test_an_unlocated_rejection_halves_the_request():
     )
 
 
-def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch):
-    import boto3
-    from moto import mock_aws
-
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch, buckets):
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("FORECAST_ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    forecasting._cached.clear()
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="in-bucket")
-        s3.create_bucket(Bucket="out-bucket")
-        etag = s3.put_object(
-            Bucket="in-bucket", Key="incoming/a.jsonl", Body=b'{"start": "2024-01-01", "target": [1]}\n'
-        )["ETag"]
-        record = {
-            "eventName": "ObjectCreated:Put",
-            "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "incoming%2Fa.jsonl", "eTag": etag.strip('"')}},
-        }
-        message = {
-            "messageId": "m1",
-            "body": json.dumps({"Records": [record]}),
-            "attributes": {"ApproximateReceiveCount": "2"},
-        }
-        answer = batch_forecast.handler({"Records": [message]}, None, s3=s3)
-        assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
-        report = json.loads(s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
-        assert "unreachable" in report["error"] and report["receive_count"] == 2
-        assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+    s3 = buckets
+    line = b'{"start": "2024-01-01", "target": [1]}\n'
+    etag = s3.put_object(Bucket="in-bucket", Key="incoming/a.jsonl", Body=line)["ETag"]
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": "incoming%2Fa.jsonl", "eTag": etag.strip('"')}},
+    }
+    message = {
+        "messageId": "m1",
+        "body": json.dumps({"Records": [record]}),
+        "attributes": {"ApproximateReceiveCount": "2"},
+    }
+    answer = batch_forecast.handler({"Records": [message]}, None, s3=s3)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    report = json.loads(s3.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
+    assert "unreachable" in report["error"] and report["receive_count"] == 2
+    assert "Contents" not in s3.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
 
 
 @pytest.fixture
@@ -323,23 +309,17 @@ def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count:
 
 
 @pytest.fixture
-def buckets(monkeypatch):
+def buckets(monkeypatch, offline_aws):
     """In-process moto S3 with the stack's input and output buckets."""
     import boto3
-    from moto import mock_aws
 
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
     monkeypatch.delenv("FORECAST_MODEL", raising=False)
     forecasting._cached.clear()
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="in-bucket")
-        s3.create_bucket(Bucket="out-bucket")
-        yield s3
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="in-bucket")
+    s3.create_bucket(Bucket="out-bucket")
+    yield s3
     forecasting._cached.clear()
 
 
