@@ -16,6 +16,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sagemaker_deepar.contract import METADATA_FILE, ModelArtifact
 
@@ -38,6 +39,42 @@ def series(i: int, n: int) -> dict:
     }
 
 
+# The small network both local-mode scripts train (seconds per epoch); each adds its own settings.
+SMALL_NETWORK = {
+    "time_freq": "H",
+    "prediction_length": 6,
+    "context_length": 12,
+    "epochs": 2,
+    "num_cells": 8,
+    "num_layers": 1,
+    "mini_batch_size": 16,
+    "seed": 1,
+}
+
+
+def write_channels(data: Path, num_series: int) -> tuple[list[dict], dict[str, str]]:
+    """The series, and fit()'s channels: test holds them whole, train without the last 6 points."""
+    full = [series(i, 60) for i in range(num_series)]
+    write_lines(data / "test" / "test.json", full)
+    write_lines(data / "train" / "train.json", [{**r, "target": r["target"][:-6]} for r in full])
+    return full, {"train": f"file://{data / 'train'}", "test": f"file://{data / 'test'}"}
+
+
+def local_estimator(args: argparse.Namespace, session: Any, instance_count: int, **hyperparameters: Any) -> Any:
+    """An SDK v2 Estimator of ``args.image`` in local mode, writing under ``args.workdir``."""
+    from sagemaker.estimator import Estimator
+
+    return Estimator(
+        image_uri=args.image,
+        role=ROLE,
+        instance_count=instance_count,
+        instance_type="local",
+        sagemaker_session=session,
+        output_path=f"file://{args.workdir / 'output'}",
+        hyperparameters={**SMALL_NETWORK, **hyperparameters},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image", required=True)
@@ -48,40 +85,17 @@ def main() -> None:
     guard_network()
 
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.estimator import Estimator
     from sagemaker.local import LocalSession
     from sagemaker.serializers import JSONSerializer
 
     session = LocalSession()
     session.config = {"local": {"local_code": True, "serving_port": args.port}}
-    data = args.workdir / "data"
-    full = [series(i, 60) for i in range(4)]
-    write_lines(data / "test" / "test.json", full)
-    write_lines(data / "train" / "train.json", [{**r, "target": r["target"][:-6]} for r in full])
+    full, channels = write_channels(args.workdir / "data", 4)
     summary: dict = {}
-
-    estimator = Estimator(
-        image_uri=args.image,
-        role=ROLE,
-        instance_count=1,
-        instance_type="local",
-        sagemaker_session=session,
-        output_path=f"file://{args.workdir / 'output'}",
-        hyperparameters={
-            "time_freq": "H",
-            "prediction_length": 6,
-            "context_length": 12,
-            "epochs": 2,
-            "num_cells": 8,
-            "num_layers": 1,
-            "num_batches_per_epoch": 3,
-            "mini_batch_size": 16,
-            "test_quantiles": [0.1, 0.5, 0.9],
-            "early_stopping_patience": 5,
-            "seed": 1,
-        },
+    estimator = local_estimator(
+        args, session, 1, num_batches_per_epoch=3, test_quantiles=[0.1, 0.5, 0.9], early_stopping_patience=5
     )
-    estimator.fit({"train": f"file://{data / 'train'}", "test": f"file://{data / 'test'}"}, logs=False)
+    estimator.fit(channels, logs=False)
     model_data = estimator.model_data.removeprefix("file://")
     with tarfile.open(model_data) as tar:
         summary["model_files"] = sorted(tar.getnames())

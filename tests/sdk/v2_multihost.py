@@ -16,8 +16,8 @@ from pathlib import Path
 
 from sagemaker_deepar.contract import METADATA_FILE, ModelArtifact
 
-from .offline import ROLE, VIOLATIONS, guard_network, offline_environment
-from .v2_local_mode import series, write_lines
+from .offline import VIOLATIONS, guard_network, offline_environment
+from .v2_local_mode import local_estimator, write_channels
 
 
 def main() -> None:
@@ -28,35 +28,13 @@ def main() -> None:
     offline_environment(args.workdir)
     guard_network()
 
-    from sagemaker.estimator import Estimator
     from sagemaker.local import LocalSession
 
     session = LocalSession()
     session.config = {"local": {"local_code": True}}
-    data = args.workdir / "data"
-    full = [series(i, 60) for i in range(6)]
-    write_lines(data / "test" / "test.json", full)
-    write_lines(data / "train" / "train.json", [{**r, "target": r["target"][:-6]} for r in full])
-    estimator = Estimator(
-        image_uri=args.image,
-        role=ROLE,
-        instance_count=2,
-        instance_type="local",
-        sagemaker_session=session,
-        output_path=f"file://{args.workdir / 'output'}",
-        hyperparameters={
-            "time_freq": "H",
-            "prediction_length": 6,
-            "context_length": 12,
-            "epochs": 2,
-            "num_cells": 8,
-            "num_layers": 1,
-            "num_batches_per_epoch": 4,
-            "mini_batch_size": 16,
-            "seed": 1,
-        },
-    )
-    estimator.fit({"train": f"file://{data / 'train'}", "test": f"file://{data / 'test'}"}, logs=True)
+    _, channels = write_channels(args.workdir / "data", 6)
+    estimator = local_estimator(args, session, 2, num_batches_per_epoch=4)
+    estimator.fit(channels, logs=True)
     summary: dict = {}
     with tarfile.open(estimator.model_data.removeprefix("file://")) as tar:
         summary["model_files"] = sorted(tar.getnames())
