@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 READER = r"""
 import sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])  # the checkout whose reader is measured (--also-code)
 import numpy, pandas, orjson  # the baseline includes the libraries the job always imports
 from sagemaker_deepar.data import read_channel
 
@@ -78,7 +77,11 @@ def write_long_series(path: Path, points: int, dynamic_feat: int = 0) -> int:
 def measure(channel: Path, size: int, label: str, code: Path = REPO) -> tuple[float, float]:
     """Read the channel in a fresh process; print and return (peak RSS above baseline / decoded, MB/s)."""
     out = subprocess.run(
-        [sys.executable, "-c", READER, str(channel), str(code)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", READER, str(channel), str(code)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=code,  # `python -c` imports from its working folder first: the checkout whose reader is measured
     ).stdout.split()
     series, observations, baseline_kb, peak_kb, seconds = (
         int(out[0]),
