@@ -25,6 +25,9 @@ class IngestionConfig(BaseModel):
     raw_bucket: Optional[str] = None
     curated_bucket: Optional[str] = None
     artifacts_bucket: Optional[str] = None
+    results_bucket: Optional[str] = Field(
+        None, description="Athena's query results (default <prefix>-results-<account>-<region>)"
+    )
     buffer_seconds: int = Field(300, ge=60, le=900, description="Firehose buffering interval")
     buffer_mb: int = Field(5, ge=1, le=128, description="Firehose buffering size")
     glue_workers: int = Field(2, ge=2, le=100)
