@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import zlib
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterator, Optional
@@ -363,9 +363,7 @@ def run(
         .select("path", "content", F.col("modificationTime").cast("double").alias("arrived"))
     )
     objects = raw.count()
-    classified = raw.rdd.flatMap(
-        lambda r: classify(r.path, bytes(r.content), topic_level, window, arrival(r.arrived))
-    )
+    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level, window, arrival(r.arrived)))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
