@@ -497,3 +497,22 @@ def test_window_settings_are_checked(capsys):
         with pytest.raises(SystemExit):
             glue_job.parse_args([*paths, flag, value])
         assert f"{flag}: {value!r}: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.unit
+def test_ingestion_settings_carry_the_window_to_the_glue_job():
+    """#23 item 2: `ingestion.infra up` passes the window to the job; a bad setting is named."""
+    from ingestion import infra
+    from ingestion.config import load_config
+    from sagemaker_deepar.errors import UserError
+
+    config = load_config(None, {"earliest_timestamp": "2010-06-01T00:00:00Z", "max_ahead_hours": 2.5})
+    context = infra.Context(config, session=None, apply=False, account="123456789012", region="eu-west-1")
+    arguments = infra.job_definition(context)["DefaultArguments"]
+    assert (arguments["--earliest-timestamp"], arguments["--max-ahead-hours"]) == ("2010-06-01T00:00:00Z", "2.5")
+    args = glue_job.parse_args([word for pair in arguments.items() for word in pair])  # as Glue passes them
+    assert (args.earliest_timestamp, args.max_ahead_hours) == (datetime(2010, 6, 1), timedelta(hours=2.5))
+    with pytest.raises(UserError, match="flags: earliest_timestamp: .*expected an ISO date"):
+        load_config(None, {"earliest_timestamp": "soon"})
+    with pytest.raises(UserError, match="flags: max_ahead_hours: "):
+        load_config(None, {"max_ahead_hours": -1})

@@ -206,6 +206,27 @@ def test_forecast_api_serves_every_frequency(tmp_path, monkeypatch, forecaster, 
     assert forecaster == [{"start": GRID[time_freq][0], "target": expected}]
 
 
+def test_forecast_api_history_ignores_partitions_dated_after_tomorrow(tmp_path, monkeypatch, forecaster):
+    """#23 item 2: a far-future partition (a broken device clock, from before the ETL quarantined it) made
+    the newest-partitions read see only that one: 404 for every other device."""
+    frame, expected = readings("H")
+    broken = pd.DataFrame({"device_id": ["broken"], "timestamp": [pd.Timestamp("2262-01-01")], "ozone": [1.0]})
+    broken["date"] = "9999-12-31"  # the partition the Glue job once wrote; pandas cannot hold that timestamp
+    pd.concat([frame, broken]).to_parquet(tmp_path / "lake", partition_cols=["date"], index=False)
+    monkeypatch.setenv("LAKE_URI", str(tmp_path / "lake"))
+    monkeypatch.setenv("TIME_FREQ", "H")
+    monkeypatch.setenv("HISTORY_DAYS", "1")
+    event = {
+        "httpMethod": "GET",
+        "resource": "/forecast/{device_id}",
+        "pathParameters": {"device_id": "d1"},
+        "queryStringParameters": {"pollutant": "ozone"},
+    }
+    answer = forecast_api.handler(event)
+    assert answer["statusCode"] == 200, answer["body"]
+    assert forecaster == [{"start": GRID["H"][0], "target": expected}]
+
+
 @pytest.mark.parametrize("time_freq", GRID)
 def test_long_csv_fills_the_gaps_of_every_frequency(time_freq):
     """#23 item 5: gaps were filled for min, H and D only."""

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,12 +91,15 @@ class Lake:
         return out
 
     def history(self, device_id: str, pollutant: str, days: int) -> tuple[np.ndarray, np.ndarray]:
-        """(timestamps as datetime64[s], values) of one device and pollutant in the newest ``days`` partitions."""
+        """(timestamps as datetime64[s], values) of one device and pollutant in the newest ``days`` partitions
+        dated up to tomorrow (UTC): a later one can only come from a device's broken clock (the ETL
+        quarantines those, issue #23 item 2), and one left from before must not hide every other device."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        latest = f"date={(datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()}"
         stamps, values, seen_column = [], [], False
-        for partition in self.partitions()[-days:]:
+        for partition in [name for name in self.partitions() if name <= latest][-days:]:
             for content in self.files(partition):
                 schema = pq.read_schema(io.BytesIO(content))
                 if pollutant not in schema.names:
