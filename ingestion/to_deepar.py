@@ -6,8 +6,8 @@
 
 One series per (device, pollutant), or with --pollutant one pollutant across devices. Readings are
 resampled to --time-freq (mean per period of the contract's grid, see docs/lake-time.md); empty
-periods become "NaN" (DeepAR's missing value). --cat adds
-categorical features (device index, and pollutant index per series); --dynamic-feat adds other
+periods become "NaN" (DeepAR's missing value). --cat adds categorical features (device index, and
+pollutant index per series); --dynamic-feat adds other
 columns of the same device as dynamic features (gaps filled forward then backward: DeepAR needs them
 complete). Series shorter than --min-length points are dropped. test = each full series, train = all
 but its last --prediction-length points. Runs with pandas/pyarrow locally or in a SageMaker
@@ -95,7 +95,10 @@ def build_series(
     the target's first observed period to its last; ``start`` is that first period's start."""
     columns = [*dict.fromkeys([*targets, *dynamic])]
     for device_index, (device, readings) in enumerate(frame.groupby("device_id", sort=True)):
-        grid = contract.period_means(readings["timestamp"].to_numpy(), readings[columns].to_numpy(float), freq)
+        try:
+            grid = contract.period_means(readings["timestamp"].to_numpy(), readings[columns].to_numpy(float), freq)
+        except contract.ContractError as error:
+            raise UserError(f"device {device}: {error}") from None
         for target in targets:
             observed = np.flatnonzero(~np.isnan(grid.means[:, columns.index(target)]))
             if not observed.size:

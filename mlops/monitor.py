@@ -104,10 +104,15 @@ def read_actuals(lake: Path, columns: set[str], freq: TimeFreq) -> dict[str, Per
         raise LoopError(f"lake {lake}: {error}") from None
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
     frame["device_id"] = frame["device_id"].astype(str)
-    return {
-        str(device): period_means(readings["timestamp"].to_numpy(), readings[sorted(columns)].to_numpy(float), freq)
-        for device, readings in frame.groupby("device_id")
-    }
+    grids = {}
+    for device, readings in frame.groupby("device_id"):
+        try:
+            grids[str(device)] = period_means(
+                readings["timestamp"].to_numpy(), readings[sorted(columns)].to_numpy(float), freq
+            )
+        except ContractError as error:
+            raise LoopError(f"lake {lake}: device {device}: {error}") from None
+    return grids
 
 
 def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, time_freq: str):

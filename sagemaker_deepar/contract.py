@@ -146,6 +146,11 @@ def same_time_freq(first: str, second: str) -> bool:
         return first == second
 
 
+# More periods than one series of readings can sensibly span (19 years of minutes): beyond it a timestamp
+# is wrong (a device clock at 9999-12-31), and resampling would fill memory with empty periods.
+MAX_PERIODS = 10_000_000
+
+
 @dataclass(frozen=True)
 class PeriodMeans:
     """Readings averaged per period of ``freq``: row ``i`` of ``means`` is period ``first + i``, one
@@ -181,6 +186,11 @@ def period_means(stamps: Any, values: Any, time_freq: str | TimeFreq, where: str
     first = int(ordinals.min())
     index = ordinals - first
     periods = int(index.max()) + 1
+    if periods > MAX_PERIODS:
+        raise ContractError(
+            f"readings from {freq.label(first)} to {freq.label(first + periods - 1)} span {periods:,} periods of "
+            f"{freq.pandas}, more than {MAX_PERIODS:,}: is a timestamp wrong?"
+        )
     means = np.full((periods, columns.shape[1]), np.nan)
     for column in range(columns.shape[1]):
         present = ~np.isnan(columns[:, column])

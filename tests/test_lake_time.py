@@ -103,6 +103,12 @@ def test_grid_reads_dates_beyond_nanoseconds_and_empty_input():
     assert empty.means.shape == (0, 1) and np.isnan(empty.window(5, 3)).all()
     with pytest.raises(contract.ContractError, match="start: 'soon' is not a timestamp"):
         freq.ordinal_of("soon")
+    minutes = contract.parse_time_freq("min")
+    far = np.array(["2024-01-01T00:00", "9999-12-31T00:00"], dtype="datetime64[s]")
+    with pytest.raises(
+        contract.ContractError, match=r"2024-01-01 00:00:00 to 9999-12-31 00:00:00 span .* is a timestamp"
+    ):
+        contract.period_means(far, [1.0, 2.0], minutes)  # a named error, not gigabytes of empty periods
 
 
 @pytest.mark.parametrize("time_freq", GRID)
