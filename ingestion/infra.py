@@ -623,6 +623,8 @@ def job_definition(ctx: Context) -> dict:
             "--raw-path": f"s3://{raw}/{RAW_PREFIX}",
             "--curated-path": f"s3://{curated}/{CURATED_PREFIX}",
             "--quarantine-path": f"s3://{curated}/{QUARANTINE_PREFIX}",
+            "--earliest-timestamp": ctx.config.earliest_timestamp,
+            "--max-ahead-hours": f"{ctx.config.max_ahead_hours:g}",
             "--TempDir": f"s3://{artifacts}/temp/",
             "--job-language": "python",
             "--enable-metrics": "true",
