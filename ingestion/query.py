@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from sagemaker_deepar.cli import run_command
+from sagemaker_deepar.contract import ContractError, parse_time_freq
 from sagemaker_deepar.errors import UserError
 
 QUERIES = Path(__file__).resolve().parent.parent / "queries"
@@ -53,6 +54,7 @@ EMPTY_QUARANTINE = (
     'SELECT NULL::VARCHAR AS reason, NULL::VARCHAR AS raw, NULL::TIMESTAMP AS "timestamp", '
     'NULL::VARCHAR AS source, NULL::VARCHAR AS "date" WHERE false'
 )
+INTERVAL_UNITS = {"min": "minutes", "H": "hours", "h": "hours", "D": "days", "W": "days", "M": "months"}
 INTERVAL_TEXT = re.compile(r"\s*\d+\s+(second|minute|hour|day|week|month|year)s?\s*", re.IGNORECASE)
 ATHENA_POLL_SECONDS = 0.5
 
@@ -88,9 +90,17 @@ PARAMETER_TYPES: dict[str, Callable[[str], Any]] = {
 
 
 def _interval(text: str) -> str:
-    if not INTERVAL_TEXT.fullmatch(text):
-        raise ValueError("expected a count and a unit, e.g. '1 hour', '5 minutes', '7 days', '1 month'")
-    return text.strip()
+    """An interval's text; a DeepAR time_freq (H, 5min, 2W, M) is spelled as the interval it steps by."""
+    if INTERVAL_TEXT.fullmatch(text):
+        return text.strip()
+    try:
+        freq = parse_time_freq(text.strip())
+    except ContractError:
+        raise ValueError(
+            "expected a time_freq (H, 5min, 2W, M) or a count and a unit ('1 hour', '5 minutes', '1 month')"
+        ) from None
+    count = freq.multiple * (7 if freq.unit == "W" else 1)
+    return f"{count} {INTERVAL_UNITS[freq.unit]}"
 
 
 def query_names(folder: Path = QUERIES) -> list[str]:

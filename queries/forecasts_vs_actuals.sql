@@ -3,14 +3,23 @@
 -- actuals at or below the quantile) per forecast series and quantile, and the series' mean_wQuantileLoss.
 -- Forecasts are JSON Lines as the serverless batch function and the loop store them: item_id
 -- ("device" or "device/measurement"), start, mean, quantiles {"0.1": [...], ...}. Actuals are the lake's
--- readings averaged over the forecast's step (time_bucket: hours, days and weeks start on Monday
--- 2000-01-03, months on the 1st, as the forecast periods do).
+-- readings averaged over the forecast's periods: the contract's period grid (sagemaker_deepar.contract
+-- TimeFreq): minutes, hours, days and months counted from 1970-01-01, weeks (a step of whole weeks)
+-- from Monday 1970-01-05, so 2H periods start at even hours and W ones on Mondays.
 -- tables: readings, forecasts
--- param: step INTERVAL = 1 hour       -- the series' time_freq as an interval (1 hour, 5 minutes, 1 day, 7 days, 1 month)
+-- param: step INTERVAL = 1 hour       -- the series' time_freq: H, 5min, 2W, M ... or an interval (1 hour, 7 days)
 -- param: target VARCHAR = particulate_matter   -- the measurement of an item_id without "/measurement"
 -- param: device VARCHAR = NULL    -- NULL: every device
-WITH params AS (
+WITH given AS (
     SELECT CAST(? AS INTERVAL) AS step, CAST(? AS VARCHAR) AS target, CAST(? AS VARCHAR) AS device
+),
+params AS (
+    SELECT step, target, device,
+           CASE WHEN datepart('year', step) = 0 AND datepart('month', step) = 0 AND datepart('hour', step) = 0
+                     AND datepart('minute', step) = 0 AND datepart('day', step) % 7 = 0
+                THEN TIMESTAMP '1970-01-05'  -- weeks run Monday to Sunday
+                ELSE TIMESTAMP '1970-01-01' END AS origin
+    FROM given
 ),
 series AS (
     SELECT CAST(f.item_id AS VARCHAR) AS item_id,
@@ -39,10 +48,11 @@ long AS (
     INTO NAME measurement VALUE value
 ),
 actuals AS (
-    SELECT l.device_id, l.measurement, time_bucket(p.step, l."timestamp") AS period, avg(l.value) AS actual
+    SELECT l.device_id, l.measurement, time_bucket(p.step, l."timestamp", p.origin) AS period,
+           avg(l.value) AS actual
     FROM long AS l, params AS p
     WHERE l.device_id IN (SELECT device_id FROM series)
-    GROUP BY l.device_id, l.measurement, time_bucket(p.step, l."timestamp")
+    GROUP BY l.device_id, l.measurement, time_bucket(p.step, l."timestamp", p.origin)
 ),
 scored AS (
     SELECT pt.item_id, pt.quantile, a.actual, pt.predicted
