@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._paired import Paired, machine
 
 REPO = Path(__file__).resolve().parent.parent
 POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
@@ -94,6 +94,12 @@ def write_lake(root: Path, readings: int, devices: int) -> int:
     return written
 
 
+def rows_in(lake: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in (lake / "readings").rglob("*.parquet"))
+
+
 def run_side(code: str, lake: Path, compare: bool = False) -> dict:
     """One side as a fresh process: its answer and its wall seconds (interpreter start included)."""
     argv = [sys.executable, "-c", code, str(lake)] + (["compare"] if compare else [])
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lake: {rows:,} readings, {args.devices} devices, written in {time.perf_counter() - started:.1f} s")
         size = sum(p.stat().st_size for p in lake.rglob("*.parquet")) / 1e6
         print(f"lake: {lake} ({size:.0f} MB of Parquet)")
-        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; duckdb: all cores; pandas: 1 thread")
+        print(f"{machine()}; duckdb: every core; pandas: one (pyarrow's reader: every core)")
 
         duck = run_side(DUCKDB_SIDE, lake, compare=True)
         panda = run_side(PANDAS_SIDE, lake, compare=True)
@@ -153,21 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"answers agree: {duck['groups']} (device, day, pollutant) groups, largest mean difference {worst:.1e}")
         assert worst < 1e-9
 
-        ratios = []
-        for number in range(1, args.rounds + 1):
+        rounds = Paired(f"daily_stats over {rows_in(lake):,} readings, duckdb / pandas speed", ">= 5x")
+        for _ in range(args.rounds):
             d = run_side(DUCKDB_SIDE, lake)
             p = run_side(PANDAS_SIDE, lake)
-            ratios.append(p["wall"] / d["wall"])
-            print(
-                f"round {number}: duckdb {d['wall']:.2f} s (query {d['seconds']:.2f} s), "
-                f"pandas {p['wall']:.2f} s (compute {p['seconds']:.2f} s): {ratios[-1]:.2f}x"
+            rounds.add(
+                1 / d["wall"],
+                1 / p["wall"],
+                f"duckdb {d['wall']:.2f} s (query {d['seconds']:.2f} s), pandas {p['wall']:.2f} s "
+                f"(compute {p['seconds']:.2f} s), each a fresh process",
             )
         duck_peak, pandas_peak = peak_alone(DUCKDB_SIDE, lake), peak_alone(PANDAS_SIDE, lake)
-        print(
-            f"daily_stats over {args.readings:,} readings: duckdb {statistics.median(ratios):.2f}x faster than pandas "
-            f"(median of {len(ratios)} paired rounds, range {min(ratios):.2f}-{max(ratios):.2f}x, wall time per "
-            f"fresh process); peak RSS duckdb {duck_peak:.0f} MB, pandas {pandas_peak:.0f} MB"
-        )
+        print(f"peak RSS: duckdb {duck_peak:.0f} MB, pandas {pandas_peak:.0f} MB")
+        print(rounds.headline())
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
