@@ -293,13 +293,13 @@ def run(aws: stacks.Aws, args: argparse.Namespace) -> int:
             args.api_port,
             forecast_api.handler,
             function_variables(aws, outputs["ApiFunctionName"]),
-            outputs["ApiKey"],
+            stacks.api_key_value(aws, outputs["ApiKeyId"]),
             bucket,
             outputs["ApiUrl"].rsplit("/", 1)[-1],
             outputs["ApiId"],
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        print(f"forecast API on http://127.0.0.1:{args.api_port} (x-api-key: the stack's ApiKey)", flush=True)
+        print(f"forecast API on http://127.0.0.1:{args.api_port} (x-api-key: the value of API key {outputs['ApiKeyId']})", flush=True)
     poller = Poller(
         aws,
         outputs["QueueUrl"],

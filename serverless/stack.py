@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 from . import package
 
 TEMPLATE = Path(__file__).with_name("template.yaml")
-OUTPUT_KEYS = ("InputBucket", "OutputBucket", "QueueUrl", "DeadLetterQueueUrl", "ApiUrl", "ApiKey")
+OUTPUT_KEYS = ("InputBucket", "OutputBucket", "QueueUrl", "DeadLetterQueueUrl", "ApiUrl", "ApiKeyId")
 RECORD_KEY = "serverless/completed.json"  # in the code bucket: what deploy created outside CloudFormation
 
 
@@ -237,6 +237,19 @@ def _subscription(aws: Aws, props: dict) -> Completed:
     return arn, True
 
 
+def _bucket_policy(aws: Aws, props: dict) -> Completed:
+    """A bucket's policy (moto's CloudFormation skips AWS::S3::BucketPolicy): put when a statement is missing."""
+    s3, bucket = aws("s3"), props["Bucket"]
+    try:
+        current = s3.get_bucket_policy(Bucket=bucket)["Policy"]
+    except ClientError:
+        current = ""
+    if all(statement["Sid"] in current for statement in props["PolicyDocument"]["Statement"]):
+        return bucket, False
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(props["PolicyDocument"]))
+    return bucket, True
+
+
 def _stage(aws: Aws, props: dict) -> Completed:
     api = aws("apigateway")
     if _exists(lambda: api.get_stage(restApiId=props["RestApiId"], stageName=props["StageName"])):
@@ -332,6 +345,7 @@ def _deployment(aws: Aws, props: dict) -> Completed:
 COMPLETERS: dict[str, Callable[[Aws, dict], Completed]] = {
     "AWS::SNS::TopicPolicy": _topic_policy,
     "AWS::SQS::QueuePolicy": _queue_policy,
+    "AWS::S3::BucketPolicy": _bucket_policy,
     "AWS::SNS::Subscription": _subscription,
     "AWS::ApiGateway::Stage": _stage,
     "AWS::ApiGateway::ApiKey": _api_key,
@@ -574,6 +588,8 @@ def deploy(aws: Aws, stack: str, parameters: dict[str, str], out: Path, say: Cal
         raise StackError(f"{stack}: {status}")
     completed = complete(aws, stack, template, params, code_bucket, say)
     outputs = stack_outputs(aws, stack, completed)
+    if outputs.get("ApiKeyId"):
+        say(f"API key {outputs['ApiKeyId']}: read its value with `{api_key_command(outputs['ApiKeyId'])}`")
     return outputs
 
 
@@ -639,7 +655,10 @@ def _write_record(aws: Aws, bucket: str, completed: dict[str, str]) -> None:
 
 
 def stack_outputs(aws: Aws, stack: str, completed: Optional[dict[str, str]] = None) -> dict[str, str]:
-    """InputBucket, OutputBucket, QueueUrl, DeadLetterQueueUrl, ApiUrl, ApiKey (the key's value) and the rest."""
+    """InputBucket, OutputBucket, QueueUrl, DeadLetterQueueUrl, ApiUrl, ApiKeyId and the rest.
+
+    Never the API key's value (issue #23, low): outputs are printed and logged; ``api_key_command`` says
+    how its owner reads it."""
     description = aws("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
     outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in description.get("Outputs", [])}
     if completed is None:
@@ -647,8 +666,17 @@ def stack_outputs(aws: Aws, stack: str, completed: Optional[dict[str, str]] = No
     key_id = completed.get("ApiKey") or outputs.get("ApiKeyId", "")
     if key_id and key_id != "ApiKey":
         outputs["ApiKeyId"] = key_id
-        outputs["ApiKey"] = aws("apigateway").get_api_key(apiKey=key_id, includeValue=True)["value"]
     return {**{k: outputs.get(k, "") for k in OUTPUT_KEYS}, **outputs}
+
+
+def api_key_command(key_id: str) -> str:
+    """How the API key's owner reads its value (AWS CLI)."""
+    return f"aws apigateway get-api-key --api-key {key_id} --include-value --query value --output text"
+
+
+def api_key_value(aws: Aws, key_id: str) -> str:
+    """The API key's value, read through API Gateway (for `emulate`, which checks callers' x-api-key)."""
+    return aws("apigateway").get_api_key(apiKey=key_id, includeValue=True)["value"]
 
 
 # ---------------------------------------------------------------- destroy
