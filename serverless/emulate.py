@@ -299,7 +299,10 @@ def run(aws: stacks.Aws, args: argparse.Namespace) -> int:
             outputs["ApiId"],
         )
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        print(f"forecast API on http://127.0.0.1:{args.api_port} (x-api-key: the value of API key {outputs['ApiKeyId']})", flush=True)
+        print(
+            f"forecast API on http://127.0.0.1:{args.api_port} (x-api-key: the value of API key {outputs['ApiKeyId']})",
+            flush=True,
+        )
     poller = Poller(
         aws,
         outputs["QueueUrl"],

@@ -2,7 +2,8 @@
 Lambda's limits (50 MB zipped per upload, 250 MB unzipped for a function with its layers), and the
 cold start of each handler (import + first forecaster) measured in a fresh interpreter.
 
-Bundles carry our handlers, ``sagemaker_deepar/contract.py`` and numpy (the Lambda runtime has boto3
+Bundles carry our handlers, ``sagemaker_deepar/contract.py``, ``ingestion/glue_job.py`` (the lake's
+schema) and numpy (the Lambda runtime has boto3
 but not numpy); pyarrow (Parquet inputs, the lake) is a layer because with numpy it would be one
 bundle of > 50 MB zipped. Test folders, headers and Cython sources are left out."""
 
@@ -80,6 +81,9 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]]) -> Bundle:
 def function_entries() -> list[tuple[Path, str]]:
     ours = [REPO / "serverless" / "__init__.py", *sorted((REPO / "serverless" / "handlers").glob("*.py"))]
     ours += [REPO / "sagemaker_deepar" / "__init__.py", REPO / "sagemaker_deepar" / "contract.py"]
+    # The lake's measured columns (forecast_api's pollutant allow-list) come from the Glue job's schema;
+    # glue_job.py imports only the standard library at module level (pyspark inside its Spark functions).
+    ours += [REPO / "ingestion" / "__init__.py", REPO / "ingestion" / "glue_job.py"]
     onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
     if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
         ours.append(onnx)

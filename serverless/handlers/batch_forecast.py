@@ -24,7 +24,7 @@ from typing import Any, Iterator, Optional
 from sagemaker_deepar import contract
 
 from . import forecasting, transform
-from .inputs import DEEPAR_FIELDS, Line, UnreadableObject, read_object
+from .inputs import DEEPAR_FIELDS, MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
 
 log = logging.getLogger("batch_forecast")
 log.setLevel(logging.INFO)
@@ -43,7 +43,7 @@ def read_source(s3: Any, source: dict) -> list[Line]:
         get["VersionId"] = source["version_id"]
     elif source.get("etag"):
         get["IfMatch"] = source["etag"]
-    return read_object(source["key"], s3.get_object(**get)["Body"].read())
+    return read_object(source["key"], s3.get_object(**get)["Body"])
 
 
 def s3_records(message_body: str) -> Iterator[dict]:
@@ -83,10 +83,41 @@ def transform_min_series() -> int:
         raise forecasting.BackendError(f"BATCH_TRANSFORM_MIN_SERIES={raw!r}: expected a whole number") from None
 
 
+def inference_configuration() -> Optional[dict]:
+    """``DEEPAR_INFERENCE_CONFIG``, checked here with the contract's rules before any request: a bad value
+    fails the object once (issue #23 item 11), never one request per series."""
+    raw = os.environ.get("DEEPAR_INFERENCE_CONFIG")
+    if not raw:
+        return None
+    try:
+        configuration = json.loads(raw)
+        contract.parse_configuration(configuration, "DEEPAR_INFERENCE_CONFIG", contract.InferenceConfig())
+    except ValueError as error:  # ContractError is a ValueError, as is bad JSON
+        raise forecasting.RequestRejected(f"DEEPAR_INFERENCE_CONFIG: {error}") from None
+    return configuration
+
+
 def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
-    """Forecast one uploaded object; return its manifest (existing one when already done)."""
-    bucket = record["s3"]["bucket"]["name"]
+    """Forecast one uploaded object; return its manifest (existing one when already done). Any failure of
+    the object as a whole leaves a report in errors/ before the message goes back to SQS."""
     key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])  # S3 events URL-encode keys
+    errors_key = _output_keys(output_name(key))[1]
+    try:
+        return _forecast_object(record, key, s3, output_bucket, receive_count)
+    except (Superseded, UnreadableObject, forecasting.BackendError):
+        raise  # reported where raised (or, superseded, nothing to report)
+    except forecasting.RequestRejected as error:
+        # The forecaster refused a request naming no series (its configuration, say): the object fails once.
+        failure = forecasting.BackendError(f"the forecaster refused the request as a whole: {error}")
+        _report_failure(s3, output_bucket, errors_key, key, failure, receive_count)
+        raise failure from None
+    except Exception as error:
+        _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
+        raise
+
+
+def _forecast_object(record: dict, key: str, s3: Any, output_bucket: str, receive_count: int) -> dict:
+    bucket = record["s3"]["bucket"]["name"]
     etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
     version = record["s3"]["object"].get("versionId")
     name = output_name(key)
@@ -104,20 +135,18 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         obj = s3.get_object(**get)
         if etag and not version and obj["ETag"].strip('"') != etag:
             raise Superseded(f"s3://{bucket}/{key}: now ETag {obj['ETag']}, the event is for {etag}")
-        lines = read_object(key, obj["Body"].read())
+        lines = read_object(key, obj["Body"])  # streamed, at most BATCH_MAX_INPUT_MB decompressed
     except UnreadableObject as error:
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     read_s = time.monotonic() - started
     try:
+        configuration = inference_configuration()
         forecaster = forecasting.from_environment()
         valid = sum(1 for line in lines if line.record is not None)
         if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= transform_min_series():
             source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
             return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name)
-        configuration = (
-            json.loads(os.environ["DEEPAR_INFERENCE_CONFIG"]) if os.environ.get("DEEPAR_INFERENCE_CONFIG") else None
-        )
         results, requests = forecast_lines(forecaster, lines, configuration)
     except forecasting.BackendError as error:  # retried by SQS; the report says why meanwhile
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
@@ -167,9 +196,13 @@ def _output_keys(name: str) -> tuple[str, str, str]:
     return f"forecasts/{name}.jsonl", f"errors/{name}.jsonl", f"forecasts/{name}.manifest.json"
 
 
-def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Exception, receive_count: int) -> None:
+def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: BaseException, receive_count: int) -> None:
     """The object could not be forecast at all: say why (and on which receive) where its errors go."""
-    report = {"location": key, "error": str(error), "receive_count": receive_count}
+    report: dict[str, Any] = {"location": key, "error": str(error), "receive_count": receive_count}
+    if isinstance(error, InputTooLarge):
+        report.update(setting=MAX_INPUT_SETTING, limit_bytes=error.limit)
+    elif not isinstance(error, (UnreadableObject, forecasting.BackendError)):
+        report["error"] = f"internal error ({type(error).__name__}): {error}"  # a bug: said, not silent
     if isinstance(error, forecasting.BackendThrottled):
         report["throttled"] = True  # not the object's fault: the next receive retries it whole
     s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))

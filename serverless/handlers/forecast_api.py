@@ -8,7 +8,9 @@
 - ``POST /forecast``: a DeepAR request ``{"instances": [...], "configuration": {...}}``.
 
 Errors are JSON ``{"error": code, "message": ..., "parameter"?: ...}``: 400 bad parameter (which and
-why), 404 unknown device or pollutant, 429 throttled, 502 forecaster failed, 504 forecaster timed out.
+why), 404 unknown device or pollutant, 429 throttled, 502 forecaster failed, 504 forecaster timed out,
+500 internal error. A 5xx or 429 never carries the backend's own text (issue #23, low): it is logged
+with the request id, and the answer gives the id (``request_id``) to quote.
 (API Gateway itself answers 403 without the API key and 429 beyond the usage plan.)
 """
 
@@ -18,15 +20,18 @@ import io
 import json
 import logging
 import os
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from ingestion.glue_job import POLLUTANTS
 from sagemaker_deepar import contract
 
 from . import forecasting
+from .inputs import json_problem, loads_line
 
 log = logging.getLogger("forecast_api")
 log.setLevel(logging.INFO)
@@ -160,8 +165,13 @@ def get_forecast(event: dict) -> dict:
         raise ApiError(
             400, "bad_parameter", "pollutant: required (for example pollutant=nitrogen_dioxide)", "pollutant"
         )
-    if pollutant in ("device_id", "timestamp", "date", "received_at", "source"):
-        raise ApiError(400, "bad_parameter", f"pollutant: {pollutant!r} is not a measurement", "pollutant")
+    if pollutant not in POLLUTANTS:  # the lake's measured columns (the Glue job's), not its other columns
+        raise ApiError(
+            400,
+            "bad_parameter",
+            f"pollutant: {pollutant!r} is not a measured pollutant; one of {', '.join(POLLUTANTS)}",
+            "pollutant",
+        )
     horizon = _integer(params, "horizon", 1, 10_000, None)
     lake_uri = os.environ.get("LAKE_URI", "")
     if not lake_uri:
@@ -203,15 +213,23 @@ def post_forecast(event: dict) -> dict:
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(400, "bad_request", f"body: {len(body)} bytes, at most {MAX_BODY_BYTES}")
     try:
-        payload = json.loads(body)
+        payload = loads_line(body)
     except ValueError as error:
         raise ApiError(400, "bad_request", f"body: not JSON: {error}") from None
+    # Issue #23 item 10: what the forecaster's parser would refuse for the whole request (a 400-digit
+    # integer, deep nesting, Infinity) is named here, with its place, instead of failing as a 502.
+    problem = json_problem(payload)
+    if problem:
+        parameter = problem.split(".", 1)[0] if problem.startswith("instances[") else None
+        raise ApiError(400, "bad_parameter", problem, parameter)
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(400, "bad_parameter", "instances: required, a non-empty list of DeepAR series", "instances")
     configuration = payload.get("configuration")
-    if configuration is not None and not isinstance(configuration, dict):
-        raise ApiError(400, "bad_parameter", "configuration: expected an object", "configuration")
+    try:  # checked before any call (issue #23 item 11): a bad configuration costs no forecaster request
+        contract.parse_configuration(configuration, "configuration")
+    except contract.ContractError as error:
+        raise ApiError(400, "bad_parameter", str(error), "configuration") from None
     try:
         predictions = forecasting.from_environment().forecast(instances, configuration)
     except forecasting.RequestRejected as error:
@@ -220,8 +238,14 @@ def post_forecast(event: dict) -> dict:
     return {"predictions": predictions}
 
 
+def request_id(event: dict) -> str:
+    """API Gateway's id of the request (in its access logs too), else a new one."""
+    return str((event.get("requestContext") or {}).get("requestId") or uuid.uuid4())
+
+
 def handler(event: dict, context: Any = None) -> dict:
     method, resource = event.get("httpMethod"), event.get("resource")
+    rid = request_id(event)
     try:
         if method == "GET" and resource == "/forecast/{device_id}":
             return response(200, get_forecast(event))
@@ -234,10 +258,20 @@ def handler(event: dict, context: Any = None) -> dict:
         return response(400, {"error": "bad_request", "message": str(error)})
     except forecasting.BackendError as error:
         code = {429: "throttled", 504: "forecaster_timeout"}.get(error.status, "forecaster_failed")
-        log.error("forecaster: %s", error)
+        log.error("request %s: forecaster: %s", rid, error)
+        said = {
+            "throttled": "the forecaster is over its capacity; retry later",
+            "forecaster_timeout": "the forecaster did not answer in time",
+            "forecaster_failed": "the forecaster failed",
+        }[code]
+        body = {"error": code, "message": f"{said} (request id {rid})", "request_id": rid}
         if isinstance(error, forecasting.BackendThrottled):
             retry = {"Retry-After": str(error.retry_after)}
-            return response(429, {"error": code, "message": str(error), "retry_after_s": error.retry_after}, retry)
-        return response(error.status, {"error": code, "message": str(error)})
+            return response(429, {**body, "retry_after_s": error.retry_after}, retry)
+        return response(error.status, body)
     except contract.ContractError as error:
         return response(400, {"error": "bad_parameter", "message": str(error)})
+    except Exception:  # a bug: logged with its traceback, answered as a 500 the caller can quote
+        log.exception("request %s: internal error", rid)
+        body = {"error": "internal_error", "message": f"internal error (request id {rid})", "request_id": rid}
+        return response(500, body)

@@ -27,6 +27,9 @@ MAX_SERIES_PER_REQUEST = 1000
 # Seconds a throttled caller is told to wait when the forecaster gives no Retry-After of its own.
 DEFAULT_RETRY_AFTER_S = 2
 _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.")
+# The serving container's refusals that a smaller request avoids (sagemaker_deepar.inference.check_budget,
+# check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
+_TOO_LARGE = re.compile(r"^(request|response) too large\b")
 
 
 class BackendError(Exception):
@@ -168,7 +171,9 @@ class EndpointForecaster:
                 headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
                 raise BackendThrottled(f"{self.name}: {message}", _retry_after(headers)) from None
             if info.get("Code") == "ModelError" and original and 400 <= int(original) < 500:
-                raise RequestRejected(_error_message(message.encode()), int(original)) from None
+                # The container's own answer is OriginalMessage; Message wraps it in SageMaker's prose.
+                body = str(error.response.get("OriginalMessage") or message)
+                raise RequestRejected(_error_message(body.encode()), int(original)) from None
             raise BackendError(f"{self.name}: {info.get('Code')}: {message}") from None
         except BotoCoreError as error:
             raise BackendError(f"{self.name}: {error}") from None
@@ -260,11 +265,21 @@ def chunks(
     return ranges
 
 
+def splitting_helps(error: RequestRejected) -> bool:
+    """A rejection of the request's size (413, or the container's request/response budget), not of its content."""
+    return error.status == 413 or bool(_TOO_LARGE.match(str(error)))
+
+
 def forecast_isolating(
     forecaster: Forecaster, instances: list[dict], configuration: Optional[dict] = None
 ) -> list[dict | str]:
     """Forecast ``instances``; an instance the forecaster rejects gets its message instead of a forecast
-    and its neighbours are sent again without it (the server names the first bad one: ``instances[i].``)."""
+    and the others are sent again without it.
+
+    The container checks every instance before sampling and names the first bad one (``instances[i].``),
+    so n bad instances cost n + 1 calls, each rejected one only parsing. A rejection naming no instance
+    is the request's own fault (its configuration): raised at once, never retried series by series
+    (issue #23 item 11). Only a size refusal (``splitting_helps``) halves the request."""
     results: list[dict | str] = [""] * len(instances)
     pending = list(range(len(instances)))
     while pending:
@@ -273,21 +288,22 @@ def forecast_isolating(
         except RequestRejected as error:
             message = str(error)
             match = _BAD_INSTANCE.match(message)
-            if match is None or int(match[1]) >= len(pending):
-                if len(pending) == 1:
-                    results[pending[0]] = message
-                    return results
-                # Not located (e.g. "request too large"): halve the request until it is.
-                half = len(pending) // 2
-                for part in (pending[:half], pending[half:]):
-                    for index, result in zip(
-                        part, forecast_isolating(forecaster, [instances[i] for i in part], configuration)
-                    ):
-                        results[index] = result
+            if match is not None and int(match[1]) < len(pending):
+                culprit = pending.pop(int(match[1]))
+                results[culprit] = message[match.end() :] or message
+                continue
+            if not splitting_helps(error):
+                raise
+            if len(pending) == 1:  # one series alone is too large: its own error
+                results[pending[0]] = message
                 return results
-            culprit = pending.pop(int(match[1]))
-            results[culprit] = message[match.end() :] if message[match.end() :] else message
-            continue
+            half = len(pending) // 2
+            for part in (pending[:half], pending[half:]):
+                for index, result in zip(
+                    part, forecast_isolating(forecaster, [instances[i] for i in part], configuration)
+                ):
+                    results[index] = result
+            return results
         for index, prediction in zip(pending, predictions):
             results[index] = prediction
         return results

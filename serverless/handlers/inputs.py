@@ -1,8 +1,11 @@
 """Uploaded objects -> numbered DeepAR records: JSON Lines (.json/.jsonl, optionally .gz), Parquet
 (the training schema's columns) or a long CSV ``item_id,timestamp,value``.
 
-A bad line is an ``(line, message)`` entry and its neighbours are still read; an object that cannot be
-read at all raises ``UnreadableObject`` (the message is retried, then dead-lettered)."""
+Objects are read as a stream (gzip decompressed as it is read, JSON Lines and CSV line by line) and
+refused beyond ``BATCH_MAX_INPUT_MB`` after decompression (issue #23 item 13): reading stops at the limit,
+so a gzip bomb costs no more than the limit. A bad line is an ``(line, message)`` entry and its
+neighbours are still read; an object that cannot be read at all raises ``UnreadableObject`` (the
+message is retried, then dead-lettered)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ import csv
 import gzip
 import io
 import json
+import math
+import os
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import numpy as np
 
@@ -22,10 +27,29 @@ from sagemaker_deepar import contract
 # The DeepAR record fields; any other field (an id) is forwarded to the forecast line unchanged.
 DEEPAR_FIELDS = ("start", "target", "cat", "dynamic_feat")
 CSV_COLUMNS = ("item_id", "timestamp", "value")
+MAX_INPUT_SETTING = "BATCH_MAX_INPUT_MB"
+DEFAULT_MAX_INPUT_MB = 128
+# A DeepAR record nests 3 levels (dynamic_feat); forwarded ids may be objects. Deeper lines are refused
+# by name: the forecaster's JSON (orjson: 255 levels when writing) and Python's parser (recursion) fail
+# on deep nesting as a whole, not per line (issue #23 item 10).
+MAX_JSON_DEPTH = 32
+# The integers the serving container's JSON parser (orjson) reads; a longer one fails its whole request.
+INT_RANGE = (-(2**63), 2**64 - 1)
 
 
 class UnreadableObject(Exception):
-    """The object as a whole cannot be read (corrupt compression, not Parquet, no header...)."""
+    """The object as a whole cannot be read (corrupt compression, not Parquet, no header, too large...)."""
+
+
+class InputTooLarge(UnreadableObject):
+    """More than ``BATCH_MAX_INPUT_MB`` after decompression."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"larger than {limit} bytes after decompression ({MAX_INPUT_SETTING}={limit // 2**20}): "
+            "split the upload or raise the function's limit"
+        )
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -46,27 +70,103 @@ def input_format(key: str) -> str:
     return "jsonl"
 
 
-def read_object(key: str, body: bytes) -> list[Line]:
-    if key.lower().endswith(".gz") or body[:2] == b"\x1f\x8b":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as error:
-            raise UnreadableObject(f"not a readable gzip file: {error}") from None
+def max_input_bytes(environ: Optional[dict] = None) -> int:
+    """``BATCH_MAX_INPUT_MB`` (decompressed bytes of one upload) in bytes."""
+    raw = (os.environ if environ is None else environ).get(MAX_INPUT_SETTING, str(DEFAULT_MAX_INPUT_MB))
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        megabytes = -1
+    if not megabytes > 0:
+        raise ValueError(f"{MAX_INPUT_SETTING}={raw!r}: expected a positive number of megabytes")
+    return int(megabytes * 2**20)
+
+
+class _Source(io.RawIOBase):
+    """Any ``read(n)`` stream (botocore's StreamingBody, a file, a GzipFile) as a raw stream that counts
+    what it delivers and refuses to deliver more than ``limit`` bytes (None: no limit)."""
+
+    def __init__(self, stream: Any, limit: Optional[int] = None):
+        self.stream, self.limit, self.count = stream, limit, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit:
+            raise InputTooLarge(self.limit)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_decompressed(key: str, body: Union[bytes, IO[bytes], Any], limit: Optional[int] = None) -> io.BufferedReader:
+    """The object's content as a buffered stream: gunzipped as it is read (by name or magic number),
+    raising ``InputTooLarge`` once more than ``limit`` decompressed bytes were read."""
+    raw = io.BufferedReader(_Source(io.BytesIO(body) if isinstance(body, (bytes, bytearray)) else body))
+    if key.lower().endswith(".gz") or raw.peek(2)[:2] == b"\x1f\x8b":
+        return io.BufferedReader(_Source(gzip.GzipFile(fileobj=raw, mode="rb"), limit))
+    return io.BufferedReader(_Source(raw, limit))
+
+
+def read_object(key: str, body: Union[bytes, IO[bytes], Any], limit: Optional[int] = None) -> list[Line]:
+    """The numbered records of one object (``body``: bytes or a stream such as S3's ``Body``)."""
+    stream = open_decompressed(key, body, max_input_bytes() if limit is None else limit)
     kind = input_format(key)
-    if kind == "parquet":
-        return _parquet(body)
-    if kind == "csv":
-        return _long_csv(body)
-    return _json_lines(body)
+    try:
+        if kind == "parquet":
+            return _parquet(stream.read())
+        if kind == "csv":
+            return _long_csv(stream)
+        return _json_lines(stream)
+    except (OSError, EOFError, zlib.error) as error:  # gzip's errors surface while reading
+        raise UnreadableObject(f"not a readable gzip file: {error}") from None
 
 
-def _json_lines(body: bytes) -> list[Line]:
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f'{name} is not JSON (missing values are null or "NaN")')
+
+
+def loads_line(raw: Union[bytes, str]) -> Any:
+    """One JSON value as the forecaster will read it: ``NaN``/``Infinity`` literals refused, and too deep a
+    nesting a ``ValueError`` (Python's parser raises ``RecursionError`` at ~1,000 levels)."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+def json_problem(value: Any, where: str = "") -> Optional[str]:
+    """Why a decoded JSON value cannot be sent to the forecaster, naming the place (``target[3]``):
+    nested deeper than ``MAX_JSON_DEPTH``, an integer outside the 64-bit range, a non-finite number."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                return f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels"
+            children = item.items() if isinstance(item, dict) else enumerate(item)
+            for name, child in children:
+                at = f"{path}[{name}]" if isinstance(item, list) else (f"{path}.{name}" if path else str(name))
+                if isinstance(child, (dict, list, int, float)):
+                    stack.append((child, at, depth + 1))
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int) and not INT_RANGE[0] <= item <= INT_RANGE[1]:
+            return f"{path or 'value'}: an integer of {len(str(abs(item)))} digits is out of range (64-bit integers)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{path or 'value'}: {item} is not a finite number"
+    return None
+
+
+def _json_lines(stream: IO[bytes]) -> list[Line]:
     lines = []
-    for number, raw in enumerate(body.split(b"\n"), 1):
+    for number, raw in enumerate(stream, 1):
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = loads_line(raw)
         except ValueError as error:
             lines.append(Line(number, None, f"not JSON: {error}"))
             continue
@@ -78,6 +178,9 @@ def _checked(number: int, record: Any) -> Line:
     """What the function can tell without the model; the forecaster checks the rest (cat, dynamic_feat)."""
     if not isinstance(record, dict):
         return Line(number, None, f"expected a JSON object with start and target, got {type(record).__name__}")
+    problem = json_problem(record)
+    if problem:
+        return Line(number, None, problem)
     if not isinstance(record.get("start"), str):
         return Line(number, None, "start: required, a 'YYYY-MM-DD HH:MM:SS' string")
     target = record.get("target")
@@ -85,7 +188,7 @@ def _checked(number: int, record: Any) -> Line:
         return Line(number, None, 'target: required, a list of numbers (null or "NaN" for missing)')
     try:
         contract.target_array(target)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return Line(number, None, 'target: expected numbers (null or "NaN" for missing)')
     return Line(number, record)
 
@@ -111,15 +214,14 @@ def _parse_time(text: str) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _long_csv(body: bytes, time_freq: str = "") -> list[Line]:
+def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str = "") -> list[Line]:
     """One record per item_id (in order of first appearance): its values averaged per period of
     ``TIME_FREQ`` (the contract's grid, any supported frequency), empty periods NaN, ``start`` the
     first period's start. A bad row makes its whole series an error naming that row."""
-    import os
-
     freq = contract.parse_time_freq(time_freq or os.environ.get("TIME_FREQ", "H"), "TIME_FREQ")
+    stream = io.BytesIO(body) if isinstance(body, (bytes, bytearray)) else body
     try:
-        reader = csv.reader(io.StringIO(body.decode()))
+        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline=""))  # type: ignore[arg-type]
         header = [h.strip() for h in next(reader)]
     except (UnicodeDecodeError, StopIteration, csv.Error) as error:
         raise UnreadableObject(f"not a readable CSV file: {error or 'empty'}") from None
@@ -127,20 +229,25 @@ def _long_csv(body: bytes, time_freq: str = "") -> list[Line]:
         raise UnreadableObject(f"line 1: expected the header {','.join(CSV_COLUMNS)}, got {','.join(header)}")
     series: dict[str, tuple[int, list[tuple[datetime, float]]]] = {}
     broken: dict[str, Line] = {}
-    for number, row in enumerate(reader, 2):
-        if not row or not "".join(row).strip():
-            continue
-        item = row[0].strip()
-        first, points = series.setdefault(item, (number, []))
-        if item in broken:
-            continue
-        try:
-            if len(row) != 3:
-                raise ValueError(f"expected 3 columns, got {len(row)}")
-            value = float(row[2]) if row[2].strip() not in ("", "NaN", "nan") else float("nan")
-            points.append((_parse_time(row[1]), value))
-        except ValueError as error:
-            broken[item] = Line(number, None, f"item_id {item!r}: {error}")
+    try:
+        for number, row in enumerate(reader, 2):
+            if not row or not "".join(row).strip():
+                continue
+            item = row[0].strip()
+            first, points = series.setdefault(item, (number, []))
+            if item in broken:
+                continue
+            try:
+                if len(row) != 3:
+                    raise ValueError(f"expected 3 columns, got {len(row)}")
+                value = float(row[2]) if row[2].strip() not in ("", "NaN", "nan") else float("nan")
+                if math.isinf(value):
+                    raise ValueError(f"value {row[2].strip()!r} is not a finite number")
+                points.append((_parse_time(row[1]), value))
+            except ValueError as error:
+                broken[item] = Line(number, None, f"item_id {item!r}: {error}")
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UnreadableObject(f"not a readable CSV file: {error}") from None
     lines = []
     for item, (first, points) in series.items():
         if item in broken:
