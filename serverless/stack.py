@@ -649,7 +649,9 @@ def complete(
         if stack_physical.get(logical):
             continue
         if aws.offline and kind == "AWS::S3::BucketPolicy":
-            say(f"{logical} ({kind}): not applied offline (moto ignores policy conditions: its TLS-only Deny would refuse all)")
+            say(
+                f"{logical} ({kind}): not applied offline (moto ignores policy conditions: its TLS-only Deny would refuse all)"
+            )
             continue
         pid, created = COMPLETERS[kind](aws, resolver.value(resource["Properties"]))
         physical[logical] = pid

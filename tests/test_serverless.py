@@ -182,7 +182,7 @@ def test_deploy_outputs_and_the_pieces_moto_skipped(deployed):
 def test_item4_and_low_items_deployed_key_policy_tls_buckets_log_retention(deployed):
     """#23 item 4: the topic's key is the stack's own, and its policy (read back from KMS) lets the input
     bucket's S3 notifications use it; low items: TLS-only bucket policies, log groups that expire."""
-    sns, kms, s3 = aws(deployed, "sns"), aws(deployed, "kms"), aws(deployed, "s3")
+    sns, kms = aws(deployed, "sns"), aws(deployed, "kms")
     key = sns.get_topic_attributes(TopicArn=deployed["UploadTopicArn"])["Attributes"]["KmsMasterKeyId"]
     assert not key.startswith("alias/aws/")
     metadata = kms.describe_key(KeyId=key)["KeyMetadata"]
@@ -195,7 +195,9 @@ def test_item4_and_low_items_deployed_key_policy_tls_buckets_log_retention(deplo
     # request: deploy leaves it out offline and says so (the template's policy: test_serverless_security).
     for logical in ("InputBucketPolicy", "OutputBucketPolicy"):
         assert f"{logical} (AWS::S3::BucketPolicy): not applied offline" in deployed["stdout"]
-    groups = {g["logGroupName"]: g.get("retentionInDays") for g in aws(deployed, "logs").describe_log_groups()["logGroups"]}
+    groups = {
+        g["logGroupName"]: g.get("retentionInDays") for g in aws(deployed, "logs").describe_log_groups()["logGroups"]
+    }
     for function in (deployed["BatchFunctionName"], deployed["ApiFunctionName"]):
         assert groups[f"/aws/lambda/{function}"] == 30
 
@@ -416,7 +418,11 @@ def test_items_10_and_11_bad_lines_are_named_and_bad_series_cost_one_call_each(d
     errors = [json.loads(line) for line in read(s3, outb, "errors/mixed.jsonl.jsonl").splitlines()]
     where = {e["location"].rsplit(":", 1)[1]: e["error"] for e in errors}
     assert list(where) == ["2", "4", "8", "503", "998"]  # lines: the two bad ones, then s5, s500, s995
-    assert "400 digits" in where["2"] and "nested deeper" in where["4"] and all("cat" in where[n] for n in ("8", "503", "998"))
+    assert (
+        "400 digits" in where["2"]
+        and "nested deeper" in where["4"]
+        and all("cat" in where[n] for n in ("8", "503", "998"))
+    )
     out = [json.loads(line) for line in read(s3, outb, "forecasts/mixed.jsonl.jsonl").splitlines()]
     assert len(out) == 1002 and sum("mean" in o for o in out) == 997 and out[0]["id"] == "s0"
     manifest = json.loads(read(s3, outb, "forecasts/mixed.jsonl.manifest.json"))

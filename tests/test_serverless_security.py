@@ -47,7 +47,9 @@ def test_item4_the_upload_topic_uses_a_customer_managed_key_whose_policy_lets_th
     assert resources[key_logical]["Type"] == "AWS::KMS::Key"
     assert resources[key_logical]["Properties"]["EnableKeyRotation"] is True
     bucket = resolved("InputBucket")["BucketName"]
-    notified = [t["Topic"] for t in resources["InputBucket"]["Properties"]["NotificationConfiguration"]["TopicConfigurations"]]
+    notified = [
+        t["Topic"] for t in resources["InputBucket"]["Properties"]["NotificationConfiguration"]["TopicConfigurations"]
+    ]
     assert notified == [{"Ref": "UploadTopic"}]
     statements = resolved(key_logical)["KeyPolicy"]["Statement"]
     from_s3 = [s for s in statements if s.get("Principal") == {"Service": "s3.amazonaws.com"}]
@@ -70,9 +72,7 @@ def test_item4_the_upload_topic_uses_a_customer_managed_key_whose_policy_lets_th
 
 def test_low_items_tls_only_bucket_policies_and_log_retention():
     resources = stack.load_template()["Resources"]
-    policies = {
-        r["Properties"]["Bucket"]["Ref"]: r for r in resources.values() if r["Type"] == "AWS::S3::BucketPolicy"
-    }
+    policies = {r["Properties"]["Bucket"]["Ref"]: r for r in resources.values() if r["Type"] == "AWS::S3::BucketPolicy"}
     buckets = [k for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket"]
     assert sorted(policies) == sorted(buckets) == ["InputBucket", "OutputBucket"]
     for bucket in buckets:
@@ -80,7 +80,9 @@ def test_low_items_tls_only_bucket_policies_and_log_retention():
         assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
         assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         assert statement["Resource"] == [f"{bucket}.Arn", f"{bucket}.Arn/*"]
-    functions = {r["Properties"]["FunctionName"]["Fn::Sub"] for r in resources.values() if r["Type"] == "AWS::Lambda::Function"}
+    functions = {
+        r["Properties"]["FunctionName"]["Fn::Sub"] for r in resources.values() if r["Type"] == "AWS::Lambda::Function"
+    }
     groups = {
         r["Properties"]["LogGroupName"]["Fn::Sub"]: r["Properties"]["RetentionInDays"]
         for r in resources.values()
@@ -152,7 +154,11 @@ def test_item11_an_endpoint_s_model_error_is_read_from_the_container_s_own_messa
     message ..."); OriginalMessage is the container's body: the bad instance is found by index, no halving."""
     from botocore.stub import Stubber
 
-    for name, value in (("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x")):
+    for name, value in (
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "x"),
+        ("AWS_SECRET_ACCESS_KEY", "x"),
+    ):
         monkeypatch.setenv(name, value)
     endpoint = forecasting.EndpointForecaster("deepar")
     container = json.dumps({"error": "instances[2].target: 'x' is not a number"})
@@ -160,7 +166,7 @@ def test_item11_an_endpoint_s_model_error_is_read_from_the_container_s_own_messa
         stub.add_client_error(
             "invoke_endpoint",
             "ModelError",
-            f"Received client error (400) from primary with message \"{container}\". See the log.",
+            f'Received client error (400) from primary with message "{container}". See the log.',
             424,
             modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": container},
         )
@@ -226,8 +232,19 @@ def container() -> Iterator[tuple[str, list]]:
 
 def upload(s3, body: bytes, key: str = "incoming/a.jsonl") -> dict:
     etag = s3.put_object(Bucket="in-bucket", Key=key, Body=body)["ETag"]
-    record = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": key, "eTag": etag.strip('"')}}}
-    return {"Records": [{"messageId": "m1", "body": json.dumps({"Records": [record]}), "attributes": {"ApproximateReceiveCount": "1"}}]}
+    record = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "in-bucket"}, "object": {"key": key, "eTag": etag.strip('"')}},
+    }
+    return {
+        "Records": [
+            {
+                "messageId": "m1",
+                "body": json.dumps({"Records": [record]}),
+                "attributes": {"ApproximateReceiveCount": "1"},
+            }
+        ]
+    }
 
 
 def nested(depth: int) -> list:

@@ -292,7 +292,9 @@ def test_api_answers_429_with_retry_after_for_a_throttling_container_and_endpoin
     assert answer["statusCode"] == 429 and answer["headers"]["Retry-After"] == str(forecasting.DEFAULT_RETRY_AFTER_S)
     body = json.loads(answer["body"])
     # #23 (low): the backend's own text is logged with the request id, never answered.
-    assert body["error"] == "throttled" and "Rate exceeded" not in answer["body"] and body["request_id"] in body["message"]
+    assert (
+        body["error"] == "throttled" and "Rate exceeded" not in answer["body"] and body["request_id"] in body["message"]
+    )
     assert any("Rate exceeded" in r.getMessage() and body["request_id"] in r.getMessage() for r in caplog.records)
 
 
