@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import threading
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -345,6 +346,15 @@ def test_item13_objects_are_read_as_streams_line_by_line():
     assert line.number == 3 and "not a finite number" in line.problem
     with pytest.raises(inputs.UnreadableObject, match="gzip"):
         inputs.read_object("incoming/a.jsonl.gz", gzip.compress(good)[:-20])
+    # Parquet: a NaN target value is a missing value (null), an infinite one names its row.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"start": ["2024-01-01 00:00:00"] * 2, "target": [[1.0, math.nan], [1.0, math.inf]]}), out)
+    first, second = inputs.read_object("incoming/a.parquet", out.getvalue())
+    assert first.record is not None and first.record["target"] == [1.0, None]
+    assert second.number == 2 and second.problem == "target[1]: inf is not a finite number"
     with pytest.raises(ValueError, match="BATCH_MAX_INPUT_MB"):
         inputs.max_input_bytes({"BATCH_MAX_INPUT_MB": "0"})
 
@@ -425,3 +435,21 @@ def test_low_the_api_forecasts_measured_pollutants_only(monkeypatch, tmp_path):
         body = json.loads(answer["body"])
         assert answer["statusCode"] == 400 and body["parameter"] == "pollutant", (column, body)
         assert all(p in body["message"] for p in POLLUTANTS)
+
+
+def test_item10_the_line_check_finds_every_kind_of_bad_value_on_its_quick_path_too():
+    """json_problem checks plain float/int lists in C (fsum, min/max): the quick path must miss nothing."""
+    cases = {
+        "[1.0, null, 2.5]": None,
+        "[1e308, 1e308, -1e308]": None,  # fsum's intermediate overflow: checked one by one, all finite
+        "[1.0, null, 1e400]": "[2]: inf is not a finite number",
+        "[0, null, 18446744073709551615, -9223372036854775808]": None,  # orjson's own bounds
+        "[0, null, 18446744073709551616]": "[2]: an integer of 20 digits is out of range (64-bit integers)",
+        "[1, 2.0, -9223372036854775809]": "[2]: an integer of 19 digits is out of range (64-bit integers)",
+        '{"a": [true, false, "NaN", null]}': None,
+        '{"a": {"b": [[1e999]]}}': "a.b[0][0]: inf is not a finite number",
+    }
+    for text, expected in cases.items():
+        assert inputs.json_problem(inputs.loads_line(text)) == expected, text
+    assert inputs.json_problem(inputs.loads_line(json.dumps(nested(32)))) is None
+    assert inputs.json_problem(inputs.loads_line(json.dumps(nested(33)))).endswith("nested deeper than 32 levels")

@@ -137,26 +137,55 @@ def loads_line(raw: Union[bytes, str]) -> Any:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
+def _number_problem(value: Any) -> Optional[str]:
+    if type(value) is int and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        return f"an integer of {len(str(abs(value)))} digits is out of range (64-bit integers)"
+    if type(value) is float and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    return None
+
+
+def _numbers_fine(items: list) -> bool:
+    """A quick yes for a list of plain floats or plain ints, nulls allowed (a target), checked in C: floats
+    whose exact sum is finite are all finite; ints whose min and max fit fit. Else: element by element."""
+    kinds = set(map(type, items)) - {type(None)}  # missing values (null) are fine
+    numbers = filter(None, items)  # without nulls (and zeros, which change neither check)
+    try:
+        if kinds == {float}:
+            return math.isfinite(math.fsum(numbers))
+        if kinds == {int}:
+            present = list(numbers)
+            return not present or (INT_RANGE[0] <= min(present) and max(present) <= INT_RANGE[1])
+    except OverflowError:  # fsum's intermediate overflow: some values are near the float limit
+        return False
+    return not kinds
+
+
 def json_problem(value: Any, where: str = "") -> Optional[str]:
     """Why a decoded JSON value cannot be sent to the forecaster, naming the place (``target[3]``):
     nested deeper than ``MAX_JSON_DEPTH``, an integer outside the 64-bit range, a non-finite number."""
-    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    problem = _number_problem(value)
+    if problem:
+        return f"{where or 'value'}: {problem}"
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, path, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > MAX_JSON_DEPTH:
-                return f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels"
-            children = item.items() if isinstance(item, dict) else enumerate(item)
-            for name, child in children:
-                at = f"{path}[{name}]" if isinstance(item, list) else (f"{path}.{name}" if path else str(name))
-                if isinstance(child, (dict, list, int, float)):
-                    stack.append((child, at, depth + 1))
-        elif isinstance(item, bool):
+        if depth > MAX_JSON_DEPTH:
+            return f"{path or 'value'}: nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, list) and _numbers_fine(item):
             continue
-        elif isinstance(item, int) and not INT_RANGE[0] <= item <= INT_RANGE[1]:
-            return f"{path or 'value'}: an integer of {len(str(abs(item)))} digits is out of range (64-bit integers)"
-        elif isinstance(item, float) and not math.isfinite(item):
-            return f"{path or 'value'}: {item} is not a finite number"
+        listed = isinstance(item, list)
+        for name, child in enumerate(item) if listed else item.items():
+            if isinstance(child, (dict, list)):
+                problem = None
+            else:
+                problem = _number_problem(child)
+                if problem is None:
+                    continue
+            at = f"{path}[{name}]" if listed else (f"{path}.{name}" if path else str(name))
+            if problem:
+                return f"{at}: {problem}"
+            stack.append((child, at, depth + 1))
     return None
 
 
@@ -204,6 +233,8 @@ def _parquet(body: bytes) -> list[Line]:
     for row, record in enumerate(table.to_pylist(), 1):
         if isinstance(record.get("start"), datetime):
             record["start"] = record["start"].strftime("%Y-%m-%d %H:%M:%S")
+        if isinstance(record.get("target"), list):  # a NaN float is a missing value, sent as JSON's null
+            record["target"] = [None if isinstance(v, float) and v != v else v for v in record["target"]]
         lines.append(_checked(row, {k: v for k, v in record.items() if v is not None or k in DEEPAR_FIELDS[:2]}))
     return lines
 
