@@ -225,6 +225,10 @@ def decode_json(body: bytes, where: str = "body") -> Any:
         raise RequestError(f"{where}: not valid JSON ({error})") from None
 
 
+# A 400 lists at most this many bad instances (each on its own line), bounding the error body (~100 bytes each).
+MAX_LISTED_INSTANCE_ERRORS = 100
+
+
 def parse_json_request(
     payload: Any, model: Model, forward_fields: Sequence[str] = ()
 ) -> tuple[list[Instance], InferenceConfig]:
@@ -238,7 +242,19 @@ def parse_json_request(
     if not isinstance(instances, list) or not instances:
         raise RequestError("instances: expected a non-empty list of time series")
     config = parse_configuration(payload.get("configuration"))
-    return [parse_instance(raw, model, f"instances[{i}].", forward_fields) for i, raw in enumerate(instances)], config
+    parsed, problems = [], []
+    for index, raw in enumerate(instances):
+        try:
+            parsed.append(parse_instance(raw, model, f"instances[{index}].", forward_fields))
+        except RequestError as error:
+            problems.append(str(error))
+            if len(problems) == MAX_LISTED_INSTANCE_ERRORS:
+                break
+    if problems:
+        # Every bad instance, one per line (the first line as before): a client removes them all and sends
+        # the rest once, instead of one call per bad instance (issue #23 item 11).
+        raise RequestError("\n".join(problems))
+    return parsed, config
 
 
 def split_lines(body: bytes) -> list[tuple[int, bytes]]:

@@ -97,12 +97,13 @@ def test_low_items_tls_only_bucket_policies_and_log_retention():
 
 class CheckingForecaster:
     """Answers like the serving container: the configuration first (the contract's check), then every
-    instance in order, naming the first bad one (``instances[i].``); counts its calls."""
+    instance, naming each bad one on a line of its 400 (``instances[i]. ...``; ``first_only``: only the
+    first, as a container before #23 item 11 did); counts its calls."""
 
     name = "checking"
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, first_only: bool = False) -> None:
+        self.calls, self.first_only = 0, first_only
 
     def forecast(self, instances: list[dict], configuration: Any = None) -> list[dict]:
         self.calls += 1
@@ -110,9 +111,11 @@ class CheckingForecaster:
             contract.parse_configuration(configuration)
         except contract.ContractError as error:
             raise forecasting.RequestRejected(str(error)) from None
-        for index, instance in enumerate(instances):
-            if instance.get("cat") == "x":
-                raise forecasting.RequestRejected(f"instances[{index}].cat: expected a list of integers")
+        bad = [
+            f"instances[{i}].cat: expected a list of integers" for i, s in enumerate(instances) if s.get("cat") == "x"
+        ]
+        if bad:
+            raise forecasting.RequestRejected(bad[0] if self.first_only else "\n".join(bad))
         return [{"mean": [float(len(instance["target"]))]} for instance in instances]
 
 
@@ -127,14 +130,14 @@ def test_item11_a_rejection_naming_no_instance_fails_the_request_once():
     assert fake.calls == 1  # today: 1,999 calls, down to one series per request
 
 
-def test_item11_bad_instances_are_found_by_index_one_call_each():
-    fake = CheckingForecaster()
+def test_item11_bad_instances_are_found_by_index_in_one_pass():
     bad = {10, 500, 999}
     instances = [series(i, **({"cat": "x"} if i in bad else {})) for i in range(1000)]
-    results = forecasting.forecast_isolating(fake, instances)
-    assert fake.calls == len(bad) + 1
-    assert [i for i, r in enumerate(results) if isinstance(r, str)] == sorted(bad)
-    assert results[10] == "cat: expected a list of integers" and results[11] == {"mean": [3.0]}
+    for fake, calls in ((CheckingForecaster(), 2), (CheckingForecaster(first_only=True), len(bad) + 1)):
+        results = forecasting.forecast_isolating(fake, instances)
+        assert fake.calls == calls  # every bad one named at once: 2 calls; only the first: one call each
+        assert [i for i, r in enumerate(results) if isinstance(r, str)] == sorted(bad)
+        assert results[10] == "cat: expected a list of integers" and results[11] == {"mean": [3.0]}
 
 
 def test_item11_only_size_refusals_split_and_they_are_the_container_s_own_messages():

@@ -26,7 +26,9 @@ MAX_REQUEST_BYTES = 5 * 2**20
 MAX_SERIES_PER_REQUEST = 1000
 # Seconds a throttled caller is told to wait when the forecaster gives no Retry-After of its own.
 DEFAULT_RETRY_AFTER_S = 2
-_BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.")
+# The container names each bad instance at the start of a line of its 400 (all of them, one per line,
+# since issue #23 item 11; other containers name only the first).
+_BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.(.*)$", re.MULTILINE)
 # The serving container's refusals that a smaller request avoids (sagemaker_deepar.inference.check_budget,
 # check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
 _TOO_LARGE = re.compile(r"^(request|response) too large\b")
@@ -276,10 +278,11 @@ def forecast_isolating(
     """Forecast ``instances``; an instance the forecaster rejects gets its message instead of a forecast
     and the others are sent again without it.
 
-    The container checks every instance before sampling and names the first bad one (``instances[i].``),
-    so n bad instances cost n + 1 calls, each rejected one only parsing. A rejection naming no instance
-    is the request's own fault (its configuration): raised at once, never retried series by series
-    (issue #23 item 11). Only a size refusal (``splitting_helps``) halves the request."""
+    The container checks every instance before sampling and names each bad one on a line of its 400
+    (``instances[i]. ...``): they are all removed and the rest sent once, two calls whatever their number
+    (a container naming only the first one costs a call per bad instance). A rejection naming no
+    instance is the request's own fault (its configuration): raised at once, never retried series by
+    series (issue #23 item 11). Only a size refusal (``splitting_helps``) halves the request."""
     results: list[dict | str] = [""] * len(instances)
     pending = list(range(len(instances)))
     while pending:
@@ -287,10 +290,11 @@ def forecast_isolating(
             predictions = forecaster.forecast([instances[i] for i in pending], configuration)
         except RequestRejected as error:
             message = str(error)
-            match = _BAD_INSTANCE.match(message)
-            if match is not None and int(match[1]) < len(pending):
-                culprit = pending.pop(int(match[1]))
-                results[culprit] = message[match.end() :] or message
+            named = {int(m[1]): m[2] or m[0] for m in _BAD_INSTANCE.finditer(message) if int(m[1]) < len(pending)}
+            if named and message.startswith("instances["):
+                for position, problem in named.items():
+                    results[pending[position]] = problem
+                pending = [index for position, index in enumerate(pending) if position not in named]
                 continue
             if not splitting_helps(error):
                 raise
