@@ -330,3 +330,13 @@ def test_a_model_that_cannot_load_stops_the_server_with_the_reason(tmp_path: Pat
         assert "the model could not be loaded from" in output and "deepar-metadata.json not found" in output
     finally:
         s.stop()
+
+
+def test_a_400_names_every_bad_instance_one_per_line(server: Server):
+    """Issue #23 item 11: a client (serverless batch_forecast) removes them all and resends once."""
+    bad = [instance(), instance(target=[1.0, "x"]), instance(), instance(start="yesterday"), instance()]
+    lines = error_of(server.post({"instances": bad}), 400).splitlines()
+    assert [line.split(".", 1)[0] for line in lines] == ["instances[1]", "instances[3]"], lines
+    assert lines[0] == "instances[1].target[1]: 'x' is not a number (missing values are null or \"NaN\")"
+    many = [instance(target=["x"])] * 150
+    assert len(error_of(server.post({"instances": many}), 400).splitlines()) == 100  # a bounded answer
