@@ -91,9 +91,12 @@ def inference_configuration() -> Optional[dict]:
         return None
     try:
         configuration = json.loads(raw)
+    except ValueError as error:
+        raise forecasting.RequestRejected(f"DEEPAR_INFERENCE_CONFIG: not JSON: {error}") from None
+    try:
         contract.parse_configuration(configuration, "DEEPAR_INFERENCE_CONFIG", contract.InferenceConfig())
-    except ValueError as error:  # ContractError is a ValueError, as is bad JSON
-        raise forecasting.RequestRejected(f"DEEPAR_INFERENCE_CONFIG: {error}") from None
+    except contract.ContractError as error:  # names the field: DEEPAR_INFERENCE_CONFIG.num_samples: ...
+        raise forecasting.RequestRejected(str(error)) from None
     return configuration
 
 
