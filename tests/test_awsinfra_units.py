@@ -232,3 +232,18 @@ def test_clients_honour_endpoint_region_and_retries(monkeypatch):
 def test_error_code_reads_botocore_errors_only():
     error = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}}, "Op")
     assert error_code(error) == "ThrottlingException" and error_code(ValueError("x")) == ""
+
+
+def test_package_code_makes_clients_only_through_awsinfra():
+    """One client factory: retries and AWS_ENDPOINT_URL are decided in awsinfra.clients, nowhere else."""
+    from tests.conftest import REPO
+
+    packages = ("sagemaker_deepar", "serverless", "mlops", "ingestion", "evaluation", "ecs", "local_test")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for package in packages
+        for path in sorted((REPO / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "boto3.client(" in line
+    ]
+    assert offenders == []
