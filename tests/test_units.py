@@ -246,8 +246,7 @@ def test_to_deepar_builds_series_with_gaps_and_features():
             "nitrogen_dioxide": [2.0, 2.0, np.nan, np.nan, 4.0, 4.0],
         }
     )
-    rule = contract.parse_time_freq("H").resample_rule
-    [series] = build_series(frame, ["ozone"], rule, True, ["nitrogen_dioxide"])
+    [series] = build_series(frame, ["ozone"], contract.parse_time_freq("H"), True, ["nitrogen_dioxide"])
     assert series["target"] == [2.0, "NaN", 6.0] and series["cat"] == [0] and series["item_id"] == "d1"
     assert series["dynamic_feat"] == [[2.0, 2.0, 4.0]]  # gaps filled: DeepAR needs complete features
     assert series["start"] == "2024-01-01 00:00:00"
