@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from awsinfra.clients import client
+from awsinfra.errors import error_code
 from sagemaker_deepar.cli import run_command
 from sagemaker_deepar.errors import UserError
 
@@ -62,7 +64,7 @@ class Context:
 
     def client(self, service: str):
         if service not in self._clients:
-            self._clients[service] = self.session.client(service)
+            self._clients[service] = client(service, self.session)  # awsinfra's: retries, AWS_ENDPOINT_URL
         return self._clients[service]
 
     def report(self, action: str, kind: str, name: str, detail: str = "") -> None:
@@ -91,10 +93,6 @@ class Context:
     @property
     def state_dir(self) -> Path:
         return self.config.resolved_state_dir()
-
-
-def error_code(error: Exception) -> str:
-    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
 
 
 def missing(call: Callable, *codes: str, **kwargs) -> Optional[dict]:

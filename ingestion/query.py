@@ -207,9 +207,9 @@ def local_path_for_key(folder: Path, prefix: str, key: str) -> Path:
 
 def copy_from_s3(url: str, folder: Path, client: Any = None) -> Path:
     """Every object under ``s3://bucket/prefix`` copied below ``folder`` (the layout kept)."""
-    import boto3
+    from awsinfra.clients import client as aws_client
 
-    s3 = client or boto3.client("s3")
+    s3 = client or aws_client("s3")
     bucket, prefix = _s3_parts(url)
     copied = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -348,9 +348,9 @@ def run_athena(
     client: Any = None,
     timeout: float = 600.0,
 ) -> Result:
-    import boto3
+    from awsinfra.clients import client as aws_client
 
-    athena = client or boto3.client("athena")
+    athena = client or aws_client("athena")
     request: dict[str, Any] = {
         "QueryString": query.sql,
         "WorkGroup": workgroup,

@@ -41,9 +41,9 @@ def fetch(curated: str, folder: Path) -> Path:
     """A local copy of an s3:// prefix (only .parquet objects), or the local path itself."""
     if not curated.startswith("s3://"):
         return Path(curated)
-    import boto3
+    from awsinfra.clients import client
 
-    s3, (bucket, prefix) = boto3.client("s3"), split_s3(curated)
+    s3, (bucket, prefix) = client("s3"), split_s3(curated)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if item["Key"].endswith(".parquet"):
@@ -56,9 +56,9 @@ def fetch(curated: str, folder: Path) -> Path:
 def publish(folder: Path, out: str) -> str:
     if not out.startswith("s3://"):
         return str(Path(out).resolve())
-    import boto3
+    from awsinfra.clients import client
 
-    s3, (bucket, prefix) = boto3.client("s3"), split_s3(out)
+    s3, (bucket, prefix) = client("s3"), split_s3(out)
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}".lstrip("/"))

@@ -271,10 +271,10 @@ def monitor_once(
     cloudwatch: Any = None,
     s3: Any = None,
 ) -> MonitorResult:
-    import boto3
+    from awsinfra.clients import client
 
-    sagemaker = sagemaker or boto3.client("sagemaker")
-    ssm, cloudwatch, s3 = ssm or boto3.client("ssm"), cloudwatch or boto3.client("cloudwatch"), s3 or boto3.client("s3")
+    sagemaker = sagemaker or client("sagemaker")
+    ssm, cloudwatch, s3 = ssm or client("ssm"), cloudwatch or client("cloudwatch"), s3 or client("s3")
     threshold = read_threshold(ssm, threshold_parameter)  # a bad threshold stops the run before any work
     with tempfile.TemporaryDirectory() as tmp:
         stored = read_forecasts(local_copy(forecasts, Path(tmp) / "forecasts", s3, (".out", ".json", ".jsonl")))
@@ -347,9 +347,9 @@ def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     triggers: list[dict] = []
     if args.from_queue:
-        import boto3
+        from awsinfra.clients import client
 
-        sqs = boto3.client("sqs")
+        sqs = client("sqs")
         triggers = scheduled_messages(sqs, args.from_queue)
         if not triggers:
             print("no scheduled run pending", flush=True)

@@ -67,9 +67,9 @@ class Lake:
 
     def _client(self) -> Any:
         if self.s3 is None:
-            import boto3
+            from awsinfra.clients import client
 
-            self.s3 = boto3.client("s3")
+            self.s3 = client("s3")
         return self.s3
 
     def partitions(self) -> list[str]:
