@@ -252,3 +252,64 @@ class ServerConfig:
 def batch_payload_mb(request_timeout: int) -> int:
     """The largest batch body (MB) one worker forecasts inside the request timeout (MaxPayloadInMB default)."""
     return max(1, min(BATCH_PAYLOAD_LIMIT_MB, request_timeout * BATCH_BODY_BYTES_PER_SECOND // 2**20))
+
+
+# ---------------------------------------------------------------- the model outside SageMaker (README, "ECS")
+# SageMaker downloads and extracts ModelDataUrl into /opt/ml/model before `serve` starts. Elsewhere (ECS,
+# a plain `docker run`) DEEPAR_MODEL_URL names the model and `serve` fetches it itself
+# (sagemaker_deepar/model_fetch.py); without the variable nothing changes.
+MODEL_URL_VARIABLE = "DEEPAR_MODEL_URL"
+MODEL_URL_SCHEMES = ("s3", "file")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where `serve` fetches its model from, and how hard it tries."""
+
+    url: str
+    scheme: str  # "s3" or "file"
+    location: str  # s3: "bucket/key" (key may be a folder prefix); file: an absolute path
+    attempts: int  # per request (botocore's standard retries: throttling, 5xx, connection errors)
+    timeout: int  # seconds to connect, and between two reads of a response
+
+    @property
+    def bucket(self) -> str:
+        return self.location.split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.location.split("/", 1)[1] if "/" in self.location else ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Optional["ModelSource"]:
+        """None when DEEPAR_MODEL_URL is unset or empty (SageMaker put the model in place)."""
+        url = env.get(MODEL_URL_VARIABLE, "").strip()
+        if not url:
+            return None
+        where = f"environment variable {MODEL_URL_VARIABLE}={url!r}"
+        if env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() == "true":
+            raise UserError(f"{where}: a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) loads its models itself")
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "file", url
+        scheme = scheme.lower()
+        if scheme not in MODEL_URL_SCHEMES:
+            raise UserError(
+                f"{where}: unsupported scheme {scheme!r}: use s3://bucket/key (a model.tar.gz or a folder), "
+                "or a local path"
+            )
+        if scheme == "s3":
+            bucket, _, key = rest.partition("/")
+            if not bucket or not key.strip("/"):
+                raise UserError(
+                    f"{where}: must name an object or folder inside the bucket: s3://bucket/path/model.tar.gz"
+                )
+        elif not os.path.isabs(rest):
+            raise UserError(f"{where}: a local model path must be absolute")
+        return cls(
+            url=url,
+            scheme=scheme,
+            location=rest,
+            attempts=_int(env, "DEEPAR_MODEL_FETCH_ATTEMPTS", 5, high=20),
+            timeout=_int(env, "DEEPAR_MODEL_FETCH_TIMEOUT", 60, high=3600),
+        )
