@@ -6,6 +6,7 @@ so the request timeout defaults to 60 s and the graceful shutdown window stays u
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, overload
@@ -50,6 +51,31 @@ def available_memory_gb() -> float:
         if raw.isdigit() and int(raw) < 1 << 60:
             return int(raw) / 2**30
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def cpu_quota(v2: str = "/sys/fs/cgroup/cpu.max", v1: str = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") -> Optional[float]:
+    """The container's CPU limit in CPUs (``docker run --cpus``, an ECS task's cpu), or None when unlimited.
+
+    A quota does not change ``os.cpu_count()``: a 1-CPU Fargate task or ``--cpus 1`` container on a
+    2-core host still counts 2 cores, and two workers would share one CPU's time."""
+    try:
+        quota, period = open(v2).read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = open(v1).read().strip()
+            period = open(os.path.join(os.path.dirname(v1), "cpu.cfs_period_us")).read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit() or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: the machine's, capped by the container's CPU quota (rounded up)."""
+    cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
 
 
 def default_workers(cpus: int, memory_gb: float) -> int:
@@ -180,7 +206,7 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
-        cpus = os.cpu_count() or 1
+        cpus = available_cpus()
         memory_gb = available_memory_gb()
         hosting = hosting_defaults(env.get("DEEPAR_HOSTING_MODE", "realtime"), memory_gb)
         workers = (
