@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal, Optional, Protocol
 
 from botocore.exceptions import ClientError
 
+from . import clients
 from . import completers as _completers  # noqa: F401 - the project-wide completers register on import
 from .errors import StackError, error_code
 from .registry import (
@@ -250,6 +251,17 @@ class Destroyed:
     buckets_deleted: list[str] = field(default_factory=list)
 
 
+def _offline(aws: Any) -> bool:
+    """An :class:`~awsinfra.clients.Aws` says; any other client factory: ``AWS_ENDPOINT_URL`` decides."""
+    return bool(getattr(aws, "offline", clients.offline()))
+
+
+def _account_and_region(aws: Any) -> tuple[str, str]:
+    if isinstance(aws, clients.Aws):
+        return aws.account, aws.region
+    return clients.account_and_region(aws)
+
+
 def _default_say(line: str) -> None:
     print(line, flush=True)
 
@@ -302,7 +314,7 @@ class Stack:
         tell: Say = say or (lambda _line: None)
         cfn, params = aws("cloudformation"), self.all_parameters()
         template = self.template
-        offline = bool(getattr(aws, "offline", False))
+        offline = _offline(aws)
         has_layers = any(r["Type"] == "AWS::Lambda::LayerVersion" for r in template["Resources"].values())
         body = json.dumps(without_layers(template)) if offline and has_layers else self.template_path.read_text()
         cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()]
@@ -333,10 +345,11 @@ class Stack:
         return Deployment(self.name, action, status, completed, self.outputs(aws))
 
     def resolver(self, aws: Any, template: dict, params: dict[str, str], physical: dict[str, str]) -> Resolver:
+        account, region = _account_and_region(aws)
         pseudo = {
             "AWS::StackName": self.name,
-            "AWS::AccountId": str(aws.account) if hasattr(aws, "account") else "",
-            "AWS::Region": str(getattr(aws, "region", "us-east-1")),
+            "AWS::AccountId": account,
+            "AWS::Region": region,
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
             "AWS::NoValue": "",
@@ -351,7 +364,7 @@ class Stack:
         record = self.record.read(aws)
         physical = {**record, **deployed}
         resolver = self.resolver(aws, template, params, physical)
-        offline = bool(getattr(aws, "offline", False))
+        offline = _offline(aws)
         results: list[Completed] = []
         remembered: dict[str, str] = {}
         for logical, resource in template["Resources"].items():

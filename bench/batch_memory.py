@@ -26,8 +26,8 @@ from pathlib import Path
 import requests
 
 from bench.serve_throughput import spawn_serve, stop, train, wait_ping
+from devtools.serving import free_port, gunicorn_workers
 from sagemaker_deepar import sample_data
-from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tests.helpers import free_port, serve_container_args
+from devtools.serving import free_port, serve_container_args
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
 PING_DEADLINE_S = 120

@@ -50,9 +50,9 @@ from typing import Callable, Iterator, Optional
 
 import requests
 
+from devtools.serving import free_port, gunicorn_workers
 from sagemaker_deepar import sample_data
 from sagemaker_deepar.contract import write_jsonl
-from tests.helpers import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import requests
 
 from bench.serve_throughput import CONFIG, spawn_serve, stop, train, wait_ping
-from tests.helpers import free_port
+from devtools.serving import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`/kill: still stop the server below
 
-    from mlops.aws import moto_server
+    from awsinfra.clients import moto_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     warnings.filterwarnings("ignore", message="Tried to parse")

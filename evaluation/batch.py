@@ -20,8 +20,7 @@ from pathlib import Path
 from sagemaker_deepar import contract
 from sagemaker_deepar.errors import UserError
 
-from . import common
-from . import invoke as invoke_command
+from . import accuracy, common
 
 INPUT_NAME = "batch-input.jsonl"
 
@@ -68,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds per request (default: enough for --max-payload; README, Reliability: "
         "SAGEMAKER_MODEL_SERVER_TIMEOUT and InvocationsTimeoutInSeconds)",
     )
-    invoke_command.add_report_args(parser)
+    accuracy.add_report_args(parser)
     common.add_session_args(parser)
     return parser
 
@@ -79,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     from sagemaker_deepar.report import QUANTILES
 
     session = common.open_session(args)
-    records, held_out = invoke_command.load_eval_series(args)
+    records, held_out = accuracy.load_eval_series(args)
     input_uri = upload_input(held_out, args, session)
     output_path = f"{args.work_path.rstrip('/')}/output"
     if args.local:
@@ -114,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     if len(predictions) != len(records):
         raise UserError(f"batch output has {len(predictions)} lines for {len(records)} input lines")
-    result = invoke_command.report(records, predictions, args, "batch output")
+    result = accuracy.report(records, predictions, args, "batch output")
     if model.name and not args.local:
         session.delete_model(model.name)  # the transform created it; nothing else uses it
     return {**result, "input_lines": len(records), "output_lines": len(predictions), "output_path": output_path}

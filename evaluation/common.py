@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from awsinfra.clients import offline_credentials, retries
 from sagemaker_deepar import cli
 from sagemaker_deepar.errors import UserError
 
@@ -52,10 +53,7 @@ def add_session_args(parser: argparse.ArgumentParser) -> None:
 def local_environment() -> None:
     """Fake credentials and region (only where none are set) and the SDK's telemetry switched off:
     otherwise the SDK calls STS and S3 even in local mode."""
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
+    offline_credentials()
     if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
         config = Path(tempfile.gettempdir()) / "sagemaker-deepar-local-config.yaml"
         config.write_text("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
@@ -117,11 +115,7 @@ def runtime_client(session, args: argparse.Namespace):
     (botocore backs off on ThrottlingException and 5xx, up to 10 attempts)."""
     if args.local:
         return session.sagemaker_runtime_client
-    from botocore.config import Config
-
-    return session.boto_session.client(
-        "sagemaker-runtime", config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, read_timeout=70)
-    )
+    return session.boto_session.client("sagemaker-runtime", config=retries("adaptive", 10, read_timeout=70))
 
 
 def key_value(item: str, flag: str, what: str = "KEY=VALUE") -> tuple[str, str]:

@@ -20,10 +20,31 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
 from sagemaker_deepar.errors import UserError
 
 from . import common
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where a variant runs and how long its endpoint may take: the typed input of ``variant`` and
+    ``wait_in_service`` (the commands build it from their options; mlops builds it directly)."""
+
+    instance_type: str = common.DEFAULT_INSTANCE_TYPE
+    instance_count: int = 1
+    local: bool = False
+    timeout: float = 1800
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> "Fleet":
+        return cls(
+            instance_type=getattr(args, "instance_type", common.DEFAULT_INSTANCE_TYPE),
+            instance_count=getattr(args, "instance_count", 1),
+            local=bool(args.local),
+            timeout=float(args.timeout),
+        )
 
 
 def unique(name: str) -> str:
@@ -70,12 +91,12 @@ def create_config(client, endpoint: str, variants: list[dict]) -> str:
     return config
 
 
-def variant(name: str, model: str, args: argparse.Namespace, weight: float = 1.0) -> dict:
+def variant(name: str, model: str, fleet: Fleet, weight: float = 1.0) -> dict:
     return {
         "VariantName": name,
         "ModelName": model,
-        "InitialInstanceCount": args.instance_count,
-        "InstanceType": "local" if args.local else args.instance_type,
+        "InitialInstanceCount": fleet.instance_count,
+        "InstanceType": "local" if fleet.local else fleet.instance_type,
         "InitialVariantWeight": weight,
     }
 
@@ -92,15 +113,15 @@ def endpoint_exists(client, endpoint: str) -> bool:
         raise
 
 
-def wait_in_service(client, endpoint: str, args: argparse.Namespace) -> dict:
+def wait_in_service(client, endpoint: str, fleet: Fleet) -> dict:
     return common.wait_for(
         lambda: client.describe_endpoint(EndpointName=endpoint),
         "EndpointStatus",
         {"InService"},
         {"Failed", "OutOfService"},
-        args.timeout,
+        fleet.timeout,
         f"endpoint {endpoint}",
-        poll=1 if args.local else 15,
+        poll=1 if fleet.local else 15,
     )
 
 
@@ -133,9 +154,9 @@ def create(client, args: argparse.Namespace) -> dict:
     if endpoint_exists(client, args.name):
         raise UserError(f"endpoint {args.name} exists: use `update` to change its model, or `delete` it")
     model = create_model(client, args.name, image, model_data, role, args.env, multi_model)
-    config = create_config(client, args.name, [variant("variant-1", model, args)])
+    config = create_config(client, args.name, [variant("variant-1", model, Fleet.of(args))])
     client.create_endpoint(EndpointName=args.name, EndpointConfigName=config)
-    return wait_in_service(client, args.name, args)
+    return wait_in_service(client, args.name, Fleet.of(args))
 
 
 def switch(client, args: argparse.Namespace, new_config: str) -> dict:
@@ -159,7 +180,7 @@ def switch(client, args: argparse.Namespace, new_config: str) -> dict:
             }
         client.update_endpoint(**request)
         time.sleep(1)  # the status turns Updating shortly after the call returns
-    description = wait_in_service(client, args.name, args)
+    description = wait_in_service(client, args.name, Fleet.of(args))
     retire(client, old_config, keep=set(models_of(client, new_config)))
     return description
 
@@ -171,7 +192,7 @@ def update(client, args: argparse.Namespace) -> dict:
     if args.instance_type == common.DEFAULT_INSTANCE_TYPE and not args.local:  # keep the fleet unless asked
         args.instance_type = old["InstanceType"]
     model = create_model(client, args.name, image, args.model_data[0], role, args.env)
-    config = create_config(client, args.name, [variant(old["VariantName"], model, args)])
+    config = create_config(client, args.name, [variant(old["VariantName"], model, Fleet.of(args))])
     return switch(client, args, config)
 
 
@@ -183,14 +204,14 @@ def ab(client, args: argparse.Namespace) -> dict:
         raise UserError("ab: give two or more --model-data and as many --weights")
     role, image = common.execution_role(args), common.default_image(args)
     variants = [
-        variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env), args, weight)
+        variant(f"variant-{i}", create_model(client, args.name, image, data, role, args.env), Fleet.of(args), weight)
         for i, (data, weight) in enumerate(zip(args.model_data, weights), 1)
     ]
     config = create_config(client, args.name, variants)
     if endpoint_exists(client, args.name):
         return switch(client, args, config)
     client.create_endpoint(EndpointName=args.name, EndpointConfigName=config)
-    return wait_in_service(client, args.name, args)
+    return wait_in_service(client, args.name, Fleet.of(args))
 
 
 def shift(client, args: argparse.Namespace) -> dict:
@@ -207,7 +228,7 @@ def shift(client, args: argparse.Namespace) -> dict:
         raise UserError("shift: give --weight VARIANT=WEIGHT for each variant to change")
     client.update_endpoint_weights_and_capacities(EndpointName=args.name, DesiredWeightsAndCapacities=desired)
     time.sleep(1)
-    description = wait_in_service(client, args.name, args)
+    description = wait_in_service(client, args.name, Fleet.of(args))
     for v in description.get("ProductionVariants", []):
         print(f"{v['VariantName']}: weight {v.get('CurrentWeight')}")
     return description

@@ -1,5 +1,6 @@
-"""AWS plumbing shared by every mlops command: sessions and clients that honour ``AWS_ENDPOINT_URL``,
-botocore retries, and a local moto server for offline runs.
+"""AWS plumbing shared by every mlops command: clients and the moto server come from the project's
+AWS layer (awsinfra.clients: retries, ``AWS_ENDPOINT_URL`` honoured); what is here is the SageMaker
+SDK's side of it (its session on those clients, its telemetry opt-out, its log levels).
 
 Offline (``--local``) the commands talk to a moto server: the one ``AWS_ENDPOINT_URL`` names (its
 state is left for inspection), or one started here on 127.0.0.1 and a free port for the duration
@@ -11,25 +12,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
-from botocore.config import Config
+from awsinfra import clients as _clients
+from awsinfra.clients import DEFAULT_REGION, RETRIES, boto_session, client, endpoint_url, free_port, region
+
+__all__ = [
+    "DEFAULT_REGION",
+    "LOCAL_ROLE",
+    "RETRIES",
+    "boto_session",
+    "client",
+    "endpoint_url",
+    "ensure_bucket",
+    "free_port",
+    "moto_server",
+    "offline_credentials",
+    "quiet_logs",
+    "region",
+    "sagemaker_session",
+    "validate_sdk_config_once",
+]
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2's sagemaker.workflow is what build uses, on purpose
 
-DEFAULT_REGION = "us-east-1"
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants a full ARN, never checks it
-# Standard mode retries throttling and 5xx with backoff; 10 attempts rides out a control-plane hiccup.
-RETRIES = Config(retries={"max_attempts": 10, "mode": "standard"})
-
-
-def region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
-def endpoint_url() -> Optional[str]:
-    return os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def offline_credentials() -> None:
@@ -42,44 +49,13 @@ def offline_credentials() -> None:
     local_environment()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """The moto endpoint for an offline run: ``AWS_ENDPOINT_URL`` when set (left running, state kept),
-    else a ``ThreadedMotoServer`` on 127.0.0.1 started here and stopped on exit."""
+    """awsinfra's moto server (``AWS_ENDPOINT_URL`` when set, else one on a free loopback port for
+    the block), with the SDK's offline setup first."""
     offline_credentials()
-    existing = endpoint_url()
-    if existing:
-        yield existing
-        return
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    os.environ["AWS_ENDPOINT_URL"] = url
-    try:
+    with _clients.moto_server() as url:
         yield url
-    finally:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-        server.stop()
-
-
-def boto_session():
-    import boto3
-
-    return boto3.Session(region_name=region())
-
-
-def client(service: str, session: Any = None):
-    """A boto3 client with retries; ``AWS_ENDPOINT_URL`` applies (boto3 reads it for every service)."""
-    return (session or boto_session()).client(service, config=RETRIES, endpoint_url=endpoint_url())
 
 
 def sagemaker_session(default_bucket: Optional[str] = None):
@@ -97,13 +73,7 @@ def sagemaker_session(default_bucket: Optional[str] = None):
 
 
 def ensure_bucket(name: str) -> None:
-    s3 = client("s3")
-    try:
-        s3.head_bucket(Bucket=name)
-    except s3.exceptions.ClientError:
-        where = region()
-        location = {} if where == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": where}}
-        s3.create_bucket(Bucket=name, **location)
+    _clients.ensure_bucket(client, name)
 
 
 def quiet_logs() -> None:

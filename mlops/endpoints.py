@@ -5,7 +5,6 @@ be healthy before it takes traffic, and when it is not the old one keeps serving
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,11 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from sagemaker_deepar.contract import extract_model_tarball
 
 from .events import DeployFailed
+
+if TYPE_CHECKING:
+    from evaluation.deploy import Fleet
 
 LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
 
@@ -68,8 +70,10 @@ class SageMakerEndpoints:
     poll: float = 15
     bake_seconds: int = 300
 
-    def _args(self) -> argparse.Namespace:
-        return argparse.Namespace(instance_count=1, instance_type=self.instance_type, local=False, timeout=self.timeout)
+    def _fleet(self) -> "Fleet":
+        from evaluation.deploy import Fleet
+
+        return Fleet(instance_type=self.instance_type, instance_count=1, timeout=self.timeout)
 
     def roll_out(self, endpoint: str, model_data: str, image: str) -> Rollout:
         from evaluation import deploy as sm_deploy
@@ -77,7 +81,7 @@ class SageMakerEndpoints:
         exists = sm_deploy.endpoint_exists(self.client, endpoint)
         old_config = self.client.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"] if exists else None
         model = sm_deploy.create_model(self.client, endpoint, image, model_data, self.role, {})
-        config = sm_deploy.create_config(self.client, endpoint, [sm_deploy.variant("variant-1", model, self._args())])
+        config = sm_deploy.create_config(self.client, endpoint, [sm_deploy.variant("variant-1", model, self._fleet())])
         if old_config is None:
             self.client.create_endpoint(EndpointName=endpoint, EndpointConfigName=config)
         else:

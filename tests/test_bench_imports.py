@@ -23,3 +23,21 @@ def test_the_benchmarks_are_found():
 def test_benchmark_imports_and_has_a_main(name):
     module = importlib.import_module(f"bench.{name}")
     assert callable(getattr(module, "main", None)), f"bench/{name}.py has no main()"
+
+
+def test_no_benchmark_imports_the_tests():
+    """bench/ and tests/ share helpers through devtools/ (and awsinfra/): nothing imports tests/."""
+    import ast
+
+    offenders = []
+    for path in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.name}: {n}" for n in names if n == "tests" or n.startswith("tests.")]
+    assert offenders == []
