@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Optional
 
 from bench.serve_throughput import request_body, train
+from devtools.serving import free_port
 from ecs import local
 from sagemaker_deepar import sample_data
-from tests.helpers import free_port
 
 CONCURRENCY = 8
 
@@ -151,7 +151,9 @@ def main() -> None:
                         if round_ > 1 or replicas == 2:
                             seconds, failed = scale(request, replicas, load)
                             steps.append((3 - replicas, replicas, seconds, failed))
-                            print(f"  scaled {3 - replicas} -> {replicas} under load in {seconds:.1f} s: {failed} failed")
+                            print(
+                                f"  scaled {3 - replicas} -> {replicas} under load in {seconds:.1f} s: {failed} failed"
+                            )
                             time.sleep(args.settle)
                         rate, failed = window(load, args.seconds)
                         rates[replicas].append(rate)
