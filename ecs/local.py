@@ -154,8 +154,11 @@ def wait_replica_ready(container: str, timeout: float = READY_TIMEOUT_S) -> None
     while time.monotonic() < deadline:
         state = docker("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", container).split()
         if state[0] != "true":
-            logs = docker("logs", "--tail", "5", container, check=False, timeout=30)
-            raise LocalError(f"replica {container} exited with code {state[1]} before /ping said 200: {logs.strip()}")
+            logs = subprocess.run(
+                ["docker", "logs", "--tail", "3", container], capture_output=True, text=True, timeout=30
+            )
+            last = " | ".join(line for line in (logs.stdout + logs.stderr).splitlines() if line.strip())
+            raise LocalError(f"replica {container} exited with code {state[1]} before /ping said 200: {last}")
         probe = subprocess.run(
             ["docker", "exec", container, "/opt/program/container/healthcheck"], capture_output=True, timeout=30
         )
