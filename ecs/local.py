@@ -205,6 +205,9 @@ http {{
   }}
   server {{
     listen {LB_PORT};
+    # No idle client connections: a reload closes those of the old workers, and a request a client
+    # sends on one at that moment would be lost (RemoteDisconnected). Each request has its own.
+    keepalive_timeout 0;
     location = /lb-generation {{ return 200 "{generation}"; }}
     location / {{
       proxy_pass http://replicas;
