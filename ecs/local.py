@@ -40,6 +40,7 @@ LB_DIR = "/tmp/lb"  # the balancer's configuration and pid, inside its container
 READY_TIMEOUT_S = 180.0
 RELOAD_TIMEOUT_S = 120.0  # old nginx workers finish their requests (a forecast may take up to 60 s)
 DEFAULT_IMAGE = "sagemaker-deepar:latest"
+DEFAULT_PORT = 8080
 STOP_TIMEOUT_S = 30  # docker stop's grace: the server drains within 25 s
 
 
@@ -292,7 +293,7 @@ class Request:
     image: Optional[str]  # None: the running set's, else sagemaker-deepar:latest
     model: Optional[Model]  # None: the running set's
     host: str
-    port: int
+    port: Optional[int]  # None: the running set's, else DEFAULT_PORT
     cpus: Optional[float]
     memory: str
 
@@ -308,14 +309,17 @@ def up(request: Request, say: Callable[[str], None] = print) -> str:
     lb = next((c for c in found if c.role == "lb"), None)
     if lb is not None and not lb.running:
         raise LocalError(f"balancer {lb.name} is not running: `python -m ecs local --down --name {request.name}` first")
-    if lb is not None:
-        published = docker("port", lb.name, f"{LB_PORT}/tcp").strip().splitlines()
-        if published and not published[0].endswith(f":{request.port}"):
+    host, port = request.host, request.port or DEFAULT_PORT
+    if lb is not None:  # a running set keeps its address
+        published = docker("port", lb.name, f"{LB_PORT}/tcp").strip().splitlines()[0]
+        host, _, listening = published.rpartition(":")
+        if request.port and int(listening) != request.port:
             raise LocalError(
-                f"the set {request.name!r} listens on {published[0]}, not port {request.port}: "
-                "pass that --port, or --down first"
+                f"the set {request.name!r} listens on {published}, not port {request.port}: "
+                "leave --port out to scale it, or --down first"
             )
-    url = f"http://{request.host}:{request.port}"
+        port = int(listening)
+    url = f"http://{host}:{port}"
     spec = f"{image_id(image)}|{model.path}"
     replicas = [c for c in found if c.role == "replica"]
     for dead in (c for c in replicas if not c.running):
@@ -344,7 +348,7 @@ def up(request: Request, say: Callable[[str], None] = print) -> str:
     generation = uuid.uuid4().hex[:12]
     conf = nginx_conf(members, generation)
     if lb is None:
-        start_lb(request.name, image, request.host, request.port, conf)
+        start_lb(request.name, image, host, port, conf)
         say(f"started {lb_name(request.name)} on {url}")
     elif started or leaving:
         reload_lb(request.name, conf, generation, url)
@@ -376,7 +380,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", help=f"the image (default: the running set's, else {DEFAULT_IMAGE})")
     parser.add_argument("--name", default="deepar-local", help="the set's name (container names and label)")
     parser.add_argument("--host", default="127.0.0.1", help="the address the balancer's port is published on")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--port", type=int, help=f"the balancer's port (default: the running set's, else {DEFAULT_PORT})"
+    )
     parser.add_argument("--cpus", type=float, help="CPU limit of each replica (docker --cpus); default none")
     parser.add_argument("--memory", default="2g", help="memory limit of each replica (docker --memory)")
     parser.add_argument("--down", action="store_true", help="remove every container of the set")
@@ -389,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.replicas is None or args.replicas < 1:
         raise LocalError("--replicas N (at least 1) is required, or --down")
-    if not 1 <= args.port <= 65535:
+    if args.port is not None and not 1 <= args.port <= 65535:
         raise LocalError(f"--port {args.port}: not a TCP port")
     request = Request(
         name=args.name,

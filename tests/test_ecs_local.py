@@ -128,13 +128,13 @@ def test_scale_1_2_1_under_load_fails_no_request_and_down_removes_everything(tor
 
     with RequestLoop(url) as load:
         time.sleep(2)
-        up = ecs("local", "--replicas", "2", "--name", set_name, "--port", str(port))  # model and image: the set's
+        up = ecs("local", "--replicas", "2", "--name", set_name)  # model, image and port: the set's
         assert up.returncode == 0, up.stderr[-3000:]
         assert up.stdout.strip().splitlines()[-1] == url
         assert len(replicas(set_name)) == 2
         time.sleep(2)
         during_two = load.ok
-        down = ecs("local", "--replicas", "1", "--name", set_name, "--port", str(port))
+        down = ecs("local", "--replicas", "1", "--name", set_name)
         assert down.returncode == 0, down.stderr[-3000:]
         assert len(replicas(set_name)) == 1
         time.sleep(2)
