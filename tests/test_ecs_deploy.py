@@ -69,7 +69,9 @@ def resources(env: dict) -> dict[str, str]:
 
 def test_template_passes_cfn_lint():
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("cfn-lint")), str(REPO / "ecs" / "template.yaml")], capture_output=True, text=True
+        [str(Path(sys.executable).with_name("cfn-lint")), str(REPO / "ecs" / "template.yaml")],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
