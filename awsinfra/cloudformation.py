@@ -333,7 +333,16 @@ class Stack:
         body = json.dumps(without_layers(template)) if offline and has_layers else self.template_path.read_text()
         cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()]
         action: Literal["created", "updated", "unchanged"]
-        if self.status(aws) is None:
+        status = self.status(aws)
+        if status is not None and status.endswith("IN_PROGRESS"):
+            tell(f"stack {self.name}: {status}: waiting for it first")
+            status = wait(cfn, self.name, self.timeout)
+        if status == "ROLLBACK_COMPLETE":  # a failed create can only be deleted
+            tell(f"stack {self.name}: ROLLBACK_COMPLETE (its creation failed): deleting it to create it again")
+            cfn.delete_stack(StackName=self.name)
+            wait(cfn, self.name, self.timeout)
+            status = None
+        if status in (None, "DELETE_COMPLETE"):
             cfn.create_stack(StackName=self.name, TemplateBody=body, Parameters=cfn_params, Capabilities=CAPABILITIES)
             action = "created"
             tell(f"creating stack {self.name}")

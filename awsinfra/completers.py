@@ -13,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from .clients import Aws, client, retries
 from .errors import StackError, error_code, http_status
 from .registry import Completed, attribute, completer, deleter, exists
 from .template import Resolver
@@ -387,6 +388,14 @@ def model_package_group(aws: Any, logical: str, props: dict, resolver: Resolver)
     return Completed(name, "created")
 
 
+def _without_retries(aws: Any, service: str) -> Any:
+    """A client that asks once: moto's server answers 500 to calls it does not implement, which
+    standard retries would repeat ten times with back-off (about a minute) for the same answer."""
+    if isinstance(aws, Aws):
+        return client(service, aws.session, retries(max_attempts=0))
+    return aws(service)
+
+
 @deleter("AWS::SageMaker::ModelPackageGroup")
 def _delete_model_package_group(aws: Any, name: str) -> str:
     """Kept while it holds model versions (they are the registry's history: delete them first)."""
@@ -395,7 +404,7 @@ def _delete_model_package_group(aws: Any, name: str) -> str:
         versions = sagemaker.list_model_packages(ModelPackageGroupName=name)["ModelPackageSummaryList"]
         if versions:
             return f"kept ({len(versions)} model version(s): delete them first)"
-        sagemaker.delete_model_package_group(ModelPackageGroupName=name)
+        _without_retries(aws, "sagemaker").delete_model_package_group(ModelPackageGroupName=name)
         return "deleted"
     except NotImplementedError:  # in-process moto; its server answers 500
         return "kept (this endpoint cannot delete model package groups)"

@@ -7,7 +7,10 @@
    readings: `spark.read.json` of a newline-only copy -> partitioned Parquet, no checks.
 2. The converter (ingestion/to_deepar.py: resample, gaps, split, write JSON Lines) vs pandas reading
    the same Parquet and resampling it, writing nothing.
-Each step runs as a fresh process; wall-clock seconds include interpreter and JVM start.
+Each step runs as a fresh process; wall-clock seconds include interpreter and JVM start. Both
+comparisons run in paired rounds (ours, baseline, ours, baseline, ...; outputs removed between rounds so
+every round does the same work); the headline is the median of the per-round time ratios with its range
+(bench._paired). Spark runs local[*] on every core for both sides; pandas uses one.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._paired import Paired, machine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,6 +61,7 @@ def main() -> None:
         "--object-hours", type=int, default=1, help="hours of readings per raw object (Firehose buffer)"
     )
     parser.add_argument("--keep", type=Path, help="keep the generated data here")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds of each comparison")
     args = parser.parse_args()
     from ingestion.raw_sample import write_lake
 
@@ -75,52 +81,62 @@ def main() -> None:
         text = "".join(raw + "\n" for _, _, raw in split_records(decode_object(path.read_bytes())))
         (plain / f"part-{n:05d}.json").write_text(text)
 
-    job_seconds, out = timed(
-        [
-            sys.executable,
-            "-m",
-            "ingestion.glue_job",
-            "--raw-path",
-            str(work / "raw"),
-            "--curated-path",
-            str(work / "curated"),
-            "--quarantine-path",
-            str(work / "quarantine"),
-        ]
-    )
-    counts = json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
-    base_seconds, _ = timed([sys.executable, "-c", SPARK_BASELINE, str(plain), str(work / "baseline")])
-    rows = counts["records_in"]
-    print(
-        f"glue job      : {rows:,} records in {job_seconds:6.1f} s = {rows / job_seconds:9,.0f} rows/s "
-        f"({counts['valid']:,} valid, {counts['quarantined']:,} quarantined)"
-    )
-    print(
-        f"spark.read.json -> parquet (no checks, newline only): {base_seconds:6.1f} s = "
-        f"{rows / base_seconds:9,.0f} rows/s"
-    )
-    print(f"ratio glue job / baseline time: {job_seconds / base_seconds:.2f}x")
+    print(machine(), flush=True)
+    glue = Paired("glue job / plain Spark time", "<= 1.1x", higher_is_better=True)
+    counts: dict = {}
+    for _ in range(args.rounds):
+        for folder in ("curated", "quarantine", "baseline"):
+            shutil.rmtree(work / folder, ignore_errors=True)
+        job_seconds, out = timed(
+            [
+                sys.executable,
+                "-m",
+                "ingestion.glue_job",
+                "--raw-path",
+                str(work / "raw"),
+                "--curated-path",
+                str(work / "curated"),
+                "--quarantine-path",
+                str(work / "quarantine"),
+            ]
+        )
+        counts = json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
+        base_seconds, _ = timed([sys.executable, "-c", SPARK_BASELINE, str(plain), str(work / "baseline")])
+        rows = counts["records_in"]
+        glue.add(
+            job_seconds,
+            base_seconds,
+            f"glue job {job_seconds:.1f} s = {rows / job_seconds:,.0f} rows/s; spark.read.json -> parquet (no checks, "
+            f"newline only) {base_seconds:.1f} s = {rows / base_seconds:,.0f} rows/s",
+        )
+    print(f"glue job: {counts['valid']:,} valid, {counts['quarantined']:,} quarantined of {counts['records_in']:,}")
+    print(glue.headline(), flush=True)
 
-    convert_seconds, out = timed(
-        [
-            sys.executable,
-            "-m",
-            "ingestion.to_deepar",
-            "--curated",
-            str(work / "curated"),
-            "--out",
-            str(work / "deepar"),
-            "--prediction-length",
-            "24",
-        ]
-    )
-    pandas_seconds, _ = timed([sys.executable, "-c", PANDAS_BASELINE, str(work / "curated")])
+    converter = Paired("converter / pandas read+resample time", higher_is_better=True)
     readings = counts["curated_rows_in_touched_dates"]
-    print(
-        f"converter     : {readings:,} readings in {convert_seconds:6.1f} s = {readings / convert_seconds:9,.0f} rows/s"
-    )
-    print(f"pandas read + resample only: {pandas_seconds:6.1f} s = {readings / pandas_seconds:9,.0f} rows/s")
-    print(f"ratio converter / baseline time: {convert_seconds / pandas_seconds:.2f}x")
+    for _ in range(args.rounds):
+        shutil.rmtree(work / "deepar", ignore_errors=True)
+        convert_seconds, out = timed(
+            [
+                sys.executable,
+                "-m",
+                "ingestion.to_deepar",
+                "--curated",
+                str(work / "curated"),
+                "--out",
+                str(work / "deepar"),
+                "--prediction-length",
+                "24",
+            ]
+        )
+        pandas_seconds, _ = timed([sys.executable, "-c", PANDAS_BASELINE, str(work / "curated")])
+        converter.add(
+            convert_seconds,
+            pandas_seconds,
+            f"converter {readings / convert_seconds:,.0f} rows/s; pandas read + resample only "
+            f"{readings / pandas_seconds:,.0f} rows/s",
+        )
+    print(converter.headline(), flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

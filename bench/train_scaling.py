@@ -5,8 +5,10 @@ Both jobs train the same data, hyperparameters and seed; the 2-host job splits e
 over its hosts (each trains on its half of the series and DDP averages the gradients). Runs alternate
 (1 host, 2 hosts, 1 host, ...). Throughput is the job's: windows/s summed over hosts (the leader's
 ``#throughput_metric`` lines x hosts: DDP keeps the hosts in lockstep), first epoch left out (warm-up);
-reported as batches/s of ``mini_batch_size`` windows. Also the job's wall time and the final train
-loss (``deepar-metadata.json``). Every container has a time limit and is removed afterwards, and so
+reported as batches/s of ``mini_batch_size`` windows. The headline is the median of the per-round
+ratios (2 hosts / 1 host in the same round; bench._paired) with its range; since the 2-host job has
+two CPUs to the 1-host job's one, per-CPU figures are printed too. Also the job's wall time and the
+final train loss (``deepar-metadata.json``). Every container has a time limit and is removed afterwards, and so
 is the network.
 
     .venv/bin/python -m bench.train_scaling --image sagemaker-deepar:multihost [--repeats 2] [--epochs 5]
@@ -27,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._paired import Paired, machine
 from bench.serve_throughput import BENCH_MODEL
 from sagemaker_deepar import sample_data
 
@@ -100,6 +103,10 @@ def main() -> None:
     network = f"deepar-scaling-{os.getpid()}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
     runs: list[Run] = []
+    batch = int(hp["mini_batch_size"])
+    rounds = Paired("2 hosts / 1 host batches/s", ">= 1.7x")
+    per_cpu = Paired("2 hosts / 1 host batches/s per CPU")
+    print(f"{machine()}; each host a container of 1 CPU (--cpus 1): 1 host = 1 CPU, 2 hosts = 2 CPUs", flush=True)
     try:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
@@ -107,23 +114,28 @@ def main() -> None:
             train, _ = sample_data.split_train_test(sample_data.generate(num_sensors=20, days=60), prediction_length)
             sample_data.write_jsonl(train, tmp / "data" / "train" / "train.json")
             for repeat in range(args.repeats):
+                pair = {}
                 for hosts in (1, 2):
                     run = run_job(args.image, tmp, tmp / "data", hp, hosts, network, args.timeout)
                     runs.append(run)
+                    pair[hosts] = run.windows_per_second / batch
                     print(
-                        f"run {repeat + 1}, {hosts} host(s): {run.windows_per_second / 64:.2f} batches/s, "
+                        f"run {repeat + 1}, {hosts} host(s): {pair[hosts]:.2f} batches/s, "
                         f"wall {run.wall_seconds:.1f} s, final loss {run.final_loss:.4f}",
                         flush=True,
                     )
+                rounds.add(pair[2], pair[1])
+                per_cpu.add(pair[2] / 2, pair[1])
     finally:
         subprocess.run(["docker", "network", "rm", network], capture_output=True)
-    batch = int(hp["mini_batch_size"])
     med = {h: statistics.median(r.windows_per_second for r in runs if r.hosts == h) / batch for h in (1, 2)}
     wall = {h: statistics.median(r.wall_seconds for r in runs if r.hosts == h) for h in (1, 2)}
     loss = {h: statistics.median(r.final_loss for r in runs if r.hosts == h) for h in (1, 2)}
     print(f"1 host : {med[1]:.2f} batches/s, wall {wall[1]:.1f} s, final loss {loss[1]:.4f}")
     print(f"2 hosts: {med[2]:.2f} batches/s, wall {wall[2]:.1f} s, final loss {loss[2]:.4f}")
-    print(f"ratio 2 hosts / 1 host: {med[2] / med[1]:.2f}x batches/s (target >= 1.7x), wall {wall[1] / wall[2]:.2f}x")
+    print(f"wall time 1 host / 2 hosts (medians): {wall[1] / wall[2]:.2f}x")
+    print(per_cpu.headline())
+    print(rounds.headline())
 
 
 if __name__ == "__main__":

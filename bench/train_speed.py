@@ -1,10 +1,12 @@
 """Training speed: our `container/train` vs plain GluonTS, same data, hyperparameters, network and seed.
 
-Both run as fresh subprocesses, alternating (ours, plain, ours, plain, ...) per backend. Each
+Both run as fresh subprocesses, in paired rounds (ours, plain, ours, plain, ...) per backend. Each
 measures the same thing the same way: the wall time of every training epoch (Lightning / GluonTS
 trainer epoch start to end; ours from its `#throughput_metric` lines), so batches/s = batches run /
-summed epoch seconds. Prints the medians, the ratio ours / plain (target for torch: >= 1.5), each
-side's last-epoch train loss and whole-process wall time. With `--accuracy-seeds`, both also train
+summed epoch seconds. Prints each round's ratio ours / plain and, as the headline, the median of the
+per-round ratios with its range (target for torch: >= 1.5; bench._paired), each side's last-epoch
+train loss and whole-process wall time. Both sides may use every core (the libraries' own threads,
+or OMP_NUM_THREADS=N with --threads). With `--accuracy-seeds`, both also train
 with a held-out test channel per seed (torch) and report `mean_wQuantileLoss` on it.
 
     .venv/bin/python -m bench.train_speed [--repeats 3] [--backends torch mxnet] [--accuracy-seeds 1 2 3]
@@ -28,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._paired import Paired, machine
 from bench.serve_throughput import BENCH_MODEL
 from sagemaker_deepar import sample_data
 
@@ -205,27 +208,30 @@ def main() -> None:
             f"data: {len(train)} series x {len(train[0]['target'])} hourly points; "
             f"{HYPERPARAMETERS['epochs']} epochs x {batches} batches of {batch_size}; "
             f"{HYPERPARAMETERS['num_layers']} x {HYPERPARAMETERS['num_cells']} LSTM; median of {args.repeats}; "
-            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')} (both sides: every core)",
             flush=True,
         )
+        print(machine(), flush=True)
         for backend in args.backends:
             hp = {**HYPERPARAMETERS, "backend": backend}
             env = prepare(root, hp, with_test=False)
             ours, plain = [], []
+            rounds = Paired(
+                f"{backend} training ours / plain GluonTS batches/s", ">= 1.5x" if backend == "torch" else ""
+            )
             for _ in range(args.repeats):
                 ours.append(run_ours(root, env, batches, batch_size))
                 plain.append(run_plain(root, env, hp, batches, with_test=False))
-            o, p = median(ours, "batches_per_second"), median(plain, "batches_per_second")
+                rounds.add(
+                    ours[-1].batches_per_second,
+                    plain[-1].batches_per_second,
+                    f"{ours[-1].batches_per_second:.2f} vs {plain[-1].batches_per_second:.2f} batches/s",
+                )
             print(
-                f"{backend:6s} ours {o:6.2f} batches/s  plain GluonTS {p:6.2f} batches/s  ratio {o / p:.2f}  "
-                f"final loss ours {median(ours, 'final_loss'):.4f} plain {median(plain, 'final_loss'):.4f}  "
+                f"{backend:6s} final loss ours {median(ours, 'final_loss'):.4f} plain {median(plain, 'final_loss'):.4f}  "
                 f"process wall ours {median(ours, 'wall_seconds'):.1f} s plain {median(plain, 'wall_seconds'):.1f} s"
             )
-            print(
-                f"       runs batches/s ours {[round(r.batches_per_second, 2) for r in ours]}, "
-                f"plain {[round(r.batches_per_second, 2) for r in plain]}",
-                flush=True,
-            )
+            print(rounds.headline(), flush=True)
         if args.accuracy_seeds:
             ours_wql, plain_wql = [], []
             for seed in args.accuracy_seeds:

@@ -22,6 +22,7 @@ import argparse
 import time
 from dataclasses import dataclass
 
+from awsinfra.errors import error_code
 from sagemaker_deepar.errors import UserError
 
 from . import common
@@ -108,7 +109,7 @@ def endpoint_exists(client, endpoint: str) -> bool:
         client.describe_endpoint(EndpointName=endpoint)
         return True
     except ClientError as error:
-        if error.response["Error"]["Code"] == "ValidationException":
+        if error_code(error) == "ValidationException":
             return False
         raise
 
@@ -143,7 +144,7 @@ def ignore_missing(call, **kwargs) -> None:
     try:
         call(**kwargs)
     except ClientError as error:
-        if error.response["Error"]["Code"] != "ValidationException":
+        if error_code(error) != "ValidationException":
             raise
 
 
@@ -240,7 +241,7 @@ def delete(client, args: argparse.Namespace) -> dict:
     try:
         config = client.describe_endpoint(EndpointName=args.name)["EndpointConfigName"]
     except ClientError as error:
-        if error.response["Error"]["Code"] != "ValidationException":
+        if error_code(error) != "ValidationException":
             raise
         print(f"endpoint {args.name}: not found, nothing to delete")
         return {"deleted": []}

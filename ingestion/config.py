@@ -25,9 +25,17 @@ class IngestionConfig(BaseModel):
     raw_bucket: Optional[str] = None
     curated_bucket: Optional[str] = None
     artifacts_bucket: Optional[str] = None
+    results_bucket: Optional[str] = Field(
+        None, description="Athena's query results (default <prefix>-results-<account>-<region>)"
+    )
     buffer_seconds: int = Field(300, ge=60, le=900, description="Firehose buffering interval")
     buffer_mb: int = Field(5, ge=1, le=128, description="Firehose buffering size")
     glue_workers: int = Field(2, ge=2, le=100)
+    # The ETL's timestamp window (issue #23 item 2): readings outside it are quarantined.
+    earliest_timestamp: str = Field("2000-01-01", description="ISO date/time; earlier readings are quarantined")
+    max_ahead_hours: float = Field(
+        24, ge=0, le=24 * 366, description="readings this far after their object's arrival are quarantined"
+    )
     time_freq: str = "H"
     prediction_length: int = Field(24, ge=1)
     state_dir: Optional[Path] = None
@@ -37,6 +45,15 @@ class IngestionConfig(BaseModel):
     def _prefix(cls, value: str) -> str:
         if not re.fullmatch(r"[a-z][a-z0-9-]{1,30}[a-z0-9]", value):
             raise ValueError("3-32 lowercase letters, digits or dashes, starting with a letter")
+        return value
+
+    @field_validator("earliest_timestamp")
+    @classmethod
+    def _earliest(cls, value: str) -> str:
+        from .glue_job import parse_time
+
+        if not isinstance(value, str) or parse_time(value) is None:
+            raise ValueError("expected an ISO date or date and time, for example 2000-01-01")
         return value
 
     @property

@@ -14,8 +14,10 @@ Spark's JSON reader cannot split), GZIP or not. Reads both payload styles: this 
 `sulfure_dioxide`, integer values, JavaScript Date timestamps, no device id: it comes from the
 `device_id` the rule adds, else a `clientid` field, else level --topic-device-level of a `topic` field).
 Each record is typed against the schema; a record that is not JSON (truncated, corrupt: its
-well-formed neighbours are kept), lacks a device id or timestamp, has a non-numeric value or one
-outside its physical range goes to the quarantine output with the reason and the object key.
+well-formed neighbours are kept), lacks a device id or timestamp, has a timestamp that does not parse
+or lies outside the accepted window (before --earliest-timestamp, default 2000-01-01, or more than
+--max-ahead-hours, default 24, after its object arrived in the raw lake), has a non-numeric value or
+one outside its physical range goes to the quarantine output with the reason and the object key.
 Duplicates of (device_id, timestamp) keep the latest received_at. The curated output is snappy
 Parquet partitioned by date; only the dates this run touched are rewritten (merged with what they
 held), so re-running over the same input leaves the same output. Logs the counts.
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import zlib
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Iterator, Optional
 
 POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
@@ -52,12 +56,55 @@ ALIASES_OF = {
 SEPARATOR_CHARACTERS = frozenset(" \t\r\n,")
 GZIP_CHUNK = 1 << 16
 CURATED_COLUMNS = ("device_id", "timestamp", *NUMERIC, "received_at", "source", "date")
+# A numeric timestamp above this is epoch milliseconds (1e11 s is the year 5138), below it seconds.
+EPOCH_MILLISECONDS_ABOVE = 1e11
+
+
+@dataclass(frozen=True)
+class TimestampWindow:
+    """The reading times the lake accepts (issue #23 item 2): one device with a broken clock must not
+    create date partitions years ahead (the newest-partitions readers would see only those) nor years
+    behind. Arrival is when the record's raw object landed in the lake (its S3 LastModified), which a
+    device cannot set."""
+
+    earliest: datetime = datetime(2000, 1, 1)
+    max_ahead: timedelta = timedelta(days=1)
+
+    def problem(self, when: datetime, arrived: Optional[datetime]) -> Optional[str]:
+        """Why ``when`` is refused, or None; ``arrived`` None means now."""
+        if when < self.earliest:
+            return f"timestamp {when.isoformat()} is before {self.earliest.isoformat()} (--earliest-timestamp)"
+        arrived = arrived or datetime.now(timezone.utc).replace(tzinfo=None)
+        if when > arrived + self.max_ahead:
+            ahead = self.max_ahead.total_seconds() / 3600
+            return (
+                f"timestamp {when.isoformat()} is more than {ahead:g} h after the record arrived "
+                f"({arrived.isoformat(timespec='seconds')}; --max-ahead-hours)"
+            )
+        return None
 
 
 def topic_level(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a level >= 1")
     return int(text)
+
+
+def earliest_timestamp(text: str) -> datetime:
+    when = parse_time(text)
+    if when is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an ISO date or date and time (2000-01-01)")
+    return when
+
+
+def max_ahead_hours(text: str) -> timedelta:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not 0 <= hours <= 24 * 366:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of hours from 0 to {24 * 366}")
+    return timedelta(hours=hours)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -71,6 +118,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--curated-path", required=True)
     parser.add_argument("--quarantine-path", required=True)
     parser.add_argument("--partitions", type=int, default=0, help="output partitions (0: Spark's default)")
+    parser.add_argument(
+        "--earliest-timestamp",
+        type=earliest_timestamp,
+        default=TimestampWindow.earliest,
+        help="quarantine readings timestamped before this ISO date/time (default 2000-01-01)",
+    )
+    parser.add_argument(
+        "--max-ahead-hours",
+        type=max_ahead_hours,
+        default=TimestampWindow.max_ahead,
+        help="quarantine readings timestamped more than this many hours after their object arrived (default 24)",
+    )
     parser.add_argument(
         "--topic-device-level",
         type=topic_level,
@@ -159,15 +218,19 @@ def decode_object(content: bytes) -> str:
 
 
 def parse_time(value: object) -> Optional[datetime]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):  # epoch seconds or milliseconds
-        seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
-    if isinstance(value, str) and value:
-        try:
+    """A naive UTC datetime, or None for anything that is not a time datetime can hold: never raises,
+    since one record's value must not stop the job (1e20, NaN or -1e12 once did, on every run)."""
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # epoch seconds or milliseconds
+            if not math.isfinite(value):
+                return None
+            seconds = value / 1000 if abs(value) > EPOCH_MILLISECONDS_ABOVE else value
+            return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
+        if isinstance(value, str) and value:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return (parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed).replace(tzinfo=None)
+            return (parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed).replace(tzinfo=None)
+    except (ValueError, OverflowError, OSError):  # not ISO, or beyond datetime's years 1..9999
+        return None
     return None
 
 
@@ -208,8 +271,14 @@ def field(record: dict, name: str) -> object:
     return value
 
 
-def check(record: object, topic_level: int = 2) -> tuple[Optional[tuple], Optional[str]]:
-    """A curated row (without source/date) or the quarantine reason."""
+def check(
+    record: object,
+    topic_level: int = 2,
+    window: TimestampWindow = TimestampWindow(),
+    arrived: Optional[datetime] = None,
+) -> tuple[Optional[tuple], Optional[str]]:
+    """A curated row (without source/date) or the quarantine reason; ``arrived``: when the record's
+    object landed in the lake (None: now)."""
     if not isinstance(record, dict):
         return None, "not a JSON object"
     device = record.get("device_id")  # the usual case first: this is the job's per-record hot path
@@ -222,12 +291,15 @@ def check(record: object, topic_level: int = 2) -> tuple[Optional[tuple], Option
     when = parse_time(record["timestamp"])
     if when is None:
         return None, f"bad timestamp {str(record['timestamp'])[:40]!r}"
+    outside = window.problem(when, arrived)
+    if outside:
+        return None, outside
     values = []
     for name in NUMERIC:
         raw = field(record, name)
         try:
             value = number(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
             return None, f"{name}: not a number ({str(raw)[:40]!r})"
         if value is not None:
             low, high = RANGES[name]
@@ -238,23 +310,45 @@ def check(record: object, topic_level: int = 2) -> tuple[Optional[tuple], Option
     return (device, when, *values, received), None
 
 
-def classify(path: str, content: bytes, topic_level: int = 2) -> Iterator[tuple]:
-    """Every record of one raw object, as ("ok", row...) or ("bad", reason, raw, when-or-None, source)."""
+def classify(
+    path: str,
+    content: bytes,
+    topic_level: int = 2,
+    window: TimestampWindow = TimestampWindow(),
+    arrived: Optional[datetime] = None,
+) -> Iterator[tuple]:
+    """Every record of one raw object, as ("ok", row...) or ("bad", reason, raw, when-or-None, source).
+
+    ``when`` (it dates the quarantine partition) is None unless the timestamp is inside ``window``:
+    a refused far-future reading must not create a far-future quarantine partition either."""
     text, unreadable = read_object(content)
     if unreadable:  # the readable part is still split below; the cut-off tail is quarantined there
         yield ("bad", f"unreadable object: {unreadable}", "", None, path)
     for value, error, raw in split_records(text):
         if error is None:
-            row, error = check(value, topic_level)
+            row, error = check(value, topic_level, window, arrived)
             if row is not None:
                 yield ("ok", *row, path)
                 continue
         when = parse_time(value.get("timestamp")) if isinstance(value, dict) else None
+        if when is not None and window.problem(when, arrived):
+            when = None
         yield ("bad", error, raw[:2000], when, path)
 
 
+def arrival(seconds: Optional[float]) -> Optional[datetime]:
+    """An object's modification time (epoch seconds, as Spark casts it) as a naive UTC datetime."""
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
+
+
 def run(
-    spark, raw_path: str, curated_path: str, quarantine_path: str, partitions: int = 0, topic_level: int = 2
+    spark,
+    raw_path: str,
+    curated_path: str,
+    quarantine_path: str,
+    partitions: int = 0,
+    topic_level: int = 2,
+    window: TimestampWindow = TimestampWindow(),
 ) -> dict[str, int]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -265,10 +359,11 @@ def run(
         .option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "[!._]*")
         .load(raw_path)
-        .select("path", "content")
+        # epoch seconds: PySpark would turn a timestamp into the worker's local time
+        .select("path", "content", F.col("modificationTime").cast("double").alias("arrived"))
     )
     objects = raw.count()
-    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level))
+    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level, window, arrival(r.arrived)))
     curated_schema = T.StructType(
         [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
         + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
@@ -363,7 +458,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     spark = spark_session()
     spark.sparkContext.setLogLevel("WARN")
     counts = run(
-        spark, args.raw_path, args.curated_path, args.quarantine_path, args.partitions, args.topic_device_level
+        spark,
+        args.raw_path,
+        args.curated_path,
+        args.quarantine_path,
+        args.partitions,
+        args.topic_device_level,
+        TimestampWindow(args.earliest_timestamp, args.max_ahead_hours),
     )
     print("ETL_COUNTS " + json.dumps(counts), flush=True)
     print(

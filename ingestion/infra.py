@@ -4,13 +4,15 @@
     python -m ingestion.infra up   ...                                            create or fix; a re-run changes nothing
     python -m ingestion.infra down [--delete-data]                                 delete in dependency order
 
-`up` makes: three S3 buckets (raw, curated, artifacts: default encryption, public access blocked,
-versioning on curated); least-privilege IAM roles for Firehose, the IoT rule and Glue; one IoT thing
+`up` makes: four S3 buckets (raw, curated, artifacts, and results for Athena: default encryption,
+public access blocked, a policy refusing every request not made over TLS, versioning on curated);
+least-privilege IAM roles for Firehose, the IoT rule and Glue; one IoT thing
 and certificate per device (key saved 0600 in the state folder, reused on re-runs, never minted
 twice) under a policy that lets a device connect only as its thing name and publish only to
 <prefix>/<thing>/telemetry; a Firehose stream to the raw bucket (time-partitioned, GZIP); the IoT
-topic rule feeding it; a Glue database, crawler and the PySpark job (ingestion/glue_job.py uploaded to
-the artifacts bucket). It writes <state>/settings.json with every resource id and the devices'
+topic rule feeding it; a Glue database, crawler (readings/ and quarantine/ become tables) and the
+PySpark job (ingestion/glue_job.py uploaded to the artifacts bucket); an Athena workgroup on the DuckDB
+engine writing its results to the results bucket, for `python -m ingestion.query NAME --athena`. It writes <state>/settings.json with every resource id and the devices'
 connection settings, which the simulator reads. Any AWS error ends in one line and exit status 1.
 """
 
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from awsinfra.clients import client
+from awsinfra.errors import error_code
 from sagemaker_deepar.cli import run_command
 from sagemaker_deepar.errors import UserError
 
@@ -36,6 +40,11 @@ GLUE_SCRIPT = HERE / "glue_job.py"
 RAW_PREFIX = "raw/"
 CURATED_PREFIX = "readings/"
 QUARANTINE_PREFIX = "quarantine/"
+ATHENA_RESULTS_PREFIX = "athena/"
+# raw, curated, artifacts: the pipeline's; results: what Athena's workgroup writes (query results).
+BUCKET_KINDS = ("raw", "curated", "artifacts", "results")
+# Athena's engine version that runs DuckDB's dialect (the SQL of queries/; ListEngineVersions' name).
+ATHENA_ENGINE = "DuckDB"
 FIREHOSE_PREFIX = RAW_PREFIX + "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/hour=!{timestamp:HH}/"
 FIREHOSE_ERROR_PREFIX = (
     "errors/!{firehose:error-output-type}/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
@@ -55,12 +64,15 @@ class Context:
 
     def client(self, service: str):
         if service not in self._clients:
-            self._clients[service] = self.session.client(service)
+            self._clients[service] = client(service, self.session)  # awsinfra's: retries, AWS_ENDPOINT_URL
         return self._clients[service]
 
     def report(self, action: str, kind: str, name: str, detail: str = "") -> None:
         self.results.append((action, kind, name))
         print(f"{action:<10} {kind:<22} {name}" + (f"  ({detail})" if detail else ""), flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"note: {text}", flush=True)
 
     def bucket(self, kind: str) -> str:
         return self.config.bucket(kind, self.account, self.region)
@@ -81,10 +93,6 @@ class Context:
     @property
     def state_dir(self) -> Path:
         return self.config.resolved_state_dir()
-
-
-def error_code(error: Exception) -> str:
-    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
 
 
 def missing(call: Callable, *codes: str, **kwargs) -> Optional[dict]:
@@ -154,6 +162,30 @@ PUBLIC_BLOCK = {
 }
 
 
+def tls_only_policy(name: str) -> dict:
+    """Refuse every request to the bucket that does not come over TLS (aws:SecureTransport)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "TlsOnly",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
+
+
+def over_tls(ctx: Context) -> bool:
+    """Whether S3 is reached over TLS. AWS always is; a plain-HTTP endpoint (a local moto server) is not,
+    and there a TLS-only policy would lock us out of our own buckets (moto also applies a conditional
+    Deny unconditionally), so the policy is only put, and checked, where requests carry TLS."""
+    return str(ctx.client("s3").meta.endpoint_url).startswith("https://")
+
+
 def bucket_settings(ctx: Context, name: str, versioned: bool) -> list[str]:
     s3 = ctx.client("s3")
     diff = []
@@ -169,6 +201,10 @@ def bucket_settings(ctx: Context, name: str, versioned: bool) -> list[str]:
         diff.append("public access block")
     if versioned and s3.get_bucket_versioning(Bucket=name).get("Status") != "Enabled":
         diff.append("versioning")
+    if over_tls(ctx):
+        policy = missing(s3.get_bucket_policy, "NoSuchBucketPolicy", Bucket=name)
+        if policy is None or normalize(json.loads(policy["Policy"])) != normalize(tls_only_policy(name)):
+            diff.append("TLS-only bucket policy")
     return diff
 
 
@@ -178,6 +214,8 @@ def apply_bucket_settings(ctx: Context, name: str, versioned: bool) -> None:
     s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=PUBLIC_BLOCK)
     if versioned:
         s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    if over_tls(ctx):
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(tls_only_policy(name)))
 
 
 def head_bucket(ctx: Context, name: str) -> Optional[dict]:
@@ -196,7 +234,9 @@ def head_bucket(ctx: Context, name: str) -> Optional[dict]:
 
 def ensure_buckets(ctx: Context) -> None:
     s3 = ctx.client("s3")
-    for kind in ("raw", "curated", "artifacts"):
+    if not over_tls(ctx):
+        ctx.note(f"TLS-only bucket policies not put: {s3.meta.endpoint_url} is not a TLS endpoint")
+    for kind in BUCKET_KINDS:
         name, versioned = ctx.bucket(kind), kind == "curated"
 
         def create(name=name, versioned=versioned):
@@ -581,6 +621,8 @@ def job_definition(ctx: Context) -> dict:
             "--raw-path": f"s3://{raw}/{RAW_PREFIX}",
             "--curated-path": f"s3://{curated}/{CURATED_PREFIX}",
             "--quarantine-path": f"s3://{curated}/{QUARANTINE_PREFIX}",
+            "--earliest-timestamp": ctx.config.earliest_timestamp,
+            "--max-ahead-hours": f"{ctx.config.max_ahead_hours:g}",
             "--TempDir": f"s3://{artifacts}/temp/",
             "--job-language": "python",
             "--enable-metrics": "true",
@@ -626,7 +668,13 @@ def ensure_glue(ctx: Context) -> None:
             Name=crawler,
             Role=ctx.role_arn("glue"),
             DatabaseName=database,
-            Targets={"S3Targets": [{"Path": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}"}]},
+            # readings/ and quarantine/ become the catalog's `readings` and `quarantine` tables (queries/).
+            Targets={
+                "S3Targets": [
+                    {"Path": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}"},
+                    {"Path": f"s3://{ctx.bucket('curated')}/{QUARANTINE_PREFIX}"},
+                ]
+            },
             SchemaChangePolicy={"UpdateBehavior": "UPDATE_IN_DATABASE", "DeleteBehavior": "LOG"},
         ),
     )
@@ -661,6 +709,68 @@ def ensure_glue(ctx: Context) -> None:
     )
 
 
+# --- Athena ---------------------------------------------------------------------------------------
+
+
+def workgroup_name(ctx: Context) -> str:
+    return f"{ctx.config.prefix}-duckdb"
+
+
+def athena_output(ctx: Context) -> str:
+    return f"s3://{ctx.bucket('results')}/{ATHENA_RESULTS_PREFIX}"
+
+
+def workgroup_configuration(ctx: Context) -> dict:
+    """Results in our own bucket (SSE-S3), enforced for every query of the workgroup; DuckDB's engine."""
+    return {
+        "ResultConfiguration": {
+            "OutputLocation": athena_output(ctx),
+            "EncryptionConfiguration": {"EncryptionOption": "SSE_S3"},
+        },
+        "EnforceWorkGroupConfiguration": True,
+        "PublishCloudWatchMetricsEnabled": True,
+        "EngineVersion": {"SelectedEngineVersion": ATHENA_ENGINE},
+    }
+
+
+def ensure_athena(ctx: Context) -> None:
+    """The workgroup `python -m ingestion.query NAME --athena --workgroup W` runs queries/ in."""
+    athena, name, wanted = ctx.client("athena"), workgroup_name(ctx), workgroup_configuration(ctx)
+    found = missing(athena.get_work_group, "InvalidRequestException", WorkGroup=name)
+    current = (found or {}).get("WorkGroup")  # moto answers a missing workgroup with an empty body
+
+    def differences(group: dict) -> list[str]:
+        got = group.get("Configuration", {})
+        return [
+            key
+            for key in ("ResultConfiguration", "EnforceWorkGroupConfiguration", "PublishCloudWatchMetricsEnabled")
+            if got.get(key) != wanted[key]
+        ] + (["EngineVersion"] if got.get("EngineVersion", {}).get("SelectedEngineVersion") != ATHENA_ENGINE else [])
+
+    ensure(
+        ctx,
+        "athena workgroup",
+        name,
+        current,
+        lambda: athena.create_work_group(
+            Name=name, Configuration=wanted, Description=f"{ctx.config.prefix}: SQL over the lake (queries/)"
+        ),
+        differences,
+        lambda _: athena.update_work_group(
+            WorkGroup=name,
+            ConfigurationUpdates={
+                "ResultConfigurationUpdates": {
+                    "OutputLocation": wanted["ResultConfiguration"]["OutputLocation"],
+                    "EncryptionConfiguration": wanted["ResultConfiguration"]["EncryptionConfiguration"],
+                },
+                "EnforceWorkGroupConfiguration": True,
+                "PublishCloudWatchMetricsEnabled": True,
+                "EngineVersion": wanted["EngineVersion"],
+            },
+        ),
+    )
+
+
 # --- settings for the simulator ------------------------------------------------------------------
 
 
@@ -689,7 +799,7 @@ def write_settings(ctx: Context) -> Path:
         "ca": None,  # None: the system trust store (has Amazon Root CA 1)
         "devices": devices,
         "resources": {
-            "buckets": {k: ctx.bucket(k) for k in ("raw", "curated", "artifacts")},
+            "buckets": {k: ctx.bucket(k) for k in BUCKET_KINDS},
             "roles": {k: ctx.role_arn(k) for k in ("firehose", "iot-rule", "glue")},
             "iot_policy": policy_name(ctx),
             "topic_rule": rule_name(ctx),
@@ -699,6 +809,8 @@ def write_settings(ctx: Context) -> Path:
             "glue_job": f"{ctx.config.prefix}-raw-to-curated",
             "raw_prefix": f"s3://{ctx.bucket('raw')}/{RAW_PREFIX}",
             "curated_prefix": f"s3://{ctx.bucket('curated')}/{CURATED_PREFIX}",
+            "athena_workgroup": workgroup_name(ctx),
+            "athena_output": athena_output(ctx),
         },
         "time_freq": ctx.config.time_freq,
         "prediction_length": ctx.config.prediction_length,
@@ -780,7 +892,16 @@ def down(ctx: Context, delete_data: bool) -> None:
         gone(ctx, f"iam role ({kind})", name, iam.delete_role, "NoSuchEntity", RoleName=name)
     if head_bucket(ctx, ctx.bucket("artifacts")):  # our own script is not data: always remove it
         s3.delete_object(Bucket=ctx.bucket("artifacts"), Key=script_key())
-    for kind in ("raw", "curated", "artifacts"):
+    gone(
+        ctx,
+        "athena workgroup",
+        workgroup_name(ctx),
+        ctx.client("athena").delete_work_group,
+        "InvalidRequestException",
+        WorkGroup=workgroup_name(ctx),
+        RecursiveDeleteOption=True,
+    )
+    for kind in BUCKET_KINDS:
         delete_bucket(ctx, kind, delete_data)
     (ctx.state_dir / "settings.json").unlink(missing_ok=True)
 
@@ -807,7 +928,16 @@ def delete_bucket(ctx: Context, kind: str, delete_data: bool) -> None:
 
 # --- command line ------------------------------------------------------------------------------
 
-STEPS = (ensure_buckets, ensure_roles, ensure_iot_policy, ensure_things, ensure_stream, ensure_rule, ensure_glue)
+STEPS = (
+    ensure_buckets,
+    ensure_roles,
+    ensure_iot_policy,
+    ensure_things,
+    ensure_stream,
+    ensure_rule,
+    ensure_glue,
+    ensure_athena,
+)
 
 
 def parser() -> argparse.ArgumentParser:

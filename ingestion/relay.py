@@ -102,11 +102,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--max-seconds", type=float, default=3600.0)
     args = parser.parse_args(argv)
-    import boto3
     import paho.mqtt.client as mqtt
 
+    from awsinfra.clients import client as aws_client
+
     relay = Relay(
-        boto3.client("firehose"), args.stream, separator=SEPARATORS[args.separator], device_field=args.device_field
+        aws_client("firehose"), args.stream, separator=SEPARATORS[args.separator], device_field=args.device_field
     )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.prefix}-relay")
     client.tls_set(ca_certs=args.ca, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)

@@ -5,8 +5,9 @@
         --cat --dynamic-feat nitrogen_dioxide --gzip
 
 One series per (device, pollutant), or with --pollutant one pollutant across devices. Readings are
-resampled to --time-freq (mean); empty intervals become "NaN" (DeepAR's missing value). --cat adds
-categorical features (device index, and pollutant index per series); --dynamic-feat adds other
+resampled to --time-freq (mean per period of the contract's grid, see docs/lake-time.md); empty
+periods become "NaN" (DeepAR's missing value). --cat adds categorical features (device index, and
+pollutant index per series); --dynamic-feat adds other
 columns of the same device as dynamic features (gaps filled forward then backward: DeepAR needs them
 complete). Series shorter than --min-length points are dropped. test = each full series, train = all
 but its last --prediction-length points. Runs with pandas/pyarrow locally or in a SageMaker
@@ -40,9 +41,9 @@ def fetch(curated: str, folder: Path) -> Path:
     """A local copy of an s3:// prefix (only .parquet objects), or the local path itself."""
     if not curated.startswith("s3://"):
         return Path(curated)
-    import boto3
+    from awsinfra.clients import client
 
-    s3, (bucket, prefix) = boto3.client("s3"), split_s3(curated)
+    s3, (bucket, prefix) = client("s3"), split_s3(curated)
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if item["Key"].endswith(".parquet"):
@@ -55,9 +56,9 @@ def fetch(curated: str, folder: Path) -> Path:
 def publish(folder: Path, out: str) -> str:
     if not out.startswith("s3://"):
         return str(Path(out).resolve())
-    import boto3
+    from awsinfra.clients import client
 
-    s3, (bucket, prefix) = boto3.client("s3"), split_s3(out)
+    s3, (bucket, prefix) = client("s3"), split_s3(out)
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}".lstrip("/"))
@@ -74,40 +75,45 @@ def load(curated: Path, columns: list[str]) -> pd.DataFrame:
     return frame.sort_values(["device_id", "timestamp"])
 
 
-def series_values(values: pd.Series) -> list:
+def series_values(values: np.ndarray) -> list:
     """Rounded floats with "NaN" for gaps, built vectorized (this is the converter's hot loop)."""
-    array = np.round(values.to_numpy(dtype=float), 4)
+    array = np.round(np.asarray(values, dtype=float), 4)
     out = array.tolist()
     for i in np.flatnonzero(np.isnan(array)).tolist():
         out[i] = "NaN"
     return out
 
 
-def complete(values: pd.Series) -> list[float]:
-    return np.round(values.ffill().bfill().fillna(0.0).to_numpy(dtype=float), 4).tolist()
+def complete(values: np.ndarray) -> list[float]:
+    return np.round(pd.Series(values).ffill().bfill().fillna(0.0).to_numpy(dtype=float), 4).tolist()
 
 
 def build_series(
-    frame: pd.DataFrame, targets: list[str], rule: str, with_cat: bool, dynamic: list[str]
+    frame: pd.DataFrame, targets: list[str], freq: contract.TimeFreq, with_cat: bool, dynamic: list[str]
 ) -> Iterator[dict]:
+    """One record per (device, target) on the contract's period grid (``contract.period_means``), from
+    the target's first observed period to its last; ``start`` is that first period's start."""
+    columns = [*dict.fromkeys([*targets, *dynamic])]
     for device_index, (device, readings) in enumerate(frame.groupby("device_id", sort=True)):
-        readings = readings.set_index("timestamp")
-        grid = readings[[*dict.fromkeys([*targets, *dynamic])]].resample(rule).mean()
+        try:
+            grid = contract.period_means(readings["timestamp"].to_numpy(), readings[columns].to_numpy(float), freq)
+        except contract.ContractError as error:
+            raise UserError(f"device {device}: {error}") from None
         for target in targets:
-            observed = grid[target].dropna()
-            if observed.empty:
+            observed = np.flatnonzero(~np.isnan(grid.means[:, columns.index(target)]))
+            if not observed.size:
                 continue
-            values = grid[target].loc[observed.index[0] : observed.index[-1]]
+            rows = slice(int(observed[0]), int(observed[-1]) + 1)
             record = {
-                "start": str(values.index[0]),
-                "target": series_values(values),
+                "start": freq.label(grid.first + rows.start),
+                "target": series_values(grid.means[rows, columns.index(target)]),
                 "item_id": device if len(targets) == 1 else f"{device}/{target}",
             }
             if with_cat:
                 record["cat"] = [device_index] if len(targets) == 1 else [device_index, POLLUTANTS.index(target)]
             features = [c for c in dynamic if c != target]
             if features:
-                record["dynamic_feat"] = [complete(grid[c].loc[values.index]) for c in features]
+                record["dynamic_feat"] = [complete(grid.means[rows, columns.index(c)]) for c in features]
             yield record
 
 
@@ -142,10 +148,10 @@ def convert(
     if unknown:
         raise UserError(f"unknown column(s) {', '.join(unknown)}: choose from {', '.join(POLLUTANTS)}")
     min_length = min_length or 2 * prediction_length + 1
-    rule = contract.parse_time_freq(time_freq, "--time-freq").resample_rule
+    freq = contract.parse_time_freq(time_freq, "--time-freq")
     with tempfile.TemporaryDirectory() as tmp:
         frame = load(fetch(curated, Path(tmp) / "curated"), [*dict.fromkeys([*targets, *dynamic])])
-        series = list(build_series(frame, targets, rule, with_cat, dynamic))
+        series = list(build_series(frame, targets, freq, with_cat, dynamic))
         kept = [s for s in series if len(s["target"]) >= min_length]
         dropped = [s["item_id"] for s in series if len(s["target"]) < min_length]
         if not kept:

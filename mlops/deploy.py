@@ -156,9 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def clients() -> tuple[Any, Any, Any, Any]:
-    import boto3
+    from awsinfra.clients import client
 
-    return boto3.client("sagemaker"), boto3.client("ssm"), boto3.client("sqs"), boto3.client("s3")
+    return client("sagemaker"), client("ssm"), client("sqs"), client("s3")
 
 
 def make_endpoints(args: argparse.Namespace, sagemaker: Any, s3: Any) -> Endpoints:

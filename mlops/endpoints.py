@@ -164,9 +164,9 @@ class LocalEndpoints:
             if model_data.startswith("s3://"):
                 bucket, _, key = model_data[5:].partition("/")
                 if self.s3 is None:
-                    import boto3
+                    from awsinfra.clients import client
 
-                    self.s3 = boto3.client("s3")
+                    self.s3 = client("s3")
                 self.s3.download_file(bucket, key, str(archive))
             else:
                 shutil.copy(model_data.removeprefix("file://"), archive)

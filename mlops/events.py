@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Optional
 
+from awsinfra.errors import error_code
 from sagemaker_deepar.errors import UserError
 
 from . import registry
@@ -165,7 +166,7 @@ def read_threshold(ssm: Any, name: str) -> float:
     try:
         raw = ssm.get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError as error:
-        if error.response["Error"]["Code"] == "ParameterNotFound":
+        if error_code(error) == "ParameterNotFound":
             raise ThresholdError(
                 f"SSM parameter {name} (the {WQL} threshold) does not exist: run `python -m mlops build` "
                 f"(it creates it with a default) or `aws ssm put-parameter --name {name} --type String --value 0.3`"

@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sagemaker_deepar.contract import iter_jsonl, pandas_freq
+from sagemaker_deepar.contract import ContractError, PeriodMeans, TimeFreq, iter_jsonl, parse_time_freq, period_means
 from sagemaker_deepar.metrics import score_forecasts
 
 from . import registry
@@ -94,7 +94,8 @@ def read_forecasts(path: Path) -> list[tuple[str, dict]]:
     return forecasts
 
 
-def read_actuals(lake: Path, columns: set[str], freq: str):
+def read_actuals(lake: Path, columns: set[str], freq: TimeFreq) -> dict[str, PeriodMeans]:
+    """Per device, the lake's ``columns`` (in sorted order) averaged per period of ``freq``."""
     import pandas as pd
 
     try:
@@ -103,22 +104,34 @@ def read_actuals(lake: Path, columns: set[str], freq: str):
         raise LoopError(f"lake {lake}: {error}") from None
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_localize(None)
     frame["device_id"] = frame["device_id"].astype(str)
-    rule = pandas_freq(freq)
-    return {
-        device: readings.set_index("timestamp")[sorted(columns)].resample(rule).mean()
-        for device, readings in frame.groupby("device_id")
-    }
+    grids = {}
+    for device, readings in frame.groupby("device_id"):
+        try:
+            grids[str(device)] = period_means(
+                readings["timestamp"].to_numpy(), readings[sorted(columns)].to_numpy(float), freq
+            )
+        except ContractError as error:
+            raise LoopError(f"lake {lake}: device {device}: {error}") from None
+    return grids
 
 
-def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, freq: str):
-    """(actuals, means, {q: quantiles}) arrays of shape (series, prediction_length); NaN = no actual yet."""
-    import pandas as pd
+def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, time_freq: str):
+    """(actuals, means, {q: quantiles}) arrays of shape (series, prediction_length); NaN = no actual yet.
+
+    Forecast and actuals meet as periods of the contract's grid (issue #23 item 5: matching month-end
+    or Sunday resampling labels against period starts once left M and W series unscored): a forecast's
+    point ``i`` is the ``i``-th period from the one its ``start`` falls in."""
 
     def column(item_id: str) -> tuple[str, str]:
         device, _, pollutant = item_id.partition("/")
         return device, pollutant or target
 
-    grids = read_actuals(lake, {column(f["item_id"])[1] for _, f in forecasts}, freq)
+    try:
+        freq = parse_time_freq(time_freq, "--time-freq")
+    except ContractError as error:
+        raise LoopError(str(error)) from None
+    columns = sorted({column(f["item_id"])[1] for _, f in forecasts})
+    grids = read_actuals(lake, set(columns), freq)
     quantile_names = sorted(forecasts[0][1]["quantiles"], key=float)
     actuals: list[np.ndarray] = []
     means: list[np.ndarray] = []
@@ -128,10 +141,13 @@ def align(forecasts: list[tuple[str, dict]], lake: Path, target: str, freq: str)
         if len(forecast["mean"]) != length or sorted(forecast["quantiles"], key=float) != quantile_names:
             raise LoopError(f"{where}: every forecast must have {length} points and quantiles {quantile_names}")
         device, pollutant = column(str(forecast["item_id"]))
-        index = pd.period_range(forecast["start"], periods=length, freq=pandas_freq(freq)).to_timestamp()
+        try:
+            first = freq.ordinal_of(forecast["start"], f"{where}: start")
+        except ContractError as error:
+            raise LoopError(str(error)) from None
         grid = grids.get(device)
-        observed = grid[pollutant].reindex(index) if grid is not None else pd.Series(np.nan, index=index)
-        actuals.append(observed.to_numpy(dtype=float))
+        observed = grid.window(first, length, columns.index(pollutant)) if grid is not None else np.full(length, np.nan)
+        actuals.append(observed)
         means.append(np.asarray(forecast["mean"], dtype=float))
         for q in quantile_names:
             bands[float(q)].append(np.asarray(forecast["quantiles"][q], dtype=float))
@@ -255,10 +271,10 @@ def monitor_once(
     cloudwatch: Any = None,
     s3: Any = None,
 ) -> MonitorResult:
-    import boto3
+    from awsinfra.clients import client
 
-    sagemaker = sagemaker or boto3.client("sagemaker")
-    ssm, cloudwatch, s3 = ssm or boto3.client("ssm"), cloudwatch or boto3.client("cloudwatch"), s3 or boto3.client("s3")
+    sagemaker = sagemaker or client("sagemaker")
+    ssm, cloudwatch, s3 = ssm or client("ssm"), cloudwatch or client("cloudwatch"), s3 or client("s3")
     threshold = read_threshold(ssm, threshold_parameter)  # a bad threshold stops the run before any work
     with tempfile.TemporaryDirectory() as tmp:
         stored = read_forecasts(local_copy(forecasts, Path(tmp) / "forecasts", s3, (".out", ".json", ".jsonl")))
@@ -331,9 +347,9 @@ def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     triggers: list[dict] = []
     if args.from_queue:
-        import boto3
+        from awsinfra.clients import client
 
-        sqs = boto3.client("sqs")
+        sqs = client("sqs")
         triggers = scheduled_messages(sqs, args.from_queue)
         if not triggers:
             print("no scheduled run pending", flush=True)

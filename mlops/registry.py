@@ -10,6 +10,7 @@ import json
 import math
 from typing import Any, Mapping, NamedTuple, Optional
 
+from sagemaker_deepar.contract import same_time_freq
 from sagemaker_deepar.errors import UserError
 
 DEFAULT_GROUP = "deepar-forecasts"
@@ -34,9 +35,6 @@ def hyperparameter_metadata(hyperparameters: Mapping[str, Any]) -> dict[str, Any
     return {HYPERPARAMETER_PREFIX + name: value for name, value in hyperparameters.items()}
 
 
-_FREQ_ALIASES = {"H": "h", "T": "min", "S": "s"}  # pandas' old spellings the contract still accepts
-
-
 def shape_differences(recorded: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
     """``name old -> new`` for each network-shaping hyperparameter that differs (names not recorded
     are not compared): a warm start across such a difference would be refused by the Train step."""
@@ -44,16 +42,8 @@ def shape_differences(recorded: Mapping[str, str], wanted: Mapping[str, str]) ->
 
 
 def _same(name: str, recorded: str, wanted: str) -> bool:
-    """Equal values; for time_freq "H", "1H" and "1h" are one frequency (no pandas here: its 3.x no
-    longer parses "H", and a false difference would only cost a cold start, said so)."""
-    if name != "time_freq":
-        return recorded == wanted
-
-    def canonical(freq: str) -> str:
-        unit = freq[1:] if freq[:1] == "1" and freq[1:2].isalpha() else freq
-        return _FREQ_ALIASES.get(unit, unit)
-
-    return canonical(recorded) == canonical(wanted)
+    """Equal values; for time_freq one frequency however spelled ("H", "1H", "1h"), as the contract reads it."""
+    return same_time_freq(recorded, wanted) if name == "time_freq" else recorded == wanted
 
 
 def recorded_hyperparameters(metadata: Mapping[str, str]) -> dict[str, str]:

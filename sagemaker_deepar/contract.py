@@ -13,6 +13,7 @@ import math
 import re
 import tarfile
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -52,12 +53,19 @@ class ContractError(ValueError):
 
 _TIME_FREQ = re.compile(r"(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)")
 _PERIOD_UNIT = {"M": "M", "W": "W", "D": "D", "H": "h", "h": "h", "min": "min"}  # pandas >= 2.2: lower-case hours
-_RESAMPLE_UNIT = {**_PERIOD_UNIT, "M": "MS"}  # resampling labels a month by its first day, as a Period starts
+# numpy's datetime64 unit a period of each time_freq unit is counted in (weeks in days: see _WEEK_ORIGIN)
+_NUMPY_UNIT = {"M": "M", "W": "D", "D": "D", "H": "h", "h": "h", "min": "m"}
+# pandas' "W" is W-SUN: weeks run Monday to Sunday. Day 4 after the epoch, 1970-01-05, is the first Monday.
+_WEEK_ORIGIN = 4
 
 
 @dataclass(frozen=True)
 class TimeFreq:
-    """DeepAR's ``time_freq``: an optional integer multiple of ``M``, ``W``, ``D``, ``H`` or ``min``."""
+    """DeepAR's ``time_freq``: an optional integer multiple of ``M``, ``W``, ``D``, ``H`` or ``min``.
+
+    Also the period grid every component resamples a lake to (the converter, the monitor, the forecast
+    API, the long-CSV reader), so a period means the same thing everywhere: see ``ordinals``.
+    """
 
     multiple: int
     unit: str
@@ -68,13 +76,51 @@ class TimeFreq:
 
     @property
     def pandas(self) -> str:
-        """The pandas period/offset alias (``2H`` -> ``2h``, ``M`` -> ``M``)."""
+        """The pandas period/offset alias (``2H`` -> ``2h``, ``M`` -> ``M``); equal for equal frequencies."""
         return self._prefix + _PERIOD_UNIT[self.unit]
 
-    @property
-    def resample_rule(self) -> str:
-        """The rule for ``DataFrame.resample`` (months as ``MS``, so bins start where the Period starts)."""
-        return self._prefix + _RESAMPLE_UNIT[self.unit]
+    def ordinals(self, stamps: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """The period each timestamp (datetime64 values, or anything numpy reads as such) falls in, as an
+        integer: consecutive periods differ by one.
+
+        One unit is the pandas period ``Timestamp.to_period(freq)`` gives: a calendar minute, hour, day,
+        Monday-to-Sunday week or calendar month. A multiple ``k`` groups ``k`` of them counted from
+        1970-01-01 (weeks from Monday 1970-01-05), so ``2H`` periods start at even hours, ``5min`` ones
+        at :00, :05 ..., ``3M`` ones in January, April, July and October, whatever the data's first point.
+        """
+        stamps = np.asarray(stamps)
+        if stamps.dtype.kind != "M":  # strings, datetime objects: no nanoseconds, so years up to 9999 fit
+            stamps = stamps.astype("datetime64[s]")
+        units = stamps.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]")
+        counted = units.astype(np.int64)
+        if self.unit == "W":
+            counted = (counted - _WEEK_ORIGIN) // 7
+        return counted // self.multiple
+
+    def starts(self, ordinals: Any) -> np.ndarray[Any, np.dtype[np.datetime64]]:
+        """When each period begins (datetime64[s]): the label a series' ``start`` carries."""
+        counted = np.asarray(ordinals, dtype=np.int64) * self.multiple
+        if self.unit == "W":
+            counted = counted * 7 + _WEEK_ORIGIN
+        return counted.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]").astype("datetime64[s]")
+
+    def label(self, ordinal: int) -> str:
+        """A period's start as DeepAR's ``start`` spells it: ``YYYY-MM-DD HH:MM:SS``."""
+        return str(self.starts([ordinal])[0]).replace("T", " ")
+
+    def ordinal_of(self, start: str, where: str = "start") -> int:
+        """The period a ``start`` string (ISO date, or date and time; UTC when it names a zone) falls in."""
+        return int(self.ordinals([_datetime64(start, where)])[0])
+
+
+def _datetime64(text: Any, where: str) -> np.datetime64:
+    try:
+        moment = datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        raise ContractError(f"{where}: {text!r} is not a timestamp (expected YYYY-MM-DD HH:MM:SS)") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return np.datetime64(moment, "s")
 
 
 def parse_time_freq(value: str, where: str = "time_freq") -> TimeFreq:
@@ -90,6 +136,68 @@ def parse_time_freq(value: str, where: str = "time_freq") -> TimeFreq:
 def pandas_freq(time_freq: str) -> str:
     """``time_freq`` as pandas 2.2 wants it (``2H`` -> ``2h``)."""
     return parse_time_freq(time_freq).pandas
+
+
+def same_time_freq(first: str, second: str) -> bool:
+    """One frequency spelled two ways (``H``, ``1H``, ``1h``); values that are no time_freq compare as text."""
+    try:
+        return parse_time_freq(first).pandas == parse_time_freq(second).pandas
+    except ContractError:
+        return first == second
+
+
+# More periods than one series of readings can sensibly span (19 years of minutes): beyond it a timestamp
+# is wrong (a device clock at 9999-12-31), and resampling would fill memory with empty periods.
+MAX_PERIODS = 10_000_000
+
+
+@dataclass(frozen=True)
+class PeriodMeans:
+    """Readings averaged per period of ``freq``: row ``i`` of ``means`` is period ``first + i``, one
+    column per value column; NaN where a period holds no (non-missing) reading."""
+
+    freq: TimeFreq
+    first: int
+    means: np.ndarray[Any, np.dtype[np.float64]]
+
+    @property
+    def start(self) -> str:
+        return self.freq.label(self.first)
+
+    def window(self, first: int, periods: int, column: int = 0) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """Column ``column`` over periods ``first`` .. ``first + periods - 1``; NaN outside what was read."""
+        out = np.full(periods, np.nan)
+        low, high = max(first, self.first), min(first + periods, self.first + len(self.means))
+        if low < high:
+            out[low - first : high - first] = self.means[low - self.first : high - self.first, column]
+        return out
+
+
+def period_means(stamps: Any, values: Any, time_freq: str | TimeFreq, where: str = "time_freq") -> PeriodMeans:
+    """The mean of ``values`` (one column, or rows x columns; NaN = missing) per period of ``time_freq``,
+    from the period of the earliest timestamp to that of the latest, empty periods NaN: the lake
+    resampling the converter, the monitor, the forecast API and the long-CSV reader share."""
+    freq = time_freq if isinstance(time_freq, TimeFreq) else parse_time_freq(time_freq, where)
+    ordinals = freq.ordinals(stamps)
+    columns = np.asarray(values, dtype=float)
+    columns = columns[:, None] if columns.ndim == 1 else columns
+    if not len(ordinals):
+        return PeriodMeans(freq, 0, np.empty((0, columns.shape[1])))
+    first = int(ordinals.min())
+    index = ordinals - first
+    periods = int(index.max()) + 1
+    if periods > MAX_PERIODS:
+        raise ContractError(
+            f"readings from {freq.label(first)} to {freq.label(first + periods - 1)} span {periods:,} periods of "
+            f"{freq.pandas}, more than {MAX_PERIODS:,}: is a timestamp wrong?"
+        )
+    means = np.full((periods, columns.shape[1]), np.nan)
+    for column in range(columns.shape[1]):
+        present = ~np.isnan(columns[:, column])
+        counts = np.bincount(index[present], minlength=periods)
+        sums = np.bincount(index[present], weights=columns[present, column], minlength=periods)
+        np.divide(sums, counts, out=means[:, column], where=counts > 0)
+    return PeriodMeans(freq, first, means)
 
 
 # ---------------------------------------------------------------- features

@@ -80,6 +80,7 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]]) -> Bundle:
 def function_entries() -> list[tuple[Path, str]]:
     ours = [REPO / "serverless" / "__init__.py", *sorted((REPO / "serverless" / "handlers").glob("*.py"))]
     ours += [REPO / "sagemaker_deepar" / "__init__.py", REPO / "sagemaker_deepar" / "contract.py"]
+    ours += [REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py")]  # one client factory
     onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
     if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
         ours.append(onnx)

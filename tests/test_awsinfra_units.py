@@ -232,3 +232,36 @@ def test_clients_honour_endpoint_region_and_retries(monkeypatch):
 def test_error_code_reads_botocore_errors_only():
     error = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}}, "Op")
     assert error_code(error) == "ThrottlingException" and error_code(ValueError("x")) == ""
+
+
+def test_package_code_makes_clients_only_through_awsinfra():
+    """One client factory: retries and AWS_ENDPOINT_URL are decided in awsinfra.clients, nowhere else."""
+    from tests.conftest import REPO
+
+    packages = ("sagemaker_deepar", "serverless", "mlops", "ingestion", "evaluation", "ecs", "local_test")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for package in packages
+        for path in sorted((REPO / package).rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "boto3.client(" in line
+    ]
+    assert offenders == []
+
+
+def test_a_stack_whose_creation_failed_is_deleted_and_created_again(offline_aws, template):
+    from moto.cloudformation.models import cloudformation_backends
+
+    aws = clients.Aws()
+    stack = Stack("demo-stack", template)
+    stack.deploy(aws, say=lambda _: None)
+    aws("s3").delete_bucket(Bucket="demo-data-123456789012")  # retained: would block the second create
+    [failed] = cloudformation_backends[aws.account][aws.region].stacks.values()
+    failed.status = "ROLLBACK_COMPLETE"  # what AWS leaves after a failed create: it can only be deleted
+    said: list[str] = []
+    again = stack.apply(aws, said.append)
+    assert said[:2] == [
+        "stack demo-stack: ROLLBACK_COMPLETE (its creation failed): deleting it to create it again",
+        "creating stack demo-stack",
+    ]
+    assert again.action == "created" and again.status == "CREATE_COMPLETE"

@@ -1,4 +1,4 @@
-"""The other SageMaker hosting modes (README, "Hosting modes"): asynchronous inference takes bodies far
+"""The other SageMaker hosting modes (docs/hosting-modes.md): asynchronous inference takes bodies far
 above the real-time 6 MB through `container/serve` and keeps /ping answering during a long forecast;
 serverless inference runs one worker with request threads chosen from the memory available."""
 

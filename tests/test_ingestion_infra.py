@@ -74,6 +74,7 @@ def resources(aws) -> dict:
         "glue_jobs": aws("glue").list_jobs()["JobNames"],
         "glue_crawlers": aws("glue").list_crawlers()["CrawlerNames"],
         "glue_databases": [d["Name"] for d in aws("glue").get_databases()["DatabaseList"]],
+        "workgroups": [w["Name"] for w in aws("athena").list_work_groups()["WorkGroups"] if w["Name"] != "primary"],
     }
 
 
@@ -83,19 +84,19 @@ def test_plan_up_rerun_drift_down(aws, moto_env, tmp_path):
 
     plan = infra(moto_env, state, "plan")
     assert plan.returncode == 0, plan.stderr
-    assert "plan: 17 to create or update, 0 unchanged; nothing was changed" in plan.stdout
+    assert "plan: 19 to create or update, 0 unchanged; nothing was changed" in plan.stdout
     assert resources(aws) == empty and not state.exists()  # plan touched nothing
 
     up = infra(moto_env, state, "up")
     assert up.returncode == 0, up.stderr
-    assert "up: 17 created or updated, 0 unchanged" in up.stdout
+    assert "up: 19 created or updated, 0 unchanged" in up.stdout
     check_created(aws, state)
     certificates = resources(aws)["certificates"]
     assert len(certificates) == 2
 
     again = infra(moto_env, state, "up")
     assert again.returncode == 0, again.stderr
-    assert "up: 0 created or updated, 17 unchanged" in again.stdout
+    assert "up: 0 created or updated, 19 unchanged" in again.stdout
     assert set(actions(again.stdout).values()) == {"unchanged"}
     assert resources(aws)["certificates"] == certificates  # reused, never a second one
 
@@ -127,7 +128,7 @@ def test_plan_up_rerun_drift_down(aws, moto_env, tmp_path):
 
 def check_created(aws, state: Path) -> None:
     s3, iot, firehose, glue, iam = (aws(s) for s in ("s3", "iot", "firehose", "glue", "iam"))
-    buckets = {k: f"{PREFIX}-{k}-{ACCOUNT}-{REGION}" for k in ("raw", "curated", "artifacts")}
+    buckets = {k: f"{PREFIX}-{k}-{ACCOUNT}-{REGION}" for k in ("raw", "curated", "artifacts", "results")}
     for kind, bucket in buckets.items():
         rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
         assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
@@ -175,7 +176,15 @@ def check_created(aws, state: Path) -> None:
     script = s3.get_object(Bucket=buckets["artifacts"], Key="scripts/glue_job.py")["Body"].read()
     assert script == (REPO / "ingestion" / "glue_job.py").read_bytes()
     crawler = glue.get_crawler(Name=f"{PREFIX}-curated-crawler")["Crawler"]
-    assert crawler["Targets"]["S3Targets"][0]["Path"] == f"s3://{buckets['curated']}/readings/"
+    assert [t["Path"] for t in crawler["Targets"]["S3Targets"]] == [
+        f"s3://{buckets['curated']}/readings/",
+        f"s3://{buckets['curated']}/quarantine/",
+    ]
+    # #25: the workgroup `python -m ingestion.query --athena` runs queries/ in (DuckDB's engine)
+    group = aws("athena").get_work_group(WorkGroup=f"{PREFIX}-duckdb")["WorkGroup"]["Configuration"]
+    assert group["EngineVersion"]["SelectedEngineVersion"] == "DuckDB"
+    assert group["ResultConfiguration"]["OutputLocation"] == f"s3://{buckets['results']}/athena/"
+    assert group["EnforceWorkGroupConfiguration"] is True
 
     settings = json.loads((state / "settings.json").read_text())
     assert [d["topic"] for d in settings["devices"]] == [f"{PREFIX}/{PREFIX}-sensor-{n}/telemetry" for n in (1, 2)]
@@ -221,3 +230,37 @@ def test_bad_config_names_the_field(tmp_path):
     )
     assert result.returncode != 0
     assert result.stderr.strip().startswith(f"error: {config}: prefix: Value error, 3-32 lowercase letters")
+
+
+@pytest.mark.unit
+def test_buckets_refuse_plain_http_where_requests_carry_tls():
+    """#23 (low): every ingestion bucket gets a policy denying requests without TLS (aws:SecureTransport),
+    put and checked over a TLS endpoint (AWS); a plain-HTTP endpoint (moto server) is told, not locked out."""
+    import boto3
+    from botocore.stub import ANY, Stubber
+
+    from ingestion import infra as ingestion_infra
+    from ingestion.config import IngestionConfig
+
+    session = boto3.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name=REGION)
+    ctx = ingestion_infra.Context(IngestionConfig(prefix=PREFIX), session, apply=True, account=ACCOUNT, region=REGION)
+    s3 = ctx.client("s3")
+    name = ctx.bucket("results")
+    policy = ingestion_infra.tls_only_policy(name)
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Action"] == "s3:*" and statement["Principal"] == "*"
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"]
+    with Stubber(s3) as stub:
+        stub.add_response("put_bucket_encryption", {}, {"Bucket": name, "ServerSideEncryptionConfiguration": ANY})
+        stub.add_response("put_public_access_block", {}, {"Bucket": name, "PublicAccessBlockConfiguration": ANY})
+        stub.add_response("put_bucket_policy", {}, {"Bucket": name, "Policy": json.dumps(policy)})
+        ingestion_infra.apply_bucket_settings(ctx, name, versioned=False)
+        stub.assert_no_pending_responses()
+
+    plain = boto3.Session(aws_access_key_id="x", aws_secret_access_key="x", region_name=REGION)
+    http_ctx = ingestion_infra.Context(
+        IngestionConfig(prefix=PREFIX), plain, apply=True, account=ACCOUNT, region=REGION
+    )
+    http_ctx._clients["s3"] = plain.client("s3", endpoint_url="http://127.0.0.1:9")
+    assert ingestion_infra.over_tls(ctx) and not ingestion_infra.over_tls(http_ctx)

@@ -223,7 +223,7 @@ def batch_server(torch_model):
 
 def test_execution_parameters(batch_server: Server):
     r = requests.get(batch_server.url + "/execution-parameters", timeout=5)
-    # The default body limit is what one worker forecasts inside the default 60 s timeout (README, Reliability).
+    # The default body limit is what one worker forecasts inside the default 60 s timeout (docs/reliability.md).
     assert r.json() == {
         "MaxConcurrentTransforms": 3,
         "BatchStrategy": "MULTI_RECORD",

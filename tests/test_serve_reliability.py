@@ -1,6 +1,6 @@
 """Serving reliability through the real entrypoint (`container/serve`: nginx + gunicorn + the app).
 
-Each test is one guarantee of README's "Reliability / Serving" section: bounded responses, body
+Each test is one guarantee of docs/reliability.md's "Serving" section: bounded responses, body
 limits (chunked too), finite forecasts, deadlines that stop abandoned work, no head-of-line
 blocking, slow clients, SIGTERM answers every accepted request, /ping only when every worker is
 ready, JSON for malformed HTTP.

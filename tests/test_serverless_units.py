@@ -543,3 +543,34 @@ def test_the_transform_threshold_comes_from_the_environment_and_the_template(mon
     monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
     assert batch_forecast.transform_min_series() == 12_000
     assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000
+
+
+def test_the_function_bundle_holds_every_module_of_ours_the_handlers_import():
+    """A handler importing one of our modules that the zip lacks would fail only in Lambda."""
+    import ast
+
+    from serverless import package
+
+    bundled = {name for _, name in package.function_entries()}
+    wanted, todo = (
+        set(),
+        [package.REPO / "serverless" / "handlers" / p.name for p in package.REPO.glob("serverless/handlers/*.py")],
+    )
+    while todo:
+        path = todo.pop()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]  # a module or a name
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] not in ("awsinfra", "sagemaker_deepar"):
+                    continue
+                module = name.replace(".", "/") + ".py"
+                if module not in wanted and (package.REPO / module).exists():
+                    wanted.add(module)
+                    todo.append(package.REPO / module)
+    assert {"awsinfra/clients.py", "awsinfra/errors.py", "sagemaker_deepar/contract.py"} <= wanted
+    assert sorted(wanted - bundled) == []

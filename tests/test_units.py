@@ -159,6 +159,22 @@ def test_options_fill_defaults_and_check_required():
     assert delete.command == "delete" and delete.timeout == 1800
 
 
+def test_deploy_variant_and_wait_take_a_typed_fleet():
+    """mlops builds a Fleet directly; the commands build it from their options."""
+    from evaluation import common, deploy
+
+    args = common.options(deploy.command_parser("create"), name="e", model_data=["file:///m.tar.gz"], local=True)
+    assert deploy.Fleet.of(args) == deploy.Fleet(local=True, timeout=1800)
+    assert deploy.variant("variant-1", "m", deploy.Fleet.of(args))["InstanceType"] == "local"
+    assert deploy.variant("v", "m", deploy.Fleet(instance_type="ml.m5.large", instance_count=2), 0.5) == {
+        "VariantName": "v",
+        "ModelName": "m",
+        "InitialInstanceCount": 2,
+        "InstanceType": "ml.m5.large",
+        "InitialVariantWeight": 0.5,
+    }
+
+
 def test_hp_values_decode_as_json_else_stay_strings():
     from evaluation import train
 
@@ -230,8 +246,7 @@ def test_to_deepar_builds_series_with_gaps_and_features():
             "nitrogen_dioxide": [2.0, 2.0, np.nan, np.nan, 4.0, 4.0],
         }
     )
-    rule = contract.parse_time_freq("H").resample_rule
-    [series] = build_series(frame, ["ozone"], rule, True, ["nitrogen_dioxide"])
+    [series] = build_series(frame, ["ozone"], contract.parse_time_freq("H"), True, ["nitrogen_dioxide"])
     assert series["target"] == [2.0, "NaN", 6.0] and series["cat"] == [0] and series["item_id"] == "d1"
     assert series["dynamic_feat"] == [[2.0, 2.0, 4.0]]  # gaps filled: DeepAR needs complete features
     assert series["start"] == "2024-01-01 00:00:00"

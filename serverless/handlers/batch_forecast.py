@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from typing import Any, Iterator, Optional
 
+from awsinfra.errors import error_code
 from sagemaker_deepar import contract
 
 from . import forecasting, transform
@@ -62,15 +63,15 @@ def output_name(key: str) -> str:
 
 
 def _s3() -> Any:
-    import boto3
+    from awsinfra.clients import client
 
-    return boto3.client("s3")
+    return client("s3")
 
 
 def _sagemaker() -> Any:
-    import boto3
+    from awsinfra.clients import client
 
-    return boto3.client("sagemaker")
+    return client("sagemaker")
 
 
 def transform_min_series() -> int:
@@ -199,7 +200,7 @@ def _manifest(s3: Any, bucket: str, key: str) -> Optional[dict]:
     try:
         return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if error_code(error) in ("NoSuchKey", "404"):
             return None
         raise
 
@@ -216,10 +217,10 @@ def _retry_in(message: dict, seconds: int) -> None:
     if len(parts) != 6 or not message.get("receiptHandle"):
         return
     _, _, _, region, account, queue = parts
-    import boto3
+    from awsinfra.clients import boto_session, client
 
     try:
-        boto3.client("sqs", region_name=region).change_message_visibility(
+        client("sqs", boto_session(region)).change_message_visibility(
             QueueUrl=f"https://sqs.{region}.amazonaws.com/{account}/{queue}",
             ReceiptHandle=message["receiptHandle"],
             VisibilityTimeout=seconds,

@@ -3,7 +3,8 @@
 - ``GET /forecast/{device_id}?pollutant=...&horizon=...``: the device's recent history from the
   curated Parquet lake (``LAKE_URI``, partitioned ``date=YYYY-MM-DD/``; only the newest
   ``HISTORY_DAYS`` partitions are listed and read, and only three columns), resampled to
-  ``TIME_FREQ`` (mean; empty intervals missing), then forecast;
+  ``TIME_FREQ`` (mean per period of the contract's grid, any supported frequency; empty periods
+  missing), then forecast;
 - ``POST /forecast``: a DeepAR request ``{"instances": [...], "configuration": {...}}``.
 
 Errors are JSON ``{"error": code, "message": ..., "parameter"?: ...}``: 400 bad parameter (which and
@@ -17,6 +18,7 @@ import io
 import json
 import logging
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +27,6 @@ import numpy as np
 from sagemaker_deepar import contract
 
 from . import forecasting
-from .inputs import step_of
 
 log = logging.getLogger("forecast_api")
 log.setLevel(logging.INFO)
@@ -61,9 +62,9 @@ class Lake:
 
     def _client(self) -> Any:
         if self.s3 is None:
-            import boto3
+            from awsinfra.clients import client
 
-            self.s3 = boto3.client("s3")
+            self.s3 = client("s3")
         return self.s3
 
     def partitions(self) -> list[str]:
@@ -90,12 +91,15 @@ class Lake:
         return out
 
     def history(self, device_id: str, pollutant: str, days: int) -> tuple[np.ndarray, np.ndarray]:
-        """(timestamps as datetime64[s], values) of one device and pollutant in the newest ``days`` partitions."""
+        """(timestamps as datetime64[s], values) of one device and pollutant in the newest ``days`` partitions
+        dated up to tomorrow (UTC): a later one can only come from a device's broken clock (the ETL
+        quarantines those, issue #23 item 2), and one left from before must not hide every other device."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        latest = f"date={(datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()}"
         stamps, values, seen_column = [], [], False
-        for partition in self.partitions()[-days:]:
+        for partition in [name for name in self.partitions() if name <= latest][-days:]:
             for content in self.files(partition):
                 schema = pq.read_schema(io.BytesIO(content))
                 if pollutant not in schema.names:
@@ -121,24 +125,13 @@ class Lake:
 
 
 def resample(stamps: np.ndarray, values: np.ndarray, time_freq: str) -> tuple[str, list]:
-    """(start, target): the mean per ``time_freq`` interval, empty intervals as "NaN"."""
-    step = step_of(time_freq)
-    if step is None:
-        raise ApiError(500, "configuration", f"TIME_FREQ {time_freq!r}: the API resamples fixed steps only (min, H, D)")
-    seconds = int(step.total_seconds())
-    slots = stamps.astype("int64") // seconds
+    """(start, target): the mean per period of ``time_freq`` (the contract's grid, so M and W too),
+    empty periods as "NaN"."""
     keep = ~np.isnan(values)
-    slots, values = slots[keep], values[keep]
-    if not len(slots):
+    if not keep.any():
         raise ApiError(404, "no_data", "no non-missing readings in the history window")
-    first = int(slots.min())
-    index = slots - first
-    sums = np.bincount(index, weights=values)
-    counts = np.bincount(index)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums / counts
-    start = np.datetime64(first * seconds, "s").astype(object).strftime("%Y-%m-%d %H:%M:%S")
-    return start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in means]
+    grid = contract.period_means(stamps[keep], values[keep], time_freq, "TIME_FREQ")
+    return grid.start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in grid.means[:, 0]]
 
 
 # ---------------------------------------------------------------- routes

@@ -141,13 +141,9 @@ class EndpointForecaster:
 
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
+            from awsinfra.clients import client, retries
 
-            self._client = boto3.client(
-                "sagemaker-runtime",
-                config=Config(retries={"mode": "standard", "max_attempts": 4}, read_timeout=self.timeout),
-            )
+            self._client = client("sagemaker-runtime", config=retries("standard", 4, read_timeout=self.timeout))
         return self._client
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -210,10 +206,10 @@ def download_model(uri: str, root: Optional[Path] = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     archive = root.parent / "deepar-model.tar.gz"
     if uri.startswith("s3://"):
-        import boto3
+        from awsinfra.clients import client
 
         bucket, _, key = uri[5:].partition("/")
-        boto3.client("s3").download_file(bucket, key, str(archive))
+        client("s3").download_file(bucket, key, str(archive))
     else:
         archive = Path(uri)
     extract_model_tarball(archive, root)

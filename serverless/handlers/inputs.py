@@ -12,8 +12,10 @@ import io
 import json
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timezone
 from typing import Any, Optional, Union
+
+import numpy as np
 
 from sagemaker_deepar import contract
 
@@ -104,22 +106,18 @@ def _parquet(body: bytes) -> list[Line]:
 
 
 def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.strip().replace("T", " ").rstrip("Z"))
-
-
-def step_of(time_freq: str) -> Optional[timedelta]:
-    """The fixed step of ``time_freq`` (None for M and W, whose grid is not fixed in seconds from any start)."""
-    freq = contract.parse_time_freq(time_freq, "TIME_FREQ")
-    seconds = {"min": 60, "H": 3600, "h": 3600, "D": 86400}.get(freq.unit)
-    return timedelta(seconds=seconds * freq.multiple) if seconds else None
+    """A naive UTC time (an offset, if any, applied)."""
+    moment = datetime.fromisoformat(text.strip().replace("T", " ").rstrip("Z"))
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _long_csv(body: bytes, time_freq: str = "") -> list[Line]:
-    """One record per item_id (in order of first appearance), sorted by time; with a fixed-step
-    ``TIME_FREQ`` gaps become NaN. A bad row makes its whole series an error naming that row."""
+    """One record per item_id (in order of first appearance): its values averaged per period of
+    ``TIME_FREQ`` (the contract's grid, any supported frequency), empty periods NaN, ``start`` the
+    first period's start. A bad row makes its whole series an error naming that row."""
     import os
 
-    step = step_of(time_freq or os.environ.get("TIME_FREQ", "H"))
+    freq = contract.parse_time_freq(time_freq or os.environ.get("TIME_FREQ", "H"), "TIME_FREQ")
     try:
         reader = csv.reader(io.StringIO(body.decode()))
         header = [h.strip() for h in next(reader)]
@@ -148,13 +146,9 @@ def _long_csv(body: bytes, time_freq: str = "") -> list[Line]:
         if item in broken:
             lines.append(broken[item])
             continue
-        points.sort()
-        target: list[Union[float, str]] = []
-        for index, (moment, value) in enumerate(points):
-            if step is not None and index:
-                missing = int((moment - points[index - 1][0]) / step) - 1
-                target.extend(["NaN"] * max(0, missing))
-            target.append("NaN" if value != value else value)
-        start = points[0][0].strftime("%Y-%m-%d %H:%M:%S")
-        lines.append(Line(first, {"item_id": item, "start": start, "target": target}))
+        grid = contract.period_means(
+            np.array([moment for moment, _ in points], dtype="datetime64[us]"), [value for _, value in points], freq
+        )
+        target: list[Union[float, str]] = ["NaN" if value != value else float(value) for value in grid.means[:, 0]]
+        lines.append(Line(first, {"item_id": item, "start": grid.start, "target": target}))
     return lines
