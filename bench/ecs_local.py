@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from bench._paired import Paired, machine
 from bench.serve_throughput import request_body, train
 from devtools.serving import free_port
 from ecs import local
@@ -90,11 +90,6 @@ class Load:
             return self.ok, self.failed
 
 
-def machine() -> str:
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores, load average {load}"
-
-
 def scale(request: local.Request, replicas: int, load: Load) -> tuple[float, int]:
     """Scale under load: (seconds the step took, requests that failed during it)."""
     _, failed_before = load.counts()
@@ -122,7 +117,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after a scale step before measuring")
     args = parser.parse_args()
 
-    print(f"machine at start: {machine()}")
+    print(f"at start, {machine()}")
     records = sample_data.generate(num_sensors=20, days=30)
     body = json.dumps(request_body(records, 1)).encode()
     name = f"bench-ecs-{os.getpid()}"
@@ -143,6 +138,7 @@ def main() -> None:
             url = local.up(request, say=lambda _: None)
             print(f"{args.image}: 1 replica (--cpus 1) behind {url}; c={CONCURRENCY} one-series requests")
             rates: dict[int, list[float]] = {1: [], 2: []}
+            paired = Paired("2 replicas / 1 replica, req/s", target=">= 1.7x")
             steps = []
             with Load("127.0.0.1", request.port, body) as load:
                 time.sleep(args.settle)
@@ -158,23 +154,18 @@ def main() -> None:
                         rate, failed = window(load, args.seconds)
                         rates[replicas].append(rate)
                         print(f"  round {round_}, {replicas} replica(s): {rate:.1f} req/s ({failed} failed)")
+                    paired.add(ours=rates[2][-1], base=rates[1][-1])
                 seconds, failed = scale(request, 1, load)
                 steps.append((2, 1, seconds, failed))
                 print(f"  scaled 2 -> 1 under load in {seconds:.1f} s: {failed} failed")
                 ok, failed_total = load.counts()
-            ratios = [two / one for one, two in zip(rates[1], rates[2]) if one > 0]
-            print(
-                "2 vs 1 replica, per round: "
-                + ", ".join(f"{r:.2f}x" for r in ratios)
-                + f"; median {statistics.median(ratios):.2f}x, min-max {min(ratios):.2f}-{max(ratios):.2f}x"
-                + " (target >= 1.7x)"
-            )
+            print(paired.headline())
             print(
                 f"requests: {ok} answered, {failed_total} failed in the whole run; "
                 f"{sum(s[3] for s in steps)} failed during {len(steps)} scale steps (target 0)"
                 + (f"; first failures: {load.failures}" if load.failures else "")
             )
-            print(f"machine at end: {machine()}")
+            print(f"at end, {machine()}")
         finally:
             local.down(name, say=lambda _: None)
 
