@@ -15,6 +15,7 @@ a re-deploy finds it and ``destroy`` removes it (``@deleter``).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import time
@@ -171,7 +172,20 @@ def deployed_as(cfn: Any, stack: str) -> tuple[Any, dict[str, str]]:
     """(template, parameters) the stack was last created or updated with."""
     body = cfn.get_template(StackName=stack)["TemplateBody"]
     described = cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Parameters", [])
-    return _parsed(body), {p["ParameterKey"]: p.get("ParameterValue", "") for p in described}
+    return _parsed(body), {p["ParameterKey"]: _parameter_value(p.get("ParameterValue", "")) for p in described}
+
+
+def _parameter_value(value: str) -> str:
+    """A parameter as it was passed: moto describes a ``List<...>`` parameter ("a,b") as the
+    Python repr of a list ("['a', 'b']"), which would make every re-deploy look like a change."""
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            items = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(items, list):
+            return ",".join(str(item) for item in items)
+    return value
 
 
 def without_layers(template: dict) -> dict:

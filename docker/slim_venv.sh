@@ -18,6 +18,10 @@ find "$site" -name '*.a' -type f -delete
 rm -rf "$site"/torch/test "$site"/torch/lib/libtorchbind_test.so "$site"/torch/lib/libjitbackend_test.so
 find "$site"/torch/bin -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 
+# botocore ships the API models of ~440 services (~28 MB); the image calls S3 (DEEPAR_MODEL_URL,
+# sagemaker_deepar/model_fetch.py) and keeps STS for web-identity credentials. botocore's own files stay.
+find "$site"/botocore/data -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sts -exec rm -rf {} +
+
 # Debug symbols: libtorch_cpu alone carries ~70 MB. Libraries grafted by auditwheel (*.libs/) were
 # patched by patchelf, which strip can corrupt, so they are left alone.
 find "$site" -path '*.libs' -prune -o -type f \( -name '*.so' -o -name '*.so.*' -o -name torch_shm_manager \) -print |
@@ -37,5 +41,8 @@ assert float(mx.nd.dot(mx.nd.ones((4, 4)), mx.nd.ones((4, 4))).sum().asscalar())
 assert abs(float(scipy.special.gammaln(5.0)) - np.log(24.0)) < 1e-9
 assert np.allclose(scipy.linalg.inv(np.eye(3) * 2.0), np.eye(3) / 2.0)
 assert pa.table(pd.DataFrame({"x": [1.0, 2.0]})).num_rows == 2
+import botocore.session  # the kept service models still load
+for service in ("s3", "sts"):
+    botocore.session.get_session().create_client(service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
 print("venv trimmed: stack imports and computes")
 PY

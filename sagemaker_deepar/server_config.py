@@ -6,6 +6,7 @@ so the request timeout defaults to 60 s and the graceful shutdown window stays u
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, overload
@@ -50,6 +51,31 @@ def available_memory_gb() -> float:
         if raw.isdigit() and int(raw) < 1 << 60:
             return int(raw) / 2**30
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def cpu_quota(v2: str = "/sys/fs/cgroup/cpu.max", v1: str = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us") -> Optional[float]:
+    """The container's CPU limit in CPUs (``docker run --cpus``, an ECS task's cpu), or None when unlimited.
+
+    A quota does not change ``os.cpu_count()``: a 1-CPU Fargate task or ``--cpus 1`` container on a
+    2-core host still counts 2 cores, and two workers would share one CPU's time."""
+    try:
+        quota, period = open(v2).read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = open(v1).read().strip()
+            period = open(os.path.join(os.path.dirname(v1), "cpu.cfs_period_us")).read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or not quota.lstrip("-").isdigit() or not period.isdigit() or int(period) <= 0:
+        return None
+    return int(quota) / int(period)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: the machine's, capped by the container's CPU quota (rounded up)."""
+    cpus = os.cpu_count() or 1
+    quota = cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
 
 
 def default_workers(cpus: int, memory_gb: float) -> int:
@@ -180,7 +206,7 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
-        cpus = os.cpu_count() or 1
+        cpus = available_cpus()
         memory_gb = available_memory_gb()
         hosting = hosting_defaults(env.get("DEEPAR_HOSTING_MODE", "realtime"), memory_gb)
         workers = (
@@ -252,3 +278,64 @@ class ServerConfig:
 def batch_payload_mb(request_timeout: int) -> int:
     """The largest batch body (MB) one worker forecasts inside the request timeout (MaxPayloadInMB default)."""
     return max(1, min(BATCH_PAYLOAD_LIMIT_MB, request_timeout * BATCH_BODY_BYTES_PER_SECOND // 2**20))
+
+
+# ---------------------------------------------------------------- the model outside SageMaker (README, "ECS")
+# SageMaker downloads and extracts ModelDataUrl into /opt/ml/model before `serve` starts. Elsewhere (ECS,
+# a plain `docker run`) DEEPAR_MODEL_URL names the model and `serve` fetches it itself
+# (sagemaker_deepar/model_fetch.py); without the variable nothing changes.
+MODEL_URL_VARIABLE = "DEEPAR_MODEL_URL"
+MODEL_URL_SCHEMES = ("s3", "file")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where `serve` fetches its model from, and how hard it tries."""
+
+    url: str
+    scheme: str  # "s3" or "file"
+    location: str  # s3: "bucket/key" (key may be a folder prefix); file: an absolute path
+    attempts: int  # per request (botocore's standard retries: throttling, 5xx, connection errors)
+    timeout: int  # seconds to connect, and between two reads of a response
+
+    @property
+    def bucket(self) -> str:
+        return self.location.split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.location.split("/", 1)[1] if "/" in self.location else ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Optional["ModelSource"]:
+        """None when DEEPAR_MODEL_URL is unset or empty (SageMaker put the model in place)."""
+        url = env.get(MODEL_URL_VARIABLE, "").strip()
+        if not url:
+            return None
+        where = f"environment variable {MODEL_URL_VARIABLE}={url!r}"
+        if env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() == "true":
+            raise UserError(f"{where}: a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) loads its models itself")
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            scheme, rest = "file", url
+        scheme = scheme.lower()
+        if scheme not in MODEL_URL_SCHEMES:
+            raise UserError(
+                f"{where}: unsupported scheme {scheme!r}: use s3://bucket/key (a model.tar.gz or a folder), "
+                "or a local path"
+            )
+        if scheme == "s3":
+            bucket, _, key = rest.partition("/")
+            if not bucket or not key.strip("/"):
+                raise UserError(
+                    f"{where}: must name an object or folder inside the bucket: s3://bucket/path/model.tar.gz"
+                )
+        elif not os.path.isabs(rest):
+            raise UserError(f"{where}: a local model path must be absolute")
+        return cls(
+            url=url,
+            scheme=scheme,
+            location=rest,
+            attempts=_int(env, "DEEPAR_MODEL_FETCH_ATTEMPTS", 5, high=20),
+            timeout=_int(env, "DEEPAR_MODEL_FETCH_TIMEOUT", 60, high=3600),
+        )

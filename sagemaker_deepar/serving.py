@@ -22,7 +22,7 @@ from typing import Optional
 
 from .errors import UserError
 from .front import find_nginx, nginx_conf
-from .server_config import ServerConfig
+from .server_config import ModelSource, ServerConfig
 
 log = logging.getLogger("sagemaker_deepar.serving")
 
@@ -74,9 +74,20 @@ def main(app_dir: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     try:
         config = ServerConfig.from_env()
+        source = ModelSource.from_env()
     except UserError as error:
         print(f"serve: configuration error: {error}", file=sys.stderr)
         return 1
+    if source is not None:
+        # Outside SageMaker (ECS, docker run): the model is fetched before anything listens, so /ping
+        # cannot say 200 before it is in place; a failure ends the start with its reason.
+        from .model_fetch import fetch_model
+
+        try:
+            fetch_model(source, Path(config.model_dir))
+        except UserError as error:
+            print(f"serve: the model could not be fetched: {error}", file=sys.stderr)
+            return 1
     nginx = find_nginx() if config.front == "nginx" else None
     if config.front == "nginx" and nginx is None:
         log.warning(

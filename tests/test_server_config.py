@@ -5,7 +5,7 @@ import os
 import pytest
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, default_workers
+from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, cpu_quota, default_workers
 
 pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
 
@@ -16,6 +16,33 @@ pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fa
 )
 def test_default_workers_follow_cpus_and_memory(cpus, memory_gb, expected):
     assert default_workers(cpus, memory_gb) == expected
+
+
+def test_cpu_quota_from_cgroup_v2_and_v1(tmp_path):
+    v2, v1 = tmp_path / "cpu.max", tmp_path / "cpu" / "cpu.cfs_quota_us"
+    assert cpu_quota(str(v2), str(v1)) is None  # neither file: no limit
+    v1.parent.mkdir()
+    v1.write_text("-1\n")
+    (v1.parent / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(str(v2), str(v1)) is None
+    v1.write_text("150000\n")
+    assert cpu_quota(str(v2), str(v1)) == 1.5
+    v2.write_text("max 100000\n")
+    assert cpu_quota(str(v2), str(v1)) is None  # v2 wins when present
+    v2.write_text("100000 100000\n")
+    assert cpu_quota(str(v2), str(v1)) == 1.0
+
+
+def test_workers_follow_the_cpu_quota(monkeypatch):
+    """``docker run --cpus 1`` (an ECS task's cpu) on an 8-core host: one worker, not eight sharing one CPU."""
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("sagemaker_deepar.server_config.available_memory_gb", lambda: 64.0)
+    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 1.0)
+    assert ServerConfig.from_env({}).workers == 1
+    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 2.5)
+    assert ServerConfig.from_env({}).workers == 3
+    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: None)
+    assert ServerConfig.from_env({}).workers == 8
 
 
 def test_one_inference_thread_per_worker_unless_set():
