@@ -140,8 +140,8 @@ def input_example(artifact: ModelArtifact, items: int = 2) -> pd.DataFrame:
         target[history:] = np.nan
         frame = pd.DataFrame({"item_id": f"item_{item}", "timestamp": stamps, "target": target})
         for k, cardinality in enumerate(artifact.cardinality):
-            # float, not int: mlflow's schema then accepts integer and float columns alike (ints upcast)
-            frame[f"feat_static_cat_{k}"] = float(item % max(1, cardinality))
+            # int64 ("long"): what category columns usually are; mlflow's schema refuses int64 for a double column
+            frame[f"feat_static_cat_{k}"] = item % max(1, cardinality)
         for k in range(artifact.num_dynamic_feat):
             frame[f"feat_dynamic_real_{k}"] = np.cos(np.arange(rows) / 6.0)
         frames.append(frame)
