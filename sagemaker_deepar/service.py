@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .batcher import Batcher, DeadlineExceeded
+from .contract import ContractError, ModelArtifact
 from .inference import (
+    MAX_FLOAT_CHARS,
     InferenceConfig,
     Instance,
     Model,
@@ -32,6 +34,14 @@ from .inference import (
     predictions,
     response_bytes_per_series,
     split_lines,
+)
+from .mlflow_frame import (
+    FrameSeries,
+    forecast_rows,
+    frame_series,
+    is_mlflow_request,
+    parse_mlflow_request,
+    parse_params,
 )
 from .server_config import ServerConfig
 
@@ -56,18 +66,27 @@ class ForecastService:
         self.batcher = batcher
         self.clock = clock
         self.defaults: InferenceConfig = config.inference_defaults
+        self.artifact = ModelArtifact.from_dict(model.metadata)
 
     def deadline(self) -> float:
         return self.clock() + self.config.request_timeout
 
     # ------------------------------------------------------------ prediction
 
-    def sample(self, instances: list[Instance], num_samples: int, deadline: float) -> np.ndarray:
-        """Samples for every instance, submitted a slice at a time so other requests get passes in between."""
-        size = self.batcher.slice_size(num_samples)
+    def sample(
+        self, instances: list[Instance], num_samples: int, deadline: float, seed: Optional[int] = None
+    ) -> np.ndarray:
+        """Samples for every instance, submitted a slice at a time so other requests get passes in between.
+
+        A seeded request (mlflow's ``seed``) is one pass of its own, so its draws do not depend on other
+        requests: the same frame and seed give the answer the mlflow pyfunc gives.
+        """
+        size = self.batcher.slice_size(num_samples) if seed is None else len(instances)
         blocks = []
         for begin in range(0, len(instances), size):
-            job = self.batcher.submit([i.entry for i in instances[begin : begin + size]], num_samples, deadline)
+            job = self.batcher.submit(
+                [i.entry for i in instances[begin : begin + size]], num_samples, deadline, seed=seed
+            )
             try:
                 blocks.append(self.batcher.wait(job))
             except DeadlineExceeded:
@@ -89,6 +108,8 @@ class ForecastService:
     ) -> bytes:
         if request_type == JSON:
             payload = decode_json(body) if payload is None else payload
+            if is_mlflow_request(payload):
+                return self.mlflow(payload, response_type, deadline)
             instances, cfg = parse_json_request(payload, self.model, self.config.forward_fields)
             prefixes = [f"instances[{i}]." for i in range(len(instances))]
         else:
@@ -118,6 +139,40 @@ class ForecastService:
         if response_type == JSONLINES:
             return encode_lines(preds)
         return encode({"predictions": preds})
+
+    # ------------------------------------------------------------ mlflow's scoring formats
+
+    def mlflow(self, payload: dict, response_type: str, deadline: float) -> bytes:
+        """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` (+ ``params``): the long frame to
+        DeepAR series with the pyfunc's conversion (``mlflow_frame``), the long answer as ``{"predictions": rows}``."""
+        try:
+            columns, raw_params = parse_mlflow_request(payload)
+            params = parse_params(raw_params)
+            series = frame_series(columns, self.artifact)
+        except ContractError as error:
+            raise RequestError(str(error)) from None
+        prefixes = [f"item {item.item_id!r}: " for item in series]
+        instances = [parse_instance(item.instance(), self.model, prefix) for item, prefix in zip(series, prefixes)]
+        cfg = params.config
+        check_budget(len(instances), cfg.num_samples, self.config.max_sample_paths)
+        if self.clock() > deadline:
+            raise RequestError(self._timeout_message(), status=503)
+        check_response_size(len(series), self._row_bytes_per_series(series, cfg), self.config.max_response_bytes)
+        samples = self.sample(instances, cfg.num_samples, deadline, seed=params.seed)
+        bad = non_finite_rows(samples)
+        if bad:
+            raise RequestError(overflow_message(prefixes[bad[0]]))
+        rows = forecast_rows(series, predictions(samples, cfg), self.artifact)
+        if response_type == JSONLINES:
+            return encode_lines(rows)
+        return encode({"predictions": rows})
+
+    def _row_bytes_per_series(self, series: list[FrameSeries], cfg: InferenceConfig) -> int:
+        """An upper bound of one item's answer rows (the longest item_id), checked before computing."""
+        item_bytes = max(len(encode(item.item_id)) for item in series)
+        keys = sum(len(encode(key)) + 2 for key in cfg.quantile_keys)
+        row = len('{"item_id":,"timestamp":"0000-00-00T00:00:00","mean":},') + item_bytes + keys
+        return self.model.prediction_length * (row + (1 + len(cfg.quantile_keys)) * MAX_FLOAT_CHARS)
 
     # ------------------------------------------------------------ batch transform
 
@@ -156,10 +211,10 @@ class ForecastService:
                 payload = decode_json(body)
             except RequestError:
                 payload = None
-            if isinstance(payload, dict) and "instances" in payload:
+            if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
                 return payload, body
             raise RequestError("body: not valid JSON (neither one JSON object nor JSON Lines)") from None
-        if isinstance(payload, dict) and "instances" in payload:
+        if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
             return payload, line
         return None
 
