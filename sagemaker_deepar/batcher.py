@@ -26,9 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# sample(entries, num_samples) draws from the worker's generator; sample(entries, num_samples, seed) makes the
-# draws reproducible (mlflow's `seed` parameter), so a seeded job always has a pass of its own.
-SampleFn = Callable[..., np.ndarray]
+SampleFn = Callable[[list[dict], int], np.ndarray]
 
 
 class DeadlineExceeded(Exception):
@@ -42,7 +40,6 @@ class Job:
     deadline: float
     future: Future = field(default_factory=Future)
     abandoned: bool = False
-    seed: Optional[int] = None
 
     @property
     def paths(self) -> int:
@@ -77,9 +74,8 @@ class Batcher:
         """Series per job so that one job fits one pass."""
         return max(1, min(self.max_pass_series, self.max_pass_paths // num_samples))
 
-    def submit(self, entries: list[dict], num_samples: int, deadline: float, seed: Optional[int] = None) -> Job:
-        """A seeded job is drawn alone, in one pass: the same entries and seed give the same samples."""
-        job = Job(entries, num_samples, deadline, seed=seed)
+    def submit(self, entries: list[dict], num_samples: int, deadline: float) -> Job:
+        job = Job(entries, num_samples, deadline)
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
@@ -156,10 +152,8 @@ class Batcher:
             chosen: list = []
             paths, series = 0, 0
             for job in self._queue:
-                if job.num_samples != first.num_samples or (chosen and job.seed is not None):
+                if job.num_samples != first.num_samples:
                     continue
-                if first.seed is not None and job is not first:
-                    break
                 if chosen and (
                     paths + job.paths > self.max_pass_paths or series + len(job.entries) > self.max_pass_series
                 ):
@@ -175,19 +169,13 @@ class Batcher:
         if not jobs:
             return
         try:
-            batch = [e for job in jobs for e in job.entries]
-            seed = jobs[0].seed
-            samples = (
-                self.sample(batch, jobs[0].num_samples)
-                if seed is None
-                else self.sample(batch, jobs[0].num_samples, seed)
-            )
+            samples = self.sample([e for job in jobs for e in job.entries], jobs[0].num_samples)
         except Exception as error:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(error)
             else:  # isolate the failing job instead of failing its neighbours
                 for job in jobs:
-                    retry = Job(job.entries, job.num_samples, job.deadline, seed=job.seed)
+                    retry = Job(job.entries, job.num_samples, job.deadline)
                     retry.future.set_running_or_notify_cancel()
                     self.run_pass([retry])
                     _copy_outcome(retry.future, job.future)

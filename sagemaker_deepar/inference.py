@@ -128,14 +128,8 @@ class Model:
     def features(self) -> FeatureSpec:
         return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
 
-    def sample(self, entries: list[dict], num_samples: int, seed: Optional[int] = None) -> np.ndarray:
-        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries.
-
-        ``seed``: draws reproducible for the same entries (the ONNX runtime draws exactly what
-        ``OnnxForecaster.forecast(..., seed=seed)`` does, the mlflow pyfunc's path); None: the worker's generator.
-        """
-        if seed is not None and self.runtime != "onnx":
-            return self._seeded(entries, num_samples, seed)
+    def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
+        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries."""
         if self.runtime == "onnx":
             series = [
                 self.sampler.series(
@@ -146,25 +140,11 @@ class Model:
                 )
                 for entry in entries
             ]
-            rng = self.rng if seed is None else np.random.default_rng(seed)
-            return self.sampler.sample(series, num_samples, rng)
+            return self.sampler.sample(series, num_samples, self.rng)
         if self.runtime == "torch":
             return self.sampler.sample(entries, num_samples)
         forecasts = self.sampler.predict(entries, num_samples=num_samples)  # mxnet draws 100 per pass, then trims
         return np.stack([f.samples[:num_samples] for f in forecasts]).astype(np.float32, copy=False)
-
-    def _seeded(self, entries: list[dict], num_samples: int, seed: int) -> np.ndarray:
-        """torch and mxnet draw from their global generators: seeded here, and restored after for torch."""
-        if self.runtime == "torch":
-            import torch
-
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                return self.sample(entries, num_samples)
-        import mxnet
-
-        mxnet.random.seed(seed)
-        return self.sample(entries, num_samples)
 
 
 # ---------------------------------------------------------------- requests

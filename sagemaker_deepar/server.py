@@ -24,7 +24,7 @@ from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, encode, parse_instance
 from .logs import configure_logging
-from .mlflow_model import find_artifact
+from .mlflow_folder import find_artifact
 from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
 from .service import JSON, JSONLINES, ForecastService

@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .batcher import Batcher, DeadlineExceeded
-from .contract import ContractError, ModelArtifact
+from .contract import ContractError
+from .errors import UserError
 from .inference import (
-    MAX_FLOAT_CHARS,
     InferenceConfig,
     Instance,
     Model,
@@ -35,14 +35,7 @@ from .inference import (
     response_bytes_per_series,
     split_lines,
 )
-from .mlflow_frame import (
-    FrameSeries,
-    forecast_rows,
-    frame_series,
-    is_mlflow_request,
-    parse_mlflow_request,
-    parse_params,
-)
+from .mlflow_requests import answer_records, is_mlflow_request, request_frame
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -66,27 +59,18 @@ class ForecastService:
         self.batcher = batcher
         self.clock = clock
         self.defaults: InferenceConfig = config.inference_defaults
-        self.artifact = ModelArtifact.from_dict(model.metadata)
 
     def deadline(self) -> float:
         return self.clock() + self.config.request_timeout
 
     # ------------------------------------------------------------ prediction
 
-    def sample(
-        self, instances: list[Instance], num_samples: int, deadline: float, seed: Optional[int] = None
-    ) -> np.ndarray:
-        """Samples for every instance, submitted a slice at a time so other requests get passes in between.
-
-        A seeded request (mlflow's ``seed``) is one pass of its own, so its draws do not depend on other
-        requests: the same frame and seed give the answer the mlflow pyfunc gives.
-        """
-        size = self.batcher.slice_size(num_samples) if seed is None else len(instances)
+    def sample(self, instances: list[Instance], num_samples: int, deadline: float) -> np.ndarray:
+        """Samples for every instance, submitted a slice at a time so other requests get passes in between."""
+        size = self.batcher.slice_size(num_samples)
         blocks = []
         for begin in range(0, len(instances), size):
-            job = self.batcher.submit(
-                [i.entry for i in instances[begin : begin + size]], num_samples, deadline, seed=seed
-            )
+            job = self.batcher.submit([i.entry for i in instances[begin : begin + size]], num_samples, deadline)
             try:
                 blocks.append(self.batcher.wait(job))
             except DeadlineExceeded:
@@ -143,36 +127,23 @@ class ForecastService:
     # ------------------------------------------------------------ mlflow's scoring formats
 
     def mlflow(self, payload: dict, response_type: str, deadline: float) -> bytes:
-        """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` (+ ``params``): the long frame to
-        DeepAR series with the pyfunc's conversion (``mlflow_frame``), the long answer as ``{"predictions": rows}``."""
-        try:
-            columns, raw_params = parse_mlflow_request(payload)
-            params = parse_params(raw_params)
-            series = frame_series(columns, self.artifact)
-        except ContractError as error:
-            raise RequestError(str(error)) from None
-        prefixes = [f"item {item.item_id!r}: " for item in series]
-        instances = [parse_instance(item.instance(), self.model, prefix) for item, prefix in zip(series, prefixes)]
-        cfg = params.config
-        check_budget(len(instances), cfg.num_samples, self.config.max_sample_paths)
-        if self.clock() > deadline:
-            raise RequestError(self._timeout_message(), status=503)
-        check_response_size(len(series), self._row_bytes_per_series(series, cfg), self.config.max_response_bytes)
-        samples = self.sample(instances, cfg.num_samples, deadline, seed=params.seed)
-        bad = non_finite_rows(samples)
-        if bad:
-            raise RequestError(overflow_message(prefixes[bad[0]]))
-        rows = forecast_rows(series, predictions(samples, cfg), self.artifact)
-        if response_type == JSONLINES:
-            return encode_lines(rows)
-        return encode({"predictions": rows})
+        """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` with ``params``: the long frame
+        becomes a DeepAR request through the pyfunc's conversion (``frames``) and is answered like one; the
+        answer is the pyfunc's long frame as mlflow's scoring server writes it, ``{"predictions": [rows]}``."""
+        from .frames import FrameModel, frame_request, located, predictions_frame
 
-    def _row_bytes_per_series(self, series: list[FrameSeries], cfg: InferenceConfig) -> int:
-        """An upper bound of one item's answer rows (the longest item_id), checked before computing."""
-        item_bytes = max(len(encode(item.item_id)) for item in series)
-        keys = sum(len(encode(key)) + 2 for key in cfg.quantile_keys)
-        row = len('{"item_id":,"timestamp":"0000-00-00T00:00:00","mean":},') + item_bytes + keys
-        return self.model.prediction_length * (row + (1 + len(cfg.quantile_keys)) * MAX_FLOAT_CHARS)
+        try:
+            frame, params = request_frame(payload)
+            model = FrameModel(self.model.freq, self.model.prediction_length, self.model.features)
+            request = frame_request(frame, model, params)
+        except (ContractError, UserError) as error:
+            raise RequestError(str(error)) from None
+        try:
+            answer = self.realtime(b"", JSON, JSON, deadline, payload=request.payload)
+        except RequestError as error:
+            raise RequestError(located(str(error), request), status=error.status) from None
+        rows = answer_records(predictions_frame(request, decode_json(answer)["predictions"]))
+        return encode_lines(rows) if response_type == JSONLINES else encode({"predictions": rows})
 
     # ------------------------------------------------------------ batch transform
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 from .errors import UserError
 from .front import find_nginx, nginx_conf
-from .mlflow_model import MlflowModelError, find_artifact
+from .mlflow_folder import MlflowModelError, find_artifact
 from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
 
