@@ -65,12 +65,18 @@ class ForecastService:
 
     # ------------------------------------------------------------ prediction
 
-    def sample(self, instances: list[Instance], num_samples: int, deadline: float) -> np.ndarray:
-        """Samples for every instance, submitted a slice at a time so other requests get passes in between."""
+    def sample(
+        self, instances: list[Instance], num_samples: int, deadline: float, rng: Optional[np.random.Generator] = None
+    ) -> np.ndarray:
+        """Samples for every instance, submitted a slice at a time so other requests get passes in between.
+
+        ``rng``: a seeded request's generator; its slices draw from it in order (one slice waits for the last).
+        """
         size = self.batcher.slice_size(num_samples)
         blocks = []
         for begin in range(0, len(instances), size):
-            job = self.batcher.submit([i.entry for i in instances[begin : begin + size]], num_samples, deadline)
+            entries = [i.entry for i in instances[begin : begin + size]]
+            job = self.batcher.submit(entries, num_samples, deadline, rng)
             try:
                 blocks.append(self.batcher.wait(job))
             except DeadlineExceeded:
@@ -115,7 +121,7 @@ class ForecastService:
             response_bytes_per_series(cfg, self.model.prediction_length, forwarded),
             self.config.max_response_bytes,
         )
-        samples = self.sample(instances, cfg.num_samples, deadline)
+        samples = self.sample(instances, cfg.num_samples, deadline, seeded_rng(cfg))
         bad = non_finite_rows(samples)
         if bad:
             raise RequestError(overflow_message(prefixes[bad[0]]))
@@ -191,6 +197,7 @@ class ForecastService:
 
     def _batch_lines(self, numbered: Iterator[tuple[int, bytes]], deadline: float) -> Iterator[bytes]:
         cfg = self.defaults
+        rng = seeded_rng(cfg)  # DEEPAR_INFERENCE_CONFIG's seed: one stream for the whole body, in line order
         size = self.batcher.slice_size(cfg.num_samples)
         per_series = response_bytes_per_series(cfg, self.model.prediction_length)
         budget = self.config.max_response_bytes
@@ -218,23 +225,29 @@ class ForecastService:
                 valid.append((len(outputs), prefix, instance))
                 outputs.append(None)
             if len(valid) >= size or len(outputs) >= BATCH_FLUSH_LINES:
-                block = self._finish_block(outputs, valid, deadline)
+                block = self._finish_block(outputs, valid, deadline, rng)
                 lines_out += len(outputs)
                 outputs, valid = [], []
                 yield block
         if outputs:
-            block = self._finish_block(outputs, valid, deadline)
+            block = self._finish_block(outputs, valid, deadline, rng)
             lines_out += len(outputs)
             yield block
         if lines_out != lines_in:
             raise BatchInvariantError(f"batch answer has {lines_out} lines for {lines_in} input lines")
 
-    def _finish_block(self, outputs: list[Any], valid: list[tuple[int, str, Instance]], deadline: float) -> bytes:
+    def _finish_block(
+        self,
+        outputs: list[Any],
+        valid: list[tuple[int, str, Instance]],
+        deadline: float,
+        rng: Optional[np.random.Generator] = None,
+    ) -> bytes:
         if valid:
             cfg = self.defaults
             instances = [instance for _, _, instance in valid]
             try:
-                samples = self.sample(instances, cfg.num_samples, deadline)
+                samples = self.sample(instances, cfg.num_samples, deadline, rng)
             except RequestError as error:  # deadline or drain: every pending line says so
                 for slot, prefix, _ in valid:
                     outputs[slot] = {"error": f"{prefix}not forecast: {error}"}
@@ -246,3 +259,8 @@ class ForecastService:
         if any(o is None for o in outputs):
             raise BatchInvariantError("a batch line has no answer")
         return encode_lines(outputs)
+
+
+def seeded_rng(config: InferenceConfig) -> Optional[np.random.Generator]:
+    """The request's own generator when its configuration has a seed (same request, same forecast)."""
+    return None if config.seed is None else np.random.default_rng(config.seed)
