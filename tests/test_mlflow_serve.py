@@ -351,14 +351,14 @@ def test_the_image_serves_the_model_tarball_mlflow_uploaded(deployment, moto, tm
             assert response.status_code == 200, (body_name, response.text)
             assert response.json() == {"predictions": pyfunc_answer}, body_name
         check_deepar_answer(requests.post(url + "/invocations", json=DEEPAR_REQUEST, timeout=60))
-        assert "mlflow model (flavors: python_function" in docker_logs(name)
+        assert "mlflow model (flavors: python_function" in docker_logs(name, tail=10**7)
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
 
 
-def docker_logs(name: str) -> str:
+def docker_logs(name: str, tail: int = 3000) -> str:
     out = subprocess.run(["docker", "logs", name], capture_output=True, text=True, timeout=30)
-    return out.stdout[-3000:] + out.stderr[-3000:]
+    return (out.stdout + out.stderr)[-tail:]
 
 
 def test_mlflow_delete_removes_the_endpoint_its_config_model_and_tarball(deployment, registry, moto):
