@@ -35,7 +35,7 @@ from .inference import (
     response_bytes_per_series,
     split_lines,
 )
-from .mlflow_requests import answer_records, is_mlflow_request, request_frame
+from .mlflow_requests import answer_rows, is_mlflow_request, request_frame
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class ForecastService:
         """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` with ``params``: the long frame
         becomes a DeepAR request through the pyfunc's conversion (``frames``) and is answered like one; the
         answer is the pyfunc's long frame as mlflow's scoring server writes it, ``{"predictions": [rows]}``."""
-        from .frames import FrameModel, frame_request, located, predictions_frame
+        from .frames import FrameModel, frame_request, located
 
         try:
             frame, params = request_frame(payload)
@@ -148,7 +148,7 @@ class ForecastService:
             answer = self.realtime(b"", JSON, JSON, deadline, payload=request.payload)
         except RequestError as error:
             raise RequestError(located(str(error), request), status=error.status) from None
-        rows = answer_records(predictions_frame(request, decode_json(answer)["predictions"]))
+        rows = answer_rows(request, decode_json(answer)["predictions"])
         return encode_lines(rows) if response_type == JSONLINES else encode({"predictions": rows})
 
     # ------------------------------------------------------------ batch transform

@@ -30,7 +30,6 @@ import pytest
 import requests
 
 from sagemaker_deepar.contract import extract_model_tarball
-from sagemaker_deepar.mlflow_requests import answer_records
 
 from .conftest import IMAGE, REPO, Server, running_server
 from .helpers import free_port
@@ -42,6 +41,13 @@ IMAGE_URI = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/sagemaker-deepar:mlflo
 MLFLOW_CLI = Path(sys.executable).parent / "mlflow"
 PARAMS = {"num_samples": 40, "quantiles": [0.1, 0.5, 0.9], "seed": 11}
 MLFLOW_ENVIRONMENT = {"MLFLOW_DEPLOYMENT_FLAVOR_NAME": "python_function", "SERVING_ENVIRONMENT": "SageMaker"}
+
+
+def answer_records(forecast: pd.DataFrame) -> list[dict[str, Any]]:
+    """A pyfunc's answer frame as mlflow's scoring server writes it: records, ISO 8601 timestamps."""
+    forecast = forecast.copy()
+    forecast["timestamp"] = forecast["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return forecast.to_dict(orient="records")
 
 
 def checkout_env(**extra: str) -> dict[str, str]:

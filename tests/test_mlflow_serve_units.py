@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sagemaker_deepar.contract import ContractError, ModelArtifact
+from sagemaker_deepar.contract import ContractError, FeatureSpec, ModelArtifact
+from sagemaker_deepar.frames import FrameModel, frame_request, predictions_frame
 from sagemaker_deepar.mlflow_folder import MlflowModelError, find_artifact
-from sagemaker_deepar.mlflow_requests import answer_records, is_mlflow_request, parse_mlflow_request, request_frame
+from sagemaker_deepar.mlflow_requests import answer_rows, is_mlflow_request, parse_mlflow_request, request_frame
 
 pytestmark = pytest.mark.unit
 
@@ -60,19 +61,20 @@ def test_every_mlflow_format_is_recognised_and_gives_the_same_frame():
         pd.testing.assert_frame_equal(frame, expected)
 
 
-def test_the_answer_is_written_as_mlflow_writes_a_frame():
-    frame = pd.DataFrame(
-        {
-            "item_id": ["a", "a"],
-            "timestamp": pd.to_datetime(["2024-01-01 23:00:00", "2024-01-02 00:00:00"]),
-            "mean": [1.5, 2.0],
-        }
-    )
-    frame["0.1"] = [0.25, 0.5]
-    assert answer_records(frame) == [
-        {"item_id": "a", "timestamp": "2024-01-01T23:00:00", "mean": 1.5, "0.1": 0.25},
-        {"item_id": "a", "timestamp": "2024-01-02T00:00:00", "mean": 2.0, "0.1": 0.5},
+def test_the_answer_rows_are_the_pyfunc_frame_as_mlflow_writes_it():
+    model = FrameModel(freq="h", prediction_length=2, features=FeatureSpec())
+    request = frame_request(pd.DataFrame(ROWS), model, {"quantiles": [0.1, 0.9]})
+    predictions = [
+        {"mean": [1.5, 2.5], "quantiles": {"0.1": [0.5, 1.5], "0.9": [2.5, 3.5]}},
+        {"mean": [7.0, 7.5], "quantiles": {"0.1": [6.0, 6.5], "0.9": [8.0, 8.5]}},
     ]
+    frame = predictions_frame(request, predictions)
+    frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
+    rows = answer_rows(request, predictions)
+    assert rows == frame.to_dict(orient="records")
+    assert rows[2] == {"item_id": "b", "timestamp": "2024-01-01T07:00:00", "mean": 7.0, "0.1": 6.0, "0.9": 8.0}
+    with pytest.raises(RuntimeError, match="1 predictions for 2 items"):
+        answer_rows(request, predictions[:1])
 
 
 def test_deepar_requests_are_not_taken_for_mlflow_ones():
