@@ -82,8 +82,8 @@ class DeepARForecaster(PythonModel):
         self.service = ForecastService(self.model, config, batcher)
         self.frame_model = FrameModel(self.model.freq, self.model.prediction_length, self.model.features)
 
-    # No type hint on model_input: mlflow would read one as a schema (this one comes from the signature).
-    def predict(self, context, model_input, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+    # pd.DataFrame: a hint mlflow takes without deriving a schema from it (the signature is logged explicitly).
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         return forecast_frame(self.service, self.frame_model, model_input, params)
 
 
