@@ -6,6 +6,7 @@ Every prediction goes through one call, ``Model.sample``, which the batcher runs
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from itertools import chain
@@ -97,7 +98,7 @@ class ForecastService:
         self, body: bytes, request_type: str, response_type: str, deadline: float, payload: Any = None
     ) -> bytes:
         if request_type == JSON:
-            payload = decode_json(body) if payload is None else payload
+            payload = decode_json_allowing_nan(body) if payload is None else payload
             if is_mlflow_request(payload):
                 return self.mlflow(payload, response_type, deadline)
             instances, cfg = parse_json_request(payload, self.model, self.config.forward_fields)
@@ -264,3 +265,18 @@ class ForecastService:
 def seeded_rng(config: InferenceConfig) -> Optional[np.random.Generator]:
     """The request's own generator when its configuration has a seed (same request, same forecast)."""
     return None if config.seed is None else np.random.default_rng(config.seed)
+
+
+def decode_json_allowing_nan(body: bytes) -> Any:
+    """A JSON body; bare ``NaN``/``Infinity`` tokens too, which are not JSON but what mlflow's clients (and
+    Python's json) write for a missing float. orjson first: the slower parser only sees bodies it refused."""
+    try:
+        return decode_json(body)
+    except RequestError:
+        if b"NaN" not in body and b"Infinity" not in body:
+            raise
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+        raise

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from mlflow.utils.proto_json_utils import dump_input_data
 
 from sagemaker_deepar.contract import extract_model_tarball
 
@@ -140,6 +141,11 @@ def test_serve_answers_every_mlflow_format_like_the_pyfunc_and_deepar_requests_t
             assert response.status_code == 200, (name, response.text)
             assert response.json() == {"predictions": pyfunc_answer}, name
         check_deepar_answer(server.post(DEEPAR_REQUEST))
+        # What mlflow's clients send (`mlflow deployments predict`, SageMakerDeploymentClient.predict): a split
+        # frame with its index, ISO timestamps, and bare NaN tokens for missing values.
+        response = server.post(dump_input_data(frame(), params=PARAMS))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": pyfunc_answer}
         lines = server.post(requests_in_every_format(frame(), PARAMS)["inputs"], Accept="application/jsonlines")
         assert [json.loads(line) for line in lines.text.splitlines()] == pyfunc_answer
 
@@ -155,6 +161,13 @@ def test_serve_answers_every_mlflow_format_like_the_pyfunc_and_deepar_requests_t
         assert response.status_code == 400 and response.json()["error"].startswith("item 'sensor-0': cat[0]")
         log = server.output(tail=None)
     assert "mlflow model (flavors: python_function" in log and "artifacts/deepar" in log
+
+
+def test_a_batch_transform_body_of_one_mlflow_request_is_answered_like_a_realtime_one(mlflow_folder, pyfunc_answer):
+    with running_server(mlflow_folder, **checkout_env(SAGEMAKER_BATCH="true")) as server:
+        response = server.post(requests_in_every_format(frame(), PARAMS)["dataframe_records"])
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": pyfunc_answer}
 
 
 @pytest.mark.parametrize("artifacts", [0, 2])
