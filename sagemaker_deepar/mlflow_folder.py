@@ -42,11 +42,9 @@ class ServedModel:
     def describe(self) -> str:
         if self.mlmodel is None:
             return f"DeepAR artifact {self.artifact_dir}"
-        flavors = ", ".join(sorted(self.mlmodel.get("flavors") or {})) or "none"
-        return (
-            f"mlflow model (flavors: {flavors}; run_id {self.mlmodel.get('run_id', '?')}, "
-            f"model_uuid {self.mlmodel.get('model_uuid', '?')}) with its DeepAR artifact in {self.artifact_dir}"
-        )
+        about = ["flavors: " + (", ".join(sorted(self.mlmodel.get("flavors") or {})) or "none")]
+        about += [f"{key} {self.mlmodel[key]}" for key in ("run_id", "model_uuid") if self.mlmodel.get(key)]
+        return f"mlflow model ({'; '.join(about)}) with its DeepAR artifact in {self.artifact_dir}"
 
 
 def read_mlmodel(path: Path) -> dict[str, Any]:

@@ -50,7 +50,6 @@ def test_queued_jobs_share_a_pass_in_arrival_order_and_get_their_own_rows():
     assert [job.future.result()[:, 0, 0].tolist() for job in jobs] == [[1, 2], [3], [4, 5, 6]]
 
 
-
 def test_a_seeded_job_gets_a_pass_of_its_own_and_its_generator():
     """configuration.seed: the draws must not depend on which other requests are queued beside it."""
     calls: list = []
@@ -73,6 +72,7 @@ def test_a_seeded_job_gets_a_pass_of_its_own_and_its_generator():
         b.run_pass(jobs)
     assert calls == [([1], 10), ([2, 3], 10), ([4, 5], 10)]
     assert seen == [None, generator, None]
+
 
 def test_a_pass_respects_the_sample_path_budget_and_num_samples():
     calls: list = []
