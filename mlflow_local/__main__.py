@@ -8,15 +8,22 @@ SIGTERM, which stop the whole server (its workers included).
 
     python -m mlflow_local                   # port 5000
     python -m mlflow_local --port 0          # any free port
+    python -m mlflow_local --docker          # on the Docker bridge (172.17.0.1): containers reach it too
     export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+
+``--docker`` is for jobs that run in containers on this machine (``python -m mlops build --local``, SDK
+local mode): it binds the Docker bridge's address, which both this machine and its containers reach
+(not the outside network). mlflow's own Host-header check accepts private addresses.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -38,9 +45,30 @@ def parser() -> argparse.ArgumentParser:
         "--root", type=Path, default=DEFAULT_ROOT, help="folder of the store and artifacts (default .mlflow)"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--docker",
+        action="store_true",
+        help="bind the Docker bridge's address instead (docker0, e.g. 172.17.0.1): for training containers",
+    )
     p.add_argument("--port", type=int, default=5000, help="port (default 5000; 0 picks a free one)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
     return p
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of a network interface (SIOCGIFADDR), e.g. docker0's 172.17.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+    return socket.inet_ntoa(packed[20:24])
+
+
+def docker_bridge_address() -> str:
+    try:
+        return interface_address("docker0")
+    except OSError:
+        raise UserError(
+            "--docker: this machine has no docker0 interface with an IPv4 address (is the Docker engine running?)"
+        ) from None
 
 
 def free_port(host: str) -> int:
@@ -113,14 +141,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: at least 1")
-    port = args.port or free_port(args.host)
+    host = docker_bridge_address() if args.docker else args.host
+    port = args.port or free_port(host)
     try:
         (args.root / "artifacts").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"--root {args.root}: cannot create the store folder ({error.strerror})") from None
-    url = f"http://{args.host}:{port}"
+    url = f"http://{host}:{port}"
     # Its own process group: stopping it stops the workers it starts.
-    process = subprocess.Popen(server_command(args.root, args.host, port, args.workers), start_new_session=True)
+    process = subprocess.Popen(server_command(args.root, host, port, args.workers), start_new_session=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:

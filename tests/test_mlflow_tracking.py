@@ -5,7 +5,6 @@ nothing but the record, within a bounded time. Settings and retries in process (
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from sagemaker_deepar.tracking import (
     settings_problem_report,
 )
 
-from .conftest import REPO, TRAIN, OptMl, entrypoint_env, standard_job
+from .conftest import TRAIN, OptMl, entrypoint_env, running_mlflow, standard_job
 from .helpers import free_port
 
 # ---------------------------------------------------------------- settings and retries (unit tier)
@@ -121,32 +120,8 @@ def test_metric_names_are_what_mlflow_accepts():
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory) -> Iterator[str]:
-    """``python -m mlflow_local`` (the README's command) on a free port; stopped by its PID."""
-    root = tmp_path_factory.mktemp("mlflow")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_local", "--root", str(root), "--port", str(free_port())],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    uri = None
-    deadline = time.monotonic() + 180
-    while uri is None and time.monotonic() < deadline and process.poll() is None:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line.startswith("MLFLOW_TRACKING_URI="):
-            uri = line.strip().split("=", 1)[1]
-    try:
-        assert uri, f"mlflow_local did not print its URI (exit status {process.poll()})"
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def train(opt_ml: OptMl, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
