@@ -170,6 +170,45 @@ def test_a_batch_transform_body_of_one_mlflow_request_is_answered_like_a_realtim
         assert response.json() == {"predictions": pyfunc_answer}
 
 
+# A fresh interpreter in which torch, GluonTS, mxnet, Lightning and mlflow cannot be imported: the mlflow
+# folder is found, its artifact loaded (ONNX runtime) and an mlflow request answered as a worker does.
+NO_TORCH_NO_MLFLOW = """
+import importlib.abc, json, sys
+from pathlib import Path
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "gluonts", "mxnet", "lightning", "pytorch_lightning", "mlflow"):
+            raise ImportError("blocked: " + name)
+
+sys.meta_path.insert(0, Blocked())
+from sagemaker_deepar.batcher import Batcher
+from sagemaker_deepar.inference import Model
+from sagemaker_deepar.mlflow_folder import find_artifact
+from sagemaker_deepar.server_config import ServerConfig
+from sagemaker_deepar.service import JSON, ForecastService
+
+config = ServerConfig.from_env({"SAGEMAKER_BASE_DIR": sys.argv[1]})
+model = Model.load(find_artifact(Path(config.model_dir)).artifact_dir, 256, "onnx", 1)
+service = ForecastService(model, config, Batcher(model.sample, 6400, 256))
+answer = json.loads(service.realtime(sys.argv[2].encode(), JSON, JSON, service.deadline()))
+print(model.runtime, len(answer["predictions"]))
+"""
+
+
+def test_the_mlflow_path_imports_neither_torch_nor_mlflow(mlflow_folder):
+    body = json.dumps(requests_in_every_format(frame(), PARAMS)["dataframe_split"])
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_NO_MLFLOW, str(mlflow_folder), body],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["onnx", "12"]  # 2 items x prediction_length 6
+
+
 @pytest.mark.parametrize("artifacts", [0, 2])
 def test_serve_stops_at_start_when_the_mlflow_folder_has_no_single_artifact(mlflow_folder, tmp_path, artifacts):
     model = tmp_path / "model"
