@@ -6,6 +6,7 @@ Every prediction goes through one call, ``Model.sample``, which the batcher runs
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from itertools import chain
@@ -14,6 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .batcher import Batcher, DeadlineExceeded
+from .contract import ContractError
+from .errors import UserError
 from .inference import (
     InferenceConfig,
     Instance,
@@ -33,6 +36,7 @@ from .inference import (
     response_bytes_per_series,
     split_lines,
 )
+from .mlflow_requests import answer_rows, is_mlflow_request, request_frame
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -94,7 +98,9 @@ class ForecastService:
         self, body: bytes, request_type: str, response_type: str, deadline: float, payload: Any = None
     ) -> bytes:
         if request_type == JSON:
-            payload = decode_json(body) if payload is None else payload
+            payload = decode_json_allowing_nan(body) if payload is None else payload
+            if is_mlflow_request(payload):
+                return self.mlflow(payload, response_type, deadline)
             instances, cfg = parse_json_request(payload, self.model, self.config.forward_fields)
             prefixes = [f"instances[{i}]." for i in range(len(instances))]
         else:
@@ -124,6 +130,27 @@ class ForecastService:
         if response_type == JSONLINES:
             return encode_lines(preds)
         return encode({"predictions": preds})
+
+    # ------------------------------------------------------------ mlflow's scoring formats
+
+    def mlflow(self, payload: dict, response_type: str, deadline: float) -> bytes:
+        """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` with ``params``: the long frame
+        becomes a DeepAR request through the pyfunc's conversion (``frames``) and is answered like one; the
+        answer is the pyfunc's long frame as mlflow's scoring server writes it, ``{"predictions": [rows]}``."""
+        from .frames import FrameModel, frame_request, located
+
+        try:
+            frame, params = request_frame(payload)
+            model = FrameModel(self.model.freq, self.model.prediction_length, self.model.features)
+            request = frame_request(frame, model, params)
+        except (ContractError, UserError) as error:
+            raise RequestError(str(error)) from None
+        try:
+            answer = self.realtime(b"", JSON, JSON, deadline, payload=request.payload)
+        except RequestError as error:
+            raise RequestError(located(str(error), request), status=error.status) from None
+        rows = answer_rows(request, decode_json(answer)["predictions"])
+        return encode_lines(rows) if response_type == JSONLINES else encode({"predictions": rows})
 
     # ------------------------------------------------------------ batch transform
 
@@ -162,10 +189,10 @@ class ForecastService:
                 payload = decode_json(body)
             except RequestError:
                 payload = None
-            if isinstance(payload, dict) and "instances" in payload:
+            if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
                 return payload, body
             raise RequestError("body: not valid JSON (neither one JSON object nor JSON Lines)") from None
-        if isinstance(payload, dict) and "instances" in payload:
+        if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
             return payload, line
         return None
 
@@ -238,3 +265,18 @@ class ForecastService:
 def seeded_rng(config: InferenceConfig) -> Optional[np.random.Generator]:
     """The request's own generator when its configuration has a seed (same request, same forecast)."""
     return None if config.seed is None else np.random.default_rng(config.seed)
+
+
+def decode_json_allowing_nan(body: bytes) -> Any:
+    """A JSON body; bare ``NaN``/``Infinity`` tokens too, which are not JSON but what mlflow's clients (and
+    Python's json) write for a missing float. orjson first: the slower parser only sees bodies it refused."""
+    try:
+        return decode_json(body)
+    except RequestError:
+        if b"NaN" not in body and b"Infinity" not in body:
+            raise
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+        raise
