@@ -124,7 +124,7 @@ def signal_group(process: subprocess.Popen, signum: int) -> None:
         pass
 
 
-def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+def stop(process: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM to the server's process group (mlflow runs its workers as children), SIGKILL after ``grace``."""
     if process.poll() is not None:
         return
