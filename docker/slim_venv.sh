@@ -35,6 +35,7 @@ import numpy as np, scipy.special, scipy.linalg, pandas as pd, pyarrow as pa, py
 import torch, mxnet as mx, lightning.pytorch, flask, gunicorn, orjson, pydantic  # noqa: E401,F401
 # The GluonTS models sagemaker_deepar builds (tests/test_image.py checks every import of the code).
 import gluonts.torch.model.deepar, gluonts.mx.model.deepar, gluonts.mx.distribution, gluonts.evaluation  # noqa: E401,F401
+import mlflow.pyfunc, mlflow.models, mlflow.tracking  # noqa: E401,F401 - tracking from the train job (mlflow-skinny)
 a = torch.randn(64, 64)
 assert torch.allclose(torch.linalg.inv(a) @ a, torch.eye(64), atol=1e-3)
 assert float(mx.nd.dot(mx.nd.ones((4, 4)), mx.nd.ones((4, 4))).sum().asscalar()) == 64.0

@@ -27,6 +27,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 from sagemaker_deepar.errors import UserError
 
@@ -34,6 +35,14 @@ from . import aws, registry
 from .pipeline import EVALUATION_FILE, PIPELINE_NAME, Defaults, PipelineSettings, build_pipeline
 
 LOCAL_IMAGE = "sagemaker-deepar:latest"
+# What the Train step's job gets from this environment, so that it records its run in mlflow (docs/mlflow.md).
+# Credentials (MLFLOW_TRACKING_TOKEN, ...) are not copied: a job's environment is readable in its description.
+TRACKING_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_REGISTERED_MODEL_NAME",
+    "DEEPAR_MLFLOW_RETRY_SECONDS",
+)
 REGISTERED, REJECTED, STARTED = "registered", "rejected", "started"
 AUTO, NONE = "auto", "none"  # --warm-start-model: the production model if there is one / random weights
 
@@ -243,6 +252,26 @@ def execution_parameters(settings: BuildSettings, threshold: float) -> dict[str,
     }
 
 
+def tracking_environment(env: Any = os.environ, local: bool = False) -> dict[str, str]:
+    """The MLFLOW_* settings the Train step passes to its job (none without MLFLOW_TRACKING_URI).
+
+    A local build's containers cannot reach this machine's loopback: such a URI is passed as is (the job
+    then records why nothing was tracked in mlflow.json) and said here, with the command that works.
+    """
+    if not env.get("MLFLOW_TRACKING_URI", "").strip():
+        return {}
+    passed = {name: env[name] for name in TRACKING_VARIABLES if env.get(name, "").strip()}
+    host = urlparse(passed["MLFLOW_TRACKING_URI"].strip()).hostname or ""
+    if local and (host in ("localhost", "::1") or host.startswith("127.")):
+        print(
+            f"[build] MLFLOW_TRACKING_URI={passed['MLFLOW_TRACKING_URI']} is this machine's loopback, which the "
+            "training container cannot reach: start the server with `python -m mlflow_local --docker` and use "
+            "the URI it prints",
+            flush=True,
+        )
+    return passed
+
+
 def _defaults(
     settings: BuildSettings, image: str, output_uri: str, threshold: float, warm_start_model: Optional[str]
 ) -> Defaults:
@@ -256,6 +285,7 @@ def _defaults(
         output_uri=output_uri,
         threshold=threshold,
         warm_start_model=warm_start_model,
+        training_environment=tracking_environment(os.environ, settings.local),
     )
 
 

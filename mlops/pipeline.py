@@ -12,7 +12,7 @@ without it and ``mlops.build`` registers through the registry API once the condi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -61,6 +61,8 @@ class Defaults(PipelineSettings):
     threshold: float = registry.DEFAULT_THRESHOLD
     # the production model's artifact: the Train step warm-starts from it (README "Warm start")
     warm_start_model: Optional[str] = None
+    # the training job's environment: MLFLOW_* when the build is tracked (mlops.build.tracking_environment)
+    training_environment: dict[str, str] = field(default_factory=dict)
 
 
 def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, name: str = PIPELINE_NAME):
@@ -160,6 +162,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
             "num_cells": num_cells,
             "num_layers": num_layers,
         },
+        environment=dict(defaults.training_environment) or None,
         sagemaker_session=session,
     )
     inputs = {

@@ -26,7 +26,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SampleFn = Callable[[list[dict], int], np.ndarray]
+SampleFn = Callable[..., np.ndarray]  # (entries, num_samples[, rng]) -> (series, num_samples, horizon)
 
 
 class DeadlineExceeded(Exception):
@@ -40,6 +40,7 @@ class Job:
     deadline: float
     future: Future = field(default_factory=Future)
     abandoned: bool = False
+    rng: Optional[np.random.Generator] = None  # a seeded request's generator: the job gets a pass of its own
 
     @property
     def paths(self) -> int:
@@ -74,8 +75,11 @@ class Batcher:
         """Series per job so that one job fits one pass."""
         return max(1, min(self.max_pass_series, self.max_pass_paths // num_samples))
 
-    def submit(self, entries: list[dict], num_samples: int, deadline: float) -> Job:
-        job = Job(entries, num_samples, deadline)
+    def submit(
+        self, entries: list[dict], num_samples: int, deadline: float, rng: Optional[np.random.Generator] = None
+    ) -> Job:
+        """Queue a job; with ``rng`` (a seeded request) its draws come from that generator alone."""
+        job = Job(entries, num_samples, deadline, rng=rng)
         with self._cond:
             self._queue.append(job)
             self._cond.notify()
@@ -154,6 +158,8 @@ class Batcher:
             for job in self._queue:
                 if job.num_samples != first.num_samples:
                     continue
+                if chosen and (job.rng is not None or first.rng is not None):
+                    break  # a seeded job's draws must not depend on which requests share its pass
                 if chosen and (
                     paths + job.paths > self.max_pass_paths or series + len(job.entries) > self.max_pass_series
                 ):
@@ -169,7 +175,11 @@ class Batcher:
         if not jobs:
             return
         try:
-            samples = self.sample([e for job in jobs for e in job.entries], jobs[0].num_samples)
+            entries = [e for job in jobs for e in job.entries]
+            if jobs[0].rng is None:
+                samples = self.sample(entries, jobs[0].num_samples)
+            else:  # alone in its pass (next_pass)
+                samples = self.sample(entries, jobs[0].num_samples, jobs[0].rng)
         except Exception as error:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(error)

@@ -471,6 +471,8 @@ OUTPUT_TYPES = ("mean", "quantiles", "samples")
 DEFAULT_QUANTILES = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9")
 MAX_NUM_SAMPLES = 10_000
 MAX_QUANTILES = 100  # bounds the response (issue #12): 9,999 quantiles x 200 series was a 536 MB answer
+MAX_SEED = 2**32 - 1  # numpy's default_rng takes any non-negative int; this bound fits every client's integer
+CONFIGURATION_FIELDS = ("num_samples", "output_types", "quantiles", "seed")
 
 
 @dataclass(frozen=True)
@@ -481,6 +483,9 @@ class InferenceConfig:
     output_types: tuple[str, ...] = ("mean", "quantiles")
     quantile_keys: tuple[str, ...] = DEFAULT_QUANTILES  # as the client spelled them
     quantile_levels: tuple[float, ...] = tuple(float(q) for q in DEFAULT_QUANTILES)
+    # This container's extension: the request's draws come from their own generator seeded with it, so the
+    # same request answers the same forecast (the mlflow pyfunc's ``seed`` param); None draws fresh numbers.
+    seed: Optional[int] = None
 
 
 def parse_configuration(
@@ -494,10 +499,10 @@ def parse_configuration(
         return defaults
     if not isinstance(raw, dict):
         raise ContractError(f"{where}: expected an object with num_samples, output_types, quantiles")
-    unknown = sorted(set(raw) - {"num_samples", "output_types", "quantiles"})
+    unknown = sorted(set(raw) - set(CONFIGURATION_FIELDS))
     if unknown:
         raise ContractError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: num_samples, output_types, quantiles"
+            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(CONFIGURATION_FIELDS)}"
         )
     num_samples = raw.get("num_samples", defaults.num_samples)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
@@ -510,7 +515,10 @@ def parse_configuration(
     keys, levels = defaults.quantile_keys, defaults.quantile_levels
     if "quantiles" in raw:
         keys, levels = _parse_quantiles(raw["quantiles"], f"{where}.quantiles", number_key)
-    return InferenceConfig(num_samples, tuple(dict.fromkeys(output_types)), keys, levels)
+    seed = raw.get("seed", defaults.seed)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ContractError(f"{where}.seed: {seed!r} is not an integer between 0 and {MAX_SEED}")
+    return InferenceConfig(num_samples, tuple(dict.fromkeys(output_types)), keys, levels, seed)
 
 
 def _parse_quantiles(

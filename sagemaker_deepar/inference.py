@@ -128,8 +128,21 @@ class Model:
     def features(self) -> FeatureSpec:
         return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
 
-    def sample(self, entries: list[dict], num_samples: int) -> np.ndarray:
-        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries."""
+    def sample(self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries.
+
+        ``rng``: a seeded request's own generator (``configuration.seed``); None draws from the model's
+        (ONNX) or the library's (torch) stream. The torch runtime seeds torch's generator from it, inside a
+        forked RNG state so that unseeded requests keep their fresh stream.
+        """
+        if rng is not None and self.runtime == "torch":
+            import torch
+
+            with torch.random.fork_rng():
+                torch.manual_seed(int(rng.integers(2**63 - 1)))
+                return self.sample(entries, num_samples)
+        if rng is not None and self.runtime == "mxnet":
+            raise RequestError("configuration.seed: reproducible forecasts need a torch model (this one is mxnet)")
         if self.runtime == "onnx":
             series = [
                 self.sampler.series(
@@ -140,7 +153,7 @@ class Model:
                 )
                 for entry in entries
             ]
-            return self.sampler.sample(series, num_samples, self.rng)
+            return self.sampler.sample(series, num_samples, rng or self.rng)
         if self.runtime == "torch":
             return self.sampler.sample(entries, num_samples)
         forecasts = self.sampler.predict(entries, num_samples=num_samples)  # mxnet draws 100 per pass, then trims

@@ -319,6 +319,7 @@ class OnnxForecaster:
             raise ContractError("instances: expected a non-empty list of time series")
         config = parse_configuration(configuration)
         series = [self.parse_instance(raw, f"instances[{i}].") for i, raw in enumerate(instances)]
+        seed = config.seed if seed is None else seed  # the argument wins over configuration.seed
         samples = self.sample(series, config.num_samples, np.random.default_rng(seed))
         bad = np.flatnonzero(~np.isfinite(samples.reshape(len(series), -1)).all(axis=1))
         if bad.size:

@@ -24,6 +24,7 @@ from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, encode, parse_instance
 from .logs import configure_logging
+from .mlflow_folder import find_artifact
 from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
 from .service import JSON, JSONLINES, ForecastService
@@ -61,7 +62,8 @@ def preload_model(config: ServerConfig) -> None:
 
     if multi_model_enabled():  # no /opt/ml/model: each worker loads the models it is asked for
         return
-    artifact = ModelArtifact.read(Path(config.model_dir))
+    model_dir = artifact_dir(config)
+    artifact = ModelArtifact.read(model_dir)
     started = time.perf_counter()
     if served_by_onnx(config, artifact):
         import onnxruntime  # noqa: F401
@@ -75,13 +77,16 @@ def preload_model(config: ServerConfig) -> None:
     import torch
 
     torch.set_num_threads(config.inference_threads)
-    model = Model.load(
-        Path(config.model_dir), config.max_batch_series, config.inference_runtime, config.inference_threads
-    )
+    model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
     if config.inference_threads == 1:
         warm_up(model)
     _preloaded = model
     log.info("model loaded in the gunicorn master in %.2f s; the workers share it", time.perf_counter() - started)
+
+
+def artifact_dir(config: ServerConfig) -> Path:
+    """The folder of the DeepAR artifact under the model folder: itself, or inside an mlflow model."""
+    return find_artifact(Path(config.model_dir)).artifact_dir
 
 
 class WorkerReadiness:
@@ -121,7 +126,7 @@ class ModelState(WorkerReadiness):
         started = time.perf_counter()
         try:
             self.model = _preloaded or Model.load(
-                Path(self.config.model_dir),
+                artifact_dir(self.config),
                 self.config.max_batch_series,
                 self.config.inference_runtime,
                 self.config.inference_threads,

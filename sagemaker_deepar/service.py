@@ -6,6 +6,7 @@ Every prediction goes through one call, ``Model.sample``, which the batcher runs
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from itertools import chain
@@ -14,6 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .batcher import Batcher, DeadlineExceeded
+from .contract import ContractError
+from .errors import UserError
 from .inference import (
     InferenceConfig,
     Instance,
@@ -33,6 +36,7 @@ from .inference import (
     response_bytes_per_series,
     split_lines,
 )
+from .mlflow_requests import answer_rows, is_mlflow_request, request_frame
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -62,12 +66,18 @@ class ForecastService:
 
     # ------------------------------------------------------------ prediction
 
-    def sample(self, instances: list[Instance], num_samples: int, deadline: float) -> np.ndarray:
-        """Samples for every instance, submitted a slice at a time so other requests get passes in between."""
+    def sample(
+        self, instances: list[Instance], num_samples: int, deadline: float, rng: Optional[np.random.Generator] = None
+    ) -> np.ndarray:
+        """Samples for every instance, submitted a slice at a time so other requests get passes in between.
+
+        ``rng``: a seeded request's generator; its slices draw from it in order (one slice waits for the last).
+        """
         size = self.batcher.slice_size(num_samples)
         blocks = []
         for begin in range(0, len(instances), size):
-            job = self.batcher.submit([i.entry for i in instances[begin : begin + size]], num_samples, deadline)
+            entries = [i.entry for i in instances[begin : begin + size]]
+            job = self.batcher.submit(entries, num_samples, deadline, rng)
             try:
                 blocks.append(self.batcher.wait(job))
             except DeadlineExceeded:
@@ -88,7 +98,9 @@ class ForecastService:
         self, body: bytes, request_type: str, response_type: str, deadline: float, payload: Any = None
     ) -> bytes:
         if request_type == JSON:
-            payload = decode_json(body) if payload is None else payload
+            payload = decode_json_allowing_nan(body) if payload is None else payload
+            if is_mlflow_request(payload):
+                return self.mlflow(payload, response_type, deadline)
             instances, cfg = parse_json_request(payload, self.model, self.config.forward_fields)
             prefixes = [f"instances[{i}]." for i in range(len(instances))]
         else:
@@ -110,7 +122,7 @@ class ForecastService:
             response_bytes_per_series(cfg, self.model.prediction_length, forwarded),
             self.config.max_response_bytes,
         )
-        samples = self.sample(instances, cfg.num_samples, deadline)
+        samples = self.sample(instances, cfg.num_samples, deadline, seeded_rng(cfg))
         bad = non_finite_rows(samples)
         if bad:
             raise RequestError(overflow_message(prefixes[bad[0]]))
@@ -118,6 +130,27 @@ class ForecastService:
         if response_type == JSONLINES:
             return encode_lines(preds)
         return encode({"predictions": preds})
+
+    # ------------------------------------------------------------ mlflow's scoring formats
+
+    def mlflow(self, payload: dict, response_type: str, deadline: float) -> bytes:
+        """``dataframe_split``/``dataframe_records``/``instances``/``inputs`` with ``params``: the long frame
+        becomes a DeepAR request through the pyfunc's conversion (``frames``) and is answered like one; the
+        answer is the pyfunc's long frame as mlflow's scoring server writes it, ``{"predictions": [rows]}``."""
+        from .frames import FrameModel, frame_request, located
+
+        try:
+            frame, params = request_frame(payload)
+            model = FrameModel(self.model.freq, self.model.prediction_length, self.model.features)
+            request = frame_request(frame, model, params)
+        except (ContractError, UserError) as error:
+            raise RequestError(str(error)) from None
+        try:
+            answer = self.realtime(b"", JSON, JSON, deadline, payload=request.payload)
+        except RequestError as error:
+            raise RequestError(located(str(error), request), status=error.status) from None
+        rows = answer_rows(request, decode_json(answer)["predictions"])
+        return encode_lines(rows) if response_type == JSONLINES else encode({"predictions": rows})
 
     # ------------------------------------------------------------ batch transform
 
@@ -156,15 +189,16 @@ class ForecastService:
                 payload = decode_json(body)
             except RequestError:
                 payload = None
-            if isinstance(payload, dict) and "instances" in payload:
+            if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
                 return payload, body
             raise RequestError("body: not valid JSON (neither one JSON object nor JSON Lines)") from None
-        if isinstance(payload, dict) and "instances" in payload:
+        if isinstance(payload, dict) and ("instances" in payload or is_mlflow_request(payload)):
             return payload, line
         return None
 
     def _batch_lines(self, numbered: Iterator[tuple[int, bytes]], deadline: float) -> Iterator[bytes]:
         cfg = self.defaults
+        rng = seeded_rng(cfg)  # DEEPAR_INFERENCE_CONFIG's seed: one stream for the whole body, in line order
         size = self.batcher.slice_size(cfg.num_samples)
         per_series = response_bytes_per_series(cfg, self.model.prediction_length)
         budget = self.config.max_response_bytes
@@ -192,23 +226,29 @@ class ForecastService:
                 valid.append((len(outputs), prefix, instance))
                 outputs.append(None)
             if len(valid) >= size or len(outputs) >= BATCH_FLUSH_LINES:
-                block = self._finish_block(outputs, valid, deadline)
+                block = self._finish_block(outputs, valid, deadline, rng)
                 lines_out += len(outputs)
                 outputs, valid = [], []
                 yield block
         if outputs:
-            block = self._finish_block(outputs, valid, deadline)
+            block = self._finish_block(outputs, valid, deadline, rng)
             lines_out += len(outputs)
             yield block
         if lines_out != lines_in:
             raise BatchInvariantError(f"batch answer has {lines_out} lines for {lines_in} input lines")
 
-    def _finish_block(self, outputs: list[Any], valid: list[tuple[int, str, Instance]], deadline: float) -> bytes:
+    def _finish_block(
+        self,
+        outputs: list[Any],
+        valid: list[tuple[int, str, Instance]],
+        deadline: float,
+        rng: Optional[np.random.Generator] = None,
+    ) -> bytes:
         if valid:
             cfg = self.defaults
             instances = [instance for _, _, instance in valid]
             try:
-                samples = self.sample(instances, cfg.num_samples, deadline)
+                samples = self.sample(instances, cfg.num_samples, deadline, rng)
             except RequestError as error:  # deadline or drain: every pending line says so
                 for slot, prefix, _ in valid:
                     outputs[slot] = {"error": f"{prefix}not forecast: {error}"}
@@ -220,3 +260,23 @@ class ForecastService:
         if any(o is None for o in outputs):
             raise BatchInvariantError("a batch line has no answer")
         return encode_lines(outputs)
+
+
+def seeded_rng(config: InferenceConfig) -> Optional[np.random.Generator]:
+    """The request's own generator when its configuration has a seed (same request, same forecast)."""
+    return None if config.seed is None else np.random.default_rng(config.seed)
+
+
+def decode_json_allowing_nan(body: bytes) -> Any:
+    """A JSON body; bare ``NaN``/``Infinity`` tokens too, which are not JSON but what mlflow's clients (and
+    Python's json) write for a missing float. orjson first: the slower parser only sees bodies it refused."""
+    try:
+        return decode_json(body)
+    except RequestError:
+        if b"NaN" not in body and b"Infinity" not in body:
+            raise
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+        raise

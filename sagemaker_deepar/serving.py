@@ -22,6 +22,8 @@ from typing import Optional
 
 from .errors import UserError
 from .front import find_nginx, nginx_conf
+from .mlflow_folder import MlflowModelError, find_artifact
+from .multi_model import multi_model_enabled
 from .server_config import ModelSource, ServerConfig
 
 log = logging.getLogger("sagemaker_deepar.serving")
@@ -88,6 +90,13 @@ def main(app_dir: Path) -> int:
         except UserError as error:
             print(f"serve: the model could not be fetched: {error}", file=sys.stderr)
             return 1
+    if not multi_model_enabled():
+        try:  # an mlflow model folder without (or with several) DeepAR artifacts: fail now, named
+            served = find_artifact(Path(config.model_dir))
+        except MlflowModelError as error:
+            log.error("serve: cannot serve %s: %s", config.model_dir, error)
+            return 1
+        log.info("model folder %s: %s", config.model_dir, served.describe())
     nginx = find_nginx() if config.front == "nginx" else None
     if config.front == "nginx" and nginx is None:
         log.warning(

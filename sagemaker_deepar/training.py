@@ -257,6 +257,7 @@ def run(paths: SageMakerPaths) -> None:
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
+    tracking = read_tracking_settings()
     cluster = distributed.read_cluster(paths.resource_config)
     distributed.check_backend(params.backend, cluster)
     probe_output_dirs(
@@ -292,10 +293,12 @@ def run(paths: SageMakerPaths) -> None:
 
     metric_logger = MetricLogger(config.host)
     readable = "TRAINING_JOB_NAME" not in os.environ
+    epoch_losses: list[tuple[int, float, float]] = []  # for mlflow: (epoch, train loss, records/s)
 
     def on_epoch(epoch: int, loss: float, progress: float, throughput: float) -> None:
         if cluster.is_leader:  # one set of metric lines per job: the loss is already the hosts' mean
             metric_logger.epoch(epoch, loss, progress, throughput)
+            epoch_losses.append((epoch, loss, throughput))
         if readable:
             log.info("epoch %d/%d: train loss %.5f, %.0f records/s", epoch + 1, params.epochs, loss, throughput)
 
@@ -349,6 +352,45 @@ def run(paths: SageMakerPaths) -> None:
     log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
     if session:
         session.publish()
+    if tracking is not None:  # after the model is saved (and the followers released): it can only add records
+        stop.phase = "tracking"
+        track_run(paths, tracking, params, epoch_losses, stop.requested)
+
+
+def read_tracking_settings() -> Any:
+    """``TrackingSettings`` when MLFLOW_TRACKING_URI is set, else None; an unusable setting is a string (the
+    problem, naming the variable), reported after the model is saved: tracking never fails the job."""
+    from .tracking import TrackingSettings, TrackingSettingsError
+
+    try:
+        return TrackingSettings.from_env(os.environ)
+    except TrackingSettingsError as error:
+        log.warning("mlflow: %s; the job runs on, its run will not be recorded", error)
+        return str(error)
+
+
+def track_run(
+    paths: SageMakerPaths,
+    tracking: Any,
+    params: DeepARHyperparameters,
+    epochs: list[tuple[int, float, float]],
+    stop: threading.Event,
+) -> None:
+    from .tracking import TrainingRecord, record_run, settings_problem_report
+
+    if isinstance(tracking, str):
+        settings_problem_report(paths.output_data_dir, os.environ, tracking)
+        return
+    artifact = ModelArtifact.read(paths.model_dir)
+    record = TrainingRecord(
+        hyperparameters=params.model_dump(),
+        epochs=epochs,
+        train_summary=dict(artifact.train or {}),
+        test_metrics=artifact.test_metrics,
+        statistics=dict(artifact.training_statistics or {}),
+        tags={"sagemaker_deepar.version": __version__, "sagemaker_deepar.backend": params.backend},
+    )
+    record_run(tracking, record, paths.model_dir, paths.output_data_dir, stop)
 
 
 def estimated_output_bytes(params: DeepARHyperparameters) -> int:

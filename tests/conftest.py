@@ -241,6 +241,39 @@ def feature_server(feature_model):
         yield s
 
 
+@contextmanager
+def running_mlflow(root: Path, *options: str, timeout: float = 180) -> Iterator[str]:
+    """``python -m mlflow_local`` (the README's command: SQLite store, artifacts under ``root``) on a free
+    port; yields the URI it prints and stops it by its PID (it stops the server's process group)."""
+    import queue
+    import threading
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_local", "--root", str(root), "--port", "0", *options],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    uri, deadline = None, time.monotonic() + timeout
+    try:
+        while uri is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            if line.startswith("MLFLOW_TRACKING_URI="):
+                uri = line.strip().split("=", 1)[1]
+        assert uri, f"mlflow_local did not print its URI (exit status {process.poll()})"
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 # The SageMaker SDK side (.venv-sdk) driving the image: tests/test_sagemaker_local.py, tests/test_evaluation.py
 IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
 SDK_PYTHON = REPO / ".venv-sdk" / "bin" / "python"

@@ -50,6 +50,30 @@ def test_queued_jobs_share_a_pass_in_arrival_order_and_get_their_own_rows():
     assert [job.future.result()[:, 0, 0].tolist() for job in jobs] == [[1, 2], [3], [4, 5, 6]]
 
 
+def test_a_seeded_job_gets_a_pass_of_its_own_and_its_generator():
+    """configuration.seed: the draws must not depend on which other requests are queued beside it."""
+    calls: list = []
+    seen: list = []
+
+    def sample(entries: list[dict], num_samples: int, rng=None) -> np.ndarray:
+        seen.append(rng)
+        return fake_sample(calls)(entries, num_samples)
+
+    b = Batcher(sample, max_pass_paths=1000, max_pass_series=100, start=False)
+    generator = np.random.default_rng(3)
+    b.submit(entries(1), 10, 1e12)
+    b.submit(entries(2, 3), 10, 1e12, rng=generator)
+    b.submit(entries(4), 10, 1e12)
+    b.submit(entries(5), 10, 1e12)
+    while True:
+        jobs = b.next_pass(block=False)
+        if not jobs:
+            break
+        b.run_pass(jobs)
+    assert calls == [([1], 10), ([2, 3], 10), ([4, 5], 10)]
+    assert seen == [None, generator, None]
+
+
 def test_a_pass_respects_the_sample_path_budget_and_num_samples():
     calls: list = []
     b = Batcher(fake_sample(calls), max_pass_paths=30, max_pass_series=100, start=False)

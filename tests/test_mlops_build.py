@@ -22,7 +22,7 @@ import pytest
 
 from mlops import registry
 
-from .conftest import IMAGE, REPO, SDK_PYTHON, containers_of
+from .conftest import IMAGE, REPO, SDK_PYTHON, containers_of, running_mlflow
 
 PREDICTION_LENGTH = 12
 THRESHOLD_PARAMETER = "/mlops/test/wql-threshold"
@@ -32,9 +32,10 @@ TINY = [
 ]  # fmt: skip
 
 
-def mlops(args: list[str], endpoint: str, timeout: float) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+def mlops(args: list[str], endpoint: str, timeout: float, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env.update(
+        **extra_env,
         AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
@@ -78,7 +79,8 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     args = ["build", "--lake", "s3://lake/curated/readings/", "--image", image, "--pipeline-name", "deepar-aws"]
     args += ["--role", "arn:aws:iam::123456789012:role/SageMakerRole", "--threshold-parameter", "/mlops/aws/wql"]
     args += ["--model-package-group", "deepar-aws"]  # its own: the local build's group must stay unapproved
-    result = result_of(mlops([*args, "--json"], endpoint, timeout=300))
+    tracking = {"MLFLOW_TRACKING_URI": "https://mlflow.example.com", "MLFLOW_REGISTERED_MODEL_NAME": "deepar"}
+    result = result_of(mlops([*args, "--json"], endpoint, timeout=300, **tracking))
     assert result["status"] == "started" and result["threshold"] == 0.5
     # --warm-start-model auto (the default) on an empty group: random weights, and said so
     assert result["warm_start"] == "cold start: no approved model in deepar-aws"
@@ -114,6 +116,7 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
         "AccuracyThreshold", "ThresholdParameterName", "ModelPackageGroupName",
     }  # fmt: skip
     assert steps["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.ImageUri"}
+    assert steps["Train"]["Arguments"]["Environment"] == tracking  # the job records its run in mlflow
     assert set(steps["Train"]["Arguments"]["HyperParameters"]) >= {"prediction_length", "context_length", "epochs"}
     assert steps["Evaluate"]["PropertyFiles"][0]["FilePath"] == "evaluation.json"
     assert [c["ChannelName"] for c in steps["Train"]["Arguments"]["InputDataConfig"]] == ["train", "test"]
@@ -159,7 +162,10 @@ def test_non_numeric_threshold_is_a_clear_error(moto):
 
 
 def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
-    """The whole pipeline in containers of the image; the lake is read from moto S3."""
+    """The whole pipeline in containers of the image; the lake is read from moto S3; the Train step's job
+    records its run in mlflow (python -m mlflow_local --docker)."""
+    from mlflow.tracking import MlflowClient
+
     from mlops.lake import write_sample_lake
 
     endpoint, client = moto
@@ -169,14 +175,24 @@ def test_local_build_registers_a_passing_model(moto, sdk_ready, tmp_path):
     for path in lake.rglob("*.parquet"):
         s3.upload_file(str(path), "lake", f"curated/{path.relative_to(lake)}")
     before = containers_of(IMAGE)
-    run = mlops(
-        ["build", "--local", "--lake", "s3://lake/curated/", "--image", IMAGE, "--workdir", str(tmp_path / "work"),
-         "--threshold-parameter", THRESHOLD_PARAMETER, "--default-threshold", "5", *TINY, "--json"],
-        endpoint,
-        timeout=900,
-    )  # fmt: skip
-    result = result_of(run)
+    # the training container records its run on a tracking server it can reach (the Docker bridge)
+    with running_mlflow(tmp_path / "mlflow", "--docker") as tracking_uri:
+        run = mlops(
+            ["build", "--local", "--lake", "s3://lake/curated/", "--image", IMAGE, "--workdir", str(tmp_path / "work"),
+             "--threshold-parameter", THRESHOLD_PARAMETER, "--default-threshold", "5", *TINY, "--json"],
+            endpoint,
+            timeout=900,
+            MLFLOW_TRACKING_URI=tracking_uri,
+            MLFLOW_EXPERIMENT_NAME="mlops-build",
+        )  # fmt: skip
+        result = result_of(run)
+        tracked = MlflowClient(tracking_uri).search_runs(
+            [MlflowClient(tracking_uri).get_experiment_by_name("mlops-build").experiment_id]
+        )
     assert containers_of(IMAGE) - before == set()  # every step's container is removed
+    (training_run,) = tracked
+    assert training_run.info.status == "FINISHED" and training_run.data.params["num_cells"] == "8"
+    assert "train_loss" in training_run.data.metrics and training_run.outputs.model_outputs  # the pyfunc, logged
 
     assert result["status"] == "registered" and result["threshold"] == 5.0
     assert result["warm_start"] == "cold start: no approved model in deepar-forecasts"

@@ -137,3 +137,63 @@ def test_walkthrough_executes_end_to_end(tmp_path: Path):
     assert helpers_gone(workdir), "a helper still runs: " + helpers_running(workdir)
     tracked_after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     assert tracked_after == tracked_before, f"the run wrote into the checkout: {tracked_before!r} -> {tracked_after!r}"
+
+
+# ---------------------------------------------------------------- notebooks/mlflow_walkthrough.ipynb
+
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+def assert_complete_mlflow_run(notebook: dict) -> None:
+    """Every cell ran, in order, without error; the run, registry, forecast and deploy are in its outputs."""
+    cells = code_cells(notebook)
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, errors
+    text = "\n".join(cell_text(c) for c in cells)
+    assert "train job: exit 0" in text and "'complete': True" in text
+    assert "'registered_model': {'name': 'deepar-pollution', 'version': '1'}" in text
+    assert re.search(r"train_loss by epoch: \[\(0, [\d.]+\), \(1, [\d.]+\), \(2, [\d.]+\), \(3, [\d.]+\)\]", text)
+    assert "registered: [('deepar-pollution', '1', True)]" in text and "alias champion -> 1" in text
+    assert (
+        "forecast: 72 rows (3 items x 24 steps), columns ['item_id', 'timestamp', 'mean', '0.1', '0.5', '0.9']" in text
+    )
+    assert "same seed, same forecast: True" in text
+    assert "MlflowException: item 'sensor0-pollutant0', row 2: timestamp" in text
+    assert "endpoint deepar-pollution: InService" in text and "model image: True" in text
+    assert "after delete: []" in text and "tracking server stopped: True" in text
+
+
+def test_committed_mlflow_notebook_carries_the_outputs_of_its_code():
+    from notebooks.run import MLFLOW_NOTEBOOK
+
+    notebook = json.loads(MLFLOW_NOTEBOOK.read_text())
+    assert notebook["metadata"].get(DIGEST_KEY) == code_digest(notebook), (
+        "the committed outputs come from other code: refresh them with .venv-sdk/bin/python -m notebooks.run "
+        "--notebook notebooks/mlflow_walkthrough.ipynb --kernel-python .venv/bin/python --write"
+    )
+    assert_complete_mlflow_run(notebook)
+
+
+def test_mlflow_walkthrough_executes_end_to_end(tmp_path: Path):
+    """In a .venv kernel (mlflow, the training code), driven by nbclient from .venv-sdk; no Docker needed."""
+    require(
+        SDK_PYTHON.exists() and subprocess.run([SDK_PYTHON, "-c", "import nbclient"]).returncode == 0,
+        ".venv-sdk with nbclient (scripts/bootstrap.sh)",
+    )
+    require(
+        VENV_PYTHON.exists() and subprocess.run([VENV_PYTHON, "-c", "import ipykernel, mlflow"]).returncode == 0,
+        ".venv with ipykernel and mlflow",
+    )
+    executed, workdir = tmp_path / "executed.ipynb", tmp_path / "work"
+    result = subprocess.run(
+        [SDK_PYTHON, "-m", "notebooks.run", "--notebook", "notebooks/mlflow_walkthrough.ipynb",
+         "--kernel-python", VENV_PYTHON, "--output", executed, "--workdir", workdir],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
+    assert_complete_mlflow_run(json.loads(executed.read_text()))
+    assert helpers_gone(workdir), "a helper still runs: " + helpers_running(workdir)

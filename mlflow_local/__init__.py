@@ -1,0 +1,1 @@
+"""An embedded mlflow tracking server for local work: ``python -m mlflow_local`` (see docs/mlflow.md)."""
