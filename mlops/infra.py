@@ -20,7 +20,13 @@ from typing import Any, Optional
 from .events import LoopError
 
 TEMPLATE = Path(__file__).resolve().parent / "template.yaml"
-COMPLETED_TYPES = ("AWS::SageMaker::ModelPackageGroup", "AWS::CloudWatch::Alarm", "AWS::SQS::QueuePolicy")
+COMPLETED_TYPES = (
+    "AWS::SageMaker::ModelPackageGroup",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SQS::QueuePolicy",
+    "AWS::S3::BucketPolicy",
+    "AWS::S3::Bucket",  # its PublicAccessBlockConfiguration (moto applies name and encryption only)
+)
 ALARM_KEYS = (
     "AlarmName",
     "AlarmDescription",
@@ -76,7 +82,7 @@ class Resolver:
 
     def resource_name(self, logical: str) -> str:
         properties = self.template["Resources"][logical].get("Properties", {})
-        for key in ("QueueName", "Name", "RoleName", "AlarmName", "ModelPackageGroupName"):
+        for key in ("QueueName", "Name", "RoleName", "AlarmName", "ModelPackageGroupName", "BucketName", "LogGroupName"):
             if key in properties:
                 return self(properties[key])
         raise LoopError(f"template resource {logical}: no name property to resolve it by")
@@ -192,6 +198,10 @@ def complete(clients: Any, template: dict, parameters: dict[str, str]) -> list[t
             done.append(ensure_alarm(clients("cloudwatch"), properties))
         elif kind == "AWS::SQS::QueuePolicy":
             done.extend(ensure_queue_policy(clients("sqs"), properties))
+        elif kind == "AWS::S3::BucketPolicy":
+            done.append(ensure_bucket_policy(clients("s3"), properties))
+        elif kind == "AWS::S3::Bucket" and "PublicAccessBlockConfiguration" in properties:
+            done.append(ensure_public_access_block(clients("s3"), properties))
     for action, kind, resource_name in done:
         print(f"{action:<10} {kind:<36} {resource_name}", flush=True)
     return done
@@ -235,6 +245,41 @@ def ensure_queue_policy(sqs: Any, properties: dict) -> list[tuple[str, str, str]
         sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
         done.append(("created", "AWS::SQS::QueuePolicy", url))
     return done
+
+
+def ensure_bucket_policy(s3: Any, properties: dict) -> tuple[str, str, str]:
+    """The bucket's policy as the template declares it (moto's CloudFormation skips AWS::S3::BucketPolicy)."""
+    from botocore.exceptions import ClientError
+
+    bucket, policy = properties["Bucket"], json.dumps(properties["PolicyDocument"], sort_keys=True)
+    try:
+        current: Optional[str] = s3.get_bucket_policy(Bucket=bucket)["Policy"]
+    except ClientError as error:
+        if error_code(error) != "NoSuchBucketPolicy":
+            raise
+        current = None
+    if current and json.dumps(json.loads(current), sort_keys=True) == policy:
+        return ("present", "AWS::S3::BucketPolicy", bucket)
+    s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    return ("created" if current is None else "updated", "AWS::S3::BucketPolicy", bucket)
+
+
+def ensure_public_access_block(s3: Any, properties: dict) -> tuple[str, str, str]:
+    """The bucket's PublicAccessBlockConfiguration as declared (moto's CloudFormation leaves it out)."""
+    from botocore.exceptions import ClientError
+
+    bucket = properties["BucketName"]
+    wanted = {k: bool(v) for k, v in properties["PublicAccessBlockConfiguration"].items()}
+    try:
+        current = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    except ClientError as error:
+        if error_code(error) != "NoSuchPublicAccessBlockConfiguration":
+            raise
+        current = None
+    if current == wanted:
+        return ("present", "AWS::S3::Bucket", f"{bucket} (public access block)")
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=wanted)
+    return ("created" if current is None else "updated", "AWS::S3::Bucket", f"{bucket} (public access block)")
 
 
 def down(clients: Any, stack: str, name: str, template_path: Path = TEMPLATE) -> list[tuple[str, str, str]]:
