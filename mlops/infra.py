@@ -82,7 +82,15 @@ class Resolver:
 
     def resource_name(self, logical: str) -> str:
         properties = self.template["Resources"][logical].get("Properties", {})
-        for key in ("QueueName", "Name", "RoleName", "AlarmName", "ModelPackageGroupName", "BucketName", "LogGroupName"):
+        for key in (
+            "QueueName",
+            "Name",
+            "RoleName",
+            "AlarmName",
+            "ModelPackageGroupName",
+            "BucketName",
+            "LogGroupName",
+        ):
             if key in properties:
                 return self(properties[key])
         raise LoopError(f"template resource {logical}: no name property to resolve it by")
