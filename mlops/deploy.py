@@ -30,8 +30,8 @@ from .events import (
     LoopError,
     Package,
     PackageRejected,
-    check_bar,
     approve,
+    check_bar,
     describe_package,
     now,
     parse_approval_event,
@@ -61,7 +61,7 @@ def deploy_to_staging(
 ) -> Deployment:
     """Roll an approved package out to ``<name>-staging``, record the outcome on it, then raise the bar."""
     package = describe_package(sagemaker, package_arn)
-    package.wql  # a failed evaluation stops here, before anything changes
+    _ = package.wql  # a failed evaluation stops here, before anything changes
     if package.approval != "Approved":
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: approve it first")
     # a missing or bad threshold, or a model worse than the bar of now, stops here, before any rollout

@@ -47,7 +47,7 @@ def promote(
     sagemaker: Any, ssm: Any, endpoints: Endpoints, package_arn: str, name: str, by: str, threshold_parameter: str
 ) -> Deployment:
     package = describe_package(sagemaker, package_arn)
-    package.wql  # a failed evaluation stops here
+    _ = package.wql  # a failed evaluation stops here
     if package.approval != "Approved":
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: it cannot be promoted")
     staging = package.metadata.get(STAGING_STATUS, "")

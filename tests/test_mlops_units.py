@@ -330,7 +330,9 @@ def test_retrain_starts_when_the_last_one_finished_and_registered():
     stub, ssm_stub = Stubber(sagemaker), Stubber(ssm)
     stub.add_response("list_pipeline_executions", executions("Succeeded"), None)
     newest = {
-        "ModelPackageSummaryList": [{"ModelPackageArn": PACKAGE, "CreationTime": 200, "ModelPackageStatus": "Completed"}]
+        "ModelPackageSummaryList": [
+            {"ModelPackageArn": PACKAGE, "CreationTime": 200, "ModelPackageStatus": "Completed"}
+        ]
     }
     stub.add_response("list_model_packages", newest, None)
     gate = [{"Name": "AccuracyThreshold", "Type": "Float", "DefaultValue": 0.5}]
