@@ -459,10 +459,10 @@ def _read_evaluation(execution: Any) -> Optional[tuple[float, float]]:
 
 def parse_evaluation(document: bytes, where: str) -> tuple[float, float]:
     """(mean_wQuantileLoss, RMSE) of an evaluation.json; not finite numbers are an error naming the file."""
+    metrics = registry.evaluation_metrics(document, where)
     try:
-        metrics = json.loads(document)["regression_metrics"]
-        wql, rmse = float(metrics["mean_wQuantileLoss"]["value"]), float(metrics["RMSE"]["value"])
-    except (ValueError, KeyError, TypeError) as error:
+        wql, rmse = metrics["mean_wQuantileLoss"], metrics["RMSE"]
+    except KeyError as error:
         raise UserError(f"{where}: not an evaluation document ({error})") from None
     if not (math.isfinite(wql) and math.isfinite(rmse)):
         raise UserError(f"{where}: mean_wQuantileLoss {wql}, RMSE {rmse}: the evaluation is not a number")

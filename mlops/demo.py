@@ -126,10 +126,15 @@ def _loop(args: argparse.Namespace, workdir: Path, endpoints: LocalEndpoints, ti
     settings = _build_settings(args, lake, workdir)
     registry.ensure_group(sagemaker, GROUP)
     # moto records a pipeline's executions but never runs them: the definition only needs to exist
-    # for monitor to start it; the demo then performs that run locally.
+    # for monitor to start it (with the gate's parameters, which it passes the current bar through);
+    # the demo then performs that run locally.
+    gate = [
+        {"Name": "AccuracyThreshold", "Type": "Float", "DefaultValue": args.default_threshold},
+        {"Name": "ThresholdParameterName", "Type": "String", "DefaultValue": THRESHOLD_PARAMETER},
+    ]
     sagemaker.create_pipeline(
         PipelineName=PIPELINE,
-        PipelineDefinition=json.dumps({"Version": "2020-12-01", "Steps": []}),
+        PipelineDefinition=json.dumps({"Version": "2020-12-01", "Parameters": gate, "Steps": []}),
         RoleArn=aws.LOCAL_ROLE,
     )
     built: dict[str, BuildResult] = {}

@@ -24,11 +24,14 @@ from typing import Any, Optional
 
 from .endpoints import Endpoints, LocalEndpoints, Rollout, SageMakerEndpoints
 from .events import (
+    REJECTED,
     STAGING_STATUS,
     DeployFailed,
     LoopError,
     Package,
+    PackageRejected,
     approve,
+    check_bar,
     describe_package,
     now,
     parse_approval_event,
@@ -58,15 +61,26 @@ def deploy_to_staging(
 ) -> Deployment:
     """Roll an approved package out to ``<name>-staging``, record the outcome on it, then raise the bar."""
     package = describe_package(sagemaker, package_arn)
-    wql = package.wql  # a failed evaluation stops here, before anything changes
+    _ = package.wql  # a failed evaluation stops here, before anything changes
     if package.approval != "Approved":
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: approve it first")
-    read_threshold(ssm, threshold_parameter)  # a missing or bad threshold stops here, before any rollout
+    # a missing or bad threshold, or a model worse than the bar of now, stops here, before any rollout
+    threshold = read_threshold(ssm, threshold_parameter)
+    wql = check_bar(package, threshold, threshold_parameter, f"deployed to {stage_endpoint(name, 'staging')}")
     endpoint = stage_endpoint(name, "staging")
-    rollout = roll_out_recorded(sagemaker, endpoints, package, endpoint, STAGING_STATUS)
+    rollout, package = roll_out_recorded(sagemaker, endpoints, package, endpoint, STAGING_STATUS)
+    if package.approval == REJECTED:
+        raise PackageRejected(rejected_during(package, endpoint))
     # Only a model that serves raises the bar: a broken artifact's evaluation must not gate the next builds.
     before, after = raise_bar(ssm, threshold_parameter, wql)
     return Deployment(package.arn, endpoint, wql, before, after, rollout.created, rollout.target)
+
+
+def rejected_during(package: Package, endpoint: str) -> str:
+    return (
+        f"model package {package.arn} was rejected during its rollout to {endpoint}: the rejection stands "
+        f"(the bar is not raised; {endpoint} serves it until the next rollout)"
+    )
 
 
 def roll_out(endpoints: Endpoints, endpoint: str, package: Package) -> Rollout:
@@ -75,16 +89,19 @@ def roll_out(endpoints: Endpoints, endpoint: str, package: Package) -> Rollout:
     return endpoints.roll_out(endpoint, package.model_data, package.image)
 
 
-def roll_out_recorded(sagemaker: Any, endpoints: Endpoints, package: Package, endpoint: str, status: str) -> Rollout:
+def roll_out_recorded(
+    sagemaker: Any, endpoints: Endpoints, package: Package, endpoint: str, status: str
+) -> tuple[Rollout, Package]:
     """Roll ``package`` out to ``endpoint`` and record the outcome on the package under ``status``
-    (``staging_status``, ``prod_status``): InService, or the failure, which is raised again."""
+    (``staging_status``, ``prod_status``): InService, or the failure, which is raised again. Returns
+    the package as the registry holds it after the rollout (``approval`` Rejected when an approver
+    rejected it meanwhile: ``record`` keeps that)."""
     try:
         rollout = roll_out(endpoints, endpoint, package)
     except DeployFailed as error:
         record(sagemaker, package, **{status: f"Failed at {now()}: {str(error)[:200]}"})
         raise
-    record(sagemaker, package, **{status: f"InService at {now()} on {endpoint}"})
-    return rollout
+    return rollout, record(sagemaker, package, **{status: f"InService at {now()} on {endpoint}"})
 
 
 def consume_queue(

@@ -90,6 +90,8 @@ class Package:
     image: str
     metadata: dict[str, str]
     description: str = ""
+    # ModelMetrics.ModelQuality.Statistics: the evaluation.json the pipeline's Register step names
+    evaluation_uri: str = ""
 
     @property
     def wql(self) -> float:
@@ -112,10 +114,15 @@ class Package:
         return value
 
 
-def describe_package(sagemaker: Any, arn: str) -> Package:
+def describe_package(sagemaker: Any, arn: str, s3: Any = None) -> Package:
+    """The package as the registry holds it now. A package the pipeline's Register step created
+    carries its metrics as ModelMetrics (the Evaluate step's evaluation.json in S3), not in its
+    CustomerMetadataProperties: those are read from there (``s3``, a client made when needed), so
+    ``Package.wql`` judges every package the same way (issue #23 item 9)."""
     d = sagemaker.describe_model_package(ModelPackageName=arn)
     containers = (d.get("InferenceSpecification") or {}).get("Containers") or [{}]
-    return Package(
+    statistics = ((d.get("ModelMetrics") or {}).get("ModelQuality") or {}).get("Statistics") or {}
+    package = Package(
         arn=d.get("ModelPackageArn", arn),
         group=d.get("ModelPackageGroupName", ""),
         approval=d.get("ModelApprovalStatus") or "",
@@ -123,21 +130,55 @@ def describe_package(sagemaker: Any, arn: str) -> Package:
         image=containers[0].get("Image", ""),
         metadata=dict(d.get("CustomerMetadataProperties") or {}),
         description=d.get("ApprovalDescription") or "",
+        evaluation_uri=statistics.get("S3Uri", ""),
     )
+    if WQL in package.metadata or not package.evaluation_uri.startswith("s3://"):
+        return package
+    return replace(package, metadata={**evaluation_metadata(package.evaluation_uri, s3), **package.metadata})
+
+
+def evaluation_metadata(uri: str, s3: Any = None) -> dict[str, str]:
+    """The regression metrics of the evaluation.json at ``uri`` as metadata strings (what
+    ``registry.register`` records): ``{"mean_wQuantileLoss": "0.21", "RMSE": "3.4"}``."""
+    if s3 is None:
+        import boto3
+
+        s3 = boto3.client("s3")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        document = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as error:  # botocore's errors: the package stays without metrics, said why
+        return {EVALUATION_STATUS: "Failed", "evaluation_reason": f"{uri} unreadable: {error}"[:256]}
+    try:
+        metrics = registry.evaluation_metrics(document, uri)
+    except UserError as error:
+        return {EVALUATION_STATUS: "Failed", "evaluation_reason": str(error)[:256]}
+    return {name: repr(value) for name, value in metrics.items()}
+
+
+REJECTED = "Rejected"
 
 
 def record(sagemaker: Any, package: Package, description: Optional[str] = None, **metadata: str) -> Package:
-    """Add metadata to a package. Approval status and description are always re-sent: moto (and an
-    update from a stale console tab) would otherwise clear them."""
-    merged = {**package.metadata, **metadata}
+    """Add metadata to a package, as a compare-and-set on its approval (issue #23 item 7).
+
+    moto clears an approval status an update leaves out, so the status is always sent, but the one
+    read *now*, right before the update, never ``package.approval`` (read before a rollout that may
+    have lasted an hour): an approver who rejected the package meanwhile is not overruled, and
+    metadata others added meanwhile is kept. The registry has no conditional update; what is left is
+    one round trip between the read and the write. The package as it is afterwards is returned, so
+    callers see a Reject and act on it (``deploy`` then does not raise the bar).
+    """
+    current = describe_package(sagemaker, package.arn)
+    merged = {**current.metadata, **metadata}
     request: dict[str, Any] = {"ModelPackageArn": package.arn, "CustomerMetadataProperties": merged}
-    if package.approval:
-        request["ModelApprovalStatus"] = package.approval
-    description = (description or package.description)[:1000]
+    if current.approval:
+        request["ModelApprovalStatus"] = current.approval
+    description = (description or current.description)[:1000]
     if description:
         request["ApprovalDescription"] = description
     sagemaker.update_model_package(**request)
-    return replace(package, metadata=merged, description=description)
+    return replace(current, metadata=merged, description=description)
 
 
 def approve(sagemaker: Any, arn: str, by: str) -> Package:
@@ -178,12 +219,30 @@ def read_threshold(ssm: Any, name: str) -> float:
         raise ThresholdError(str(error)) from None
 
 
+def stored_threshold(wql: float) -> float:
+    """``wql`` as ``raise_bar`` stores it in SSM (6 significant digits)."""
+    return float(f"{wql:.6g}")
+
+
+def check_bar(package: Package, threshold: float, parameter: str, action: str) -> float:
+    """The package's wQL when it meets the current bar (``threshold``, just read from SSM ``parameter``),
+    compared as the bar is stored, so a model whose own wQL set the bar meets it; else PackageRejected
+    (issue #23 item 6: ``deploy`` and ``promote`` judge a model by the bar of now, not of its build)."""
+    wql = package.wql
+    if stored_threshold(wql) > threshold:
+        raise PackageRejected(
+            f"model package {package.arn}: {WQL} {wql:g} is above the current threshold {threshold:g} "
+            f"(SSM parameter {parameter}): it cannot be {action}"
+        )
+    return wql
+
+
 def raise_bar(ssm: Any, name: str, wql: float) -> tuple[float, float]:
     """Threshold := ``wql`` when it is better (lower). Returns (before, after)."""
     before = read_threshold(ssm, name)
     if wql < before:
         ssm.put_parameter(Name=name, Value=f"{wql:.6g}", Type="String", Overwrite=True)
-        return before, float(f"{wql:.6g}")
+        return before, stored_threshold(wql)
     return before, before
 
 

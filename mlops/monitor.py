@@ -20,6 +20,7 @@ Exit status: 0 healthy or no actuals yet, 2 breach (retrain started or already r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from sagemaker_deepar.contract import ContractError, PeriodMeans, TimeFreq, iter
 from sagemaker_deepar.metrics import score_forecasts
 
 from . import registry
-from .events import WQL, LoopError, read_threshold
+from .events import WQL, LoopError, now, read_threshold
 
 NAMESPACE = "DeepAR/MLOps"
 
@@ -179,22 +180,105 @@ def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Opti
 NETWORK_HYPERPARAMETERS = ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
 
 
-def start_retrain(sagemaker: Any, pipeline: str, group: Optional[str], reason: str) -> tuple[str, bool]:
-    """(execution ARN, started?) — never a second execution while one is running. With ``group``, the
-    execution warm-starts from the group's production model (see ``warm_start_from_production``)."""
+def start_retrain(
+    sagemaker: Any,
+    pipeline: str,
+    group: Optional[str],
+    reason: str,
+    *,
+    ssm: Any,
+    threshold_parameter: str,
+    window: str,
+) -> tuple[str, bool]:
+    """(execution ARN, started?) — never a second execution for one breach, also when monitors run at
+    once (issue #23 item 8), and every execution gated by the bar of now (item 6).
+
+    Once: not while one runs (``running_retrain``); and a breach (pipeline, group's newest package,
+    the scored forecast ``window``) gets one token, which takes an SSM lock parameter (created without
+    overwrite: exactly one monitor succeeds) and is the execution's ClientRequestToken (SageMaker's own
+    idempotency). The loser answers the winner's execution. With ``group``, the execution warm-starts
+    from the group's production model (see ``warm_start_from_production``).
+    """
     running = running_retrain(sagemaker, pipeline, group)
     if running:
         return running, False
-    description = f"{reason}; {warm_start_from_production(sagemaker, pipeline, group)}" if group else reason
-    arn = sagemaker.start_pipeline_execution(
-        PipelineName=pipeline,
-        PipelineExecutionDescription=description[:3072],
-        PipelineExecutionDisplayName="monitor-retrain",
-    )["PipelineExecutionArn"]
+    definition = json.loads(sagemaker.describe_pipeline(PipelineName=pipeline)["PipelineDefinition"])
+    parameters, gate = gate_parameters(ssm, definition, pipeline, threshold_parameter)
+    token = breach_token(pipeline, group, newest_package(sagemaker, group), window)
+    lock = retrain_lock(threshold_parameter, token)
+    if not take_lock(ssm, lock):
+        return str(ssm.get_parameter(Name=lock)["Parameter"]["Value"]), False
+    try:
+        warm = f"; {warm_start_from_production(sagemaker, pipeline, group, definition)}" if group else ""
+        arn = sagemaker.start_pipeline_execution(
+            PipelineName=pipeline,
+            PipelineExecutionDescription=f"{reason}; {gate}{warm}"[:3072],
+            PipelineExecutionDisplayName="monitor-retrain",
+            PipelineParameters=parameters,
+            ClientRequestToken=token,
+        )["PipelineExecutionArn"]
+    except BaseException:
+        ssm.delete_parameter(Name=lock)  # nothing started: the next run may try this breach again
+        raise
+    ssm.put_parameter(Name=lock, Value=arn, Type="String", Overwrite=True)
     return arn, True
 
 
-def warm_start_from_production(sagemaker: Any, pipeline: str, group: str) -> str:
+def gate_parameters(ssm: Any, definition: dict, pipeline: str, threshold_parameter: str) -> tuple[list[dict], str]:
+    """The execution's ``AccuracyThreshold`` (and ``ThresholdParameterName``), read from SSM now.
+
+    The gate's parameter is the one ``build`` stored as the definition's ThresholdParameterName
+    default (the demo's monitor alerts on another one); without it, the monitor's own. A definition
+    without an AccuracyThreshold parameter cannot be gated by the current bar: an error.
+    """
+    declared = {p.get("Name"): p for p in definition.get("Parameters", [])}
+    if "AccuracyThreshold" not in declared:
+        raise LoopError(
+            f"pipeline {pipeline} declares no AccuracyThreshold parameter: a retrain would not be gated by the "
+            "current threshold (upsert it with `python -m mlops build`)"
+        )
+    name = str((declared.get("ThresholdParameterName") or {}).get("DefaultValue") or threshold_parameter)
+    threshold = read_threshold(ssm, name)
+    parameters = [{"Name": "AccuracyThreshold", "Value": repr(threshold)}]
+    if "ThresholdParameterName" in declared:
+        parameters.append({"Name": "ThresholdParameterName", "Value": name})
+    return parameters, f"gate {WQL} <= {threshold:g} (SSM parameter {name})"
+
+
+def newest_package(sagemaker: Any, group: Optional[str]) -> str:
+    if not group:
+        return ""
+    packages = sagemaker.list_model_packages(
+        ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=1
+    ).get("ModelPackageSummaryList", [])
+    return str(packages[0]["ModelPackageArn"]) if packages else ""
+
+
+def breach_token(pipeline: str, group: Optional[str], package: str, window: str) -> str:
+    """One breach, one token (64 hex digits; SageMaker takes 32 to 128 characters): the same pipeline,
+    group, newest package and scored window, whichever monitor saw it."""
+    return hashlib.sha256("\n".join((pipeline, group or "", package, window)).encode()).hexdigest()
+
+
+def retrain_lock(threshold_parameter: str, token: str) -> str:
+    """The SSM parameter that marks a breach's retrain: beside the threshold, ``<folder>/retrains/<token>``."""
+    folder = threshold_parameter.rsplit("/", 1)[0].strip("/") if "/" in threshold_parameter else ""
+    return f"/{folder}/retrains/{token}" if folder else f"/retrains/{token}"
+
+
+def take_lock(ssm: Any, name: str) -> bool:
+    """Create ``name``; False when it exists (another monitor started, or is starting, this retrain)."""
+    try:
+        ssm.put_parameter(
+            Name=name, Value=f"starting since {now()}", Type="String", Overwrite=False,
+            Description="mlops monitor: the retrain of one accuracy breach (its execution ARN once started)",
+        )  # fmt: skip
+    except ssm.exceptions.ParameterAlreadyExists:
+        return False
+    return True
+
+
+def warm_start_from_production(sagemaker: Any, pipeline: str, group: str, definition: Optional[dict] = None) -> str:
     """Point the pipeline's Train step at the production model before an execution starts; what was done, said.
 
     ``build`` fixes its warm-start choice into the definition it upserts, so an execution started
@@ -206,7 +290,8 @@ def warm_start_from_production(sagemaker: Any, pipeline: str, group: str) -> str
     production = registry.production_model(sagemaker, group)
     if production is None:
         return f"no approved model in {group}: the pipeline's own warm-start choice stands"
-    definition = json.loads(sagemaker.describe_pipeline(PipelineName=pipeline)["PipelineDefinition"])
+    if definition is None:
+        definition = json.loads(sagemaker.describe_pipeline(PipelineName=pipeline)["PipelineDefinition"])
     train = next((s for s in definition.get("Steps", []) if s.get("Type") == "Training"), None)
     if train is None:
         return f"pipeline {pipeline} has no training step: nothing to warm-start"
@@ -301,7 +386,10 @@ def monitor_once(
     if wql <= threshold:
         return MonitorResult("healthy", wql, rmse, threshold, points, metrics=scores)
     reason = f"{endpoint}: {WQL} {wql:.4g} > threshold {threshold:.4g} over {points} point(s)"
-    arn, started = start_retrain(sagemaker, pipeline, group, reason)
+    window = scored_window(stored)
+    arn, started = start_retrain(
+        sagemaker, pipeline, group, reason, ssm=ssm, threshold_parameter=threshold_parameter, window=window
+    )
     if started:
         return MonitorResult("retrain-started", wql, rmse, threshold, points, arn, f"{reason}: started {arn}", scores)
     return MonitorResult(
@@ -314,6 +402,12 @@ def monitor_once(
         f"{reason}: retrain {arn} already running, none started",
         scores,
     )
+
+
+def scored_window(forecasts: list[tuple[str, dict]]) -> str:
+    """The forecast window a run scored (first and last start, points per series): part of a breach's token."""
+    starts = sorted(str(forecast["start"]) for _, forecast in forecasts)
+    return f"{starts[0]}..{starts[-1]} x{len(forecasts[0][1]['mean'])}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,6 +20,7 @@ from .deploy import (
     add_loop_arguments,
     clients,
     make_endpoints,
+    rejected_during,
     roll_out_recorded,
     show,
     stage_endpoint,
@@ -30,8 +31,11 @@ from .events import (
     PROD_STATUS,
     PROMOTED_AT,
     PROMOTED_BY,
+    REJECTED,
     STAGING_STATUS,
     LoopError,
+    PackageRejected,
+    check_bar,
     describe_package,
     now,
     read_threshold,
@@ -43,7 +47,7 @@ def promote(
     sagemaker: Any, ssm: Any, endpoints: Endpoints, package_arn: str, name: str, by: str, threshold_parameter: str
 ) -> Deployment:
     package = describe_package(sagemaker, package_arn)
-    wql = package.wql
+    _ = package.wql  # a failed evaluation stops here
     if package.approval != "Approved":
         raise LoopError(f"model package {package_arn} is {package.approval or 'not approved'}: it cannot be promoted")
     staging = package.metadata.get(STAGING_STATUS, "")
@@ -54,16 +58,18 @@ def promote(
         )
     if not by.strip():
         raise LoopError("--approved-by: name who approves the production rollout")
+    endpoint = stage_endpoint(name, "prod")
     threshold = read_threshold(ssm, threshold_parameter)
+    wql = check_bar(package, threshold, threshold_parameter, f"promoted to {endpoint}")
     at = now()
     package = record(
-        sagemaker,
-        package,
-        description=f"promoted to {stage_endpoint(name, 'prod')} by {by} at {at}",
-        **{PROMOTED_BY: by, PROMOTED_AT: at},
+        sagemaker, package, description=f"promoted to {endpoint} by {by} at {at}", **{PROMOTED_BY: by, PROMOTED_AT: at}
     )
-    endpoint = stage_endpoint(name, "prod")
-    rollout = roll_out_recorded(sagemaker, endpoints, package, endpoint, PROD_STATUS)
+    if package.approval != "Approved":  # rejected since it was read: nothing rolled out
+        raise PackageRejected(f"model package {package_arn} is {package.approval}: it cannot be promoted")
+    rollout, package = roll_out_recorded(sagemaker, endpoints, package, endpoint, PROD_STATUS)
+    if package.approval == REJECTED:
+        raise PackageRejected(rejected_during(package, endpoint))
     return Deployment(package.arn, endpoint, wql, threshold, threshold, rollout.created, rollout.target)
 
 

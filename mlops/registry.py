@@ -83,6 +83,20 @@ def model_metrics_document(metrics: Mapping[str, float], threshold: float, thres
     )
 
 
+def evaluation_metrics(document: bytes, where: str) -> dict[str, float]:
+    """Every ``regression_metrics.<name>.value`` of an evaluation.json (the Evaluate step's report,
+    which the pipeline's Register step attaches as the package's ModelMetrics); not one, or not a
+    JSON object of them, is an error naming ``where``."""
+    try:
+        metrics = json.loads(document)["regression_metrics"]
+        values = {str(name): float(entry["value"]) for name, entry in metrics.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{where}: not an evaluation document ({error})") from None
+    if not values:
+        raise UserError(f"{where}: not an evaluation document (no regression_metrics)")
+    return values
+
+
 def register(
     sagemaker_client: Any,
     group: str,

@@ -259,9 +259,10 @@ def test_monitor_publishes_and_starts_one_retrain_on_drift(aws, moto_env):
     from mlops.monitor import monitor_once
 
     sagemaker, ssm, cloudwatch = aws("sagemaker"), aws("ssm"), aws("cloudwatch")
+    gate = [{"Name": "AccuracyThreshold", "Type": "Float", "DefaultValue": 0.5}]  # what build declares (#23 item 6)
     sagemaker.create_pipeline(
         PipelineName=f"{NAME}-build",
-        PipelineDefinition=json.dumps({"Version": "2020-12-01", "Steps": []}),
+        PipelineDefinition=json.dumps({"Version": "2020-12-01", "Parameters": gate, "Steps": []}),
         RoleArn="arn:aws:iam::123456789012:role/x",
     )
     monitor_args = [

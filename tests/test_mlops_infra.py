@@ -132,9 +132,11 @@ def test_up_completes_every_resource_rerun_changes_nothing_down_removes(aws, mot
     assert all("*" not in json.dumps(s["Action"]) for s in loop["Statement"])  # no wildcard actions
     assert iam.get_role(RoleName=f"{NAME}-model-execution")["Role"]["AssumeRolePolicyDocument"]
 
+    assert_hardened(aws, up.stdout)
+
     again = infra(moto_env, "up")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "created" not in again.stdout and again.stdout.count("present ") == 5
+    assert "created" not in again.stdout and again.stdout.count("present ") == 7
 
     down = infra(moto_env, "down")
     assert down.returncode == 0, down.stderr[-3000:]
@@ -142,3 +144,57 @@ def test_up_completes_every_resource_rerun_changes_nothing_down_removes(aws, mot
     assert cloudwatch.describe_alarms(AlarmNamePrefix=NAME)["MetricAlarms"] == []
     assert f"{NAME}-model-approved" not in [r["Name"] for r in events.list_rules()["Rules"]]
     assert infra(moto_env, "down").returncode == 0  # already gone: tolerated
+
+
+def assert_hardened(aws, up_output: str) -> None:
+    """#23 low items, through each service's API after `up`: the artifacts bucket's name holds the
+    account (and region), public access is blocked; the queues are encrypted (SQS-managed SSE); the
+    endpoints' log groups expire; the monitor queue's visibility timeout outlives a run (#23 item 8).
+    The TLS-only bucket policy is pinned in the template (below): moto applies a conditional Deny
+    unconditionally, so against it `up` leaves the policy out and says so (awsinfra.completers)."""
+    s3, sqs, logs = aws("s3"), aws("sqs"), aws("logs")
+    bucket = f"{NAME}-mlops-{ACCOUNT}-{MOTO_REGION}"
+    assert "(AWS::S3::BucketPolicy): not applied offline" in up_output
+    assert set(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values()) == {True}
+    [rule] = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    for queue in (f"{NAME}-approvals", f"{NAME}-approvals-dlq", f"{NAME}-monitor-runs"):
+        url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["SqsManagedSseEnabled"] == "true", queue
+    runs = sqs.get_queue_url(QueueName=f"{NAME}-monitor-runs")["QueueUrl"]
+    timeout = sqs.get_queue_attributes(QueueUrl=runs, AttributeNames=["VisibilityTimeout"])["Attributes"]
+    assert int(timeout["VisibilityTimeout"]) >= 3600
+    groups = logs.describe_log_groups(logGroupNamePrefix=f"/aws/sagemaker/Endpoints/{NAME}-")["logGroups"]
+    assert {g["logGroupName"]: g.get("retentionInDays") for g in groups} == {
+        f"/aws/sagemaker/Endpoints/{NAME}-staging": 90,
+        f"/aws/sagemaker/Endpoints/{NAME}-prod": 90,
+    }
+
+
+def test_template_pins_the_low_items():
+    """#23 low items in the template itself: every bucket named with the account and with a TLS-only
+    policy, every queue encrypted, every log group with a retention."""
+    from mlops.infra import load_template
+
+    resources = load_template()["Resources"]
+    buckets = {k: r for k, r in resources.items() if r["Type"] == "AWS::S3::Bucket"}
+    assert buckets
+    for logical, bucket in buckets.items():
+        assert "${AWS::AccountId}" in bucket["Properties"]["BucketName"]["Fn::Sub"], logical
+        policies = [
+            r["Properties"]["PolicyDocument"]["Statement"]
+            for r in resources.values()
+            if r["Type"] == "AWS::S3::BucketPolicy" and r["Properties"]["Bucket"] == {"Ref": logical}
+        ]
+        assert any(
+            s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+            for statements in policies
+            for s in statements
+        ), logical
+    for logical, resource in resources.items():
+        if resource["Type"] == "AWS::SQS::Queue":
+            properties = resource["Properties"]
+            assert properties.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in properties, logical
+        if resource["Type"] == "AWS::Logs::LogGroup":
+            assert "RetentionInDays" in resource["Properties"], logical

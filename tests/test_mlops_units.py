@@ -315,24 +315,34 @@ def test_no_second_retrain_while_one_is_executing():
         executions("Executing", "Succeeded"),
         {"PipelineName": "deepar-build", "SortBy": "CreationTime", "SortOrder": "Descending", "MaxResults": 10},
     )
-    with stub:  # start_pipeline_execution is not stubbed: calling it would fail the test
-        arn, started = monitor.start_retrain(sagemaker, "deepar-build", None, "breach")
+    ssm = client("ssm")
+    with stub, Stubber(ssm):  # start_pipeline_execution (or any SSM call) is not stubbed: it would fail the test
+        arn, started = monitor.start_retrain(
+            sagemaker, "deepar-build", None, "breach", ssm=ssm, threshold_parameter="/p", window="w"
+        )
     assert (arn, started) == ("arn:aws:sagemaker:eu-west-1:123456789012:pipeline/p/execution/0", False)
 
 
 def test_retrain_starts_when_the_last_one_finished_and_registered():
-    sagemaker = client("sagemaker")
-    stub = Stubber(sagemaker)
+    import json
+
+    sagemaker, ssm = client("sagemaker"), client("ssm")
+    stub, ssm_stub = Stubber(sagemaker), Stubber(ssm)
     stub.add_response("list_pipeline_executions", executions("Succeeded"), None)
-    stub.add_response(
-        "list_model_packages",
-        {
-            "ModelPackageSummaryList": [
-                {"ModelPackageArn": PACKAGE, "CreationTime": 200, "ModelPackageStatus": "Completed"}
-            ]
-        },
-        None,
-    )
+    newest = {
+        "ModelPackageSummaryList": [
+            {"ModelPackageArn": PACKAGE, "CreationTime": 200, "ModelPackageStatus": "Completed"}
+        ]
+    }
+    stub.add_response("list_model_packages", newest, None)
+    gate = [{"Name": "AccuracyThreshold", "Type": "Float", "DefaultValue": 0.5}]
+    stub.add_response("describe_pipeline", {"PipelineDefinition": json.dumps({"Parameters": gate, "Steps": []})})
+    ssm_stub.add_response("get_parameter", {"Parameter": {"Name": "/d/mlops/t", "Value": "0.25", "Type": "String"}})
+    stub.add_response("list_model_packages", newest, None)
+    token = monitor.breach_token("deepar-build", "deepar-models", PACKAGE, "w")
+    lock = f"/d/mlops/retrains/{token}"
+    ssm_stub.add_response("put_parameter", {"Version": 1}, {"Name": lock, "Value": ANY, "Type": "String",
+                                                           "Overwrite": False, "Description": ANY})  # fmt: skip
     stub.add_client_error(
         "describe_model_package_group", "ValidationException", "Model Package Group deepar-models does not exist"
     )  # no production model: the pipeline's own warm-start choice stands
@@ -341,13 +351,22 @@ def test_retrain_starts_when_the_last_one_finished_and_registered():
         {"PipelineExecutionArn": "arn:new"},
         {
             "PipelineName": "deepar-build",
-            "PipelineExecutionDescription": "breach; no approved model in deepar-models: the pipeline's own "
-            "warm-start choice stands",
+            "PipelineExecutionDescription": "breach; gate mean_wQuantileLoss <= 0.25 (SSM parameter /d/mlops/t); "
+            "no approved model in deepar-models: the pipeline's own warm-start choice stands",
             "PipelineExecutionDisplayName": "monitor-retrain",
+            "PipelineParameters": [{"Name": "AccuracyThreshold", "Value": "0.25"}],
+            "ClientRequestToken": token,
         },
     )
-    with stub:
-        assert monitor.start_retrain(sagemaker, "deepar-build", "deepar-models", "breach") == ("arn:new", True)
+    ssm_stub.add_response(
+        "put_parameter", {"Version": 2}, {"Name": lock, "Value": "arn:new", "Type": "String", "Overwrite": True}
+    )
+    with stub, ssm_stub:
+        assert monitor.start_retrain(
+            sagemaker, "deepar-build", "deepar-models", "breach", ssm=ssm, threshold_parameter="/d/mlops/t", window="w"
+        ) == ("arn:new", True)
+        stub.assert_no_pending_responses()
+        ssm_stub.assert_no_pending_responses()
 
 
 def _train_definition(num_cells: str) -> dict:
@@ -355,7 +374,10 @@ def _train_definition(num_cells: str) -> dict:
     joined = {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.NumCells"}]}}
     return {
         "Version": "2020-12-01",
-        "Parameters": [{"Name": "NumCells", "Type": "Integer", "DefaultValue": int(num_cells)}],
+        "Parameters": [
+            {"Name": "NumCells", "Type": "Integer", "DefaultValue": int(num_cells)},
+            {"Name": "AccuracyThreshold", "Type": "Float", "DefaultValue": 0.5},
+        ],
         "Steps": [
             {
                 "Name": "Train",
@@ -400,7 +422,11 @@ def test_a_monitor_retrain_warm_starts_from_the_production_model(pipeline_cells,
             events.approve(sagemaker, approved, "test")
         prod = packages[1]
 
-        arn, started = monitor.start_retrain(sagemaker, "deepar-build", "deepar-models", "breach")
+        ssm = client("ssm")
+        ssm.put_parameter(Name="/d/mlops/t", Value="0.4", Type="String")
+        arn, started = monitor.start_retrain(
+            sagemaker, "deepar-build", "deepar-models", "breach", ssm=ssm, threshold_parameter="/d/mlops/t", window="w"
+        )
 
         assert started
         stored = json.loads(sagemaker.describe_pipeline(PipelineName="deepar-build")["PipelineDefinition"])
@@ -410,7 +436,10 @@ def test_a_monitor_retrain_warm_starts_from_the_production_model(pipeline_cells,
         assert set(channels) == {"train", "model"}
         assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/v2/model.tar.gz"
         assert channels["model"]["ContentType"] == "application/x-sagemaker-model"
-        assert description == f"breach; warm start from s3://b/v2/model.tar.gz (model package {prod})"
+        assert description == (
+            "breach; gate mean_wQuantileLoss <= 0.4 (SSM parameter /d/mlops/t); "
+            f"warm start from s3://b/v2/model.tar.gz (model package {prod})"
+        )
     else:
         assert set(channels) == {"train"}
         assert "another network shape (num_cells 40 -> 16): not used" in description
