@@ -18,14 +18,24 @@ from typing import Any
 
 from awsinfra.cloudformation import Deployment, Destroyed, Stack
 from awsinfra.errors import error_code
+from awsinfra.template import load_template as _load
 
-__all__ = ["COMPLETED_TYPES", "TEMPLATE", "down", "error_code", "run_infra", "up"]
+__all__ = ["COMPLETED_TYPES", "TEMPLATE", "down", "error_code", "load_template", "run_infra", "up"]
 
 TEMPLATE = Path(__file__).resolve().parent / "template.yaml"
 # the types whose check `up` reports, one line each (what moto's CloudFormation skips in this template)
-COMPLETED_TYPES = ("AWS::SageMaker::ModelPackageGroup", "AWS::CloudWatch::Alarm", "AWS::SQS::QueuePolicy")
+COMPLETED_TYPES = (
+    "AWS::SageMaker::ModelPackageGroup",
+    "AWS::CloudWatch::Alarm",
+    "AWS::SQS::QueuePolicy",
+    "AWS::S3::BucketPolicy",  # the artifacts bucket's TLS-only policy (left out against moto: said)
+)
 Line = tuple[str, str, str]  # (action, type, name)
 _SAID = {"created": "creating", "updated": "updating", "unchanged": "unchanged"}
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    return _load(path)
 
 
 def loop_stack(stack: str, name: str, template_path: Path = TEMPLATE) -> Stack:
@@ -42,7 +52,8 @@ def completion_lines(deployment: Deployment) -> list[Line]:
     for done in deployment.completed:
         if done.kind not in COMPLETED_TYPES:
             continue
-        parts = done.parts or ((done.action, done.physical_id),)
+        what = done.physical_id + (f" (not applied {'; '.join(done.applied)})" if done.action == "skipped" else "")
+        parts = done.parts or ((done.action, what),)
         lines.extend((action, done.kind, what) for action, what in parts)
     return lines
 

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -207,7 +208,7 @@ def start_retrain(
     token = breach_token(pipeline, group, newest_package(sagemaker, group), window)
     lock = retrain_lock(threshold_parameter, token)
     if not take_lock(ssm, lock):
-        return str(ssm.get_parameter(Name=lock)["Parameter"]["Value"]), False
+        return winners_execution(ssm, lock), False
     try:
         warm = f"; {warm_start_from_production(sagemaker, pipeline, group, definition)}" if group else ""
         arn = sagemaker.start_pipeline_execution(
@@ -264,6 +265,20 @@ def retrain_lock(threshold_parameter: str, token: str) -> str:
     """The SSM parameter that marks a breach's retrain: beside the threshold, ``<folder>/retrains/<token>``."""
     folder = threshold_parameter.rsplit("/", 1)[0].strip("/") if "/" in threshold_parameter else ""
     return f"/{folder}/retrains/{token}" if folder else f"/retrains/{token}"
+
+
+LOCK_WAIT_SECONDS = 30.0  # how long a loser waits for the winner to write its execution's ARN
+
+
+def winners_execution(ssm: Any, lock: str, wait: float = LOCK_WAIT_SECONDS) -> str:
+    """The execution ARN the monitor holding ``lock`` started; while it is still starting (the lock says
+    "starting since ..."), wait for it a bounded time, then answer what the lock says."""
+    deadline = time.monotonic() + wait
+    while True:
+        value = str(ssm.get_parameter(Name=lock)["Parameter"]["Value"])
+        if value.startswith("arn:") or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.5)
 
 
 def take_lock(ssm: Any, name: str) -> bool:

@@ -434,12 +434,26 @@ def allowed(statements: list[dict], action: str, resource: str, context: dict) -
 
 
 def loop_role_statements() -> list[dict]:
-    from mlops.infra import Resolver, load_template
+    """LoopRole's statements resolved for Name=looptest (queue and role ARNs from their names)."""
+    from awsinfra.template import Resolver
+    from mlops.infra import load_template
 
     template = load_template()
-    resolve = Resolver(template, {"Name": NAME}, ACCOUNT, REGION, clients=None)
-    [policy] = template["Resources"]["LoopRole"]["Properties"]["Policies"]
-    return resolve(policy["PolicyDocument"]["Statement"])
+    pseudo = {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"}
+    names = Resolver(template, {"Name": NAME}, {}, pseudo, lambda *_: "")
+    resources = template["Resources"]
+
+    def arn(logical: str, kind: str, attribute: str) -> str:
+        props = resources[logical]["Properties"]
+        if kind == "AWS::SQS::Queue":
+            return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{names.value(props['QueueName'])}"
+        if kind == "AWS::IAM::Role":
+            return f"arn:aws:iam::{ACCOUNT}:role/{names.value(props['RoleName'])}"
+        raise AssertionError(f"{logical}.{attribute}: not expected in LoopRole")
+
+    resolve = Resolver(template, {"Name": NAME}, {}, pseudo, arn)
+    [policy] = resources["LoopRole"]["Properties"]["Policies"]
+    return resolve.value(policy["PolicyDocument"]["Statement"])
 
 
 @pytest.mark.unit
