@@ -206,3 +206,20 @@ def test_key_path_maps_keys_below_the_prefix(tmp_path):
     assert key_path(tmp_path, "forecasts-x/a.out", "forecasts") == tmp_path / "-x" / "a.out"  # S3 prefixes are text
     assert confined_path(tmp_path, "a/b/", "x") == tmp_path / "a" / "b"
 
+
+
+def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
+    """#23 item 3: the checkpoint folder is synced from S3; its state file must not point the resume elsewhere."""
+    import json
+
+    from sagemaker_deepar.backends import CHECKPOINT_STATE, read_checkpoint_state
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (tmp_path / "elsewhere.ckpt").write_bytes(b"not ours")
+    (checkpoints / "epoch-1.ckpt").write_bytes(b"ours")
+    for name, expected in [("../elsewhere.ckpt", None), ("/etc/passwd", None), ("epoch-1.ckpt", "epoch-1.ckpt")]:
+        state = {"file": name, "epochs_done": 1, "fingerprint": {"a": 1}}
+        (checkpoints / CHECKPOINT_STATE).write_text(json.dumps(state))
+        found = read_checkpoint_state(checkpoints, {"a": 1})
+        assert (found and found["file"]) == expected
