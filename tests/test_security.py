@@ -223,3 +223,35 @@ def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
         (checkpoints / CHECKPOINT_STATE).write_text(json.dumps(state))
         found = read_checkpoint_state(checkpoints, {"a": 1})
         assert (found and found["file"]) == expected
+
+
+# ---------------------------------------------------------------- item 13: streamed bodies
+
+
+def test_bounded_lines_never_hold_a_line_above_the_limit():
+    """#23 item 13: a line over the limit is read through in small pieces and stands as an OversizedLine."""
+    from sagemaker_deepar.inference import OversizedLine, bounded_lines, iter_lines
+
+    class Recording(io.BytesIO):
+        largest = 0
+
+        def readline(self, size=-1):
+            line = super().readline(size)
+            Recording.largest = max(Recording.largest, len(line))
+            return line
+
+    body = Recording(b'{"a": 1}\n' + b"x" * 5000 + b"\n\n" + b"y" * 100 + b"\n" + b"z" * 3000)
+    lines = list(iter_lines(bounded_lines(body, max_line_bytes=1000, chunk=256)))
+    assert [n for n, _ in lines] == [1, 2, 4, 5]  # the blank line 3 skipped, the numbering kept
+    assert lines[0][1] == b'{"a": 1}\n' and lines[2][1] == b"y" * 100 + b"\n"
+    assert lines[1][1] == lines[3][1] == OversizedLine(1000)  # also an unterminated last line
+    assert Recording.largest <= 1001
+    assert OversizedLine(2**20).message("line 2: ").startswith("line 2: longer than 1 MB (DEEPAR_MAX_DOCUMENT_MB)")
+
+
+def test_document_limit_defaults_to_100_mb_in_async_and_to_the_payload_below_it():
+    from sagemaker_deepar.server_config import MAX_DOCUMENT_MB, ServerConfig
+
+    assert ServerConfig.from_env({"DEEPAR_HOSTING_MODE": "async"}).max_document_bytes == MAX_DOCUMENT_MB * 2**20
+    assert ServerConfig.from_env({}).max_document_bytes == 6 * 2**20  # real-time: the payload is the bound
+    assert ServerConfig.from_env({"DEEPAR_MAX_DOCUMENT_MB": "7"}).max_document_bytes == 7 * 2**20
