@@ -657,7 +657,9 @@ def _check_member(member: tarfile.TarInfo, root: Path, where: str) -> Path:
     """
     name = f"{where}: member {member.name!r}"
     if member.issym() or member.islnk():
-        raise UnsafeArchiveError(f"{name} is a link to {member.linkname!r}; a model archive holds only files and folders")
+        raise UnsafeArchiveError(
+            f"{name} is a link to {member.linkname!r}; a model archive holds only files and folders"
+        )
     if not (member.isreg() or member.isdir()) or member.issparse():
         raise UnsafeArchiveError(f"{name} is not a regular file or folder (type {member.type!r})")
     try:

@@ -87,7 +87,11 @@ def test_async_mode_holds_no_json_value_above_the_document_limit(torch_model: Pa
     """#23 item 13: a body whose first line is not JSON was joined whole in memory (async: up to 1 GB).
     Now a whole JSON document is read only up to DEEPAR_MAX_DOCUMENT_MB (413 above it), and a longer JSON
     Lines line is skipped unread and answered with its own error line. 1 MB here, to keep the test small."""
-    env = {"DEEPAR_HOSTING_MODE": "async", "DEEPAR_MAX_DOCUMENT_MB": "1", "DEEPAR_INFERENCE_CONFIG": '{"num_samples": 20}'}
+    env = {
+        "DEEPAR_HOSTING_MODE": "async",
+        "DEEPAR_MAX_DOCUMENT_MB": "1",
+        "DEEPAR_INFERENCE_CONFIG": '{"num_samples": 20}',
+    }
     instance = {"start": "2024-01-01 00:00:00", "target": [round(10 + (i % 24) / 3, 2) for i in range(300)]}
     with running_server(torch_model, **env) as server:
         pretty = json.dumps({"instances": [instance] * 600}, indent=1)  # not JSON Lines: its first line is "{"

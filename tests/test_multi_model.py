@@ -265,10 +265,10 @@ def test_names_that_are_folders_or_too_long_are_400_with_the_reason(tmp_path):
     url = model_url(tmp_path, "a")
     for name in (".", ".."):
         for call in (
-            lambda: reg.load(name, url),
-            lambda: reg.describe(name),
-            lambda: reg.unload(name),
-            lambda: invoke(reg, name),
+            lambda name=name: reg.load(name, url),
+            lambda name=name: reg.describe(name),
+            lambda name=name: reg.unload(name),
+            lambda name=name: invoke(reg, name),
         ):
             with pytest.raises(RequestError, match="names a folder") as error:
                 call()

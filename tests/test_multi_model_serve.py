@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -185,27 +184,9 @@ def test_image_has_the_label_and_serves_multi_model(image, torch_model, tmp_path
 
 def test_evaluation_deploy_multi_model_and_invoke_target_model_requests():
     """tests/sdk/multi_model_check.py under pytest in .venv-sdk: requests checked with botocore's Stubber."""
-    from .conftest import REPO, SDK_PYTHON
+    from .conftest import SDK_PYTHON, run_nested_pytest
 
     if not SDK_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail("required in CI: .venv-sdk (scripts/bootstrap.sh)")
         pytest.skip("needs .venv-sdk")
-    result = subprocess.run(
-        [
-            str(SDK_PYTHON),
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--noconftest",
-            "tests/sdk/multi_model_check.py",
-        ],
-        cwd=REPO,
-        env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    run_nested_pytest(SDK_PYTHON, "tests/sdk/multi_model_check.py", env)

@@ -52,7 +52,9 @@ def test_converter_refuses_a_key_that_climbs_out_of_the_prefix(s3, moto_env, tmp
     bad_key = f"readings/{ESCAPE}.parquet"
     s3.put_object(Bucket=s3.bucket, Key=bad_key, Body=b"PAR1")
     out = tmp_path / "channels"
-    result = run("ingestion.to_deepar", moto_env, tmp_path, "--curated", f"s3://{s3.bucket}/readings/", "--out", str(out))
+    result = run(
+        "ingestion.to_deepar", moto_env, tmp_path, "--curated", f"s3://{s3.bucket}/readings/", "--out", str(out)
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert f"s3 key {bad_key!r}" in last and "has '..'" in last

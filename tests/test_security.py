@@ -207,7 +207,6 @@ def test_key_path_maps_keys_below_the_prefix(tmp_path):
     assert confined_path(tmp_path, "a/b/", "x") == tmp_path / "a" / "b"
 
 
-
 def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
     """#23 item 3: the checkpoint folder is synced from S3; its state file must not point the resume elsewhere."""
     import json
