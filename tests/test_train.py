@@ -161,8 +161,9 @@ def assert_served_distribution(opt_ml: OptMl, backend: str, likelihood: str, tar
     if likelihood == "beta":
         assert draws.min() >= 0 and draws.max() <= 1
     elif likelihood == "deterministic-L1":
-        expected = 2 * math.log(2) * L1_SCALE[backend]
-        assert np.allclose(iqr / scales, expected, rtol=0.15), (iqr / scales, expected)
+        expected = 2 * math.log(2) * L1_SCALE[backend]  # the IQR's Monte-Carlo error at 4000 draws: ~3 %
+        assert np.allclose(iqr / scales, expected, rtol=0.08), (iqr / scales, expected)
+        assert tails > 5.0, tails
     elif likelihood == "gaussian":
         assert tails < 4.6, tails
     elif likelihood == "student-T":
