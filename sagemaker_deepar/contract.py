@@ -646,7 +646,9 @@ class _BoundedReader(io.RawIOBase):
 def _open_decompressed(tarball: Path) -> IO[bytes]:
     with open(tarball, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(tarball, "rb") if gzipped else open(tarball, "rb")
+    if gzipped:
+        return gzip.open(tarball, "rb")  # type: ignore[return-value]  # GzipFile is a binary file object
+    return open(tarball, "rb")
 
 
 def _check_member(member: tarfile.TarInfo, root: Path, where: str) -> Path:

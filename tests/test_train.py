@@ -168,7 +168,7 @@ def assert_served_distribution(opt_ml: OptMl, backend: str, likelihood: str, tar
         assert tails < 4.6, tails
     elif likelihood == "student-T":
         assert tails > 5.0, tails
-        assert (draws.min() < 0 or draws.max() > 1), "student-T draws stay in [0, 1] like a beta's"
+        assert draws.min() < 0 or draws.max() > 1, "student-T draws stay in [0, 1] like a beta's"
 
 
 def independent_scores(test_records: list[dict], forecasts: list[dict], quantiles: list[float], pl: int) -> dict:
