@@ -174,6 +174,23 @@ def test_gzip_bomb_is_small_and_decompresses_to_gigabytes(tmp_path):
         assert header.size == 5 * 2**30 and stream.read(2**20) == b"\0" * 2**20
 
 
+def test_every_caller_refuses_with_its_own_named_error(tmp_path):
+    """#23 item 1: the mlops local endpoints and the serverless in-function model go through the same
+    extraction; a refused archive is their named error, and nothing is left behind."""
+    from mlops.endpoints import DeployFailed, LocalEndpoints
+    from serverless.handlers.forecasting import BackendError, download_model
+
+    archive = symlink_chain_archive(tmp_path / "model.tar.gz")
+    state = tmp_path / "state"
+    with pytest.raises(DeployFailed, match=r"model artifact .* was refused: .*member 'a' is a link to '\.'"):
+        LocalEndpoints(state)._model_dir(str(archive))
+    assert not any((state / "models").iterdir())
+    cache = tmp_path / "cache"
+    with pytest.raises(BackendError, match=r"FORECAST_MODEL .*model.tar.gz: .*member 'a' is a link"):
+        download_model(str(archive), cache)
+    assert not (cache / "deepar-model" / ".extracted").exists() and not (cache / "b").exists()
+
+
 # ---------------------------------------------------------------- item 3: S3 keys as local paths
 
 
