@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -426,7 +427,7 @@ def test_bad_timestamps_are_quarantined_with_their_reason_and_nothing_halts(tmp_
     """#23 item 2: numeric 1e20 / NaN / -1e12 timestamps once raised in every run (the quarantine path
     too), and 9999-12-31 made a far-future partition; now each is one quarantined record with its
     reason, the other devices' readings are curated, and a re-run gives the same result."""
-    if shutil.which("java") is None and not os.environ.get("CI"):
+    if shutil.which("java") is None:  # under CI the skip fails the run (tests/conftest.py)
         pytest.skip("no Java runtime for Spark")
     raw = tmp_path / "raw"
     poisoned_lake(raw)
