@@ -591,13 +591,18 @@ def confined_path(folder: Path, relative: str, where: str) -> Path:
 
 def key_path(folder: Path, key: str, prefix: str) -> Path:
     """Where the S3 object ``key``, listed under ``prefix``, is copied inside ``folder``: the rest of the key
-    after the prefix (and the ``/`` that ends it), checked by ``confined_path``. Raises UnsafePathError."""
+    after the prefix (and the ``/`` that ends it), checked by ``confined_path``; ``.`` parts are refused
+    too (``a/./b`` and ``a/b`` are two objects, one path: one would overwrite the other). The one mapping
+    of S3 keys to local paths (#23 item 3). Raises UnsafePathError."""
+    where = f"s3 key {key!r}"
     if not key.startswith(prefix):
-        raise UnsafePathError(f"s3 key {key!r}: not under the prefix {prefix!r}")
+        raise UnsafePathError(f"{where}: not under the prefix {prefix!r}")
     rest = key[len(prefix) :]
     if prefix and not prefix.endswith("/") and rest.startswith("/"):
         rest = rest[1:]  # prefix "forecasts" lists "forecasts/a.out": the slash separates, it is not a root
-    path = confined_path(folder, rest, f"s3 key {key!r}")
+    if "." in rest.split("/"):
+        raise UnsafePathError(f"{where}: {rest!r} has '.'; only plain names separated by single '/'")
+    path = confined_path(folder, rest, where)
     if path == Path(folder):
         raise UnsafePathError(f"s3 key {key!r}: names the folder itself, not an object below {prefix!r}")
     return path
