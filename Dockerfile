@@ -8,8 +8,9 @@
 #                    empty to use only docker/wheels/ and PyPI.
 #   WHEELS_DIR       folder in the build context (un-ignore it in .dockerignore) with wheels to install first (air-gapped builds;
 #                    CI: the CPU torch wheel); default docker/wheels/, which may stay empty
-#   CA_DIR           folder in the build context with extra CA certificates (*.crt) to trust, for
-#                    TLS-intercepting proxies; default docker/ca/, which may stay empty
+#   CA_DIR           folder in the build context with extra CA certificates (*.crt) the venv stage trusts
+#                    (pip behind a TLS-intercepting proxy); default docker/ca/, which may stay empty.
+#                    The runtime stage never copies them.
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS venv
@@ -40,7 +41,6 @@ RUN /tmp/build/slim_venv.sh /opt/venv \
         torch=torch mxnet=mxnet sympy=sympy,mpmath,networkx pyarrow=pyarrow scipy=scipy pandas=pandas numpy=numpy
 
 FROM ${BASE_IMAGE}
-ARG CA_DIR=docker/ca
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # Multi-model endpoints (CreateModel Mode=MultiModel): SageMaker then sets SAGEMAKER_MULTI_MODEL=true (README, "Multi-model endpoints").
 LABEL com.amazonaws.sagemaker.capabilities.multi-models=true
@@ -48,7 +48,8 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
-COPY ${CA_DIR}/ /usr/local/share/ca-certificates/extra/
+# No CA_DIR here: the build host's extra CA (a TLS-intercepting proxy's) is for pip in the venv stage only;
+# the shipped image trusts Debian's CA set and nothing else (#23, tests/test_image.py). apt reads http://.
 COPY docker/dpkg-nodoc.cfg /etc/dpkg/dpkg.cfg.d/nodoc
 # >>> Runtime system packages: the one apt-get line of the runtime image (add packages here). <<<
 # libgomp1/libquadmath0: torch, mxnet. python3-distutils: gluonts.mx.

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from sagemaker_deepar.cli import run_command
-from sagemaker_deepar.contract import ContractError, parse_time_freq
+from sagemaker_deepar.contract import ContractError, UnsafePathError, key_path, parse_time_freq
 from sagemaker_deepar.errors import UserError
 
 QUERIES = Path(__file__).resolve().parent.parent / "queries"
@@ -196,13 +196,12 @@ def _s3_parts(url: str) -> tuple[str, str]:
 
 
 def local_path_for_key(folder: Path, prefix: str, key: str) -> Path:
-    """Where the object ``key`` (under ``prefix``) goes inside ``folder``; a key that would leave it
-    (``..``, an absolute part) is refused."""
-    relative = key[len(prefix) :] if key.startswith(prefix) else key
-    parts = relative.split("/")
-    if any(part in ("..", ".", "") for part in parts):
-        raise UserError(f"S3 key {key!r} does not name a file inside {prefix or 'the bucket'}: refused")
-    return folder.joinpath(*parts)
+    """Where the object ``key`` (under ``prefix``) goes inside ``folder``: the contract's one mapping
+    (``key_path``); a key that would leave it (``..``, ``.``, an absolute or empty part) is refused."""
+    try:
+        return key_path(folder, key, prefix)
+    except UnsafePathError as error:
+        raise UserError(f"{error}: refused") from None
 
 
 def copy_from_s3(url: str, folder: Path, client: Any = None) -> Path:

@@ -47,7 +47,10 @@ def fetch(curated: str, folder: Path) -> Path:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if item["Key"].endswith(".parquet"):
-                target = folder / item["Key"][len(prefix) :].lstrip("/")
+                try:  # a key such as readings/../../x must not write outside the work folder (#23 item 3)
+                    target = contract.key_path(folder, item["Key"], prefix)
+                except contract.UnsafePathError as error:
+                    raise UserError(f"{curated}: {error}") from None
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, item["Key"], str(target))
     return folder

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from sagemaker_deepar.contract import extract_model_tarball
+from sagemaker_deepar.contract import UnsafeArchiveError, extract_model_tarball
 
 from .events import DeployFailed
 
@@ -172,6 +172,9 @@ class LocalEndpoints:
                 shutil.copy(model_data.removeprefix("file://"), archive)
             try:
                 extract_model_tarball(archive, root / "model")
+            except UnsafeArchiveError as error:  # links, a bomb (#23 item 1): nothing was written
+                shutil.rmtree(root, ignore_errors=True)
+                raise DeployFailed(f"model artifact {model_data} was refused: {error}") from None
             except tarfile.TarError as error:
                 shutil.rmtree(root, ignore_errors=True)
                 raise DeployFailed(f"model artifact {model_data} is not a tar.gz: {error}") from None

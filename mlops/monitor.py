@@ -32,7 +32,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sagemaker_deepar.contract import ContractError, PeriodMeans, TimeFreq, iter_jsonl, parse_time_freq, period_means
+from sagemaker_deepar.contract import (
+    ContractError,
+    PeriodMeans,
+    TimeFreq,
+    UnsafePathError,
+    iter_jsonl,
+    key_path,
+    parse_time_freq,
+    period_means,
+)
 from sagemaker_deepar.metrics import score_forecasts
 
 from . import registry
@@ -72,7 +81,10 @@ def local_copy(uri: str, folder: Path, s3: Any, suffixes: tuple[str, ...]) -> Pa
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             if item["Key"].endswith(suffixes):
-                target = folder / item["Key"][len(prefix) :].lstrip("/")
+                try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
+                    target = key_path(folder, item["Key"], prefix)
+                except UnsafePathError as error:
+                    raise LoopError(f"{uri}: {error}") from None
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, item["Key"], str(target))
                 found += 1

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import distributed, faults
-from .contract import FeatureSpec
+from .contract import FeatureSpec, UnsafePathError, confined_path
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,12 @@ def read_checkpoint_state(checkpoint_dir: Path, fingerprint: dict) -> Optional[d
             "ignoring checkpoint in %s: it was written with different hyperparameters or features", checkpoint_dir
         )
         return None
-    if not (checkpoint_dir / state["file"]).exists():
+    try:  # the folder is synced from S3: its state must not name a file elsewhere (#23 item 3)
+        checkpoint = confined_path(checkpoint_dir, str(state.get("file", "")), f"{state_file}: file")
+    except UnsafePathError as error:
+        log.warning("ignoring checkpoint state: %s", error)
+        return None
+    if checkpoint.parent != checkpoint_dir or not checkpoint.exists():
         return None
     return state
 

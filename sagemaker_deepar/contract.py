@@ -8,9 +8,12 @@ a Lambda bundle and the container all import the same definitions without torch,
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import math
+import os
 import re
+import shutil
 import tarfile
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -565,32 +568,184 @@ def predictions(
     return out
 
 
+# ---------------------------------------------------------------- paths from outside input
+
+
+class UnsafePathError(ContractError):
+    """A name from outside (an S3 key, a tar member) would not stay inside its folder (#23 items 1 and 3)."""
+
+
+def confined_path(folder: Path, relative: str, where: str) -> Path:
+    """``folder`` joined with ``relative`` when every ``/``-separated part of it is a plain name.
+
+    Refused, naming ``where``: an absolute name, ``..`` parts, empty parts (``a//b``), a NUL byte. ``.``
+    parts name the folder they are in and are dropped (``tar -C model .`` writes ``./x``). Checked on the
+    text alone, before anything touches the disk, so no symlink already there and no earlier member of
+    the same input can change the answer.
+    """
+    if not relative:
+        raise UnsafePathError(f"{where}: empty name")
+    if "\0" in relative:
+        raise UnsafePathError(f"{where}: {relative!r} contains a NUL byte")
+    if relative.startswith("/"):
+        raise UnsafePathError(f"{where}: {relative!r} is absolute; only names relative to the folder are allowed")
+    parts = relative.removesuffix("/").split("/")  # a folder's trailing slash (tar, S3 "folder" objects)
+    for part in parts:
+        if part in ("", ".."):
+            shown = "an empty part" if not part else repr(part)
+            raise UnsafePathError(f"{where}: {relative!r} has {shown}; only plain names separated by single '/'")
+    return Path(folder).joinpath(*(part for part in parts if part != "."))
+
+
+def key_path(folder: Path, key: str, prefix: str) -> Path:
+    """Where the S3 object ``key``, listed under ``prefix``, is copied inside ``folder``: the rest of the key
+    after the prefix (and the ``/`` that ends it), checked by ``confined_path``; ``.`` parts are refused
+    too (``a/./b`` and ``a/b`` are two objects, one path: one would overwrite the other). The one mapping
+    of S3 keys to local paths (#23 item 3). Raises UnsafePathError."""
+    where = f"s3 key {key!r}"
+    if not key.startswith(prefix):
+        raise UnsafePathError(f"{where}: not under the prefix {prefix!r}")
+    rest = key[len(prefix) :]
+    if prefix and not prefix.endswith("/") and rest.startswith("/"):
+        rest = rest[1:]  # prefix "forecasts" lists "forecasts/a.out": the slash separates, it is not a root
+    if "." in rest.split("/"):
+        raise UnsafePathError(f"{where}: {rest!r} has '.'; only plain names separated by single '/'")
+    path = confined_path(folder, rest, where)
+    if path == Path(folder):
+        raise UnsafePathError(f"s3 key {key!r}: names the folder itself, not an object below {prefix!r}")
+    return path
+
+
 # ---------------------------------------------------------------- model.tar.gz
 
+# Bounds of what extract_model_tarball writes (a gzip bomb is an ArchiveTooLargeError, not a full disk).
+# Bytes: the largest network the hyperparameter ranges allow (16 layers x 1024 cells: ~134M float32
+# weights, 0.54 GB) is stored twice (predictor state and network.onnx): ~1.1 GB, plus embeddings; 4 GiB
+# keeps room for those and still fits a Lambda's /tmp (10 GB) and a serving instance's volume.
+MODEL_TARBALL_MAX_BYTES = 4 * 2**30
+# Members: a model is about ten files (deepar-metadata.json, predictor/*, network.onnx); 1,000 leaves room
+# for what users pack beside it while bounding the headers read (each a TarInfo in memory).
+MODEL_TARBALL_MAX_MEMBERS = 1_000
+_TAR_HEADER_SLACK = 2**20  # headers, padding and end blocks beside the members' data, in the size bound
 
-def extract_model_tarball(tarball: Path, target: Path) -> None:
-    """Unpack a ``model.tar.gz`` safely: no absolute paths, no ``..``, no links out, no devices.
 
-    tarfile's ``filter="data"`` does exactly this where it exists (Python >= 3.11.4); the image's Debian
-    Python 3.11.2 lacks it, so there the same rules are checked member by member. Raises tarfile.TarError.
+class UnsafeArchiveError(tarfile.TarError):
+    """A model.tar.gz member that is not a plain file or folder inside the target (#23 item 1)."""
+
+
+class ArchiveTooLargeError(UnsafeArchiveError):
+    """A model.tar.gz over MODEL_TARBALL_MAX_BYTES or MODEL_TARBALL_MAX_MEMBERS (a gzip bomb)."""
+
+
+class _BoundedReader(io.RawIOBase):
+    """The decompressed archive, refused once more than ``limit`` bytes come out (before tarfile buffers them)."""
+
+    def __init__(self, stream: IO[bytes], limit: int, where: str):
+        self.stream, self.limit, self.where, self.count = stream, limit, where, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.stream.read(min(len(view), self.limit + 1 - self.count))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise ArchiveTooLargeError(f"{self.where}: more than {self.limit} bytes once decompressed (a gzip bomb?)")
+        view[: len(data)] = data
+        return len(data)
+
+
+def _open_decompressed(tarball: Path) -> IO[bytes]:
+    with open(tarball, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(tarball, "rb")  # type: ignore[return-value]  # GzipFile is a binary file object
+    return open(tarball, "rb")
+
+
+def _check_member(member: tarfile.TarInfo, root: Path, where: str) -> Path:
+    """The member's destination; only regular files and folders with plain relative names are allowed.
+
+    Every symlink and hardlink is refused, not only those pointing out: a model artifact needs none, and
+    a chain (``a -> .``, ``a/b -> ..``, then ``b/evil``) passes any check made before the links exist.
     """
+    name = f"{where}: member {member.name!r}"
+    if member.issym() or member.islnk():
+        raise UnsafeArchiveError(
+            f"{name} is a link to {member.linkname!r}; a model archive holds only files and folders"
+        )
+    if not (member.isreg() or member.isdir()) or member.issparse():
+        raise UnsafeArchiveError(f"{name} is not a regular file or folder (type {member.type!r})")
+    try:
+        path = confined_path(root, member.name, name)
+    except UnsafePathError as error:
+        raise UnsafeArchiveError(str(error)) from None
+    if member.isreg() and path == root:
+        raise UnsafeArchiveError(f"{name} is a file named like the target folder itself")
+    return path
+
+
+def _scan_model_tarball(tarball: Path, max_bytes: int, max_members: int) -> None:
+    """One streamed pass over the archive: every member checked, the counts bounded, nothing written."""
+    where = str(tarball)
+    total = members = 0
+    with _open_decompressed(tarball) as raw:
+        bounded = io.BufferedReader(_BoundedReader(raw, max_bytes + _TAR_HEADER_SLACK, where))
+        with tarfile.open(fileobj=bounded, mode="r|") as archive:
+            for member in archive:
+                members += 1
+                if members > max_members:
+                    raise ArchiveTooLargeError(f"{where}: more than {max_members} members (MODEL_TARBALL_MAX_MEMBERS)")
+                _check_member(member, Path("."), where)
+                total += member.size
+                if total > max_bytes:
+                    raise ArchiveTooLargeError(
+                        f"{where}: members hold more than {max_bytes} bytes (MODEL_TARBALL_MAX_BYTES; at {member.name!r})"
+                    )
+
+
+def _extract_member(archive: tarfile.TarFile, member: tarfile.TarInfo, root: Path, where: str) -> None:
+    """One checked member written by hand: folders made, files created without following any link."""
+    destination = _check_member(member, root, where)
+    if member.isdir():
+        destination.mkdir(parents=True, exist_ok=True)
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not destination.parent.resolve().is_relative_to(root.resolve()):  # a link already in the target folder
+        raise UnsafeArchiveError(f"{where}: member {member.name!r} would be written through a link out of {root}")
+    source = archive.extractfile(member)
+    if source is None:  # pragma: no cover - regular members always have a file object
+        raise UnsafeArchiveError(f"{where}: member {member.name!r} has no data")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with source, os.fdopen(os.open(destination, flags, 0o644), "wb") as out:
+        shutil.copyfileobj(source, out)
+
+
+def extract_model_tarball(
+    tarball: Path,
+    target: Path,
+    max_bytes: int = MODEL_TARBALL_MAX_BYTES,
+    max_members: int = MODEL_TARBALL_MAX_MEMBERS,
+) -> None:
+    """Unpack a ``model.tar.gz`` (or plain tar) into ``target``: regular files and folders only.
+
+    First a streamed pass checks every member and bounds the archive (``max_bytes`` decompressed and in
+    members' data, ``max_members``) without writing; a refusal writes nothing. Then the extraction: tarfile's
+    ``filter="data"`` where it exists (Python >= 3.11.4), else member by member here (the image's Debian
+    Python 3.11.2). Raises UnsafeArchiveError / ArchiveTooLargeError (both tarfile.TarError) naming the member.
+    """
+    tarball, root = Path(tarball), Path(target)
+    _scan_model_tarball(tarball, max_bytes, max_members)
+    root.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball) as archive:
         if hasattr(tarfile, "data_filter"):
-            archive.extractall(target, filter="data")
+            for member in archive:  # the same checks again: what is extracted is what was scanned
+                _check_member(member, root, str(tarball))
+            archive.extractall(root, filter="data")
             return
-        root = Path(target).resolve()
-        for member in archive.getmembers():
-            path = (root / member.name).resolve()
-            unsafe = (
-                Path(member.name).is_absolute()
-                or not path.is_relative_to(root)
-                or member.isdev()
-                or (member.issym() or member.islnk())
-                and not (path.parent / member.linkname).resolve().is_relative_to(root)
-            )
-            if unsafe:
-                raise tarfile.TarError(f"{member.name}: not a plain file or folder inside the archive")
-        archive.extractall(target)  # noqa: S202 - every member was checked above
+        for member in archive:
+            _extract_member(archive, member, root, str(tarball))
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -275,10 +275,39 @@ def split_lines(body: bytes) -> list[tuple[int, bytes]]:
     return list(iter_lines(iter(io.BytesIO(body))))
 
 
-def iter_lines(lines: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of every non-blank line of a stream of lines, without holding the body."""
+@dataclass(frozen=True)
+class OversizedLine:
+    """A line longer than the per-value limit: skipped unread (never held), answered with an error (#23 item 13)."""
+
+    limit: int
+
+    def message(self, where: str) -> str:
+        return (
+            f"{where}longer than {self.limit // 2**20} MB (DEEPAR_MAX_DOCUMENT_MB): not read; "
+            "send one series per line below that size"
+        )
+
+
+def bounded_lines(stream: Any, max_line_bytes: int, chunk: int = 2**20) -> Iterator[bytes | OversizedLine]:
+    """The lines of a binary stream, none held longer than ``max_line_bytes``: a longer line is read through
+    in ``chunk`` pieces and discarded, and an OversizedLine stands in for it (so the line numbers stay right)."""
+    while True:
+        line = stream.readline(max_line_bytes + 1)
+        if not line:
+            return
+        if len(line) <= max_line_bytes or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := stream.readline(chunk)) and not rest.endswith(b"\n"):
+            pass
+        yield OversizedLine(max_line_bytes)
+
+
+def iter_lines(lines: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """(line number, line) of every non-blank line of a stream of lines, without holding the body.
+    An OversizedLine (from ``bounded_lines``) is never blank: it gets its line number and its answer."""
     for n, line in enumerate(lines, start=1):
-        if line.strip():
+        if isinstance(line, OversizedLine) or line.strip():
             yield n, line
 
 

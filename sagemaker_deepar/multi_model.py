@@ -45,7 +45,11 @@ log = logging.getLogger("sagemaker_deepar.multi_model")
 SWEEP_INTERVAL_S = 0.1
 UNLOAD_WAIT_S = 10.0
 LIST_PAGE_MAX = 100  # MMS's default and largest page
-MAX_NAME_CHARS = 1024
+# A model name becomes file names (registry marker ``<quoted name>.json``, resident folder ``<quoted name>``):
+# the quoted name plus ".json" must fit one file name (255 bytes on Linux file systems), else the load
+# failed with a 500 (#23 item 12). SageMaker's names are 32-hex hashes (SAGEMAKER_MORE.md section 1).
+MAX_QUOTED_NAME_CHARS = 250
+DEFAULT_MODELS_DIR = "/opt/ml/models"  # where SageMaker extracts each model (url = <here>/<name>/model)
 # What one resident DeepAR costs beyond its files: the Python objects of the network, the input
 # transformation, the batcher thread's stack. Measured with bench/multi_model.py (RSS over 50 resident).
 MODEL_OVERHEAD_BYTES = 3 * 2**20
@@ -101,6 +105,7 @@ class MultiModelConfig:
     shared_dir: Path
     memory_budget_bytes: int  # per worker, for resident models
     max_resident: Optional[int] = None  # per worker; None: only the memory budget counts
+    models_dir: Path = Path(DEFAULT_MODELS_DIR)  # every load's url must lie below it (#23 item 12)
 
     @classmethod
     def from_env(cls, workers: int, env: Mapping[str, str] = os.environ) -> "MultiModelConfig":
@@ -110,7 +115,8 @@ class MultiModelConfig:
             budget = budget_mb * 2**20
         else:  # the instance's memory less each worker's base, shared by the workers, 80 % of it
             budget = int(max(0, instance_memory_bytes() - workers * WORKER_BASE_BYTES) * 0.8 / max(1, workers))
-        return cls(Path(shared), budget, _env_int(env, "DEEPAR_MME_MAX_MODELS"))
+        models = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "models"  # SAGEMAKER_BASE_DIR: as paths.py
+        return cls(Path(shared), budget, _env_int(env, "DEEPAR_MME_MAX_MODELS"), models.absolute())
 
 
 # ---------------------------------------------------------------- loaded models
@@ -127,11 +133,39 @@ class LoadedModel(Protocol):
 Loader = Callable[[Path], LoadedModel]
 
 
-def model_dir_of(url: str) -> Path:
-    """The artifact folder under ``url``: its root, or tolerantly the one folder below it (an extra tarball level)."""
+def check_model_name(name: Any) -> str:
+    """A model name usable as a registry key and file name, else a 400 saying why (#23 item 12)."""
+    if not isinstance(name, str) or not name.strip():
+        raise RequestError('"model_name": expected a non-empty string')
+    if name in (".", ".."):  # quote() keeps dots: these would name the registry's own folders
+        raise RequestError(f'"model_name": {name!r} is not a usable name (it names a folder)')
+    quoted = len(quote(name, safe=""))
+    if quoted > MAX_QUOTED_NAME_CHARS:
+        raise RequestError(
+            f'"model_name": {len(name)} characters ({quoted} once URL-quoted); at most {MAX_QUOTED_NAME_CHARS} '
+            "once quoted: each model is a file named by it"
+        )
+    return name
+
+
+def _below(path: Path, models_dir: Path, url: str) -> Path:
+    """``path`` with links resolved, when it lies strictly below ``models_dir``; else a 400 (#23 item 12)."""
+    resolved, root = path.resolve(), models_dir.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise RequestError(f"url {url!r}: not below the models folder {models_dir} (SageMaker's <folder>/<name>/model)")
+    return resolved
+
+
+def model_dir_of(url: str, models_dir: Path = Path(DEFAULT_MODELS_DIR)) -> Path:
+    """The artifact folder under ``url``: its root, or tolerantly the one folder below it (an extra tarball level).
+
+    ``url`` must lie below ``models_dir`` (links resolved, checked before the disk is asked whether it exists,
+    so no folder elsewhere is loaded or even probed)."""
     if not url or not isinstance(url, str):
         raise RequestError('"url": expected the folder of an extracted model, e.g. /opt/ml/models/<name>/model')
-    path = Path(url)
+    if "\0" in url or not os.path.isabs(url):
+        raise RequestError(f"url {url!r}: expected an absolute path below the models folder {models_dir}")
+    path = _below(Path(url), models_dir, url)
     if not path.exists():
         raise RequestError(f"url {url!r}: no such folder", status=404)
     if not path.is_dir():
@@ -140,7 +174,7 @@ def model_dir_of(url: str) -> Path:
         return path
     below = [d for d in path.iterdir() if d.is_dir() and (d / METADATA_FILE).is_file()]
     if len(below) == 1:
-        return below[0]
+        return _below(below[0], models_dir, url)  # a link one level down must not lead out either
     raise RequestError(
         f"url {url!r}: no DeepAR model there ({METADATA_FILE} not found at its root or one folder below); "
         "pack model.tar.gz from the training job's /opt/ml/model"
@@ -238,9 +272,8 @@ class ModelRegistry:
 
     def load(self, name: Any, url: Any) -> dict:
         """POST /models: register and load in this worker (a model that cannot load is not registered)."""
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS:
-            raise RequestError(f'"model_name": expected a non-empty string of at most {MAX_NAME_CHARS} characters')
-        model_dir = model_dir_of(url)
+        check_model_name(name)
+        model_dir = model_dir_of(url, self.config.models_dir)
         registration = Registration(name, url, str(model_dir), uuid.uuid4().hex)
         self._register(registration)
         try:
@@ -264,14 +297,14 @@ class ModelRegistry:
         return answer
 
     def describe(self, name: str) -> dict:
-        registration = self.registration(name)
+        registration = self.registration(check_model_name(name))
         if registration is None:
             raise _not_loaded(name)
         return registration.describe()
 
     def unload(self, name: str) -> dict:
         """DELETE /models/<name>: deregistered, and freed in every worker before this returns."""
-        registration = self.registration(name)
+        registration = self.registration(check_model_name(name))
         if registration is None or not self._deregister(registration):
             raise _not_loaded(name)
         self._evict_unregistered()
@@ -288,7 +321,7 @@ class ModelRegistry:
     @contextmanager
     def use(self, name: str, registration: Optional[Registration] = None) -> Iterator[tuple[Any, bool]]:
         """(service, hit) for one invoke: the resident copy, loaded first if this worker has none."""
-        registration = registration or self.registration(name)
+        registration = registration or self.registration(check_model_name(name))
         if registration is None:
             raise _not_loaded(name)
         resident, hit = self._acquire(registration)

@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from .batcher import Batcher
 from .errors import UserError
-from .inference import Model, RequestError, encode, parse_instance
+from .inference import Model, RequestError, bounded_lines, encode, parse_instance
 from .logs import configure_logging
 from .mlflow_folder import find_artifact
 from .multi_model import multi_model_enabled
@@ -269,7 +269,8 @@ def forecast_response(service: ForecastService, config: ServerConfig, too_large:
     if batch_mode:
         body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
         try:
-            mimetype, chunks = service.batch(iter(body), request_type, response_type, deadline)
+            lines = bounded_lines(body, config.max_document_bytes)  # no line or document held above it
+            mimetype, chunks = service.batch(lines, request_type, response_type, deadline)
         except BaseException:
             body.close()
             raise

@@ -18,6 +18,12 @@ from .inference import INFERENCE_RUNTIMES, InferenceConfig, inference_config_fro
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
 BATCH_PAYLOAD_LIMIT_MB = 100
 REALTIME_RESPONSE_MB = 6  # InvokeEndpoint's response limit: a larger answer could never reach the client
+# The most of a streamed body (batch transform, async) held in memory at once: one JSON Lines line, or a
+# whole {"instances": ...} document, which is decoded in one piece (#23 item 13: async bodies reach 1 GB).
+# 100 MB is batch transform's largest MaxPayloadInMB, i.e. what a single-record batch request already
+# held; decoded JSON takes ~3-5x its text (measured with orjson on forecast requests), so ~0.5 GB, which
+# fits the ~0.9 GB of request headroom in WORKER_MEMORY_GB. DEEPAR_MAX_DOCUMENT_MB changes it.
+MAX_DOCUMENT_MB = 100
 BATCH_RESPONSE_MB = 1024  # batch answers are streamed; this bounds what one request can make SageMaker store
 # Per worker: ~0.47 GB RSS once the model is loaded, ~0.58 GB after a soak with 100-series requests
 # (bench/serve_throughput.py); the rest is headroom for a request at the sample-path budget.
@@ -188,6 +194,7 @@ class ServerConfig:
     model_dir: str
     max_pass_paths: int = 6400
     max_response_bytes: int = REALTIME_RESPONSE_MB * 2**20
+    max_document_bytes: int = MAX_DOCUMENT_MB * 2**20  # one line or one whole JSON document (streamed bodies)
     body_timeout: int = 10
     front: str = "nginx"
     ready_dir: Optional[str] = None
@@ -266,6 +273,8 @@ class ServerConfig:
                 BATCH_RESPONSE_MB if batch_mode else hosting.response_mb or REALTIME_RESPONSE_MB,
                 high=100_000,
             )
+            * 2**20,
+            max_document_bytes=_int(env, "DEEPAR_MAX_DOCUMENT_MB", min(MAX_DOCUMENT_MB, payload_mb), high=100_000)
             * 2**20,
             body_timeout=_int(env, "DEEPAR_BODY_TIMEOUT", 10, high=3600),
             front=front,

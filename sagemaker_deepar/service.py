@@ -21,6 +21,7 @@ from .inference import (
     InferenceConfig,
     Instance,
     Model,
+    OversizedLine,
     RequestError,
     check_budget,
     check_response_size,
@@ -155,11 +156,13 @@ class ForecastService:
     # ------------------------------------------------------------ batch transform
 
     def batch(
-        self, lines: Iterator[bytes], request_type: str, response_type: str, deadline: float
+        self, lines: Iterator[bytes | OversizedLine], request_type: str, response_type: str, deadline: float
     ) -> tuple[str, Iterator[bytes]]:
         """(mimetype, body chunks). JSON Lines in, exactly one line out per input line, sent as computed.
 
-        A whole ``{"instances": [...]}`` body (SplitType None) is answered like a real-time request.
+        A whole ``{"instances": [...]}`` body (SplitType None) is answered like a real-time request: it is
+        read into memory, so only up to ``max_document_bytes`` (else a 413; #23 item 13). ``lines`` come from
+        ``inference.bounded_lines``: no line longer than that is ever held either.
         """
         numbered = iter_lines(lines)
         first = next(numbered, None)
@@ -173,18 +176,40 @@ class ForecastService:
                 return (JSONLINES if response_type == JSONLINES else JSON), iter([out])
         return JSONLINES, self._batch_lines(chain([first], numbered), deadline)
 
+    def _document_too_large(self) -> RequestError:
+        limit = self.config.max_document_bytes // 2**20
+        return RequestError(
+            f"body: not JSON Lines, and as one JSON document larger than {limit} MB (DEEPAR_MAX_DOCUMENT_MB), "
+            "the most one request is read into memory; send JSON Lines (one series per line)",
+            status=413,
+        )
+
+    def _whole_document(self, line: bytes, rest: Iterator[tuple[int, bytes | OversizedLine]]) -> bytes:
+        """The body from its first line on, joined only up to max_document_bytes (async bodies reach 1 GB)."""
+        parts, size = [line], len(line)
+        for _, text in rest:
+            if isinstance(text, OversizedLine):
+                raise self._document_too_large()
+            size += len(text)
+            if size > self.config.max_document_bytes:
+                raise self._document_too_large()
+            parts.append(text)
+        return b"".join(parts)
+
     def _instances_request(
-        self, first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]
+        self, first: tuple[int, bytes | OversizedLine], rest: Iterator[tuple[int, bytes | OversizedLine]]
     ) -> Optional[tuple[Any, bytes]]:
         """(payload, body) if the body is one {"instances": ...} object; else None (rest is then re-chained by caller)."""
         _, line = first
+        if isinstance(line, OversizedLine):  # one value over the limit, in a body said to be JSON
+            raise self._document_too_large()
         try:
             payload = decode_json(line)
         except RequestError:
             if not line.lstrip().startswith(b"{"):
                 return None
-            # Possibly a pretty-printed instances request: it needs the whole body (at most the payload limit).
-            body = line + b"".join(text for _, text in rest)
+            # Possibly a pretty-printed instances request: it needs the whole body, up to max_document_bytes.
+            body = self._whole_document(line, rest)
             try:
                 payload = decode_json(body)
             except RequestError:
@@ -196,7 +221,7 @@ class ForecastService:
             return payload, line
         return None
 
-    def _batch_lines(self, numbered: Iterator[tuple[int, bytes]], deadline: float) -> Iterator[bytes]:
+    def _batch_lines(self, numbered: Iterator[tuple[int, bytes | OversizedLine]], deadline: float) -> Iterator[bytes]:
         cfg = self.defaults
         rng = seeded_rng(cfg)  # DEEPAR_INFERENCE_CONFIG's seed: one stream for the whole body, in line order
         size = self.batcher.slice_size(cfg.num_samples)
@@ -210,6 +235,8 @@ class ForecastService:
             lines_in += 1
             prefix = f"line {n}: "
             try:
+                if isinstance(line, OversizedLine):
+                    raise RequestError(line.message(prefix))
                 instance = parse_instance(
                     decode_json(line, f"line {n}"), self.model, prefix, self.config.forward_fields
                 )

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .contract import ContractError, FeatureSpec, ModelArtifact, extract_model_tarball
+from .contract import ContractError, FeatureSpec, ModelArtifact, UnsafeArchiveError, extract_model_tarball
 from .errors import UserError
 from .hyperparameters import DeepARHyperparameters
 from .paths import METADATA_FILE, PREDICTOR_DIR
@@ -82,6 +82,9 @@ def _unpack(tarball: Path, channel_dir: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="deepar-warm-start-"))
     try:
         extract_model_tarball(tarball, target)
+    except UnsafeArchiveError as error:  # links, a bomb (#23 item 1): refused before anything was written
+        shutil.rmtree(target, ignore_errors=True)
+        raise UserError(f"{_where(channel_dir)}: {tarball.name} was refused: {error}") from None
     except (tarfile.TarError, OSError, EOFError) as error:
         shutil.rmtree(target, ignore_errors=True)
         raise UserError(

@@ -43,8 +43,6 @@ def reading(device: str, timestamp: str, ozone=30.0, received: int = 1, **extra)
 @pytest.fixture(scope="module")
 def spark():
     if shutil.which("java") is None:
-        if os.environ.get("CI"):
-            pytest.fail("required in CI: a Java runtime (scripts/ensure_packages.sh)")
         pytest.skip("no Java runtime for Spark")
     session = glue_job.spark_session()
     session.sparkContext.setLogLevel("ERROR")
@@ -343,7 +341,7 @@ def test_topic_device_level_must_be_a_level(capsys):
 
 def test_job_runs_as_glue_invokes_it(tmp_path):
     """The script itself, with Glue's extra arguments, on the generated sample lake."""
-    if shutil.which("java") is None and not os.environ.get("CI"):
+    if shutil.which("java") is None:
         pytest.skip("no Java runtime for Spark")
     sample = write_lake(
         tmp_path,
@@ -429,7 +427,7 @@ def test_bad_timestamps_are_quarantined_with_their_reason_and_nothing_halts(tmp_
     """#23 item 2: numeric 1e20 / NaN / -1e12 timestamps once raised in every run (the quarantine path
     too), and 9999-12-31 made a far-future partition; now each is one quarantined record with its
     reason, the other devices' readings are curated, and a re-run gives the same result."""
-    if shutil.which("java") is None and not os.environ.get("CI"):
+    if shutil.which("java") is None:  # under CI the skip fails the run (tests/conftest.py)
         pytest.skip("no Java runtime for Spark")
     raw = tmp_path / "raw"
     poisoned_lake(raw)

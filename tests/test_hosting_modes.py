@@ -83,6 +83,37 @@ def async_body(lines: int, points: int, padding: int = 0) -> bytes:
     return (orjson.dumps(record) + b"\n") * lines
 
 
+def test_async_mode_holds_no_json_value_above_the_document_limit(torch_model: Path):
+    """#23 item 13: a body whose first line is not JSON was joined whole in memory (async: up to 1 GB).
+    Now a whole JSON document is read only up to DEEPAR_MAX_DOCUMENT_MB (413 above it), and a longer JSON
+    Lines line is skipped unread and answered with its own error line. 1 MB here, to keep the test small."""
+    env = {
+        "DEEPAR_HOSTING_MODE": "async",
+        "DEEPAR_MAX_DOCUMENT_MB": "1",
+        "DEEPAR_INFERENCE_CONFIG": '{"num_samples": 20}',
+    }
+    instance = {"start": "2024-01-01 00:00:00", "target": [round(10 + (i % 24) / 3, 2) for i in range(300)]}
+    with running_server(torch_model, **env) as server:
+        pretty = json.dumps({"instances": [instance] * 600}, indent=1)  # not JSON Lines: its first line is "{"
+        assert len(pretty) > 2**20
+        for body in (pretty, json.dumps({"instances": [instance] * 600})):  # pretty, and one 1.2 MB line
+            too_large = server.post(body)
+            assert too_large.status_code == 413, too_large.text[:300]
+            assert "larger than 1 MB (DEEPAR_MAX_DOCUMENT_MB)" in too_large.json()["error"]
+        small = server.post(json.dumps({"instances": [instance] * 3}, indent=1))
+        assert small.status_code == 200 and len(small.json()["predictions"]) == 3, small.text[:300]
+        long_line = {**instance, "note": "x" * (2 * 2**20)}
+        lines = b"".join(orjson.dumps(r) + b"\n" for r in (instance, long_line, instance))
+        answer = server.post(lines, content_type="application/jsonlines", Accept="application/jsonlines")
+        assert answer.status_code == 200, answer.text[:300]
+        first, second, third = (json.loads(line) for line in answer.text.splitlines())
+        assert len(first["mean"]) == len(third["mean"]) == 6
+        assert second == {
+            "error": "line 2: longer than 1 MB (DEEPAR_MAX_DOCUMENT_MB): not read; send one series per line below that size"
+        }
+        assert "Traceback" not in server.output(tail=None)
+
+
 def test_async_mode_answers_bodies_far_above_6_mb_and_ping_stays_up(torch_model: Path):
     env = {"DEEPAR_HOSTING_MODE": "async", "DEEPAR_INFERENCE_CONFIG": json.dumps({"num_samples": 100})}
     with running_server(torch_model, **env) as server:

@@ -57,7 +57,7 @@ def model_url(root: Path, name: str) -> str:
 def registry(
     tmp_path: Path, budget_models: int = 3, loader=None, headroom=lambda: 1 << 40, max_resident=None, **options
 ) -> ModelRegistry:
-    config = MultiModelConfig(tmp_path / "shared", budget_models * COST, max_resident)
+    config = MultiModelConfig(tmp_path / "shared", budget_models * COST, max_resident, tmp_path / "models")
     options.setdefault("sweep", False)
     return ModelRegistry(config, loader or Loader(), cost_of=lambda _: COST, headroom=headroom, **options)
 
@@ -121,8 +121,8 @@ def test_status_codes_404_409_400(tmp_path):
     assert status(lambda: reg.describe("nope")) == 404
     assert status(lambda: reg.unload("nope")) == 404
     assert status(lambda: invoke(reg, "nope")) == 404
-    assert status(lambda: reg.load("b", str(tmp_path / "missing"))) == 404
-    empty = tmp_path / "empty"
+    assert status(lambda: reg.load("b", str(tmp_path / "models" / "missing"))) == 404
+    empty = tmp_path / "models" / "empty"
     empty.mkdir()
     assert status(lambda: reg.load("b", str(empty))) == 400
     assert status(lambda: reg.load("", url)) == 400
@@ -136,7 +136,7 @@ def test_artifact_one_folder_down_is_found(tmp_path):
     url = tmp_path / "models" / "x" / "model"
     model_url(url, "inner")  # url/models/inner/model/deepar-metadata.json: two levels down, not found
     assert status(lambda: registry(tmp_path).load("x", str(url))) == 400
-    nested = tmp_path / "nested"
+    nested = tmp_path / "models" / "nested"
     (nested / "top").mkdir(parents=True)
     (nested / "top" / METADATA_FILE).write_text("{}")
     reg = registry(tmp_path)
@@ -155,7 +155,7 @@ def test_507_when_every_resident_model_is_busy_and_the_model_is_not_registered(t
 
 
 def test_507_when_the_model_is_larger_than_the_budget(tmp_path):
-    config = MultiModelConfig(tmp_path / "shared", COST - 1)
+    config = MultiModelConfig(tmp_path / "shared", COST - 1, models_dir=tmp_path / "models")
     reg = ModelRegistry(config, Loader(), cost_of=lambda _: COST, sweep=False)
     with pytest.raises(RequestError, match="DEEPAR_MME_MEMORY_MB") as error:
         reg.load("a", model_url(tmp_path, "a"))
@@ -257,3 +257,53 @@ def test_unload_returns_once_every_worker_has_freed_the_model(tmp_path):
     worker_a.unload("m")
     assert loader_b.models[0].closed and worker_b.resident_names() == []  # b's sweeper freed it first
     assert status(lambda: invoke(worker_b, "m")) == 404
+
+
+def test_names_that_are_folders_or_too_long_are_400_with_the_reason(tmp_path):
+    """#23 item 12: `.`/`..` named the registry's own folders; names over ~250 characters gave a 500."""
+    reg = registry(tmp_path)
+    url = model_url(tmp_path, "a")
+    for name in (".", ".."):
+        for call in (
+            lambda name=name: reg.load(name, url),
+            lambda name=name: reg.describe(name),
+            lambda name=name: reg.unload(name),
+            lambda name=name: invoke(reg, name),
+        ):
+            with pytest.raises(RequestError, match="names a folder") as error:
+                call()
+            assert error.value.status == 400
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["models", "resident"]
+    long = "m" * 251
+    with pytest.raises(RequestError, match=r"251 characters \(251 once URL-quoted\); at most 250") as error:
+        reg.load(long, url)
+    assert error.value.status == 400
+    assert status(lambda: reg.describe("x" * 1024)) == 400 and status(lambda: invoke(reg, "/" * 100)) == 400
+    reg.load("m" * 250, url)  # the longest name that fits a file name: loads
+    reg.load("..a", url)  # dots inside a name are plain characters
+    assert {m["modelName"] for m in reg.listing()["models"]} == {"m" * 250, "..a"}
+
+
+def test_url_must_lie_below_the_models_folder(tmp_path):
+    """#23 item 12: POST /models loaded any folder of the file system it was pointed at."""
+    reg = registry(tmp_path)
+    outside = tmp_path / "elsewhere" / "model"
+    outside.mkdir(parents=True)
+    (outside / METADATA_FILE).write_text("{}")
+    link = tmp_path / "models" / "link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside.parent)
+    inner = model_url(tmp_path, "inner")
+    for url in (
+        str(outside),  # absolute, elsewhere
+        str(tmp_path / "models" / ".." / "elsewhere" / "model"),  # climbs out
+        str(link / "model"),  # a link below the folder that leads out
+        str(tmp_path / "models"),  # the folder itself
+        "models/inner/model",  # relative: would depend on the worker's working folder
+        "/nonexistent/x",  # refused before anything is probed: 400, not 404
+    ):
+        with pytest.raises(RequestError, match="url") as error:
+            reg.load("x", url)
+        assert error.value.status == 400, url
+    reg.load("inner", inner)
+    assert reg.listing()["models"] == [{"modelName": "inner", "modelUrl": inner}]

@@ -5,7 +5,6 @@ SNS -> SQS really flowing), `emulate` invoking the handlers with Lambda's event 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import math
@@ -573,10 +572,6 @@ def test_destroy_keeps_data_and_refuses_with_dead_letters(deployed):
         sqs.get_queue_attributes(QueueUrl=deployed["QueueUrl"], AttributeNames=["All"])
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("sagemaker_deepar.onnx_forecast") is None,
-    reason="sagemaker_deepar.onnx_forecast (the ONNX predictor) is built on another branch; this runs once merged",
-)
 def test_in_function_model_is_downloaded_once_and_used(tmp_path, monkeypatch, torch_model):
     """FORECAST_MODEL: the model.tar.gz (with the ONNX export training writes) runs inside the function."""
     import tarfile

@@ -20,7 +20,7 @@ import pytest
 
 from sagemaker_deepar.metrics import METRIC_DEFINITIONS
 
-from .conftest import TRAIN, OptMl, entrypoint_env, run_train, series, standard_job
+from .conftest import TINY, TRAIN, OptMl, entrypoint_env, run_train, series, standard_job
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
@@ -123,10 +123,52 @@ def test_each_likelihood_on_each_backend(opt_ml: OptMl, backend: str, likelihood
         json.loads(line) for line in (opt_ml.root / "output/data/test-forecasts.jsonl").read_text().splitlines()
     ]
     assert len(forecasts) == 3 and all(len(f["mean"]) == 6 for f in forecasts)
-    if likelihood == "beta":
-        assert all(0 <= v <= 1 for f in forecasts for v in f["mean"])
+    assert_served_distribution(opt_ml, backend, likelihood, [r["target"][:-6] for r in records])
+
+
+# Laplace's fixed scale in the network's scaled space: ours (torch) is 1, GluonTS mxnet's LaplaceFixedVarianceOutput 0.01.
+L1_SCALE = {"torch": 1.0, "mxnet": 0.01}
+
+
+def assert_served_distribution(opt_ml: OptMl, backend: str, likelihood: str, targets: list[list[float]]) -> None:
+    """#23 "Also": the likelihoods told apart by what the served model draws, not by the hyperparameter read
+    back from the metadata: each check fails if training ignored ``likelihood`` (the default is student-T).
+
+    First-step draws are exactly the likelihood (later steps mix the sampled past): negative-binomial draws
+    are non-negative integers, beta draws lie in [0, 1], deterministic-L1 is a Laplace of fixed scale (its
+    interquartile range is 2 ln 2 x that scale x the series' mean |value| over the context), and Gaussian
+    tails are light: (q99.5 - q0.5) / IQR is 3.8 for a Gaussian, 6.6 for a Laplace and more for a student-T.
+    """
+    from sagemaker_deepar.inference import Model, parse_instance
+
+    model = Model.load(opt_ml.root / "model")
+    entries = [
+        parse_instance({"start": "2024-01-01 00:00:00", "target": t}, model, f"instances[{i}].").entry
+        for i, t in enumerate(targets)
+    ]
+    draws = model.sample(entries, 4000)[:, :, 0].astype(float)  # (series, samples) at the first step
+    q005, q25, q75, q995 = np.quantile(draws, [0.005, 0.25, 0.75, 0.995], axis=1)
+    iqr = q75 - q25
+    tails = float(np.median((q995 - q005) / np.maximum(iqr, 1e-12)))
+    integers = bool(np.all(draws == np.round(draws)))
+    context = int(TINY["context_length"])
+    scales = np.array([np.mean(np.abs(t[-context:])) for t in targets])
+    print(f"{backend} {likelihood}: tails {tails:.2f}, iqr/scale {np.round(iqr / scales, 4)}, integers {integers}")
     if likelihood == "negative-binomial":
-        assert all(v >= 0 for f in forecasts for v in f["mean"])
+        assert integers and draws.min() >= 0
+        return
+    assert not integers
+    if likelihood == "beta":
+        assert draws.min() >= 0 and draws.max() <= 1
+    elif likelihood == "deterministic-L1":
+        expected = 2 * math.log(2) * L1_SCALE[backend]  # the IQR's Monte-Carlo error at 4000 draws: ~3 %
+        assert np.allclose(iqr / scales, expected, rtol=0.08), (iqr / scales, expected)
+        assert tails > 5.0, tails
+    elif likelihood == "gaussian":
+        assert tails < 4.6, tails
+    elif likelihood == "student-T":
+        assert tails > 5.0, tails
+        assert draws.min() < 0 or draws.max() > 1, "student-T draws stay in [0, 1] like a beta's"
 
 
 def independent_scores(test_records: list[dict], forecasts: list[dict], quantiles: list[float], pl: int) -> dict:

@@ -145,6 +145,20 @@ def test_a_model_of_the_other_backend_is_a_client_error(tmp_path, previous_torch
     assert_client_error_before_training(m, run_train(m), "backend: previous model 'torch', this job 'mxnet'")
 
 
+def test_a_model_channel_archive_with_links_is_refused_before_training(tmp_path, previous_torch: Path):
+    """#23 item 1 through container/train: the symlink chain that wrote outside the unpack folder."""
+    from .test_security import symlink_chain_archive
+
+    m = job(tmp_path / "opt_ml", epochs="1")
+    channel = give_model_channel(m, previous_torch, as_tarball=True)
+    shutil.rmtree(channel)
+    channel.mkdir()
+    symlink_chain_archive(channel / "model.tar.gz")
+    expected = "model.tar.gz was refused: "
+    assert_client_error_before_training(m, run_train(m), expected)
+    assert "member 'a' is a link to '.'" in (m.failure or "")
+
+
 @pytest.mark.parametrize("content", ["empty", "corrupt", "not-a-model", "incomplete"])
 def test_unusable_model_channel_is_a_client_error(tmp_path, previous_torch: Path, content: str):
     m = job(tmp_path / "opt_ml", epochs="1")

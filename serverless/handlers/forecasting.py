@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -219,7 +220,10 @@ def download_model(uri: str, root: Optional[Path] = None) -> Path:
         client("s3").download_file(bucket, key, str(archive))
     else:
         archive = Path(uri)
-    extract_model_tarball(archive, root)
+    try:  # links, a bomb (#23 item 1): refused before anything is written; the configured model is unusable
+        extract_model_tarball(archive, root)
+    except tarfile.TarError as error:
+        raise BackendError(f"FORECAST_MODEL {uri}: {error}") from None
     done.write_text(uri)
     return root
 
