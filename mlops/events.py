@@ -141,9 +141,9 @@ def evaluation_metadata(uri: str, s3: Any = None) -> dict[str, str]:
     """The regression metrics of the evaluation.json at ``uri`` as metadata strings (what
     ``registry.register`` records): ``{"mean_wQuantileLoss": "0.21", "RMSE": "3.4"}``."""
     if s3 is None:
-        import boto3
+        from awsinfra.clients import client
 
-        s3 = boto3.client("s3")
+        s3 = client("s3")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:
         document = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
