@@ -132,7 +132,11 @@ def opt_ml(tmp_path: Path) -> OptMl:
 
 
 def entrypoint_env(root: Path, **extra: str) -> dict:
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1", **extra}
+    """The environment an entrypoint runs in: this process's, with SAGEMAKER_BASE_DIR at ``root``. mlflow
+    settings come only from ``extra``: mlflow's ``set_tracking_uri`` in an in-process test exports
+    MLFLOW_TRACKING_URI, and a training job started later must not track into that test's store."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = {**inherited, "SAGEMAKER_BASE_DIR": str(root), "PYTHONUNBUFFERED": "1", **extra}
     env.pop("TRAINING_JOB_NAME", None)
     return env
 

@@ -239,7 +239,7 @@ def registry(feature_model: Path, tmp_path_factory) -> Iterator[dict[str, str]]:
 
     folder = tmp_path_factory.mktemp("mlflow_store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         experiment = mlflow.create_experiment("deepar", artifact_location=(folder / "artifacts").as_uri())
@@ -248,7 +248,9 @@ def registry(feature_model: Path, tmp_path_factory) -> Iterator[dict[str, str]]:
         assert info.registered_model_version == 1
         yield {"MLFLOW_TRACKING_URI": uri}
     finally:
-        mlflow.set_tracking_uri(previous)
+        # set_tracking_uri also exports MLFLOW_TRACKING_URI (for child processes): None unsets both, so
+        # later tests find mlflow as this one did (setting get_tracking_uri()'s default back would pin it)
+        mlflow.set_tracking_uri(exported)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
