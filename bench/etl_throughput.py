@@ -11,6 +11,11 @@ Each step runs as a fresh process; wall-clock seconds include interpreter and JV
 comparisons run in paired rounds (ours, baseline, ours, baseline, ...; outputs removed between rounds so
 every round does the same work); the headline is the median of the per-round time ratios with its range
 (bench._paired). Spark runs local[*] on every core for both sides; pandas uses one.
+
+--compare-job FILE also runs another version of the job (a self-contained glue_job.py, e.g. the
+previous commit's: `git show main:ingestion/glue_job.py > /tmp/old.py`) in the same rounds (ours, it,
+baseline, ...) and prints its own ratio to the baseline and ours / it: a before/after figure measured
+under the same load, which two separate runs on a shared machine cannot give.
 """
 
 from __future__ import annotations
@@ -53,6 +58,25 @@ def timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, result.stdout
 
 
+def run_job(entry: list[str], work: Path) -> tuple[float, dict]:
+    """Seconds and ETL_COUNTS of one Glue job run over work/raw, from empty outputs."""
+    for folder in ("curated", "quarantine"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    seconds, out = timed(
+        [
+            sys.executable,
+            *entry,
+            "--raw-path",
+            str(work / "raw"),
+            "--curated-path",
+            str(work / "curated"),
+            "--quarantine-path",
+            str(work / "quarantine"),
+        ]
+    )
+    return seconds, json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=120)
@@ -62,6 +86,8 @@ def main() -> None:
     )
     parser.add_argument("--keep", type=Path, help="keep the generated data here")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds of each comparison")
+    parser.add_argument("--compare-job", type=Path, help="another glue_job.py to time in the same rounds")
+    parser.add_argument("--skip-converter", action="store_true", help="time the Glue job only")
     args = parser.parse_args()
     from ingestion.raw_sample import write_lake
 
@@ -83,26 +109,21 @@ def main() -> None:
 
     print(machine(), flush=True)
     glue = Paired("glue job / plain Spark time", "<= 1.1x", higher_is_better=True)
+    other = Paired(f"{args.compare_job} / plain Spark time", higher_is_better=True)
+    versus = Paired(f"glue job / {args.compare_job} time", higher_is_better=True)
     counts: dict = {}
     for _ in range(args.rounds):
-        for folder in ("curated", "quarantine", "baseline"):
-            shutil.rmtree(work / folder, ignore_errors=True)
-        job_seconds, out = timed(
-            [
-                sys.executable,
-                "-m",
-                "ingestion.glue_job",
-                "--raw-path",
-                str(work / "raw"),
-                "--curated-path",
-                str(work / "curated"),
-                "--quarantine-path",
-                str(work / "quarantine"),
-            ]
-        )
-        counts = json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
+        job_seconds, counts = run_job(["-m", "ingestion.glue_job"], work)
+        if args.compare_job:
+            other_seconds, other_counts = run_job([str(args.compare_job.resolve())], work)
+            if other_counts != counts:
+                raise SystemExit(f"{args.compare_job} counted {other_counts}, the glue job {counts}")
+        shutil.rmtree(work / "baseline", ignore_errors=True)
         base_seconds, _ = timed([sys.executable, "-c", SPARK_BASELINE, str(plain), str(work / "baseline")])
         rows = counts["records_in"]
+        if args.compare_job:
+            other.add(other_seconds, base_seconds, f"{other_seconds:.1f} s")
+            versus.add(job_seconds, other_seconds)
         glue.add(
             job_seconds,
             base_seconds,
@@ -111,6 +132,13 @@ def main() -> None:
         )
     print(f"glue job: {counts['valid']:,} valid, {counts['quarantined']:,} quarantined of {counts['records_in']:,}")
     print(glue.headline(), flush=True)
+    if args.compare_job:
+        print(other.headline(), flush=True)
+        print(versus.headline(), flush=True)
+    if args.skip_converter:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        return
 
     converter = Paired("converter / pandas read+resample time", higher_is_better=True)
     readings = counts["curated_rows_in_touched_dates"]

@@ -21,6 +21,9 @@ one outside its physical range goes to the quarantine output with the reason and
 Duplicates of (device_id, timestamp) keep the latest received_at. The curated output is snappy
 Parquet partitioned by date; only the dates this run touched are rewritten (merged with what they
 held), so re-running over the same input leaves the same output. Logs the counts.
+
+Cost: the records are parsed once, in Python; valid and quarantined records land in one cached frame,
+counted by one action.
 """
 
 from __future__ import annotations
@@ -341,6 +344,39 @@ def arrival(seconds: Optional[float]) -> Optional[datetime]:
     return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None)
 
 
+def classified_schema(types):
+    """The one frame every record lands in (``types``: pyspark.sql.types): ``valid`` rows fill the curated
+    columns, the others reason, raw and (when it is inside the window) timestamp."""
+    return types.StructType(
+        [
+            types.StructField("valid", types.BooleanType(), False),
+            types.StructField("device_id", types.StringType()),
+            types.StructField("timestamp", types.TimestampNTZType()),
+            *(types.StructField(name, types.DoubleType()) for name in NUMERIC),
+            types.StructField("received_at", types.TimestampNTZType()),
+            types.StructField("source", types.StringType(), False),
+            types.StructField("reason", types.StringType()),
+            types.StructField("raw", types.StringType()),
+        ]
+    )
+
+
+NO_VALUES = (None,) * len(NUMERIC)
+
+
+def classified_rows(
+    path: str, content: bytes, topic_level: int, window: TimestampWindow, arrived: Optional[datetime]
+) -> Iterator[tuple]:
+    """classify() in classified_schema's layout: valid rows fill the curated columns, quarantined
+    ones reason, raw and the in-window timestamp."""
+    for item in classify(path, content, topic_level, window, arrived):
+        if item[0] == "ok":
+            yield (True, *item[1:], None, None)
+        else:
+            _, reason, raw, when, source = item
+            yield (False, None, when, *NO_VALUES, None, source, reason, raw)
+
+
 def run(
     spark,
     raw_path: str,
@@ -363,33 +399,23 @@ def run(
         .select("path", "content", F.col("modificationTime").cast("double").alias("arrived"))
     )
     objects = raw.count()
-    classified = raw.rdd.flatMap(lambda r: classify(r.path, bytes(r.content), topic_level, window, arrival(r.arrived)))
-    curated_schema = T.StructType(
-        [T.StructField("device_id", T.StringType(), False), T.StructField("timestamp", T.TimestampNTZType(), False)]
-        + [T.StructField(name, T.DoubleType(), True) for name in NUMERIC]
-        + [T.StructField("received_at", T.TimestampNTZType(), True), T.StructField("source", T.StringType(), False)]
-    )
-    # Rows were typed by check(): skip createDataFrame's per-row Python verification. Cached: every
-    # later action would otherwise ship the rows from Python to the JVM again.
-    good = spark.createDataFrame(
-        classified.filter(lambda r: r[0] == "ok").map(lambda r: r[1:]), curated_schema, verifySchema=False
-    )
-    bad = spark.createDataFrame(
-        classified.filter(lambda r: r[0] == "bad").map(lambda r: r[1:]),
-        T.StructType(
-            [
-                T.StructField("reason", T.StringType()),
-                T.StructField("raw", T.StringType()),
-                T.StructField("timestamp", T.TimestampNTZType()),
-                T.StructField("source", T.StringType()),
-            ]
-        ),
+    # One pass of Python over the objects: every record lands in one cached frame, valid and
+    # quarantined alike, split below (two frames built from the same RDD would parse everything twice).
+    # Rows were typed by check(): skip createDataFrame's per-row Python verification.
+    classified = spark.createDataFrame(
+        raw.rdd.flatMap(lambda r: classified_rows(r.path, bytes(r.content), topic_level, window, arrival(r.arrived))),
+        classified_schema(T),
         verifySchema=False,
     ).cache()
-    good = good.withColumn("date", F.date_format("timestamp", "yyyy-MM-dd")).cache()
-    valid = good.count()
-    quarantined = bad.count()
+    kinds = {row["valid"]: row["count"] for row in classified.groupBy("valid").count().collect()}
+    valid, quarantined = kinds.get(True, 0), kinds.get(False, 0)
     records_in = valid + quarantined
+    good = (
+        classified.where(F.col("valid"))
+        .select(*CURATED_COLUMNS[:-1])
+        .withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
+    )
+    bad = classified.where(~F.col("valid")).select("reason", "raw", "timestamp", "source")
 
     touched = [r.date for r in good.select("date").distinct().collect()]
     merged = good
@@ -430,8 +456,7 @@ def run(
         "curated_rows_in_touched_dates": curated_rows,
         "dates_touched": len(touched),
     }
-    for frame in (good, bad):
-        frame.unpersist()
+    classified.unpersist()
     return counts
 
 

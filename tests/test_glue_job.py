@@ -514,3 +514,32 @@ def test_ingestion_settings_carry_the_window_to_the_glue_job():
         load_config(None, {"earliest_timestamp": "soon"})
     with pytest.raises(UserError, match="flags: max_ahead_hours: "):
         load_config(None, {"max_ahead_hours": -1})
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kinds", ["good only", "bad only", "mixed"])
+def test_classified_rows_carry_every_record_into_its_columns(kinds):
+    """The job's one Python pass: every record is one row of the classified layout, valid rows with
+    their typed values, quarantined ones with reason, raw text and source, whatever mix an object holds."""
+    from pyspark.sql import types
+
+    names = glue_job.classified_schema(types).fieldNames()
+    good = [reading("s-1", f"2024-01-01T0{hour}:00:00", ozone=float(hour)) for hour in range(5)]
+    bad = ['{"device_id": "s-1", "timestamp": "2024-01-01T09:00:00", "ozone": "high"}', '{"broken": ']
+    lines = {"good only": [json.dumps(r) for r in good], "bad only": bad}.get(
+        kinds, [json.dumps(r) for r in good] + bad
+    )
+    content = "\n".join(lines).encode()
+    rows = glue_job.classified_rows("s3://raw/a", content, 2, glue_job.TimestampWindow(), datetime(2024, 1, 2))
+    table = [dict(zip(names, row, strict=True)) for row in rows]
+    assert [row["source"] for row in table] == ["s3://raw/a"] * len(lines)
+    valid = [row for row in table if row["valid"]]
+    assert [row["ozone"] for row in valid] == ([float(h) for h in range(5)] if kinds != "bad only" else [])
+    assert all(row["device_id"] == "s-1" and row["reason"] is None and row["raw"] is None for row in valid)
+    assert valid == [] or (valid[0]["timestamp"] == datetime(2024, 1, 1) and valid[0]["received_at"] is not None)
+    quarantined = [row for row in table if not row["valid"]]
+    assert [row["reason"].split(":")[0] for row in quarantined] == (
+        ["ozone", "not JSON"] if kinds != "good only" else []
+    )
+    assert all(row["device_id"] is None and row["ozone"] is None and row["raw"] for row in quarantined)
+    assert [row["timestamp"] for row in quarantined][:1] == ([datetime(2024, 1, 1, 9)] if quarantined else [])
