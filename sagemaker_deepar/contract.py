@@ -449,6 +449,35 @@ def split_train_test(
     return train, test
 
 
+# ---------------------------------------------------------------- backtest cut (validation windows)
+
+
+def backtest_cuts(length: int, prediction_length: int, windows: int, min_history: int = 1) -> list[int]:
+    """Where each validation window starts in a training series of ``length`` points, oldest first.
+
+    Window ``k`` scores ``target[cut : cut + prediction_length]`` with a forecaster fitted (or conditioned)
+    on ``target[:cut]``; the windows are back to back and the last one ends where the training series
+    ends (the test channel's horizon, after it, is never seen). A series too short for all of them gets
+    fewer cuts, the oldest dropped first: each history keeps at least ``min_history`` points.
+    """
+    if windows < 0 or prediction_length < 1:
+        raise ContractError(f"backtest: windows={windows}, prediction_length={prediction_length} out of range")
+    cuts = [length - k * prediction_length for k in range(windows, 0, -1)]
+    return [cut for cut in cuts if cut >= max(min_history, 1)]
+
+
+def backtest_window(record: Mapping[str, Any], cut: int, prediction_length: int) -> tuple[dict[str, Any], list[Any]]:
+    """(history, truth) of one validation window: the series up to ``cut`` as a request (``dynamic_feat``
+    kept through the window's horizon, as a forecast needs it) and the window's actual values."""
+    target = list(record["target"])
+    if not 1 <= cut <= len(target) - prediction_length:
+        raise ContractError(f"backtest: cut {cut} leaves no full window in {len(target)} points")
+    history = {**record, "target": target[:cut]}
+    if record.get("dynamic_feat") is not None:
+        history["dynamic_feat"] = [list(row[: cut + prediction_length]) for row in record["dynamic_feat"]]
+    return history, target[cut : cut + prediction_length]
+
+
 def _check_long_enough(record: Mapping[str, Any], prediction_length: int) -> None:
     target = record.get("target") if isinstance(record, Mapping) else None
     if not isinstance(target, (list, tuple)):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sagemaker_deepar import contract
 from sagemaker_deepar.contract import (
     METADATA_FILE,
     SCHEMA_VERSION,
@@ -277,3 +278,22 @@ def test_model_tarball_extracts_plain_files_and_refuses_escapes(tmp_path, monkey
     except tarfile.TarError:
         pass
     assert not Path("/tmp/evil-deepar").exists()
+
+
+@pytest.mark.unit
+def test_backtest_cuts_end_at_the_training_series_end_and_drop_the_oldest_when_short():
+    assert contract.backtest_cuts(100, 14, 3) == [58, 72, 86]
+    assert contract.backtest_cuts(30, 14, 3, min_history=2) == [2, 16]  # 30 - 42 < 2: the oldest window is dropped
+    assert contract.backtest_cuts(10, 14, 2) == []
+    with pytest.raises(contract.ContractError):
+        contract.backtest_cuts(100, 0, 2)
+
+
+@pytest.mark.unit
+def test_backtest_window_keeps_dynamic_feat_through_the_horizon():
+    record = {"start": "2024-01-01", "target": list(range(10)), "dynamic_feat": [list(range(10, 20))]}
+    history, truth = contract.backtest_window(record, 6, 2)
+    assert history["target"] == [0, 1, 2, 3, 4, 5] and truth == [6, 7]
+    assert history["dynamic_feat"] == [[10, 11, 12, 13, 14, 15, 16, 17]]
+    with pytest.raises(contract.ContractError, match="no full window"):
+        contract.backtest_window(record, 9, 2)
