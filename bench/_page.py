@@ -110,11 +110,12 @@ def _missing(section: Section, run: str, reason: Optional[str], older: Optional[
 
 
 def render_block(
-    history: list[tuple[str, Result]], docs: Path, reasons: Optional[dict[str, str]] = None
+    history: list[tuple[str, Result]], docs: Path, run: Optional[str] = None, reasons: Optional[dict[str, str]] = None
 ) -> tuple[str, list[str]]:
-    """The page's rendered part for the latest run, and the benches it lacks; draws the figures."""
+    """The page's rendered part for ``run`` (default: the latest in the history) and the benches it
+    lacks (``reasons``: why, from its run.json); draws the figures."""
     reasons = reasons or {}
-    run = latest_run(history)
+    run = run or latest_run(history)
     results = in_run(history, run) if run else {}
     images = docs / IMAGES
     if images.exists():  # a figure of an earlier run must not outlive its number on the page

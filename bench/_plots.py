@@ -195,15 +195,12 @@ def image(result: Result, path: Path) -> bool:
         sizes.tick_params(axis="y", labelsize=7)
     if starts:
         for image_name, group in _by(starts, "image").items():
-            pings.plot(
-                [row.get("run", i + 1) for i, row in enumerate(group)],
-                [row["seconds_to_ping"] for row in group],
-                "o-",
-                label=image_name,
-            )
-        target = next((_target_value(h.target) for h in result.headlines if h.unit == "s"), None)
-        if target is not None:
-            pings.axhline(target, color="red", linestyle=":", label=f"target {target:g} s")
+            runs = [row.get("run", i + 1) for i, row in enumerate(group)]
+            pings.plot(runs, [row["seconds_to_ping"] for row in group], "o-", label=image_name)
+            pings.set_xticks(runs)
+        ping_target = next((_target_value(h.target) for h in result.headlines if h.unit == "s"), None)
+        if ping_target is not None:
+            pings.axhline(ping_target, color="red", linestyle=":", label=f"target {ping_target:g} s")
         pings.set(title="docker run ... serve -> /ping 200", xlabel="run", ylabel="seconds", ylim=(0, None))
         pings.legend(fontsize=7)
         pings.grid(alpha=0.3)

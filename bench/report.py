@@ -107,6 +107,8 @@ BENCHES = (
     Bench("multi_model", None, (), 0, 15),
     Bench("train_scaling", None, ("--repeats", "2"), 0, 60, docker=True),
     Bench("warm_start", None, (), 0, 120),
+    Bench("train_stop", None, (), 0, 20),
+    Bench("serverless_cold_start", None, (), 0, 10, docker=True),
 )
 BY_NAME = {bench.name: bench for bench in BENCHES}
 
@@ -164,16 +166,20 @@ def selected(only: list[str], full: bool) -> list[Bench]:
     return [bench for bench in BENCHES if full or bench.quick is not None]
 
 
-def render(history_path: Path, docs: Path, reasons: dict[str, str]) -> list[str]:
-    """Writes the Performance page and the history page; returns the benches the latest run lacks."""
+def render(history_path: Path, docs: Path, run: str, reasons: dict[str, str]) -> list[str]:
+    """Writes the Performance page (for ``run``) and the history page; returns the benches ``run`` lacks."""
     history = load_history(history_path)
-    block, missing = render_block(history, docs, reasons)
+    block, missing = render_block(history, docs, run, reasons)
     write_page(docs / "performance.md", block)
     (docs / "performance-history.md").write_text(render_history(history))
     return missing
 
 
 def measure(benches: list[Bench], full: bool, results_root: Path, history_path: Path, docs: Path) -> int:
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
+    # exec: the benches would then ignore the interrupt stop() sends. A handled signal is reset to its
+    # default in each child instead, so every bench's Python turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(machine(), flush=True)
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
@@ -196,7 +202,7 @@ def measure(benches: list[Bench], full: bool, results_root: Path, history_path: 
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     results = read_folder(folder)
     record(run, results, history_path)
-    missing = render(history_path, docs, manifest_reasons(manifest))
+    missing = render(history_path, docs, run, manifest_reasons(manifest))
     say_done(folder, results, missing, docs)
     return 0 if all(entries[b.name]["status"] == "ok" for b in benches) else 1
 
@@ -223,7 +229,7 @@ def from_results(source: Path, results_root: Path, history_path: Path, docs: Pat
             shutil.copy2(path, folder / path.name)
     added = record(run, results, history_path)
     print(f"{len(results)} result(s) from {source}, {added} new in {history_path}", flush=True)
-    missing = render(history_path, docs, manifest_reasons(read_manifest(folder)))
+    missing = render(history_path, docs, run, manifest_reasons(read_manifest(folder)))
     say_done(folder, results, missing, docs)
     return 0
 
