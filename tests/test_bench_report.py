@@ -236,3 +236,28 @@ def test_the_quick_profile_fits_twenty_minutes():
     quick = [bench for bench in report.BENCHES if bench.quick is not None]
     assert sum(bench.minutes(full=False) for bench in quick) <= 20
     assert {"serve_throughput", "train_speed", "image_cold_start", "accuracy"} <= {b.name for b in quick}
+
+
+def test_a_bench_the_run_could_not_measure_shows_why(tmp_path):
+    run = tmp_path / "results" / "2026-12-08-ddd4444"
+    write(run, query_result("2026-12-08T01:00:00+00:00", "ddd4444"))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "run": run.name,
+                "benches": {
+                    "query": {"status": "ok", "reason": ""},
+                    "train_speed": {"status": "timeout", "reason": "over its 4-minute limit, stopped"},
+                    "image_cold_start": {"status": "skipped", "reason": "no Docker engine answered `docker info`"},
+                },
+            }
+        )
+    )
+
+    assert run_report(tmp_path, "--from-results", str(run)) == 0
+
+    page = (tmp_path / "docs" / "performance.md").read_text()
+    assert "## Latest run: `2026-12-08-ddd4444`" in page
+    assert "**Not measured in this run** (timeout: over its 4-minute limit, stopped)." in page
+    assert "**Not measured in this run** (skipped: no Docker engine answered `docker info`)." in page
+    assert sorted(p.name for p in run.iterdir()) == ["query.json", "run.json"]  # rendered in place, not copied
