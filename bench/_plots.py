@@ -8,7 +8,8 @@ in the Result, so a PNG separated from the page still says how it was measured.
 Rows each plotter reads (what a bench passes to ``Result.row``):
 
 - serving: ``side``, ``concurrency``, ``req_per_s``, ``p50_ms``, ``p99_ms`` (optional ``series_per_request``:
-  only 1-series rows are drawn when present);
+  only 1-series rows are drawn when present); or wide per-round rows with keys ``<side>_c<N>_rps`` and
+  ``<side>_c<N>_p50_ms`` / ``_p99_ms`` (their median over rounds is drawn);
 - latency: ``side`` and ``latencies_ms`` (a list of request latencies), or else ``side``, ``concurrency`` and
   any of ``p50_ms``, ``p90_ms``, ``p95_ms``, ``p99_ms``, ``max_ms`` (the highest concurrency is drawn);
 - training: ``kind="speed"`` rows (``round``, ``side``, ``batches_per_second``) and ``kind="accuracy"`` rows
@@ -40,6 +41,7 @@ from bench._results import Result  # noqa: E402
 Plotter = Callable[[Result, Path], bool]
 SEASONAL_NAIVE = re.compile(r"seasonal[ _-]?naive", re.IGNORECASE)
 TARGET_NUMBER = re.compile(r"([<>]=?)\s*([0-9.]+)")
+WIDE_SERVING_KEY = re.compile(r"^(?P<side>.+)_c(?P<concurrency>\d+)_(?P<metric>rps|p50_ms|p99_ms)$")
 
 
 def shown_command(result: Result) -> str:
@@ -91,9 +93,28 @@ def _target_value(target: str) -> Optional[float]:
     return float(match.group(2)) if match else None
 
 
+def _serving_rows(result: Result) -> list[dict[str, Any]]:
+    """Long rows (side, concurrency, req_per_s, p50_ms, p99_ms) as written, or made from wide per-round rows."""
+    rows = _rows(result, "side", "concurrency", "req_per_s")
+    if rows:
+        return rows
+    values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in result.rows:
+        for name, value in row.items():
+            match = WIDE_SERVING_KEY.match(name)
+            if match and isinstance(value, (int, float)):
+                point = (match["side"], int(match["concurrency"]))
+                values[point]["req_per_s" if match["metric"] == "rps" else match["metric"]].append(float(value))
+    return [
+        {"side": side, "concurrency": concurrency, **{k: statistics.median(v) for k, v in metrics.items()}}
+        for (side, concurrency), metrics in values.items()
+        if metrics.get("req_per_s")
+    ]
+
+
 def serving(result: Result, path: Path) -> bool:
     """Throughput and p50/p99 against concurrency, one line per side (ours, each peer, a baseline)."""
-    rows = _rows(result, "side", "concurrency", "req_per_s")
+    rows = _serving_rows(result)
     if any("series_per_request" in row for row in rows):
         rows = [row for row in rows if row.get("series_per_request") == 1]
     if not rows:

@@ -261,3 +261,21 @@ def test_a_bench_the_run_could_not_measure_shows_why(tmp_path):
     assert "**Not measured in this run** (timeout: over its 4-minute limit, stopped)." in page
     assert "**Not measured in this run** (skipped: no Docker engine answered `docker info`)." in page
     assert sorted(p.name for p in run.iterdir()) == ["query.json", "run.json"]  # rendered in place, not copied
+
+
+def test_the_serving_figure_reads_wide_per_round_rows(tmp_path):
+    from bench._plots import _serving_rows, serving
+
+    result = fake("serve_throughput", [], "2026-12-08T02:00:00+00:00", "eee5555")
+    result.row(round=1, ours_c8_rps=100.0, **{"gluonts.shell+torch_c8_rps": 9.0, "ours_c8_p99_ms": 80.0})
+    result.row(round=2, ours_c8_rps=120.0, **{"gluonts.shell+torch_c8_rps": 11.0, "ours_c8_p99_ms": 90.0})
+
+    rows = sorted(_serving_rows(result), key=lambda row: row["side"])
+    assert rows == [
+        {"side": "gluonts.shell+torch", "concurrency": 8, "req_per_s": 10.0},
+        {"side": "ours", "concurrency": 8, "req_per_s": 110.0, "p99_ms": 85.0},
+    ]
+    assert serving(result, tmp_path / "serving.png")
+    assert (tmp_path / "serving.png").read_bytes().startswith(PNG_MAGIC)
+    assert not serving(fake("serve_throughput", [], "2026-12-08T02:00:00+00:00", "e"), tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
