@@ -50,6 +50,11 @@ SECTIONS = (
     Section("query", "SQL over the lake: DuckDB against pandas", ()),
     Section("multi_model", "Multi-model endpoints", ()),
     Section("ecs_local", "ECS: a second local replica", ()),
+    Section(
+        "serverless_cold_start",
+        "Serverless cold start against the real-time start",
+        (("serverless-cold-start", _plots.image),),
+    ),
     Section("train_scaling", "Multi-host training", ()),
     Section("warm_start", "Warm start against cold start", ()),
 )
@@ -61,7 +66,7 @@ def _section_for(bench: str) -> Section:
 
 
 def _quote(line: str) -> str:
-    """A printed line as inline code (backticks in the line itself would end the span)."""
+    """A printed line as inline code (a backtick would end the span; a bar inside one does not split a cell)."""
     return "`" + line.replace("`", "'") + "`"
 
 

@@ -203,7 +203,11 @@ def image(result: Result, path: Path) -> bool:
     starts = _rows(result, "seconds_to_ping", kind="cold_start")
     if not layers and not starts:
         return False
-    fig, (sizes, pings) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    if layers and starts:
+        fig, (sizes, pings) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    else:  # one panel: the layers alone, or the cold starts alone (bench.serverless_cold_start)
+        fig, only = plt.subplots(figsize=(8, 4.6))
+        sizes = pings = only
     if layers:
         shown = sorted((row for row in layers if row["megabytes"] >= 1), key=lambda row: row["megabytes"])
         labels = [textwrap.shorten(str(row["layer"]), 45) for row in shown]
