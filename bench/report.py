@@ -126,7 +126,13 @@ def run_bench(bench: Bench, full: bool, folder: Path, minutes: float) -> dict[st
     started = time.monotonic()
     with (folder / f"{bench.name}.log").open("w") as log:
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() reaches its servers and trainers too
+            preexec_fn=interruptible,
         )
         try:
             code = process.wait(timeout=limit)
@@ -142,6 +148,13 @@ def run_bench(bench: Bench, full: bool, folder: Path, minutes: float) -> dict[st
         "seconds": round(time.monotonic() - started, 1),
         "command": " ".join([".venv/bin/python", *bench.command(full, json_path.name)]),
     }
+
+
+def interruptible() -> None:
+    """In the bench's process before exec: SIGINT back to its default. A shell starts background jobs with
+    SIGINT ignored, and an ignored signal stays ignored across exec, so a bench started from one would
+    ignore stop()'s interrupt; with the default, its Python turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -172,10 +185,6 @@ def render(history_path: Path, docs: Path, run: str, reasons: dict[str, str]) ->
 
 
 def measure(benches: list[Bench], full: bool, results_root: Path, history_path: Path, docs: Path) -> int:
-    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across
-    # exec: the benches would then ignore the interrupt stop() sends. A handled signal is reset to its
-    # default in each child instead, so every bench's Python turns it into KeyboardInterrupt.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(machine(), flush=True)
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):
