@@ -140,9 +140,10 @@ def render_block(
             '!!! note "Measured on a loaded machine"',
             "    "
             + ", ".join(f"`{r.bench}` (load {_load(r):.1f} on {r.cores} cores)" for r in loaded)
-            + " started while the load average was above the core count: their figures measure a shared "
-            "machine. Ratios are paired (both sides in interleaved rounds), absolute rates are not comparable "
-            "across runs.",
+            + ": the load average was above the core count when the bench started, so its figures measure a "
+            "shared machine. Ratios are paired (both sides in interleaved rounds); absolute rates and seconds "
+            "are not comparable across runs. Only the load at each start is recorded here: a load that rose "
+            "during a run shows in that bench's log in the run's folder.",
             "",
         ]
     missing = []
