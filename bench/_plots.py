@@ -290,7 +290,8 @@ def ratios(result: Result, path: Path) -> bool:
         axes.errorbar(
             headline.value, y, xerr=[[headline.value - low], [high - headline.value]], fmt="o", capsize=4, color="C0"
         )
-        axes.annotate(f"{headline.value:.2f}x ({headline.rounds} rounds)", (headline.value, y), xytext=(6, 6),
+        rounds = f" ({headline.rounds} rounds)" if headline.low is not None else ""  # a paired ratio, not a figure()
+        axes.annotate(f"{headline.value:.2f}x{rounds}", (headline.value, y), xytext=(6, 6),
                       textcoords="offset points", fontsize=8)  # fmt: skip
         target = _target_value(headline.target)
         if target is not None:
