@@ -127,7 +127,7 @@ def render_block(
         for old in images.glob("*.png"):
             old.unlink()
     loaded = [r for r in results.values() if _load(r) > r.cores]
-    out = [BEGIN, "", f"## Latest run: `{run or 'none'}`", ""]
+    out = [BEGIN, "", f"## Run `{run or 'none'}`", ""]
     if run:
         out += [
             f"Rendered by `python -m bench.report` from `bench/results/{run}/` "

@@ -172,7 +172,7 @@ def test_history_keeps_both_runs_and_the_page_shows_the_latest(tmp_path):
         ("2026-12-08-bbb2222", "query"),
     ]
     page = (tmp_path / "docs" / "performance.md").read_text()
-    assert "## Latest run: `2026-12-08-bbb2222`" in page
+    assert "## Run `2026-12-08-bbb2222`" in page
     assert new_query.headlines[0].line in page and old_query.headlines[0].line not in page
     training = page.split("### Training:", 1)[1].split("###", 1)[0]
     assert "**Not measured in this run**" in training
@@ -198,7 +198,7 @@ def test_rendering_keeps_the_hand_written_parts_of_the_page(tmp_path):
 
     page = (docs / "performance.md").read_text()
     assert page.startswith("# Performance\n\n<!-- bench.report: begin")
-    assert page.count("<!-- bench.report: begin") == 1 and page.count("## Latest run") == 1
+    assert page.count("<!-- bench.report: begin") == 1 and page.count("## Run `") == 1
     assert page.index("<!-- bench.report: end -->") < page.index("Hand-written intro.") < page.index("## How figures")
 
 
@@ -261,7 +261,7 @@ def test_a_bench_the_run_could_not_measure_shows_why(tmp_path):
     assert run_report(tmp_path, "--from-results", str(run)) == 0
 
     page = (tmp_path / "docs" / "performance.md").read_text()
-    assert "## Latest run: `2026-12-08-ddd4444`" in page
+    assert "## Run `2026-12-08-ddd4444`" in page
     assert "**Not measured in this run** (timeout: over its 4-minute limit, stopped)." in page
     assert "**Not measured in this run** (skipped: no Docker engine answered `docker info`)." in page
     assert sorted(p.name for p in run.iterdir()) == ["query.json", "run.json"]  # rendered in place, not copied
