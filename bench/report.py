@@ -98,6 +98,8 @@ BENCHES = (
     Bench("warm_start", None, (), 0, 120),
     Bench("train_stop", None, (), 0, 20),
     Bench("serverless_cold_start", None, (), 0, 10, docker=True),
+    Bench("onnx_predict", None, (), 0, 15),
+    Bench("mlflow_formats", None, (), 0, 15),
 )
 BY_NAME = {bench.name: bench for bench in BENCHES}
 
