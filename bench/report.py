@@ -1,6 +1,6 @@
 """Runs the headline benches and renders the docs' Performance page from their results (issue #27).
 
-    .venv/bin/python -m bench.report                    # the quick profile (<= 20 minutes on 2 cores)
+    .venv/bin/python -m bench.report                    # the quick profile (a 20-minute budget)
     .venv/bin/python -m bench.report --full             # every bench, long profiles (hours)
     .venv/bin/python -m bench.report --only train_speed [--only query]   # just these (quick unless --full)
     .venv/bin/python -m bench.report --from-results DIR # render from Result files already there, run nothing
@@ -12,8 +12,10 @@ its own clean-up runs, and killed if it does not stop). The results go to
 ``bench/results/<date>-<commit>/``: ``<bench>.json`` (bench/_results.py's Result), ``<bench>.log`` (what
 it printed) and ``run.json`` (status, seconds and, for a bench without a result, why). Every result
 is added to ``bench/results/history.jsonl``; ``docs/performance.md`` (between its markers) shows the
-latest run with its figures (PNG under ``docs/img/performance/``), ``docs/performance-history.md``
-every run. A bench that needs Docker is skipped, and said so, when no engine answers.
+run just made or rendered, with its figures (PNG under ``docs/img/performance/``), and
+``docs/performance-history.md`` every run. Runs started the same day from the same commit share a
+folder (``--only a`` then ``--only b`` make one run). A bench that needs Docker is skipped, and said
+so, when no engine answers; in the quick profile, a bench left without time by the budget is skipped.
 """
 
 from __future__ import annotations
