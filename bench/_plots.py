@@ -131,6 +131,7 @@ def serving(result: Result, path: Path) -> bool:
     rate.set(title="one-series requests: throughput", xlabel="concurrency", ylabel="requests/s")
     latency.set(title="latency (solid p50, dashed p99)", xlabel="concurrency", ylabel="ms", yscale="log")
     for axes in (rate, latency):
+        axes.set_xticks(sorted({row["concurrency"] for row in rows}))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
     return _save(fig, result, path)
@@ -279,12 +280,15 @@ def accuracy(result: Result, path: Path) -> bool:
 
 
 def ratios(result: Result, path: Path) -> bool:
-    """Every paired headline of the Result: median of per-round ratios, min-max bar, target line."""
+    """Every paired headline of the Result, first at the top: median of per-round ratios, min-max bar,
+    target line; on a log scale when the ratios span more than 20x (a 0.6x beside a 290x)."""
     paired = [h for h in result.headlines if h.unit == "x"]
-    if not paired:
+    if not paired or any(h.value <= 0 for h in paired):
         return False
     fig, axes = plt.subplots(figsize=(9, 0.8 * len(paired) + 1.8))
-    for y, headline in enumerate(paired):
+    top = len(paired) - 1
+    for n, headline in enumerate(paired):
+        y = top - n
         low = headline.low if headline.low is not None else headline.value
         high = headline.high if headline.high is not None else headline.value
         axes.errorbar(
@@ -296,11 +300,17 @@ def ratios(result: Result, path: Path) -> bool:
         target = _target_value(headline.target)
         if target is not None:
             axes.plot([target, target], [y - 0.3, y + 0.3], color="red", linestyle=":")
-    axes.set_yticks(range(len(paired)), [textwrap.fill(h.what, 45) for h in paired], fontsize=8)
-    axes.set_ylim(-0.7, len(paired) - 0.3)
+    axes.set_yticks([top - n for n in range(len(paired))], [textwrap.fill(h.what, 45) for h in paired], fontsize=8)
+    axes.set_ylim(-0.7, top + 0.7)
     axes.set_xlabel("ratio (median of paired rounds; bar: min-max; red: target)")
     reach = [h.high if h.high is not None else h.value for h in paired]
     reach += [t for t in (_target_value(h.target) for h in paired) if t is not None]
-    axes.set_xlim(0, max(reach) * 1.25)  # room for the labels right of the highest point
+    lowest = min(min(h.low if h.low is not None else h.value for h in paired), *reach)
+    if lowest > 0 and max(reach) / lowest > 20:
+        axes.set_xscale("log")
+        axes.set_xlim(lowest / 2, max(reach) * 3)
+        axes.axvline(1.0, color="0.5", linewidth=0.8)
+    else:
+        axes.set_xlim(0, max(reach) * 1.25)  # room for the labels right of the highest point
     axes.grid(axis="x", alpha=0.3)
     return _save(fig, result, path)
