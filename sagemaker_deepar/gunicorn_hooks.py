@@ -22,7 +22,7 @@ def on_starting(server) -> None:  # gunicorn's hook: in the master, before bindi
     from .server_config import ServerConfig
 
     configure_logging()
-    config = ServerConfig.from_env()
+    config = ServerConfig.from_env(os.environ)  # the gunicorn master's entry point
     try:
         preload_model(config)
     except Exception:

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import quote, unquote
 
+from pydantic import Field
+
 from .contract import METADATA_FILE
-from .errors import UserError
 from .inference import RequestError
+from .settings import EnvironmentSettings
 
 log = logging.getLogger("sagemaker_deepar.multi_model")
 
@@ -60,21 +62,35 @@ HEADROOM_RESERVE_BYTES = 128 * 2**20
 TARGET_MODEL_HEADERS = ("X-Amzn-SageMaker-Target-Model", "X-Amzn-Target-Model")
 
 
-def multi_model_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    """SageMaker sets this in containers whose image has the multi-models capability label."""
-    return env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() == "true"
+class MultiModelSettings(EnvironmentSettings):
+    """Multi-model endpoints (`serve` with SAGEMAKER_MULTI_MODEL=true; read only then)."""
+
+    shared_dir: Optional[str] = Field(
+        None,
+        validation_alias="DEEPAR_MME_DIR",
+        description="the workers' shared registry folder; unset: /tmp/deepar-mme-<gunicorn master pid>",
+    )
+    memory_mb: Optional[int] = Field(
+        None,
+        ge=1,
+        validation_alias="DEEPAR_MME_MEMORY_MB",
+        description="memory per worker for resident models (MB); unset: 80 % of the instance's memory less "
+        "each worker's base, shared by the workers",
+    )
+    max_models: Optional[int] = Field(
+        None,
+        ge=1,
+        validation_alias="DEEPAR_MME_MAX_MODELS",
+        description="resident models per worker; unset: only the memory budget counts",
+    )
+    base_dir: str = Field(
+        "/opt/ml",
+        validation_alias="SAGEMAKER_BASE_DIR",
+        description="SageMaker's /opt/ml: every load's url must lie below <here>/models",
+    )
 
 
 # ---------------------------------------------------------------- configuration
-
-
-def _env_int(env: Mapping[str, str], name: str) -> Optional[int]:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise UserError(f"environment variable {name}={raw!r} must be a positive integer")
-    return int(raw)
 
 
 def instance_memory_bytes() -> int:
@@ -108,15 +124,18 @@ class MultiModelConfig:
     models_dir: Path = Path(DEFAULT_MODELS_DIR)  # every load's url must lie below it (#23 item 12)
 
     @classmethod
-    def from_env(cls, workers: int, env: Mapping[str, str] = os.environ) -> "MultiModelConfig":
-        shared = env.get("DEEPAR_MME_DIR") or os.path.join("/tmp", f"deepar-mme-{os.getppid()}")
-        budget_mb = _env_int(env, "DEEPAR_MME_MEMORY_MB")
-        if budget_mb is not None:
-            budget = budget_mb * 2**20
+    def from_env(cls, workers: int, env: Mapping[str, str]) -> "MultiModelConfig":
+        return cls.from_settings(workers, MultiModelSettings.from_env(env))
+
+    @classmethod
+    def from_settings(cls, workers: int, settings: MultiModelSettings) -> "MultiModelConfig":
+        shared = settings.shared_dir or os.path.join("/tmp", f"deepar-mme-{os.getppid()}")
+        if settings.memory_mb is not None:
+            budget = settings.memory_mb * 2**20
         else:  # the instance's memory less each worker's base, shared by the workers, 80 % of it
             budget = int(max(0, instance_memory_bytes() - workers * WORKER_BASE_BYTES) * 0.8 / max(1, workers))
-        models = Path(env.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "models"  # SAGEMAKER_BASE_DIR: as paths.py
-        return cls(Path(shared), budget, _env_int(env, "DEEPAR_MME_MAX_MODELS"), models.absolute())
+        models = Path(settings.base_dir) / "models"
+        return cls(Path(shared), budget, settings.max_models, models.absolute())
 
 
 # ---------------------------------------------------------------- loaded models

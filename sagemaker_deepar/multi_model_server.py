@@ -20,7 +20,7 @@ from flask import Flask, Response, request
 from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, decode_json, encode
-from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig
+from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig, MultiModelSettings
 from .server import (
     DRAIN_MARGIN_S,
     JSON,
@@ -58,7 +58,8 @@ class MultiModelState(WorkerReadiness):
     def __init__(self, config: ServerConfig):
         super().__init__(config)
         self.registry = ModelRegistry(
-            MultiModelConfig.from_env(config.workers), lambda model_dir: load_served_model(model_dir, config)
+            MultiModelConfig.from_settings(config.workers, config.multi_model or MultiModelSettings()),
+            lambda model_dir: load_served_model(model_dir, config),
         )
         log.info(
             "multi-model mode: memory budget %.0f MB per worker%s, registry in %s",

@@ -25,7 +25,6 @@ from .errors import UserError
 from .inference import Model, RequestError, bounded_lines, encode, parse_instance
 from .logs import configure_logging
 from .mlflow_folder import find_artifact
-from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
 from .service import JSON, JSONLINES, ForecastService
 
@@ -60,7 +59,7 @@ def preload_model(config: ServerConfig) -> None:
     global _preloaded
     from .contract import ModelArtifact
 
-    if multi_model_enabled():  # no /opt/ml/model: each worker loads the models it is asked for
+    if config.multi_model is not None:  # no /opt/ml/model: each worker loads the models it is asked for
         return
     model_dir = artifact_dir(config)
     artifact = ModelArtifact.read(model_dir)
@@ -282,11 +281,10 @@ def forecast_response(service: ForecastService, config: ServerConfig, too_large:
     )
 
 
-def create_app(config: Optional[ServerConfig] = None) -> Flask:
+def create_app(config: ServerConfig) -> Flask:
     configure_logging()  # gunicorn workers have no handler of their own for our loggers
-    config = config or ServerConfig.from_env()
     too_large = f"body larger than {config.max_payload_bytes // 2**20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-    if multi_model_enabled():
+    if config.multi_model is not None:
         from .multi_model_server import create_multi_model_app
 
         return create_multi_model_app(config, too_large)

@@ -9,11 +9,16 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional, overload
+from typing import Annotated, Any, Literal, Mapping, Optional
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from .contract import BATCH_BODY_BYTES_PER_SECOND
 from .errors import UserError
 from .inference import INFERENCE_RUNTIMES, InferenceConfig, inference_config_from_env
+from .multi_model import MultiModelSettings
+from .settings import EnvironmentSettings, SettingsError
 
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
 BATCH_PAYLOAD_LIMIT_MB = 100
@@ -28,23 +33,6 @@ BATCH_RESPONSE_MB = 1024  # batch answers are streamed; this bounds what one req
 # Per worker: ~0.47 GB RSS once the model is loaded, ~0.58 GB after a soak with 100-series requests
 # (bench/serve_throughput.py); the rest is headroom for a request at the sample-path budget.
 WORKER_MEMORY_GB = 1.5
-
-
-@overload
-def _int(env: Mapping[str, str], name: str, default: int, low: int = ..., high: int = ...) -> int: ...
-@overload
-def _int(env: Mapping[str, str], name: str, default: None, low: int = ..., high: int = ...) -> Optional[int]: ...
-def _int(env: Mapping[str, str], name: str, default: Optional[int], low: int = 1, high: int = 10**9) -> Optional[int]:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"environment variable {name}={raw!r} is not an integer") from None
-    if not low <= value <= high:
-        raise UserError(f"environment variable {name}={raw!r} must be between {low} and {high}")
-    return value
 
 
 def available_memory_gb() -> float:
@@ -146,20 +134,7 @@ def hosting_defaults(mode: str, memory_gb: float) -> HostingDefaults:
         return HostingDefaults(
             mode, SERVERLESS_PAYLOAD_MB, SERVERLESS_TIMEOUT_S, SERVERLESS_PAYLOAD_MB, 1, serverless_threads(memory_gb)
         )
-    if mode != "realtime":
-        raise UserError(f"environment variable DEEPAR_HOSTING_MODE={mode!r} must be one of {', '.join(HOSTING_MODES)}")
     return HostingDefaults()
-
-
-def inference_runtime(env: Mapping[str, str]) -> str:
-    """DEEPAR_INFERENCE_RUNTIME: what runs a torch model's network (onnx when the artifact has network.onnx)."""
-    runtime = env.get("DEEPAR_INFERENCE_RUNTIME", "").strip().lower() or "onnx"
-    if runtime not in INFERENCE_RUNTIMES:
-        raise UserError(
-            f"environment variable DEEPAR_INFERENCE_RUNTIME={env['DEEPAR_INFERENCE_RUNTIME']!r} "
-            f"must be one of {', '.join(INFERENCE_RUNTIMES)}"
-        )
-    return runtime
 
 
 def default_torch_threads() -> int:
@@ -170,6 +145,179 @@ def default_torch_threads() -> int:
     2 workers x 1 thread on 2 shared cores; README, "Speed").
     """
     return 1
+
+
+def _comma_list(value: Any) -> Any:
+    return tuple(f.strip() for f in value.split(",") if f.strip()) if isinstance(value, str) else value
+
+
+class ServingEnvironment(EnvironmentSettings):
+    """Serving (`serve`: single-model, multi-model, batch transform, async, serverless endpoints).
+
+    Unset values take the defaults described; an explicit variable always wins over a hosting mode's default."""
+
+    hosting_mode: str = Field(
+        "realtime",
+        validation_alias="DEEPAR_HOSTING_MODE",
+        description="which SageMaker endpoint type runs the container; each changes defaults only (payload, "
+        "timeout, response size, workers, threads)",
+    )
+    workers: Optional[int] = Field(
+        None,
+        ge=1,
+        le=10**9,
+        validation_alias=AliasChoices("SAGEMAKER_MODEL_SERVER_WORKERS", "MODEL_SERVER_WORKERS"),
+        description="gunicorn workers; unset: one per CPU as memory allows (1.5 GB each), one when serverless",
+    )
+    request_timeout: Optional[int] = Field(
+        None,
+        ge=1,
+        le=3600,
+        validation_alias=AliasChoices("SAGEMAKER_MODEL_SERVER_TIMEOUT", "MODEL_SERVER_TIMEOUT"),
+        description="seconds per request; unset: 60, 3600 when async",
+    )
+    batch: bool = Field(False, validation_alias="SAGEMAKER_BATCH", description="batch transform (set by SageMaker)")
+    multi_model: bool = Field(
+        False,
+        validation_alias="SAGEMAKER_MULTI_MODEL",
+        description="a multi-model endpoint: SageMaker sets it in containers whose image has the multi-models label",
+    )
+    max_payload_mb: Optional[int] = Field(
+        None,
+        ge=1,
+        validation_alias="SAGEMAKER_MAX_PAYLOAD_IN_MB",
+        description="largest request body (MB); unset: 6 real-time, 4 serverless, 1024 async, batch: what one "
+        "worker forecasts inside the timeout (at most 100)",
+    )
+    front: Literal["nginx", "gunicorn"] = Field(
+        "nginx", validation_alias="DEEPAR_FRONT", description="what accepts connections in front of gunicorn"
+    )
+    host: str = Field("0.0.0.0", validation_alias="DEEPAR_BIND_HOST", description="address the server listens on")
+    port: int = Field(8080, ge=1, le=65535, validation_alias="SAGEMAKER_BIND_TO_PORT", description="port")
+    threads: Optional[int] = Field(
+        None,
+        ge=1,
+        le=256,
+        validation_alias="DEEPAR_SERVER_THREADS",
+        description=f"request threads per worker; unset: {MAX_THREADS}, serverless: by memory",
+    )
+    inference_threads: Optional[int] = Field(
+        None,
+        ge=1,
+        le=1024,
+        validation_alias=AliasChoices("DEEPAR_INFERENCE_THREADS", "DEEPAR_TORCH_THREADS"),
+        description="intra-op threads of a worker's runtime (DEEPAR_TORCH_THREADS: the former name); unset: 1",
+    )
+    keepalive: int = Field(75, ge=1, le=3600, validation_alias="DEEPAR_KEEPALIVE", description="keep-alive seconds")
+    max_concurrent_transforms: Optional[int] = Field(
+        None,
+        ge=1,
+        le=10**9,
+        validation_alias="SAGEMAKER_MAX_CONCURRENT_TRANSFORMS",
+        description="batch transform's parallel requests (set by SageMaker); unset: the workers",
+    )
+    batch_strategy: str = Field(
+        "MULTI_RECORD",
+        validation_alias="SAGEMAKER_BATCH_STRATEGY",
+        description="batch transform's MULTI_RECORD or SINGLE_RECORD (set by SageMaker)",
+    )
+    max_sample_paths: Optional[int] = Field(
+        None,
+        ge=1,
+        le=10**9,
+        validation_alias="DEEPAR_MAX_SAMPLE_PATHS",
+        description="series x samples per request; unset: 200,000 per started minute of the timeout, 10x in batch",
+    )
+    max_batch_series: int = Field(
+        256, ge=1, le=100_000, validation_alias="DEEPAR_MAX_BATCH_SERIES", description="series per forward pass"
+    )
+    batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        validation_alias="DEEPAR_BATCH_WAIT_MS",
+        description="how long a forward pass waits for other requests' series to join it",
+    )
+    forward_fields: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias="DEEPAR_FORWARD_FIELDS",
+        description="comma-separated request fields copied into each answer (batch transform joins)",
+    )
+    inference_config: Optional[str] = Field(
+        None,
+        validation_alias="DEEPAR_INFERENCE_CONFIG",
+        description='JSON: the default configuration of requests without one (`{"num_samples": 50}`)',
+    )
+    base_dir: str = Field(
+        "/opt/ml", validation_alias="SAGEMAKER_BASE_DIR", description="SageMaker's /opt/ml (tests move it)"
+    )
+    max_pass_paths: int = Field(
+        6400,
+        ge=1,
+        le=10**7,
+        validation_alias="DEEPAR_MAX_PASS_SAMPLE_PATHS",
+        description="sample paths of one forward pass",
+    )
+    max_response_mb: Optional[int] = Field(
+        None,
+        ge=1,
+        le=100_000,
+        validation_alias="DEEPAR_MAX_RESPONSE_MB",
+        description="largest answer (MB); unset: 6 real-time, 4 serverless, 1024 async and batch",
+    )
+    max_document_mb: Optional[int] = Field(
+        None,
+        ge=1,
+        le=100_000,
+        validation_alias="DEEPAR_MAX_DOCUMENT_MB",
+        description=f"most of a streamed body held at once (one line or document, MB); unset: {MAX_DOCUMENT_MB} "
+        "or the payload limit if smaller",
+    )
+    body_timeout: int = Field(
+        10, ge=1, le=3600, validation_alias="DEEPAR_BODY_TIMEOUT", description="seconds to receive a request body"
+    )
+    ready_dir: Optional[str] = Field(
+        None, validation_alias="DEEPAR_READY_DIR", description="folder where workers mark themselves ready"
+    )
+    inference_runtime: str = Field(
+        "onnx",
+        validation_alias="DEEPAR_INFERENCE_RUNTIME",
+        description="what runs a torch model's network (onnx when the artifact has network.onnx)",
+    )
+
+    _split_fields = field_validator("forward_fields", mode="before")(_comma_list)
+
+    @field_validator("inference_runtime", "batch_strategy", mode="before")
+    @classmethod
+    def _case(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if info.field_name == "inference_runtime":
+            return value.strip().lower()
+        return value.upper().replace("MULTIRECORD", "MULTI_RECORD").replace("SINGLERECORD", "SINGLE_RECORD")
+
+    @field_validator("hosting_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in HOSTING_MODES:
+            raise ValueError(f"must be one of {', '.join(HOSTING_MODES)}")
+        return value
+
+    @field_validator("inference_runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        if value not in INFERENCE_RUNTIMES:
+            raise ValueError(f"must be one of {', '.join(INFERENCE_RUNTIMES)}")
+        return value
+
+    @field_validator("inference_config")
+    @classmethod
+    def _usable_configuration(cls, value: Optional[str]) -> Optional[str]:
+        try:  # the contract's check, at start rather than on the first request
+            inference_config_from_env(value)
+        except UserError as error:
+            raise ValueError(str(error).removeprefix("DEEPAR_INFERENCE_CONFIG").lstrip(": ")) from None
+        return value
 
 
 @dataclass(frozen=True)
@@ -200,6 +348,7 @@ class ServerConfig:
     ready_dir: Optional[str] = None
     hosting_mode: str = "realtime"
     inference_runtime: str = "onnx"
+    multi_model: Optional[MultiModelSettings] = None  # set on a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true)
 
     @property
     def torch_threads(self) -> int:
@@ -212,75 +361,63 @@ class ServerConfig:
         return self.batch_mode or self.hosting_mode == "async"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServerConfig":
-        cpus = available_cpus()
+    def from_env(cls, env: Mapping[str, str]) -> "ServerConfig":
+        settings = ServingEnvironment.from_env(env)
+        return cls.from_settings(settings, MultiModelSettings.from_env(env) if settings.multi_model else None)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ServingEnvironment, multi_model: Optional[MultiModelSettings] = None
+    ) -> "ServerConfig":
+        """What the variables mean on this machine (its CPUs and memory) and in this hosting mode."""
         memory_gb = available_memory_gb()
-        hosting = hosting_defaults(env.get("DEEPAR_HOSTING_MODE", "realtime"), memory_gb)
-        workers = (
-            _int(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
-            or _int(env, "MODEL_SERVER_WORKERS", None)
-            or hosting.workers
-            or default_workers(cpus, memory_gb)
-        )
-        request_timeout = (
-            _int(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", None, high=3600)
-            or _int(env, "MODEL_SERVER_TIMEOUT", None, high=3600)
-            or hosting.request_timeout
-            or 60
-        )
-        batch_mode = env.get("SAGEMAKER_BATCH", "").lower() == "true"
-        payload_mb = _int(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", None, high=hosting.payload_limit_mb)
+        hosting = hosting_defaults(settings.hosting_mode, memory_gb)
+        workers = settings.workers or hosting.workers or default_workers(available_cpus(), memory_gb)
+        request_timeout = settings.request_timeout or hosting.request_timeout or 60
+        batch_mode = settings.batch
+        payload_mb = settings.max_payload_mb
+        if payload_mb is not None and payload_mb > hosting.payload_limit_mb:
+            raise SettingsError(
+                [
+                    f"environment variable SAGEMAKER_MAX_PAYLOAD_IN_MB={str(payload_mb)!r}: must be between 1 and "
+                    f"{hosting.payload_limit_mb} (hosting mode {hosting.mode})"
+                ]
+            )
         if payload_mb is None:
             payload_mb = batch_payload_mb(request_timeout) if batch_mode else hosting.payload_mb or REALTIME_PAYLOAD_MB
-        front = env.get("DEEPAR_FRONT", "nginx")
-        if front not in ("nginx", "gunicorn"):
-            raise UserError(f"environment variable DEEPAR_FRONT={front!r} must be nginx or gunicorn")
         # Sample paths per request: ~2,000 series x 100 samples finish well inside 60 s on one core.
         default_paths = 200_000 * max(1, request_timeout // 60)
-        root = env.get("SAGEMAKER_BASE_DIR", "/opt/ml")
+        response_mb = settings.max_response_mb or (
+            BATCH_RESPONSE_MB if batch_mode else hosting.response_mb or REALTIME_RESPONSE_MB
+        )
         return cls(
-            host=env.get("DEEPAR_BIND_HOST", "0.0.0.0"),
-            port=_int(env, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
+            host=settings.host,
+            port=settings.port,
             workers=workers,
-            threads=_int(env, "DEEPAR_SERVER_THREADS", hosting.threads or MAX_THREADS, high=256),
-            # DEEPAR_TORCH_THREADS: the name from before the ONNX runtime, still honoured.
-            inference_threads=_int(
-                env,
-                "DEEPAR_INFERENCE_THREADS",
-                _int(env, "DEEPAR_TORCH_THREADS", default_torch_threads(), high=1024),
-                high=1024,
-            ),
+            threads=settings.threads or hosting.threads or MAX_THREADS,
+            inference_threads=settings.inference_threads or default_torch_threads(),
             request_timeout=request_timeout,
             graceful_timeout=min(25, request_timeout),
-            keepalive=_int(env, "DEEPAR_KEEPALIVE", 75, high=3600),
+            keepalive=settings.keepalive,
             batch_mode=batch_mode,
             max_payload_bytes=payload_mb * 1024 * 1024,
-            max_concurrent_transforms=_int(env, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers),
-            batch_strategy=env.get("SAGEMAKER_BATCH_STRATEGY", "MULTI_RECORD")
-            .upper()
-            .replace("MULTIRECORD", "MULTI_RECORD")
-            .replace("SINGLERECORD", "SINGLE_RECORD"),
-            max_sample_paths=_int(env, "DEEPAR_MAX_SAMPLE_PATHS", default_paths * (10 if batch_mode else 1)),
-            max_batch_series=_int(env, "DEEPAR_MAX_BATCH_SERIES", 256, high=100_000),
-            batch_wait_ms=float(_int(env, "DEEPAR_BATCH_WAIT_MS", 0, low=0, high=1000)),
-            forward_fields=tuple(f.strip() for f in env.get("DEEPAR_FORWARD_FIELDS", "").split(",") if f.strip()),
-            inference_defaults=inference_config_from_env(env.get("DEEPAR_INFERENCE_CONFIG")),
-            model_dir=os.path.abspath(os.path.join(root, "model")),  # gunicorn chdirs to the app folder
-            max_pass_paths=_int(env, "DEEPAR_MAX_PASS_SAMPLE_PATHS", 6400, high=10**7),
-            max_response_bytes=_int(
-                env,
-                "DEEPAR_MAX_RESPONSE_MB",
-                BATCH_RESPONSE_MB if batch_mode else hosting.response_mb or REALTIME_RESPONSE_MB,
-                high=100_000,
-            )
-            * 2**20,
-            max_document_bytes=_int(env, "DEEPAR_MAX_DOCUMENT_MB", min(MAX_DOCUMENT_MB, payload_mb), high=100_000)
-            * 2**20,
-            body_timeout=_int(env, "DEEPAR_BODY_TIMEOUT", 10, high=3600),
-            front=front,
-            ready_dir=env.get("DEEPAR_READY_DIR") or None,
+            max_concurrent_transforms=settings.max_concurrent_transforms or workers,
+            batch_strategy=settings.batch_strategy,
+            max_sample_paths=settings.max_sample_paths or default_paths * (10 if batch_mode else 1),
+            max_batch_series=settings.max_batch_series,
+            batch_wait_ms=float(settings.batch_wait_ms),
+            forward_fields=settings.forward_fields,
+            inference_defaults=inference_config_from_env(settings.inference_config),
+            model_dir=os.path.abspath(os.path.join(settings.base_dir, "model")),  # gunicorn chdirs to the app folder
+            max_pass_paths=settings.max_pass_paths,
+            max_response_bytes=response_mb * 2**20,
+            max_document_bytes=(settings.max_document_mb or min(MAX_DOCUMENT_MB, payload_mb)) * 2**20,
+            body_timeout=settings.body_timeout,
+            front=settings.front,
+            ready_dir=settings.ready_dir,
             hosting_mode=hosting.mode,
-            inference_runtime=inference_runtime(env),
+            inference_runtime=settings.inference_runtime,
+            multi_model=multi_model,
         )
 
 
@@ -297,15 +434,43 @@ MODEL_URL_VARIABLE = "DEEPAR_MODEL_URL"
 MODEL_URL_SCHEMES = ("s3", "file")
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where `serve` fetches its model from, and how hard it tries."""
+class ModelSource(EnvironmentSettings):
+    """The model outside SageMaker (`serve` on ECS or `docker run`): where it is fetched from, and how hard `serve` tries."""
 
-    url: str
-    scheme: str  # "s3" or "file"
-    location: str  # s3: "bucket/key" (key may be a folder prefix); file: an absolute path
-    attempts: int  # per request (botocore's standard retries: throttling, 5xx, connection errors)
-    timeout: int  # seconds to connect, and between two reads of a response
+    url: str = Field(
+        validation_alias=MODEL_URL_VARIABLE,
+        description="the model: s3://bucket/key (a model.tar.gz or a folder) or an absolute local path; "
+        "unset: SageMaker put it in /opt/ml/model",
+    )
+    attempts: int = Field(
+        5,
+        ge=1,
+        le=20,
+        validation_alias="DEEPAR_MODEL_FETCH_ATTEMPTS",
+        description="attempts per S3 request (botocore's standard retries: throttling, 5xx, connection errors)",
+    )
+    timeout: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        validation_alias="DEEPAR_MODEL_FETCH_TIMEOUT",
+        description="seconds to connect, and between two reads of a response",
+    )
+    multi_model: bool = Field(
+        False, validation_alias="SAGEMAKER_MULTI_MODEL", description="a multi-model endpoint (set by SageMaker)"
+    )
+
+    @property
+    def scheme(self) -> str:
+        """ "s3" or "file"."""
+        scheme, sep, _ = self.url.partition("://")
+        return scheme.lower() if sep else "file"
+
+    @property
+    def location(self) -> str:
+        """s3: "bucket/key" (key may be a folder prefix); file: an absolute path."""
+        _, sep, rest = self.url.partition("://")
+        return rest if sep else self.url
 
     @property
     def bucket(self) -> str:
@@ -315,36 +480,25 @@ class ModelSource:
     def key(self) -> str:
         return self.location.split("/", 1)[1] if "/" in self.location else ""
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Optional["ModelSource"]:
-        """None when DEEPAR_MODEL_URL is unset or empty (SageMaker put the model in place)."""
-        url = env.get(MODEL_URL_VARIABLE, "").strip()
-        if not url:
-            return None
-        where = f"environment variable {MODEL_URL_VARIABLE}={url!r}"
-        if env.get("SAGEMAKER_MULTI_MODEL", "").strip().lower() == "true":
-            raise UserError(f"{where}: a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) loads its models itself")
-        scheme, sep, rest = url.partition("://")
-        if not sep:
-            scheme, rest = "file", url
-        scheme = scheme.lower()
-        if scheme not in MODEL_URL_SCHEMES:
-            raise UserError(
-                f"{where}: unsupported scheme {scheme!r}: use s3://bucket/key (a model.tar.gz or a folder), "
+    @model_validator(mode="after")
+    def _usable_url(self) -> "ModelSource":
+        where = f"environment variable {MODEL_URL_VARIABLE}={self.url!r}"
+        if self.multi_model:
+            raise ValueError(f"{where}: a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) loads its models itself")
+        if self.scheme not in MODEL_URL_SCHEMES:
+            raise ValueError(
+                f"{where}: unsupported scheme {self.scheme!r}: use s3://bucket/key (a model.tar.gz or a folder), "
                 "or a local path"
             )
-        if scheme == "s3":
-            bucket, _, key = rest.partition("/")
-            if not bucket or not key.strip("/"):
-                raise UserError(
-                    f"{where}: must name an object or folder inside the bucket: s3://bucket/path/model.tar.gz"
-                )
-        elif not os.path.isabs(rest):
-            raise UserError(f"{where}: a local model path must be absolute")
-        return cls(
-            url=url,
-            scheme=scheme,
-            location=rest,
-            attempts=_int(env, "DEEPAR_MODEL_FETCH_ATTEMPTS", 5, high=20),
-            timeout=_int(env, "DEEPAR_MODEL_FETCH_TIMEOUT", 60, high=3600),
-        )
+        if self.scheme == "s3" and (not self.bucket or not self.key.strip("/")):
+            raise ValueError(f"{where}: must name an object or folder inside the bucket: s3://bucket/path/model.tar.gz")
+        if self.scheme == "file" and not os.path.isabs(self.location):
+            raise ValueError(f"{where}: a local model path must be absolute")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Optional["ModelSource"]:  # type: ignore[override]
+        """None when DEEPAR_MODEL_URL is unset or empty (SageMaker put the model in place)."""
+        if not env.get(MODEL_URL_VARIABLE, "").strip():
+            return None
+        return super().from_env(env)

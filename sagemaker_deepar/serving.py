@@ -23,7 +23,6 @@ from typing import Optional
 from .errors import UserError
 from .front import find_nginx, nginx_conf
 from .mlflow_folder import MlflowModelError, find_artifact
-from .multi_model import multi_model_enabled
 from .server_config import ModelSource, ServerConfig
 
 log = logging.getLogger("sagemaker_deepar.serving")
@@ -75,8 +74,8 @@ def main(app_dir: Path) -> int:
     """``app_dir`` holds predictor.py (the folder of container/serve, in the image or a checkout)."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s %(name)s] %(message)s")
     try:
-        config = ServerConfig.from_env()
-        source = ModelSource.from_env()
+        config = ServerConfig.from_env(os.environ)  # `serve`'s entry point: the settings are parsed here, once
+        source = ModelSource.from_env(os.environ)
     except UserError as error:
         print(f"serve: configuration error: {error}", file=sys.stderr)
         return 1
@@ -90,7 +89,7 @@ def main(app_dir: Path) -> int:
         except UserError as error:
             print(f"serve: the model could not be fetched: {error}", file=sys.stderr)
             return 1
-    if not multi_model_enabled():
+    if config.multi_model is None:
         try:  # an mlflow model folder without (or with several) DeepAR artifacts: fail now, named
             served = find_artifact(Path(config.model_dir))
         except MlflowModelError as error:

@@ -52,7 +52,7 @@ def test_async_mode_allows_1_gb_bodies_and_an_hour(monkeypatch, tmp_path):
         config_with_memory(monkeypatch, 16, DEEPAR_HOSTING_MODE="async", SAGEMAKER_MAX_PAYLOAD_IN_MB="2048")
     with pytest.raises(Exception, match="between 1 and 100"):  # real-time and batch keep their limit
         config_with_memory(monkeypatch, 16, SAGEMAKER_MAX_PAYLOAD_IN_MB="200")
-    with pytest.raises(Exception, match="DEEPAR_HOSTING_MODE='lambda' must be one of realtime, async, serverless"):
+    with pytest.raises(Exception, match="DEEPAR_HOSTING_MODE='lambda': must be one of realtime, async, serverless"):
         config_with_memory(monkeypatch, 16, DEEPAR_HOSTING_MODE="lambda")
 
 

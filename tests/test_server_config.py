@@ -54,7 +54,7 @@ def test_one_inference_thread_per_worker_unless_set():
 def test_inference_runtime_defaults_to_onnx_and_names_a_bad_value():
     assert ServerConfig.from_env({}).inference_runtime == "onnx"
     assert ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "Torch"}).inference_runtime == "torch"
-    with pytest.raises(UserError, match=r"DEEPAR_INFERENCE_RUNTIME='tensorrt' must be one of onnx, torch"):
+    with pytest.raises(UserError, match=r"DEEPAR_INFERENCE_RUNTIME='tensorrt': must be one of onnx, torch"):
         ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "tensorrt"})
 
 
@@ -96,11 +96,11 @@ def test_inference_config_is_parsed_once_into_settings():
 @pytest.mark.parametrize(
     "env,fragment",
     [
-        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many' is not an integer"),
-        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500' must be between 1 and 100"),
-        ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0' must be between 1 and 65535"),
-        ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache' must be nginx or gunicorn"),
-        ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG is not valid JSON"),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many': input should be a valid integer"),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500': must be between 1 and 100"),
+        ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0': input should be greater than or equal to 1"),
+        ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache': input should be 'nginx' or 'gunicorn'"),
+        ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG='{bad': is not valid JSON"),
         ({"DEEPAR_INFERENCE_CONFIG": '{"quantiles": [2]}'}, "2 is not a number strictly between 0 and 1"),
     ],
 )
