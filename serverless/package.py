@@ -2,9 +2,9 @@
 Lambda's limits (50 MB zipped per upload, 250 MB unzipped for a function with its layers), and the
 cold start of each handler (import + first forecaster) measured in a fresh interpreter.
 
-Bundles carry our handlers, ``sagemaker_deepar/contract.py``, ``ingestion/glue_job.py`` (the lake's
-schema) and numpy (the Lambda runtime has boto3
-but not numpy); pyarrow (Parquet inputs, the lake) is a layer because with numpy it would be one
+Bundles carry our handlers, ``sagemaker_deepar/contract.py`` and ``settings.py`` (the project's one
+settings style), ``ingestion/glue_job.py`` (the lake's schema), numpy and pydantic-settings (the Lambda
+runtime has boto3 but neither); pyarrow (Parquet inputs, the lake) is a layer because with numpy it would be one
 bundle of > 50 MB zipped. Test folders, headers and Cython sources are left out."""
 
 from __future__ import annotations
@@ -25,6 +25,18 @@ ZIPPED_LIMIT = 50 * 2**20
 UNZIPPED_LIMIT = 250 * 2**20
 FUNCTIONS = ("batch_forecast", "forecast_api")
 LAYER = "pyarrow-layer"
+# numpy, and pydantic-settings with what it imports (sagemaker_deepar/settings.py: the handlers' settings);
+# pydantic-settings adds ~2.6 MB zipped and ~0.2 s of import (docs/serverless.md, "Measured figures").
+BUNDLED_DISTRIBUTIONS = (
+    "numpy",
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+    "dotenv",
+)
 _SKIP_DIRS = {"tests", "test", "include", "__pycache__", "benchmarks", "testing"}
 _SKIP_SUFFIXES = (".pyc", ".pxd", ".pyx", ".pxi", ".h", ".hpp", ".a", ".cmake")
 
@@ -45,12 +57,16 @@ def _distribution_dir(module: str) -> list[Path]:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise PackageError(f"{module} is not installed in {sys.executable}")
+    if not spec.submodule_search_locations:  # a single-module distribution (typing_extensions.py)
+        return [Path(spec.origin)]
     package = Path(spec.origin).parent
     libs = package.parent / f"{module}.libs"  # auditwheel's vendored shared libraries
     return [package, *([libs] if libs.is_dir() else [])]
 
 
 def _files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
     return sorted(
         p
         for p in root.rglob("*")
@@ -80,7 +96,7 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]]) -> Bundle:
 
 def function_entries() -> list[tuple[Path, str]]:
     ours = [REPO / "serverless" / "__init__.py", *sorted((REPO / "serverless" / "handlers").glob("*.py"))]
-    ours += [REPO / "sagemaker_deepar" / "__init__.py", REPO / "sagemaker_deepar" / "contract.py"]
+    ours += [REPO / "sagemaker_deepar" / name for name in ("__init__.py", "contract.py", "errors.py", "settings.py")]
     # The lake's measured columns (forecast_api's pollutant allow-list) come from the Glue job's schema;
     # glue_job.py imports only the standard library at module level (pyspark inside its Spark functions).
     ours += [REPO / "ingestion" / "__init__.py", REPO / "ingestion" / "glue_job.py"]
@@ -89,8 +105,9 @@ def function_entries() -> list[tuple[Path, str]]:
     if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
         ours.append(onnx)
     entries = [(p, str(p.relative_to(REPO))) for p in ours]
-    for folder in _distribution_dir("numpy"):
-        entries += [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
+    for module in BUNDLED_DISTRIBUTIONS:
+        for folder in _distribution_dir(module):
+            entries += [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
     return entries
 
 
@@ -126,14 +143,15 @@ def build(out: Path) -> list[Bundle]:
 
 
 _COLD_START = """
-import json, sys, time, zipfile, tempfile, os
+import json, sys, time, zipfile, tempfile
 started = time.perf_counter()
 import importlib
 module = importlib.import_module(sys.argv[1])
 imported = time.perf_counter() - started
-from serverless.handlers import forecasting
+from serverless.handlers import forecasting, settings
 t = time.perf_counter()
-forecaster = forecasting.from_environment() if (os.environ.get("FORECAST_MODEL") or os.environ.get("FORECAST_ENDPOINT")) else None
+configured = settings.current()
+forecaster = forecasting.from_environment(configured) if (configured.forecast_model or configured.forecast_endpoint) else None
 if forecaster is not None and hasattr(forecaster, "model"):
     forecaster.model()
 loaded = time.perf_counter() - t

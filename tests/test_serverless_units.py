@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from serverless import emulate, stack
+from sagemaker_deepar.settings import SettingsError
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
 
 pytestmark = pytest.mark.unit
@@ -541,10 +542,15 @@ def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeyp
 
 
 def test_the_transform_threshold_comes_from_the_environment_and_the_template(monkeypatch):
+    from serverless.handlers import settings
+
     monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "5")
-    assert batch_forecast.transform_min_series() == 5
+    assert settings.current().transform_min_series == 5
     monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
-    assert batch_forecast.transform_min_series() == 12_000
+    assert settings.current().transform_min_series == 12_000
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "many")
+    with pytest.raises(SettingsError, match="environment variable BATCH_TRANSFORM_MIN_SERIES='many': input should be"):
+        settings.current()
     assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000
 
 

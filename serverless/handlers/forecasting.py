@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import tarfile
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from sagemaker_deepar.contract import extract_model_tarball
+
+from .settings import FunctionSettings, current
 
 # SageMaker's real-time body limit (6 MB); requests stay under it with headroom for the configuration.
 MAX_REQUEST_BYTES = 5 * 2**20
@@ -184,6 +185,7 @@ class InFunctionForecaster:
     """The ONNX model inside the function (``sagemaker_deepar.onnx_forecast``), loaded once per container."""
 
     model_uri: str
+    cache: Optional[Path] = None  # where the model is extracted (FORECAST_MODEL_CACHE); None: /tmp
     name: str = ""
     _model: Any = field(default=None, repr=False)
 
@@ -195,7 +197,7 @@ class InFunctionForecaster:
             # Imported here so that endpoint-backed functions never load onnxruntime.
             from sagemaker_deepar.onnx_forecast import OnnxForecaster
 
-            self._model = OnnxForecaster.load(download_model(self.model_uri))
+            self._model = OnnxForecaster.load(download_model(self.model_uri, self.cache))
         return self._model
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -206,8 +208,8 @@ class InFunctionForecaster:
 
 
 def download_model(uri: str, root: Optional[Path] = None) -> Path:
-    """``s3://bucket/key/model.tar.gz`` (or a local path) extracted under /tmp, reused by later calls."""
-    root = Path(root or os.environ.get("FORECAST_MODEL_CACHE", tempfile.gettempdir())) / "deepar-model"
+    """``s3://bucket/key/model.tar.gz`` (or a local path) extracted under ``root`` (/tmp), reused by later calls."""
+    root = Path(root or tempfile.gettempdir()) / "deepar-model"
     done = root / ".extracted"
     if done.exists() and done.read_text() == uri:
         return root
@@ -231,17 +233,17 @@ def download_model(uri: str, root: Optional[Path] = None) -> Path:
 _cached: dict[tuple[str, str], Forecaster] = {}
 
 
-def from_environment(environ: Optional[dict] = None) -> Forecaster:
-    """The forecaster the function's environment names (one per container, reused across invocations)."""
-    environ = dict(os.environ if environ is None else environ)
-    model, endpoint = environ.get("FORECAST_MODEL", ""), environ.get("FORECAST_ENDPOINT", "")
-    timeout = float(environ.get("FORECAST_TIMEOUT", "60"))
+def from_environment(settings: Optional[FunctionSettings] = None) -> Forecaster:
+    """The forecaster the function's settings name (one per container, reused across invocations)."""
+    settings = settings or current()
+    model, endpoint = settings.forecast_model or "", settings.forecast_endpoint or ""
+    timeout = settings.forecast_timeout
     key = (model, endpoint)
     if key in _cached:
         return _cached[key]
     forecaster: Forecaster
     if model:
-        forecaster = InFunctionForecaster(model)
+        forecaster = InFunctionForecaster(model, Path(settings.model_cache_dir))
     elif endpoint.startswith(("http://", "https://")):
         forecaster = HttpForecaster(endpoint, timeout)
     elif endpoint:
