@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from sagemaker_deepar.contract import (
 )
 from sagemaker_deepar.metrics import score_forecasts
 
-from . import registry
+from . import registry, settings
 from .events import WQL, LoopError, now, read_threshold
 
 NAMESPACE = "DeepAR/MLOps"
@@ -449,10 +448,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="model package group (a succeeded retrain counts until it registers)")
     parser.add_argument("--target", default="particulate_matter", help="lake column when item_id names none")
     parser.add_argument("--time-freq", default="H", help="the model's time_freq")
-    parser.add_argument("--name", default=os.environ.get("MLOPS_NAME", "deepar"), help="endpoint base name")
-    parser.add_argument(
-        "--threshold-parameter", default=os.environ.get("MLOPS_THRESHOLD_PARAMETER", "/deepar/mlops/wql-threshold")
-    )
+    defaults = settings.current()
+    parser.add_argument("--name", default=defaults.name, help="endpoint base name")
+    parser.add_argument("--threshold-parameter", default=defaults.threshold_parameter)
 
 
 def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:

@@ -24,11 +24,14 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .training_settings import TrainingEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ def single_host(host: str = "algo-1") -> Cluster:
     return Cluster(hosts=(host,), current_host=host, master_addr="127.0.0.1", master_port=DEFAULT_MASTER_PORT)
 
 
-def cluster_from_resource_config(config: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> Cluster:
+def cluster_from_resource_config(config: Mapping[str, Any], settings: Optional[TrainingEnvironment] = None) -> Cluster:
     """The cluster of SageMaker's ``resourceconfig.json`` (tolerant: unknown keys are ignored).
 
     The order of ``hosts`` is SageMaker's (lexicographic: algo-1, algo-10, algo-2): every host
@@ -106,23 +109,21 @@ def cluster_from_resource_config(config: Mapping[str, Any], env: Mapping[str, st
         raise UserError(f"resourceconfig.json: 'hosts' lists a host twice: {hosts}")
     if current not in hosts:
         raise UserError(f"resourceconfig.json: current_host {current!r} is not one of the hosts {hosts}")
-    port_text = env.get(ENV_MASTER_PORT, str(DEFAULT_MASTER_PORT))
-    timeout_text = env.get(ENV_PEER_TIMEOUT, str(DEFAULT_PEER_TIMEOUT))
-    try:
-        port, timeout = int(port_text), float(timeout_text)
-    except ValueError:
-        raise UserError(f"{ENV_MASTER_PORT}={port_text!r} / {ENV_PEER_TIMEOUT}={timeout_text!r}: not numbers") from None
+    if settings is None:
+        from .training_settings import TrainingEnvironment
+
+        settings = TrainingEnvironment()  # every default
     return Cluster(
         hosts=tuple(hosts),
         current_host=current,
-        master_addr=env.get(ENV_MASTER_ADDR) or hosts[0],
-        master_port=port,
+        master_addr=settings.master_addr or hosts[0],
+        master_port=settings.master_port,
         network_interface=config.get("network_interface_name"),
-        peer_timeout=timeout,
+        peer_timeout=settings.peer_timeout,
     )
 
 
-def read_cluster(resource_config: Path, env: Mapping[str, str] = os.environ) -> Cluster:
+def read_cluster(resource_config: Path, settings: Optional[TrainingEnvironment] = None) -> Cluster:
     import json
 
     if not resource_config.exists():
@@ -131,7 +132,7 @@ def read_cluster(resource_config: Path, env: Mapping[str, str] = os.environ) -> 
         config = json.loads(resource_config.read_text(encoding="utf-8"))
     except ValueError as error:
         raise UserError(f"{resource_config} (resource configuration) is not valid JSON: {error}") from None
-    return cluster_from_resource_config(config, env)
+    return cluster_from_resource_config(config, settings)
 
 
 def check_backend(backend: str, cluster: Cluster) -> None:

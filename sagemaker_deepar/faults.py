@@ -5,15 +5,24 @@
 follows an ignored SIGTERM). Several entries are separated by commas.
 Points: ``reading`` (data being read), ``batch:N`` (after the N-th batch since the job started),
 ``scoring`` (after the first test forecast), ``writing`` (predictor written, metadata not yet).
-Unset in production, where every call is one dictionary lookup.
+Unset in production, where every call is one attribute lookup. ``train`` arms the points from its
+settings (``TrainingEnvironment.fault``) when it starts.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from typing import Optional
 
 FAULT_ENV = "DEEPAR_FAULT"
+_armed: Optional[str] = None
+
+
+def arm(spec: Optional[str]) -> None:
+    """The points of this process (``DEEPAR_FAULT``'s value; None disarms them)."""
+    global _armed
+    _armed = spec or None
 
 
 class InjectedFault(RuntimeError):
@@ -21,7 +30,7 @@ class InjectedFault(RuntimeError):
 
 
 def reached(point: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
+    spec = _armed
     if not spec:
         return
     for item in spec.split(","):

@@ -32,30 +32,50 @@ MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
 
 
 class DeepARHyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Each field's docstring is its description in docs/reference/hyperparameters.md (python -m devtools.reference).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     time_freq: str
+    """the series' period: an optional integer multiple + `M`, `W`, `D`, `H`, `min` (`5min`, `2H`)"""
     # Upper bounds keep absurd values (a 400-digit integer) a clear error here instead of an
     # overflow deep inside GluonTS after the data was read.
     prediction_length: int = Field(gt=0, le=MAX_LENGTH)
+    """time steps forecast"""
     context_length: int = Field(gt=0, le=MAX_LENGTH)
+    """time steps the network sees before the forecast"""
     epochs: int = Field(gt=0, le=MAX_EPOCHS)
+    """passes over the training data"""
     likelihood: str = "student-T"
+    """the output distribution: `gaussian`, `beta`, `negative-binomial`, `student-T`, `deterministic-L1` (any case)"""
     num_cells: int = Field(40, ge=1, le=1024)
+    """cells per LSTM layer"""
     num_layers: int = Field(2, ge=1, le=16)
+    """LSTM layers"""
     dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
+    """dropout between layers"""
     learning_rate: float = Field(0.001, gt=0.0, le=1.0)
+    """the optimiser's step size (`5E-4` works)"""
     mini_batch_size: int = Field(128, ge=1, le=100_000)
+    """windows per batch"""
     embedding_dimension: int = Field(10, ge=1, le=1024)
+    """one embedding size for every categorical feature"""
     cardinality: Union[Literal["auto", "ignore"], list[int]] = "auto"
+    """`auto` (max+1 per `cat` position), `ignore` / `""`, or a list of ints checked against the data"""
     num_dynamic_feat: Union[Literal["auto", "ignore"], int] = "auto"
+    """`auto`, `ignore` / `""`, or an int that must match the data"""
     early_stopping_patience: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)
+    """stop when the train loss has not improved for N epochs; the best epoch's weights are kept"""
     num_eval_samples: int = Field(100, ge=1, le=10_000)
+    """samples per test series when scoring the test channel"""
     test_quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_TEST_QUANTILES))
+    """quantiles scored on the test channel, each in (0, 1)"""
     # Ours, not the built-in's.
     backend: Literal["torch", "mxnet"] = "torch"
+    """(ours) the GluonTS backend that trains the model"""
     num_batches_per_epoch: Optional[int] = Field(None, ge=1, le=MAX_BATCHES_PER_EPOCH)
+    """(ours) batches per epoch; unset: one pass over the data, `ceil(max(series, observations / (context_length + prediction_length)) / mini_batch_size)`"""
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
+    """(ours) two runs on the same data give the same metrics"""
 
     @field_validator("time_freq")
     @classmethod

@@ -68,15 +68,19 @@ class DeepARForecaster(PythonModel):
         self.frame_model: Optional[FrameModel] = None
 
     def load_context(self, context: Any) -> None:
-        self.load(Path(context.artifacts[ARTIFACT_KEY]))
+        """mlflow's entry into the model: the serving settings come from its process environment."""
+        from .server_config import ServerConfig
 
-    def load(self, model_dir: Path) -> None:
+        self.load(Path(context.artifacts[ARTIFACT_KEY]), ServerConfig.from_env(os.environ))
+
+    def load(self, model_dir: Path, config: Any = None) -> None:
+        """``config``: a ``ServerConfig`` (the defaults when None)."""
         from .batcher import Batcher
         from .inference import Model
         from .server_config import ServerConfig
         from .service import ForecastService
 
-        config = dataclasses.replace(ServerConfig.from_env(os.environ), model_dir=str(model_dir))
+        config = dataclasses.replace(config or ServerConfig.from_env({}), model_dir=str(model_dir))
         self.model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
         batcher = Batcher(self.model.sample, config.max_pass_paths, config.max_batch_series, config.batch_wait_ms)
         self.service = ForecastService(self.model, config, batcher)

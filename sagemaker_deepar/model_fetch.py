@@ -159,7 +159,7 @@ def _s3_client(source: ModelSource) -> Any:
     session = botocore.session.get_session()
     return session.create_client(
         "s3",
-        region_name=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+        region_name=source.region,
         config=Config(
             retries={"total_max_attempts": source.attempts, "mode": "standard"},
             connect_timeout=source.timeout,

@@ -68,7 +68,8 @@ class MultiModelSettings(EnvironmentSettings):
     shared_dir: Optional[str] = Field(
         None,
         validation_alias="DEEPAR_MME_DIR",
-        description="the workers' shared registry folder; unset: /tmp/deepar-mme-<gunicorn master pid>",
+        description="the workers' shared registry folder (`serve` sets it for its workers); "
+        "unset: /tmp/deepar-mme-<gunicorn master pid>",
     )
     memory_mb: Optional[int] = Field(
         None,

@@ -159,8 +159,8 @@ class ServingEnvironment(EnvironmentSettings):
     hosting_mode: str = Field(
         "realtime",
         validation_alias="DEEPAR_HOSTING_MODE",
-        description="which SageMaker endpoint type runs the container; each changes defaults only (payload, "
-        "timeout, response size, workers, threads)",
+        description=f"one of {', '.join(HOSTING_MODES)}: which SageMaker endpoint type runs the container; each "
+        "changes defaults only (payload, timeout, response size, workers, threads)",
     )
     workers: Optional[int] = Field(
         None,
@@ -277,12 +277,15 @@ class ServingEnvironment(EnvironmentSettings):
         10, ge=1, le=3600, validation_alias="DEEPAR_BODY_TIMEOUT", description="seconds to receive a request body"
     )
     ready_dir: Optional[str] = Field(
-        None, validation_alias="DEEPAR_READY_DIR", description="folder where workers mark themselves ready"
+        None,
+        validation_alias="DEEPAR_READY_DIR",
+        description="folder where workers mark themselves ready (`serve` sets it for its workers)",
     )
     inference_runtime: str = Field(
         "onnx",
         validation_alias="DEEPAR_INFERENCE_RUNTIME",
-        description="what runs a torch model's network (onnx when the artifact has network.onnx)",
+        description=f"one of {', '.join(INFERENCE_RUNTIMES)}: what runs a torch model's network (onnx when the "
+        "artifact has network.onnx)",
     )
 
     _split_fields = field_validator("forward_fields", mode="before")(_comma_list)
@@ -435,7 +438,9 @@ MODEL_URL_SCHEMES = ("s3", "file")
 
 
 class ModelSource(EnvironmentSettings):
-    """The model outside SageMaker (`serve` on ECS or `docker run`): where it is fetched from, and how hard `serve` tries."""
+    """The model outside SageMaker (`serve` on ECS or `docker run`; read only when DEEPAR_MODEL_URL is set).
+
+    Where `serve` fetches the model from before anything listens, and how hard it tries."""
 
     url: str = Field(
         validation_alias=MODEL_URL_VARIABLE,
@@ -458,6 +463,11 @@ class ModelSource(EnvironmentSettings):
     )
     multi_model: bool = Field(
         False, validation_alias="SAGEMAKER_MULTI_MODEL", description="a multi-model endpoint (set by SageMaker)"
+    )
+    region: Optional[str] = Field(
+        None,
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="the bucket's region (the SDK's own variables); unset: botocore's configuration",
     )
 
     @property

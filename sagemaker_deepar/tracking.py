@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
+
+from .settings import EnvironmentSettings, SettingsError
 
 log = logging.getLogger("sagemaker_deepar.tracking")
 
@@ -51,17 +53,42 @@ _FINAL_ERROR_CODES = {
 T = TypeVar("T")
 
 
-class TrackingSettings(BaseModel):
-    """The environment's tracking settings, parsed once; a validation error names the variable (its alias)."""
+class TrackingSettingsError(SettingsError):
+    """A tracking setting that cannot be used; the message names the variable."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    tracking_uri: str = Field(alias="MLFLOW_TRACKING_URI")
-    experiment_name: str = Field("deepar", alias="MLFLOW_EXPERIMENT_NAME", min_length=1, max_length=500)
-    registered_model_name: Optional[str] = Field(None, alias="MLFLOW_REGISTERED_MODEL_NAME", max_length=256)
-    run_name: Optional[str] = Field(None, alias="TRAINING_JOB_NAME", max_length=250)
+class TrackingSettings(EnvironmentSettings):
+    """mlflow tracking of a training job (`train`; read only when MLFLOW_TRACKING_URI is set).
+
+    An unusable value never fails the job: it is a warning, written to /opt/ml/output/data/mlflow.json."""
+
+    tracking_uri: str = Field(
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="where runs are recorded: http(s)://host[:port], databricks, sqlite:///file.db or another store",
+    )
+    experiment_name: str = Field(
+        "deepar", validation_alias="MLFLOW_EXPERIMENT_NAME", min_length=1, max_length=500, description="experiment"
+    )
+    registered_model_name: Optional[str] = Field(
+        None,
+        validation_alias="MLFLOW_REGISTERED_MODEL_NAME",
+        max_length=256,
+        description="registers the model as a new version of this name; unset: not registered",
+    )
+    run_name: Optional[str] = Field(
+        None,
+        validation_alias="TRAINING_JOB_NAME",
+        max_length=250,
+        description="the run's name (SageMaker sets it to the training job's)",
+    )
     # The whole tracking step (every retry of every call) ends within about this many seconds.
-    retry_seconds: float = Field(60.0, alias="DEEPAR_MLFLOW_RETRY_SECONDS", ge=0, le=3600)
+    retry_seconds: float = Field(
+        60.0,
+        validation_alias="DEEPAR_MLFLOW_RETRY_SECONDS",
+        ge=0,
+        le=3600,
+        description="the whole tracking step, every retry included, ends within about this many seconds",
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -84,31 +111,15 @@ class TrackingSettings(BaseModel):
                 raise ValueError(f"{value!r}: no host to connect to")
         return value
 
-    @field_validator("experiment_name", "registered_model_name", "run_name", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Optional["TrackingSettings"]:
+    def from_env(cls, env: Mapping[str, str]) -> Optional["TrackingSettings"]:  # type: ignore[override]
         """None when ``MLFLOW_TRACKING_URI`` is unset or empty; ``TrackingSettingsError`` naming the variable."""
         if not env.get("MLFLOW_TRACKING_URI", "").strip():
             return None
-        names = [info.alias for info in cls.model_fields.values() if info.alias]
-        raw = {name: env[name] for name in names if name in env}
-        if raw.get("MLFLOW_EXPERIMENT_NAME", "x").strip() == "":
-            raw.pop("MLFLOW_EXPERIMENT_NAME")
         try:
-            return cls.model_validate(raw)
-        except ValidationError as error:
-            problems = [
-                f"{'.'.join(map(str, e['loc']))}={raw.get(str(e['loc'][0]), '')!r}: {e['msg']}" for e in error.errors()
-            ]
-            raise TrackingSettingsError("; ".join(problems)) from None
-
-
-class TrackingSettingsError(ValueError):
-    """A tracking setting that cannot be used; the message starts with the variable's name."""
+            return super().from_env(env)
+        except SettingsError as error:
+            raise TrackingSettingsError(error.problems) from None
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from . import __version__, backends, distributed, faults, warm_start
 from .contract import ONNX_FILE, FeatureSpec, ModelArtifact
@@ -34,6 +34,7 @@ from .hyperparameters import DeepARHyperparameters, load_hyperparameters
 from .logs import configure_logging
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
 from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths, probe_output_dirs
+from .training_settings import TrainingEnvironment
 
 log = logging.getLogger("sagemaker_deepar")
 
@@ -251,14 +252,14 @@ def write_outputs(
     backends.write_json_atomic(paths.output_data_dir / "metrics.json", {"train": train_summary, "test": test_metrics})
 
 
-def run(paths: SageMakerPaths) -> None:
+def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, tracking: Any = None) -> None:
     started = time.perf_counter()
     stop = SigtermHandler.install()
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
-    tracking = read_tracking_settings()
-    cluster = distributed.read_cluster(paths.resource_config)
+    settings = settings or TrainingEnvironment()
+    cluster = distributed.read_cluster(paths.resource_config, settings)
     distributed.check_backend(params.backend, cluster)
     probe_output_dirs(
         {
@@ -292,7 +293,7 @@ def run(paths: SageMakerPaths) -> None:
     backends.seed_everything(params.seed)
 
     metric_logger = MetricLogger(config.host)
-    readable = "TRAINING_JOB_NAME" not in os.environ
+    readable = settings.job_name is None
     epoch_losses: list[tuple[int, float, float]] = []  # for mlflow: (epoch, train loss, records/s)
 
     def on_epoch(epoch: int, loss: float, progress: float, throughput: float) -> None:
@@ -357,16 +358,24 @@ def run(paths: SageMakerPaths) -> None:
         track_run(paths, tracking, params, epoch_losses, stop.requested)
 
 
-def read_tracking_settings() -> Any:
-    """``TrackingSettings`` when MLFLOW_TRACKING_URI is set, else None; an unusable setting is a string (the
-    problem, naming the variable), reported after the model is saved: tracking never fails the job."""
+@dataclass(frozen=True)
+class TrackingProblem:
+    """A tracking setting that cannot be used (the message names the variable), and the URI as given."""
+
+    problem: str
+    tracking_uri: Optional[str]
+
+
+def read_tracking_settings(env: Mapping[str, str]) -> Any:
+    """``TrackingSettings`` when MLFLOW_TRACKING_URI is set, else None; an unusable setting is a
+    ``TrackingProblem``, reported after the model is saved: tracking never fails the job."""
     from .tracking import TrackingSettings, TrackingSettingsError
 
     try:
-        return TrackingSettings.from_env(os.environ)
+        return TrackingSettings.from_env(env)
     except TrackingSettingsError as error:
         log.warning("mlflow: %s; the job runs on, its run will not be recorded", error)
-        return str(error)
+        return TrackingProblem(str(error), env.get("MLFLOW_TRACKING_URI"))
 
 
 def track_run(
@@ -378,8 +387,9 @@ def track_run(
 ) -> None:
     from .tracking import TrainingRecord, record_run, settings_problem_report
 
-    if isinstance(tracking, str):
-        settings_problem_report(paths.output_data_dir, os.environ, tracking)
+    if isinstance(tracking, TrackingProblem):
+        uri = {"MLFLOW_TRACKING_URI": tracking.tracking_uri} if tracking.tracking_uri else {}
+        settings_problem_report(paths.output_data_dir, uri, tracking.problem)
         return
     artifact = ModelArtifact.read(paths.model_dir)
     record = TrainingRecord(
@@ -438,9 +448,19 @@ def write_failure(paths: SageMakerPaths, reason: str) -> None:
 
 def main() -> int:
     configure_logging()
-    paths = SageMakerPaths.from_env()
+    try:  # `train`'s entry point: its settings are parsed here, once, and handed down
+        settings = TrainingEnvironment.from_env(os.environ)
+    except UserError as error:  # a number that is none: reported where the job's failure always goes
+        reason = f"ClientError: {error}"
+        log.error("%s", reason)
+        base_dir = os.environ.get("SAGEMAKER_BASE_DIR") or TrainingEnvironment.model_fields["base_dir"].default
+        write_failure(SageMakerPaths(Path(base_dir)), reason)
+        return 1
+    tracking = read_tracking_settings(os.environ)
+    faults.arm(settings.fault)
+    paths = SageMakerPaths(Path(settings.base_dir))
     try:
-        run(paths)
+        run(paths, settings, tracking)
         return 0
     except UserError as error:
         reason = f"ClientError: {error}"

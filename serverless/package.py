@@ -100,7 +100,9 @@ def function_entries() -> list[tuple[Path, str]]:
     # The lake's measured columns (forecast_api's pollutant allow-list) come from the Glue job's schema;
     # glue_job.py imports only the standard library at module level (pyspark inside its Spark functions).
     ours += [REPO / "ingestion" / "__init__.py", REPO / "ingestion" / "glue_job.py"]
-    ours += [REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py")]  # one client factory
+    ours += [
+        REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py", "settings.py")
+    ]  # one client factory
     onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
     if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
         ours.append(onnx)

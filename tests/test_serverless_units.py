@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from serverless import emulate, stack
 from sagemaker_deepar.settings import SettingsError
+from serverless import emulate, stack
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
 
 pytestmark = pytest.mark.unit
