@@ -112,7 +112,7 @@ def cluster_from_resource_config(config: Mapping[str, Any], settings: Optional[T
     if settings is None:
         from .training_settings import TrainingEnvironment
 
-        settings = TrainingEnvironment()  # every default
+        settings = TrainingEnvironment.defaults()
     return Cluster(
         hosts=tuple(hosts),
         current_host=current,

@@ -58,7 +58,7 @@ class MultiModelState(WorkerReadiness):
     def __init__(self, config: ServerConfig):
         super().__init__(config)
         self.registry = ModelRegistry(
-            MultiModelConfig.from_settings(config.workers, config.multi_model or MultiModelSettings()),
+            MultiModelConfig.from_settings(config.workers, config.multi_model or MultiModelSettings.defaults()),
             lambda model_dir: load_served_model(model_dir, config),
         )
         log.info(

@@ -92,8 +92,13 @@ class EnvironmentSettings(BaseSettings):
             raise SettingsError(cls._problems(error, env)) from None
 
     @classmethod
+    def defaults(cls: type[Settings]) -> Settings:
+        """Every field at its default (what an empty environment gives)."""
+        return cls.from_env({})
+
+    @classmethod
     def _problems(cls, error: ValidationError, env: Mapping[str, str]) -> list[str]:
-        by_variable = {}
+        by_variable: dict[str, str] = {}
         for name, info in cls.model_fields.items():
             variables = variables_of(info, name)
             present = [v for v in variables if str(env.get(v, "")).strip()]
@@ -102,11 +107,11 @@ class EnvironmentSettings(BaseSettings):
         problems = []
         for item in error.errors():
             key = str(item["loc"][0]) if item["loc"] else ""
-            variable = by_variable.get(key)
-            if variable is None:  # a model-level check: its message names its variables itself
+            found = by_variable.get(key)
+            if found is None:  # a model-level check: its message names its variables itself
                 problems.append(_reason(item["msg"]))
             elif item["type"] == "missing":
-                problems.append(f"environment variable {variable} is required but not set")
+                problems.append(f"environment variable {found} is required but not set")
             else:
-                problems.append(f"environment variable {variable}={_shown(env.get(variable))}: {_reason(item['msg'])}")
+                problems.append(f"environment variable {found}={_shown(env.get(found))}: {_reason(item['msg'])}")
         return problems

@@ -258,7 +258,7 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
     config = read_job_config(paths)
     params = config.params
     log.info("hyperparameters: %s", json.dumps(params.model_dump()))
-    settings = settings or TrainingEnvironment()
+    settings = settings or TrainingEnvironment.defaults()
     cluster = distributed.read_cluster(paths.resource_config, settings)
     distributed.check_backend(params.backend, cluster)
     probe_output_dirs(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -19,16 +20,15 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 ZIPPED_LIMIT = 50 * 2**20
 UNZIPPED_LIMIT = 250 * 2**20
 FUNCTIONS = ("batch_forecast", "forecast_api")
 LAYER = "pyarrow-layer"
-# numpy, and pydantic-settings with what it imports (sagemaker_deepar/settings.py: the handlers' settings);
-# pydantic-settings adds ~2.6 MB zipped and ~0.2 s of import (docs/serverless.md, "Measured figures").
-BUNDLED_DISTRIBUTIONS = (
-    "numpy",
+# numpy, and pydantic-settings with what it imports (sagemaker_deepar/settings.py: the handlers' settings).
+SETTINGS_DISTRIBUTIONS = (
     "pydantic",
     "pydantic_core",
     "pydantic_settings",
@@ -37,6 +37,11 @@ BUNDLED_DISTRIBUTIONS = (
     "typing_inspection",
     "dotenv",
 )
+BUNDLED_DISTRIBUTIONS = ("numpy", *SETTINGS_DISTRIBUTIONS)
+# Lambda's /var/task is read-only, so every cold start would compile these from source again: pydantic's
+# ~4 MB of it doubled the handlers' import (docs/serverless.md, "Measured figures"). Their bytecode ships
+# compiled for the functions' runtime (python3.11, as this interpreter must be), checked by hash, not mtime.
+PRECOMPILED = SETTINGS_DISTRIBUTIONS
 _SKIP_DIRS = {"tests", "test", "include", "__pycache__", "benchmarks", "testing"}
 _SKIP_SUFFIXES = (".pyc", ".pxd", ".pyx", ".pxi", ".h", ".hpp", ".a", ".cmake")
 
@@ -94,7 +99,31 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]]) -> Bundle:
     return Bundle(target.stem, str(target), target.stat().st_size, unzipped)
 
 
-def function_entries() -> list[tuple[Path, str]]:
+def _precompiled(entries: list[tuple[Path, str]], cache: Path) -> list[tuple[Path, str]]:
+    """The bytecode of the ``.py`` entries, compiled into ``cache`` (again only when a source is newer)."""
+    if sys.version_info[:2] != (3, 11):
+        raise PackageError(f"bytecode for the python3.11 runtime needs Python 3.11, not {sys.version.split()[0]}")
+    compiled = []
+    for source, name in entries:
+        if not name.endswith(".py"):
+            continue
+        name_pyc = importlib.util.cache_from_source(name)
+        target = cache / name_pyc
+        if not target.exists() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            py_compile.compile(
+                str(source),
+                str(target),
+                name,
+                doraise=True,
+                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            )
+        compiled.append((target, name_pyc))
+    return compiled
+
+
+def function_entries(bytecode_cache: Optional[Path] = None) -> list[tuple[Path, str]]:
+    """Every file of a function bundle; with ``bytecode_cache``, the ``PRECOMPILED`` distributions' bytecode too."""
     ours = [REPO / "serverless" / "__init__.py", *sorted((REPO / "serverless" / "handlers").glob("*.py"))]
     ours += [REPO / "sagemaker_deepar" / name for name in ("__init__.py", "contract.py", "errors.py", "settings.py")]
     # The lake's measured columns (forecast_api's pollutant allow-list) come from the Glue job's schema;
@@ -109,7 +138,10 @@ def function_entries() -> list[tuple[Path, str]]:
     entries = [(p, str(p.relative_to(REPO))) for p in ours]
     for module in BUNDLED_DISTRIBUTIONS:
         for folder in _distribution_dir(module):
-            entries += [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
+            files = [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
+            entries += files
+            if bytecode_cache is not None and module in PRECOMPILED:
+                entries += _precompiled(files, bytecode_cache)
     return entries
 
 
@@ -122,7 +154,7 @@ def layer_entries() -> list[tuple[Path, str]]:
 
 def build(out: Path) -> list[Bundle]:
     """Write the bundles into ``out``; raise ``PackageError`` naming every limit broken."""
-    function_files = function_entries()
+    function_files = function_entries(out / "bytecode")
     first = _write_zip(out / f"{FUNCTIONS[0]}.zip", function_files)
     bundles = [first]
     for name in FUNCTIONS[1:]:  # the same files (each function has its own handler): copy, don't recompress

@@ -69,7 +69,9 @@ def test_an_unusable_setting_is_written_to_mlflow_json(tmp_path, caplog):
     settings_problem_report(tmp_path, env, str(error.value))
     report = json.loads((tmp_path / "mlflow.json").read_text())
     assert report["complete"] is False and report["tracking_uri"] == "not a uri"
-    assert report["not_recorded"][0]["reason"].startswith("tracking settings: environment variable MLFLOW_TRACKING_URI='not a uri'")
+    assert report["not_recorded"][0]["reason"].startswith(
+        "tracking settings: environment variable MLFLOW_TRACKING_URI='not a uri'"
+    )
     assert "MLFLOW_TRACKING_URI" in caplog.text and "the model is saved regardless" in caplog.text
 
 

@@ -96,7 +96,10 @@ def test_inference_config_is_parsed_once_into_settings():
 @pytest.mark.parametrize(
     "env,fragment",
     [
-        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many': input should be a valid integer"),
+        (
+            {"SAGEMAKER_MODEL_SERVER_WORKERS": "many"},
+            "SAGEMAKER_MODEL_SERVER_WORKERS='many': input should be a valid integer",
+        ),
         ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500': must be between 1 and 100"),
         ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0': input should be greater than or equal to 1"),
         ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache': input should be 'nginx' or 'gunicorn'"),
