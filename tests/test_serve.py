@@ -200,7 +200,7 @@ def test_invalid_server_settings_fail_at_start(torch_model: Path):
     s = Server(torch_model, DEEPAR_INFERENCE_CONFIG="{bad")
     try:
         assert s.process.wait(timeout=60) == 1
-        assert "DEEPAR_INFERENCE_CONFIG is not valid JSON" in s.output()
+        assert "environment variable DEEPAR_INFERENCE_CONFIG='{bad': is not valid JSON" in s.output()
     finally:
         s.stop()
 
