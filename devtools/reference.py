@@ -63,6 +63,16 @@ variable, its value and what is allowed, for example
 `environment variable DEEPAR_KEEPALIVE='0': input should be greater than or equal to 1`.
 Blank values count as unset. Where two names are given, the first one set wins."""
 
+ENVIRONMENT_OUTRO = """## Adding a setting
+
+A new variable is a field on its component's model, with its name as the alias and its type, bounds,
+default and description (`Field(..., validation_alias="NAME", description=...)`); the entry point
+already hands the environment over. A new component gets its own `EnvironmentSettings` subclass, in a
+module listed in `devtools/reference.py`'s `SETTINGS_MODULES`. Then `python -m devtools.reference`
+rewrites this page. Two unit tests keep it so: `tests/test_settings_style.py` names any `os.environ`
+read outside the settings modules and entry points (file:line), and `tests/test_reference_docs.py`
+fails while a committed page differs from what the code generates."""
+
 
 # ---------------------------------------------------------------- one field
 
@@ -190,7 +200,7 @@ def environment_page() -> str:
             for name, info in model.model_fields.items()
         ]
         lines += _table(["variable", "type", "default", "description"], rows)
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", ENVIRONMENT_OUTRO]) + "\n"
 
 
 PAGES: dict[Path, Callable[[], str]] = {HYPERPARAMETERS_PAGE: hyperparameters_page, ENVIRONMENT_PAGE: environment_page}

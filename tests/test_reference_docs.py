@@ -36,3 +36,14 @@ def test_every_hyperparameter_and_variable_is_documented_with_a_description():
         for name, info in model.model_fields.items():
             assert info.description, f"{model.__name__}.{name}"
             assert all(f"`{v}`" in environment for v in variables_of(info, name))
+
+
+def test_every_module_that_defines_a_settings_model_is_on_the_page():
+    root = reference.REPO
+    defining = {
+        str(path.relative_to(root))[:-3].replace("/", ".")
+        for package in ("sagemaker_deepar", "serverless", "mlops", "ingestion", "ecs", "awsinfra", "evaluation")
+        for path in (root / package).rglob("*.py")
+        if "(EnvironmentSettings)" in path.read_text(encoding="utf-8")
+    }
+    assert defining and defining <= set(reference.SETTINGS_MODULES), defining - set(reference.SETTINGS_MODULES)
