@@ -201,6 +201,8 @@ def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Base
     report: dict[str, Any] = {"location": key, "error": str(error), "receive_count": receive_count}
     if isinstance(error, InputTooLarge):
         report.update(setting=MAX_INPUT_SETTING, limit_bytes=error.limit)
+    elif isinstance(error, SettingsError):  # the deployment's, not the object's: retried once it is fixed
+        report["error"] = f"the function's settings: {error}"
     elif not isinstance(error, (UnreadableObject, forecasting.BackendError)):
         report["error"] = f"internal error ({type(error).__name__}): {error}"  # a bug: said, not silent
     if isinstance(error, forecasting.BackendThrottled):
