@@ -337,7 +337,9 @@ def test_unusable_settings_fail_each_object_with_a_report_naming_the_variable(mo
     assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # redriven, then dead-lettered
     report = json.loads(buckets.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
     assert report["location"] == "incoming/a.jsonl"
-    assert report["error"].startswith("the function's settings: environment variable BATCH_TRANSFORM_MIN_SERIES='many': ")
+    assert report["error"].startswith(
+        "the function's settings: environment variable BATCH_TRANSFORM_MIN_SERIES='many': "
+    )
     assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
 
 
