@@ -290,13 +290,17 @@ class ServingEnvironment(EnvironmentSettings):
 
     _split_fields = field_validator("forward_fields", mode="before")(_comma_list)
 
-    @field_validator("inference_runtime", "batch_strategy", mode="before")
+    @field_validator("inference_runtime", mode="before")
     @classmethod
-    def _case(cls, value: Any, info: Any) -> Any:
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("batch_strategy", mode="before")
+    @classmethod
+    def _sagemaker_spelling(cls, value: Any) -> Any:
+        """The API's MultiRecord / SingleRecord, as the container sees them in any case."""
         if not isinstance(value, str):
             return value
-        if info.field_name == "inference_runtime":
-            return value.strip().lower()
         return value.upper().replace("MULTIRECORD", "MULTI_RECORD").replace("SINGLERECORD", "SINGLE_RECORD")
 
     @field_validator("hosting_mode")
