@@ -102,7 +102,7 @@ def test_a_damaged_onnx_network_falls_back_to_torch_and_says_why(tmp_path: Path,
     model_dir = tmp_path / "model"
     shutil.copytree(torch_model / "model", model_dir)
     (model_dir / "network.onnx").write_bytes(b"not an onnx graph")
-    with caplog.at_level(logging.INFO, logger="sagemaker_deepar.inference"):
+    with caplog.at_level(logging.INFO, logger="sagemaker_deepar.runtimes"):
         model = Model.load(model_dir, max_batch_series=4)
     assert model.runtime == "torch"
     chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("inference runtime:")]

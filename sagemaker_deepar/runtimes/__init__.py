@@ -45,7 +45,7 @@ import numpy as np
 from ..contract import ModelArtifact
 from ..errors import RequestError, UserError
 
-log = logging.getLogger("sagemaker_deepar.inference")
+log = logging.getLogger(__name__)
 
 # An entry: GluonTS's dict fields, pandas-free at this seam. ``start``: a pandas Period (the server's
 # parsed requests) or a numpy datetime64 / timestamp string; ``target`` float32; ``feat_static_cat``;
