@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import onnxruntime
 
-from .contract import (
+from ..contract import (
     MAX_ABS_VALUE,
     ONNX_FILE,
     ContractError,

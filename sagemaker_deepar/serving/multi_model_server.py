@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from . import runtimes
+from .. import runtimes
+from ..errors import UserError
 from .batcher import Batcher
-from .errors import UserError
 from .inference import Model, RequestError, decode_json, encode
 from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig
 from .server import (

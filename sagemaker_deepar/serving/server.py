@@ -20,11 +20,11 @@ from typing import IO, Any, Iterator, Optional, Protocol
 from flask import Flask, Response, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
-from . import runtimes
+from .. import runtimes
+from ..errors import UserError
+from ..logs import configure_logging
 from .batcher import Batcher
-from .errors import UserError
 from .inference import Model, RequestError, bounded_lines, encode, parse_instance
-from .logs import configure_logging
 from .mlflow_folder import find_artifact
 from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
@@ -37,7 +37,7 @@ WORKER_BOOT_ERROR = 3
 # Answers must leave the worker before gunicorn's graceful timeout kills it: keep room for one forward pass.
 DRAIN_MARGIN_S = 3.0
 SPOOL_IN_MEMORY_BYTES = 2**20
-# A torch model the gunicorn master loaded before forking (gunicorn_hooks.py); workers share its pages.
+# A torch model the gunicorn master loaded before forking (serving/gunicorn.py); workers share its pages.
 _preloaded: Optional[Model] = None
 
 
@@ -56,7 +56,7 @@ def preload_model(config: ServerConfig) -> None:
     survive fork, so each worker loads it.
     """
     global _preloaded
-    from .contract import ModelArtifact
+    from ..contract import ModelArtifact
 
     if multi_model_enabled():  # no /opt/ml/model: each worker loads the models it is asked for
         return

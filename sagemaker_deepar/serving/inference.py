@@ -16,8 +16,8 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import orjson
 
-from . import contract, runtimes
-from .contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
+from .. import contract, runtimes
+from ..contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
     DEFAULT_QUANTILES,
     MAX_ABS_VALUE,
     MAX_NUM_SAMPLES,
@@ -29,9 +29,9 @@ from .contract import (  # noqa: F401 - the request contract, re-exported for th
     ModelArtifact,
     predictions,
 )
-from .data import RecordError, parse_record
-from .errors import RequestError, UserError  # noqa: F401 - RequestError: re-exported for the server's modules
-from .runtimes import INFERENCE_RUNTIMES, Runtime  # noqa: F401 - INFERENCE_RUNTIMES: re-exported
+from ..errors import RequestError, UserError  # noqa: F401 - RequestError: re-exported for the server's modules
+from ..runtimes import INFERENCE_RUNTIMES, Runtime  # noqa: F401 - INFERENCE_RUNTIMES: re-exported
+from ..training.data import RecordError, parse_record
 
 log = logging.getLogger(__name__)
 

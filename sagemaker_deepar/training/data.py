@@ -19,8 +19,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .contract import MAX_ABS_VALUE, FeatureSpec
-from .errors import DataError, UserError
+from ..contract import MAX_ABS_VALUE, FeatureSpec
+from ..errors import DataError, UserError
 from .hyperparameters import DeepARHyperparameters
 
 log = logging.getLogger(__name__)
