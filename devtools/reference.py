@@ -1,7 +1,7 @@
 """``python -m devtools.reference [--check]``: write docs/reference/hyperparameters.md and
 docs/reference/environment.md from the code (issue #26 item 6).
 
-The hyperparameter page comes from ``DeepARHyperparameters`` (sagemaker_deepar/hyperparameters.py), the
+The hyperparameter page comes from ``DeepARHyperparameters`` (sagemaker_deepar/training/hyperparameters.py), the
 environment page from every settings model (``EnvironmentSettings`` subclasses, sagemaker_deepar/settings.py)
 in ``SETTINGS_MODULES``: name, type with its bounds, default and description, each from the field itself.
 ``--check`` writes nothing and exits 1 naming the pages that differ (tests/test_reference_docs.py runs it).
@@ -28,10 +28,10 @@ HYPERPARAMETERS_PAGE = Path("docs/reference/hyperparameters.md")
 ENVIRONMENT_PAGE = Path("docs/reference/environment.md")
 # Every module that defines settings models, in the order of the page (a new settings module: one line here).
 SETTINGS_MODULES = (
-    "sagemaker_deepar.server_config",
-    "sagemaker_deepar.multi_model",
-    "sagemaker_deepar.tracking",
-    "sagemaker_deepar.training_settings",
+    "sagemaker_deepar.serving.server_config",
+    "sagemaker_deepar.serving.multi_model",
+    "sagemaker_deepar.training.tracking",
+    "sagemaker_deepar.training.settings",
     "serverless.handlers.settings",
     "mlops.settings",
     "ingestion.config",
@@ -153,7 +153,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def hyperparameters_page() -> str:
-    from sagemaker_deepar.hyperparameters import DeepARHyperparameters
+    from sagemaker_deepar.training.hyperparameters import DeepARHyperparameters
 
     rows = [
         [f"`{name}`", field_type(info), field_default(info), info.description or ""]

@@ -132,9 +132,8 @@ def function_entries(bytecode_cache: Optional[Path] = None) -> list[tuple[Path, 
     ours += [
         REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py", "settings.py")
     ]  # one client factory
-    onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
-    if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
-        ours.append(onnx)
+    # The in-function model (FORECAST_MODEL) through the runtimes seam; onnxruntime itself would be another layer.
+    ours += [REPO / "sagemaker_deepar" / "runtimes" / name for name in ("__init__.py", "onnx.py", "onnx_forecast.py")]
     entries = [(p, str(p.relative_to(REPO))) for p in ours]
     for module in BUNDLED_DISTRIBUTIONS:
         for folder in _distribution_dir(module):

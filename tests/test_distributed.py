@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar import distributed
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.training_settings import TrainingEnvironment
+from sagemaker_deepar.training import distributed
+from sagemaker_deepar.training.settings import TrainingEnvironment
 
 from .conftest import IMAGE, REPO, SDK_PYTHON, TRAIN, OptMl, entrypoint_env, run_train, standard_job
 from .helpers import free_port

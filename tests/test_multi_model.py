@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE
-from sagemaker_deepar.inference import RequestError
-from sagemaker_deepar.multi_model import ModelRegistry, MultiModelConfig
-from sagemaker_deepar.server_config import ServerConfig
+from sagemaker_deepar.serving.codec import RequestError
+from sagemaker_deepar.serving.multi_model import ModelRegistry, MultiModelConfig
+from sagemaker_deepar.serving.server_config import ServerConfig
 
 pytestmark = pytest.mark.unit
 

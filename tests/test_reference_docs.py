@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from devtools import reference
-from sagemaker_deepar.hyperparameters import DeepARHyperparameters
 from sagemaker_deepar.settings import variables_of
+from sagemaker_deepar.training.hyperparameters import DeepARHyperparameters
 
 pytestmark = pytest.mark.unit
 

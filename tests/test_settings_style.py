@@ -30,11 +30,14 @@ SETTINGS_FILES = {
 ENTRY_FUNCTIONS = {"main"}
 # (file, enclosing function or "<module>") -> why it may touch the environment.
 ALLOWED = {
-    ("sagemaker_deepar/gunicorn_hooks.py", "on_starting"): "gunicorn's hook: the master's entry point",
+    ("sagemaker_deepar/serving/gunicorn.py", "on_starting"): "gunicorn's hook: the master's entry point",
     ("sagemaker_deepar/mlflow_pyfunc.py", "load_context"): "mlflow's entry into the pyfunc model",
     ("sagemaker_deepar/cli.py", "run_command"): "runs every command's main; its debug variable is the caller's",
-    ("sagemaker_deepar/tracking.py", "_configure_client"): "writes: mlflow's client reads its timeouts from there",
-    ("sagemaker_deepar/distributed.py", "connect"): "writes: Lightning's and gloo's rendezvous variables",
+    (
+        "sagemaker_deepar/training/tracking.py",
+        "_configure_client",
+    ): "writes: mlflow's client reads its timeouts from there",
+    ("sagemaker_deepar/training/distributed.py", "connect"): "writes: Lightning's and gloo's rendezvous variables",
     ("awsinfra/clients.py", "offline_credentials"): "writes: throwaway credentials botocore and the SDKs read",
     ("awsinfra/clients.py", "moto_server"): "writes: AWS_ENDPOINT_URL for every client while moto runs",
     ("mlops/aws.py", "<module>"): "writes: SAGEMAKER_SUPPRESS_V2_WARNING for the SageMaker SDK",
