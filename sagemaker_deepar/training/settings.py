@@ -53,5 +53,5 @@ class TrainingEnvironment(EnvironmentSettings):
     fault: Optional[str] = Field(
         None,
         validation_alias=FAULT_ENV,
-        description="tests only: named points where the job receives SIGTERM or fails (sagemaker_deepar/faults.py)",
+        description="tests only: named points where the job receives SIGTERM or fails (sagemaker_deepar/training/faults.py)",
     )
