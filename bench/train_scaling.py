@@ -33,7 +33,7 @@ from pathlib import Path
 from bench._paired import Paired, machine
 from bench._results import JSON_HELP, Result
 from bench.serve_throughput import BENCH_MODEL
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 HYPERPARAMETERS = {
     **BENCH_MODEL,

@@ -10,7 +10,7 @@ Reads the production forecasts stored as JSON Lines (one per series: item_id, st
 what batch transform or the endpoint answered, plus the series' item_id) and the actuals that arrived
 since from the curated Parquet lake (device_id, timestamp, one column per pollutant; an item_id
 "device/pollutant" names its column, else --target). Scores them as the built-in does
-(sagemaker_deepar.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
+(sagemaker_deepar.training.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
 (namespace DeepAR/MLOps, dimension Endpoint=<name>-prod) and, when mean_wQuantileLoss exceeds the SSM
 threshold, starts the build pipeline — once: not while an execution is Executing, nor while one that
 succeeded after the newest registered package awaits its model's approval.
@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,9 +41,9 @@ from sagemaker_deepar.contract import (
     parse_time_freq,
     period_means,
 )
-from sagemaker_deepar.metrics import score_forecasts
+from sagemaker_deepar.training.metrics import score_forecasts
 
-from . import registry
+from . import registry, settings
 from .events import WQL, LoopError, now, read_threshold
 
 NAMESPACE = "DeepAR/MLOps"
@@ -449,10 +448,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="model package group (a succeeded retrain counts until it registers)")
     parser.add_argument("--target", default="particulate_matter", help="lake column when item_id names none")
     parser.add_argument("--time-freq", default="H", help="the model's time_freq")
-    parser.add_argument("--name", default=os.environ.get("MLOPS_NAME", "deepar"), help="endpoint base name")
-    parser.add_argument(
-        "--threshold-parameter", default=os.environ.get("MLOPS_THRESHOLD_PARAMETER", "/deepar/mlops/wql-threshold")
-    )
+    defaults = settings.current()
+    parser.add_argument("--name", default=defaults.name, help="endpoint base name")
+    parser.add_argument("--threshold-parameter", default=defaults.threshold_parameter)
 
 
 def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from sagemaker_deepar.settings import SettingsError
 from serverless import emulate, stack
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
 
@@ -329,6 +330,28 @@ def buckets(monkeypatch, offline_aws):
 THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))
 
 
+def test_unusable_settings_fail_each_object_with_a_report_naming_the_variable(monkeypatch, buckets):
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "many")
+    answer = batch_forecast.handler({"Records": [_upload_event(buckets, THREE_SERIES)]}, None, s3=buckets)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # redriven, then dead-lettered
+    report = json.loads(buckets.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
+    assert report["location"] == "incoming/a.jsonl"
+    assert report["error"].startswith(
+        "the function's settings: environment variable BATCH_TRANSFORM_MIN_SERIES='many': "
+    )
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+def test_the_api_answers_an_unusable_setting_with_its_name(monkeypatch):
+    monkeypatch.setenv("FORECAST_TIMEOUT", "never")
+    event = {"httpMethod": "POST", "resource": "/forecast", "body": json.dumps({"instances": [{"target": [1]}]})}
+    answer = forecast_api.handler(event)
+    body = json.loads(answer["body"])
+    assert answer["statusCode"] == 500 and body["error"] == "misconfigured"
+    assert body["message"].startswith("environment variable FORECAST_TIMEOUT='never': input should be a valid number")
+
+
 def _assert_left_for_redrive(s3, answer: dict, receive_count: int) -> None:
     assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # SQS redelivers it later
     report = [
@@ -541,10 +564,15 @@ def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeyp
 
 
 def test_the_transform_threshold_comes_from_the_environment_and_the_template(monkeypatch):
+    from serverless.handlers import settings
+
     monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "5")
-    assert batch_forecast.transform_min_series() == 5
+    assert settings.current().transform_min_series == 5
     monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
-    assert batch_forecast.transform_min_series() == 12_000
+    assert settings.current().transform_min_series == 12_000
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "many")
+    with pytest.raises(SettingsError, match="environment variable BATCH_TRANSFORM_MIN_SERIES='many': input should be"):
+        settings.current()
     assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000
 
 

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.parse
+from contextlib import suppress
 from typing import Any, Iterator, Optional
 
 from awsinfra.errors import error_code
 from sagemaker_deepar import contract
+from sagemaker_deepar.settings import SettingsError
 
 from . import forecasting, transform
 from .inputs import DEEPAR_FIELDS, MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
+from .settings import FunctionSettings, current, output_bucket_of_environment
 
 log = logging.getLogger("batch_forecast")
 log.setLevel(logging.INFO)
@@ -37,14 +39,14 @@ class Superseded(Exception):
     """The event names an object version that was since replaced (its own event follows)."""
 
 
-def read_source(s3: Any, source: dict) -> list[Line]:
+def read_source(s3: Any, source: dict, settings: Optional[FunctionSettings] = None) -> list[Line]:
     """The uploaded object's lines again (the version the event named), for a finished transform job."""
     get = {"Bucket": source["bucket"], "Key": source["key"]}
     if source.get("version_id"):
         get["VersionId"] = source["version_id"]
     elif source.get("etag"):
         get["IfMatch"] = source["etag"]
-    return read_object(source["key"], s3.get_object(**get)["Body"])
+    return read_object(source["key"], s3.get_object(**get)["Body"], settings=settings)
 
 
 def s3_records(message_body: str) -> Iterator[dict]:
@@ -74,20 +76,10 @@ def _sagemaker() -> Any:
     return client("sagemaker")
 
 
-def transform_min_series() -> int:
-    """Uploads with at least this many valid series go to a batch transform job (README: the measured
-    request-route rate x Lambda's 15 minutes, with a 2x margin)."""
-    raw = os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES))
-    try:
-        return int(raw)
-    except ValueError:
-        raise forecasting.BackendError(f"BATCH_TRANSFORM_MIN_SERIES={raw!r}: expected a whole number") from None
-
-
-def inference_configuration() -> Optional[dict]:
+def inference_configuration(settings: FunctionSettings) -> Optional[dict]:
     """``DEEPAR_INFERENCE_CONFIG``, checked here with the contract's rules before any request: a bad value
     fails the object once (issue #23 item 11), never one request per series."""
-    raw = os.environ.get("DEEPAR_INFERENCE_CONFIG")
+    raw = settings.inference_config
     if not raw:
         return None
     try:
@@ -101,13 +93,15 @@ def inference_configuration() -> Optional[dict]:
     return configuration
 
 
-def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
+def process_object(
+    record: dict, s3: Any, output_bucket: str, receive_count: int = 1, settings: Optional[FunctionSettings] = None
+) -> dict:
     """Forecast one uploaded object; return its manifest (existing one when already done). Any failure of
     the object as a whole leaves a report in errors/ before the message goes back to SQS."""
     key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])  # S3 events URL-encode keys
     errors_key = _output_keys(output_name(key))[1]
     try:
-        return _forecast_object(record, key, s3, output_bucket, receive_count)
+        return _forecast_object(record, key, s3, output_bucket, receive_count, settings or current())
     except (Superseded, UnreadableObject, forecasting.BackendError):
         raise  # reported where raised (or, superseded, nothing to report)
     except forecasting.RequestRejected as error:
@@ -120,7 +114,9 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         raise
 
 
-def _forecast_object(record: dict, key: str, s3: Any, output_bucket: str, receive_count: int) -> dict:
+def _forecast_object(
+    record: dict, key: str, s3: Any, output_bucket: str, receive_count: int, settings: FunctionSettings
+) -> dict:
     bucket = record["s3"]["bucket"]["name"]
     etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
     version = record["s3"]["object"].get("versionId")
@@ -139,18 +135,18 @@ def _forecast_object(record: dict, key: str, s3: Any, output_bucket: str, receiv
         obj = s3.get_object(**get)
         if etag and not version and obj["ETag"].strip('"') != etag:
             raise Superseded(f"s3://{bucket}/{key}: now ETag {obj['ETag']}, the event is for {etag}")
-        lines = read_object(key, obj["Body"])  # streamed, at most BATCH_MAX_INPUT_MB decompressed
+        lines = read_object(key, obj["Body"], settings=settings)  # streamed, at most BATCH_MAX_INPUT_MB decompressed
     except UnreadableObject as error:
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     read_s = time.monotonic() - started
     try:
-        configuration = inference_configuration()
-        forecaster = forecasting.from_environment()
+        configuration = inference_configuration(settings)
+        forecaster = forecasting.from_environment(settings)
         valid = sum(1 for line in lines if line.record is not None)
-        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= transform_min_series():
+        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= settings.transform_min_series:
             source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
-            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name)
+            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name, settings)
         results, requests = forecast_lines(forecaster, lines, configuration)
     except forecasting.BackendError as error:  # retried by SQS; the report says why meanwhile
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
@@ -205,6 +201,8 @@ def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Base
     report: dict[str, Any] = {"location": key, "error": str(error), "receive_count": receive_count}
     if isinstance(error, InputTooLarge):
         report.update(setting=MAX_INPUT_SETTING, limit_bytes=error.limit)
+    elif isinstance(error, SettingsError):  # the deployment's, not the object's: retried once it is fixed
+        report["error"] = f"the function's settings: {error}"
     elif not isinstance(error, (UnreadableObject, forecasting.BackendError)):
         report["error"] = f"internal error ({type(error).__name__}): {error}"  # a bug: said, not silent
     if isinstance(error, forecasting.BackendThrottled):
@@ -268,16 +266,24 @@ def _retry_in(message: dict, seconds: int) -> None:
 def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     """The SQS event source mapping's entry point (``FunctionResponseTypes: [ReportBatchItemFailures]``)."""
     s3 = s3 or _s3()
-    output_bucket = os.environ["OUTPUT_BUCKET"]
+    try:  # parsed once per invocation, here at the entry, and handed down
+        settings = current()
+    except SettingsError as error:
+        return _misconfigured(event, s3, error)
+    if not settings.output_bucket:
+        return _misconfigured(event, s3, SettingsError(["environment variable OUTPUT_BUCKET is required but not set"]))
+    output_bucket = settings.output_bucket
     failures = []
     for message in event.get("Records", []):
         receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             job_event = transform.state_change(message["body"])
             if job_event is not None:
-                transform.complete(s3, output_bucket, job_event, read_source, write_results)
+                transform.complete(
+                    s3, output_bucket, job_event, lambda s3, source: read_source(s3, source, settings), write_results
+                )
             for record in s3_records(message["body"]):
-                process_object(record, s3, output_bucket, receive_count)
+                process_object(record, s3, output_bucket, receive_count, settings)
         except Superseded as error:
             log.info("skipped: %s", error)
         except forecasting.BackendThrottled as error:
@@ -294,4 +300,21 @@ def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
         except Exception as error:  # noqa: BLE001 - any failure leaves the message to SQS's redrive
             log.error("message %s failed (receive %d): %s", message.get("messageId"), receive_count, error)
             failures.append({"itemIdentifier": message["messageId"]})
+    return {"batchItemFailures": failures}
+
+
+def _misconfigured(event: dict, s3: Any, error: SettingsError) -> dict:
+    """Settings the function cannot run with: every message fails (SQS redrives it, then dead-letters it)
+    and, when the output bucket is known, each object gets a report naming the variable."""
+    log.error("the function's settings are unusable: %s", error)
+    bucket = output_bucket_of_environment()
+    failures = []
+    for message in event.get("Records", []):
+        receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        if bucket:
+            with suppress(Exception):  # the message fails anyway; a report is a courtesy
+                for record in s3_records(message["body"]):
+                    key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])
+                    _report_failure(s3, bucket, _output_keys(output_name(key))[1], key, error, receive_count)
+        failures.append({"itemIdentifier": message["messageId"]})
     return {"batchItemFailures": failures}

@@ -14,21 +14,20 @@ import gzip
 import io
 import json
 import math
-import os
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Mapping, Optional, Union
 
 import numpy as np
 
 from sagemaker_deepar import contract
 
+from .settings import DEFAULT_MAX_INPUT_MB, MAX_INPUT_SETTING, FunctionSettings, current  # noqa: F401 - re-exported
+
 # The DeepAR record fields; any other field (an id) is forwarded to the forecast line unchanged.
 DEEPAR_FIELDS = ("start", "target", "cat", "dynamic_feat")
 CSV_COLUMNS = ("item_id", "timestamp", "value")
-MAX_INPUT_SETTING = "BATCH_MAX_INPUT_MB"
-DEFAULT_MAX_INPUT_MB = 128
 # A DeepAR record nests 3 levels (dynamic_feat); forwarded ids may be objects. Deeper lines are refused
 # by name: the forecaster's JSON (orjson: 255 levels when writing) and Python's parser (recursion) fail
 # on deep nesting as a whole, not per line (issue #23 item 10).
@@ -70,16 +69,9 @@ def input_format(key: str) -> str:
     return "jsonl"
 
 
-def max_input_bytes(environ: Optional[dict] = None) -> int:
-    """``BATCH_MAX_INPUT_MB`` (decompressed bytes of one upload) in bytes."""
-    raw = (os.environ if environ is None else environ).get(MAX_INPUT_SETTING, str(DEFAULT_MAX_INPUT_MB))
-    try:
-        megabytes = float(raw)
-    except ValueError:
-        megabytes = -1
-    if not megabytes > 0:
-        raise ValueError(f"{MAX_INPUT_SETTING}={raw!r}: expected a positive number of megabytes")
-    return int(megabytes * 2**20)
+def max_input_bytes(environ: Mapping[str, str]) -> int:
+    """``BATCH_MAX_INPUT_MB`` (decompressed bytes of one upload) in bytes; a ``SettingsError`` (a ValueError) when unusable."""
+    return FunctionSettings.from_env(environ).max_input_bytes
 
 
 class _Source(io.RawIOBase):
@@ -110,15 +102,22 @@ def open_decompressed(key: str, body: Union[bytes, IO[bytes], Any], limit: Optio
     return io.BufferedReader(_Source(raw, limit))
 
 
-def read_object(key: str, body: Union[bytes, IO[bytes], Any], limit: Optional[int] = None) -> list[Line]:
-    """The numbered records of one object (``body``: bytes or a stream such as S3's ``Body``)."""
-    stream = open_decompressed(key, body, max_input_bytes() if limit is None else limit)
+def read_object(
+    key: str,
+    body: Union[bytes, IO[bytes], Any],
+    limit: Optional[int] = None,
+    settings: Optional[FunctionSettings] = None,
+) -> list[Line]:
+    """The numbered records of one object (``body``: bytes or a stream such as S3's ``Body``); ``limit``
+    (decompressed bytes) and ``TIME_FREQ`` (long CSV) from ``settings``, the function's own when not given."""
+    settings = settings or current()
+    stream = open_decompressed(key, body, settings.max_input_bytes if limit is None else limit)
     kind = input_format(key)
     try:
         if kind == "parquet":
             return _parquet(stream.read())
         if kind == "csv":
-            return _long_csv(stream)
+            return _long_csv(stream, settings.time_freq)
         return _json_lines(stream)
     except (OSError, EOFError, zlib.error) as error:  # gzip's errors surface while reading
         raise UnreadableObject(f"not a readable gzip file: {error}") from None
@@ -245,11 +244,11 @@ def _parse_time(text: str) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str = "") -> list[Line]:
+def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str) -> list[Line]:
     """One record per item_id (in order of first appearance): its values averaged per period of
     ``TIME_FREQ`` (the contract's grid, any supported frequency), empty periods NaN, ``start`` the
     first period's start. A bad row makes its whole series an error naming that row."""
-    freq = contract.parse_time_freq(time_freq or os.environ.get("TIME_FREQ", "H"), "TIME_FREQ")
+    freq = contract.parse_time_freq(time_freq, "TIME_FREQ")
     stream = io.BytesIO(body) if isinstance(body, (bytes, bytearray)) else body
     try:
         reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline=""))  # type: ignore[arg-type]

@@ -22,21 +22,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Optional
 
 from sagemaker_deepar import contract
 
 from . import forecasting
+from . import settings as settings_module
 from .inputs import DEEPAR_FIELDS, Line
+from .settings import FunctionSettings
 
 log = logging.getLogger("batch_forecast")
 
 STATE_CHANGE = "SageMaker Transform Job State Change"
 STAGING, OUTPUT = "staging/", "transform/"
 # 28 series/s measured through the request route (README) x 900 s = 25,200; half of it, rounded down.
-DEFAULT_MIN_SERIES = 12_000
 MAX_PAYLOAD_MB = 6  # as evaluation/batch.py: SageMaker's largest real-time-sized mini-batch
 
 
@@ -58,8 +58,17 @@ def model_of(sagemaker: Any, endpoint: str) -> str:
     return variants[0]["ModelName"]
 
 
-def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list[Line], endpoint: str) -> dict:
+def start(
+    s3: Any,
+    sagemaker: Any,
+    output_bucket: str,
+    source: dict,
+    lines: list[Line],
+    endpoint: str,
+    settings: Optional[FunctionSettings] = None,
+) -> dict:
     """Stage the valid series, start the transform job, write the "transforming" manifest; return it."""
+    settings = settings or settings_module.current()
     from botocore.exceptions import BotoCoreError, ClientError
 
     from .batch_forecast import output_name
@@ -70,11 +79,11 @@ def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list
     staged = b"".join(
         contract.dumps_line({k: v for k, v in (line.record or {}).items() if k in DEEPAR_FIELDS}) for line in valid
     )
-    job = job_name(source, os.environ.get("TRANSFORM_JOB_PREFIX", "deepar"))
+    job = job_name(source, settings.transform_job_prefix)
     timeout = contract.batch_payload_timeout(MAX_PAYLOAD_MB)
     environment = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)}
-    if os.environ.get("DEEPAR_INFERENCE_CONFIG"):
-        environment["DEEPAR_INFERENCE_CONFIG"] = os.environ["DEEPAR_INFERENCE_CONFIG"]
+    if settings.inference_config:
+        environment["DEEPAR_INFERENCE_CONFIG"] = settings.inference_config
     try:
         model = model_of(sagemaker, endpoint)
     except (ClientError, BotoCoreError) as error:
@@ -101,7 +110,7 @@ def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list
                 "AssembleWith": "Line",
             },
             TransformResources={
-                "InstanceType": os.environ.get("TRANSFORM_INSTANCE_TYPE", "ml.m5.xlarge"),
+                "InstanceType": settings.transform_instance_type,
                 "InstanceCount": 1,
             },
         )
