@@ -697,3 +697,9 @@ def test_in_flight_setting_and_defaults(monkeypatch, buckets):
     monkeypatch.setattr(batch_forecast, "_instances", {})
     assert batch_forecast.in_flight(forecasting.EndpointForecaster("four"), {}) == 8  # 2 per instance
     assert batch_forecast.in_flight(forecasting.EndpointForecaster("gone"), {}) == 2  # unreadable: as one instance
+    # The template passes its parameter through; empty (the default) leaves the choice to the function.
+    template = stack.load_template()
+    variables = template["Resources"]["BatchFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["BATCH_IN_FLIGHT"] == {"Ref": "InFlightRequests"}
+    assert template["Parameters"]["InFlightRequests"]["Default"] == ""
+    assert batch_forecast.in_flight(http, {"BATCH_IN_FLIGHT": ""}) == 2
