@@ -235,13 +235,16 @@ def in_flight(forecaster: forecasting.Forecaster, environ: Optional[dict] = None
     return WORKERS_PER_INSTANCE
 
 
-_instances: dict[str, int] = {}
+# endpoint -> (instance count, when read): autoscaling changes the count, so a warm container reads it again.
+_instances: dict[str, tuple[int, float]] = {}
+INSTANCES_TTL_S = 300
 
 
 def endpoint_instances(endpoint: str) -> int:
     """The endpoint's current instance count (summed over its variants), 1 when it cannot be read (the
-    function still forecasts; it only keeps fewer requests in flight). Read once per container."""
-    if endpoint not in _instances:
+    function still forecasts; it only keeps fewer requests in flight). Read at most every 5 minutes."""
+    cached = _instances.get(endpoint)
+    if cached is None or time.monotonic() - cached[1] > INSTANCES_TTL_S:
         try:
             variants = _sagemaker().describe_endpoint(EndpointName=endpoint).get("ProductionVariants", [])
             count = sum(int(v.get("CurrentInstanceCount") or 0) for v in variants)
@@ -253,8 +256,8 @@ def endpoint_instances(endpoint: str) -> int:
                 WORKERS_PER_INSTANCE,
             )
             count = 0
-        _instances[endpoint] = max(1, count)
-    return _instances[endpoint]
+        _instances[endpoint] = (max(1, count), time.monotonic())
+    return _instances[endpoint][0]
 
 
 def in_order(function: Callable[[_T], _R], items: Iterable[_T], limit: int) -> Iterator[_R]:
