@@ -101,6 +101,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="paired rounds (direct, then serverless)")
     parser.add_argument("--in-flight", type=int, help="BATCH_IN_FLIGHT for the handler (default: its own)")
     parser.add_argument("--direct-in-flight", type=int, help="also direct with this many requests in flight")
+    parser.add_argument(
+        "--request-timeout",
+        type=int,
+        default=60,
+        help="the server's SAGEMAKER_MODEL_SERVER_TIMEOUT and the function's FORECAST_TIMEOUT, both sides alike "
+        "(a 1,000-series request can pass 60 s on a loaded machine)",
+    )
     parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
     result = Result("serverless_batch", sys.argv[1:])
@@ -122,7 +129,13 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     inference_config = json.dumps(CONFIG)
-    server = spawn_serve(REPO, tmp, port, DEEPAR_INFERENCE_CONFIG=inference_config)
+    server = spawn_serve(
+        REPO,
+        tmp,
+        port,
+        DEEPAR_INFERENCE_CONFIG=inference_config,
+        SAGEMAKER_MODEL_SERVER_TIMEOUT=str(args.request_timeout),
+    )
     # The moto server the mlops commands use: AWS_ENDPOINT_URL's when set, else one on loopback for this run.
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
     os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
@@ -139,6 +152,7 @@ def main() -> None:
         variables = {
             **emulate.function_variables(aws, outputs["BatchFunctionName"]),
             "DEEPAR_INFERENCE_CONFIG": inference_config,
+            "FORECAST_TIMEOUT": str(args.request_timeout),
             **({"BATCH_IN_FLIGHT": str(args.in_flight)} if args.in_flight else {}),
         }
         handler = __import__("serverless.handlers.batch_forecast", fromlist=["handler"])
@@ -153,7 +167,8 @@ def main() -> None:
         print(
             f"each side may use: the same container/serve, {workers} worker(s) x 1 inference thread; direct: one "
             f"client, {args.direct_series} series per request, 1 request in flight; serverless: the handler in "
-            f"this process, {in_flight} request(s) in flight (BATCH_IN_FLIGHT), moto S3/SNS/SQS on loopback"
+            f"this process, {in_flight} request(s) in flight (BATCH_IN_FLIGHT), moto S3/SNS/SQS on loopback; "
+            f"request timeout {args.request_timeout} s on both"
         )
         direct(url, lines[:200], args.direct_series, args.timeout)  # warm-up
         rounds = Paired("serverless upload / direct /invocations series/s", target=">= 0.95x")
