@@ -136,7 +136,10 @@ def main() -> None:
                 f"each side may use: the same container/serve defaults ({len(gunicorn_workers(single.pid))} worker(s) "
                 f"x 1 inference thread) and one client; multi-model also SAGEMAKER_MULTI_MODEL=true, {budget_mb} MB"
             )
-            speed = Paired("single-model p50 / multi-model warm invoke p50 (speed of multi)")
+            # Latencies, lower is better: each round's ratio is single p50 / multi p50 (> 1: multi-model faster).
+            speed = Paired(
+                "multi-model warm invoke speed / single-model (p50 latency single / multi)", higher_is_better=False
+            )
             for _ in range(max(1, args.warm // 20)):
                 block = {
                     kind: [timed_post(session, target, body)[0] for _ in range(20)] for kind, target in targets.items()
