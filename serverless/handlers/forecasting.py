@@ -13,6 +13,7 @@ import re
 import socket
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.(.*)$", re.MULTILINE)
 # The serving container's refusals that a smaller request avoids (sagemaker_deepar.serving.codec.check_budget,
 # check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
 _TOO_LARGE = re.compile(r"^(request|response) too large\b")
+
+
+# Held while a forecaster makes its client or loads its model (batch requests run on several threads).
+_loading = threading.Lock()
 
 
 class BackendError(Exception):
@@ -147,10 +152,11 @@ class EndpointForecaster:
         self.name = self.name or self.endpoint_name
 
     def client(self) -> Any:
-        if self._client is None:
-            from awsinfra.clients import client, retries
+        with _loading:  # batch_forecast keeps several requests in flight: one client, made once
+            if self._client is None:
+                from awsinfra.clients import client, retries
 
-            self._client = client("sagemaker-runtime", config=retries("standard", 4, read_timeout=self.timeout))
+                self._client = client("sagemaker-runtime", config=retries("standard", 4, read_timeout=self.timeout))
         return self._client
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -193,14 +199,15 @@ class InFunctionForecaster:
         self.name = self.name or self.model_uri
 
     def model(self) -> Any:
-        if self._model is None:
-            # The runtimes seam, restricted to what a function can run (onnxruntime + numpy: no torch, GluonTS
-            # or pandas). Imported here so that endpoint-backed functions never load onnxruntime.
-            from sagemaker_deepar import runtimes
+        with _loading:  # one download and load, however many requests are in flight
+            if self._model is None:
+                # The runtimes seam, restricted to what a function can run (onnxruntime + numpy: no torch,
+                # GluonTS or pandas). Imported here so that endpoint-backed functions never load onnxruntime.
+                from sagemaker_deepar import runtimes
 
-            self._model = runtimes.load(
-                download_model(self.model_uri, self.cache), runtimes.LoadOptions("onnx"), only=("onnx",)
-            )
+                self._model = runtimes.load(
+                    download_model(self.model_uri, self.cache), runtimes.LoadOptions("onnx"), only=("onnx",)
+                )
         return self._model
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:

@@ -79,6 +79,14 @@ class FunctionSettings(EnvironmentSettings):
     forecast_timeout: float = Field(
         60.0, gt=0, le=900, validation_alias="FORECAST_TIMEOUT", description="seconds per forecaster request"
     )
+    batch_in_flight: Optional[int] = Field(
+        None,
+        ge=1,
+        le=16,
+        validation_alias="BATCH_IN_FLIGHT",
+        description="batch_forecast: requests one object keeps in flight; unset: 2 per endpoint instance "
+        "(DescribeEndpoint), 2 for a container URL, 1 for the model inside the function",
+    )
     model_cache: Optional[str] = Field(
         None,
         validation_alias="FORECAST_MODEL_CACHE",

@@ -30,6 +30,7 @@ from sagemaker_deepar import contract
 from . import forecasting
 from . import settings as settings_module
 from .inputs import DEEPAR_FIELDS, Line
+from .outputs import output_keys, output_name, read_manifest
 from .settings import FunctionSettings
 
 log = logging.getLogger("batch_forecast")
@@ -70,8 +71,6 @@ def start(
     """Stage the valid series, start the transform job, write the "transforming" manifest; return it."""
     settings = settings or settings_module.current()
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from .batch_forecast import output_name
 
     name = output_name(source["key"])
     started = time.monotonic()
@@ -132,9 +131,7 @@ def start(
         "counts": {"series": len(lines), "staged": len(valid), "invalid": len(lines) - len(valid)},
         "timings": {"stage_s": round(time.monotonic() - started, 3)},
     }
-    s3.put_object(
-        Bucket=output_bucket, Key=f"forecasts/{name}.manifest.json", Body=json.dumps(manifest, indent=1).encode()
-    )
+    s3.put_object(Bucket=output_bucket, Key=output_keys(name).manifest, Body=json.dumps(manifest, indent=1).encode())
     log.info("transform job %s on %s: s3://%s/%s, %d series", job, model, source["bucket"], source["key"], len(valid))
     return manifest
 
@@ -160,10 +157,8 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 def _failed(s3: Any, output_bucket: str, current: dict, reason: str) -> dict:
     """The job gave no usable output: a report naming the job and why, and a final "failed" manifest
     (not retried: the same input would fail the same way; uploading the object again starts afresh)."""
-    from .batch_forecast import _output_keys, output_name
-
     source = current["source"]
-    _, errors_key, manifest_key = _output_keys(output_name(source["key"]))
+    _, errors_key, manifest_key = output_keys(output_name(source["key"]))
     report = {"location": source["key"], "error": reason, "transform_job": current.get("transform_job")}
     s3.put_object(Bucket=output_bucket, Key=errors_key, Body=contract.dumps_line(report))
     failed = {**current, "status": "failed", "error": reason, "errors": f"s3://{output_bucket}/{errors_key}"}
@@ -182,8 +177,6 @@ def complete(
     """A transform job ended: the final outputs of the upload it forecast (None: not one of ours any more)."""
     from botocore.exceptions import ClientError
 
-    from .batch_forecast import _manifest
-
     job, status = detail.get("TransformJobName", ""), detail.get("TransformJobStatus", "")
     uri = detail.get("TransformInput", {}).get("DataSource", {}).get("S3DataSource", {}).get("S3Uri", "")
     prefix = f"s3://{output_bucket}/{STAGING}"
@@ -191,8 +184,8 @@ def complete(
         log.info("transform job %s: input %s is not staged by this stack; ignored", job, uri)
         return None
     name = uri[len(prefix) : -len(".jsonl")]
-    manifest_key = f"forecasts/{name}.manifest.json"
-    current = _manifest(s3, output_bucket, manifest_key)
+    manifest_key = output_keys(name).manifest
+    current = read_manifest(s3, output_bucket, manifest_key)
     if not current or current.get("transform_job") != job:
         log.info("transform job %s: forecasts/%s is not waiting for it (superseded); ignored", job, name)
         return None
