@@ -39,6 +39,7 @@ from sagemaker_deepar.contract import (
     UnsafePathError,
     iter_jsonl,
     key_path,
+    network_shape,
     parse_time_freq,
     period_means,
 )
@@ -190,9 +191,6 @@ def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Opti
     return None
 
 
-NETWORK_HYPERPARAMETERS = ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
-
-
 def start_retrain(
     sagemaker: Any,
     pipeline: str,
@@ -323,11 +321,8 @@ def warm_start_from_production(sagemaker: Any, pipeline: str, group: str, defini
     if train is None:
         return f"pipeline {pipeline} has no training step: nothing to warm-start"
     arguments = train["Arguments"]
-    wanted = {
-        name: value
-        for name in NETWORK_HYPERPARAMETERS
-        if (value := _resolve(arguments.get("HyperParameters", {}).get(name), definition)) is not None
-    }
+    shape = network_shape(arguments.get("HyperParameters", {}))
+    wanted = {name: value for name, raw in shape.items() if (value := _resolve(raw, definition)) is not None}
     differ = registry.shape_differences(production.hyperparameters, wanted)
     if differ:
         return f"model package {production.package_arn} has another network shape ({', '.join(differ)}): not used"

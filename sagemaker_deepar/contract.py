@@ -275,6 +275,29 @@ def _length(value: Any) -> Optional[int]:
         return None
 
 
+# ---------------------------------------------------------------- network shape
+
+# The hyperparameters that shape the network's weights or the meaning of their inputs: a checkpoint is
+# resumed, a warm start initialised and a registered model offered for a warm start only when these (and
+# the features, FeatureSpec) match. Everything else (epochs, learning_rate, ...) may change between runs.
+NETWORK_HYPERPARAMETERS = (
+    "backend",
+    "time_freq",
+    "prediction_length",
+    "context_length",
+    "likelihood",
+    "num_cells",
+    "num_layers",
+    "embedding_dimension",
+)
+
+
+def network_shape(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The network-shaping entries among ``hyperparameters`` (the ones it sets, values as given), in
+    NETWORK_HYPERPARAMETERS' order."""
+    return {name: hyperparameters[name] for name in NETWORK_HYPERPARAMETERS if name in hyperparameters}
+
+
 # ---------------------------------------------------------------- model artifact
 
 
