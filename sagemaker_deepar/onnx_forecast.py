@@ -25,13 +25,17 @@ import numpy as np
 import onnxruntime
 
 from .contract import (
-    MAX_ABS_VALUE,
     ONNX_FILE,
+    OVERFLOW,
     ContractError,
     ModelArtifact,
+    dynamic_feat_gap_problem,
+    magnitude_problem,
+    non_finite_rows,
     parse_configuration,
     parse_time_freq,
     predictions,
+    record_problem,
     target_array,
 )
 
@@ -156,17 +160,10 @@ class OnnxForecaster:
     # ------------------------------------------------------------ requests
 
     def parse_instance(self, raw: Any, where: str) -> Series:
-        if not isinstance(raw, dict):
-            raise ContractError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        for name in ("start", "target"):
-            if name not in raw:
-                raise ContractError(f"{where}{name}: missing")
-        if not isinstance(raw["target"], list):
-            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)')
-        try:
-            target = target_array(raw["target"]).astype(np.float32)
-        except (TypeError, ValueError):
-            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)') from None
+        problem = record_problem(raw)  # an object, start a string, target numbers within MAX_ABS_VALUE
+        if problem:
+            raise ContractError(problem.at(where))
+        target = target_array(raw["target"]).astype(np.float32)
         if not target.size:
             raise ContractError(f"{where}target: empty; at least one value is needed")
         problems = self.artifact.features.check(raw, prediction_length=self.prediction_length, where=where)
@@ -176,13 +173,11 @@ class OnnxForecaster:
         if self.artifact.num_dynamic_feat:
             try:
                 dynamic = np.asarray(raw["dynamic_feat"], dtype=np.float32)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ContractError(f"{where}dynamic_feat: expected a list of lists of numbers") from None
-            if np.isnan(dynamic).any():
-                raise ContractError(f"{where}dynamic_feat: missing values are not allowed")
-        for name, values in (("target", target), ("dynamic_feat", dynamic)):
-            if values is not None and (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE).any():
-                raise ContractError(f"{where}{name}: values beyond {MAX_ABS_VALUE:g} are too large to forecast")
+            problem = dynamic_feat_gap_problem(dynamic) or magnitude_problem(dynamic, "dynamic_feat")
+            if problem:
+                raise ContractError(problem.at(where))
         cat = [int(c) for c in raw["cat"]] if self.artifact.cardinality else None
         return self.series(raw["start"], target, cat, dynamic, where)
 
@@ -321,12 +316,9 @@ class OnnxForecaster:
         series = [self.parse_instance(raw, f"instances[{i}].") for i, raw in enumerate(instances)]
         seed = config.seed if seed is None else seed  # the argument wins over configuration.seed
         samples = self.sample(series, config.num_samples, np.random.default_rng(seed))
-        bad = np.flatnonzero(~np.isfinite(samples.reshape(len(series), -1)).all(axis=1))
-        if bad.size:
-            raise ContractError(
-                f"instances[{int(bad[0])}].target: the forecast overflowed float32 (values too large in "
-                "magnitude); rescale the series"
-            )
+        bad = non_finite_rows(samples)
+        if bad:
+            raise ContractError(OVERFLOW.at(f"instances[{bad[0]}]."))
         return [_as_lists(item) for item in predictions(samples, config)]
 
 

@@ -25,7 +25,7 @@ from awsinfra.errors import error_code
 from sagemaker_deepar import contract
 
 from . import forecasting, transform
-from .inputs import DEEPAR_FIELDS, MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
+from .inputs import MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
 
 log = logging.getLogger("batch_forecast")
 log.setLevel(logging.INFO)
@@ -170,7 +170,7 @@ def write_results(
     outputs, errors = [], []
     for line, result in zip(lines, results):
         if isinstance(result, dict):
-            forwarded = {k: v for k, v in (line.record or {}).items() if k not in DEEPAR_FIELDS}
+            forwarded = contract.record_extras(line.record or {})
             outputs.append({**forwarded, **result})
         else:
             errors.append({"location": f"{key}:{line.number}", "error": result})
@@ -218,7 +218,7 @@ def forecast_lines(
     """A forecast dict or an error message per line; valid series go in requests under the payload limit."""
     results: list[dict | str] = [line.problem for line in lines]
     valid = [i for i, line in enumerate(lines) if line.record is not None]
-    instances = [{k: v for k, v in lines[i].record.items() if k in DEEPAR_FIELDS} for i in valid]  # type: ignore[union-attr]
+    instances = [contract.record_inputs(lines[i].record) for i in valid]  # type: ignore[arg-type]
     encoded = [json.dumps(instance).encode() for instance in instances]
     requests = 0
     for span in forecasting.chunks(encoded):

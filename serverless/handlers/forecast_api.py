@@ -225,6 +225,12 @@ def post_forecast(event: dict) -> dict:
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(400, "bad_parameter", "instances: required, a non-empty list of DeepAR series", "instances")
+    # The contract's record check per instance, before any call: every bad one listed, as the server does.
+    problems = [p.at(f"instances[{i}].") for i, raw in enumerate(instances) if (p := contract.record_problem(raw))]
+    if problems:
+        raise ApiError(
+            400, "bad_parameter", "\n".join(problems[: contract.MAX_LISTED_PROBLEMS]), problems[0].split(".", 1)[0]
+        )
     configuration = payload.get("configuration")
     try:  # checked before any call (issue #23 item 11): a bad configuration costs no forecaster request
         contract.parse_configuration(configuration, "configuration")

@@ -24,8 +24,6 @@ import numpy as np
 
 from sagemaker_deepar import contract
 
-# The DeepAR record fields; any other field (an id) is forwarded to the forecast line unchanged.
-DEEPAR_FIELDS = ("start", "target", "cat", "dynamic_feat")
 CSV_COLUMNS = ("item_id", "timestamp", "value")
 MAX_INPUT_SETTING = "BATCH_MAX_INPUT_MB"
 DEFAULT_MAX_INPUT_MB = 128
@@ -204,22 +202,12 @@ def _json_lines(stream: IO[bytes]) -> list[Line]:
 
 
 def _checked(number: int, record: Any) -> Line:
-    """What the function can tell without the model; the forecaster checks the rest (cat, dynamic_feat)."""
-    if not isinstance(record, dict):
-        return Line(number, None, f"expected a JSON object with start and target, got {type(record).__name__}")
-    problem = json_problem(record)
-    if problem:
-        return Line(number, None, problem)
-    if not isinstance(record.get("start"), str):
-        return Line(number, None, "start: required, a 'YYYY-MM-DD HH:MM:SS' string")
-    target = record.get("target")
-    if not isinstance(target, list):
-        return Line(number, None, 'target: required, a list of numbers (null or "NaN" for missing)')
-    try:
-        contract.target_array(target)
-    except (TypeError, ValueError, OverflowError):
-        return Line(number, None, 'target: expected numbers (null or "NaN" for missing)')
-    return Line(number, record)
+    """What the function can tell without the model: what the forecaster's JSON parser refuses, then the
+    contract's record check (start, target); the forecaster checks the rest (cat, dynamic_feat)."""
+    found = json_problem(record) if isinstance(record, dict) else None
+    if found is None and (problem := contract.record_problem(record)) is not None:
+        found = str(problem)
+    return Line(number, None, found) if found else Line(number, record)
 
 
 def _parquet(body: bytes) -> list[Line]:
@@ -235,7 +223,9 @@ def _parquet(body: bytes) -> list[Line]:
             record["start"] = record["start"].strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(record.get("target"), list):  # a NaN float is a missing value, sent as JSON's null
             record["target"] = [None if isinstance(v, float) and v != v else v for v in record["target"]]
-        lines.append(_checked(row, {k: v for k, v in record.items() if v is not None or k in DEEPAR_FIELDS[:2]}))
+        lines.append(
+            _checked(row, {k: v for k, v in record.items() if v is not None or k in contract.REQUIRED_RECORD_FIELDS})
+        )
     return lines
 
 

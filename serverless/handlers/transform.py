@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from sagemaker_deepar import contract
 
 from . import forecasting
-from .inputs import DEEPAR_FIELDS, Line
+from .inputs import Line
 
 log = logging.getLogger("batch_forecast")
 
@@ -67,9 +67,7 @@ def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list
     name = output_name(source["key"])
     started = time.monotonic()
     valid = [line for line in lines if line.record is not None]
-    staged = b"".join(
-        contract.dumps_line({k: v for k, v in (line.record or {}).items() if k in DEEPAR_FIELDS}) for line in valid
-    )
+    staged = b"".join(contract.dumps_line(contract.record_inputs(line.record or {})) for line in valid)
     job = job_name(source, os.environ.get("TRANSFORM_JOB_PREFIX", "deepar"))
     timeout = contract.batch_payload_timeout(MAX_PAYLOAD_MB)
     environment = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)}
