@@ -54,7 +54,6 @@ EMPTY_QUARANTINE = (
     'SELECT NULL::VARCHAR AS reason, NULL::VARCHAR AS raw, NULL::TIMESTAMP AS "timestamp", '
     'NULL::VARCHAR AS source, NULL::VARCHAR AS "date" WHERE false'
 )
-INTERVAL_UNITS = {"min": "minutes", "H": "hours", "h": "hours", "D": "days", "W": "days", "M": "months"}
 INTERVAL_TEXT = re.compile(r"\s*\d+\s+(second|minute|hour|day|week|month|year)s?\s*", re.IGNORECASE)
 ATHENA_POLL_SECONDS = 0.5
 
@@ -99,8 +98,7 @@ def _interval(text: str) -> str:
         raise ValueError(
             "expected a time_freq (H, 5min, 2W, M) or a count and a unit ('1 hour', '5 minutes', '1 month')"
         ) from None
-    count = freq.multiple * (7 if freq.unit == "W" else 1)
-    return f"{count} {INTERVAL_UNITS[freq.unit]}"
+    return freq.interval
 
 
 def query_names(folder: Path = QUERIES) -> list[str]:

@@ -58,6 +58,8 @@ _TIME_FREQ = re.compile(r"(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)")
 _PERIOD_UNIT = {"M": "M", "W": "W", "D": "D", "H": "h", "h": "h", "min": "min"}  # pandas >= 2.2: lower-case hours
 # numpy's datetime64 unit a period of each time_freq unit is counted in (weeks in days: see _WEEK_ORIGIN)
 _NUMPY_UNIT = {"M": "M", "W": "D", "D": "D", "H": "h", "h": "h", "min": "m"}
+# A period's length as SQL intervals spell it (weeks in days), for queries that step by time_freq.
+_INTERVAL_UNIT = {"M": "months", "W": "days", "D": "days", "H": "hours", "h": "hours", "min": "minutes"}
 # pandas' "W" is W-SUN: weeks run Monday to Sunday. Day 4 after the epoch, 1970-01-05, is the first Monday.
 _WEEK_ORIGIN = 4
 
@@ -82,6 +84,16 @@ class TimeFreq:
         """The pandas period/offset alias (``2H`` -> ``2h``, ``M`` -> ``M``); equal for equal frequencies."""
         return self._prefix + _PERIOD_UNIT[self.unit]
 
+    @property
+    def numpy_unit(self) -> str:
+        """The datetime64 unit one period is counted in (``D`` for weeks: seven of them)."""
+        return _NUMPY_UNIT[self.unit]
+
+    @property
+    def interval(self) -> str:
+        """One period's length as a SQL interval: ``2H`` -> ``2 hours``, ``W`` -> ``7 days``, ``3M`` -> ``3 months``."""
+        return f"{self.multiple * (7 if self.unit == 'W' else 1)} {_INTERVAL_UNIT[self.unit]}"
+
     def ordinals(self, stamps: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
         """The period each timestamp (datetime64 values, or anything numpy reads as such) falls in, as an
         integer: consecutive periods differ by one.
@@ -94,7 +106,7 @@ class TimeFreq:
         stamps = np.asarray(stamps)
         if stamps.dtype.kind != "M":  # strings, datetime objects: no nanoseconds, so years up to 9999 fit
             stamps = stamps.astype("datetime64[s]")
-        units = stamps.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]")
+        units = stamps.astype(f"datetime64[{self.numpy_unit}]")
         counted = units.astype(np.int64)
         if self.unit == "W":
             counted = (counted - _WEEK_ORIGIN) // 7
@@ -105,7 +117,7 @@ class TimeFreq:
         counted = np.asarray(ordinals, dtype=np.int64) * self.multiple
         if self.unit == "W":
             counted = counted * 7 + _WEEK_ORIGIN
-        return counted.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]").astype("datetime64[s]")
+        return counted.astype(f"datetime64[{self.numpy_unit}]").astype("datetime64[s]")
 
     def label(self, ordinal: int) -> str:
         """A period's start as DeepAR's ``start`` spells it: ``YYYY-MM-DD HH:MM:SS``."""

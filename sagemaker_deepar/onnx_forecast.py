@@ -29,6 +29,7 @@ from .contract import (
     OVERFLOW,
     ContractError,
     ModelArtifact,
+    TimeFreq,
     dynamic_feat_gap_problem,
     magnitude_problem,
     non_finite_rows,
@@ -41,13 +42,8 @@ from .contract import (
 
 # ---------------------------------------------------------------- calendar features (GluonTS's, in numpy)
 
-# numpy datetime64 unit of each time_freq unit; weeks are counted in days (W-SUN periods, 7 days each).
-_UNITS = {"min": "m", "h": "h", "H": "h", "D": "D", "W": "D", "M": "M"}
 
-
-def period_index(
-    start: str | np.datetime64, unit: str, multiple: int, length: int, where: str, offset: int = 0
-) -> np.ndarray:
+def period_index(start: str | np.datetime64, freq: TimeFreq, length: int, where: str, offset: int = 0) -> np.ndarray:
     """The timestamps pandas' ``PeriodIndex`` reports attributes for: each period's start (its end for weeks).
 
     Periods ``offset`` to ``offset + length`` after ``start`` (a timestamp string, or a datetime64 parsed before).
@@ -57,12 +53,12 @@ def period_index(
     except ValueError:
         raise ContractError(f"{where}start: {start!r} is not a timestamp (expected YYYY-MM-DD HH:MM:SS)") from None
     steps = offset + np.arange(length)
-    if unit == "W":
+    if freq.unit == "W":
         day = first.astype("datetime64[D]")
         day = day + (6 - _day_of_week(day)) % 7  # W-SUN: a week is labelled by its Sunday
-        return day + steps * 7 * multiple
-    base = first.astype(f"datetime64[{_UNITS[unit]}]")
-    return base + steps * multiple
+        return day + steps * 7 * freq.multiple
+    base = first.astype(f"datetime64[{freq.numpy_unit}]")
+    return base + steps * freq.multiple
 
 
 def _day_of_week(days: Any) -> Any:
@@ -138,7 +134,7 @@ class OnnxForecaster:
         self.hidden_size = int(spec["hidden_size"])
         self.likelihood = str(spec["likelihood"])
         freq = parse_time_freq(artifact.freq, "deepar-metadata.json: freq")
-        self.unit, self.multiple = freq.unit, freq.multiple
+        self.freq = freq
 
     @classmethod
     def load(cls, model_dir: str | Path, threads: int = 0) -> "OnnxForecaster":
@@ -196,7 +192,7 @@ class OnnxForecaster:
         """
         skip = max(0, target.size - self.past_length)
         length = target.size - skip + self.prediction_length
-        index = period_index(start, self.unit, self.multiple, length, where, offset=skip)
+        index = period_index(start, self.freq, length, where, offset=skip)
         rows = [
             time_features(index, self.time_feature_names),
             # GluonTS's AddAgeFeature(log_scale) counts from the series' first point, dropped or not.

@@ -327,9 +327,18 @@ def test_record_fields_split_model_inputs_from_forwarded_ids():
         ({"target": [1]}, "start: missing"),
         ({"start": "2024-01-01"}, "target: missing"),
         ({"start": 5, "target": [1]}, "start: expected a timestamp string such as 'YYYY-MM-DD HH:MM:SS', got int"),
-        ({"start": "2024-01-01", "target": "1,2"}, 'target: expected a list of numbers (null or "NaN" for missing), got str'),
-        ({"start": "2024-01-01", "target": [1, "x"]}, "target[1]: 'x' is not a number (missing values are null or \"NaN\")"),
-        ({"start": "2024-01-01", "target": [1, int("1" * 400)]}, "target[1]: an integer of 400 digits is beyond ±1e+30"),
+        (
+            {"start": "2024-01-01", "target": "1,2"},
+            'target: expected a list of numbers (null or "NaN" for missing), got str',
+        ),
+        (
+            {"start": "2024-01-01", "target": [1, "x"]},
+            "target[1]: 'x' is not a number (missing values are null or \"NaN\")",
+        ),
+        (
+            {"start": "2024-01-01", "target": [1, int("1" * 400)]},
+            "target[1]: an integer of 400 digits is beyond ±1e+30",
+        ),
         ({"start": "2024-01-01", "target": [1, None, -3e37]}, "target[2]: -3e+37 is beyond ±1e+30"),
         ({"start": "2024-01-01", "target": [[1], [2]]}, "target: expected a flat list of numbers, got nested lists"),
     ],
@@ -381,3 +390,13 @@ def test_training_data_and_the_serverless_reader_give_the_contracts_message():
         assert str(raised.value) == expected
         (line,) = read_object("a.jsonl", json.dumps(record).encode())
         assert line.record is None and line.problem == expected
+
+
+@pytest.mark.parametrize(
+    "spelling, interval, numpy_unit",
+    [("H", "1 hours", "h"), ("2h", "2 hours", "h"), ("5min", "5 minutes", "m"), ("W", "7 days", "D"),
+     ("2W", "14 days", "D"), ("D", "1 days", "D"), ("3M", "3 months", "M")],
+)  # fmt: skip
+def test_a_period_as_a_sql_interval_and_a_numpy_unit(spelling, interval, numpy_unit):
+    freq = parse_time_freq(spelling)
+    assert (freq.interval, freq.numpy_unit) == (interval, numpy_unit)
