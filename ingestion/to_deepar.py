@@ -78,15 +78,6 @@ def load(curated: Path, columns: list[str]) -> pd.DataFrame:
     return frame.sort_values(["device_id", "timestamp"])
 
 
-def series_values(values: np.ndarray) -> list:
-    """Rounded floats with "NaN" for gaps, built vectorized (this is the converter's hot loop)."""
-    array = np.round(np.asarray(values, dtype=float), 4)
-    out = array.tolist()
-    for i in np.flatnonzero(np.isnan(array)).tolist():
-        out[i] = "NaN"
-    return out
-
-
 def complete(values: np.ndarray) -> list[float]:
     return np.round(pd.Series(values).ffill().bfill().fillna(0.0).to_numpy(dtype=float), 4).tolist()
 
@@ -109,7 +100,7 @@ def build_series(
             rows = slice(int(observed[0]), int(observed[-1]) + 1)
             record = {
                 "start": freq.label(grid.first + rows.start),
-                "target": series_values(grid.means[rows, columns.index(target)]),
+                "target": contract.target_list(grid.means[rows, columns.index(target)], decimals=4),
                 "item_id": device if len(targets) == 1 else f"{device}/{target}",
             }
             if with_cat:

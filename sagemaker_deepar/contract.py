@@ -547,6 +547,18 @@ def target_array(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]
     return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
 
 
+def target_list(values: Any, decimals: Optional[int] = None) -> list[Any]:
+    """Float values as a DeepAR target (``target_array``'s inverse): numbers, ``"NaN"`` where missing,
+    rounded to ``decimals`` when given. Built vectorized: converters call it per series."""
+    array = np.asarray(values, dtype=float)
+    if decimals is not None:
+        array = np.round(array, decimals)
+    out: list[Any] = array.tolist()
+    for index in np.flatnonzero(np.isnan(array)).tolist():
+        out[index] = "NaN"
+    return out
+
+
 # ---------------------------------------------------------------- instance checks
 
 # One function per rule, one message per failure, for every reader of series: the training channels

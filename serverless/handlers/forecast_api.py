@@ -136,7 +136,7 @@ def resample(stamps: np.ndarray, values: np.ndarray, time_freq: str) -> tuple[st
     if not keep.any():
         raise ApiError(404, "no_data", "no non-missing readings in the history window")
     grid = contract.period_means(stamps[keep], values[keep], time_freq, "TIME_FREQ")
-    return grid.start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in grid.means[:, 0]]
+    return grid.start, contract.target_list(grid.means[:, 0], decimals=6)
 
 
 # ---------------------------------------------------------------- routes

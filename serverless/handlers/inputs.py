@@ -277,6 +277,7 @@ def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str = "") -> list[Line]:
         grid = contract.period_means(
             np.array([moment for moment, _ in points], dtype="datetime64[us]"), [value for _, value in points], freq
         )
-        target: list[Union[float, str]] = ["NaN" if value != value else float(value) for value in grid.means[:, 0]]
-        lines.append(Line(first, {"item_id": item, "start": grid.start, "target": target}))
+        lines.append(
+            Line(first, {"item_id": item, "start": grid.start, "target": contract.target_list(grid.means[:, 0])})
+        )
     return lines
