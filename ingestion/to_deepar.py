@@ -42,17 +42,13 @@ def fetch(curated: str, folder: Path) -> Path:
     if not curated.startswith("s3://"):
         return Path(curated)
     from awsinfra.clients import client
+    from awsinfra.s3 import download_prefix
 
-    s3, (bucket, prefix) = client("s3"), split_s3(curated)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(".parquet"):
-                try:  # a key such as readings/../../x must not write outside the work folder (#23 item 3)
-                    target = contract.key_path(folder, item["Key"], prefix)
-                except contract.UnsafePathError as error:
-                    raise UserError(f"{curated}: {error}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
+    bucket, prefix = split_s3(curated)
+    try:  # a key such as readings/../../x must not write outside the work folder (#23 item 3)
+        download_prefix(client("s3"), bucket, prefix, folder, lambda key: key.endswith(".parquet"))
+    except contract.UnsafePathError as error:
+        raise UserError(f"{curated}: {error}") from None
     return folder
 
 

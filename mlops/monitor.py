@@ -32,13 +32,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from awsinfra.s3 import download_prefix
 from sagemaker_deepar.contract import (
     ContractError,
     PeriodMeans,
     TimeFreq,
     UnsafePathError,
     iter_jsonl,
-    key_path,
     network_shape,
     parse_time_freq,
     period_means,
@@ -78,17 +78,10 @@ def local_copy(uri: str, folder: Path, s3: Any, suffixes: tuple[str, ...]) -> Pa
             raise LoopError(f"{uri}: no such file or folder")
         return path
     bucket, _, prefix = uri[5:].partition("/")
-    found = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(suffixes):
-                try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
-                    target = key_path(folder, item["Key"], prefix)
-                except UnsafePathError as error:
-                    raise LoopError(f"{uri}: {error}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
-                found += 1
+    try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
+        found = download_prefix(s3, bucket, prefix, folder, lambda key: key.endswith(suffixes))
+    except UnsafePathError as error:
+        raise LoopError(f"{uri}: {error}") from None
     if not found:
         raise LoopError(f"{uri}: no {'/'.join(suffixes)} objects under this prefix")
     return folder
