@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,20 +20,13 @@ import requests
 from serverless.handlers import forecasting
 
 from .conftest import REPO, running_server
-from .helpers import free_port
+from .helpers import free_port, run_module
+from .helpers import moto_client as client
 
 STACK = "fc"
 
 
-def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serverless", *args],
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+cli = partial(run_module, "serverless")
 
 
 def series(i: int, n: int = 48) -> dict:
@@ -41,18 +35,6 @@ def series(i: int, n: int = 48) -> dict:
         "start": "2024-01-01 00:00:00",
         "target": [round(10 + i + 5 * math.sin(t / 4), 3) for t in range(n)],
     }
-
-
-def client(env: dict, service: str):
-    import boto3
-
-    return boto3.client(
-        service,
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 @pytest.fixture(scope="module")
