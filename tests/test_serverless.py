@@ -211,7 +211,8 @@ def test_batch_on_upload_errors_poison_and_redelivery(deployed):
     assert len(out[0]["mean"]) == 6 and len(out[4]["quantiles"]["0.5"]) == 6
     errors = [json.loads(line) for line in read(s3, outb, "errors/day 1/good.jsonl.gz.jsonl").splitlines()]
     assert [e["location"] for e in errors] == [f"incoming/day 1/good.jsonl.gz:{n}" for n in (2, 3, 4)]
-    assert "start" in errors[0]["error"] and "not JSON" in errors[1]["error"] and "cat" in errors[2]["error"]
+    assert errors[0]["error"] == "target: missing"  # the contract's record check, as the server words it
+    assert "not JSON" in errors[1]["error"] and "cat" in errors[2]["error"]
     manifest = json.loads(read(s3, outb, "forecasts/day 1/good.jsonl.gz.manifest.json"))
     assert manifest["counts"] == {"series": 5, "forecast": 2, "errors": 3}
     assert (
