@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import pytest
 
-from .helpers import free_port
+from .helpers import free_port, moto_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -396,23 +396,7 @@ def offline_aws(monkeypatch) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
-    import requests
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    # moto keeps its state per process, not per server: start each module from an empty account.
-    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": MOTO_REGION,
-        "AWS_DEFAULT_REGION": MOTO_REGION,
-        "INGESTION_IAM_WAIT": "5",
-    }
-    env.pop("AWS_PROFILE", None)
-    yield env
-    server.stop()
+    with moto_server(MOTO_REGION) as variables:
+        env = {**os.environ, **variables, "INGESTION_IAM_WAIT": "5"}
+        env.pop("AWS_PROFILE", None)
+        yield env

@@ -34,7 +34,7 @@ from mlflow.utils.proto_json_utils import dump_input_data
 from sagemaker_deepar.contract import extract_model_tarball
 
 from .conftest import IMAGE, REPO, Server, running_server
-from .helpers import free_port, moto_client
+from .helpers import free_port, moto_client, moto_server
 
 MODEL_NAME = "deepar-pollution"
 ENDPOINT = "deepar-mlflow"
@@ -257,21 +257,8 @@ def registry(feature_model: Path, tmp_path_factory) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def moto() -> Iterator[dict[str, str]]:
     """moto server on loopback; the environment that sends boto3 (and so mlflow's client) to it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }
-    yield env
-    server.stop()
+    with moto_server(REGION) as env:
+        yield env
 
 
 def aws(moto: dict[str, str], service: str) -> Any:

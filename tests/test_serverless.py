@@ -20,7 +20,7 @@ import requests
 from serverless.handlers import forecasting
 
 from .conftest import REPO, running_server
-from .helpers import free_port, run_module
+from .helpers import StubHandler, free_port, http_stub, run_module
 from .helpers import moto_client as client
 
 STACK = "fc"
@@ -345,16 +345,14 @@ def test_forecast_api_through_the_emulated_gateway(deployed):
 @pytest.fixture
 def counting_proxy(forecast_server):
     """The real serving container behind a loopback proxy that counts /invocations calls."""
-    import threading
     import urllib.error
     import urllib.request
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     calls: list[tuple[int, bytes]] = []  # (status, answer) of each /invocations call
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(StubHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = self.request_body()
             request = urllib.request.Request(
                 forecast_server.url + self.path, data=body, headers={"Content-Type": "application/json"}
             )
@@ -364,20 +362,10 @@ def counting_proxy(forecast_server):
             except urllib.error.HTTPError as error:
                 status, out = error.code, error.read()
             calls.append((status, out))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            self.answer(status, out, {"Content-Type": "application/json"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    server.shutdown()
-    server.server_close()
+    with http_stub(Proxy) as url:
+        yield url, calls
 
 
 def test_items_10_and_11_bad_lines_are_named_and_bad_series_are_found_in_one_pass(
