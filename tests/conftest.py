@@ -393,6 +393,25 @@ def offline_aws(monkeypatch) -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def buckets(monkeypatch, offline_aws):
+    """In-process moto S3 with the serverless stack's input and output buckets, and the batch function's
+    environment without a model or an inference configuration (the forecaster is the test's to set)."""
+    import boto3
+
+    from serverless.handlers import forecasting
+
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    monkeypatch.delenv("DEEPAR_INFERENCE_CONFIG", raising=False)
+    forecasting._cached.clear()
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="in-bucket")
+    s3.create_bucket(Bucket="out-bucket")
+    yield s3
+    forecasting._cached.clear()
+
+
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""

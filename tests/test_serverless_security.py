@@ -187,21 +187,6 @@ def test_item11_an_endpoint_s_model_error_is_read_from_the_container_s_own_messa
 
 
 @pytest.fixture
-def buckets(monkeypatch, offline_aws):
-    import boto3
-
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    monkeypatch.delenv("DEEPAR_INFERENCE_CONFIG", raising=False)
-    forecasting._cached.clear()
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="in-bucket")
-    s3.create_bucket(Bucket="out-bucket")
-    yield s3
-    forecasting._cached.clear()
-
-
-@pytest.fixture
 def container() -> Iterator[tuple[str, list]]:
     """A stand-in serving container: parses each request as the real one does (orjson: 64-bit integers,
     255 levels) and answers one prediction per instance; records every request body."""

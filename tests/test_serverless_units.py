@@ -299,21 +299,6 @@ def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count:
     }
 
 
-@pytest.fixture
-def buckets(monkeypatch, offline_aws):
-    """In-process moto S3 with the stack's input and output buckets."""
-    import boto3
-
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    forecasting._cached.clear()
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="in-bucket")
-    s3.create_bucket(Bucket="out-bucket")
-    yield s3
-    forecasting._cached.clear()
-
-
 THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))
 
 
