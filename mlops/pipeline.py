@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from sagemaker_deepar.contract import network_shape
-from sagemaker_deepar.report import QUANTILES
+from sagemaker_deepar.training.report import QUANTILES
 
 from . import registry
 

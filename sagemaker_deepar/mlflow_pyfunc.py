@@ -43,7 +43,7 @@ from mlflow.pyfunc import PythonModel
 
 from .contract import DEFAULT_QUANTILES, METADATA_FILE, ModelArtifact
 from .errors import UserError
-from .frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
+from .serving.frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class DeepARForecaster(PythonModel):
         self.load(Path(context.artifacts[ARTIFACT_KEY]))
 
     def load(self, model_dir: Path) -> None:
-        from .batcher import Batcher
-        from .inference import Model
-        from .server_config import ServerConfig
-        from .service import ForecastService
+        from .serving.batcher import Batcher
+        from .serving.inference import Model
+        from .serving.server_config import ServerConfig
+        from .serving.service import ForecastService
 
         config = dataclasses.replace(ServerConfig.from_env(os.environ), model_dir=str(model_dir))
         self.model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
@@ -89,8 +89,8 @@ class DeepARForecaster(PythonModel):
 
 def forecast_frame(service: Any, frame_model: Any, frame: Any, params: Optional[dict[str, Any]]) -> pd.DataFrame:
     """A long frame's forecast through ``ForecastService.realtime``; mistakes as MlflowException naming the place."""
-    from .inference import RequestError
-    from .service import JSON
+    from .serving.inference import RequestError
+    from .serving.service import JSON
 
     request: Optional[FrameRequest] = None
     try:

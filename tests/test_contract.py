@@ -303,8 +303,8 @@ def test_backtest_window_keeps_dynamic_feat_through_the_horizon():
 
 
 def test_network_shape_is_the_hyperparameters_that_shape_the_network():
-    from sagemaker_deepar.backends import checkpoint_fingerprint
-    from sagemaker_deepar.hyperparameters import DeepARHyperparameters
+    from sagemaker_deepar.training.backends import checkpoint_fingerprint
+    from sagemaker_deepar.training.hyperparameters import DeepARHyperparameters
 
     given = {"time_freq": "H", "epochs": "5", "num_cells": "8", "learning_rate": "0.01", "likelihood": "gaussian"}
     assert contract.network_shape(given) == {"time_freq": "H", "likelihood": "gaussian", "num_cells": "8"}
@@ -375,7 +375,7 @@ def test_overflowed_rows_and_their_one_message():
 def test_training_data_and_the_serverless_reader_give_the_contracts_message():
     """The same bad record read by the training channel reader (data.py, the server's parser too) and the
     batch function's reader (serverless/handlers/inputs.py): one message, the contract's."""
-    from sagemaker_deepar.data import RecordError, check_magnitude, parse_record
+    from sagemaker_deepar.training.data import RecordError, check_magnitude, parse_record
     from serverless.handlers.inputs import read_object
 
     for record in (

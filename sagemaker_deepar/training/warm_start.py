@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .contract import ContractError, FeatureSpec, ModelArtifact, UnsafeArchiveError, extract_model_tarball
-from .errors import UserError
+from ..contract import ContractError, FeatureSpec, ModelArtifact, UnsafeArchiveError, extract_model_tarball
+from ..errors import UserError
+from ..paths import METADATA_FILE, PREDICTOR_DIR
 from .hyperparameters import DeepARHyperparameters
-from .paths import METADATA_FILE, PREDICTOR_DIR
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .contract import (
+from ..contract import (
     REQUIRED_RECORD_FIELDS,
     FeatureSpec,
     Problem,
@@ -31,7 +31,7 @@ from .contract import (
     start_type_problem,
     target_type_problem,
 )
-from .errors import DataError, UserError
+from ..errors import DataError, UserError
 from .hyperparameters import DeepARHyperparameters
 
 log = logging.getLogger(__name__)

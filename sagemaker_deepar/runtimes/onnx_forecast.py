@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import onnxruntime
 
-from .contract import (
+from ..contract import (
     ONNX_FILE,
     OVERFLOW,
     ContractError,

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import quote, unquote
 
-from .contract import METADATA_FILE
-from .errors import UserError
+from ..contract import METADATA_FILE
+from ..errors import UserError
 from .inference import RequestError
 
 log = logging.getLogger("sagemaker_deepar.multi_model")

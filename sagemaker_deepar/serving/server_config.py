@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Mapping, Optional, overload
 
-from .contract import BATCH_BODY_BYTES_PER_SECOND
-from .errors import UserError
+from ..contract import BATCH_BODY_BYTES_PER_SECOND
+from ..errors import UserError
 from .inference import INFERENCE_RUNTIMES, InferenceConfig, inference_config_from_env
 
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
@@ -292,7 +292,7 @@ def batch_payload_mb(request_timeout: int) -> int:
 # ---------------------------------------------------------------- the model outside SageMaker (README, "ECS")
 # SageMaker downloads and extracts ModelDataUrl into /opt/ml/model before `serve` starts. Elsewhere (ECS,
 # a plain `docker run`) DEEPAR_MODEL_URL names the model and `serve` fetches it itself
-# (sagemaker_deepar/model_fetch.py); without the variable nothing changes.
+# (sagemaker_deepar/serving/model_fetch.py); without the variable nothing changes.
 MODEL_URL_VARIABLE = "DEEPAR_MODEL_URL"
 MODEL_URL_SCHEMES = ("s3", "file")
 

@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .contract import METADATA_FILE
-from .errors import UserError
+from ..contract import METADATA_FILE
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

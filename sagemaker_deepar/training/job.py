@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from . import __version__, backends, distributed, faults, warm_start
-from .contract import ONNX_FILE, FeatureSpec, ModelArtifact
+from .. import __version__
+from ..contract import ONNX_FILE, FeatureSpec, ModelArtifact
+from ..errors import UserError
+from ..logs import configure_logging
+from ..paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths, probe_output_dirs
+from . import backends, distributed, faults, warm_start
 from .data import (
     Channel,
     apply_features,
@@ -29,11 +33,8 @@ from .data import (
     read_channel,
     resolve_features,
 )
-from .errors import UserError
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
-from .logs import configure_logging
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
-from .paths import METADATA_FILE, PREDICTOR_DIR, SageMakerPaths, probe_output_dirs
 
 log = logging.getLogger("sagemaker_deepar")
 
@@ -166,7 +167,7 @@ def library_versions() -> dict[str, str]:
 
 def check_loadable(model_dir: Path) -> None:
     """Load the model the way serving does; raises if it cannot be served."""
-    from .inference import Model
+    from ..serving.inference import Model
 
     Model.load(model_dir, max_batch_series=1, runtime="torch")  # ONNX is checked at export (onnx_export)
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from ..errors import UserError
 from .front import find_nginx, nginx_conf
 from .mlflow_folder import MlflowModelError, find_artifact
 from .multi_model import multi_model_enabled
@@ -56,8 +56,8 @@ def gunicorn_argv(config: ServerConfig, app_dir: Path, bind: Optional[str] = Non
         "--log-level",
         "info",
         "--no-control-socket",  # it would live under $HOME, which may be read-only
-        "--config",  # the master loads the model before forking (gunicorn_hooks.py)
-        "python:sagemaker_deepar.gunicorn_hooks",
+        "--config",  # the master loads the model before forking (serving/gunicorn.py)
+        "python:sagemaker_deepar.serving.gunicorn",
     ]
     if os.path.isdir("/dev/shm"):  # worker heartbeat files: keep them off slow or read-only disks
         argv += ["--worker-tmp-dir", "/dev/shm"]
@@ -128,7 +128,7 @@ def main(app_dir: Path) -> int:
         "OMP_NUM_THREADS": str(config.inference_threads),
         "MXNET_CPU_WORKER_NTHREADS": str(config.inference_threads),
         "DEEPAR_READY_DIR": str(ready_dir),
-        # Multi-model endpoints: the registry every worker shares (sagemaker_deepar/multi_model.py).
+        # Multi-model endpoints: the registry every worker shares (sagemaker_deepar/serving/multi_model.py).
         "DEEPAR_MME_DIR": str(run_dir / "mme"),
     }
     if nginx is None:

@@ -329,7 +329,7 @@ def _record(
     if leaderboard.is_file():
         step("leaderboard", lambda: client.log_artifact(run_id, str(leaderboard)))
 
-    from . import mlflow_pyfunc
+    from .. import mlflow_pyfunc
 
     def log_model() -> Any:
         mlflow.set_tracking_uri(settings.tracking_uri)

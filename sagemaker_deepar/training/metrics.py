@@ -11,7 +11,7 @@ from typing import Iterable, TextIO
 
 import numpy as np
 
-from .contract import write_jsonl
+from ..contract import write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`serve` outside SageMaker: fetch the model that ``DEEPAR_MODEL_URL`` names into /opt/ml/model first.
 
 SageMaker puts ``ModelDataUrl`` in place before the container starts; ECS and a plain ``docker run``
-do not. With ``DEEPAR_MODEL_URL`` set, `serve` (sagemaker_deepar/serving.py) calls ``fetch_model``
+do not. With ``DEEPAR_MODEL_URL`` set, `serve` (sagemaker_deepar/serving/serve.py) calls ``fetch_model``
 before nginx or gunicorn listen, so /ping cannot answer 200 before the model is in place and loaded.
 
 What the URL may name:
@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from .contract import ContractError, ModelArtifact, extract_model_tarball
-from .errors import UserError
+from ..contract import ContractError, ModelArtifact, extract_model_tarball
+from ..errors import UserError
 from .server_config import MODEL_URL_VARIABLE, ModelSource
 
 log = logging.getLogger("sagemaker_deepar.model_fetch")

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .contract import ContractError
+from ..contract import ContractError
 from .frames import FrameRequest
 
 MLFLOW_INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")

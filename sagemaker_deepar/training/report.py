@@ -15,7 +15,7 @@ from typing import TextIO
 
 import numpy as np
 
-from .contract import pandas_freq, target_array
+from ..contract import pandas_freq, target_array
 from .metrics import score_forecasts
 
 QUANTILES = ("0.1", "0.5", "0.9")

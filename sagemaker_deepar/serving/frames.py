@@ -20,8 +20,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .contract import DEFAULT_QUANTILES, FeatureSpec, parse_time_freq
-from .errors import UserError
+from ..contract import DEFAULT_QUANTILES, FeatureSpec, parse_time_freq
+from ..errors import UserError
 
 ITEM, TIME, TARGET, MEAN = "item_id", "timestamp", "target", "mean"
 REQUIRED_COLUMNS = (ITEM, TIME, TARGET)

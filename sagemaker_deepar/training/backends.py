@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..contract import FeatureSpec, UnsafePathError, confined_path, network_shape
 from . import distributed, faults
-from .contract import FeatureSpec, UnsafePathError, confined_path, network_shape
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _shared_estimator_kwargs(params: DeepARHyperparameters, spec: FeatureSpec) -
 def _torch_distr_output(likelihood: str):
     from gluonts.torch.distributions import BetaOutput, NegativeBinomialOutput, NormalOutput, StudentTOutput
 
-    from .distributions import LaplaceFixedScaleOutput
+    from ..distributions import LaplaceFixedScaleOutput
 
     outputs = (
         NormalOutput,

@@ -14,8 +14,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .contract import ContractError, parse_time_freq
-from .errors import UserError
+from ..contract import ContractError, parse_time_freq
+from ..errors import UserError
 
 LIKELIHOODS = ("gaussian", "beta", "negative-binomial", "student-T", "deterministic-L1")
 BACKENDS = ("torch", "mxnet")

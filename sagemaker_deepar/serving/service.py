@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from ..contract import OVERFLOW, ContractError
+from ..errors import UserError
 from .batcher import Batcher, DeadlineExceeded
-from .contract import OVERFLOW, ContractError
-from .errors import UserError
 from .inference import (
     InferenceConfig,
     Instance,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .contract import ONNX_FILE, ONNX_LIKELIHOODS
+from ..contract import ONNX_FILE, ONNX_LIKELIHOODS
 
 log = logging.getLogger(__name__)
 

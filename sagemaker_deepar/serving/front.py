@@ -82,7 +82,7 @@ def nginx_conf(config: ServerConfig, run_dir: Path, upstream_socket: Path) -> st
     temp = "\n".join(
         f"    {kind}_temp_path {run_dir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    return f"""# rendered by sagemaker_deepar/front.py
+    return f"""# rendered by sagemaker_deepar/serving/front.py
 daemon off;
 worker_processes 1;
 pid {run_dir / "nginx.pid"};

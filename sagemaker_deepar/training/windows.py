@@ -21,8 +21,8 @@ import torch
 from gluonts.torch.model.deepar import DeepAREstimator
 from gluonts.transform import ExpectedNumInstanceSampler
 
-from .errors import UserError
-from .fast_sampler import INPUT_NAMES
+from ..errors import UserError
+from ..runtimes.fast_sampler import INPUT_NAMES
 
 # One numpy call draws at most this many uniforms (memory: 8 bytes each); longer passes are chunked.
 MAX_DRAWS_PER_CALL = 1 << 22

@@ -1,4 +1,4 @@
-"""gunicorn configuration hooks (``-c python:sagemaker_deepar.gunicorn_hooks``): load the model in the master.
+"""gunicorn configuration hooks (``-c python:sagemaker_deepar.serving.gunicorn``): load the model in the master.
 
 The master imports what the workers need before it binds its socket and forks (``server.preload_model``):
 onnxruntime for a model served by its ONNX network, torch, GluonTS and the model itself for one served
@@ -17,7 +17,7 @@ log = logging.getLogger("sagemaker_deepar.server")
 
 
 def on_starting(server) -> None:  # gunicorn's hook: in the master, before binding and forking
-    from .logs import configure_logging
+    from ..logs import configure_logging
     from .server import WORKER_BOOT_ERROR, preload_model
     from .server_config import ServerConfig
 

@@ -4,7 +4,7 @@ Each sensor measures ozone, particulate matter, CO, SO2 and NO2 with a daily cyc
 effect, noise, occasional outliers and gaps (missing values). One series per (sensor, pollutant),
 ``cat = [sensor, pollutant]``; optional ``dynamic_feat`` = temperature.
 
-    python -m sagemaker_deepar.sample_data --out local_test/test_dir/input/data
+    python -m sagemaker_deepar.training.sample_data --out local_test/test_dir/input/data
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .contract import split_train_test, write_jsonl
+from ..contract import split_train_test, write_jsonl
 
 POLLUTANTS = {  # name: (base level, daily amplitude, peak hour, noise)
     "ozone": (30.0, 18.0, 15, 3.0),
