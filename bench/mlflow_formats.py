@@ -61,8 +61,8 @@ def main() -> None:
 
     from sagemaker_deepar.logs import quiet_libraries
     from sagemaker_deepar.mlflow_pyfunc import save_model
+    from sagemaker_deepar.runtimes.model import Model
     from sagemaker_deepar.serving.batcher import Batcher
-    from sagemaker_deepar.serving.inference import Model
     from sagemaker_deepar.serving.mlflow_folder import find_artifact
     from sagemaker_deepar.serving.server_config import ServerConfig
     from sagemaker_deepar.serving.service import ForecastService

@@ -39,8 +39,9 @@ def main() -> None:
     import torch
 
     from sagemaker_deepar.logs import quiet_libraries
+    from sagemaker_deepar.runtimes.model import Model
     from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
-    from sagemaker_deepar.serving.inference import InferenceConfig, Model, parse_instance, predictions
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)

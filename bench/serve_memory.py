@@ -42,7 +42,8 @@ def main() -> None:
         import torch
 
         from sagemaker_deepar.logs import quiet_libraries
-        from sagemaker_deepar.serving.inference import Model, parse_instance
+        from sagemaker_deepar.runtimes.model import Model
+        from sagemaker_deepar.serving.codec import parse_instance
 
         quiet_libraries()
         torch.set_num_threads(1)

@@ -105,7 +105,8 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
 
     from sagemaker_deepar.logs import quiet_libraries
     from sagemaker_deepar.runtimes.fast_sampler import network_flops
-    from sagemaker_deepar.serving.inference import InferenceConfig, Model, parse_instance, predictions
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)

@@ -15,7 +15,7 @@ pickle runs whatever it contains and ties the folder to the Python and cloudpick
 the code file is readable, diffable and loads wherever ``sagemaker_deepar`` is installed — which every
 loader needs anyway, since the forecast runs this project's inference code.
 
-Predict goes through the server's own path: ``inference.Model.load`` (ONNX runtime by default,
+Predict goes through the server's own path: ``runtimes.model.Model.load`` (ONNX runtime by default,
 ``DEEPAR_INFERENCE_RUNTIME``), a ``batcher.Batcher`` and ``service.ForecastService.realtime`` with the
 frame turned into a DeepAR JSON request, settings from ``ServerConfig.from_env`` — so for the same series,
 seed and settings its forecasts equal what ``/invocations`` answers (``tests/test_mlflow_pyfunc.py``).
@@ -71,8 +71,8 @@ class DeepARForecaster(PythonModel):
         self.load(Path(context.artifacts[ARTIFACT_KEY]))
 
     def load(self, model_dir: Path) -> None:
+        from .runtimes.model import Model
         from .serving.batcher import Batcher
-        from .serving.inference import Model
         from .serving.server_config import ServerConfig
         from .serving.service import ForecastService
 
@@ -89,7 +89,7 @@ class DeepARForecaster(PythonModel):
 
 def forecast_frame(service: Any, frame_model: Any, frame: Any, params: Optional[dict[str, Any]]) -> pd.DataFrame:
     """A long frame's forecast through ``ForecastService.realtime``; mistakes as MlflowException naming the place."""
-    from .serving.inference import RequestError
+    from .serving.codec import RequestError
     from .serving.service import JSON
 
     request: Optional[FrameRequest] = None

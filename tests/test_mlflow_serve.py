@@ -184,7 +184,7 @@ class Blocked(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, Blocked())
 from sagemaker_deepar.serving.batcher import Batcher
-from sagemaker_deepar.serving.inference import Model
+from sagemaker_deepar.runtimes.model import Model
 from sagemaker_deepar.serving.mlflow_folder import find_artifact
 from sagemaker_deepar.serving.server_config import ServerConfig
 from sagemaker_deepar.serving.service import JSON, ForecastService

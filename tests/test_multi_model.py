@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE
-from sagemaker_deepar.serving.inference import RequestError
+from sagemaker_deepar.serving.codec import RequestError
 from sagemaker_deepar.serving.multi_model import ModelRegistry, MultiModelConfig, multi_model_enabled
 
 pytestmark = pytest.mark.unit

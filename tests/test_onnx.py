@@ -99,7 +99,8 @@ class TorchReference:
 def torch_reference(sample_model: Path) -> TorchReference:
     import torch
 
-    from sagemaker_deepar.serving.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     torch_model = Model.load(sample_model, runtime="torch")
     entries = [parse_instance(r, torch_model, "").entry for r in sample_requests()]
@@ -117,7 +118,8 @@ def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(
     import onnx
     import onnxruntime
 
-    from sagemaker_deepar.serving.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     requests = sample_requests()
     served = Model.load(sample_model)  # the server's default runtime

@@ -247,7 +247,7 @@ def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
 
 def test_bounded_lines_never_hold_a_line_above_the_limit():
     """#23 item 13: a line over the limit is read through in small pieces and stands as an OversizedLine."""
-    from sagemaker_deepar.serving.inference import OversizedLine, bounded_lines, iter_lines
+    from sagemaker_deepar.serving.codec import OversizedLine, bounded_lines, iter_lines
 
     class Recording(io.BytesIO):
         largest = 0

@@ -139,7 +139,8 @@ def assert_served_distribution(opt_ml: OptMl, backend: str, likelihood: str, tar
     interquartile range is 2 ln 2 x that scale x the series' mean |value| over the context), and Gaussian
     tails are light: (q99.5 - q0.5) / IQR is 3.8 for a Gaussian, 6.6 for a Laplace and more for a student-T.
     """
-    from sagemaker_deepar.serving.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     model = Model.load(opt_ml.root / "model")
     entries = [

@@ -21,7 +21,7 @@ import pytest
 from sagemaker_deepar.contract import METADATA_FILE, ONNX_FILE
 from sagemaker_deepar.errors import OutputError
 from sagemaker_deepar.paths import probe_output_dirs
-from sagemaker_deepar.serving.inference import Model
+from sagemaker_deepar.runtimes.model import Model
 
 from .conftest import OptMl, run_train, series, standard_job
 from .test_image import container_names, docker, image  # noqa: F401 (fixtures)

@@ -185,7 +185,7 @@ class OnnxForecaster:
         dynamic: Optional[np.ndarray],
         where: str = "",
     ) -> Series:
-        """The network's inputs for one checked series (the server's entries come here too, see inference.Model).
+        """The network's inputs for one checked series (the server's entries come here too, see runtimes/onnx.py).
 
         Only the last ``past_length`` points reach the network: older ones are dropped before the calendar
         features are computed, so a long history costs no more than a short one.

@@ -37,8 +37,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol
 from urllib.parse import quote, unquote
 
 from ..contract import METADATA_FILE
-from ..errors import UserError
-from .inference import RequestError
+from ..errors import RequestError, UserError
 
 log = logging.getLogger("sagemaker_deepar.multi_model")
 

@@ -2,7 +2,7 @@
 
 Status codes follow SageMaker's MME container contract: 404 model not loaded (or url missing),
 409 already loaded, 507 memory budget exhausted, 400 a bad request. Invocations take and answer
-exactly what `/invocations` does in single-model mode (``server.forecast_response``); the header
+exactly what `/invocations` does in single-model mode (``http.forecast_response``); the header
 ``X-Deepar-Model-Cache: hit|miss`` says whether this worker already held the model.
 """
 
@@ -19,10 +19,10 @@ from flask import Flask, Response, request
 
 from .. import runtimes
 from ..errors import UserError
+from ..runtimes.model import Model
 from .batcher import Batcher
-from .inference import Model, RequestError, decode_json, encode
-from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig
-from .server import (
+from .codec import RequestError, decode_json, encode
+from .http import (
     DRAIN_MARGIN_S,
     JSON,
     WorkerReadiness,
@@ -33,6 +33,7 @@ from .server import (
     load_options,
     warm_up,
 )
+from .multi_model import TARGET_MODEL_HEADERS, ModelRegistry, MultiModelConfig
 from .server_config import ServerConfig
 from .service import ForecastService
 

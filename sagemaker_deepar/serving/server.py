@@ -1,4 +1,4 @@
-"""The Flask app behind `container/serve`: /ping, /invocations, /execution-parameters.
+"""The single-model Flask app behind `container/serve`: /ping, /invocations, /execution-parameters.
 
 Each gunicorn worker loads the model once in a background thread and runs all forward passes on
 one batching thread (``batcher.py``); the routes only choose request and response types and call
@@ -10,39 +10,38 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional, Protocol
+from typing import Optional
 
-from flask import Flask, Response, request, stream_with_context
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Response
 
 from .. import runtimes
 from ..errors import UserError
-from ..logs import configure_logging
+from ..runtimes.model import Model
 from .batcher import Batcher
-from .inference import Model, RequestError, bounded_lines, encode, parse_instance
+from .codec import RequestError, encode
+from .http import (
+    DRAIN_MARGIN_S,
+    WorkerReadiness,
+    error_response,
+    forecast_response,
+    install_drain_on_sigterm,
+    install_error_handlers,
+    load_options,
+    warm_up,
+)
 from .mlflow_folder import find_artifact
 from .multi_model import multi_model_enabled
 from .server_config import ServerConfig
-from .service import JSON, JSONLINES, ForecastService
+from .service import JSON, ForecastService
 
 log = logging.getLogger("sagemaker_deepar.server")
 
-JSONLINES_ALIASES = (JSONLINES, "application/x-jsonlines", "application/jsonl")
 WORKER_BOOT_ERROR = 3
-# Answers must leave the worker before gunicorn's graceful timeout kills it: keep room for one forward pass.
-DRAIN_MARGIN_S = 3.0
-SPOOL_IN_MEMORY_BYTES = 2**20
 # A torch model the gunicorn master loaded before forking (serving/gunicorn.py); workers share its pages.
 _preloaded: Optional[Model] = None
-
-
-def load_options(config: ServerConfig) -> runtimes.LoadOptions:
-    return runtimes.LoadOptions(config.inference_runtime, config.max_batch_series, config.inference_threads)
 
 
 def preload_model(config: ServerConfig) -> None:
@@ -79,29 +78,6 @@ def preload_model(config: ServerConfig) -> None:
 def artifact_dir(config: ServerConfig) -> Path:
     """The folder of the DeepAR artifact under the model folder: itself, or inside an mlflow model."""
     return find_artifact(Path(config.model_dir)).artifact_dir
-
-
-class WorkerReadiness:
-    """A worker's readiness, and that of every worker of the server: each ready worker leaves a pid file
-    in ``ready_dir``, so /ping says 200 only once all of them can answer."""
-
-    def __init__(self, config: ServerConfig):
-        self.config = config
-        self.ready = threading.Event()
-        self.draining = False
-
-    def mark_ready(self) -> None:
-        if self.config.ready_dir:
-            Path(self.config.ready_dir, str(os.getpid())).touch()
-        self.ready.set()
-
-    def all_workers_ready(self) -> bool:
-        """This worker is ready, and so is every other worker of the server."""
-        if not self.ready.is_set() or self.draining:
-            return False
-        if not self.config.ready_dir:
-            return True
-        return ready_workers(Path(self.config.ready_dir)) >= self.config.workers
 
 
 class ModelState(WorkerReadiness):
@@ -156,133 +132,7 @@ class ModelState(WorkerReadiness):
         )
 
 
-def warm_up(model: Model) -> None:
-    """One tiny forecast so the first real request does not pay for lazy initialisation."""
-    entry: dict[str, Any] = {"start": "2020-01-01 00:00:00", "target": [1.0, 2.0, 3.0]}
-    if model.cardinality:
-        entry["cat"] = [0] * len(model.cardinality)
-    if model.num_dynamic_feat:
-        entry["dynamic_feat"] = [[0.0] * (3 + model.prediction_length)] * model.num_dynamic_feat
-    parse_instance(entry, model, "warm-up: ")  # the request path's lazy state (pandas' offsets, ...)
-    model.engine.prewarm()  # the runtime's: a session's first run, torch's first pass
-
-
-def ready_workers(folder: Path) -> int:
-    """Workers (by pid file) that loaded their model and are still alive; a replaced worker's file is ignored."""
-    count = 0
-    for path in folder.iterdir():
-        try:
-            os.kill(int(path.name), 0)
-        except (ValueError, ProcessLookupError):
-            continue
-        except PermissionError:
-            pass
-        count += 1
-    return count
-
-
-def spool_body(stream: IO[bytes], limit: int, too_large: str) -> IO[bytes]:
-    """The whole body, read before answering, into a temporary file (in memory only up to 1 MB).
-
-    A batch answer is streamed as it is computed, and a proxy stops sending the request body once the
-    response has begun (nginx does): so the body is read completely first, without holding it in memory.
-    """
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
-    total = 0
-    while chunk := stream.read(SPOOL_IN_MEMORY_BYTES):
-        total += len(chunk)
-        if total > limit:  # a chunked body without nginx in front: nothing is answered but the 413
-            spool.close()
-            raise RequestError(too_large, status=413)
-        spool.write(chunk)
-    spool.seek(0)
-    return spool
-
-
-def closing_after(chunks: Iterator[bytes], resource: IO[bytes]) -> Iterator[bytes]:
-    try:
-        yield from chunks
-    finally:
-        resource.close()
-
-
-class Drains(Protocol):
-    def drain(self) -> None: ...
-
-
-def install_drain_on_sigterm(state: Drains) -> None:
-    """Chain to gunicorn's own SIGTERM handler (it stops accepting); only possible in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        state.drain()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
-# ---------------------------------------------------------------- HTTP
-
-
-def error_response(status: int, message: str) -> Response:
-    return Response(encode({"error": message}), status=status, mimetype=JSON)
-
-
-def _response_type() -> str:
-    accept = request.headers.get("Accept", "").strip()
-    if not accept:
-        return JSON
-    match = request.accept_mimetypes.best_match([JSON, *JSONLINES_ALIASES])
-    if match is None:
-        raise RequestError(f"Accept header value '{accept}' not supported; use {JSON} or {JSONLINES}", status=406)
-    return JSONLINES if match in JSONLINES_ALIASES else JSON
-
-
-def _request_type() -> str:
-    if not request.content_type:
-        return JSON
-    mimetype = request.mimetype
-    if mimetype == JSON:
-        return JSON
-    if mimetype in JSONLINES_ALIASES:
-        return JSONLINES
-    raise RequestError(f"Customer Error: Content-Type header value '{request.content_type}' not supported", status=415)
-
-
-def forecast_response(service: ForecastService, config: ServerConfig, too_large: str, batch_mode: bool) -> Response:
-    """The /invocations answer for the current request (also a multi-model invoke's)."""
-    deadline = service.deadline()
-    request_type = _request_type()
-    response_type = _response_type()
-    if request.content_length is not None and request.content_length > config.max_payload_bytes:
-        return error_response(413, too_large)
-    if batch_mode:
-        body = spool_body(request.environ["wsgi.input"], config.max_payload_bytes, too_large)
-        try:
-            lines = bounded_lines(body, config.max_document_bytes)  # no line or document held above it
-            mimetype, chunks = service.batch(lines, request_type, response_type, deadline)
-        except BaseException:
-            body.close()
-            raise
-        return Response(stream_with_context(closing_after(chunks, body)), mimetype=mimetype)
-    payload = request.get_data(cache=False)
-    return Response(
-        service.realtime(payload, request_type, response_type, deadline),
-        mimetype=JSONLINES if response_type == JSONLINES else JSON,
-    )
-
-
-def create_app(config: Optional[ServerConfig] = None) -> Flask:
-    configure_logging()  # gunicorn workers have no handler of their own for our loggers
-    config = config or ServerConfig.from_env()
-    too_large = f"body larger than {config.max_payload_bytes // 2**20} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
-    if multi_model_enabled():
-        from .multi_model_server import create_multi_model_app
-
-        return create_multi_model_app(config, too_large)
+def create_single_model_app(config: ServerConfig, too_large: str) -> Flask:
     state = ModelState(config)
     install_drain_on_sigterm(state)
     app = Flask("sagemaker_deepar")
@@ -321,16 +171,3 @@ def create_app(config: Optional[ServerConfig] = None) -> Flask:
             return error_response(400, str(error))
 
     return app
-
-
-def install_error_handlers(app: Flask, too_large: str) -> None:
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException) -> Response:
-        if error.code == 413:
-            return error_response(413, too_large)
-        return error_response(error.code or 500, f"{error.name}: {request.method} {request.path}")
-
-    @app.errorhandler(Exception)
-    def internal_error(error: Exception) -> Response:
-        log.exception("internal error while answering %s %s", request.method, request.path)
-        return error_response(500, "internal error; the traceback is in the endpoint's log")

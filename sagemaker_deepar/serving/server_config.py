@@ -13,7 +13,8 @@ from typing import Mapping, Optional, overload
 
 from ..contract import BATCH_BODY_BYTES_PER_SECOND
 from ..errors import UserError
-from .inference import INFERENCE_RUNTIMES, InferenceConfig, inference_config_from_env
+from ..runtimes import INFERENCE_RUNTIMES
+from .codec import InferenceConfig, inference_config_from_env
 
 REALTIME_PAYLOAD_MB = 6  # SageMaker's real-time limit; batch transform allows up to 100 MB
 BATCH_PAYLOAD_LIMIT_MB = 100

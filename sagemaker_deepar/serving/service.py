@@ -16,11 +16,11 @@ import numpy as np
 
 from ..contract import OVERFLOW, ContractError
 from ..errors import UserError
+from ..runtimes.model import Model
 from .batcher import Batcher, DeadlineExceeded
-from .inference import (
+from .codec import (
     InferenceConfig,
     Instance,
-    Model,
     OversizedLine,
     RequestError,
     check_budget,
@@ -161,7 +161,7 @@ class ForecastService:
 
         A whole ``{"instances": [...]}`` body (SplitType None) is answered like a real-time request: it is
         read into memory, so only up to ``max_document_bytes`` (else a 413; #23 item 13). ``lines`` come from
-        ``inference.bounded_lines``: no line longer than that is ever held either.
+        ``codec.bounded_lines``: no line longer than that is ever held either.
         """
         numbered = iter_lines(lines)
         first = next(numbered, None)

@@ -22,6 +22,7 @@ import numpy as np
 from ..contract import FeatureSpec, UnsafePathError, confined_path, network_shape
 from . import distributed, faults
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
+from .warm_start import load_mxnet, torch_callback
 
 log = logging.getLogger(__name__)
 
@@ -283,8 +284,6 @@ def train_torch(job: TrainingJob):
     before, after = session.callbacks(control) if session else ([], [])
     callbacks: list = [*before, EpochReporter(), *after]
     if job.initial_weights is not None and not state:  # a resumed checkpoint of this job wins
-        from .warm_start import torch_callback
-
         callbacks.append(
             torch_callback(job.initial_weights, lambda sha: setattr(control, "initial_weights_sha256", sha))
         )
@@ -361,8 +360,6 @@ def train_mxnet(job: TrainingJob):
             if state:  # the mx trainer has no resume of its own: warm-start the weights
                 training_network.load_parameters(str(checkpoint_dir / state["file"]), ctx=mx.cpu())
             elif job.initial_weights is not None:
-                from .warm_start import load_mxnet
-
                 control.initial_weights_sha256 = load_mxnet(training_network, job.initial_weights)
 
         def on_train_epoch_start(self, training_network) -> None:

@@ -167,7 +167,7 @@ def library_versions() -> dict[str, str]:
 
 def check_loadable(model_dir: Path) -> None:
     """Load the model the way serving does; raises if it cannot be served."""
-    from ..serving.inference import Model
+    from ..runtimes.model import Model
 
     Model.load(model_dir, max_batch_series=1, runtime="torch")  # ONNX is checked at export (onnx_export)
 
@@ -272,7 +272,9 @@ def run(paths: SageMakerPaths) -> None:
     train, test, spec = load_channels(paths, config)
     previous = None
     if warm_start.MODEL_CHANNEL in config.channels:
-        previous = warm_start.prepare(paths.channel(warm_start.MODEL_CHANNEL), params, spec)
+        previous = warm_start.prepare(
+            paths.channel(warm_start.MODEL_CHANNEL), params, backends.checkpoint_fingerprint(params, spec)
+        )
     num_batches = params.num_batches_per_epoch or default_batches_per_epoch(params, train)
     log.info(
         "backend %s, %d epochs of %d batches of %d windows",

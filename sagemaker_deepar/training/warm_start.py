@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..contract import ContractError, FeatureSpec, ModelArtifact, UnsafeArchiveError, extract_model_tarball
+from ..contract import ContractError, ModelArtifact, UnsafeArchiveError, extract_model_tarball
 from ..errors import UserError
 from ..paths import METADATA_FILE, PREDICTOR_DIR
 from .hyperparameters import DeepARHyperparameters
@@ -152,11 +152,11 @@ def _read(channel_dir: Path, root: Path, what: str, sha: Optional[str], unpacked
     return previous
 
 
-def mismatches(previous: ModelArtifact, params: DeepARHyperparameters, spec: FeatureSpec) -> list[str]:
-    """Each network-shaping hyperparameter or feature that differs, as ``name: previous X, now Y``."""
-    from .backends import checkpoint_fingerprint
+def mismatches(previous: ModelArtifact, params: DeepARHyperparameters, now: dict[str, Any]) -> list[str]:
+    """Each network-shaping hyperparameter or feature that differs, as ``name: previous X, now Y``.
 
-    now = checkpoint_fingerprint(params, spec)
+    ``now``: this job's ``backends.checkpoint_fingerprint`` (passed in: backends loads the weights with this
+    module's functions, so this module does not import backends)."""
     before: dict[str, Any] = {
         **{name: previous.hyperparameters.get(name) for name in now},
         "backend": previous.backend,
@@ -176,10 +176,11 @@ def mismatches(previous: ModelArtifact, params: DeepARHyperparameters, spec: Fea
     return problems
 
 
-def prepare(channel_dir: Path, params: DeepARHyperparameters, spec: FeatureSpec) -> PreviousModel:
-    """The previous model, checked against this job; a UserError naming every mismatch otherwise."""
+def prepare(channel_dir: Path, params: DeepARHyperparameters, fingerprint: dict[str, Any]) -> PreviousModel:
+    """The previous model, checked against this job's network (``fingerprint``: ``backends.checkpoint_fingerprint``);
+    a UserError naming every mismatch otherwise."""
     previous = locate(channel_dir)
-    problems = mismatches(previous.artifact, params, spec)
+    problems = mismatches(previous.artifact, params, fingerprint)
     if problems:
         previous.cleanup()
         raise UserError(

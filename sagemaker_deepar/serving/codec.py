@@ -1,4 +1,5 @@
-"""Inference: load a trained model, validate DeepAR requests, forecast in batches, shape responses.
+"""The request codec: DeepAR requests checked against a model, response budgets and encoding (no model here:
+``runtimes.model.Model``).
 
 The request and response follow SageMaker's built-in DeepAR; every validation error names its place
 (``instances[3].dynamic_feat[0]: length 30, expected 48 (len(target) + prediction_length)``).
@@ -10,13 +11,11 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import numpy as np
 import orjson
 
-from .. import contract, runtimes
+from .. import contract
 from ..contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
     DEFAULT_QUANTILES,
     MAX_ABS_VALUE,
@@ -32,7 +31,7 @@ from ..contract import (  # noqa: F401 - the request contract, re-exported for t
     predictions,
 )
 from ..errors import RequestError, UserError  # noqa: F401 - RequestError: re-exported for the server's modules
-from ..runtimes import INFERENCE_RUNTIMES, Runtime  # noqa: F401 - INFERENCE_RUNTIMES: re-exported
+from ..runtimes.model import Model
 from ..training.data import RecordError, check_magnitude, parse_record
 
 log = logging.getLogger(__name__)
@@ -40,56 +39,6 @@ log = logging.getLogger(__name__)
 # Upper bound of one float32 as orjson writes it ("-1.1754944e-38") plus its comma: response-size estimates
 # use it so that an answer never exceeds its budget.
 MAX_FLOAT_CHARS = 15
-
-
-# ---------------------------------------------------------------- model
-
-
-@dataclass
-class Model:
-    """A loaded model: what it was trained with (its metadata) and the runtime that draws its samples."""
-
-    engine: Runtime  # runtimes/: onnx, torch or mxnet (or a forecaster wrapping one)
-    metadata: dict
-    freq: str
-    prediction_length: int
-    cardinality: list[int]
-    num_dynamic_feat: int
-    backend: str
-
-    @classmethod
-    def load(
-        cls, model_dir: Path, max_batch_series: int = 256, runtime: str = "onnx", threads: Optional[int] = None
-    ) -> "Model":
-        """``runtime``: the preferred one (DEEPAR_INFERENCE_RUNTIME); the seam falls back when it cannot
-        serve this artifact (``runtimes.load``). ``threads``: intra-op threads of the runtime (None: its default)."""
-        artifact = ModelArtifact.read(model_dir)
-        options = runtimes.LoadOptions(preferred=runtime, max_batch_series=max_batch_series, threads=threads)
-        return cls(
-            engine=runtimes.load(model_dir, options, artifact),
-            metadata=artifact.to_dict(),
-            freq=artifact.freq,
-            prediction_length=artifact.prediction_length,
-            cardinality=list(artifact.cardinality),
-            num_dynamic_feat=artifact.num_dynamic_feat,
-            backend=artifact.backend,
-        )
-
-    @property
-    def runtime(self) -> str:
-        """What draws the samples: "onnx", "torch" or "mxnet"."""
-        return self.engine.name
-
-    @property
-    def features(self) -> FeatureSpec:
-        return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
-
-    def sample(self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-        """Sample paths, shape (series, num_samples, prediction_length), batched over all entries.
-
-        ``rng``: a seeded request's own generator (``configuration.seed``); None draws from the runtime's stream.
-        """
-        return self.engine.sample(entries, num_samples, rng)
 
 
 # ---------------------------------------------------------------- requests
