@@ -59,9 +59,7 @@ def invoke(
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.invoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.invoke", __doc__)
     parser.add_argument("--name", required=True, help="endpoint name")
     parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
     parser.add_argument(

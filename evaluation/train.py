@@ -126,9 +126,7 @@ def final_metrics(session, job_name: str, model_data: str) -> dict[str, float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.train", __doc__)
     add_training_args(parser)
     parser.add_argument("--quiet", action="store_true", help="do not stream the job's logs")
     return parser

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from sagemaker_deepar.contract import network_shape
 from sagemaker_deepar.errors import UserError
 
 from . import aws, registry
@@ -192,15 +193,11 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
 
 
 def network_hyperparameters(settings: BuildSettings) -> dict[str, str]:
-    """The hyperparameters this build sets that shape the network: a warm start must match them (the
-    pipeline's Register step records the same names)."""
-    return {
-        "time_freq": settings.time_freq,
-        "prediction_length": str(settings.prediction_length),
-        "context_length": str(settings.context_length),
-        "num_cells": str(settings.num_cells),
-        "num_layers": str(settings.num_layers),
-    }
+    """The hyperparameters this build sets that shape the network (``contract.network_shape`` of the
+    settings' hyperparameter fields, as strings): a warm start must match them (the pipeline's Register
+    step records the same names)."""
+    declared = {item.name: getattr(settings, item.name) for item in fields(PipelineSettings)}
+    return {name: str(value) for name, value in network_shape(declared).items()}
 
 
 def local_model_channel(model: str, folder: Path, named: str = "--warm-start-model") -> str:

@@ -31,13 +31,14 @@ from typing import Any, Optional
 
 import numpy as np
 
+from awsinfra.s3 import download_prefix
 from sagemaker_deepar.contract import (
     ContractError,
     PeriodMeans,
     TimeFreq,
     UnsafePathError,
     iter_jsonl,
-    key_path,
+    network_shape,
     parse_time_freq,
     period_means,
 )
@@ -76,17 +77,10 @@ def local_copy(uri: str, folder: Path, s3: Any, suffixes: tuple[str, ...]) -> Pa
             raise LoopError(f"{uri}: no such file or folder")
         return path
     bucket, _, prefix = uri[5:].partition("/")
-    found = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(suffixes):
-                try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
-                    target = key_path(folder, item["Key"], prefix)
-                except UnsafePathError as error:
-                    raise LoopError(f"{uri}: {error}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
-                found += 1
+    try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
+        found = download_prefix(s3, bucket, prefix, folder, lambda key: key.endswith(suffixes))
+    except UnsafePathError as error:
+        raise LoopError(f"{uri}: {error}") from None
     if not found:
         raise LoopError(f"{uri}: no {'/'.join(suffixes)} objects under this prefix")
     return folder
@@ -187,9 +181,6 @@ def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Opti
         if not packages or packages[0]["CreationTime"] < executions[0]["StartTime"]:
             return executions[0]["PipelineExecutionArn"]
     return None
-
-
-NETWORK_HYPERPARAMETERS = ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
 
 
 def start_retrain(
@@ -322,11 +313,8 @@ def warm_start_from_production(sagemaker: Any, pipeline: str, group: str, defini
     if train is None:
         return f"pipeline {pipeline} has no training step: nothing to warm-start"
     arguments = train["Arguments"]
-    wanted = {
-        name: value
-        for name in NETWORK_HYPERPARAMETERS
-        if (value := _resolve(arguments.get("HyperParameters", {}).get(name), definition)) is not None
-    }
+    shape = network_shape(arguments.get("HyperParameters", {}))
+    wanted = {name: value for name, raw in shape.items() if (value := _resolve(raw, definition)) is not None}
     differ = registry.shape_differences(production.hyperparameters, wanted)
     if differ:
         return f"model package {production.package_arn} has another network shape ({', '.join(differ)}): not used"

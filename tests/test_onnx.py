@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar.contract import ContractError, split_train_test
+from sagemaker_deepar.contract import ContractError, record_problem, split_train_test
 from sagemaker_deepar.training.sample_data import generate
 from tests.conftest import OptMl, run_train
 
@@ -228,6 +228,13 @@ def test_forecast_answers_like_invocations_and_names_bad_fields(sample_model: Pa
         forecaster.forecast(requests, {"num_samples": 0})
     with pytest.raises(ContractError, match=r"instances\[0\]\.start: 'yesterday' is not a timestamp"):
         forecaster.forecast([{**requests[0], "start": "yesterday"}])
+    # The contract's instance checks, word for word as the server and the training data say them.
+    for bad in ({**requests[0], "target": [1.0, 3e37]}, [1, 2], {**requests[0], "target": [1.0, "x"]}):
+        expected = record_problem(bad)
+        assert expected is not None
+        with pytest.raises(ContractError) as raised:
+            forecaster.forecast([requests[1], bad])
+        assert str(raised.value) == expected.at("instances[1].")
 
 
 def test_mxnet_model_records_that_it_has_no_onnx(mxnet_model: Path):

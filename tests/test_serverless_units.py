@@ -16,6 +16,8 @@ from sagemaker_deepar.settings import SettingsError
 from serverless import emulate, stack
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
 
+from .helpers import StubHandler, http_stub
+
 pytestmark = pytest.mark.unit
 
 
@@ -239,31 +241,17 @@ def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch, buck
 @pytest.fixture
 def answering_429():
     """A serving container over its capacity: every /invocations answers 429 with Retry-After: 7."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Busy(BaseHTTPRequestHandler):
+    class Busy(StubHandler):
         calls = 0
 
         def do_POST(self):  # noqa: N802 - http.server's name
             Busy.calls += 1
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = b'{"message": "too many requests in flight"}'
-            self.send_response(429)
-            self.send_header("Retry-After", "7")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.request_body()
+            self.answer(429, b'{"message": "too many requests in flight"}', {"Retry-After": "7"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", Busy
-    server.shutdown()
-    server.server_close()
+    with http_stub(Busy) as url:
+        yield url, Busy
 
 
 def test_api_answers_429_with_retry_after_for_a_throttling_container_and_endpoint(monkeypatch, answering_429, caplog):
@@ -310,21 +298,6 @@ def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count:
         "body": json.dumps({"Records": [record]}),
         "attributes": {"ApproximateReceiveCount": str(receive_count)},
     }
-
-
-@pytest.fixture
-def buckets(monkeypatch, offline_aws):
-    """In-process moto S3 with the stack's input and output buckets."""
-    import boto3
-
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    forecasting._cached.clear()
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="in-bucket")
-    s3.create_bucket(Bucket="out-bucket")
-    yield s3
-    forecasting._cached.clear()
 
 
 THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))

@@ -25,25 +25,25 @@ import numpy as np
 import onnxruntime
 
 from ..contract import (
-    MAX_ABS_VALUE,
     ONNX_FILE,
+    OVERFLOW,
     ContractError,
     ModelArtifact,
+    TimeFreq,
+    dynamic_feat_gap_problem,
+    magnitude_problem,
+    non_finite_rows,
     parse_configuration,
     parse_time_freq,
     predictions,
+    record_problem,
     target_array,
 )
 
 # ---------------------------------------------------------------- calendar features (GluonTS's, in numpy)
 
-# numpy datetime64 unit of each time_freq unit; weeks are counted in days (W-SUN periods, 7 days each).
-_UNITS = {"min": "m", "h": "h", "H": "h", "D": "D", "W": "D", "M": "M"}
 
-
-def period_index(
-    start: str | np.datetime64, unit: str, multiple: int, length: int, where: str, offset: int = 0
-) -> np.ndarray:
+def period_index(start: str | np.datetime64, freq: TimeFreq, length: int, where: str, offset: int = 0) -> np.ndarray:
     """The timestamps pandas' ``PeriodIndex`` reports attributes for: each period's start (its end for weeks).
 
     Periods ``offset`` to ``offset + length`` after ``start`` (a timestamp string, or a datetime64 parsed before).
@@ -53,12 +53,12 @@ def period_index(
     except ValueError:
         raise ContractError(f"{where}start: {start!r} is not a timestamp (expected YYYY-MM-DD HH:MM:SS)") from None
     steps = offset + np.arange(length)
-    if unit == "W":
+    if freq.unit == "W":
         day = first.astype("datetime64[D]")
         day = day + (6 - _day_of_week(day)) % 7  # W-SUN: a week is labelled by its Sunday
-        return day + steps * 7 * multiple
-    base = first.astype(f"datetime64[{_UNITS[unit]}]")
-    return base + steps * multiple
+        return day + steps * 7 * freq.multiple
+    base = first.astype(f"datetime64[{freq.numpy_unit}]")
+    return base + steps * freq.multiple
 
 
 def _day_of_week(days: Any) -> Any:
@@ -134,7 +134,7 @@ class OnnxForecaster:
         self.hidden_size = int(spec["hidden_size"])
         self.likelihood = str(spec["likelihood"])
         freq = parse_time_freq(artifact.freq, "deepar-metadata.json: freq")
-        self.unit, self.multiple = freq.unit, freq.multiple
+        self.freq = freq
 
     @classmethod
     def load(cls, model_dir: str | Path, threads: int = 0) -> "OnnxForecaster":
@@ -156,17 +156,10 @@ class OnnxForecaster:
     # ------------------------------------------------------------ requests
 
     def parse_instance(self, raw: Any, where: str) -> Series:
-        if not isinstance(raw, dict):
-            raise ContractError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        for name in ("start", "target"):
-            if name not in raw:
-                raise ContractError(f"{where}{name}: missing")
-        if not isinstance(raw["target"], list):
-            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)')
-        try:
-            target = target_array(raw["target"]).astype(np.float32)
-        except (TypeError, ValueError):
-            raise ContractError(f'{where}target: expected a list of numbers (null or "NaN" for missing)') from None
+        problem = record_problem(raw)  # an object, start a string, target numbers within MAX_ABS_VALUE
+        if problem:
+            raise ContractError(problem.at(where))
+        target = target_array(raw["target"]).astype(np.float32)
         if not target.size:
             raise ContractError(f"{where}target: empty; at least one value is needed")
         problems = self.artifact.features.check(raw, prediction_length=self.prediction_length, where=where)
@@ -176,13 +169,11 @@ class OnnxForecaster:
         if self.artifact.num_dynamic_feat:
             try:
                 dynamic = np.asarray(raw["dynamic_feat"], dtype=np.float32)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ContractError(f"{where}dynamic_feat: expected a list of lists of numbers") from None
-            if np.isnan(dynamic).any():
-                raise ContractError(f"{where}dynamic_feat: missing values are not allowed")
-        for name, values in (("target", target), ("dynamic_feat", dynamic)):
-            if values is not None and (np.abs(np.nan_to_num(values)) > MAX_ABS_VALUE).any():
-                raise ContractError(f"{where}{name}: values beyond {MAX_ABS_VALUE:g} are too large to forecast")
+            problem = dynamic_feat_gap_problem(dynamic) or magnitude_problem(dynamic, "dynamic_feat")
+            if problem:
+                raise ContractError(problem.at(where))
         cat = [int(c) for c in raw["cat"]] if self.artifact.cardinality else None
         return self.series(raw["start"], target, cat, dynamic, where)
 
@@ -201,7 +192,7 @@ class OnnxForecaster:
         """
         skip = max(0, target.size - self.past_length)
         length = target.size - skip + self.prediction_length
-        index = period_index(start, self.unit, self.multiple, length, where, offset=skip)
+        index = period_index(start, self.freq, length, where, offset=skip)
         rows = [
             time_features(index, self.time_feature_names),
             # GluonTS's AddAgeFeature(log_scale) counts from the series' first point, dropped or not.
@@ -321,12 +312,9 @@ class OnnxForecaster:
         series = [self.parse_instance(raw, f"instances[{i}].") for i, raw in enumerate(instances)]
         seed = config.seed if seed is None else seed  # the argument wins over configuration.seed
         samples = self.sample(series, config.num_samples, np.random.default_rng(seed))
-        bad = np.flatnonzero(~np.isfinite(samples.reshape(len(series), -1)).all(axis=1))
-        if bad.size:
-            raise ContractError(
-                f"instances[{int(bad[0])}].target: the forecast overflowed float32 (values too large in "
-                "magnitude); rescale the series"
-            )
+        bad = non_finite_rows(samples)
+        if bad:
+            raise ContractError(OVERFLOW.at(f"instances[{bad[0]}]."))
         return [_as_lists(item) for item in predictions(samples, config)]
 
 

@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
-import numpy as np
 import orjson
 
 from .. import contract
 from ..contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
     DEFAULT_QUANTILES,
     MAX_ABS_VALUE,
+    MAX_LISTED_PROBLEMS,
     MAX_NUM_SAMPLES,
     MAX_QUANTILES,
     OUTPUT_TYPES,
@@ -27,11 +27,12 @@ from ..contract import (  # noqa: F401 - the request contract, re-exported for t
     FeatureSpec,
     InferenceConfig,
     ModelArtifact,
+    non_finite_rows,
     predictions,
 )
 from ..errors import RequestError, UserError  # noqa: F401 - RequestError: re-exported for the server's modules
 from ..runtimes.model import Model
-from ..training.data import RecordError, parse_record
+from ..training.data import RecordError, check_magnitude, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,9 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
     """
     try:
         entry = parse_record(raw, model.freq, dynamic_extra_length=model.prediction_length)
+        check_magnitude(entry)
     except RecordError as error:
         raise RequestError(f"{prefix}{error}") from None
-    _check_magnitude(entry["target"], f"{prefix}target")
-    if entry.get("feat_dynamic_real") is not None:
-        for index, row in enumerate(entry["feat_dynamic_real"]):
-            _check_magnitude(row, f"{prefix}dynamic_feat[{index}]")
     cats = entry.pop("feat_static_cat", None)
     feats = entry.pop("feat_dynamic_real", None)
     record = {"target": entry["target"], "cat": cats, "dynamic_feat": feats}
@@ -101,25 +99,11 @@ def parse_instance(raw: Any, model: Model, prefix: str, forward_fields: Sequence
     return Instance(entry=entry, forwarded=forwarded)
 
 
-def _check_magnitude(values: np.ndarray, where: str) -> None:
-    too_large = np.flatnonzero(np.abs(np.nan_to_num(values, nan=0.0)) > MAX_ABS_VALUE)
-    if too_large.size:
-        i = int(too_large[0])
-        raise RequestError(
-            f"{where}[{i}]: {float(values[i]):g} is too large in magnitude to forecast "
-            f"(at most {MAX_ABS_VALUE:g}); rescale the series"
-        )
-
-
 def decode_json(body: bytes, where: str = "body") -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise RequestError(f"{where}: not valid JSON ({error})") from None
-
-
-# A 400 lists at most this many bad instances (each on its own line), bounding the error body (~100 bytes each).
-MAX_LISTED_INSTANCE_ERRORS = 100
 
 
 def parse_json_request(
@@ -141,7 +125,7 @@ def parse_json_request(
             parsed.append(parse_instance(raw, model, f"instances[{index}].", forward_fields))
         except RequestError as error:
             problems.append(str(error))
-            if len(problems) == MAX_LISTED_INSTANCE_ERRORS:
+            if len(problems) == MAX_LISTED_PROBLEMS:
                 break
     if problems:
         # Every bad instance, one per line (the first line as before): a client removes them all and sends
@@ -226,19 +210,6 @@ def check_response_size(num_series: int, per_series: int, max_bytes: int) -> Non
             f"response too large: {num_series} series x up to {per_series} bytes each exceeds the limit of "
             f"{max_bytes // 2**20} MB (DEEPAR_MAX_RESPONSE_MB); send fewer series, quantiles or samples"
         )
-
-
-def non_finite_rows(samples: np.ndarray) -> list[int]:
-    """Series whose forecast overflowed (e.g. targets near the float32 limit): answered as errors, never as nulls."""
-    bad = ~np.isfinite(samples.reshape(samples.shape[0], -1)).all(axis=1)
-    return [int(i) for i in np.flatnonzero(bad)]
-
-
-def overflow_message(prefix: str) -> str:
-    return (
-        f"{prefix}target: the forecast overflowed float32 (values of target or dynamic_feat too large in "
-        "magnitude, e.g. near 1e37); rescale the series"
-    )
 
 
 def encode(obj: Any) -> bytes:

@@ -372,23 +372,29 @@ class ModelRegistry:
     def _acquire(self, registration: Registration) -> tuple[Resident, bool]:
         name = registration.name
         with self._lock:
-            resident = self._resident.get(name)
-            if resident is not None and resident.registration.id == registration.id:
-                resident.in_flight += 1
-                self._resident.move_to_end(name)
+            resident = self._claim(registration)
+            if resident is not None:
                 return resident, True
             load_lock = self._load_locks.setdefault(name, threading.Lock())
         with load_lock:  # concurrent requests for one model in this worker: one load, the others wait for it
             with self._lock:
-                resident = self._resident.get(name)
-                if resident is not None and resident.registration.id == registration.id:
-                    resident.in_flight += 1
-                    self._resident.move_to_end(name)
+                resident = self._claim(registration)
+                if resident is not None:
                     return resident, False
                 stale = self._resident.pop(name, None)  # same name, older registration
             if stale is not None:
                 self._retire(stale)
             return self._load_resident(registration), False
+
+    def _claim(self, registration: Registration) -> Optional[Resident]:
+        """This registration's resident model, counted in flight and made the most recently used; None
+        when it is not resident (or an older registration of the name is). Called holding ``_lock``."""
+        resident = self._resident.get(registration.name)
+        if resident is None or resident.registration.id != registration.id:
+            return None
+        resident.in_flight += 1
+        self._resident.move_to_end(registration.name)
+        return resident
 
     def _load_resident(self, registration: Registration) -> Resident:
         cost = self.cost_of(Path(registration.model_dir))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from ..contract import ContractError
+from ..contract import OVERFLOW, ContractError
 from ..errors import UserError
 from ..runtimes.model import Model
 from .batcher import Batcher, DeadlineExceeded
@@ -30,7 +30,6 @@ from .codec import (
     encode_lines,
     iter_lines,
     non_finite_rows,
-    overflow_message,
     parse_instance,
     parse_json_request,
     predictions,
@@ -126,7 +125,7 @@ class ForecastService:
         samples = self.sample(instances, cfg.num_samples, deadline, seeded_rng(cfg))
         bad = non_finite_rows(samples)
         if bad:
-            raise RequestError(overflow_message(prefixes[bad[0]]))
+            raise RequestError(OVERFLOW.at(prefixes[bad[0]]))
         preds = predictions(samples, cfg, [i.forwarded for i in instances])
         if response_type == JSONLINES:
             return encode_lines(preds)
@@ -283,7 +282,7 @@ class ForecastService:
                 preds = predictions(samples, cfg, [i.forwarded for i in instances])
                 bad = set(non_finite_rows(samples))
                 for k, (slot, prefix, _) in enumerate(valid):
-                    outputs[slot] = {"error": overflow_message(prefix)} if k in bad else preds[k]
+                    outputs[slot] = {"error": OVERFLOW.at(prefix)} if k in bad else preds[k]
         if any(o is None for o in outputs):
             raise BatchInvariantError("a batch line has no answer")
         return encode_lines(outputs)

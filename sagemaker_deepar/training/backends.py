@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..contract import FeatureSpec, UnsafePathError, confined_path
+from ..contract import FeatureSpec, UnsafePathError, confined_path, network_shape
 from . import distributed, faults
 from .hyperparameters import LIKELIHOODS, DeepARHyperparameters
 from .warm_start import load_mxnet, torch_callback
@@ -123,19 +123,8 @@ def clip_for_beta(entries: list[dict]) -> list[dict]:
 
 
 def checkpoint_fingerprint(params: DeepARHyperparameters, spec: FeatureSpec) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed (everything that shapes the network)."""
-    shaping = params.model_dump(
-        include={
-            "backend",
-            "time_freq",
-            "prediction_length",
-            "context_length",
-            "likelihood",
-            "num_cells",
-            "num_layers",
-            "embedding_dimension",
-        }
-    )
+    """What must match for a checkpoint to be resumed: the contract's network shape and the features."""
+    shaping = network_shape(params.model_dump())
     return {**shaping, "cardinality": list(spec.cardinality), "num_dynamic_feat": spec.num_dynamic_feat}
 
 

@@ -19,7 +19,18 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from ..contract import MAX_ABS_VALUE, FeatureSpec
+from ..contract import (
+    REQUIRED_RECORD_FIELDS,
+    FeatureSpec,
+    Problem,
+    describe_number,
+    dynamic_feat_gap_problem,
+    magnitude_problem,
+    number_problem,
+    record_problem,
+    start_type_problem,
+    target_type_problem,
+)
 from ..errors import DataError, UserError
 from .hyperparameters import DeepARHyperparameters
 
@@ -38,6 +49,11 @@ class RecordError(Exception):
 
     def __init__(self, field_name: str, message: str):
         super().__init__(f"{field_name}: {message}")
+
+    @classmethod
+    def of(cls, problem: Problem) -> "RecordError":
+        """The contract's instance check, raised."""
+        return cls(problem.field, problem.message)
 
 
 # ---------------------------------------------------------------- file discovery
@@ -327,7 +343,7 @@ def parse_start(value: Any, freq: str) -> pd.Period:
                 "start", f"{value!r} is not a timestamp; use 'YYYY-MM-DD HH:MM:SS' or 'YYYY-MM-DD'"
             ) from None
     else:
-        raise RecordError("start", f"expected a timestamp string, got {type(value).__name__}")
+        raise RecordError.of(start_type_problem(value))
     if timestamp is pd.NaT:
         raise RecordError("start", f"{value!r} is not a timestamp")
     if timestamp.tzinfo is not None:
@@ -338,33 +354,13 @@ def parse_start(value: Any, freq: str) -> pd.Period:
     return pd.Period(timestamp, freq=freq)
 
 
-def _describe_huge_int(value: int) -> str:
-    try:
-        return f"an integer of {len(str(abs(value)))} digits"
-    except ValueError:  # str() of an int over 4300 digits raises in Python 3.11: estimate from the bit length
-        return f"an integer of about {math.floor((abs(value).bit_length() - 1) * math.log10(2)) + 1} digits"
-
-
-def _find_bad_number(values: list, field_name: str) -> RecordError:
-    for index, value in enumerate(values):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ABS_VALUE:
-            return RecordError(
-                f"{field_name}[{index}]",
-                f"{_describe_huge_int(value)} is too large (values must be within ±{MAX_ABS_VALUE:g})",
-            )
-        if value is None or value == "NaN" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
-            continue
-        return RecordError(f"{field_name}[{index}]", f'{value!r} is not a number (missing values are null or "NaN")')
-    return RecordError(field_name, "contains values that are not numbers")
-
-
 def parse_target(value: Any) -> np.ndarray:
     if not isinstance(value, (list, np.ndarray)):
-        raise RecordError("target", f"expected a list of numbers, got {type(value).__name__}")
+        raise RecordError.of(target_type_problem(value))
     try:
         target = np.asarray(value, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
-        raise _find_bad_number(list(value), "target") from None
+        raise RecordError.of(number_problem(list(value), "target")) from None
     if target.ndim != 1:
         raise RecordError("target", "expected a flat list of numbers, got nested lists")
     for offset, block in _blocks(target):
@@ -386,10 +382,9 @@ def parse_cat(value: Any) -> list[int]:
         ):
             raise RecordError(f"cat[{index}]", f"{item!r} is not a non-negative integer")
         if item >= MAX_CAT_VALUE:
-            shown = _describe_huge_int(item) if isinstance(item, int) and item > MAX_ABS_VALUE else repr(item)
             raise RecordError(
                 f"cat[{index}]",
-                f"{shown} is too large: category ids are embedding rows and must be "
+                f"{describe_number(item)} is too large: category ids are embedding rows and must be "
                 f"below {MAX_CAT_VALUE:,}; renumber the categories from 0",
             )
     return [int(item) for item in value]
@@ -418,24 +413,18 @@ def parse_dynamic_feat(value: Any, expected_length: int, length_rule: str) -> np
             try:
                 np.asarray(row, dtype=np.float32)
             except (ValueError, TypeError, OverflowError):
-                raise _find_bad_number(row, f"dynamic_feat[{index}]") from None
+                raise RecordError.of(number_problem(row, f"dynamic_feat[{index}]")) from None
         raise RecordError("dynamic_feat", "contains values that are not numbers") from None
-    if not np.isfinite(features).all():
-        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(features)))
-        raise RecordError(
-            f"dynamic_feat[{row}][{col}]", "missing or infinite value; dynamic_feat may not have missing values"
-        )
+    problem = dynamic_feat_gap_problem(features)
+    if problem:
+        raise RecordError.of(problem)
     return features
 
 
 def parse_record(record: Any, freq: str, *, dynamic_extra_length: int = 0) -> dict:
     """One DeepAR record to a GluonTS entry. ``dynamic_extra_length`` is ``prediction_length`` at inference."""
-    if not isinstance(record, dict):
-        raise RecordError("record", f"expected a JSON object, got {type(record).__name__}")
-    if "start" not in record:
-        raise RecordError("start", "missing")
-    if "target" not in record:
-        raise RecordError("target", "missing")
+    if not isinstance(record, dict) or not all(name in record for name in REQUIRED_RECORD_FIELDS):
+        raise RecordError.of(record_problem(record))  # type: ignore[arg-type]  # not an object, or a field missing
     entry: dict[str, Any] = {"start": parse_start(record["start"], freq), "target": parse_target(record["target"])}
     if record.get("cat") is not None:
         entry["feat_static_cat"] = parse_cat(record["cat"])
@@ -449,19 +438,9 @@ def parse_record(record: Any, freq: str, *, dynamic_extra_length: int = 0) -> di
 def check_magnitude(entry: dict) -> None:
     """Values beyond ``MAX_ABS_VALUE`` make DeepAR's float32 scaling overflow: the loss becomes nan."""
     for field_name, values in (("target", entry["target"]), ("dynamic_feat", entry.get("feat_dynamic_real"))):
-        if values is None or not values.size:
-            continue
-        for offset, block in _blocks(values):
-            with np.errstate(invalid="ignore"):
-                too_large = (block > MAX_ABS_VALUE) | (block < -MAX_ABS_VALUE)
-            if too_large.any():
-                position = np.unravel_index(offset + int(np.argmax(too_large)), values.shape)
-                name = field_name + "".join(f"[{int(i)}]" for i in position)
-                raise RecordError(
-                    name,
-                    f"{float(values[position]):g} is beyond ±{MAX_ABS_VALUE:g}, the largest "
-                    "magnitude DeepAR trains on in float32; rescale the data (for example to other units)",
-                )
+        problem = None if values is None else magnitude_problem(values, field_name)
+        if problem:
+            raise RecordError.of(problem)
 
 
 # ---------------------------------------------------------------- channels

@@ -4,9 +4,9 @@ The channel holds a previous job's ``model.tar.gz`` (SageMaker File mode copies 
 is) or its extracted files (``deepar-metadata.json`` and ``predictor/``). The network is
 initialised from it only when everything that shapes the weights or the meaning of their inputs
 matches: exactly what a checkpoint must match to be resumed (``backends.checkpoint_fingerprint``:
-backend, time_freq, prediction_length, context_length, likelihood, num_cells, num_layers,
-embedding_dimension, and the features: cardinality, number of dynamic features). Everything else
-(epochs, learning_rate, mini_batch_size, dropout_rate, early stopping, data) may change.
+the hyperparameters in ``contract.NETWORK_HYPERPARAMETERS`` and the features: cardinality, number of
+dynamic features). Everything else (epochs, learning_rate, mini_batch_size, dropout_rate, early
+stopping, data) may change.
 Every problem is a UserError raised before any epoch runs.
 """
 

@@ -28,7 +28,7 @@ from sagemaker_deepar import contract
 from sagemaker_deepar.settings import SettingsError
 
 from . import forecasting, transform
-from .inputs import DEEPAR_FIELDS, MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
+from .inputs import MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
 from .outputs import output_keys, output_name, read_manifest
 from .settings import FunctionSettings, current, output_bucket_of_environment
 
@@ -173,7 +173,7 @@ def write_results(
     outputs, errors = [], []
     for line, result in zip(lines, results):
         if isinstance(result, dict):
-            forwarded = {k: v for k, v in (line.record or {}).items() if k not in DEEPAR_FIELDS}
+            forwarded = contract.record_extras(line.record or {})
             outputs.append({**forwarded, **result})
         else:
             errors.append({"location": f"{key}:{line.number}", "error": result})
@@ -279,7 +279,7 @@ def forecast_lines(
     ``in_flight`` of them at a time, answers put back in the lines' order."""
     results: list[dict | str] = [line.problem for line in lines]
     valid = [i for i, line in enumerate(lines) if line.record is not None]
-    instances = [{k: v for k, v in lines[i].record.items() if k in DEEPAR_FIELDS} for i in valid]  # type: ignore[union-attr]
+    instances = [contract.record_inputs(lines[i].record) for i in valid]  # type: ignore[arg-type]
     encoded = [json.dumps(instance).encode() for instance in instances]
     spans = forecasting.chunks(encoded)
 

@@ -137,7 +137,7 @@ def resample(stamps: np.ndarray, values: np.ndarray, time_freq: str) -> tuple[st
     if not keep.any():
         raise ApiError(404, "no_data", "no non-missing readings in the history window")
     grid = contract.period_means(stamps[keep], values[keep], time_freq, "TIME_FREQ")
-    return grid.start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in grid.means[:, 0]]
+    return grid.start, contract.target_list(grid.means[:, 0], decimals=6)
 
 
 # ---------------------------------------------------------------- routes
@@ -224,6 +224,12 @@ def post_forecast(event: dict, settings: FunctionSettings) -> dict:
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(400, "bad_parameter", "instances: required, a non-empty list of DeepAR series", "instances")
+    # The contract's record check per instance, before any call: every bad one listed, as the server does.
+    problems = [p.at(f"instances[{i}].") for i, raw in enumerate(instances) if (p := contract.record_problem(raw))]
+    if problems:
+        raise ApiError(
+            400, "bad_parameter", "\n".join(problems[: contract.MAX_LISTED_PROBLEMS]), problems[0].split(".", 1)[0]
+        )
     configuration = payload.get("configuration")
     try:  # checked before any call (issue #23 item 11): a bad configuration costs no forecaster request
         contract.parse_configuration(configuration, "configuration")

@@ -25,8 +25,6 @@ from sagemaker_deepar import contract
 
 from .settings import DEFAULT_MAX_INPUT_MB, MAX_INPUT_SETTING, FunctionSettings, current  # noqa: F401 - re-exported
 
-# The DeepAR record fields; any other field (an id) is forwarded to the forecast line unchanged.
-DEEPAR_FIELDS = ("start", "target", "cat", "dynamic_feat")
 CSV_COLUMNS = ("item_id", "timestamp", "value")
 # A DeepAR record nests 3 levels (dynamic_feat); forwarded ids may be objects. Deeper lines are refused
 # by name: the forecaster's JSON (orjson: 255 levels when writing) and Python's parser (recursion) fail
@@ -203,22 +201,12 @@ def _json_lines(stream: IO[bytes]) -> list[Line]:
 
 
 def _checked(number: int, record: Any) -> Line:
-    """What the function can tell without the model; the forecaster checks the rest (cat, dynamic_feat)."""
-    if not isinstance(record, dict):
-        return Line(number, None, f"expected a JSON object with start and target, got {type(record).__name__}")
-    problem = json_problem(record)
-    if problem:
-        return Line(number, None, problem)
-    if not isinstance(record.get("start"), str):
-        return Line(number, None, "start: required, a 'YYYY-MM-DD HH:MM:SS' string")
-    target = record.get("target")
-    if not isinstance(target, list):
-        return Line(number, None, 'target: required, a list of numbers (null or "NaN" for missing)')
-    try:
-        contract.target_array(target)
-    except (TypeError, ValueError, OverflowError):
-        return Line(number, None, 'target: expected numbers (null or "NaN" for missing)')
-    return Line(number, record)
+    """What the function can tell without the model: what the forecaster's JSON parser refuses, then the
+    contract's record check (start, target); the forecaster checks the rest (cat, dynamic_feat)."""
+    found = json_problem(record) if isinstance(record, dict) else None
+    if found is None and (problem := contract.record_problem(record)) is not None:
+        found = str(problem)
+    return Line(number, None, found) if found else Line(number, record)
 
 
 def _parquet(body: bytes) -> list[Line]:
@@ -234,7 +222,9 @@ def _parquet(body: bytes) -> list[Line]:
             record["start"] = record["start"].strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(record.get("target"), list):  # a NaN float is a missing value, sent as JSON's null
             record["target"] = [None if isinstance(v, float) and v != v else v for v in record["target"]]
-        lines.append(_checked(row, {k: v for k, v in record.items() if v is not None or k in DEEPAR_FIELDS[:2]}))
+        lines.append(
+            _checked(row, {k: v for k, v in record.items() if v is not None or k in contract.REQUIRED_RECORD_FIELDS})
+        )
     return lines
 
 
@@ -286,6 +276,7 @@ def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str) -> list[Line]:
         grid = contract.period_means(
             np.array([moment for moment, _ in points], dtype="datetime64[us]"), [value for _, value in points], freq
         )
-        target: list[Union[float, str]] = ["NaN" if value != value else float(value) for value in grid.means[:, 0]]
-        lines.append(Line(first, {"item_id": item, "start": grid.start, "target": target}))
+        lines.append(
+            Line(first, {"item_id": item, "start": grid.start, "target": contract.target_list(grid.means[:, 0])})
+        )
     return lines

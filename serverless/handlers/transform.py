@@ -29,7 +29,7 @@ from sagemaker_deepar import contract
 
 from . import forecasting
 from . import settings as settings_module
-from .inputs import DEEPAR_FIELDS, Line
+from .inputs import Line
 from .outputs import output_keys, output_name, read_manifest
 from .settings import FunctionSettings
 
@@ -75,9 +75,7 @@ def start(
     name = output_name(source["key"])
     started = time.monotonic()
     valid = [line for line in lines if line.record is not None]
-    staged = b"".join(
-        contract.dumps_line({k: v for k, v in (line.record or {}).items() if k in DEEPAR_FIELDS}) for line in valid
-    )
+    staged = b"".join(contract.dumps_line(contract.record_inputs(line.record or {})) for line in valid)
     job = job_name(source, settings.transform_job_prefix)
     timeout = contract.batch_payload_timeout(MAX_PAYLOAD_MB)
     environment = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)}
