@@ -1,0 +1,235 @@
+"""The ensemble's part of a training job: windows before any epoch, then every member scored, the weights
+chosen (forecaster=ensemble) and the leaderboard written.
+
+DeepAR's validation score (forecaster=ensemble): the network trains on the training series without their
+validation region (each series ends at its oldest window's cut) and forecasts every window conditioning on
+the history before it; the served model is that network, conditioning on the full history of each request.
+Refitting it per window would multiply the training time; training it twice (once without the region for
+its score, once on everything to serve) would double it, against the goal of at most 1.5x a DeepAR-only job.
+With forecaster=deepar the network trains on everything (today's model), so it has no validation score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..hyperparameters import DeepARHyperparameters
+from . import combine
+from .backtest import MemberRun, Window, evaluate, run_deepar, run_local, test_windows, training_view
+from .backtest import validation_windows as carve_windows
+from .leaderboard import Row
+from .members import DEEPAR, MEMBERS, LocalMember, local_members
+from .selection import greedy_weights
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+COMBINATION = "quantile_average"
+
+
+def min_history(params: DeepARHyperparameters) -> int:
+    """Points a window's history keeps: one DeepAR training window (the truncated series still trains)."""
+    return params.context_length + params.prediction_length
+
+
+def prepare(params: DeepARHyperparameters, entries: Sequence[dict[str, Any]]) -> list[Window]:
+    """The validation windows, carved before any epoch (a ClientError now when forecaster=ensemble has none)."""
+    if params.backtest_windows == 0:
+        log.info("backtest_windows=0: no validation windows, the leaderboard has test scores only")
+        return []
+    return carve_windows(
+        entries, params.prediction_length, params.backtest_windows, min_history(params), params.forecaster == ENSEMBLE
+    )
+
+
+def deepar_entries(params: DeepARHyperparameters, entries: list[dict[str, Any]], windows: Sequence[Window]) -> list:
+    """What the network trains on: the series without their validation region in ensemble mode."""
+    if params.forecaster != ENSEMBLE:
+        return entries
+    log.info(
+        "forecaster=ensemble: DeepAR trains on the training series without their %d validation window(s) "
+        "(scored there, served on the full history)",
+        len(windows),
+    )
+    return training_view(entries, windows)
+
+
+@dataclass
+class Outcome:
+    rows: list[Row]
+    weights: dict[str, float]
+    ensemble: Optional[dict[str, Any]]  # ModelArtifact.ensemble (forecaster=ensemble), else None
+    test_metrics: Optional[dict[str, float]] = None  # the served ensemble's (forecaster=ensemble)
+    test_forecasts: list[Any] = field(default_factory=list)  # GluonTS forecasts of the test channel, if scored
+
+
+def _score(windows: Sequence[Window], run: MemberRun, levels: Sequence[float]) -> Optional[dict[str, float]]:
+    if not windows or not run.complete:
+        return None
+    return evaluate(windows, run.quantiles, levels)
+
+
+def score_members(
+    params: DeepARHyperparameters,
+    predictor: Any,
+    windows: Sequence[Window],
+    test_entries: Optional[Sequence[dict[str, Any]]],
+    deepar_fit_seconds: float,
+    deepar_test_metrics: Optional[dict[str, float]] = None,
+) -> Outcome:
+    """Every member on the validation windows (and the test channel), the weights, the leaderboard rows.
+
+    ``deepar_test_metrics``: forecaster=deepar's test metrics, computed as today (``training.evaluate_test``).
+    """
+    levels = list(params.test_quantiles)
+    ensemble_mode = params.forecaster == ENSEMBLE
+    rng = np.random.default_rng(params.seed)
+    locals_ = {m.name: m for m in local_members(params.time_freq)}
+    validation: dict[str, MemberRun] = {}
+    notes: dict[str, str] = {}
+    if windows:
+        for name, member in locals_.items():
+            validation[name] = run_local(member, windows, params.prediction_length, rng)
+        if ensemble_mode:
+            validation[DEEPAR] = run_deepar(predictor, windows, params.num_eval_samples)
+    if not ensemble_mode:
+        notes[DEEPAR] = "no validation score: forecaster=deepar trains on the validation region"
+    for name, run in validation.items():
+        if not run.complete:
+            notes[name] = f"weight 0: {run.failure}"
+            log.warning("member %s: %s; it gets weight 0 in this job", name, run.failure)
+    val_scores = {name: _score(windows, run, levels) for name, run in validation.items()}
+    if ensemble_mode:
+        candidates = {name: validation[name].quantiles for name in MEMBERS if name in validation and val_scores[name]}
+        if not candidates:
+            raise RuntimeError("every ensemble member failed on the validation windows")  # DeepAR never fails here
+        truth = np.stack([w.truth for w in windows])
+        weights, losses = greedy_weights(candidates, truth, levels)
+        log.info("greedy ensemble selection: validation mean_wQuantileLoss by round %s", [round(x, 4) for x in losses])
+        weights = {name: weights.get(name, 0.0) for name in MEMBERS}
+    else:
+        weights = {name: (1.0 if name == DEEPAR else 0.0) for name in MEMBERS}
+
+    test_scores: dict[str, Optional[dict[str, float]]] = {}
+    outcome_metrics, outcome_forecasts = None, []
+    if test_entries:
+        tests = test_windows(test_entries, params.prediction_length)
+        runs: dict[str, MemberRun] = {}
+        for name, member in locals_.items():
+            if weights[name] > 0 or len(tests) <= 200:
+                runs[name] = run_local(member, tests, params.prediction_length, rng)
+            else:
+                notes.setdefault(name, "not scored on the test channel (weight 0, more than 200 test series)")
+        if ensemble_mode:
+            runs[DEEPAR] = run_deepar(predictor, tests, params.num_eval_samples)
+        for name, run in runs.items():
+            test_scores[name] = evaluate(tests, run.quantiles, levels) if run.complete else None
+            if not run.complete:
+                notes.setdefault(name, f"test channel: {run.failure}")
+        if not ensemble_mode:
+            test_scores[DEEPAR] = deepar_test_metrics
+        else:
+            used = [name for name in MEMBERS if weights[name] > 0]
+            stacked = np.stack([runs[name].quantiles for name in used])
+            combined, available = combine.weighted_average_available(stacked, [weights[n] for n in used])
+            fell_back = np.flatnonzero(~available.all(axis=1))
+            if len(fell_back):
+                log.warning(
+                    "test channel: %d series forecast without a failed member (the others reweighted), e.g. series %d",
+                    len(fell_back),
+                    int(tests[fell_back[0]].series),
+                )
+            outcome_metrics = evaluate(tests, combined, levels)
+            from .backtest import as_forecasts
+
+            outcome_forecasts = as_forecasts(tests, combined, levels)
+
+    rows = []
+    for name in MEMBERS:
+        if name != DEEPAR and name not in locals_:
+            continue
+        val = val_scores.get(name)
+        test = test_scores.get(name)
+        run = validation.get(name)
+        rows.append(
+            Row(
+                member=name,
+                weight=weights[name],
+                validation_mean_wQuantileLoss=val["mean_wQuantileLoss"] if val else None,
+                test_mean_wQuantileLoss=test["mean_wQuantileLoss"] if test else None,
+                test_RMSE=test["RMSE"] if test else None,
+                fit_seconds=deepar_fit_seconds if name == DEEPAR else 0.0,
+                predict_seconds=run.seconds if run else None,
+                validation_windows=len(windows) if val else 0,
+                served=not ensemble_mode and name == DEEPAR,
+                note=notes.get(name),
+            )
+        )
+    artifact_ensemble = None
+    if ensemble_mode:
+        ensemble_val = _ensemble_validation(validation, weights, windows, levels)
+        rows.append(
+            Row(
+                member=ENSEMBLE,
+                weight=None,
+                validation_mean_wQuantileLoss=ensemble_val,
+                test_mean_wQuantileLoss=outcome_metrics["mean_wQuantileLoss"] if outcome_metrics else None,
+                test_RMSE=outcome_metrics["RMSE"] if outcome_metrics else None,
+                validation_windows=len(windows),
+                served=True,
+                note="weights: " + ", ".join(f"{n} {w:.2f}" for n, w in weights.items() if w > 0),
+            )
+        )
+        artifact_ensemble = artifact_section(weights, locals_, params)
+    return Outcome(rows, weights, artifact_ensemble, outcome_metrics, outcome_forecasts)
+
+
+def _ensemble_validation(
+    validation: dict[str, MemberRun], weights: dict[str, float], windows: Sequence[Window], levels: Sequence[float]
+) -> Optional[float]:
+    used = [name for name, w in weights.items() if w > 0]
+    combined = combine.weighted_average(np.stack([validation[n].quantiles for n in used]), [weights[n] for n in used])
+    return evaluate(windows, combined, levels)["mean_wQuantileLoss"]
+
+
+def artifact_section(weights: dict[str, float], locals_: dict[str, LocalMember], params: DeepARHyperparameters) -> dict:
+    """``ModelArtifact.ensemble``: how the served model combines its members (weight-0 members listed, not run)."""
+    members = []
+    for name in MEMBERS:
+        settings = locals_[name].settings if name in locals_ else {"num_samples": params.num_eval_samples}
+        members.append({"name": name, "weight": round(weights[name], 6), "settings": settings})
+    return {"combination": COMBINATION, "grid_steps": combine.GRID_STEPS, "members": members}
+
+
+def timed(seconds_since: float) -> float:
+    return round(time.perf_counter() - seconds_since, 3)
+
+
+def deepar_only_rows(training_seconds: float, test_metrics: Optional[dict[str, float]]) -> list[Row]:
+    """The leaderboard of a job stopped before its members were scored: the network alone."""
+    return [
+        Row(
+            member=DEEPAR,
+            weight=1.0,
+            test_mean_wQuantileLoss=(test_metrics or {}).get("mean_wQuantileLoss"),
+            test_RMSE=(test_metrics or {}).get("RMSE"),
+            fit_seconds=round(training_seconds, 3),
+            served=True,
+            note="the job was stopped before the members were scored",
+        )
+    ]
+
+
+def artifact_fields(params: DeepARHyperparameters, outcome: Optional[Outcome]) -> dict[str, Any]:
+    """``forecaster`` and ``ensemble`` of the ModelArtifact (an ensemble stopped before selection: DeepAR alone)."""
+    if params.forecaster != ENSEMBLE:
+        return {"forecaster": "deepar"}
+    if outcome is None or outcome.ensemble is None:
+        weights = {name: float(name == DEEPAR) for name in MEMBERS}
+        return {"forecaster": ENSEMBLE, "ensemble": artifact_section(weights, {m.name: m for m in local_members(params.time_freq)}, params)}
+    return {"forecaster": ENSEMBLE, "ensemble": outcome.ensemble}
