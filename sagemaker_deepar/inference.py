@@ -65,6 +65,7 @@ class Model:
     backend: str
     runtime: str = "torch"  # what draws the samples: "onnx", "torch" or "mxnet"
     rng: Optional[np.random.Generator] = None  # the ONNX runtime's draws (numpy); seeded from the OS per load
+    ensemble: Any = None  # an EnsembleForecaster around this model's DeepAR (forecaster=ensemble artifacts)
 
     @classmethod
     def load(
@@ -112,7 +113,7 @@ class Model:
             sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
             served_by, why = "mxnet", "GluonTS's mxnet predictor"
         log.info("inference runtime: %s (%s)", served_by, why)
-        return cls(
+        model = cls(
             sampler=sampler,
             metadata=artifact.to_dict(),
             freq=artifact.freq,
@@ -123,12 +124,26 @@ class Model:
             runtime=served_by,
             rng=rng,
         )
+        if artifact.forecaster == "ensemble":
+            from .ensemble.forecaster import EnsembleForecaster
+
+            model.ensemble = EnsembleForecaster(artifact, model.deepar_sample)
+            log.info("forecaster: ensemble of %s", ", ".join(f"{n} {w:.2f}" for n, w in model.ensemble.weights.items()))
+        return model
 
     @property
     def features(self) -> FeatureSpec:
         return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
 
     def sample(self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """Sample paths of the served forecaster (the ensemble's, or DeepAR's), (series, num_samples, steps)."""
+        if self.ensemble is not None:
+            return self.ensemble.sample(entries, num_samples, rng)
+        return self.deepar_sample(entries, num_samples, rng)
+
+    def deepar_sample(
+        self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None
+    ) -> np.ndarray:
         """Sample paths, shape (series, num_samples, prediction_length), batched over all entries.
 
         ``rng``: a seeded request's own generator (``configuration.seed``); None draws from the model's
@@ -140,7 +155,7 @@ class Model:
 
             with torch.random.fork_rng():
                 torch.manual_seed(int(rng.integers(2**63 - 1)))
-                return self.sample(entries, num_samples)
+                return self.deepar_sample(entries, num_samples)
         if rng is not None and self.runtime == "mxnet":
             raise RequestError("configuration.seed: reproducible forecasts need a torch model (this one is mxnet)")
         if self.runtime == "onnx":

@@ -65,7 +65,7 @@ def sample_paths(
     if rng is not None:
         levels = rng.permutation(levels)
     paths = at_levels(quantiles, levels)  # (series, num_samples, steps)
-    return np.asarray(paths, dtype=np.float32)
+    return np.ascontiguousarray(paths, dtype=np.float32)  # the response encoder writes C-ordered arrays
 
 
 def weighted_average_available(quantiles: FloatArray, weights: Sequence[float]) -> tuple[FloatArray, FloatArray]:

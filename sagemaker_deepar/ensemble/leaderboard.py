@@ -29,7 +29,7 @@ class Row:
     note: Optional[str] = None  # why a score is missing or a weight is 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 3) if k.endswith("_seconds") and v is not None else v) for k, v in asdict(self).items()}
 
 
 def table(rows: Sequence[Row]) -> str:
