@@ -243,3 +243,91 @@ def test_old_deepar_artifacts_still_serve(tmp_path: Path, torch_model):
         r = server.post({"instances": [{"start": "2024-01-01 00:00:00", "target": [1.0] * 30}]})
         assert r.status_code == 200 and len(r.json()["predictions"][0]["mean"]) == PL
         assert "forecaster: ensemble" not in server.output(None)
+
+
+def test_onnx_served_ensemble_maps_no_torch(ensemble_server):
+    """The server's default runtime is ONNX: with an ensemble, no worker maps torch's libraries either."""
+    from .helpers import gunicorn_workers
+
+    assert ensemble_server.post({"instances": [instance()]}).status_code == 200
+    workers = gunicorn_workers(ensemble_server.process.pid)
+    assert workers
+    for pid in workers:
+        assert "libtorch_cpu" not in Path(f"/proc/{pid}/maps").read_text(), pid
+    assert "inference runtime: onnx (" in ensemble_server.output(None)
+
+
+def test_batch_transform_of_an_ensemble_keeps_one_line_per_input_line(ensemble_job):
+    opt_ml, _, _ = ensemble_job
+    config = json.dumps({"num_samples": 50, "output_types": ["mean", "quantiles"], "quantiles": ["0.5"]})
+    with running_server(
+        opt_ml.root, SAGEMAKER_BATCH="true", DEEPAR_INFERENCE_CONFIG=config, DEEPAR_FORWARD_FIELDS="item_id"
+    ) as server:
+        lines = [json.dumps(instance(30 + i, item_id=f"s{i}")) for i in range(5)]
+        lines[1] = '{"start": "2024-01-01", "target": [1, "bad"], "item_id": "s1"}'
+        lines[3] = json.dumps({**instance(), "target": [None] * 39 + [3.0], "item_id": "s3"})  # members fail: DeepAR
+        r = server.post("\n".join(lines) + "\n", content_type="application/jsonlines")
+    assert r.status_code == 200, r.text
+    out = [json.loads(line) for line in r.text.splitlines()]
+    assert len(out) == 5 and out[1]["error"].startswith("line 2: target[1]")
+    assert [o.get("item_id") for o in out] == ["s0", None, "s2", "s3", "s4"]
+    assert all(set(o) == {"item_id", "mean", "quantiles"} for i, o in enumerate(out) if i != 1)
+
+
+def test_multi_model_endpoint_serves_an_ensemble_beside_a_deepar_model(ensemble_job, torch_model, tmp_path):
+    import shutil
+
+    import requests
+
+    opt_ml, _, _ = ensemble_job
+    shutil.copytree(opt_ml.root / "model", tmp_path / "models" / "ens" / "model")
+    shutil.copytree(torch_model / "model", tmp_path / "models" / "plain" / "model")
+    with running_server(tmp_path, SAGEMAKER_MULTI_MODEL="true", SAGEMAKER_MODEL_SERVER_WORKERS="1") as server:
+        for name in ("ens", "plain"):
+            url = str(tmp_path / "models" / name / "model")
+            loaded = requests.post(server.url + "/models", json={"model_name": name, "url": url}, timeout=120)
+            assert loaded.status_code == 200, loaded.text
+        plain = {"start": "2024-01-01 00:00:00", "target": [5.0, 4.0, 6.0] * 10}
+        for name, record in (("ens", instance()), ("plain", plain)):  # the ensemble's DeepAR has cat, dynamic_feat
+            r = requests.post(
+                f"{server.url}/models/{name}/invoke",
+                data=json.dumps({"instances": [record]}),
+                headers={"Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": f"{name}.tar.gz"},
+                timeout=120,
+            )
+            assert r.status_code == 200, r.text
+            assert len(r.json()["predictions"][0]["mean"]) == PL
+        assert server.output(None).count("forecaster: ensemble of") == 1  # only the ensemble model wraps
+
+
+@pytest.mark.parametrize("mode", ["async", "serverless"])
+def test_hosting_modes_serve_an_ensemble(ensemble_job, mode):
+    opt_ml, _, _ = ensemble_job
+    with running_server(opt_ml.root, DEEPAR_HOSTING_MODE=mode) as server:
+        body = "\n".join(json.dumps(instance(30 + i)) for i in range(3)) + "\n"
+        r = server.post(body, content_type="application/jsonlines", Accept="application/jsonlines")
+        assert r.status_code == 200, r.text
+        assert len(r.text.splitlines()) == 3
+        assert "forecaster: ensemble of" in server.output(None)
+
+
+def test_in_function_forecaster_refuses_an_ensemble_model_naming_the_endpoint_route(ensemble_job, tmp_path):
+    import tarfile
+
+    from serverless.handlers import forecasting
+
+    opt_ml, _, _ = ensemble_job
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in (opt_ml.root / "model").iterdir():
+            tar.add(path, arcname=path.name)
+    forecaster = forecasting.InFunctionForecaster(str(archive))
+    forecasting_cache = tmp_path / "cache"
+    import os
+
+    os.environ["FORECAST_MODEL_CACHE"] = str(forecasting_cache)
+    try:
+        with pytest.raises(forecasting.EnsembleNotInFunction, match="FORECAST_ENDPOINT"):
+            forecaster.forecast([{"start": "2024-01-01 00:00:00", "target": [1.0] * 30}])
+    finally:
+        os.environ.pop("FORECAST_MODEL_CACHE")
