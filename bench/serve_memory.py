@@ -51,9 +51,9 @@ def main() -> None:
         entries = [parse_instance(i, model, "").entry for i in instances]
         model.sample(entries[:1], 2)  # warm-up, as the server does
         print(f"loaded: RSS {rss_mb():.0f} MB, peak {peak_mb():.0f} MB")
-        fast = model.sampler.fast_sampler
+        fast = model.engine.network.fast_sampler
         for name, sampler in (("fast loop", fast), ("GluonTS forward", None)):
-            model.sampler.fast_sampler = sampler
+            model.engine.network.fast_sampler = sampler
             start = time.perf_counter()
             model.sample(entries, 100)
             print(

@@ -111,7 +111,7 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     torch.set_num_threads(1)
 
     model = Model.load(model_dir, runtime="torch")
-    fast = model.sampler.fast_sampler
+    fast = model.engine.network.fast_sampler
     cfg = InferenceConfig(
         num_samples=100,
         output_types=("mean", "quantiles"),
@@ -125,7 +125,7 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
         rounds = 5
         for _ in range(rounds):  # interleaved slices: noise on a shared machine hits both alike
             for name in results:
-                model.sampler.fast_sampler = fast if name == "ours" else None
+                model.engine.network.fast_sampler = fast if name == "ours" else None
                 model.sample([parse_instance(i, model, "").entry for i in body["instances"]], 100)  # warm-up
                 start = time.perf_counter()
                 while time.perf_counter() - start < seconds / rounds:
@@ -133,15 +133,15 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
                     predictions(model.sample(entries, 100), cfg, [])
                     totals[name][0] += 1
                 totals[name][1] += time.perf_counter() - start
-        flops = network_flops(model.sampler.model, n, 100)
+        flops = network_flops(model.engine.network.model, n, 100)
         for name, (calls, elapsed) in totals.items():
             results[name][n] = {
                 "calls_per_s": calls / elapsed,
                 "series_per_s": calls * n / elapsed,
                 "gflops": calls * flops / elapsed / 1e9,
             }
-    model.sampler.fast_sampler = fast
-    results["flops_per_series"] = network_flops(model.sampler.model, 1, 100)
+    model.engine.network.fast_sampler = fast
+    results["flops_per_series"] = network_flops(model.engine.network.model, 1, 100)
     return results
 
 

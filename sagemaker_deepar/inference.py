@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import orjson
 
-from . import contract
+from . import contract, runtimes
 from .contract import (  # noqa: F401 - the request contract, re-exported for the server's modules
     DEFAULT_QUANTILES,
     MAX_ABS_VALUE,
@@ -30,8 +30,8 @@ from .contract import (  # noqa: F401 - the request contract, re-exported for th
     predictions,
 )
 from .data import RecordError, parse_record
-from .errors import UserError
-from .paths import PREDICTOR_DIR
+from .errors import RequestError, UserError  # noqa: F401 - RequestError: re-exported for the server's modules
+from .runtimes import INFERENCE_RUNTIMES, Runtime  # noqa: F401 - INFERENCE_RUNTIMES: re-exported
 
 log = logging.getLogger(__name__)
 
@@ -40,139 +40,54 @@ log = logging.getLogger(__name__)
 MAX_FLOAT_CHARS = 15
 
 
-class RequestError(UserError):
-    """A bad request: answered with 4xx and this message."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
 # ---------------------------------------------------------------- model
-
-
-INFERENCE_RUNTIMES = ("onnx", "torch")
 
 
 @dataclass
 class Model:
-    sampler: Any  # OnnxForecaster (onnx), TorchDeepAR (torch) or a GluonTS predictor (mxnet)
+    """A loaded model: what it was trained with (its metadata) and the runtime that draws its samples."""
+
+    engine: Runtime  # runtimes/: onnx, torch or mxnet (or a forecaster wrapping one)
     metadata: dict
     freq: str
     prediction_length: int
     cardinality: list[int]
     num_dynamic_feat: int
     backend: str
-    runtime: str = "torch"  # what draws the samples: "onnx", "torch" or "mxnet"
-    rng: Optional[np.random.Generator] = None  # the ONNX runtime's draws (numpy); seeded from the OS per load
-    ensemble: Any = None  # an EnsembleForecaster around this model's DeepAR (forecaster=ensemble artifacts)
 
     @classmethod
     def load(
         cls, model_dir: Path, max_batch_series: int = 256, runtime: str = "onnx", threads: Optional[int] = None
     ) -> "Model":
-        """A torch model is served by its ONNX network when ``runtime`` is "onnx" and the artifact has one
-        (``network.onnx``, exported at training); ``runtime="torch"``, a model without it and mxnet models
-        keep GluonTS's network. ``threads``: intra-op threads of the runtime (None: leave its default)."""
-        if runtime not in INFERENCE_RUNTIMES:
-            raise ValueError(f"inference runtime {runtime!r} must be one of {', '.join(INFERENCE_RUNTIMES)}")
+        """``runtime``: the preferred one (DEEPAR_INFERENCE_RUNTIME); the seam falls back when it cannot
+        serve this artifact (``runtimes.load``). ``threads``: intra-op threads of the runtime (None: its default)."""
         artifact = ModelArtifact.read(model_dir)
-        rng, no_onnx = None, None
-        sampler: Any = None
-        onnx_file = (artifact.onnx or {}).get("file") if artifact.backend == "torch" else None
-        if onnx_file and runtime == "onnx":
-            from .onnx_forecast import OnnxForecaster
-
-            try:
-                sampler = OnnxForecaster.load(model_dir, threads=threads or 0)
-            except Exception as failure:  # e.g. a damaged file: the torch network in the same artifact still serves
-                no_onnx = f"{onnx_file} did not load ({type(failure).__name__}: {failure})".splitlines()[0][:500]
-                log.warning("%s; serving with torch instead", no_onnx)
-            else:
-                rng = np.random.default_rng()
-                served_by, why = "onnx", f"{onnx_file} with onnxruntime"
-        if sampler is None and artifact.backend == "torch":
-            import torch
-
-            from .torch_serving import TorchDeepAR
-
-            if threads:
-                torch.set_num_threads(threads)
-            sampler = TorchDeepAR(model_dir / PREDICTOR_DIR, batch_size=max_batch_series)
-            served_by = "torch"
-            if runtime == "torch":
-                why = "DEEPAR_INFERENCE_RUNTIME=torch"
-            else:
-                why = no_onnx or "no ONNX network: " + (artifact.onnx or {}).get(
-                    "reason", "trained before the ONNX export existed"
-                )
-        elif sampler is None:
-            from gluonts.model.predictor import Predictor
-
-            sampler = Predictor.deserialize(model_dir / PREDICTOR_DIR)
-            sampler.batch_size = max_batch_series  # one forward pass for a whole request or batch
-            served_by, why = "mxnet", "GluonTS's mxnet predictor"
-        log.info("inference runtime: %s (%s)", served_by, why)
-        model = cls(
-            sampler=sampler,
+        options = runtimes.LoadOptions(preferred=runtime, max_batch_series=max_batch_series, threads=threads)
+        return cls(
+            engine=runtimes.load(model_dir, options, artifact),
             metadata=artifact.to_dict(),
             freq=artifact.freq,
             prediction_length=artifact.prediction_length,
             cardinality=list(artifact.cardinality),
             num_dynamic_feat=artifact.num_dynamic_feat,
             backend=artifact.backend,
-            runtime=served_by,
-            rng=rng,
         )
-        if artifact.forecaster == "ensemble":
-            from .ensemble.forecaster import EnsembleForecaster
 
-            model.ensemble = EnsembleForecaster(artifact, model.deepar_sample)
-            log.info("forecaster: ensemble of %s", ", ".join(f"{n} {w:.2f}" for n, w in model.ensemble.weights.items()))
-        return model
+    @property
+    def runtime(self) -> str:
+        """What draws the samples: "onnx", "torch" or "mxnet"."""
+        return self.engine.name
 
     @property
     def features(self) -> FeatureSpec:
         return FeatureSpec(cardinality=tuple(self.cardinality), num_dynamic_feat=self.num_dynamic_feat)
 
     def sample(self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-        """Sample paths of the served forecaster (the ensemble's, or DeepAR's), (series, num_samples, steps)."""
-        if self.ensemble is not None:
-            return self.ensemble.sample(entries, num_samples, rng)
-        return self.deepar_sample(entries, num_samples, rng)
-
-    def deepar_sample(
-        self, entries: list[dict], num_samples: int, rng: Optional[np.random.Generator] = None
-    ) -> np.ndarray:
         """Sample paths, shape (series, num_samples, prediction_length), batched over all entries.
 
-        ``rng``: a seeded request's own generator (``configuration.seed``); None draws from the model's
-        (ONNX) or the library's (torch) stream. The torch runtime seeds torch's generator from it, inside a
-        forked RNG state so that unseeded requests keep their fresh stream.
+        ``rng``: a seeded request's own generator (``configuration.seed``); None draws from the runtime's stream.
         """
-        if rng is not None and self.runtime == "torch":
-            import torch
-
-            with torch.random.fork_rng():
-                torch.manual_seed(int(rng.integers(2**63 - 1)))
-                return self.deepar_sample(entries, num_samples)
-        if rng is not None and self.runtime == "mxnet":
-            raise RequestError("configuration.seed: reproducible forecasts need a torch model (this one is mxnet)")
-        if self.runtime == "onnx":
-            series = [
-                self.sampler.series(
-                    entry["start"].start_time.to_datetime64(),  # a pandas Period (data.parse_start)
-                    entry["target"],
-                    entry.get("feat_static_cat"),
-                    entry.get("feat_dynamic_real"),
-                )
-                for entry in entries
-            ]
-            return self.sampler.sample(series, num_samples, rng or self.rng)
-        if self.runtime == "torch":
-            return self.sampler.sample(entries, num_samples)
-        forecasts = self.sampler.predict(entries, num_samples=num_samples)  # mxnet draws 100 per pass, then trims
-        return np.stack([f.samples[:num_samples] for f in forecasts]).astype(np.float32, copy=False)
+        return self.engine.sample(entries, num_samples, rng)
 
 
 # ---------------------------------------------------------------- requests

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from . import runtimes
 from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, decode_json, encode
@@ -29,6 +30,7 @@ from .server import (
     forecast_response,
     install_drain_on_sigterm,
     install_error_handlers,
+    load_options,
     warm_up,
 )
 from .server_config import ServerConfig
@@ -69,28 +71,10 @@ class MultiModelState(WorkerReadiness):
         threading.Thread(target=self._prepare, name="deepar-mme-prepare", daemon=True).start()
 
     def _prepare(self) -> None:
-        if self.config.inference_runtime == "onnx":
-            # What loading a model with an ONNX network imports; one without it (mxnet, or trained before the
-            # export) imports torch or mxnet on its first load instead of delaying every worker's start.
-            import onnxruntime  # noqa: F401
-
-            from . import onnx_forecast  # noqa: F401
-
-            self.mark_ready()
-            return
-        import torch
-
-        torch.set_num_threads(self.config.inference_threads)
-        # What a torch model's first load would otherwise import (seconds): a cold invoke pays only its model.
-        # The DeepAR module first, as TorchDeepAR does, so that gluonts.torch's __init__ (Lightning) never runs.
-        from .torch_serving import import_deepar_module
-
-        import_deepar_module()
-        from gluonts.core import serde  # noqa: F401
-        from gluonts.dataset.loader import InferenceDataLoader  # noqa: F401
-        from gluonts.torch.batchify import batchify  # noqa: F401
-        from gluonts.transform import SelectFields  # noqa: F401
-
+        # What loading a model with the preferred runtime imports (seconds for torch): a cold invoke then pays
+        # only its model. A model that runtime cannot serve (mxnet, or trained before the ONNX export) imports
+        # its own on its first load instead of delaying every worker's start.
+        runtimes.prepare(self.config.inference_runtime, load_options(self.config))
         self.mark_ready()
 
     def drain(self) -> None:

@@ -20,6 +20,7 @@ from typing import IO, Any, Iterator, Optional, Protocol
 from flask import Flask, Response, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
+from . import runtimes
 from .batcher import Batcher
 from .errors import UserError
 from .inference import Model, RequestError, bounded_lines, encode, parse_instance
@@ -40,22 +41,19 @@ SPOOL_IN_MEMORY_BYTES = 2**20
 _preloaded: Optional[Model] = None
 
 
-def served_by_onnx(config: ServerConfig, artifact: Any) -> bool:
-    """Whether Model.load will serve this artifact with its ONNX network (then nothing imports torch)."""
-    return (
-        config.inference_runtime == "onnx" and artifact.backend == "torch" and bool((artifact.onnx or {}).get("file"))
-    )
+def load_options(config: ServerConfig) -> runtimes.LoadOptions:
+    return runtimes.LoadOptions(config.inference_runtime, config.max_batch_series, config.inference_threads)
 
 
 def preload_model(config: ServerConfig) -> None:
     """In the gunicorn master, before forking: what every worker needs, loaded once in shared pages.
 
-    An ONNX-served model: only the imports (onnxruntime, the numpy sampler); each worker creates its own
-    onnxruntime session after the fork (milliseconds), since a session's thread pools and allocator are
-    not documented as fork-safe, and draws with its own random generator. A torch-served model: torch,
-    GluonTS and the model itself, with one warm-up draw on one intra-op thread, where no OpenMP thread
-    pool exists to be broken by fork (the workers draw again anyway). mxnet: nothing, since its engine
-    threads do not survive fork, so each worker loads it.
+    The runtime the workers will choose (``runtimes.choose``) imports its libraries here; a runtime whose
+    loaded model survives fork (``LOAD_BEFORE_FORK``: torch) also loads the model, with one warm-up draw on
+    one intra-op thread, where no OpenMP thread pool exists to be broken by fork (the workers draw again
+    anyway). ONNX: each worker creates its own onnxruntime session after the fork (milliseconds), since a
+    session's thread pools and allocator are not documented as fork-safe. mxnet: its engine threads do not
+    survive fork, so each worker loads it.
     """
     global _preloaded
     from .contract import ModelArtifact
@@ -64,19 +62,13 @@ def preload_model(config: ServerConfig) -> None:
         return
     model_dir = artifact_dir(config)
     artifact = ModelArtifact.read(model_dir)
+    options = load_options(config)
     started = time.perf_counter()
-    if served_by_onnx(config, artifact):
-        import onnxruntime  # noqa: F401
-
-        from . import onnx_forecast  # noqa: F401
-
-        log.info("onnxruntime imported in the gunicorn master in %.2f s", time.perf_counter() - started)
+    name = runtimes.choose(model_dir, artifact, options)
+    runtimes.prepare(name, options)
+    if not runtimes.runtime_module(name).LOAD_BEFORE_FORK:
+        log.info("%s runtime imported in the gunicorn master in %.2f s", name, time.perf_counter() - started)
         return
-    if artifact.backend != "torch":
-        return
-    import torch
-
-    torch.set_num_threads(config.inference_threads)
     model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
     if config.inference_threads == 1:
         warm_up(model)
@@ -171,7 +163,8 @@ def warm_up(model: Model) -> None:
         entry["cat"] = [0] * len(model.cardinality)
     if model.num_dynamic_feat:
         entry["dynamic_feat"] = [[0.0] * (3 + model.prediction_length)] * model.num_dynamic_feat
-    model.sample([parse_instance(entry, model, "warm-up: ").entry], 2)
+    parse_instance(entry, model, "warm-up: ")  # the request path's lazy state (pandas' offsets, ...)
+    model.engine.prewarm()  # the runtime's: a session's first run, torch's first pass
 
 
 def ready_workers(folder: Path) -> int:

@@ -122,13 +122,13 @@ def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(
     requests = sample_requests()
     served = Model.load(sample_model)  # the server's default runtime
     assert served.runtime == "onnx"
-    forecaster = served.sampler
+    forecaster = served.engine.forecaster
     series = [forecaster.parse_instance(r, "") for r in requests]
     entries = [parse_instance(r, served, "").entry for r in requests]
 
     def distances() -> tuple[float, float]:
         function = forecaster.sample(series, NUM_SAMPLES, np.random.default_rng(0))
-        served.rng = np.random.default_rng(0)
+        served.engine.rng = np.random.default_rng(0)
         return torch_reference.distance(function).max(), torch_reference.distance(
             served.sample(entries, NUM_SAMPLES)
         ).max()
