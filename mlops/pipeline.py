@@ -47,6 +47,7 @@ class PipelineSettings:
     num_batches_per_epoch: int = 50
     num_cells: int = 40
     num_layers: int = 2
+    forecaster: str = "deepar"  # or "ensemble" (docs/ensemble.md): Evaluate and the gate then score the ensemble
     threshold_parameter: str = registry.DEFAULT_THRESHOLD_PARAMETER
     model_package_group: str = registry.DEFAULT_GROUP
 
@@ -97,6 +98,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     batches = ParameterInteger("NumBatchesPerEpoch", default_value=defaults.num_batches_per_epoch)
     num_cells = ParameterInteger("NumCells", default_value=defaults.num_cells)
     num_layers = ParameterInteger("NumLayers", default_value=defaults.num_layers)
+    forecaster = ParameterString("Forecaster", default_value=defaults.forecaster, enum_values=["deepar", "ensemble"])
     # The bar lives in SSM; whoever starts an execution reads it (mlops.build.read_threshold, execution_parameters) and
     # passes it here, and its name travels along so the Fail message and the metrics say where it is.
     threshold = ParameterFloat("AccuracyThreshold", default_value=defaults.threshold)
@@ -109,7 +111,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     }  # fmt: skip
     parameters = [
         lake, image, instance_type, transform_type, processing_type, time_freq, prediction_length,
-        context_length, epochs, batches, num_cells, num_layers, threshold, threshold_parameter, group,
+        context_length, epochs, batches, num_cells, num_layers, forecaster, threshold, threshold_parameter, group,
     ]  # fmt: skip
 
     root = defaults.output_uri.rstrip("/")
@@ -161,6 +163,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
             "num_batches_per_epoch": batches,
             "num_cells": num_cells,
             "num_layers": num_layers,
+            "forecaster": forecaster,
         },
         environment=dict(defaults.training_environment) or None,
         sagemaker_session=session,

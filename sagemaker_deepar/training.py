@@ -315,12 +315,21 @@ def run(paths: SageMakerPaths) -> None:
         patience=params.early_stopping_patience,
         stop_requested=stop.requested,
     )
+    # The members' fits beside the network's training (the leader's job: it scores and writes the model).
+    local_runs = ensemble_job.start_local_runs(
+        params, windows if cluster.is_leader else [], test.entries if test and cluster.is_leader else None
+    )
     stop.phase = "training"
     training_started = time.perf_counter()
-    predictor = backends.train(
-        params, spec, entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
-    )
+    try:
+        predictor = backends.train(
+            params, spec, entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
+        )
+    except BaseException:  # the job ends: its background members must not hold it open
+        local_runs.close()
+        raise
     if session and not cluster.is_leader:  # the leader scores and writes the model; this host waits for it
+        local_runs.close()
         stop.phase = "waiting for the leader"
         session.wait_for_leader()
         return
@@ -330,6 +339,7 @@ def run(paths: SageMakerPaths) -> None:
     deepar_test_metrics = None
     outcome = None
     if stop.requested.is_set():
+        local_runs.close()
         log.warning(
             "stopped by SIGTERM after %d epoch(s) (%d batches): saving the best model so far, skipping test "
             "scoring; a restart with the same checkpoint folder resumes training",
@@ -342,7 +352,13 @@ def run(paths: SageMakerPaths) -> None:
             if test is not None and params.forecaster == "deepar":
                 deepar_test_metrics = test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
             outcome = ensemble_job.score_members(
-                params, predictor, windows, test.entries if test else None, training_seconds, deepar_test_metrics
+                params,
+                predictor,
+                windows,
+                test.entries if test else None,
+                local_runs,
+                training_seconds,
+                deepar_test_metrics,
             )
             if outcome.test_metrics is not None and test is not None:  # the served ensemble's
                 test_metrics = outcome.test_metrics
@@ -356,6 +372,7 @@ def run(paths: SageMakerPaths) -> None:
             if test_metrics is not None:
                 metric_logger.test_scores(test_metrics, params.test_quantiles)
         except ScoringInterrupted:
+            local_runs.close()
             log.warning("stopped by SIGTERM during test scoring: skipping it, saving the trained model")
     if params.forecaster == "ensemble" and outcome is None:
         log.warning("stopped before the members were scored: the ensemble is served with DeepAR alone")

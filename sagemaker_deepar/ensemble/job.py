@@ -20,7 +20,7 @@ import numpy as np
 
 from ..hyperparameters import DeepARHyperparameters
 from . import combine
-from .backtest import MemberRun, Window, evaluate, run_deepar, run_local, test_windows, training_view
+from .backtest import MAX_BACKTEST_SERIES, MemberRun, Window, as_forecasts, evaluate, run_deepar, run_local, test_windows, training_view
 from .backtest import validation_windows as carve_windows
 from .leaderboard import Row
 from .members import DEEPAR, MEMBERS, LocalMember, local_members
@@ -38,13 +38,13 @@ def min_history(params: DeepARHyperparameters) -> int:
 
 
 def prepare(params: DeepARHyperparameters, entries: Sequence[dict[str, Any]]) -> list[Window]:
-    """The validation windows, carved before any epoch (a ClientError now when forecaster=ensemble has none)."""
-    if params.backtest_windows == 0:
-        log.info("backtest_windows=0: no validation windows, the leaderboard has test scores only")
+    """The validation windows, carved before any epoch (a ClientError now when forecaster=ensemble has none).
+
+    forecaster=deepar carves none: its network trains on the validation region, so no score there would compare
+    with the members'; its leaderboard compares everyone on the test channel instead."""
+    if params.forecaster != ENSEMBLE:
         return []
-    return carve_windows(
-        entries, params.prediction_length, params.backtest_windows, min_history(params), params.forecaster == ENSEMBLE
-    )
+    return carve_windows(entries, params.prediction_length, params.backtest_windows, min_history(params), True)
 
 
 def deepar_entries(params: DeepARHyperparameters, entries: list[dict[str, Any]], windows: Sequence[Window]) -> list:
@@ -57,6 +57,73 @@ def deepar_entries(params: DeepARHyperparameters, entries: list[dict[str, Any]],
         len(windows),
     )
     return training_view(entries, windows)
+
+
+def local_runs(
+    time_freq: str, prediction_length: int, seed: Optional[int], windows: Sequence[Window], tests: Sequence[Window]
+) -> tuple[dict[str, MemberRun], dict[str, MemberRun]]:
+    """Every local member on the validation windows and on the test windows: (validation runs, test runs)."""
+    rng = np.random.default_rng(seed)
+    locals_ = local_members(time_freq)
+    validation = {m.name: run_local(m, windows, prediction_length, rng) for m in locals_} if windows else {}
+    test = {m.name: run_local(m, tests, prediction_length, rng) for m in locals_} if tests else {}
+    return validation, test
+
+
+class BackgroundLocalRuns:
+    """``local_runs`` in one spawned process while DeepAR trains: the members' fits cost little wall time where
+    the network leaves a core idle (small batches), and nothing when they fail to start (then they run here).
+
+    Spawned, not forked: the parent has torch's thread pools; the child imports only numpy, statsforecast
+    and GluonTS's NPTS."""
+
+    def __init__(self, params: DeepARHyperparameters, windows: Sequence[Window], tests: Sequence[Window]):
+        self.args = (params.time_freq, params.prediction_length, params.seed, list(windows), list(tests))
+        self.pool: Any = None
+        self.future: Any = None
+        if not windows and not tests:
+            return
+        try:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self.future = self.pool.submit(local_runs, *self.args)
+        except Exception as error:  # e.g. no /dev/shm: the same work runs in this process after training
+            log.warning("the members' backtests could not start beside training (%s): they run after it", error)
+            self.pool = self.future = None
+
+    def result(self) -> tuple[dict[str, MemberRun], dict[str, MemberRun]]:
+        started = time.perf_counter()
+        try:
+            if self.future is not None:
+                runs = self.future.result()
+                waited = time.perf_counter() - started
+                log.info("the local members' forecasts ran beside training; %.1f s waited for them after it", waited)
+                return runs
+        except Exception as error:
+            log.warning("the members' backtest process failed (%s): running them here", error)
+        finally:
+            self.close()
+        return local_runs(*self.args)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for process in list(getattr(self.pool, "_processes", {}).values()):  # a job stopped mid-backtest
+                if process.is_alive():
+                    process.terminate()
+            self.pool = None
+
+
+def start_local_runs(
+    params: DeepARHyperparameters, windows: Sequence[Window], test_entries: Optional[Sequence[dict[str, Any]]]
+) -> BackgroundLocalRuns:
+    """Before training: the local members' work that does not depend on the network, in the background."""
+    tests = test_windows(test_entries, params.prediction_length) if test_entries else []
+    if len(tests) > MAX_BACKTEST_SERIES:
+        tests = []  # scored after selection (weighted members only), see score_members
+    return BackgroundLocalRuns(params, windows, tests)
 
 
 @dataclass
@@ -79,25 +146,23 @@ def score_members(
     predictor: Any,
     windows: Sequence[Window],
     test_entries: Optional[Sequence[dict[str, Any]]],
+    local: BackgroundLocalRuns,
     deepar_fit_seconds: float,
     deepar_test_metrics: Optional[dict[str, float]] = None,
 ) -> Outcome:
-    """Every member on the validation windows (and the test channel), the weights, the leaderboard rows.
+    """Every member on the validation windows (forecaster=ensemble) and the test channel, the weights, the
+    leaderboard rows. ``local``: the local members' runs started before training.
 
     ``deepar_test_metrics``: forecaster=deepar's test metrics, computed as today (``training.evaluate_test``).
     """
     levels = list(params.test_quantiles)
     ensemble_mode = params.forecaster == ENSEMBLE
-    rng = np.random.default_rng(params.seed)
     locals_ = {m.name: m for m in local_members(params.time_freq)}
-    validation: dict[str, MemberRun] = {}
+    validation, test_runs = local.result()
     notes: dict[str, str] = {}
-    if windows:
-        for name, member in locals_.items():
-            validation[name] = run_local(member, windows, params.prediction_length, rng)
-        if ensemble_mode:
-            validation[DEEPAR] = run_deepar(predictor, windows, params.num_eval_samples)
-    if not ensemble_mode:
+    if ensemble_mode:
+        validation[DEEPAR] = run_deepar(predictor, windows, params.num_eval_samples)
+    else:
         notes[DEEPAR] = "no validation score: forecaster=deepar trains on the validation region"
     for name, run in validation.items():
         if not run.complete:
@@ -105,13 +170,13 @@ def score_members(
             log.warning("member %s: %s; it gets weight 0 in this job", name, run.failure)
     val_scores = {name: _score(windows, run, levels) for name, run in validation.items()}
     if ensemble_mode:
-        candidates = {name: validation[name].quantiles for name in MEMBERS if name in validation and val_scores[name]}
+        candidates = {name: validation[name].quantiles for name in MEMBERS if val_scores.get(name)}
         if not candidates:
             raise RuntimeError("every ensemble member failed on the validation windows")  # DeepAR never fails here
         truth = np.stack([w.truth for w in windows])
-        weights, losses = greedy_weights(candidates, truth, levels)
+        chosen, losses = greedy_weights(candidates, truth, levels)
         log.info("greedy ensemble selection: validation mean_wQuantileLoss by round %s", [round(x, 4) for x in losses])
-        weights = {name: weights.get(name, 0.0) for name in MEMBERS}
+        weights = {name: chosen.get(name, 0.0) for name in MEMBERS}
     else:
         weights = {name: (1.0 if name == DEEPAR else 0.0) for name in MEMBERS}
 
@@ -119,15 +184,15 @@ def score_members(
     outcome_metrics, outcome_forecasts = None, []
     if test_entries:
         tests = test_windows(test_entries, params.prediction_length)
-        runs: dict[str, MemberRun] = {}
-        for name, member in locals_.items():
-            if weights[name] > 0 or len(tests) <= 200:
-                runs[name] = run_local(member, tests, params.prediction_length, rng)
-            else:
-                notes.setdefault(name, "not scored on the test channel (weight 0, more than 200 test series)")
+        if not test_runs:  # more test series than the backtests take: the weighted local members only, now
+            for name, member in locals_.items():
+                if ensemble_mode and weights[name] > 0:
+                    test_runs[name] = run_local(member, tests, params.prediction_length, np.random.default_rng(params.seed))
+                else:
+                    notes.setdefault(name, f"not scored on the test channel (more than {MAX_BACKTEST_SERIES} series)")
         if ensemble_mode:
-            runs[DEEPAR] = run_deepar(predictor, tests, params.num_eval_samples)
-        for name, run in runs.items():
+            test_runs[DEEPAR] = run_deepar(predictor, tests, params.num_eval_samples)
+        for name, run in test_runs.items():
             test_scores[name] = evaluate(tests, run.quantiles, levels) if run.complete else None
             if not run.complete:
                 notes.setdefault(name, f"test channel: {run.failure}")
@@ -135,7 +200,7 @@ def score_members(
             test_scores[DEEPAR] = deepar_test_metrics
         else:
             used = [name for name in MEMBERS if weights[name] > 0]
-            stacked = np.stack([runs[name].quantiles for name in used])
+            stacked = np.stack([test_runs[name].quantiles for name in used])
             combined, available = combine.weighted_average_available(stacked, [weights[n] for n in used])
             fell_back = np.flatnonzero(~available.all(axis=1))
             if len(fell_back):
@@ -144,15 +209,14 @@ def score_members(
                     len(fell_back),
                     int(tests[fell_back[0]].series),
                 )
+            alone = np.flatnonzero(~available.any(axis=1))
+            if len(alone):  # every weighted member failed there: DeepAR answers, as the server does
+                combined[alone] = run_deepar(predictor, [tests[i] for i in alone], params.num_eval_samples).quantiles
             outcome_metrics = evaluate(tests, combined, levels)
-            from .backtest import as_forecasts
-
             outcome_forecasts = as_forecasts(tests, combined, levels)
 
     rows = []
     for name in MEMBERS:
-        if name != DEEPAR and name not in locals_:
-            continue
         val = val_scores.get(name)
         test = test_scores.get(name)
         run = validation.get(name)
@@ -163,7 +227,7 @@ def score_members(
                 validation_mean_wQuantileLoss=val["mean_wQuantileLoss"] if val else None,
                 test_mean_wQuantileLoss=test["mean_wQuantileLoss"] if test else None,
                 test_RMSE=test["RMSE"] if test else None,
-                fit_seconds=deepar_fit_seconds if name == DEEPAR else 0.0,
+                fit_seconds=round(deepar_fit_seconds, 3) if name == DEEPAR else 0.0,
                 predict_seconds=run.seconds if run else None,
                 validation_windows=len(windows) if val else 0,
                 served=not ensemble_mode and name == DEEPAR,
@@ -172,12 +236,11 @@ def score_members(
         )
     artifact_ensemble = None
     if ensemble_mode:
-        ensemble_val = _ensemble_validation(validation, weights, windows, levels)
         rows.append(
             Row(
                 member=ENSEMBLE,
                 weight=None,
-                validation_mean_wQuantileLoss=ensemble_val,
+                validation_mean_wQuantileLoss=_ensemble_validation(validation, weights, windows, levels),
                 test_mean_wQuantileLoss=outcome_metrics["mean_wQuantileLoss"] if outcome_metrics else None,
                 test_RMSE=outcome_metrics["RMSE"] if outcome_metrics else None,
                 validation_windows=len(windows),

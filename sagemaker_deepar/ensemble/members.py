@@ -36,7 +36,7 @@ MAX_HISTORY = 200
 # statsforecast's ETS takes seasons up to 24; longer ones (weekly data's 52) fall back to no season.
 MAX_SEASON = 24
 # Cycles per time unit: minutes repeat hourly, hours daily, days weekly, months yearly.
-_CYCLE = {"min": 60, "h": 24, "D": 7, "W": 1, "M": 12}
+_CYCLE = {"min": 60, "h": 24, "H": 24, "D": 7, "W": 1, "M": 12}
 NPTS_SAMPLES = 200
 
 
