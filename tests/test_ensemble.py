@@ -32,7 +32,11 @@ def feature_records(n_series: int = 4, n: int = 80) -> list[dict]:
 def train_job(opt_ml: OptMl, records: list[dict], with_test: bool = True, **hyperparameters) -> None:
     opt_ml.hyperparameters(test_quantiles=json.dumps(QUANTILES), **hyperparameters)
     train = [
-        {**r, "target": r["target"][:-PL], **({"dynamic_feat": [row[:-PL] for row in r["dynamic_feat"]]} if "dynamic_feat" in r else {})}
+        {
+            **r,
+            "target": r["target"][:-PL],
+            **({"dynamic_feat": [row[:-PL] for row in r["dynamic_feat"]]} if "dynamic_feat" in r else {}),
+        }
         for r in records
     ]
     opt_ml.channel("train", train)
@@ -46,9 +50,7 @@ def leaderboard(opt_ml: OptMl) -> list[dict]:
 
 
 def metric_lines(stdout: str) -> dict[str, list[float]]:
-    return {
-        d["Name"]: [float(m.group(1)) for m in re.finditer(d["Regex"], stdout)] for d in METRIC_DEFINITIONS
-    }
+    return {d["Name"]: [float(m.group(1)) for m in re.finditer(d["Regex"], stdout)] for d in METRIC_DEFINITIONS}
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +201,15 @@ def test_served_ensemble_seeded_requests_repeat(ensemble_server):
 def test_served_ensemble_batch_lines_one_answer_per_line(ensemble_server):
     lines = [json.dumps(instance(30 + i)) for i in range(4)]
     lines[2] = '{"start": "2024-01-01", "target": [1, "bad"]}'
-    r = ensemble_server.post("\n".join(lines) + "\n", content_type="application/jsonlines", Accept="application/jsonlines")
+    r = ensemble_server.post(
+        "\n".join(lines) + "\n", content_type="application/jsonlines", Accept="application/jsonlines"
+    )
     # The real-time server answers a bad line of a JSON Lines request as a 400 naming it.
     assert r.status_code == 400 and r.json()["error"].startswith("line 3: target[1]")
     del lines[2]
-    r = ensemble_server.post("\n".join(lines) + "\n", content_type="application/jsonlines", Accept="application/jsonlines")
+    r = ensemble_server.post(
+        "\n".join(lines) + "\n", content_type="application/jsonlines", Accept="application/jsonlines"
+    )
     assert r.status_code == 200 and len(r.text.splitlines()) == 3
 
 

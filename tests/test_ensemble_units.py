@@ -106,7 +106,9 @@ def test_selection_loss_agrees_with_gluonts_evaluator():
     levels = [0.1, 0.5, 0.9]
     by_evaluator = backtest.evaluate(windows, q, levels)["mean_wQuantileLoss"]
     truth = np.stack([w.truth for w in windows])
-    assert selection.validation_loss(combine.at_levels(q, levels), truth, levels) == pytest.approx(by_evaluator, rel=1e-6)
+    assert selection.validation_loss(combine.at_levels(q, levels), truth, levels) == pytest.approx(
+        by_evaluator, rel=1e-6
+    )
 
 
 # ---------------------------------------------------------------- members and windows
@@ -263,7 +265,9 @@ def test_old_metadata_files_load_as_deepar_and_round_trip(tmp_path: Path):
         "test_metrics": None,
     }
     artifact = ModelArtifact.from_dict(old)
-    assert artifact.forecaster == "deepar" and artifact.ensemble is None and artifact.ensemble_weights == {"deepar": 1.0}
+    assert (
+        artifact.forecaster == "deepar" and artifact.ensemble is None and artifact.ensemble_weights == {"deepar": 1.0}
+    )
     assert artifact.to_dict() == old  # nothing added to an older file
     new = ensemble_artifact({"auto_theta": 0.7, "deepar": 0.3})
     new.write(tmp_path)

@@ -195,4 +195,3 @@ def as_forecasts(windows: Sequence[Window], quantiles: np.ndarray, levels: Seque
         QuantileForecast(np.vstack([at[i], means[i][None]]), start_date=w.history["start"] + w.cut, forecast_keys=keys)
         for i, w in enumerate(windows)
     ]
-

@@ -15,7 +15,7 @@ path is one level across the whole horizon (a coherent scenario).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -42,7 +42,7 @@ def weighted_average(quantiles: FloatArray, weights: Sequence[float]) -> FloatAr
     return np.tensordot(w / w.sum(), monotone(quantiles), axes=1)
 
 
-def at_levels(quantiles: FloatArray, levels: Sequence[float]) -> FloatArray:
+def at_levels(quantiles: FloatArray, levels: Union[Sequence[float], FloatArray]) -> FloatArray:
     """A quantile function (..., GRID levels, steps) read at other ``levels`` (linear; flat beyond the grid)."""
     u = np.clip(np.asarray(levels, dtype=np.float64), GRID[0], GRID[-1])
     upper = np.clip(np.searchsorted(GRID, u, side="left"), 1, len(GRID) - 1)
@@ -57,9 +57,7 @@ def mean(quantiles: FloatArray) -> FloatArray:
     return quantiles.mean(axis=-2)
 
 
-def sample_paths(
-    quantiles: FloatArray, num_samples: int, rng: Optional[np.random.Generator] = None
-) -> np.ndarray:
+def sample_paths(quantiles: FloatArray, num_samples: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
     """(series, levels, steps) -> (series, num_samples, steps) float32 at stratified levels, shuffled."""
     levels = (np.arange(num_samples) + 0.5) / num_samples
     if rng is not None:

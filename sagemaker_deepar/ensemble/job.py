@@ -20,7 +20,17 @@ import numpy as np
 
 from ..hyperparameters import DeepARHyperparameters
 from . import combine
-from .backtest import MAX_BACKTEST_SERIES, MemberRun, Window, as_forecasts, evaluate, run_deepar, run_local, test_windows, training_view
+from .backtest import (
+    MAX_BACKTEST_SERIES,
+    MemberRun,
+    Window,
+    as_forecasts,
+    evaluate,
+    run_deepar,
+    run_local,
+    test_windows,
+    training_view,
+)
 from .backtest import validation_windows as carve_windows
 from .leaderboard import Row
 from .members import DEEPAR, MEMBERS, LocalMember, local_members
@@ -187,7 +197,9 @@ def score_members(
         if not test_runs:  # more test series than the backtests take: the weighted local members only, now
             for name, member in locals_.items():
                 if ensemble_mode and weights[name] > 0:
-                    test_runs[name] = run_local(member, tests, params.prediction_length, np.random.default_rng(params.seed))
+                    test_runs[name] = run_local(
+                        member, tests, params.prediction_length, np.random.default_rng(params.seed)
+                    )
                 else:
                     notes.setdefault(name, f"not scored on the test channel (more than {MAX_BACKTEST_SERIES} series)")
         if ensemble_mode:
@@ -219,7 +231,7 @@ def score_members(
     for name in MEMBERS:
         val = val_scores.get(name)
         test = test_scores.get(name)
-        run = validation.get(name)
+        member_run = validation.get(name)
         rows.append(
             Row(
                 member=name,
@@ -228,7 +240,7 @@ def score_members(
                 test_mean_wQuantileLoss=test["mean_wQuantileLoss"] if test else None,
                 test_RMSE=test["RMSE"] if test else None,
                 fit_seconds=round(deepar_fit_seconds, 3) if name == DEEPAR else 0.0,
-                predict_seconds=run.seconds if run else None,
+                predict_seconds=member_run.seconds if member_run else None,
                 validation_windows=len(windows) if val else 0,
                 served=not ensemble_mode and name == DEEPAR,
                 note=notes.get(name),
@@ -294,5 +306,8 @@ def artifact_fields(params: DeepARHyperparameters, outcome: Optional[Outcome]) -
         return {"forecaster": "deepar"}
     if outcome is None or outcome.ensemble is None:
         weights = {name: float(name == DEEPAR) for name in MEMBERS}
-        return {"forecaster": ENSEMBLE, "ensemble": artifact_section(weights, {m.name: m for m in local_members(params.time_freq)}, params)}
+        return {
+            "forecaster": ENSEMBLE,
+            "ensemble": artifact_section(weights, {m.name: m for m in local_members(params.time_freq)}, params),
+        }
     return {"forecaster": ENSEMBLE, "ensemble": outcome.ensemble}

@@ -38,7 +38,9 @@ def table(rows: Sequence[Row]) -> str:
     def number(value: Optional[float], digits: int = 4) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    header = f"{'member':<15} {'val wQL':>8} {'test wQL':>9} {'test RMSE':>10} {'weight':>7} {'fit s':>7} {'predict s':>9}"
+    header = (
+        f"{'member':<15} {'val wQL':>8} {'test wQL':>9} {'test RMSE':>10} {'weight':>7} {'fit s':>7} {'predict s':>9}"
+    )
     lines = [header]
     for row in rows:
         lines.append(

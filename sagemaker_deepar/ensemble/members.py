@@ -70,7 +70,9 @@ class LocalMember:
     def settings(self) -> dict[str, Any]:
         return {"season_length": self.season_length, "max_history": self.max_history}
 
-    def quantiles(self, history: History, prediction_length: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    def quantiles(
+        self, history: History, prediction_length: int, rng: Optional[np.random.Generator] = None
+    ) -> np.ndarray:
         """(levels at combine.GRID, prediction_length) float64; raises MemberFailure."""
         start, y = prepared(history, self.max_history)
         season = self.season_length if len(y) >= 2 * self.season_length + 1 else 1
@@ -152,6 +154,4 @@ def member_from_settings(name: str, settings: dict[str, Any]) -> LocalMember:
     """A local member as the artifact recorded it (``ModelArtifact.ensemble["members"]``)."""
     if name not in LOCAL_MEMBERS:
         raise ValueError(f"unknown local member {name!r}; known: {', '.join(LOCAL_MEMBERS)}")
-    return LocalMember(
-        name, int(settings.get("season_length", 1)), int(settings.get("max_history", MAX_HISTORY))
-    )
+    return LocalMember(name, int(settings.get("season_length", 1)), int(settings.get("max_history", MAX_HISTORY)))

@@ -69,4 +69,4 @@ class EnsembleRuntime:
         if self.artifact.num_dynamic_feat:
             steps = length + self.artifact.prediction_length
             entry["feat_dynamic_real"] = np.zeros((self.artifact.num_dynamic_feat, steps), dtype=np.float32)
-        return self._with_period(entry)
+        return dict(self._with_period(entry))
