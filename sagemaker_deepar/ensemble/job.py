@@ -110,6 +110,7 @@ class BackgroundLocalRuns:
                 runs = self.future.result()
                 waited = time.perf_counter() - started
                 log.info("the local members' forecasts ran beside training; %.1f s waited for them after it", waited)
+                self.close(finished=True)
                 return runs
         except Exception as error:
             log.warning("the members' backtest process failed (%s): running them here", error)
@@ -117,13 +118,16 @@ class BackgroundLocalRuns:
             self.close()
         return local_runs(*self.args)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            for process in list(getattr(self.pool, "_processes", {}).values()):  # a job stopped mid-backtest
-                if process.is_alive():
-                    process.terminate()
-            self.pool = None
+    def close(self, finished: bool = False) -> None:
+        """Stop the process: it has ``finished`` (an idle worker, joined), or the job ends early (terminated)."""
+        if self.pool is None:
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=finished, cancel_futures=True)
+        for process in processes:  # a job stopped mid-backtest must not wait for the members
+            if process.is_alive():
+                process.terminate()
+        self.pool = None
 
 
 def start_local_runs(
