@@ -12,6 +12,11 @@ With forecaster=deepar the network trains on everything (today's model), so it h
 from __future__ import annotations
 
 import logging
+import os
+import pickle
+import shutil
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -80,54 +85,81 @@ def local_runs(
     return validation, test
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In the members' process: end when the job's process is gone (even SIGKILLed), never outlive it."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _local_runs_to_file(args: tuple, path: str, parent: int) -> None:
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    runs = local_runs(*args)
+    partial = f"{path}.partial"
+    with open(partial, "wb") as out:
+        pickle.dump(runs, out)
+    os.replace(partial, path)
+
+
 class BackgroundLocalRuns:
     """``local_runs`` in one spawned process while DeepAR trains: the members' fits cost little wall time where
-    the network leaves a core idle (small batches), and nothing when they fail to start (then they run here).
+    the network leaves a core idle (small batches). If the process cannot start or fails, the same work runs
+    in this process after training.
 
-    Spawned, not forked: the parent has torch's thread pools; the child imports only numpy, statsforecast
-    and GluonTS's NPTS."""
+    Spawned, not forked: the parent has torch's thread pools; the child imports only numpy, statsforecast and
+    GluonTS's NPTS. A plain daemon process (no executor threads in the job): a job that stops terminates it,
+    and it ends by itself if the job's process disappears."""
 
     def __init__(self, params: DeepARHyperparameters, windows: Sequence[Window], tests: Sequence[Window]):
         self.args = (params.time_freq, params.prediction_length, params.seed, list(windows), list(tests))
-        self.pool: Any = None
-        self.future: Any = None
+        self.process: Any = None
+        self.folder: Optional[str] = None
         if not windows and not tests:
             return
         try:
             import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            self.future = self.pool.submit(local_runs, *self.args)
-        except Exception as error:  # e.g. no /dev/shm: the same work runs in this process after training
+            self.folder = tempfile.mkdtemp(prefix="deepar-members-")
+            self.process = multiprocessing.get_context("spawn").Process(
+                target=_local_runs_to_file,
+                args=(self.args, os.path.join(self.folder, "runs.pickle"), os.getpid()),
+                name="deepar-members",
+                daemon=True,
+            )
+            self.process.start()
+        except Exception as error:  # e.g. no semaphores: the same work runs in this process after training
             log.warning("the members' backtests could not start beside training (%s): they run after it", error)
-            self.pool = self.future = None
+            self.close()
 
     def result(self) -> tuple[dict[str, MemberRun], dict[str, MemberRun]]:
         started = time.perf_counter()
-        try:
-            if self.future is not None:
-                runs = self.future.result()
-                waited = time.perf_counter() - started
-                log.info("the local members' forecasts ran beside training; %.1f s waited for them after it", waited)
-                self.close(finished=True)
+        if self.process is not None and self.folder is not None:
+            self.process.join()
+            path = os.path.join(self.folder, "runs.pickle")
+            if self.process.exitcode == 0 and os.path.exists(path):
+                with open(path, "rb") as source:
+                    runs = pickle.load(source)  # written by our own child process, never input
+                log.info(
+                    "the local members' forecasts ran beside training; %.1f s waited for them after it",
+                    time.perf_counter() - started,
+                )
+                self.close()
                 return runs
-        except Exception as error:
-            log.warning("the members' backtest process failed (%s): running them here", error)
-        finally:
-            self.close()
+            log.warning("the members' process failed (exit code %s): running them here", self.process.exitcode)
+        self.close()
         return local_runs(*self.args)
 
-    def close(self, finished: bool = False) -> None:
-        """Stop the process: it has ``finished`` (an idle worker, joined), or the job ends early (terminated)."""
-        if self.pool is None:
-            return
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=finished, cancel_futures=True)
-        for process in processes:  # a job stopped mid-backtest must not wait for the members
-            if process.is_alive():
-                process.terminate()
-        self.pool = None
+    def close(self) -> None:
+        """Stop the process if it still runs (a job that ends early must not wait for the members); clean up."""
+        if self.process is not None and self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+            if self.process.is_alive():
+                self.process.kill()
+        self.process = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
 
 
 def start_local_runs(
