@@ -29,7 +29,7 @@ HYPERPARAMETERS = json.loads((REPO / "local_test/test_dir/input/config/hyperpara
 
 def prepare(root: Path, forecaster: str, epochs: int) -> None:
     from sagemaker_deepar.contract import split_train_test, write_jsonl
-    from sagemaker_deepar.sample_data import generate
+    from sagemaker_deepar.training.sample_data import generate
 
     records = generate()
     train, test = split_train_test(records, int(HYPERPARAMETERS["prediction_length"]))

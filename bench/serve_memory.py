@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.serve_throughput import request_body, train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,9 @@ def main() -> None:
 
         import torch
 
-        from sagemaker_deepar.inference import Model, parse_instance
         from sagemaker_deepar.logs import quiet_libraries
+        from sagemaker_deepar.runtimes.model import Model
+        from sagemaker_deepar.serving.codec import parse_instance
 
         quiet_libraries()
         torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through `container/train`
 (torch for us, mxnet for the gluonts.shell peer), then measures
   - in-process, single thread, 1-series and 100-series inputs: GluonTS's own `DeepARModel.forward`
-    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.fast_sampler`), with
+    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.runtimes.fast_sampler`), with
     the GFLOP/s each achieves (`fast_sampler.network_flops`) next to the CPU's estimated peak;
   - our server (`container/serve`, default settings unless SAGEMAKER_MODEL_SERVER_WORKERS etc. are
     set) under wrk at concurrency 1/4/8 with 1-series requests and at concurrency 1 with 100-series
@@ -51,8 +51,8 @@ from typing import Callable, Iterator, Optional
 import requests
 
 from devtools.serving import free_port, gunicorn_workers
-from sagemaker_deepar import sample_data
 from sagemaker_deepar.contract import write_jsonl
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,9 +103,10 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     """{"gluonts"|"ours": {1|100: rates}}: the two samplers alternate so both see the same machine load."""
     import torch
 
-    from sagemaker_deepar.fast_sampler import network_flops
-    from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
+    from sagemaker_deepar.runtimes.fast_sampler import network_flops
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)

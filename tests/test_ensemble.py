@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar.metrics import METRIC_DEFINITIONS
+from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
 
 from .conftest import OptMl, run_train, running_server, series
 

@@ -12,11 +12,12 @@ import pandas as pd
 import pytest
 
 from sagemaker_deepar.contract import ContractError, ModelArtifact
-from sagemaker_deepar.ensemble import backtest, combine, members, selection
+from sagemaker_deepar.ensemble import combine, members
 from sagemaker_deepar.ensemble.forecaster import EnsembleForecaster
 from sagemaker_deepar.ensemble.members import History, LocalMember, MemberFailure
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.hyperparameters import parse_hyperparameters
+from sagemaker_deepar.training.ensemble import backtest, selection
+from sagemaker_deepar.training.hyperparameters import parse_hyperparameters
 
 pytestmark = pytest.mark.unit
 

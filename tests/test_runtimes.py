@@ -97,7 +97,7 @@ def test_the_seam_and_its_onnx_runtime_import_no_torch_gluonts_or_pandas(torch_m
 
 
 def test_a_damaged_onnx_network_falls_back_to_torch_and_says_why(tmp_path: Path, torch_model: Path, caplog):
-    from sagemaker_deepar.inference import Model
+    from sagemaker_deepar.runtimes.model import Model
 
     model_dir = tmp_path / "model"
     shutil.copytree(torch_model / "model", model_dir)

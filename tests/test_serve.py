@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sagemaker_deepar.server_config import batch_payload_mb
+from sagemaker_deepar.serving.server_config import batch_payload_mb
 
 from .conftest import Server, running_server
 from .helpers import gunicorn_workers

@@ -29,11 +29,11 @@ def available(model_dir: Path, artifact: ModelArtifact, options: LoadOptions) ->
 def prepare(options: LoadOptions) -> None:
     import onnxruntime  # noqa: F401
 
-    from .. import onnx_forecast  # noqa: F401
+    from . import onnx_forecast  # noqa: F401
 
 
 def load(model_dir: Path, artifact: ModelArtifact, options: LoadOptions) -> "OnnxRuntime":
-    from ..onnx_forecast import OnnxForecaster
+    from .onnx_forecast import OnnxForecaster
 
     available(model_dir, artifact, options)
     onnx_file = (artifact.onnx or {})["file"]

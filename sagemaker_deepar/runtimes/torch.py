@@ -1,4 +1,4 @@
-"""The torch runtime: GluonTS's DeepAR network in torch (``torch_serving.TorchDeepAR``), without Lightning.
+"""The torch runtime: GluonTS's DeepAR network in torch (``torch_deepar.TorchDeepAR``), without Lightning.
 
 Serves a torch model when ``DEEPAR_INFERENCE_RUNTIME=torch`` or when it has no (loadable) ONNX network.
 Safe to load in the gunicorn master before the fork: the workers share the model's pages.
@@ -30,7 +30,7 @@ def prepare(options: LoadOptions) -> None:
 
     if options.threads:
         torch.set_num_threads(options.threads)
-    from ..torch_serving import import_deepar_module
+    from .torch_deepar import import_deepar_module
 
     import_deepar_module()
     from gluonts.core import serde  # noqa: F401
@@ -42,7 +42,7 @@ def prepare(options: LoadOptions) -> None:
 def load(model_dir: Path, artifact: ModelArtifact, options: LoadOptions) -> "TorchRuntime":
     import torch
 
-    from ..torch_serving import TorchDeepAR
+    from .torch_deepar import TorchDeepAR
 
     available(model_dir, artifact, options)
     if options.threads:
@@ -55,7 +55,7 @@ class TorchRuntime:
     name = "torch"
 
     def __init__(self, network: Any, artifact: ModelArtifact, why: str):
-        self.network = network  # torch_serving.TorchDeepAR
+        self.network = network  # torch_deepar.TorchDeepAR
         self.artifact = artifact
         self.why = why
 

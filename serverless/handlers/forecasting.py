@@ -30,7 +30,7 @@ DEFAULT_RETRY_AFTER_S = 2
 # The container names each bad instance at the start of a line of its 400 (all of them, one per line,
 # since issue #23 item 11; other containers name only the first).
 _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.(.*)$", re.MULTILINE)
-# The serving container's refusals that a smaller request avoids (sagemaker_deepar.inference.check_budget,
+# The serving container's refusals that a smaller request avoids (sagemaker_deepar.serving.codec.check_budget,
 # check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
 _TOO_LARGE = re.compile(r"^(request|response) too large\b")
 
