@@ -29,7 +29,7 @@ MAX_LENGTH = 100_000
 MAX_EPOCHS = 1_000_000
 MAX_BATCHES_PER_EPOCH = 10**9
 MAX_BACKTEST_WINDOWS = 20
-DEFAULT_BACKTEST_WINDOWS = 3  # measured: docs/ensemble.md (accuracy of the weights vs the job's cost)
+DEFAULT_BACKTEST_WINDOWS = 3  # not yet measured against 1 and 5 (docs/ensemble.md, "Cost"): a first choice
 MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
 
 
