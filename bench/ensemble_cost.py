@@ -81,8 +81,10 @@ def request_latency(root: Path, requests_count: int) -> float:
             except requests.RequestException:
                 pass
             time.sleep(0.2)
-        record = json.loads((root / "input/data/test/test.json").read_text().splitlines()[0])
-        body = json.dumps({"instances": [{"start": record["start"], "target": record["target"]}]})
+        test_file = sorted((root / "input/data/test").iterdir())[0]
+        record = json.loads(test_file.read_text().splitlines()[0])
+        instance = {key: record[key] for key in ("start", "target", "cat") if key in record}  # the model's features
+        body = json.dumps({"instances": [instance]})
         url = f"http://127.0.0.1:{port}/invocations"
         headers = {"Content-Type": "application/json"}
         requests.post(url, data=body, headers=headers, timeout=60).raise_for_status()
