@@ -120,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--num-batches-per-epoch", type=int, default=default.num_batches_per_epoch)
     hp.add_argument("--num-cells", type=int, default=default.num_cells)
     hp.add_argument("--num-layers", type=int, default=default.num_layers)
+    hp.add_argument(
+        "--forecaster",
+        choices=("deepar", "ensemble"),
+        default=default.forecaster,
+        help="ensemble: classical members beside DeepAR, weighted on backtests (docs/ensemble.md)",
+    )
     parser.add_argument(
         "--warm-start-model",
         default=AUTO,

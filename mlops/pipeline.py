@@ -48,6 +48,7 @@ class PipelineSettings:
     num_batches_per_epoch: int = 50
     num_cells: int = 40
     num_layers: int = 2
+    forecaster: str = "deepar"  # or "ensemble" (docs/ensemble.md): Evaluate and the gate then score the ensemble
     threshold_parameter: str = registry.DEFAULT_THRESHOLD_PARAMETER
     model_package_group: str = registry.DEFAULT_GROUP
 
@@ -98,6 +99,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     batches = ParameterInteger("NumBatchesPerEpoch", default_value=defaults.num_batches_per_epoch)
     num_cells = ParameterInteger("NumCells", default_value=defaults.num_cells)
     num_layers = ParameterInteger("NumLayers", default_value=defaults.num_layers)
+    forecaster = ParameterString("Forecaster", default_value=defaults.forecaster, enum_values=["deepar", "ensemble"])
     # The bar lives in SSM; whoever starts an execution reads it (mlops.build.read_threshold, execution_parameters) and
     # passes it here, and its name travels along so the Fail message and the metrics say where it is.
     threshold = ParameterFloat("AccuracyThreshold", default_value=defaults.threshold)
@@ -106,12 +108,13 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     hyperparameters = {
         "time_freq": time_freq, "prediction_length": prediction_length, "context_length": context_length,
         "epochs": epochs, "num_batches_per_epoch": batches, "num_cells": num_cells, "num_layers": num_layers,
+        "forecaster": forecaster,
     }  # fmt: skip
     # what a later warm start must match (mlops.build.network_hyperparameters names the same)
     network = network_shape(hyperparameters)
     parameters = [
         lake, image, instance_type, transform_type, processing_type, time_freq, prediction_length,
-        context_length, epochs, batches, num_cells, num_layers, threshold, threshold_parameter, group,
+        context_length, epochs, batches, num_cells, num_layers, forecaster, threshold, threshold_parameter, group,
     ]  # fmt: skip
 
     root = defaults.output_uri.rstrip("/")

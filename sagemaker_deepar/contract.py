@@ -28,7 +28,10 @@ except ImportError:  # pragma: no cover - exercised by the import test with orjs
     orjson = None  # type: ignore[assignment]
 
 METADATA_FILE = "deepar-metadata.json"
-SCHEMA_VERSION = 1  # deepar-metadata.json's "format_version"; bump on any change a reader must know about
+# deepar-metadata.json's "format_version"; bump on any change a reader must know about.
+# 2: "forecaster" ("deepar" or "ensemble") and "ensemble" (members, weights, settings) (issue #22).
+SCHEMA_VERSION = 2
+FORECASTERS = ("deepar", "ensemble")
 # Batch transform sizing shared by the server (default MaxPayloadInMB for its timeout) and
 # evaluation.batch (timeout for a chosen MaxPayloadInMB): bench/batch_memory.py --throughput measured
 # series of 200 points (~1.4 kB of JSON each, 100 samples) on one worker of a 2-core machine; halved
@@ -357,6 +360,10 @@ class ModelArtifact:
     # {"file": "network.onnx", ...what the numpy sampler needs} or {"file": None, "reason": ...};
     # None in artifacts written before the export existed.
     onnx: Optional[dict[str, Any]] = None
+    # "deepar" (the network alone) or "ensemble": then ``ensemble`` says how the served model combines its members:
+    # {"combination": "quantile_average", "grid_steps": 200, "members": [{"name", "weight", "settings"}, ...]}.
+    forecaster: str = "deepar"
+    ensemble: Optional[dict[str, Any]] = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -380,7 +387,9 @@ class ModelArtifact:
         for item in fields(self):
             value = getattr(self, item.name)
             # Optional additions are left out when absent, so older artifacts round-trip byte for byte.
-            if item.name == "schema_version" or (item.name in ("onnx", "warm_start") and value is None):
+            if item.name == "schema_version" or (item.name in ("onnx", "warm_start", "ensemble") and value is None):
+                continue
+            if item.name == "forecaster" and value == "deepar" and self.schema_version < 2:
                 continue
             data[item.name] = list(value) if isinstance(value, tuple) else value
         return data
@@ -427,6 +436,17 @@ class ModelArtifact:
             raise ContractError(f"{where}: num_dynamic_feat: {self.num_dynamic_feat!r} is not a non-negative integer")
         if not all(_is_int(c) and c > 0 for c in self.cardinality):
             raise ContractError(f"{where}: cardinality: {list(self.cardinality)!r} is not a list of positive integers")
+        if self.forecaster not in FORECASTERS:
+            raise ContractError(f"{where}: forecaster: {self.forecaster!r}; expected one of {', '.join(FORECASTERS)}")
+        if self.forecaster == "ensemble":
+            _check_ensemble(self.ensemble, f"{where}: ensemble")
+
+    @property
+    def ensemble_weights(self) -> dict[str, float]:
+        """Member name -> weight of an ensemble artifact ({"deepar": 1.0} for a DeepAR one)."""
+        if self.forecaster != "ensemble" or not self.ensemble:
+            return {"deepar": 1.0}
+        return {m["name"]: float(m["weight"]) for m in self.ensemble["members"]}
 
     @classmethod
     def read(cls, path: Path) -> "ModelArtifact":
@@ -455,6 +475,23 @@ class ModelArtifact:
         path = Path(model_dir) / METADATA_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
         return path
+
+
+def _check_ensemble(section: Any, where: str) -> None:
+    members = section.get("members") if isinstance(section, dict) else None
+    if not isinstance(members, list) or not members:
+        raise ContractError(f"{where}: expected an object with a non-empty list of members")
+    total = 0.0
+    for index, member in enumerate(members):
+        ok = isinstance(member, dict) and isinstance(member.get("name"), str)
+        weight = member.get("weight") if ok else None
+        if not ok or isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+            raise ContractError(f"{where}.members[{index}]: expected {{name, weight in [0, 1], settings}}")
+        if not isinstance(member.get("settings", {}), dict):
+            raise ContractError(f"{where}.members[{index}].settings: expected an object")
+        total += weight
+    if total <= 0:
+        raise ContractError(f"{where}: every member has weight 0")
 
 
 def _is_int(value: Any) -> bool:

@@ -18,6 +18,11 @@ def parser() -> argparse.ArgumentParser:
     pkg = commands.add_parser("package", help="build the function bundles and the pyarrow layer; check Lambda's limits")
     pkg.add_argument("--out", type=Path, default=REPO / "build" / "serverless")
     pkg.add_argument("--cold-start", action="store_true", help="also measure each handler's cold start")
+    pkg.add_argument(
+        "--ensemble-size",
+        action="store_true",
+        help="only print what serving an ensemble model in-function would weigh unzipped (MB), against the limit",
+    )
 
     dep = commands.add_parser("deploy", help="create or update the stack; last line: its outputs as JSON")
     dep.add_argument("--stack", required=True)

@@ -151,6 +151,33 @@ def layer_entries() -> list[tuple[Path, str]]:
     return entries
 
 
+# What the ensemble's classical members (sagemaker_deepar.ensemble.members) would add to a function that served an
+# ensemble model in-function: statsforecast and what it imports, plus onnxruntime for the DeepAR member.
+ENSEMBLE_MODULES = (
+    "statsforecast", "coreforecast", "utilsforecast", "fugue", "triad", "pandas", "dateutil", "pytz", "scipy",
+    "statsmodels", "patsy", "onnxruntime",
+)  # fmt: skip
+
+
+def _module_bytes(module: str) -> int:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise PackageError(f"{module} is not installed in {sys.executable}")
+    if spec.submodule_search_locations is None:  # a one-file module
+        return Path(spec.origin).stat().st_size
+    return sum(p.stat().st_size for folder in _distribution_dir(module) for p in _files(folder))
+
+
+def ensemble_size() -> dict[str, float]:
+    """MB unzipped: the function bundle, its layer, the ensemble's extra modules, and the total against the limit."""
+    function = sum(p.stat().st_size for p, _ in function_entries())
+    layer = sum(p.stat().st_size for p, _ in layer_entries())
+    extra = {module: _module_bytes(module) for module in ENSEMBLE_MODULES}
+    total = function + layer + sum(extra.values())
+    sizes = {"function": function, "layer": layer, **extra, "total": total, "limit": UNZIPPED_LIMIT}
+    return {name: round(value / 2**20, 1) for name, value in sizes.items()}
+
+
 def build(out: Path) -> list[Bundle]:
     """Write the bundles into ``out``; raise ``PackageError`` naming every limit broken."""
     function_files = function_entries(out / "bytecode")
@@ -221,11 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serverless package", description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "build" / "serverless")
     parser.add_argument("--cold-start", action="store_true", help="also measure each handler's cold start")
-    args = parser.parse_args(argv)
-    return run(args)
+    parser.add_argument(
+        "--ensemble-size",
+        action="store_true",
+        help="only print what serving an ensemble model in-function would weigh unzipped (MB), against the limit",
+    )
+    return run(parser.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ensemble_size", False):
+        print(json.dumps(ensemble_size()))
+        return 0
     bundles = build(args.out)
     for b in bundles:
         print(

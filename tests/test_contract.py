@@ -99,7 +99,8 @@ def test_time_freq_rejects_with_the_allowed_spellings(bad):
 def test_artifact_reads_todays_files_and_round_trips(tmp_path):
     (tmp_path / METADATA_FILE).write_text(json.dumps(TODAYS_METADATA))
     artifact = ModelArtifact.read(tmp_path)
-    assert artifact.schema_version == SCHEMA_VERSION == 1
+    # Written before the ensemble (format_version 1): read as a DeepAR model, written back unchanged.
+    assert artifact.schema_version == 1 and SCHEMA_VERSION == 2 and artifact.forecaster == "deepar"
     assert artifact.features == FeatureSpec(cardinality=(6, 2), num_dynamic_feat=1)
     assert (artifact.freq, artifact.time_freq, artifact.prediction_length) == ("h", "H", 6)
     assert artifact.metrics() == {"train:final_loss": 1.25, "test:RMSE": 0.5, "test:mean_wQuantileLoss": 0.1}
@@ -118,7 +119,7 @@ def test_artifact_without_test_channel_has_only_the_train_metric():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"format_version": 2}, r"format_version 2 is newer than this code reads \(1\)"),
+        ({"format_version": 3}, r"format_version 3 is newer than this code reads \(2\)"),
         ({"format_version": "1"}, "format_version: '1' is not a positive integer"),
         ({"backend": "jax"}, "backend: 'jax'; expected one of torch, mxnet"),
         ({"freq": "fortnightly"}, "freq: 'fortnightly'"),

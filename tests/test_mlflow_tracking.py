@@ -145,9 +145,6 @@ def test_training_records_one_run_with_params_epoch_losses_model_and_version(opt
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server)
 
     standard_job(opt_ml, epochs="3")
-    leaderboard = {"models": [{"name": "deepar", "mean_wQuantileLoss": 0.1}]}
-    (opt_ml.root / "output" / "data").mkdir(parents=True)
-    (opt_ml.root / "output" / "data" / "leaderboard.json").write_text(json.dumps(leaderboard))
     result = train(
         opt_ml,
         MLFLOW_TRACKING_URI=tracking_server,
@@ -178,6 +175,9 @@ def test_training_records_one_run_with_params_epoch_losses_model_and_version(opt
     assert run.data.metrics["data_train_num_series"] == 4
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"leaderboard.json", "training-summary.json"} <= artifacts
+    # The job's own leaderboard (issue #22: every job writes one), as the job wrote it.
+    leaderboard = json.loads((opt_ml.root / "output" / "data" / "leaderboard.json").read_text())
+    assert [row["member"] for row in leaderboard] == ["seasonal_naive", "auto_ets", "auto_theta", "npts", "deepar"]
     assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/leaderboard.json") == leaderboard
 
     version = client.get_model_version("deepar-tracked", "1")

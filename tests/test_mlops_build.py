@@ -111,11 +111,12 @@ def test_build_upserts_the_pipeline_and_starts_an_execution(moto):
     assert {p["Name"] for p in definition["Parameters"]} == {
         "LakeUri", "ImageUri", "TrainInstanceType", "TransformInstanceType", "ProcessingInstanceType", "TimeFreq",
         "PredictionLength", "ContextLength", "Epochs", "NumBatchesPerEpoch", "NumCells", "NumLayers",
-        "AccuracyThreshold", "ThresholdParameterName", "ModelPackageGroupName",
+        "Forecaster", "AccuracyThreshold", "ThresholdParameterName", "ModelPackageGroupName",
     }  # fmt: skip
     assert steps["Train"]["Arguments"]["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.ImageUri"}
     assert steps["Train"]["Arguments"]["Environment"] == tracking  # the job records its run in mlflow
     assert set(steps["Train"]["Arguments"]["HyperParameters"]) >= {"prediction_length", "context_length", "epochs"}
+    assert steps["Train"]["Arguments"]["HyperParameters"]["forecaster"] == {"Get": "Parameters.Forecaster"}
     assert steps["Evaluate"]["PropertyFiles"][0]["FilePath"] == "evaluation.json"
     assert [c["ChannelName"] for c in steps["Train"]["Arguments"]["InputDataConfig"]] == ["train", "test"]
 

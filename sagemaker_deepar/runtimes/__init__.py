@@ -122,6 +122,7 @@ RUNTIMES: tuple[Registration, ...] = (
 # Forecasters that wrap the chosen DeepAR runtime, by the artifact's ``forecaster`` (see the docstring).
 FORECASTERS: dict[str, Optional[str]] = {
     "deepar": None,  # the runtime itself
+    "ensemble": "ensemble",  # classical members beside the network (issue #22, runtimes/ensemble.py)
 }
 
 # What DEEPAR_INFERENCE_RUNTIME accepts.

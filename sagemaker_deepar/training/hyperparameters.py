@@ -1,5 +1,5 @@
 """DeepAR hyperparameters: the built-in's 16 names and defaults, plus ``backend``,
-``num_batches_per_epoch`` and ``seed``.
+``num_batches_per_epoch``, ``seed``, ``forecaster`` and ``backtest_windows``.
 
 SageMaker delivers every value as a string. SDK v3 writes JSON (``"true"``, ``"[0.1, 0.5]"``),
 SDK v2 local mode writes Python reprs (``"True"``, ``"{'a': 1}"``); both decode here.
@@ -12,7 +12,7 @@ import difflib
 import json
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..contract import ContractError, parse_time_freq
 from ..errors import UserError
@@ -28,6 +28,8 @@ IGNORED_PREFIXES = ("sagemaker_",)
 MAX_LENGTH = 100_000
 MAX_EPOCHS = 1_000_000
 MAX_BATCHES_PER_EPOCH = 10**9
+MAX_BACKTEST_WINDOWS = 20
+DEFAULT_BACKTEST_WINDOWS = 3  # not yet measured against 1 and 5 (docs/ensemble.md, "Cost"): a first choice
 MAX_SHOWN_VALUE = 80  # characters of a bad value repeated in an error message
 
 
@@ -76,6 +78,10 @@ class DeepARHyperparameters(BaseModel):
     """(ours) batches per epoch; unset: one pass over the data, `ceil(max(series, observations / (context_length + prediction_length)) / mini_batch_size)`"""
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
     """(ours) two runs on the same data give the same metrics"""
+    forecaster: Literal["deepar", "ensemble"] = "deepar"
+    """(ours) `deepar`: the network alone (the built-in's model); `ensemble`: classical members and the network, weighted on validation windows (docs/ensemble.md)"""
+    backtest_windows: int = Field(DEFAULT_BACKTEST_WINDOWS, ge=0, le=MAX_BACKTEST_WINDOWS)
+    """(ours) validation windows of prediction_length carved from the end of every training series (contract.backtest_cuts); the ensemble's weights are chosen on them"""
 
     @field_validator("time_freq")
     @classmethod
@@ -119,6 +125,13 @@ class DeepARHyperparameters(BaseModel):
     def _check_quantiles(cls, value: list[float]) -> list[float]:
         if not value or not all(0.0 < q < 1.0 for q in value):
             raise ValueError("expected a non-empty list of numbers strictly between 0 and 1")
+        return value
+
+    @field_validator("backtest_windows")
+    @classmethod
+    def _windows_for_the_ensemble(cls, value: int, info: ValidationInfo) -> int:
+        if value == 0 and info.data.get("forecaster") == "ensemble":
+            raise ValueError("forecaster=ensemble chooses its weights on validation windows: at least 1 is needed")
         return value
 
     @property

@@ -33,6 +33,7 @@ from .data import (
     read_channel,
     resolve_features,
 )
+from .ensemble import leaderboard
 from .hyperparameters import DeepARHyperparameters, load_hyperparameters
 from .metrics import MetricLogger, evaluate_forecasts, write_forecasts
 from .settings import TrainingEnvironment
@@ -211,6 +212,7 @@ def write_outputs(
     num_batches_per_epoch: int,
     seconds: float,
     warm_started: Optional[dict[str, Any]] = None,
+    forecaster: Optional[dict[str, Any]] = None,
 ) -> None:
     """Write the model to a hidden staging folder, load it as serving would, then move it into place."""
     params = config.params
@@ -246,6 +248,7 @@ def write_outputs(
         test_metrics=test_metrics,
         warm_start=warm_started,
         onnx=onnx,
+        **(forecaster or {}),
     ).write(staging)
     check_loadable(staging)
     publish_model(staging, paths.model_dir)
@@ -271,6 +274,9 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
         estimated_output_bytes(params),
     )
     train, test, spec = load_channels(paths, config)
+    from .ensemble import job as ensemble_job
+
+    windows = ensemble_job.prepare(params, train.entries)  # a ClientError now, before any epoch
     previous = None
     if warm_start.MODEL_CHANNEL in config.channels:
         previous = warm_start.prepare(
@@ -284,7 +290,7 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
         num_batches,
         params.mini_batch_size,
     )
-    entries = train.entries
+    entries = ensemble_job.deepar_entries(params, train.entries, windows)
     if cluster.is_distributed:
         if not distributed.check_data_distribution(config.channels, params.num_batches_per_epoch):
             entries = distributed.shard_entries(entries, cluster)
@@ -313,30 +319,69 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
         patience=params.early_stopping_patience,
         stop_requested=stop.requested,
     )
-    stop.phase = "training"
-    predictor = backends.train(
-        params, spec, entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
+    # The members' fits beside the network's training (the leader's job: it scores and writes the model).
+    local_runs = ensemble_job.start_local_runs(
+        params, windows if cluster.is_leader else [], test.entries if test and cluster.is_leader else None
     )
+    stop.phase = "training"
+    training_started = time.perf_counter()
+    try:
+        predictor = backends.train(
+            params, spec, entries, num_batches, control, config.checkpoint_dir, previous.weights if previous else None
+        )
+    except BaseException:  # the job ends: its background members must not hold it open
+        local_runs.close()
+        raise
     if session and not cluster.is_leader:  # the leader scores and writes the model; this host waits for it
+        local_runs.close()
         stop.phase = "waiting for the leader"
         session.wait_for_leader()
         return
     metric_logger.final_loss(control.best_loss)
+    training_seconds = time.perf_counter() - training_started
     test_metrics = None
+    deepar_test_metrics = None
+    outcome = None
     if stop.requested.is_set():
+        local_runs.close()
         log.warning(
             "stopped by SIGTERM after %d epoch(s) (%d batches): saving the best model so far, skipping test "
             "scoring; a restart with the same checkpoint folder resumes training",
             control.epochs_run,
             control.batches_run,
         )
-    elif test is not None:
+    else:
         stop.phase = "scoring"
         try:
-            test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
-            metric_logger.test_scores(test_metrics, params.test_quantiles)
+            if test is not None and params.forecaster == "deepar":
+                deepar_test_metrics = test_metrics = evaluate_test(predictor, test, params, paths.output_data_dir)
+            outcome = ensemble_job.score_members(
+                params,
+                predictor,
+                windows,
+                test.entries if test else None,
+                local_runs,
+                training_seconds,
+                deepar_test_metrics,
+            )
+            if outcome.test_metrics is not None and test is not None:  # the served ensemble's
+                test_metrics = outcome.test_metrics
+                paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+                write_forecasts(
+                    outcome.test_forecasts,
+                    test.locations,
+                    params.test_quantiles,
+                    paths.output_data_dir / "test-forecasts.jsonl",
+                )
+            if test_metrics is not None:
+                metric_logger.test_scores(test_metrics, params.test_quantiles)
         except ScoringInterrupted:
+            local_runs.close()
             log.warning("stopped by SIGTERM during test scoring: skipping it, saving the trained model")
+    if params.forecaster == "ensemble" and outcome is None:
+        log.warning("stopped before the members were scored: the ensemble is served with DeepAR alone")
+    leaderboard_rows = outcome.rows if outcome else ensemble_job.deepar_only_rows(training_seconds, test_metrics)
+    leaderboard.write(leaderboard_rows, paths.output_data_dir)
     # A stop from here on changes nothing: the model is written and checked before the job exits.
     stop.phase = "writing"
     write_outputs(
@@ -352,6 +397,7 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
         num_batches,
         time.perf_counter() - started,
         previous.description(control.initial_weights_sha256) if previous else None,
+        ensemble_job.artifact_fields(params, outcome),
     )
     log.info("model written to %s and checked to load, in %.1f s", paths.model_dir, time.perf_counter() - started)
     if session:

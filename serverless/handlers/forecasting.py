@@ -205,9 +205,9 @@ class InFunctionForecaster:
                 # GluonTS or pandas). Imported here so that endpoint-backed functions never load onnxruntime.
                 from sagemaker_deepar import runtimes
 
-                self._model = runtimes.load(
-                    download_model(self.model_uri, self.cache), runtimes.LoadOptions("onnx"), only=("onnx",)
-                )
+                folder = download_model(self.model_uri, self.cache)
+                refuse_ensemble(folder, self.model_uri)
+                self._model = runtimes.load(folder, runtimes.LoadOptions("onnx"), only=("onnx",))
         return self._model
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -215,6 +215,26 @@ class InFunctionForecaster:
             return self.model().forecast(instances, configuration)
         except ValueError as error:  # the predictor's input checks
             raise RequestRejected(str(error)) from None
+
+
+class EnsembleNotInFunction(BackendError):
+    """FORECAST_MODEL names an ensemble model: its classical members cannot run inside the function."""
+
+
+def refuse_ensemble(model_dir: Path, uri: str) -> None:
+    """An ensemble artifact holds a DeepAR network too; serving it alone here would silently answer another model.
+
+    Its members need statsforecast with pandas, scipy and statsmodels: with the function bundle, the pyarrow layer
+    and onnxruntime they exceed Lambda's 250 MB unzipped (``python -m serverless package --ensemble-size``).
+    """
+    from sagemaker_deepar.contract import ModelArtifact
+
+    if ModelArtifact.read(model_dir).forecaster == "ensemble":
+        raise EnsembleNotInFunction(
+            f"FORECAST_MODEL {uri}: an ensemble model (forecaster=ensemble) cannot run inside the function: its "
+            "classical members need statsforecast, pandas and scipy, beyond Lambda's 250 MB unzipped limit. Serve it "
+            "from an endpoint and set FORECAST_ENDPOINT instead (docs/ensemble.md)"
+        )
 
 
 def download_model(uri: str, root: Optional[Path] = None) -> Path:
