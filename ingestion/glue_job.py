@@ -22,8 +22,13 @@ Duplicates of (device_id, timestamp) keep the latest received_at. The curated ou
 Parquet partitioned by date; only the dates this run touched are rewritten (merged with what they
 held), so re-running over the same input leaves the same output. Logs the counts.
 
-Cost: the records are parsed once, in Python; valid and quarantined records land in one cached frame,
-counted by one action.
+Cost (issue #27 item 6): the records are parsed once, in Python, and handed to Spark as Arrow batches
+(mapInArrow: columnar, no per-row pickling); valid and quarantined records land in one cached frame,
+whose counts and touched dates come from one action. De-duplication shares the write's shuffle and
+sort: rows are hash-partitioned by date once, the window runs over (date, device_id, timestamp) within
+those partitions, and that order is already the write's (date, then device_id, timestamp), so every
+date partition is one file sorted by device and time (what DuckDB and Athena read fastest). The
+curated row count is read back from the written files' Parquet footers instead of a counting pass.
 """
 
 from __future__ import annotations
@@ -377,6 +382,53 @@ def classified_rows(
             yield (False, None, when, *NO_VALUES, None, source, reason, raw)
 
 
+ARROW_BATCH_ROWS = 65536  # classified rows per Arrow batch handed back to Spark
+
+
+def classified_arrow_schema(pa):
+    """classified_schema as Arrow types (``pa``: pyarrow), what mapInArrow hands back to Spark."""
+    return pa.schema(
+        [
+            pa.field("valid", pa.bool_(), False),
+            pa.field("device_id", pa.string()),
+            pa.field("timestamp", pa.timestamp("us")),  # no time zone: Spark's TimestampNTZType
+            *(pa.field(name, pa.float64()) for name in NUMERIC),
+            pa.field("received_at", pa.timestamp("us")),
+            pa.field("source", pa.string(), False),
+            pa.field("reason", pa.string()),
+            pa.field("raw", pa.string()),
+        ]
+    )
+
+
+def classified_batches(
+    batches: Iterator, topic_level: int, window: TimestampWindow, batch_rows: int = ARROW_BATCH_ROWS
+) -> Iterator:
+    """mapInArrow's function: raw objects (Arrow batches of path, content, arrived) -> classified rows
+    (Arrow batches in classified_schema's layout), built column by column from classified_rows."""
+    import pyarrow as pa
+
+    schema = classified_arrow_schema(pa)
+
+    def batch(rows: list[tuple]):
+        columns = list(zip(*rows))
+        return pa.RecordBatch.from_arrays(
+            [pa.array(column, type=f.type) for column, f in zip(columns, schema)], schema=schema
+        )
+
+    rows: list[tuple] = []
+    for objects in batches:
+        for path, content, arrived in zip(
+            *(objects.column(name).to_pylist() for name in ("path", "content", "arrived"))
+        ):
+            rows.extend(classified_rows(path, content, topic_level, window, arrival(arrived)))
+            if len(rows) >= batch_rows:
+                yield batch(rows)
+                rows = []
+    if rows:
+        yield batch(rows)
+
+
 def run(
     spark,
     raw_path: str,
@@ -398,26 +450,24 @@ def run(
         # epoch seconds: PySpark would turn a timestamp into the worker's local time
         .select("path", "content", F.col("modificationTime").cast("double").alias("arrived"))
     )
-    objects = raw.count()
+    # The file index already lists the objects: counting them needs no Spark job.
+    objects = len(raw.inputFiles())
     # One pass of Python over the objects: every record lands in one cached frame, valid and
-    # quarantined alike, split below (two frames built from the same RDD would parse everything twice).
-    # Rows were typed by check(): skip createDataFrame's per-row Python verification.
-    classified = spark.createDataFrame(
-        raw.rdd.flatMap(lambda r: classified_rows(r.path, bytes(r.content), topic_level, window, arrival(r.arrived))),
-        classified_schema(T),
-        verifySchema=False,
+    # quarantined alike, split below (two frames built from the same input would parse everything twice).
+    # Rows come back as Arrow batches (typed by check()), not pickled row by row.
+    classified = raw.mapInArrow(
+        lambda batches: classified_batches(batches, topic_level, window), classified_schema(T)
     ).cache()
-    kinds = {row["valid"]: row["count"] for row in classified.groupBy("valid").count().collect()}
-    valid, quarantined = kinds.get(True, 0), kinds.get(False, 0)
+    date_of = F.date_format("timestamp", "yyyy-MM-dd")
+    # One action: how many of each kind, and which dates the valid rows touch.
+    tally = classified.groupBy("valid", F.when(F.col("valid"), date_of).alias("date")).count().collect()
+    valid = sum(row["count"] for row in tally if row["valid"])
+    quarantined = sum(row["count"] for row in tally if not row["valid"])
     records_in = valid + quarantined
-    good = (
-        classified.where(F.col("valid"))
-        .select(*CURATED_COLUMNS[:-1])
-        .withColumn("date", F.date_format("timestamp", "yyyy-MM-dd"))
-    )
+    touched = sorted(row["date"] for row in tally if row["valid"])
+    good = classified.where(F.col("valid")).select(*CURATED_COLUMNS[:-1]).withColumn("date", date_of)
     bad = classified.where(~F.col("valid")).select("reason", "raw", "timestamp", "source")
 
-    touched = [r.date for r in good.select("date").distinct().collect()]
     merged = good
     existing = None
     try:
@@ -426,28 +476,39 @@ def run(
         existing = None
     if existing is not None:
         merged = good.unionByName(existing.select(*CURATED_COLUMNS).withColumn("date", F.col("date").cast("string")))
-    latest = Window.partitionBy("device_id", "timestamp").orderBy(
+    # One shuffle for the de-duplication and the write: rows hashed by date (a duplicate shares its
+    # reading's date), the window sorts each partition by (date, device_id, timestamp, latest first),
+    # which is also the order the partitioned write needs, so Spark adds no second sort, and each
+    # date is written by one task: one file per date partition, sorted by device and time.
+    by_date = merged.repartition(partitions, "date") if partitions else merged.repartition("date")
+    latest = Window.partitionBy("date", "device_id", "timestamp").orderBy(
         F.col("received_at").desc_nulls_last(), F.col("source").desc()
     )
     deduplicated = (
-        merged.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n").select(*CURATED_COLUMNS)
+        by_date.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n").select(*CURATED_COLUMNS)
     )
-    if partitions:
-        deduplicated = deduplicated.repartition(partitions, "date")
-    # Materialize before overwriting: the merge reads the very partitions the write replaces.
-    deduplicated = deduplicated.localCheckpoint(eager=True)
-    curated_rows = deduplicated.count()
+    if existing is not None:
+        # Materialize before overwriting: the merge reads the very partitions the write replaces.
+        deduplicated = deduplicated.localCheckpoint(eager=True)
     (
-        deduplicated.sortWithinPartitions("device_id", "timestamp")
+        deduplicated.sortWithinPartitions("date", "device_id", "timestamp")  # a no-op after the window
         .write.mode("overwrite")
         .partitionBy("date")
         .option("compression", "snappy")
         .parquet(curated_path)
     )
+    # The rows now in the touched dates, from the written files' Parquet footers (no pass over the data).
+    curated_rows = spark.read.parquet(curated_path).where(F.col("date").isin(touched)).count() if touched else 0
 
-    bad = bad.withColumn("date", F.coalesce(F.date_format("timestamp", "yyyy-MM-dd"), F.lit("unknown")))
+    bad = bad.withColumn("date", F.coalesce(date_of, F.lit("unknown")))
     if quarantined:
-        bad.write.mode("overwrite").partitionBy("date").option("compression", "snappy").parquet(quarantine_path)
+        (
+            bad.repartition("date")  # one file per quarantine date, not one per input partition and date
+            .write.mode("overwrite")
+            .partitionBy("date")
+            .option("compression", "snappy")
+            .parquet(quarantine_path)
+        )
     counts = {
         "objects": objects,
         "records_in": records_in,
