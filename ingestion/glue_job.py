@@ -54,6 +54,7 @@ RANGES = {
     "longitude": (-180.0, 180.0),
 }
 NUMERIC = (*POLLUTANTS, "latitude", "longitude")
+NUMERIC_RANGES = tuple((name, RANGES[name]) for name in NUMERIC)  # check()'s per-record loop
 # Other spellings of the same fields, as the reference device kit publishes them.
 FIELD_ALIASES = {"particullate_matter": "particulate_matter", "sulfure_dioxide": "sulfur_dioxide"}
 ALIASES_OF = {
@@ -303,16 +304,19 @@ def check(
     if outside:
         return None, outside
     values = []
-    for name in NUMERIC:
-        raw = field(record, name)
-        try:
-            value = number(raw)
-        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
-            return None, f"{name}: not a number ({str(raw)[:40]!r})"
-        if value is not None:
-            low, high = RANGES[name]
-            if value != value or not low <= value <= high:
-                return None, f"{name}: {value} outside [{low:g}, {high:g}]"
+    for name, (low, high) in NUMERIC_RANGES:
+        raw = record.get(name)
+        if raw is None:
+            raw = field(record, name)  # another spelling of it
+        if type(raw) is float:  # JSON's usual number: no need for number()'s checks
+            value: Optional[float] = raw
+        else:
+            try:
+                value = number(raw)
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond float's range
+                return None, f"{name}: not a number ({str(raw)[:40]!r})"
+        if value is not None and (value != value or not low <= value <= high):
+            return None, f"{name}: {value} outside [{low:g}, {high:g}]"
         values.append(value)
     received = parse_time(record.get("received_at")) if record.get("received_at") is not None else None
     return (device, when, *values, received), None
