@@ -543,35 +543,3 @@ def test_classified_rows_carry_every_record_into_its_columns(kinds):
     )
     assert all(row["device_id"] is None and row["ozone"] is None and row["raw"] for row in quarantined)
     assert [row["timestamp"] for row in quarantined][:1] == ([datetime(2024, 1, 1, 9)] if quarantined else [])
-
-
-@pytest.mark.unit
-def test_classified_batches_hand_every_row_to_spark_as_arrow_in_its_types():
-    """mapInArrow's function: the rows of several objects, valid and quarantined, come back as Arrow
-    batches in classified_schema's Arrow types, split at batch_rows, nothing lost or reordered."""
-    import pyarrow as pa
-
-    objects = {
-        "s3://raw/a": "\n".join(json.dumps(reading("s-1", f"2024-01-01T0{h}:00:00", ozone=float(h))) for h in range(4)),
-        "s3://raw/b": '{"device_id": "s-2", "timestamp": "2024-01-01T05:00:00", "ozone": "high"}\n{"broken": ',
-    }
-    arrived = datetime(2024, 1, 2, tzinfo=timezone.utc).timestamp()
-    source = pa.RecordBatch.from_pydict(
-        {
-            "path": list(objects),
-            "content": [text.encode() for text in objects.values()],
-            "arrived": [arrived] * len(objects),
-        }
-    )
-    window = glue_job.TimestampWindow()
-    batches = list(glue_job.classified_batches(iter([source]), 2, window, batch_rows=3))
-    assert [batch.num_rows for batch in batches] == [4, 2]  # split after the first object passed 3 rows
-    assert all(batch.schema == glue_job.classified_arrow_schema(pa) for batch in batches)
-    got = [tuple(row.values()) for batch in batches for row in batch.to_pylist()]
-    want = [
-        row
-        for path, text in objects.items()
-        for row in glue_job.classified_rows(path, text.encode(), 2, window, glue_job.arrival(arrived))
-    ]
-    assert got == want and len(got) == 6
-    assert [row[0] for row in got] == [True] * 4 + [False] * 2
