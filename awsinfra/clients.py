@@ -20,6 +20,7 @@ import boto3
 from botocore.config import Config
 
 DEFAULT_REGION = "us-east-1"
+
 RetryMode = Literal["standard", "adaptive", "legacy"]
 # Standard mode retries throttling and 5xx with backoff; 10 attempts rides out a control-plane hiccup.
 DEFAULT_MAX_ATTEMPTS = 10
@@ -38,12 +39,16 @@ RETRIES = retries()
 
 def region() -> str:
     """``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else us-east-1."""
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    from . import settings  # here: .venv-sdk3 (evaluation/) imports this module without pydantic-settings
+
+    return settings.current().region or DEFAULT_REGION
 
 
 def endpoint_url() -> Optional[str]:
     """``AWS_ENDPOINT_URL`` when set: every client then talks to it (a moto server offline)."""
-    return os.environ.get("AWS_ENDPOINT_URL") or None
+    from . import settings
+
+    return settings.current().endpoint_url
 
 
 def offline() -> bool:
@@ -99,7 +104,7 @@ def account_and_region(aws: Any) -> tuple[str, str]:
 
 def offline_credentials() -> None:
     """Throwaway credentials and a region where none are set: moto accepts any, and botocore must
-    never find (and sign with) real ones for an offline run."""
+    never find (and sign with) real ones for an offline run. (A write to the environment the SDKs read.)"""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
     os.environ.setdefault("AWS_DEFAULT_REGION", DEFAULT_REGION)
@@ -129,7 +134,7 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
-    os.environ["AWS_ENDPOINT_URL"] = url
+    os.environ["AWS_ENDPOINT_URL"] = url  # every client (ours, the SDKs', botocore's) talks to it meanwhile
     try:
         yield url
     finally:

@@ -37,6 +37,7 @@ from .registry import (
     attribute,
     attribute_of,
     completer,
+    deleted_by_call,
     deleter,
     exists,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "StackError",
     "attribute",
     "completer",
+    "deleted_by_call",
     "deleter",
     "exists",
     "load_template",

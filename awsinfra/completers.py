@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 import json
-from typing import Any
+from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
 from .clients import Aws, client, retries
 from .errors import StackError, error_code, http_status
-from .registry import Completed, attribute, completer, deleter, exists
+from .registry import Completed, attribute, completer, deleted_by_call, deleter, exists
 from .template import Resolver
 
 # ---------------------------------------------------------------- GetAtt
@@ -121,10 +121,7 @@ def subscription(aws: Any, logical: str, props: dict, resolver: Resolver) -> Com
     return Completed(arn, "created")
 
 
-@deleter("AWS::SNS::Subscription")
-def _unsubscribe(aws: Any, arn: str) -> str:
-    aws("sns").unsubscribe(SubscriptionArn=arn)
-    return "deleted"
+deleted_by_call("AWS::SNS::Subscription", "sns", "unsubscribe", lambda arn: {"SubscriptionArn": arn})
 
 
 # ---------------------------------------------------------------- API Gateway
@@ -139,27 +136,35 @@ def stage(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
     return Completed(props["StageName"], "created")
 
 
+def _found_or_created(items: list[dict], name: str, create: Callable[[], dict]) -> Completed:
+    """The API Gateway item called ``name`` among ``items`` (its id), else the one ``create`` makes."""
+    found = [item["id"] for item in items if item["name"] == name]
+    return Completed(found[0]) if found else Completed(create()["id"], "created")
+
+
 @completer("AWS::ApiGateway::ApiKey")
 def api_key(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
-    api = aws("apigateway")
-    found = [k for k in api.get_api_keys(nameQuery=props["Name"])["items"] if k["name"] == props["Name"]]
-    if found:
-        return Completed(found[0]["id"])
-    return Completed(api.create_api_key(name=props["Name"], enabled=bool(props.get("Enabled", True)))["id"], "created")
+    api, name = aws("apigateway"), props["Name"]
+    return _found_or_created(
+        api.get_api_keys(nameQuery=name)["items"],
+        name,
+        lambda: api.create_api_key(name=name, enabled=bool(props.get("Enabled", True))),
+    )
 
 
-@deleter("AWS::ApiGateway::ApiKey")
-def _delete_api_key(aws: Any, key_id: str) -> str:
-    aws("apigateway").delete_api_key(apiKey=key_id)
-    return "deleted"
+deleted_by_call("AWS::ApiGateway::ApiKey", "apigateway", "delete_api_key", lambda key: {"apiKey": key})
 
 
 @completer("AWS::ApiGateway::UsagePlan")
 def usage_plan(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
     api = aws("apigateway")
-    found = [p for p in api.get_usage_plans()["items"] if p["name"] == props["UsagePlanName"]]
-    if found:
-        return Completed(found[0]["id"])
+    return _found_or_created(
+        api.get_usage_plans()["items"], props["UsagePlanName"], lambda: api.create_usage_plan(**_usage_plan(props))
+    )
+
+
+def _usage_plan(props: dict) -> dict[str, Any]:
+    """create_usage_plan's arguments from the template's properties."""
     extra: dict[str, Any] = {}
     if "Throttle" in props:
         extra["throttle"] = {
@@ -168,18 +173,14 @@ def usage_plan(aws: Any, logical: str, props: dict, resolver: Resolver) -> Compl
         }
     if "Quota" in props:
         extra["quota"] = {"limit": int(props["Quota"]["Limit"]), "period": props["Quota"]["Period"]}
-    plan = api.create_usage_plan(
-        name=props["UsagePlanName"],
-        apiStages=[{"apiId": s["ApiId"], "stage": s["Stage"]} for s in props.get("ApiStages", [])],
+    return {
+        "name": props["UsagePlanName"],
+        "apiStages": [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in props.get("ApiStages", [])],
         **extra,
-    )
-    return Completed(plan["id"], "created")
+    }
 
 
-@deleter("AWS::ApiGateway::UsagePlan")
-def _delete_usage_plan(aws: Any, plan_id: str) -> str:
-    aws("apigateway").delete_usage_plan(usagePlanId=plan_id)
-    return "deleted"
+deleted_by_call("AWS::ApiGateway::UsagePlan", "apigateway", "delete_usage_plan", lambda plan: {"usagePlanId": plan})
 
 
 @completer("AWS::ApiGateway::UsagePlanKey")
@@ -470,7 +471,4 @@ def alarm(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
     return Completed(wanted["AlarmName"], "updated" if current else "created", () if not current else ("properties",))
 
 
-@deleter("AWS::CloudWatch::Alarm")
-def _delete_alarm(aws: Any, name: str) -> str:
-    aws("cloudwatch").delete_alarms(AlarmNames=[name])
-    return "deleted"
+deleted_by_call("AWS::CloudWatch::Alarm", "cloudwatch", "delete_alarms", lambda name: {"AlarmNames": [name]})

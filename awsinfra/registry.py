@@ -102,6 +102,16 @@ def deleter(kind: str) -> Callable[[DeleterFn], DeleterFn]:
     return register
 
 
+def deleted_by_call(kind: str, service: str, method: str, arguments: Callable[[str], dict[str, Any]]) -> None:
+    """Register the deleter of ``kind`` that is one call: ``service``'s ``method`` with ``arguments(physical id)``."""
+
+    def delete(aws: Any, physical: str) -> str:
+        getattr(aws(service), method)(**arguments(physical))
+        return "deleted"
+
+    deleter(kind)(delete)
+
+
 def exists(call: Callable[[], Any]) -> bool:
     """Whether a describe/get call answers (a ``ClientError`` means no)."""
     try:

@@ -9,7 +9,7 @@ the per-round ratio (2 replicas / 1 replica), their median and min-max, the fail
 each scale step and in total, and the machine's load and cores at start and end.
 Target (issue #25): >= 1.7x from the second replica, 0 errors while scaling 1 -> 2 -> 1.
 
-    .venv/bin/python -m bench.ecs_local [--image sagemaker-deepar:latest] [--rounds 3] [--seconds 15]
+    .venv/bin/python -m bench.ecs_local [--image sagemaker-deepar:latest] [--rounds 3] [--seconds 15] [--json PATH]
 
 Bounded: rounds x 2 windows of --seconds, plus the scale steps (each a replica start or a drain).
 Removes its containers on exit (`local --down`).
@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -29,10 +30,11 @@ from pathlib import Path
 from typing import Optional
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import request_body, train
 from devtools.serving import free_port
 from ecs import local
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 CONCURRENCY = 8
 
@@ -115,7 +117,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured window")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after a scale step before measuring")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("ecs_local", sys.argv[1:])
 
     print(f"at start, {machine()}")
     records = sample_data.generate(num_sensors=20, days=30)
@@ -153,6 +157,7 @@ def main() -> None:
                             time.sleep(args.settle)
                         rate, failed = window(load, args.seconds)
                         rates[replicas].append(rate)
+                        result.row(round=round_, replicas=replicas, req_per_s=rate, failed=failed)
                         print(f"  round {round_}, {replicas} replica(s): {rate:.1f} req/s ({failed} failed)")
                     paired.add(ours=rates[2][-1], base=rates[1][-1])
                 seconds, failed = scale(request, 1, load)
@@ -160,12 +165,16 @@ def main() -> None:
                 print(f"  scaled 2 -> 1 under load in {seconds:.1f} s: {failed} failed")
                 ok, failed_total = load.counts()
             print(paired.headline())
-            print(
+            result.headline(paired)
+            failed_scaling = sum(s[3] for s in steps)
+            requests_line = (
                 f"requests: {ok} answered, {failed_total} failed in the whole run; "
-                f"{sum(s[3] for s in steps)} failed during {len(steps)} scale steps (target 0)"
-                + (f"; first failures: {load.failures}" if load.failures else "")
+                f"{failed_scaling} failed during {len(steps)} scale steps (target 0)"
             )
+            print(requests_line + (f"; first failures: {load.failures}" if load.failures else ""))
+            result.figure("requests failed while scaling", failed_scaling, "requests", requests_line, target="0")
             print(f"at end, {machine()}")
+            result.write(args.json)
         finally:
             local.down(name, say=lambda _: None)
 

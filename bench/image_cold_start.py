@@ -4,6 +4,7 @@ with what each one holds (the Dockerfile's COPY lines and the image's /opt/venv/
 
     .venv/bin/python -m bench.image_cold_start [--image sagemaker-deepar:latest] [--runs 5]
         [--baseline OTHER_IMAGE]     # measured in the same run, runs interleaved; prints ratios
+        [--json PATH]                # also write the result for bench.report (bench/_results.py)
 
 Trains a small model in the image first (the same container path SageMaker uses).
 """
@@ -15,6 +16,7 @@ import json
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from devtools.serving import free_port, serve_container_args
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
@@ -162,7 +166,10 @@ def main() -> None:
     parser.add_argument("--baseline", help="another image measured in the same run (e.g. the main branch's)")
     parser.add_argument("--base-image", default="debian:bookworm-slim", help="the Dockerfile's BASE_IMAGE")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("image_cold_start", sys.argv[1:])
+    print(machine(), flush=True)
     images = [args.image] + ([args.baseline] if args.baseline else [])
     times: dict[str, list[float]] = {image: [] for image in images}
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,19 +178,33 @@ def main() -> None:
             for image in images:  # interleaved, so machine noise hits both alike
                 times[image].append(seconds_to_ping(image, Path(tmp)))
     for image in images:
-        print(f"image {image}: {image_size(image) / 1e9:.2f} GB")
-        print(
+        size_line = f"image {image}: {image_size(image) / 1e9:.2f} GB"
+        ping_line = (
             f"  docker run ... serve -> /ping 200: median {statistics.median(times[image]):.2f} s "
             f"(runs {', '.join(f'{t:.2f}' for t in times[image])})"
         )
+        print(size_line)
+        print(ping_line)
+        if image == args.image:
+            result.figure("image size", image_size(image) / 1e9, "GB", size_line, target="<= 1.7 GB")
+            result.figure("docker run -> /ping 200", statistics.median(times[image]), "s", ping_line.strip(), "<= 3 s")
+        for run, seconds in enumerate(times[image], 1):
+            result.row(kind="cold_start", image=image, run=run, seconds_to_ping=seconds)
     if args.baseline:
         print(
             f"ratio {args.image} / {args.baseline}: size {image_size(args.image) / image_size(args.baseline):.2f}, "
             f"/ping {statistics.median(times[args.image]) / statistics.median(times[args.baseline]):.2f}"
         )
+        paired = Paired(f"{args.baseline} / {args.image} seconds to /ping", higher_is_better=False)
+        for ours, base in zip(times[args.image], times[args.baseline]):
+            paired.add(ours, base)
+        print(paired.headline())
+        result.headline(paired)
     print(f"\nlayers of {args.image} (docker history), oldest first:")
     for size, what in layer_table(args.image, args.base_image):
         print(f"  {size / 1e6:8.1f} MB  {what}")
+        result.row(kind="layer", image=args.image, megabytes=size / 1e6, layer=what)
+    result.write(args.json)
 
 
 if __name__ == "__main__":

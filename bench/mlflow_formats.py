@@ -7,25 +7,30 @@ it): 1-series and 100-series requests, 100 samples, 200 points of history, alter
 both see the same machine load. The difference is what the mlflow path adds: the long frame to DeepAR
 instances (``frames.frame_request``) and the answer back to rows. Bounded: ``--rounds`` x ``--seconds``.
 
-    .venv/bin/python -m bench.mlflow_formats [--rounds 3] [--seconds 3]
+    .venv/bin/python -m bench.mlflow_formats [--rounds 3] [--seconds 3] [--json PATH]
+
+Each size's headline is the median of the per-round ratios mlflow / DeepAR with their range (bench._paired).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import orjson
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 
 def rate(body: bytes, service, num_series: int, seconds: float) -> float:  # noqa: ANN001 - ForecastService
-    from sagemaker_deepar.service import JSON
+    from sagemaker_deepar.serving.service import JSON
 
     service.realtime(body, JSON, JSON, service.deadline())  # warm-up
     done, started = 0, time.perf_counter()
@@ -57,15 +62,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("mlflow_formats", sys.argv[1:])
+    print(f"{machine()}; both formats through one ForecastService, ONNX on one thread", flush=True)
 
-    from sagemaker_deepar.batcher import Batcher
-    from sagemaker_deepar.inference import Model
     from sagemaker_deepar.logs import quiet_libraries
-    from sagemaker_deepar.mlflow_folder import find_artifact
     from sagemaker_deepar.mlflow_pyfunc import save_model
-    from sagemaker_deepar.server_config import ServerConfig
-    from sagemaker_deepar.service import ForecastService
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.batcher import Batcher
+    from sagemaker_deepar.serving.mlflow_folder import find_artifact
+    from sagemaker_deepar.serving.server_config import ServerConfig
+    from sagemaker_deepar.serving.service import ForecastService
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,13 +91,24 @@ def main() -> None:
         for n in (1, 100):
             deepar, mlflow = bodies(records, n, model.freq)
             rates: dict[str, list[float]] = {"deepar": [], "mlflow": []}
-            for _ in range(args.rounds):
+            paired = Paired(f"{n}-series requests, mlflow dataframe_split / DeepAR request series/s")
+            for round_ in range(1, args.rounds + 1):
                 rates["deepar"].append(rate(deepar, service, n, args.seconds))
                 rates["mlflow"].append(rate(mlflow, service, n, args.seconds))
+                paired.rounds.append((rates["mlflow"][-1], rates["deepar"][-1]))  # printed below the table row
+                result.row(
+                    series_per_request=n,
+                    round=round_,
+                    deepar_series_per_s=rates["deepar"][-1],
+                    mlflow_series_per_s=rates["mlflow"][-1],
+                )
             best = {name: max(values) for name, values in rates.items()}
             print(
                 f"{n:>15} {best['deepar']:>11.1f} s/s {best['mlflow']:>12.1f} s/s {best['mlflow'] / best['deepar']:>13.2f}x"
             )
+            print(f"  {paired.headline()}")
+            result.headline(paired)
+    result.write(args.json)
 
 
 if __name__ == "__main__":

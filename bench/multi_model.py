@@ -10,8 +10,10 @@ Then:
   - Zipf traffic (s = --zipf) over the models, one client: hit rate (header X-Deepar-Model-Cache),
     p50/p99 of hits and of misses; bounded by --requests and --max-seconds;
   - warm invokes of one resident model vs `/invocations` of the single-model server on the same model,
-    alternating blocks of requests (the machine is noisy: side by side, same run);
-  - worker RSS of both servers at the end.
+    alternating blocks of 20 requests, paired (bench._paired.Paired): each pair of blocks gives one ratio
+    of p50 latencies, the headline is their median with its range (the machine is noisy: side by side);
+  - worker RSS of both servers at the end; the machine's load and what each server may use.
+``--json PATH`` writes the run's result for bench.report.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +31,12 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import REPO, request_body, spawn_serve, stop, train, wait_ping, worker_memory_mb
-from devtools.serving import free_port
-from sagemaker_deepar import sample_data
-from sagemaker_deepar.multi_model import estimated_cost_bytes
+from devtools.serving import free_port, gunicorn_workers
+from sagemaker_deepar.serving.multi_model import estimated_cost_bytes
+from sagemaker_deepar.training import sample_data
 
 
 def start(root: Path, **env: str) -> tuple[subprocess.Popen, str]:
@@ -65,7 +70,9 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=10, help="cold invokes measured")
     parser.add_argument("--warm", type=int, default=200, help="warm requests per server (alternating blocks of 20)")
     parser.add_argument("--series", type=int, default=1, help="series per request")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("multi_model", sys.argv[1:])
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -124,9 +131,26 @@ def main() -> None:
             targets = {"single": single_url + "/invocations", "multi": f"{mme_url}/models/{names[0]}/invoke"}
             for target in targets.values():
                 timed_post(session, target, body)
+            print(machine() + " (servers up)")
+            print(
+                f"each side may use: the same container/serve defaults ({len(gunicorn_workers(single.pid))} worker(s) "
+                f"x 1 inference thread) and one client; multi-model also SAGEMAKER_MULTI_MODEL=true, {budget_mb} MB"
+            )
+            # Latencies, lower is better: each round's ratio is single p50 / multi p50 (> 1: multi-model faster).
+            speed = Paired(
+                "multi-model warm invoke speed / single-model (p50 latency single / multi)", higher_is_better=False
+            )
             for _ in range(max(1, args.warm // 20)):
-                for kind, target in targets.items():
-                    warm[kind] += [timed_post(session, target, body)[0] for _ in range(20)]
+                block = {
+                    kind: [timed_post(session, target, body)[0] for _ in range(20)] for kind, target in targets.items()
+                }
+                for kind, times in block.items():
+                    warm[kind] += times
+                speed.add(
+                    percentile(block["multi"], 50),
+                    percentile(block["single"], 50),
+                    f"p50 multi {percentile(block['multi'], 50):.1f} ms, single {percentile(block['single'], 50):.1f} ms",
+                )
             mme_memory = worker_memory_mb(mme.pid)
             single_memory = worker_memory_mb(single.pid)
         finally:
@@ -153,6 +177,25 @@ def main() -> None:
         f"p99 {percentile(warm['multi'], 99):.1f} ms | ratio multi/single p50 {multi_p50 / single_p50:.2f}x"
     )
     print(f"worker RSS/PSS: multi-model {mme_memory} (<= {args.resident} resident) | single-model {single_memory}")
+    print(speed.headline())
+    result.headline(speed)
+    cold_line = f"cold invoke (load + first forecast) p50 {percentile(cold, 50):.0f} ms, max {max(cold):.0f} ms"
+    result.figure("cold invoke p50", percentile(cold, 50), "ms", cold_line, target="<= 1000 ms")
+    result.figure("zipf hit rate", len(hits) / max(1, total), "fraction", f"hit rate {len(hits) / max(1, total):.1%}")
+    result.row(
+        models=args.models,
+        resident=args.resident,
+        hits=len(hits),
+        misses=len(misses),
+        hit_p50_ms=percentile(hits, 50),
+        hit_p99_ms=percentile(hits, 99),
+        miss_p50_ms=percentile(misses, 50),
+        miss_p99_ms=percentile(misses, 99),
+        warm_single_p50_ms=single_p50,
+        warm_multi_p50_ms=multi_p50,
+    )
+    print(machine() + " (at the end)")
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,24 @@ requests (100 samples, 200 points of history) with both, one thread each, altern
 so both see the same machine load. Each side does the whole request in-process: instance parsing,
 sampling, mean and quantiles. Bounded: `--rounds` rounds of `--seconds` per side and size.
 
-    .venv/bin/python -m bench.onnx_predict [--rounds 3] [--seconds 3]
+    .venv/bin/python -m bench.onnx_predict [--rounds 3] [--seconds 3] [--json PATH]
+
+Each size's headline is the median of the per-round ratios onnx / torch with their range (bench._paired).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import request_body, train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 
 def rate(forecast: Callable[[], object], num_series: int, seconds: float) -> float:
@@ -34,13 +39,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("onnx_predict", sys.argv[1:])
+    print(f"{machine()}; each side one thread, in-process", flush=True)
 
     import torch
 
-    from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -61,11 +70,22 @@ def main() -> None:
         for n in (1, 100):
             instances = request_body(records, n)["instances"]
             torch_rates, onnx_rates = [], []
-            for _ in range(args.rounds):
+            paired = Paired(f"{n}-series requests, onnx / torch series/s")
+            for round_ in range(1, args.rounds + 1):
                 torch_rates.append(rate(lambda batch=instances: torch_forecast(batch), n, args.seconds))
                 onnx_rates.append(rate(lambda batch=instances: onnx.forecast(batch, config), n, args.seconds))
+                paired.rounds.append((onnx_rates[-1], torch_rates[-1]))  # printed below, after the table row
+                result.row(
+                    series_per_request=n,
+                    round=round_,
+                    torch_series_per_s=torch_rates[-1],
+                    onnx_series_per_s=onnx_rates[-1],
+                )
             best_torch, best_onnx = max(torch_rates), max(onnx_rates)
             print(f"{n:>15} {best_torch:>17.1f} s/s {best_onnx:>6.1f} s/s {best_onnx / best_torch:>10.2f}x")
+            print(f"  {paired.headline()}")
+            result.headline(paired)
+        result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""Serving throughput: in-process predictor vs our server vs gluonts.shell, on the same architecture.
+"""Serving throughput: our server against gluonts.shell (torch and mxnet) and in-process GluonTS, paired.
 
-One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through `container/train`
-(torch for us, mxnet for the gluonts.shell peer), then measures
-  - in-process, single thread, 1-series and 100-series inputs: GluonTS's own `DeepARModel.forward`
-    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.fast_sampler`), with
-    the GFLOP/s each achieves (`fast_sampler.network_flops`) next to the CPU's estimated peak;
-  - our server (`container/serve`, default settings unless SAGEMAKER_MODEL_SERVER_WORKERS etc. are
-    set) under wrk at concurrency 1/4/8 with 1-series requests and at concurrency 1 with 100-series
-    requests, the slowest /ping during the c=8 run; serve -> /ping 200 time; each worker's RSS/PSS
-    after loading and after a --soak-seconds load run (1-series, c=8);
-  - the same load on another checkout's server (--baseline-repo, e.g. /work/main) and on ours with
-    other worker counts (--workers 2), one after the other in the same run, with ratios;
-  - gluonts.shell serving the mxnet model, 1-series requests at concurrency 8 (skip with --no-peer).
-100 samples per series everywhere. Loopback only; each load run is bounded by --seconds / --soak-seconds.
+One run trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through `container/train` (torch,
+and mxnet for the mxnet peer), starts every server once, then runs --rounds interleaved rounds (issue
+#27); each round measures, one after the other on the same machine minute:
+  - our server (`container/serve`, the shipped defaults: the headline) under wrk, c=8, 1-series requests;
+  - gluonts.shell serving plain GluonTS's torch DeepAR (the same trained predictor/, the same library
+    versions, gluonts.shell's own defaults) and gluonts.shell serving the mxnet model, the same load;
+  - with --model-dir DIR, our server serving that model folder (any: an ensemble, another DeepAR);
+  - in-process GluonTS (`DeepARModel.forward`) on 1 thread and on all cores, 1-series and 100-series,
+    and our fast loop (`sagemaker_deepar.runtimes.fast_sampler`) batched on all cores: the batched ceiling.
+Each ratio is the median of its per-round ratios with their range (bench._paired.Paired): ours / the
+torch peer [>= 10x], ours / the mxnet peer, ours / in-process 1-series (1 thread [>= 5x], all cores),
+and ours c=8 as a fraction of the in-process batched ceiling on all cores (the distance to the machine's
+limit). It prints the machine's load and what each side may use (workers, threads, cores).
+The quick profile (the default, a few minutes): 3 rounds of 5 s.
 
-    .venv/bin/python -m bench.serve_throughput [--seconds 15] [--soak-seconds 600] [--no-peer]
-        [--baseline-repo /work/main] [--workers 2]
+    .venv/bin/python -m bench.serve_throughput [--rounds 3] [--seconds 5] [--model-dir DIR] [--json PATH]
+    .venv/bin/python -m bench.serve_throughput --full [--soak-seconds 600] [--baseline-repo /work/main] [--workers 2]
+        (after the rounds, the detailed run: c=1/4/8, 100-series, /ping under load, worker RSS/PSS
+        before and after a soak, GFLOP/s against the CPU's peak; other checkouts and worker counts)
     .venv/bin/python -m bench.serve_throughput --interleave 2 --baseline-repo /work/main --workers 2
         (A/B: each server started in turn every round, c=8 1-series; for a machine whose load changes)
     .venv/bin/python -m bench.serve_throughput --runtimes onnx torch --interleave 3 [--workers 2]
@@ -26,7 +29,8 @@ One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through 
 another checkout's `container/serve` (today's server): 1-series c=8 and 100-series c=1 throughput,
 and the slowest of 10 /ping calls while 64 connections sit on half-sent requests.
 
-Needs wrk (Debian package) and the dev extras (waitress, click for gluonts.shell).
+Needs wrk (Debian package) and the dev extras (waitress, click for gluonts.shell). 100 samples per
+series everywhere; loopback only; every load run is bounded by --seconds / --soak-seconds.
 """
 
 from __future__ import annotations
@@ -38,21 +42,24 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import requests
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from devtools.serving import free_port, gunicorn_workers
-from sagemaker_deepar import sample_data
 from sagemaker_deepar.contract import write_jsonl
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,6 +86,8 @@ env.install_dynamic()
 app = serve.make_flask_app(env=env, forecaster_type=None, settings=serve.Settings())
 waitress.serve(app, listen=f"127.0.0.1:{sys.argv[2]}")
 """
+# waitress's default request threads (gluonts.shell does not set them): what the peer may use.
+WAITRESS_THREADS = 4
 
 
 def train(root: Path, backend: str, records: list[dict]) -> None:
@@ -103,9 +112,10 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     """{"gluonts"|"ours": {1|100: rates}}: the two samplers alternate so both see the same machine load."""
     import torch
 
-    from sagemaker_deepar.fast_sampler import network_flops
-    from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
+    from sagemaker_deepar.runtimes.fast_sampler import network_flops
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -459,15 +469,220 @@ def compare_runtimes(args, tmp_path: Path, records: list[dict]) -> None:
         )
 
 
+class InProcess:
+    """The in-process baselines on the trained torch model, in this process: GluonTS's own
+    ``DeepARModel.forward`` and our fast loop, on a chosen number of torch threads."""
+
+    def __init__(self, model_dir: Path, records: list[dict]):
+        import torch
+
+        from sagemaker_deepar.logs import quiet_libraries
+        from sagemaker_deepar.runtimes.model import Model
+        from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
+
+        quiet_libraries()
+        self.torch, self.parse_instance, self.predictions = torch, parse_instance, predictions
+        self.model = Model.load(model_dir, runtime="torch")
+        self.fast = self.model.sampler.fast_sampler
+        self.config = InferenceConfig(
+            num_samples=100,
+            output_types=("mean", "quantiles"),
+            quantile_keys=("0.1", "0.5", "0.9"),
+            quantile_levels=(0.1, 0.5, 0.9),
+        )
+        self.bodies = {n: request_body(records, n) for n in (1, 100)}
+
+    def series_per_s(self, sampler: str, series: int, threads: int, seconds: float) -> float:
+        """Series/s of ``sampler`` ("gluonts" or "ours") on ``series``-series calls, ``threads`` torch threads."""
+        self.torch.set_num_threads(threads)
+        self.model.sampler.fast_sampler = self.fast if sampler == "ours" else None
+        instances = self.bodies[series]["instances"]
+
+        def call() -> None:
+            entries = [self.parse_instance(i, self.model, "").entry for i in instances]
+            self.predictions(self.model.sample(entries, 100), self.config, [])
+
+        call()  # warm-up
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            call()
+            calls += 1
+        self.model.sampler.fast_sampler = self.fast
+        return calls * series / (time.perf_counter() - start)
+
+
+@contextmanager
+def shell_peer(model_folder: Path, root: Path) -> Iterator[Launched]:
+    """gluonts.shell serving a serialized GluonTS predictor (``model_folder``) on a free loopback port."""
+    shutil.copytree(model_folder, root / "model")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", GLUONTS_SHELL, str(root), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield Launched(url, port, process, wait_ping(url, process))
+    finally:
+        stop(process)
+
+
+def peer_body(records: list[dict], n: int) -> dict:
+    body = request_body(records, n)
+    body["configuration"] = {**CONFIG, "freq": "h"}  # gluonts.shell insists on the frequency
+    return body
+
+
+def model_root(model_dir: Path, root: Path) -> Path:
+    """A SAGEMAKER_BASE_DIR whose model/ is ``model_dir`` (linked, not copied)."""
+    (root / "model").parent.mkdir(parents=True, exist_ok=True)
+    (root / "model").symlink_to(model_dir.resolve(), target_is_directory=True)
+    return root
+
+
+def paired_rounds(args, tmp_path: Path, records: list[dict], result: Result) -> None:
+    """The headline run: every server started once, then --rounds rounds, each measuring every side once."""
+    from sagemaker_deepar.serving.server_config import available_cpus
+
+    cores = available_cpus()
+    slice_s = max(1.0, args.seconds / 2)  # each in-process measurement (8 of them a round)
+    peers = {"torch": tmp_path / "torch/model/predictor"}
+    if not args.no_peer:
+        peers["mxnet"] = tmp_path / "mxnet/model/predictor"
+    with ExitStack() as stack:
+        ours = stack.enter_context(launched(REPO, tmp_path / "torch"))
+        servers: dict[str, tuple[Launched, dict]] = {"ours": (ours, request_body(records, 1))}
+        for backend, folder in peers.items():
+            peer = stack.enter_context(shell_peer(folder, tmp_path / f"shell-{backend}"))
+            body = peer_body(records, 1)
+            answer = requests.post(peer.url + "/invocations", json=body, timeout=60)
+            assert answer.status_code == 200, f"gluonts.shell ({backend}): {answer.status_code} {answer.text[:300]}"
+            servers[f"gluonts.shell+{backend}"] = (peer, body)
+        if args.model_dir:
+            other = stack.enter_context(launched(REPO, model_root(Path(args.model_dir), tmp_path / "model-dir")))
+            servers["model-dir"] = (other, request_body(records, 1))
+        workers = len(gunicorn_workers(ours.process.pid))
+        in_process = InProcess(tmp_path / "torch/model", records)
+        print(machine() + " (servers up)")
+        print(
+            f"each side may use: {cores} cores; ours = container/serve defaults: {workers} worker(s) x 1 inference "
+            f"thread (onnx runtime), nginx in front; gluonts.shell = 1 process, waitress {WAITRESS_THREADS} request "
+            f"threads, its runtime's default threads (torch: {cores} intra-op); in-process = this process, 1 thread "
+            f"or {cores} threads (torch.set_num_threads)"
+            + (f"; --model-dir {args.model_dir}: container/serve defaults" if args.model_dir else "")
+        )
+        vs_torch = Paired("ours / gluonts.shell+torch, c=8 1-series req/s", target=">= 10x")
+        vs_mxnet = Paired("ours / gluonts.shell+mxnet, c=8 1-series req/s")
+        vs_one = Paired("ours c=8 / in-process GluonTS 1-series, 1 thread", target=">= 5x")
+        vs_all = Paired(f"ours c=8 / in-process GluonTS 1-series, {cores} threads")
+        of_ceiling = Paired(f"ours c=8 1-series / in-process batched ceiling on {cores} cores (fraction of the limit)")
+        vs_model = Paired("--model-dir / ours, c=8 1-series req/s")
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}:", flush=True)
+            rates: dict[str, dict] = {}
+            for name, (server, body) in servers.items():
+                seconds = (
+                    args.seconds if name == "ours" or name == "model-dir" else max(args.seconds, args.peer_seconds)
+                )
+                wrk(server.url, body, 8, 1, tmp_path)  # warm-up
+                rates[name] = r = wrk(server.url, body, 8, seconds, tmp_path)
+                print(
+                    f"  {name:<22}: c=8 1-series {r['rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                    f"non-2xx {r['non2xx']} {r['socket_errors']}",
+                    flush=True,
+                )
+            base = {
+                (sampler, n, threads): in_process.series_per_s(sampler, n, threads, slice_s)
+                for sampler, n, threads in [
+                    ("gluonts", 1, 1),
+                    ("gluonts", 1, cores),
+                    ("gluonts", 100, 1),
+                    ("gluonts", 100, cores),
+                    ("ours", 1, 1),
+                    ("ours", 100, 1),
+                    ("ours", 100, cores),
+                ]
+            }
+            # The batched ceiling on all cores: the best in-process batched rate, either one process on all
+            # cores' threads (measured) or one single-threaded process per core (cores x the 1-thread rate:
+            # ideal scaling, the shape our server has: one worker per core on one thread).
+            candidates = {f"{s} on {cores} threads": base[(s, 100, cores)] for s in ("gluonts", "ours")}
+            candidates.update({f"{cores} x {s} on 1 thread": cores * base[(s, 100, 1)] for s in ("gluonts", "ours")})
+            ceiling_by, ceiling = max(candidates.items(), key=lambda x: x[1])
+            print(
+                f"  in-process GluonTS forward: 1-series {base[('gluonts', 1, 1)]:.1f} req/s on 1 thread, "
+                f"{base[('gluonts', 1, cores)]:.1f} on {cores}; 100-series {base[('gluonts', 100, 1)]:.0f} series/s on 1 "
+                f"thread, {base[('gluonts', 100, cores)]:.0f} on {cores}",
+            )
+            print(
+                f"  in-process fast loop     : 1-series {base[('ours', 1, 1)]:.1f} req/s on 1 thread; 100-series "
+                f"{base[('ours', 100, 1)]:.0f} series/s on 1 thread, {base[('ours', 100, cores)]:.0f} on {cores}; "
+                f"ceiling {ceiling:.0f} series/s ({ceiling_by.replace('ours', 'fast loop').replace('gluonts', 'GluonTS')})",
+                flush=True,
+            )
+            ours_rps = rates["ours"]["rps"]
+            for name, paired in (("gluonts.shell+torch", vs_torch), ("gluonts.shell+mxnet", vs_mxnet)):
+                if name not in rates:
+                    continue
+                if rates[name]["rps"] > 0:
+                    paired.add(ours_rps, rates[name]["rps"])
+                else:  # no answer inside the run: no ratio this round, said (raise --peer-seconds)
+                    print(f"  round {round_ + 1}: {name} answered nothing in {max(args.seconds, args.peer_seconds)} s")
+            vs_one.add(
+                ours_rps,
+                base[("gluonts", 1, 1)],
+                f"per core: ours {ours_rps / cores:.1f} req/s, in-process {base[('gluonts', 1, 1)]:.1f} req/s",
+            )
+            vs_all.add(ours_rps, base[("gluonts", 1, cores)])
+            of_ceiling.add(ours_rps, ceiling)
+            if "model-dir" in rates:
+                vs_model.add(rates["model-dir"]["rps"], ours_rps)
+            result.row(
+                round=round_ + 1,
+                **{f"{name}_c8_rps": r["rps"] for name, r in rates.items()},
+                **{f"{name}_c8_p99_ms": r["p99_ms"] for name, r in rates.items()},
+                **{f"in_process_{s}_{n}series_{t}threads_series_per_s": v for (s, n, t), v in base.items()},
+                cores=cores,
+                workers=workers,
+            )
+        print(f"\nheadlines ({args.rounds} paired rounds of {args.seconds} s; {machine()})")
+        for paired in (vs_torch, vs_mxnet, vs_one, vs_all, of_ceiling, vs_model):
+            if paired.rounds:
+                print("  " + paired.headline())
+                result.headline(paired)
+        print(f"  (rounds without a ratio: {args.rounds - len(vs_torch.rounds)} torch peer, ", end="")
+        print(f"{args.rounds - len(vs_mxnet.rounds) if not args.no_peer else 0} mxnet peer)")
+        per_core = statistics.median(r / cores / b for r, b in vs_one.rounds)
+        line = (
+            f"  per core: ours c=8 / in-process GluonTS 1-series on 1 thread: {per_core:.2f}x (ours uses {cores} cores)"
+        )
+        print(line)
+        result.figure("ours c=8 per core / in-process 1 thread", per_core, "x", line.strip())
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a (no baseline completions)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=15, help="length of each measurement")
-    parser.add_argument("--soak-seconds", type=int, default=60, help="1-series c=8 load before the second RSS reading")
-    parser.add_argument("--no-peer", action="store_true", help="skip gluonts.shell (and training the mxnet model)")
+    parser.add_argument("--seconds", type=int, default=5, help="length of each measurement (quick profile: 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds of the headline run")
+    parser.add_argument(
+        "--peer-seconds", type=int, default=10, help="length of each gluonts.shell run (slower: fewer answers)"
+    )
+    parser.add_argument("--full", action="store_true", help="after the rounds, the detailed run of our server")
+    parser.add_argument(
+        "--soak-seconds", type=int, default=60, help="--full: 1-series c=8 load before the second RSS reading"
+    )
+    parser.add_argument(
+        "--no-peer", action="store_true", help="skip the gluonts.shell+mxnet peer (and training the mxnet model)"
+    )
+    parser.add_argument(
+        "--model-dir", help="also our server serving this model folder (e.g. an ensemble), c=8 beside DeepAR's"
+    )
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     parser.add_argument("--fronts", action="store_true", help="compare nginx + gunicorn, gunicorn alone, a baseline")
     parser.add_argument("--baseline-repo", help="another checkout whose container/serve is measured beside ours")
     parser.add_argument(
@@ -497,7 +712,7 @@ def main() -> None:
         for backend in backends:
             train(tmp_path / backend, backend, records)
         print("model: context 72, prediction 24, 3 x 40 LSTM, 100 samples; request series of 200 points")
-        print(f"machine: {os.cpu_count()} CPUs, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at start")
+        print(machine() + " (at start)")
         if args.fronts:
             compare_fronts(args, tmp_path, records)
             return
@@ -507,75 +722,58 @@ def main() -> None:
         if args.interleave:
             interleaved(args, tmp_path, records)
             return
-        peak, peak_how = peak_gflops()
-        print(f"CPU FP32 peak        : {peak:.0f} GFLOP/s = {peak_how}")
+        result = Result("serve_throughput", sys.argv[1:])
+        paired_rounds(args, tmp_path, records, result)
+        result.write(args.json)
+        if args.full:
+            print("\ndetailed run (--full)")
+            detailed(args, tmp_path, records)
 
-        measured = in_process(tmp_path / "torch/model", records, args.seconds)
-        flops_per_series = measured["flops_per_series"]
-        print(f"network work         : {flops_per_series / 1e6:.1f} MFLOP per series (100 samples)")
-        for name, label in (("gluonts", "GluonTS forward"), ("ours", "ours (fast loop)")):
-            one, hundred = measured[name][1], measured[name][100]
-            print(
-                f"in-process, 1 thread, {label:16}: 1-series {one['calls_per_s']:.1f} req/s "
-                f"({one['gflops']:.1f} GFLOP/s); 100-series {hundred['series_per_s']:.0f} series/s "
-                f"({hundred['gflops']:.1f} GFLOP/s = {hundred['gflops'] / peak:.1%} of peak)"
+
+def detailed(args, tmp_path: Path, records: list[dict]) -> None:
+    """Our server's details, one after the other: GFLOP/s against the CPU's peak, c=1/4/8, 100-series,
+    /ping under load, worker memory before and after a soak; other checkouts and worker counts."""
+    peak, peak_how = peak_gflops()
+    print(f"CPU FP32 peak        : {peak:.0f} GFLOP/s = {peak_how}")
+
+    measured = in_process(tmp_path / "torch/model", records, args.seconds)
+    flops_per_series = measured["flops_per_series"]
+    print(f"network work         : {flops_per_series / 1e6:.1f} MFLOP per series (100 samples)")
+    for name, label in (("gluonts", "GluonTS forward"), ("ours", "ours (fast loop)")):
+        one, hundred = measured[name][1], measured[name][100]
+        print(
+            f"in-process, 1 thread, {label:16}: 1-series {one['calls_per_s']:.1f} req/s "
+            f"({one['gflops']:.1f} GFLOP/s); 100-series {hundred['series_per_s']:.0f} series/s "
+            f"({hundred['gflops']:.1f} GFLOP/s = {hundred['gflops'] / peak:.1%} of peak)"
+        )
+
+    servers: list[tuple[str, Path, dict]] = [("our server", REPO, {})]
+    servers += [(f"our server, {n} worker(s)", REPO, {"SAGEMAKER_MODEL_SERVER_WORKERS": str(n)}) for n in args.workers]
+    if args.baseline_repo:
+        servers.append((f"baseline {args.baseline_repo}", Path(args.baseline_repo), {}))
+    served = {}
+    for index, (name, repo, extra) in enumerate(servers):  # the soak (memory) only for ours
+        with launched(repo, tmp_path / "torch", **extra) as server:
+            served[name] = measure_server(
+                name, server, records, args.seconds, tmp_path, args.soak_seconds if index == 0 else 0
             )
-
-        servers: list[tuple[str, Path, dict]] = [("our server", REPO, {})]
-        servers += [
-            (f"our server, {n} worker(s)", REPO, {"SAGEMAKER_MODEL_SERVER_WORKERS": str(n)}) for n in args.workers
-        ]
-        if args.baseline_repo:
-            servers.append((f"baseline {args.baseline_repo}", Path(args.baseline_repo), {}))
-        served = {}
-        for index, (name, repo, extra) in enumerate(servers):  # the soak (memory) only for ours
-            with launched(repo, tmp_path / "torch", **extra) as server:
-                served[name] = measure_server(
-                    name, server, records, args.seconds, tmp_path, args.soak_seconds if index == 0 else 0
-                )
-        ours = served["our server"]
-        server_gflops = ours["small"][8]["rps"] * flops_per_series / 1e9
-        print(
-            f"our server c=8 work  : {server_gflops:.1f} GFLOP/s = {server_gflops / peak:.1%} of peak; 100-series "
-            f"{ours['big']['rps'] * 100 * flops_per_series / 1e9:.1f} GFLOP/s"
-        )
-        peer = None if args.no_peer else gluonts_shell_c8(tmp_path, records, args.seconds)
-        report(ours, measured, peer)
-        for name, result in list(served.items())[1:]:
-            print(f"\nours against {name} (same run)")
-            for c in (1, 4, 8):
-                print(
-                    f"  1-series c={c}: {ratio(ours['small'][c]['rps'], result['small'][c]['rps'])} req/s, "
-                    f"p99 {ours['small'][c]['p99_ms']:.0f} vs {result['small'][c]['p99_ms']:.0f} ms"
-                )
-            print(f"  100-series c=1: {ratio(ours['big']['rps'], result['big']['rps'])}")
-            print(f"  serve -> /ping 200: {ours['ready_s']:.2f} vs {result['ready_s']:.2f} s")
-            print(f"  slowest /ping during c=8: {ours['ping_under_load']} vs {result['ping_under_load']}")
-
-
-def gluonts_shell_c8(tmp_path: Path, records: list[dict], seconds: int) -> dict:
-    shell_root = tmp_path / "shell"
-    shutil.copytree(tmp_path / "mxnet/model/predictor", shell_root / "model")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    shell = subprocess.Popen(
-        [sys.executable, "-c", GLUONTS_SHELL, str(shell_root), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    ours = served["our server"]
+    server_gflops = ours["small"][8]["rps"] * flops_per_series / 1e9
+    print(
+        f"our server c=8 work  : {server_gflops:.1f} GFLOP/s = {server_gflops / peak:.1%} of peak; 100-series "
+        f"{ours['big']['rps'] * 100 * flops_per_series / 1e9:.1f} GFLOP/s"
     )
-    try:
-        wait_ping(url, shell)
-        peer_body = request_body(records, 1)
-        peer_body["configuration"] = {**CONFIG, "freq": "h"}  # gluonts.shell insists on the frequency
-        assert requests.post(url + "/invocations", json=peer_body, timeout=60).status_code == 200
-        peer = wrk(url, peer_body, 8, seconds, tmp_path)
-        print(
-            f"gluonts.shell (mxnet), c=8: 1-series {peer['rps']:.1f} req/s, p50 {peer['p50_ms']:.0f} ms, "
-            f"p99 {peer['p99_ms']:.0f} ms, non-2xx {peer['non2xx']} {peer['socket_errors']}"
-        )
-    finally:
-        stop(shell)
-    return peer
+    report(ours, measured, None)
+    for name, result in list(served.items())[1:]:
+        print(f"\nours against {name} (same run)")
+        for c in (1, 4, 8):
+            print(
+                f"  1-series c={c}: {ratio(ours['small'][c]['rps'], result['small'][c]['rps'])} req/s, "
+                f"p99 {ours['small'][c]['p99_ms']:.0f} vs {result['small'][c]['p99_ms']:.0f} ms"
+            )
+        print(f"  100-series c=1: {ratio(ours['big']['rps'], result['big']['rps'])}")
+        print(f"  serve -> /ping 200: {ours['ready_s']:.2f} vs {result['ready_s']:.2f} s")
+        print(f"  slowest /ping during c=8: {ours['ping_under_load']} vs {result['ping_under_load']}")
 
 
 def report(ours: dict, measured: dict, peer: Optional[dict]) -> None:

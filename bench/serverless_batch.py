@@ -2,16 +2,21 @@
 batch_forecast -> forecasts + manifest) against the same series sent straight to the same container.
 
 One run: trains the bench model of bench/serve_throughput.py (context 72, prediction 24, 3 x 40 LSTM)
-through `container/train`, serves it with `container/serve`, deploys the stack on a moto server on
-loopback (`serverless.stack.deploy`, as `python -m serverless deploy`), then, side by side:
+through `container/train`, serves it with `container/serve` (its default workers), deploys the stack on
+a moto server on loopback (`serverless.stack.deploy`, as `python -m serverless deploy`), then --rounds
+paired rounds (issue #27), each:
   1. direct: the JSON Lines posted to /invocations as application/jsonlines in bodies of --direct-series
      (the most one real-time request may hold under the server's sample-path budget), one after another;
-  2. serverless: put_object of the same file under incoming/, the SQS poller of `emulate` invoking the
-     handler until the manifest exists (includes S3, SNS, SQS on moto, reading, validation, writing);
-  3. direct again (the baseline is the mean of 1 and 3: the machine is noisy).
-Prints series/s for both and the ratio [target >= 0.8]. Every wait is bounded by --timeout.
+  2. serverless: put_object of the same file under incoming/ (a new key each round), the SQS poller of
+     `emulate` invoking the handler until the manifest exists (includes S3, SNS, SQS on moto, reading,
+     validation, writing), with BATCH_IN_FLIGHT requests in flight (--in-flight; default: the
+     handler's own, 2 for a container URL);
+  3. with --direct-in-flight N, also direct with N requests in flight (an extra row: the same
+     concurrency on both sides).
+The headline is the median of the per-round ratios serverless / direct [target >= 0.95x]. Every wait is
+bounded by --timeout.
 
-    .venv/bin/python -m bench.serverless_batch [--series 10000] [--points 200]
+    .venv/bin/python -m bench.serverless_batch [--series 10000] [--points 200] [--rounds 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import random
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
+from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import CONFIG, spawn_serve, stop, train, wait_ping
-from devtools.serving import free_port
+from devtools.serving import free_port, gunicorn_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,9 +54,10 @@ def make_series(n: int, points: int, seed: int = 1) -> list[dict]:
     ]
 
 
-def direct(url: str, lines: list[bytes], per_request: int, timeout: float) -> float:
-    started = time.perf_counter()
-    for begin in range(0, len(lines), per_request):
+def direct(url: str, lines: list[bytes], per_request: int, timeout: float, in_flight: int = 1) -> float:
+    """Seconds to forecast ``lines`` in bodies of ``per_request`` lines, ``in_flight`` requests at a time."""
+
+    def post(begin: int) -> None:
         answer = requests.post(
             url + "/invocations",
             data=b"".join(lines[begin : begin + per_request]),
@@ -57,7 +66,30 @@ def direct(url: str, lines: list[bytes], per_request: int, timeout: float) -> fl
         )
         answer.raise_for_status()
         assert answer.content.count(b"\n") == len(lines[begin : begin + per_request])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(post, range(0, len(lines), per_request)))
     return time.perf_counter() - started
+
+
+def serverless(aws, outputs: dict, poller, body: bytes, key: str, series: int, timeout: float) -> tuple[float, dict]:
+    """Seconds from put_object to the manifest of ``incoming/<key>``, and the manifest."""
+    s3 = aws("s3")
+    started = time.perf_counter()
+    s3.put_object(Bucket=outputs["InputBucket"], Key=f"incoming/{key}", Body=body)
+    manifest = None
+    while manifest is None and time.perf_counter() - started < timeout:
+        poller.poll_once(wait_seconds=1)
+        try:
+            manifest = json.loads(
+                s3.get_object(Bucket=outputs["OutputBucket"], Key=f"forecasts/{key}.manifest.json")["Body"].read()
+            )
+        except s3.exceptions.NoSuchKey:
+            pass
+    elapsed = time.perf_counter() - started
+    assert manifest is not None and manifest["counts"]["forecast"] == series, manifest
+    return elapsed, manifest
 
 
 def main() -> None:
@@ -66,7 +98,19 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=200)
     parser.add_argument("--direct-series", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--rounds", type=int, default=2, help="paired rounds (direct, then serverless)")
+    parser.add_argument("--in-flight", type=int, help="BATCH_IN_FLIGHT for the handler (default: its own)")
+    parser.add_argument("--direct-in-flight", type=int, help="also direct with this many requests in flight")
+    parser.add_argument(
+        "--request-timeout",
+        type=int,
+        default=60,
+        help="the server's SAGEMAKER_MODEL_SERVER_TIMEOUT and the function's FORECAST_TIMEOUT, both sides alike "
+        "(a 1,000-series request can pass 60 s on a loaded machine)",
+    )
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("serverless_batch", sys.argv[1:])
 
     import logging
     import signal
@@ -85,7 +129,13 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     inference_config = json.dumps(CONFIG)
-    server = spawn_serve(REPO, tmp, port, DEEPAR_INFERENCE_CONFIG=inference_config)
+    server = spawn_serve(
+        REPO,
+        tmp,
+        port,
+        DEEPAR_INFERENCE_CONFIG=inference_config,
+        SAGEMAKER_MODEL_SERVER_TIMEOUT=str(args.request_timeout),
+    )
     # The moto server the mlops commands use: AWS_ENDPOINT_URL's when set, else one on loopback for this run.
     os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
     os.environ.setdefault("AWS_REGION", os.environ["AWS_DEFAULT_REGION"])
@@ -99,47 +149,61 @@ def main() -> None:
         outputs = stack.deploy(aws, "bench", {"ForecastEndpoint": url}, tmp / "bundles", say=lambda _: None)
         lines = [json.dumps(r).encode() + b"\n" for r in records]
         body = b"".join(lines)
-        print(f"{args.series} series x {args.points} points, {len(body) / 2**20:.1f} MB; {CONFIG}")
-        direct(url, lines[:200], args.direct_series, args.timeout)  # warm-up
-        first = direct(url, lines, args.direct_series, args.timeout)
-
         variables = {
             **emulate.function_variables(aws, outputs["BatchFunctionName"]),
             "DEEPAR_INFERENCE_CONFIG": inference_config,
+            "FORECAST_TIMEOUT": str(args.request_timeout),
+            **({"BATCH_IN_FLIGHT": str(args.in_flight)} if args.in_flight else {}),
         }
-        poller = emulate.Poller(
-            aws,
-            outputs["QueueUrl"],
-            __import__("serverless.handlers.batch_forecast", fromlist=["handler"]).handler,
-            variables,
-        )
+        handler = __import__("serverless.handlers.batch_forecast", fromlist=["handler"])
+        poller = emulate.Poller(aws, outputs["QueueUrl"], handler.handler, variables)
         while poller.poll_once(wait_seconds=0):  # the s3:TestEvent
             pass
-        s3 = aws("s3")
-        started = time.perf_counter()
-        s3.put_object(Bucket=outputs["InputBucket"], Key="incoming/bench.jsonl", Body=body)
-        manifest = None
-        while manifest is None and time.perf_counter() - started < args.timeout:
-            poller.poll_once(wait_seconds=1)
-            try:
-                manifest = json.loads(
-                    s3.get_object(Bucket=outputs["OutputBucket"], Key="forecasts/bench.jsonl.manifest.json")[
-                        "Body"
-                    ].read()
+        with emulate.function_environment(variables):
+            settings = handler.current()
+            in_flight = handler.in_flight(handler.forecasting.from_environment(settings), settings)
+        workers = len(gunicorn_workers(server.pid))
+        print(f"{args.series} series x {args.points} points, {len(body) / 2**20:.1f} MB; {CONFIG}")
+        print(machine())
+        print(
+            f"each side may use: the same container/serve, {workers} worker(s) x 1 inference thread; direct: one "
+            f"client, {args.direct_series} series per request, 1 request in flight; serverless: the handler in "
+            f"this process, {in_flight} request(s) in flight (BATCH_IN_FLIGHT), moto S3/SNS/SQS on loopback; "
+            f"request timeout {args.request_timeout} s on both"
+        )
+        direct(url, lines[:200], args.direct_series, args.timeout)  # warm-up
+        rounds = Paired("serverless upload / direct /invocations series/s", target=">= 0.95x")
+        same = Paired(f"serverless / direct with {args.direct_in_flight} in flight series/s")
+        for round_ in range(args.rounds):
+            direct_s = direct(url, lines, args.direct_series, args.timeout)
+            serverless_s, manifest = serverless(
+                aws, outputs, poller, body, f"bench-{round_}.jsonl", args.series, args.timeout
+            )
+            say = (
+                f"direct {args.series / direct_s:.0f} series/s; serverless {args.series / serverless_s:.0f} series/s, "
+                f"{serverless_s:.1f} s, manifest timings {manifest['timings']}, {manifest['requests']} requests"
+            )
+            rounds.add(args.series / serverless_s, args.series / direct_s, say)
+            result.row(
+                round=round_ + 1,
+                direct_series_per_s=args.series / direct_s,
+                serverless_series_per_s=args.series / serverless_s,
+            )
+            if args.direct_in_flight:
+                concurrent_s = direct(url, lines, args.direct_series, args.timeout, args.direct_in_flight)
+                same.add(
+                    args.series / serverless_s,
+                    args.series / concurrent_s,
+                    f"direct, {args.direct_in_flight} in flight: {args.series / concurrent_s:.0f} series/s",
                 )
-            except s3.exceptions.NoSuchKey:
-                pass
-        serverless_s = time.perf_counter() - started
-        assert manifest is not None and manifest["counts"]["forecast"] == args.series, manifest
-        second = direct(url, lines, args.direct_series, args.timeout)
-        baseline = (first + second) / 2
-        print(
-            f"direct /invocations ({args.direct_series} series per request): {args.series / first:.0f} and {args.series / second:.0f} series/s"
-        )
-        print(
-            f"serverless upload -> manifest: {args.series / serverless_s:.0f} series/s ({serverless_s:.1f} s; manifest timings {manifest['timings']}, {manifest['requests']} requests)"
-        )
-        print(f"ratio serverless / direct: {baseline / serverless_s:.2f} (target >= 0.8)")
+                result.rows[-1]["direct_in_flight_series_per_s"] = args.series / concurrent_s
+        print(rounds.headline())
+        result.headline(rounds)
+        if args.direct_in_flight:
+            print(same.headline())
+            result.headline(same)
+        print(machine() + " (at the end)")
+        result.write(args.json)
     finally:
         stop(server)
         moto.__exit__(None, None, None)

@@ -3,7 +3,7 @@
 the default real-time start without a memory limit, runs interleaved in the same run. Also prints
 the workers x threads each container chose (from its log): they must follow the memory limit.
 
-    .venv/bin/python -m bench.serverless_cold_start [--image sagemaker-deepar:latest] [--memory 1 3 6] [--runs 3]
+    .venv/bin/python -m bench.serverless_cold_start [--image sagemaker-deepar:latest] [--memory 1 3 6] [--runs 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import argparse
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
+from bench._paired import machine
+from bench._results import JSON_HELP, Result
 from bench.image_cold_start import serving_container, train_model
 
 
@@ -31,7 +34,10 @@ def main() -> None:
     parser.add_argument("--image", default="sagemaker-deepar:latest")
     parser.add_argument("--memory", type=int, nargs="+", default=[1, 3, 6], help="GB, as MemorySizeInMB / 1024")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("serverless_cold_start", sys.argv[1:])
+    print(machine(), flush=True)
     setups = {"real-time, no memory limit (baseline)": []}
     for gb in args.memory:
         setups[f"serverless, --memory={gb}g"] = [f"--memory={gb}g", "-e", "DEEPAR_HOSTING_MODE=serverless"]
@@ -48,7 +54,12 @@ def main() -> None:
     for label in setups:
         median = statistics.median(times[label])
         runs = ", ".join(f"{t:.2f}" for t in times[label])
-        print(f"  {label:<40} {median:6.2f} s ({runs}); {shapes[label]}; {median / baseline:.2f}x the baseline")
+        line = f"{label:<40} {median:6.2f} s ({runs}); {shapes[label]}; {median / baseline:.2f}x the baseline"
+        print(f"  {line}")
+        result.figure(f"/ping 200, {label}", median, "s", line)
+        for run, seconds in enumerate(times[label], 1):
+            result.row(kind="cold_start", image=label, run=run, seconds_to_ping=seconds)
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ final train loss (``deepar-metadata.json``). Every container has a time limit an
 is the network.
 
     .venv/bin/python -m bench.train_scaling --image sagemaker-deepar:multihost [--repeats 2] [--epochs 5]
-        [--batches-per-epoch 40] [--timeout 900]
+        [--batches-per-epoch 40] [--timeout 900] [--json PATH]
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import BENCH_MODEL
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 HYPERPARAMETERS = {
     **BENCH_MODEL,
@@ -98,7 +100,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batches-per-epoch", type=int, default=40)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per job")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("train_scaling", sys.argv[1:])
     hp = {**HYPERPARAMETERS, "epochs": str(args.epochs), "num_batches_per_epoch": str(args.batches_per_epoch)}
     network = f"deepar-scaling-{os.getpid()}"
     subprocess.run(["docker", "network", "create", network], check=True, capture_output=True)
@@ -119,6 +123,13 @@ def main() -> None:
                     run = run_job(args.image, tmp, tmp / "data", hp, hosts, network, args.timeout)
                     runs.append(run)
                     pair[hosts] = run.windows_per_second / batch
+                    result.row(
+                        round=repeat + 1,
+                        hosts=hosts,
+                        batches_per_second=pair[hosts],
+                        wall_seconds=run.wall_seconds,
+                        final_loss=run.final_loss,
+                    )
                     print(
                         f"run {repeat + 1}, {hosts} host(s): {pair[hosts]:.2f} batches/s, "
                         f"wall {run.wall_seconds:.1f} s, final loss {run.final_loss:.4f}",
@@ -136,6 +147,9 @@ def main() -> None:
     print(f"wall time 1 host / 2 hosts (medians): {wall[1] / wall[2]:.2f}x")
     print(per_cpu.headline())
     print(rounds.headline())
+    result.headline(rounds)
+    result.headline(per_cpu)
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ or OMP_NUM_THREADS=N with --threads). With `--accuracy-seeds`, both also train
 with a held-out test channel per seed (torch) and report `mean_wQuantileLoss` on it.
 
     .venv/bin/python -m bench.train_speed [--repeats 3] [--backends torch mxnet] [--accuracy-seeds 1 2 3]
-        [--epochs 5] [--batches-per-epoch 50] [--threads N]
+        [--epochs 5] [--batches-per-epoch 50] [--threads N] [--json PATH]
 
 `--threads N` sets OMP_NUM_THREADS for both sides: on a machine shared with other jobs, torch's
 spinning worker threads otherwise measure the contention more than the training.
@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from bench.serve_throughput import BENCH_MODEL
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +98,7 @@ predictor.serialize(out)
 result = {"epoch_seconds": epoch_seconds, "losses": losses}
 if test_dir is not None:
     from gluonts.evaluation import make_evaluation_predictions
-    from sagemaker_deepar.metrics import evaluate_forecasts
+    from sagemaker_deepar.training.metrics import evaluate_forecasts
     test = read(test_dir)
     forecasts = list(make_evaluation_predictions(test, predictor, num_samples=100)[0])
     quantiles = [round(0.1 * i, 1) for i in range(1, 10)]
@@ -193,7 +194,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=int(HYPERPARAMETERS["epochs"]))
     parser.add_argument("--batches-per-epoch", type=int, default=int(HYPERPARAMETERS["num_batches_per_epoch"]))
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: the libraries' own)")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("train_speed", sys.argv[1:])
     HYPERPARAMETERS.update(epochs=str(args.epochs), num_batches_per_epoch=str(args.batches_per_epoch))
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -219,9 +222,19 @@ def main() -> None:
             rounds = Paired(
                 f"{backend} training ours / plain GluonTS batches/s", ">= 1.5x" if backend == "torch" else ""
             )
-            for _ in range(args.repeats):
+            for repeat in range(1, args.repeats + 1):
                 ours.append(run_ours(root, env, batches, batch_size))
                 plain.append(run_plain(root, env, hp, batches, with_test=False))
+                for side, run in (("ours", ours[-1]), ("plain GluonTS", plain[-1])):
+                    result.row(
+                        kind="speed",
+                        backend=backend,
+                        round=repeat,
+                        side=side,
+                        batches_per_second=run.batches_per_second,
+                        final_loss=run.final_loss,
+                        wall_seconds=run.wall_seconds,
+                    )
                 rounds.add(
                     ours[-1].batches_per_second,
                     plain[-1].batches_per_second,
@@ -232,6 +245,7 @@ def main() -> None:
                 f"process wall ours {median(ours, 'wall_seconds'):.1f} s plain {median(plain, 'wall_seconds'):.1f} s"
             )
             print(rounds.headline(), flush=True)
+            result.headline(rounds)
         if args.accuracy_seeds:
             ours_wql, plain_wql = [], []
             for seed in args.accuracy_seeds:
@@ -241,6 +255,8 @@ def main() -> None:
                 p = run_plain(root, env, hp, batches, with_test=True)
                 ours_wql.append(o.mean_wql)
                 plain_wql.append(p.mean_wql)
+                for side, run in (("ours", o), ("plain GluonTS", p)):
+                    result.row(kind="accuracy", backend="torch", seed=seed, side=side, mean_wQuantileLoss=run.mean_wql)
                 print(
                     f"torch  seed {seed}: test mean_wQuantileLoss ours {o.mean_wql:.4f} plain {p.mean_wql:.4f}; "
                     f"final loss ours {o.final_loss:.4f} plain {p.final_loss:.4f}",
@@ -248,11 +264,20 @@ def main() -> None:
                 )
             spread = max(plain_wql) - min(plain_wql)
             difference = abs(statistics.mean(ours_wql) - statistics.mean(plain_wql))
-            print(
+            accuracy_line = (
                 f"torch  mean_wQuantileLoss mean ours {statistics.mean(ours_wql):.4f} plain "
                 f"{statistics.mean(plain_wql):.4f}; |difference| {difference:.4f} vs plain seed-to-seed spread "
                 f"{spread:.4f}"
             )
+            print(accuracy_line)
+            result.figure(
+                "held-out mean_wQuantileLoss |ours - plain|",
+                difference,
+                "",
+                accuracy_line.strip(),
+                "<= the seed spread",
+            )
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 - an unusable model folder (a file in its place) -> ClientError: seconds to fail, against the full
   run (what the job cost before the probe: it failed when writing the model, after training).
 
-    .venv/bin/python -m bench.train_stop [--series 50 --points 2000 --epochs 5 --batches 40]
+    .venv/bin/python -m bench.train_stop [--series 50 --points 2000 --epochs 5 --batches 40] [--json PATH]
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench._paired import machine
+from bench._results import JSON_HELP, Result
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"
@@ -109,7 +112,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--timeout", type=float, default=900, help="seconds any one run may take")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("train_stop", sys.argv[1:])
+    print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         roots = [Path(tmp) / name for name in ("full", "stop", "fail")]
         for root in roots:
@@ -118,8 +124,14 @@ def main() -> None:
         stop = stopped_run(roots[1], args.timeout)
         fail = failing_run(roots[2], args.timeout)
     print(f"full run ({args.epochs} epochs x {args.batches} batches): {full:.1f} s; one epoch {epoch:.1f} s")
-    print(f"SIGTERM mid-epoch -> exit 0 with a checked model: {stop:.1f} s = {stop / epoch:.2f} epochs")
-    print(f"model folder is a file -> ClientError: {fail:.1f} s = {fail / full:.3f} of the full run")
+    stop_line = f"SIGTERM mid-epoch -> exit 0 with a checked model: {stop:.1f} s = {stop / epoch:.2f} epochs"
+    fail_line = f"model folder is a file -> ClientError: {fail:.1f} s = {fail / full:.3f} of the full run"
+    print(stop_line)
+    print(fail_line)
+    result.figure("SIGTERM mid-epoch to exit", stop / epoch, "epochs", stop_line)
+    result.figure("unusable model folder to ClientError", fail / full, "of the full run", fail_line)
+    result.row(full_seconds=full, epoch_seconds=epoch, stop_seconds=stop, fail_seconds=fail)
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ cold wall time to target, with its range; a seed whose warm run never reaches th
 and left out of the median (the count is printed).
 
     .venv/bin/python -m bench.warm_start [--seeds 3 --grid 1,2,4,8 --previous-epochs 8 --days 30 --new-days 7]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ import numpy as np
 from scipy.optimize import isotonic_regression
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 from sagemaker_deepar.contract import split_train_test, write_jsonl
-from sagemaker_deepar.metrics import METRIC_DEFINITIONS
-from sagemaker_deepar.sample_data import generate
+from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
+from sagemaker_deepar.training.sample_data import generate
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"
@@ -163,7 +165,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30, help="days of data the previous model saw")
     parser.add_argument("--new-days", type=int, default=7, help="days the new data adds")
     parser.add_argument("--timeout", type=float, default=900, help="per job")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
+    result = Result("warm_start", sys.argv[1:])
     seeds = [42 + n for n in range(args.seeds)]
 
     print(machine(), flush=True)
@@ -190,6 +194,14 @@ def main() -> None:
                         metadata = json.loads((root / "model" / "deepar-metadata.json").read_text())
                         assert metadata.get("warm_start", {}).get("initial_weights_sha256"), f"{root.name}: not warm"
                     curves.setdefault((side, seed), []).append(job)
+                    result.row(
+                        seed=seed,
+                        side=side,
+                        epochs=epochs,
+                        held_out_mean_wQuantileLoss=job.held_out,
+                        seconds_to_last_epoch=job.seconds_to_last_epoch,
+                        seconds=job.seconds,
+                    )
                     print(
                         f"  seed {seed} {side} {epochs:>3} epoch(s): held-out mean_wQuantileLoss {job.held_out:.4f}, "
                         f"{job.seconds_to_last_epoch:.1f} s to the last epoch, {job.seconds:.1f} s whole job",
@@ -231,9 +243,12 @@ def main() -> None:
         print(
             f"warm / cold epochs to target: median {float(np.median(epoch_ratios)):.2f}x over {len(epoch_ratios)} seed(s)"
         )
-        print(paired.headline() + (f"; warm missed the target for seed(s) {missed}" if missed else ""))
+        headline = paired.headline() + (f"; warm missed the target for seed(s) {missed}" if missed else "")
+        print(headline)
+        result.headline(paired, line=headline)
     else:
         print(f"warm / cold wall time to target: warm missed the target for every seed {missed}")
+    result.write(args.json)
 
 
 if __name__ == "__main__":

@@ -302,40 +302,27 @@ def group_inline_egress(aws: Any, logical: str, props: dict, resolver: Resolver)
 # ---------------------------------------------------------------- load balancing (attributes)
 
 
-def _attributes(props: dict, key: str) -> dict[str, str]:
-    return {str(a["Key"]): str(a["Value"]).lower() for a in props.get(key, [])}
+def _elbv2_attributes(name: str, noun: str) -> None:
+    """Register the completer of an ``AWS::ElasticLoadBalancingV2::<name>``'s attributes (the template's
+    ``<name>Attributes``, read and set by elbv2's ``describe_/modify_<noun>_attributes`` with ``<name>Arn``):
+    those that differ are set, each change named by its key."""
+
+    def complete(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
+        elbv2, resource = aws("elbv2"), {f"{name}Arn": resolver.physical[logical]}
+        wanted = {str(a["Key"]): str(a["Value"]).lower() for a in props.get(f"{name}Attributes", [])}
+        described = getattr(elbv2, f"describe_{noun}_attributes")(**resource)["Attributes"]
+        current = {a["Key"]: str(a["Value"]).lower() for a in described}
+        changes = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if changes:
+            attributes = [{"Key": k, "Value": v} for k, v in changes.items()]
+            getattr(elbv2, f"modify_{noun}_attributes")(**resource, Attributes=attributes)
+        return Completed(resource[f"{name}Arn"], "updated" if changes else "present", tuple(sorted(changes)))
+
+    completer(f"AWS::ElasticLoadBalancingV2::{name}", when="offline")(complete)
 
 
-@completer("AWS::ElasticLoadBalancingV2::LoadBalancer", when="offline")
-def load_balancer_attributes(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
-    arn = resolver.physical[logical]
-    wanted = _attributes(props, "LoadBalancerAttributes")
-    current = {
-        a["Key"]: str(a["Value"]).lower()
-        for a in aws("elbv2").describe_load_balancer_attributes(LoadBalancerArn=arn)["Attributes"]
-    }
-    changes = {k: v for k, v in wanted.items() if current.get(k) != v}
-    if changes:
-        aws("elbv2").modify_load_balancer_attributes(
-            LoadBalancerArn=arn, Attributes=[{"Key": k, "Value": v} for k, v in changes.items()]
-        )
-    return Completed(arn, "updated" if changes else "present", tuple(sorted(changes)))
-
-
-@completer("AWS::ElasticLoadBalancingV2::TargetGroup", when="offline")
-def target_group_attributes(aws: Any, logical: str, props: dict, resolver: Resolver) -> Completed:
-    arn = resolver.physical[logical]
-    wanted = _attributes(props, "TargetGroupAttributes")
-    current = {
-        a["Key"]: str(a["Value"]).lower()
-        for a in aws("elbv2").describe_target_group_attributes(TargetGroupArn=arn)["Attributes"]
-    }
-    changes = {k: v for k, v in wanted.items() if current.get(k) != v}
-    if changes:
-        aws("elbv2").modify_target_group_attributes(
-            TargetGroupArn=arn, Attributes=[{"Key": k, "Value": v} for k, v in changes.items()]
-        )
-    return Completed(arn, "updated" if changes else "present", tuple(sorted(changes)))
+_elbv2_attributes("LoadBalancer", "load_balancer")
+_elbv2_attributes("TargetGroup", "target_group")
 
 
 # ---------------------------------------------------------------- ECS

@@ -50,9 +50,7 @@ def read_output(output_path: str, session) -> list[dict]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.batch", __doc__)
     parser.add_argument("--model-data", required=True, help="model.tar.gz URI")
     parser.add_argument("--image", help="serving image (default with --local: sagemaker-deepar:latest)")
     parser.add_argument(
@@ -75,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     from sagemaker.model import Model
 
-    from sagemaker_deepar.report import QUANTILES
+    from sagemaker_deepar.training.report import QUANTILES
 
     session = common.open_session(args)
     records, held_out = accuracy.load_eval_series(args)

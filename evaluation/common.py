@@ -25,6 +25,13 @@ LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants 
 DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 
 
+def command_parser(module: str, description: Optional[str]) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>``, its description (the module docstring) shown as written."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_session_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where it runs")
     group.add_argument(

@@ -295,9 +295,7 @@ def add_command_args(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
-        prog="python -m evaluation.deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    top = common.command_parser("evaluation.deploy", __doc__)
     sub = top.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         add_command_args(sub.add_parser(name, help=COMMANDS[name].__doc__), name)

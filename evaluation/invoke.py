@@ -59,9 +59,7 @@ def invoke(
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.invoke", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.invoke", __doc__)
     parser.add_argument("--name", required=True, help="endpoint name")
     parser.add_argument("--variant", help="send every request to this production variant (TargetVariant)")
     parser.add_argument(
@@ -75,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from sagemaker_deepar.report import QUANTILES
+    from sagemaker_deepar.training.report import QUANTILES
 
     records, held_out = load_eval_series(args)
     runtime = common.runtime_client(common.open_session(args), args)

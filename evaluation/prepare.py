@@ -33,7 +33,7 @@ def read_series(path: Path) -> list[tuple[str, dict]]:
 
 
 def sample_series(sensors: int, days: int) -> list[tuple[str, dict]]:
-    from sagemaker_deepar.sample_data import generate
+    from sagemaker_deepar.training.sample_data import generate
 
     return [(f"sample series {i}", r) for i, r in enumerate(generate(num_sensors=sensors, days=days))]
 
@@ -63,9 +63,7 @@ def publish(folder: Path, output: str, args: argparse.Namespace) -> dict[str, st
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.prepare", __doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, nargs="+", help="JSON Lines files of full series (.json, .jsonl, .gz)")
     source.add_argument("--sample", action="store_true", help="generate the sample pollution series instead")

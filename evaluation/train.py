@@ -79,7 +79,7 @@ def hyperparameters(args: argparse.Namespace) -> dict:
 def build_estimator(args: argparse.Namespace, session):
     from sagemaker.estimator import Estimator
 
-    from sagemaker_deepar.metrics import METRIC_DEFINITIONS
+    from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
 
     if args.spot and args.local:
         raise UserError("--spot needs SageMaker; drop it with --local")
@@ -126,9 +126,7 @@ def final_metrics(session, job_name: str, model_data: str) -> dict[str, float]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.train", __doc__)
     add_training_args(parser)
     parser.add_argument("--quiet", action="store_true", help="do not stream the job's logs")
     return parser

@@ -38,9 +38,7 @@ def remove_local_leftovers(image: str, before: set[str]) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m evaluation.workflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_parser("evaluation.workflow", __doc__)
     parser.add_argument("--workdir", type=Path, default=Path("deepar-eval"), help="local files: data, plots, reports")
     parser.add_argument("--s3-prefix", help="SageMaker: where channels, models and batch files go (s3://...)")
     parser.add_argument("--image", help="the image URI (default with --local: sagemaker-deepar:latest)")
@@ -86,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.local:
         data.write_bytes(common.local_path(channels["test"]).joinpath("test.json").read_bytes())
     else:
-        from sagemaker_deepar.sample_data import generate
+        from sagemaker_deepar.training.sample_data import generate
 
         contract.write_jsonl(generate(num_sensors=args.sensors, days=args.days), data)
     summary["prepare"] = channels

@@ -4,6 +4,7 @@ flags override them. Shared by the setup command (infra.py), the simulator and t
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,26 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sagemaker_deepar.errors import UserError
+from sagemaker_deepar.settings import EnvironmentSettings
+
+
+class IngestionEnvironment(EnvironmentSettings):
+    """Ingestion (`python -m ingestion.infra|simulator|query|to_deepar`): the environment beside the JSON config."""
+
+    iam_wait: float = Field(
+        90.0,
+        ge=0,
+        le=3600,
+        validation_alias="INGESTION_IAM_WAIT",
+        description="`infra up`: seconds to retry while a new IAM role propagates to Firehose and IoT",
+    )
+    debug: Optional[str] = Field(
+        None, validation_alias="INGESTION_DEBUG", description="any value: a failing command prints its traceback"
+    )
+
+
+def environment() -> IngestionEnvironment:
+    return IngestionEnvironment.from_env(os.environ)
 
 
 class IngestionConfig(BaseModel):

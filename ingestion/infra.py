@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from awsinfra import settings as aws_settings
 from awsinfra.clients import client
 from awsinfra.errors import error_code
 from sagemaker_deepar.cli import run_command
 from sagemaker_deepar.errors import UserError
 
-from .config import IngestionConfig, load_config
+from .config import IngestionConfig, environment, load_config
 
 HERE = Path(__file__).resolve().parent
 GLUE_SCRIPT = HERE / "glue_job.py"
@@ -49,7 +50,6 @@ FIREHOSE_PREFIX = RAW_PREFIX + "year=!{timestamp:yyyy}/month=!{timestamp:MM}/day
 FIREHOSE_ERROR_PREFIX = (
     "errors/!{firehose:error-output-type}/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"
 )
-IAM_PROPAGATION_SECONDS = float(os.environ.get("INGESTION_IAM_WAIT", "90"))
 
 
 @dataclass
@@ -135,7 +135,7 @@ def retry_while_role_propagates(call: Callable[[], Any], codes: tuple[str, ...])
     """A role just created can take seconds before Firehose/IoT may assume it: retry with backoff."""
     from botocore.exceptions import ClientError
 
-    deadline, delay = time.monotonic() + IAM_PROPAGATION_SECONDS, 2.0
+    deadline, delay = time.monotonic() + environment().iam_wait, 2.0
     while True:
         try:
             return call()
@@ -947,7 +947,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["plan", "up", "down"])
     p.add_argument("--config", type=Path, help="JSON file with any of: " + ", ".join(IngestionConfig.model_fields))
     p.add_argument("--prefix")
-    p.add_argument("--region", default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    p.add_argument("--region", default=aws_settings.current().region)
     p.add_argument("--devices", type=int)
     p.add_argument("--buffer-seconds", type=int)
     p.add_argument("--buffer-mb", type=int)

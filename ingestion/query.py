@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from sagemaker_deepar.cli import run_command
-from sagemaker_deepar.contract import ContractError, UnsafePathError, key_path, parse_time_freq
+from sagemaker_deepar.contract import ContractError, UnsafePathError, parse_time_freq
 from sagemaker_deepar.errors import UserError
 
 QUERIES = Path(__file__).resolve().parent.parent / "queries"
@@ -54,7 +54,6 @@ EMPTY_QUARANTINE = (
     'SELECT NULL::VARCHAR AS reason, NULL::VARCHAR AS raw, NULL::TIMESTAMP AS "timestamp", '
     'NULL::VARCHAR AS source, NULL::VARCHAR AS "date" WHERE false'
 )
-INTERVAL_UNITS = {"min": "minutes", "H": "hours", "h": "hours", "D": "days", "W": "days", "M": "months"}
 INTERVAL_TEXT = re.compile(r"\s*\d+\s+(second|minute|hour|day|week|month|year)s?\s*", re.IGNORECASE)
 ATHENA_POLL_SECONDS = 0.5
 
@@ -99,8 +98,7 @@ def _interval(text: str) -> str:
         raise ValueError(
             "expected a time_freq (H, 5min, 2W, M) or a count and a unit ('1 hour', '5 minutes', '1 month')"
         ) from None
-    count = freq.multiple * (7 if freq.unit == "W" else 1)
-    return f"{count} {INTERVAL_UNITS[freq.unit]}"
+    return freq.interval
 
 
 def query_names(folder: Path = QUERIES) -> list[str]:
@@ -195,30 +193,17 @@ def _s3_parts(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def local_path_for_key(folder: Path, prefix: str, key: str) -> Path:
-    """Where the object ``key`` (under ``prefix``) goes inside ``folder``: the contract's one mapping
-    (``key_path``); a key that would leave it (``..``, ``.``, an absolute or empty part) is refused."""
+def copy_from_s3(url: str, folder: Path, client: Any = None) -> Path:
+    """Every object under ``s3://bucket/prefix`` copied below ``folder`` (the layout kept); a key that
+    would leave the folder is refused, naming it."""
+    from awsinfra.clients import client as aws_client
+    from awsinfra.s3 import download_prefix
+
+    bucket, prefix = _s3_parts(url)
     try:
-        return key_path(folder, key, prefix)
+        copied = download_prefix(client or aws_client("s3"), bucket, prefix, folder, lambda key: True)
     except UnsafePathError as error:
         raise UserError(f"{error}: refused") from None
-
-
-def copy_from_s3(url: str, folder: Path, client: Any = None) -> Path:
-    """Every object under ``s3://bucket/prefix`` copied below ``folder`` (the layout kept)."""
-    from awsinfra.clients import client as aws_client
-
-    s3 = client or aws_client("s3")
-    bucket, prefix = _s3_parts(url)
-    copied = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith("/"):
-                continue  # a folder marker
-            target = local_path_for_key(folder, prefix, item["Key"])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
-            copied += 1
     if not copied:
         raise UserError(f"{url}: no objects (an empty or missing lake)")
     return folder

@@ -42,17 +42,13 @@ def fetch(curated: str, folder: Path) -> Path:
     if not curated.startswith("s3://"):
         return Path(curated)
     from awsinfra.clients import client
+    from awsinfra.s3 import download_prefix
 
-    s3, (bucket, prefix) = client("s3"), split_s3(curated)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(".parquet"):
-                try:  # a key such as readings/../../x must not write outside the work folder (#23 item 3)
-                    target = contract.key_path(folder, item["Key"], prefix)
-                except contract.UnsafePathError as error:
-                    raise UserError(f"{curated}: {error}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
+    bucket, prefix = split_s3(curated)
+    try:  # a key such as readings/../../x must not write outside the work folder (#23 item 3)
+        download_prefix(client("s3"), bucket, prefix, folder, lambda key: key.endswith(".parquet"))
+    except contract.UnsafePathError as error:
+        raise UserError(f"{curated}: {error}") from None
     return folder
 
 
@@ -78,15 +74,6 @@ def load(curated: Path, columns: list[str]) -> pd.DataFrame:
     return frame.sort_values(["device_id", "timestamp"])
 
 
-def series_values(values: np.ndarray) -> list:
-    """Rounded floats with "NaN" for gaps, built vectorized (this is the converter's hot loop)."""
-    array = np.round(np.asarray(values, dtype=float), 4)
-    out = array.tolist()
-    for i in np.flatnonzero(np.isnan(array)).tolist():
-        out[i] = "NaN"
-    return out
-
-
 def complete(values: np.ndarray) -> list[float]:
     return np.round(pd.Series(values).ffill().bfill().fillna(0.0).to_numpy(dtype=float), 4).tolist()
 
@@ -109,7 +96,7 @@ def build_series(
             rows = slice(int(observed[0]), int(observed[-1]) + 1)
             record = {
                 "start": freq.label(grid.first + rows.start),
-                "target": series_values(grid.means[rows, columns.index(target)]),
+                "target": contract.target_list(grid.means[rows, columns.index(target)], decimals=4),
                 "item_id": device if len(targets) == 1 else f"{device}/{target}",
             }
             if with_cat:

@@ -17,6 +17,8 @@ from typing import Iterator, Optional
 from awsinfra import clients as _clients
 from awsinfra.clients import DEFAULT_REGION, RETRIES, boto_session, client, endpoint_url, free_port, region
 
+from . import settings as mlops_settings
+
 __all__ = [
     "DEFAULT_REGION",
     "LOCAL_ROLE",
@@ -81,8 +83,8 @@ def quiet_logs() -> None:
     keep the containers' own output and our lines readable (DEEPAR_MLOPS_DEBUG keeps them all)."""
     import logging
 
-    if os.environ.get("DEEPAR_MLOPS_DEBUG"):
-        os.environ.setdefault("DEEPAR_EVAL_DEBUG", "1")  # evaluation.common's switch, for offline_credentials
+    if mlops_settings.current().debug:
+        mlops_settings.keep_evaluation_logs()
     else:
         for name in ("sagemaker", "werkzeug", "botocore.credentials"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -29,20 +28,14 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+from sagemaker_deepar.contract import network_shape
 from sagemaker_deepar.errors import UserError
 
 from . import aws, registry
+from . import settings as mlops_settings
 from .pipeline import EVALUATION_FILE, PIPELINE_NAME, Defaults, PipelineSettings, build_pipeline
 
 LOCAL_IMAGE = "sagemaker-deepar:latest"
-# What the Train step's job gets from this environment, so that it records its run in mlflow (docs/mlflow.md).
-# Credentials (MLFLOW_TRACKING_TOKEN, ...) are not copied: a job's environment is readable in its description.
-TRACKING_VARIABLES = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_EXPERIMENT_NAME",
-    "MLFLOW_REGISTERED_MODEL_NAME",
-    "DEEPAR_MLFLOW_RETRY_SECONDS",
-)
 REGISTERED, REJECTED, STARTED = "registered", "rejected", "started"
 AUTO, NONE = "auto", "none"  # --warm-start-model: the production model if there is one / random weights
 
@@ -106,9 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", help="run here: local pipeline session, moto for AWS calls")
     parser.add_argument("--image", help=f"the image (default with --local: {LOCAL_IMAGE}; else an ECR URI)")
     parser.add_argument("--workdir", type=Path, default=Path("mlops-build"), help="--local: where each run writes")
-    parser.add_argument(
-        "--role", default=os.environ.get("SAGEMAKER_ROLE"), help="execution role ARN (env SAGEMAKER_ROLE)"
-    )
+    parser.add_argument("--role", default=mlops_settings.current().role, help="execution role ARN (env SAGEMAKER_ROLE)")
     parser.add_argument(
         "--bucket", help="the SDK's bucket for code and step outputs (default: the SDK's default bucket)"
     )
@@ -194,7 +185,7 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
         return WarmStart(None, None, f"cold start: no approved model in {group}")
     arn, model_data, recorded = production
     differ = registry.shape_differences(recorded, network_hyperparameters(settings))
-    if differ:  # the Train step would refuse it (sagemaker_deepar.warm_start): a new shape starts afresh
+    if differ:  # the Train step would refuse it (sagemaker_deepar.training.warm_start): a new shape starts afresh
         return WarmStart(None, None, f"cold start: model package {arn} has another network shape ({', '.join(differ)})")
     if not settings.local and not model_data.startswith("s3://"):
         return WarmStart(None, None, f"cold start: model package {arn} holds {model_data}, not an s3:// model")
@@ -202,15 +193,11 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
 
 
 def network_hyperparameters(settings: BuildSettings) -> dict[str, str]:
-    """The hyperparameters this build sets that shape the network: a warm start must match them (the
-    pipeline's Register step records the same names)."""
-    return {
-        "time_freq": settings.time_freq,
-        "prediction_length": str(settings.prediction_length),
-        "context_length": str(settings.context_length),
-        "num_cells": str(settings.num_cells),
-        "num_layers": str(settings.num_layers),
-    }
+    """The hyperparameters this build sets that shape the network (``contract.network_shape`` of the
+    settings' hyperparameter fields, as strings): a warm start must match them (the pipeline's Register
+    step records the same names)."""
+    declared = {item.name: getattr(settings, item.name) for item in fields(PipelineSettings)}
+    return {name: str(value) for name, value in network_shape(declared).items()}
 
 
 def local_model_channel(model: str, folder: Path, named: str = "--warm-start-model") -> str:
@@ -252,15 +239,14 @@ def execution_parameters(settings: BuildSettings, threshold: float) -> dict[str,
     }
 
 
-def tracking_environment(env: Any = os.environ, local: bool = False) -> dict[str, str]:
-    """The MLFLOW_* settings the Train step passes to its job (none without MLFLOW_TRACKING_URI).
+def tracking_environment(passed: dict[str, str], local: bool = False) -> dict[str, str]:
+    """The MLFLOW_* settings the Train step passes to its job (``MlopsSettings.tracking_variables``).
 
     A local build's containers cannot reach this machine's loopback: such a URI is passed as is (the job
     then records why nothing was tracked in mlflow.json) and said here, with the command that works.
     """
-    if not env.get("MLFLOW_TRACKING_URI", "").strip():
+    if not passed:
         return {}
-    passed = {name: env[name] for name in TRACKING_VARIABLES if env.get(name, "").strip()}
     host = urlparse(passed["MLFLOW_TRACKING_URI"].strip()).hostname or ""
     if local and (host in ("localhost", "::1") or host.startswith("127.")):
         print(
@@ -285,7 +271,7 @@ def _defaults(
         output_uri=output_uri,
         threshold=threshold,
         warm_start_model=warm_start_model,
-        training_environment=tracking_environment(os.environ, settings.local),
+        training_environment=tracking_environment(mlops_settings.current().tracking_variables(), settings.local),
     )
 
 
@@ -339,7 +325,7 @@ def _quiet_container_threads(hook: Any) -> None:
     """The SDK streams a local serving container from a thread that ends in a traceback when the
     container stops early; the failed step already says why (one line), so keep the traceback for
     DEEPAR_MLOPS_DEBUG."""
-    if os.environ.get("DEEPAR_MLOPS_DEBUG") or "Failed to run" not in str(hook.exc_value):
+    if mlops_settings.current().debug or "Failed to run" not in str(hook.exc_value):
         threading.__excepthook__(hook)
 
 

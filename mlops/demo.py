@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from sagemaker_deepar.contract import record_inputs
+
 from . import aws, registry
 from .build import LOCAL_IMAGE, NONE, REGISTERED, BuildResult, BuildSettings, run_build
 from .deploy import deploy_to_staging, stage_endpoint
@@ -238,7 +240,7 @@ def _store_forecasts(url: str, s3: Any, target: Path) -> None:
         raise RuntimeError(f"no train channel in s3://{bucket} to forecast from")
     body = s3.get_object(Bucket=bucket, Key=sorted(keys)[0])["Body"].read().decode()
     series = [json.loads(line) for line in body.splitlines() if line.strip()]
-    instances = [{k: v for k, v in s.items() if k in ("start", "target", "cat", "dynamic_feat")} for s in series]
+    instances = [record_inputs(s) for s in series]
     request = {"instances": instances, "configuration": {"output_types": ["mean", "quantiles"], "quantiles": QUANTILES}}
     response = requests.post(url + "/invocations", json=request, timeout=300)
     response.raise_for_status()

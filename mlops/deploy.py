@@ -16,12 +16,12 @@ calls go wherever AWS_ENDPOINT_URL points (moto server offline).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import settings
 from .endpoints import Endpoints, LocalEndpoints, Rollout, SageMakerEndpoints
 from .events import (
     REJECTED,
@@ -140,10 +140,11 @@ def consume_queue(
 
 def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     """What deploy and promote share: the loop's names and where endpoints run."""
-    parser.add_argument("--name", default=os.environ.get("MLOPS_NAME", "deepar"), help="endpoint base name")
+    defaults = settings.current()
+    parser.add_argument("--name", default=defaults.name, help="endpoint base name")
     parser.add_argument(
         "--threshold-parameter",
-        default=os.environ.get("MLOPS_THRESHOLD_PARAMETER", "/deepar/mlops/wql-threshold"),
+        default=defaults.threshold_parameter,
         help="SSM parameter holding the mean_wQuantileLoss threshold",
     )
     parser.add_argument("--local", action="store_true", help="endpoints are local containers of --image")
@@ -151,10 +152,10 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=Path(os.environ.get("MLOPS_STATE_DIR", ".mlops")),
+        default=Path(defaults.state_dir),
         help="--local: where the endpoint name -> URL map and unpacked models live",
     )
-    parser.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE"), help="SageMaker execution role ARN")
+    parser.add_argument("--role", default=defaults.role, help="SageMaker execution role ARN")
     parser.add_argument("--instance-type", default="ml.c5.xlarge")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for an endpoint")
 
@@ -166,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--infra", choices=("up", "down"), help="deploy or delete mlops/template.yaml's stack")
     parser.add_argument("--group", help="model package group the events must be about (default: any)")
     parser.add_argument("--approve", action="store_true", help="with --package-arn: approve it first")
-    parser.add_argument("--approved-by", default=os.environ.get("USER", "mlops"), help="name in the approval")
+    parser.add_argument("--approved-by", default=settings.current().user or "mlops", help="name in the approval")
     parser.add_argument("--max-messages", type=int, default=10, help="--from-queue: stop after this many")
     parser.add_argument("--stack", default="deepar-mlops", help="--infra: CloudFormation stack name")
     add_loop_arguments(parser)

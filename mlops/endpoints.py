@@ -6,7 +6,6 @@ be healthy before it takes traffic, and when it is not the old one keeps serving
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -19,12 +18,11 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from sagemaker_deepar.contract import UnsafeArchiveError, extract_model_tarball
 
+from . import settings
 from .events import DeployFailed
 
 if TYPE_CHECKING:
     from evaluation.deploy import Fleet
-
-LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")
 
 
 @dataclass(frozen=True)
@@ -196,7 +194,7 @@ class LocalEndpoints:
             "127.0.0.1::8080",
             "-v",
             f"{root}:/opt/ml:ro",
-            image or LOCAL_IMAGE,
+            image or settings.current().image,
             "serve",
         )
         if started.returncode != 0:

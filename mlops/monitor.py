@@ -10,7 +10,7 @@ Reads the production forecasts stored as JSON Lines (one per series: item_id, st
 what batch transform or the endpoint answered, plus the series' item_id) and the actuals that arrived
 since from the curated Parquet lake (device_id, timestamp, one column per pollutant; an item_id
 "device/pollutant" names its column, else --target). Scores them as the built-in does
-(sagemaker_deepar.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
+(sagemaker_deepar.training.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
 (namespace DeepAR/MLOps, dimension Endpoint=<name>-prod) and, when mean_wQuantileLoss exceeds the SSM
 threshold, starts the build pipeline — once: not while an execution is Executing, nor while one that
 succeeded after the newest registered package awaits its model's approval.
@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,19 +31,20 @@ from typing import Any, Optional
 
 import numpy as np
 
+from awsinfra.s3 import download_prefix
 from sagemaker_deepar.contract import (
     ContractError,
     PeriodMeans,
     TimeFreq,
     UnsafePathError,
     iter_jsonl,
-    key_path,
+    network_shape,
     parse_time_freq,
     period_means,
 )
-from sagemaker_deepar.metrics import score_forecasts
+from sagemaker_deepar.training.metrics import score_forecasts
 
-from . import registry
+from . import registry, settings
 from .events import WQL, LoopError, now, read_threshold
 
 NAMESPACE = "DeepAR/MLOps"
@@ -77,17 +77,10 @@ def local_copy(uri: str, folder: Path, s3: Any, suffixes: tuple[str, ...]) -> Pa
             raise LoopError(f"{uri}: no such file or folder")
         return path
     bucket, _, prefix = uri[5:].partition("/")
-    found = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(suffixes):
-                try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
-                    target = key_path(folder, item["Key"], prefix)
-                except UnsafePathError as error:
-                    raise LoopError(f"{uri}: {error}") from None
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, item["Key"], str(target))
-                found += 1
+    try:  # a key such as forecasts/../../x must not write outside the work folder (#23 item 3)
+        found = download_prefix(s3, bucket, prefix, folder, lambda key: key.endswith(suffixes))
+    except UnsafePathError as error:
+        raise LoopError(f"{uri}: {error}") from None
     if not found:
         raise LoopError(f"{uri}: no {'/'.join(suffixes)} objects under this prefix")
     return folder
@@ -188,9 +181,6 @@ def running_retrain(sagemaker: Any, pipeline: str, group: Optional[str]) -> Opti
         if not packages or packages[0]["CreationTime"] < executions[0]["StartTime"]:
             return executions[0]["PipelineExecutionArn"]
     return None
-
-
-NETWORK_HYPERPARAMETERS = ("time_freq", "prediction_length", "context_length", "num_cells", "num_layers")
 
 
 def start_retrain(
@@ -323,11 +313,8 @@ def warm_start_from_production(sagemaker: Any, pipeline: str, group: str, defini
     if train is None:
         return f"pipeline {pipeline} has no training step: nothing to warm-start"
     arguments = train["Arguments"]
-    wanted = {
-        name: value
-        for name in NETWORK_HYPERPARAMETERS
-        if (value := _resolve(arguments.get("HyperParameters", {}).get(name), definition)) is not None
-    }
+    shape = network_shape(arguments.get("HyperParameters", {}))
+    wanted = {name: value for name, raw in shape.items() if (value := _resolve(raw, definition)) is not None}
     differ = registry.shape_differences(production.hyperparameters, wanted)
     if differ:
         return f"model package {production.package_arn} has another network shape ({', '.join(differ)}): not used"
@@ -449,10 +436,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", help="model package group (a succeeded retrain counts until it registers)")
     parser.add_argument("--target", default="particulate_matter", help="lake column when item_id names none")
     parser.add_argument("--time-freq", default="H", help="the model's time_freq")
-    parser.add_argument("--name", default=os.environ.get("MLOPS_NAME", "deepar"), help="endpoint base name")
-    parser.add_argument(
-        "--threshold-parameter", default=os.environ.get("MLOPS_THRESHOLD_PARAMETER", "/deepar/mlops/wql-threshold")
-    )
+    defaults = settings.current()
+    parser.add_argument("--name", default=defaults.name, help="endpoint base name")
+    parser.add_argument("--threshold-parameter", default=defaults.threshold_parameter)
 
 
 def scheduled_messages(sqs: Any, queue_url: str) -> list[dict]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from sagemaker_deepar.report import QUANTILES
+from sagemaker_deepar.contract import network_shape
+from sagemaker_deepar.training.report import QUANTILES
 
 from . import registry
 
@@ -102,11 +103,12 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
     threshold = ParameterFloat("AccuracyThreshold", default_value=defaults.threshold)
     threshold_parameter = ParameterString("ThresholdParameterName", default_value=defaults.threshold_parameter)
     group = ParameterString("ModelPackageGroupName", default_value=defaults.model_package_group)
-    # what a later warm start must match (mlops.build.network_hyperparameters names the same)
-    network_shape = {
+    hyperparameters = {
         "time_freq": time_freq, "prediction_length": prediction_length, "context_length": context_length,
-        "num_cells": num_cells, "num_layers": num_layers,
+        "epochs": epochs, "num_batches_per_epoch": batches, "num_cells": num_cells, "num_layers": num_layers,
     }  # fmt: skip
+    # what a later warm start must match (mlops.build.network_hyperparameters names the same)
+    network = network_shape(hyperparameters)
     parameters = [
         lake, image, instance_type, transform_type, processing_type, time_freq, prediction_length,
         context_length, epochs, batches, num_cells, num_layers, threshold, threshold_parameter, group,
@@ -153,15 +155,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
         instance_count=1,
         instance_type=instance_type,
         output_path=under("models"),
-        hyperparameters={
-            "time_freq": time_freq,
-            "prediction_length": prediction_length,
-            "context_length": context_length,
-            "epochs": epochs,
-            "num_batches_per_epoch": batches,
-            "num_cells": num_cells,
-            "num_layers": num_layers,
-        },
+        hyperparameters=hyperparameters,
         environment=dict(defaults.training_environment) or None,
         sagemaker_session=session,
     )
@@ -245,7 +239,7 @@ def build_pipeline(defaults: Defaults, session: Any, role: str, local: bool, nam
                     approval_status=registry.PENDING,
                     # strings (CustomerMetadataProperties' type) resolved per execution
                     customer_metadata_properties=registry.hyperparameter_metadata(
-                        {name: value.to_string() for name, value in network_shape.items()}
+                        {name: value.to_string() for name, value in network.items()}
                     ),
                     model_metrics=ModelMetrics(
                         model_statistics=MetricsSource(content_type="application/json", s3_uri=evaluation_uri)

@@ -12,9 +12,9 @@ unhealthy the old prod model keeps serving and ``prod_status`` records the failu
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
+from . import settings
 from .deploy import (
     Deployment,
     add_loop_arguments,
@@ -76,7 +76,9 @@ def promote(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--package-arn", required=True, metavar="ARN", help="the package serving from staging")
     parser.add_argument(
-        "--approved-by", default=os.environ.get("USER", ""), help="who approves the rollout (recorded on the package)"
+        "--approved-by",
+        default=settings.current().user or "",
+        help="who approves the rollout (recorded on the package)",
     )
     add_loop_arguments(parser)
 

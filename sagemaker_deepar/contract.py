@@ -58,6 +58,8 @@ _TIME_FREQ = re.compile(r"(?P<multiple>[1-9][0-9]*)?(?P<unit>M|W|D|H|h|min)")
 _PERIOD_UNIT = {"M": "M", "W": "W", "D": "D", "H": "h", "h": "h", "min": "min"}  # pandas >= 2.2: lower-case hours
 # numpy's datetime64 unit a period of each time_freq unit is counted in (weeks in days: see _WEEK_ORIGIN)
 _NUMPY_UNIT = {"M": "M", "W": "D", "D": "D", "H": "h", "h": "h", "min": "m"}
+# A period's length as SQL intervals spell it (weeks in days), for queries that step by time_freq.
+_INTERVAL_UNIT = {"M": "months", "W": "days", "D": "days", "H": "hours", "h": "hours", "min": "minutes"}
 # pandas' "W" is W-SUN: weeks run Monday to Sunday. Day 4 after the epoch, 1970-01-05, is the first Monday.
 _WEEK_ORIGIN = 4
 
@@ -82,6 +84,16 @@ class TimeFreq:
         """The pandas period/offset alias (``2H`` -> ``2h``, ``M`` -> ``M``); equal for equal frequencies."""
         return self._prefix + _PERIOD_UNIT[self.unit]
 
+    @property
+    def numpy_unit(self) -> str:
+        """The datetime64 unit one period is counted in (``D`` for weeks: seven of them)."""
+        return _NUMPY_UNIT[self.unit]
+
+    @property
+    def interval(self) -> str:
+        """One period's length as a SQL interval: ``2H`` -> ``2 hours``, ``W`` -> ``7 days``, ``3M`` -> ``3 months``."""
+        return f"{self.multiple * (7 if self.unit == 'W' else 1)} {_INTERVAL_UNIT[self.unit]}"
+
     def ordinals(self, stamps: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
         """The period each timestamp (datetime64 values, or anything numpy reads as such) falls in, as an
         integer: consecutive periods differ by one.
@@ -94,7 +106,7 @@ class TimeFreq:
         stamps = np.asarray(stamps)
         if stamps.dtype.kind != "M":  # strings, datetime objects: no nanoseconds, so years up to 9999 fit
             stamps = stamps.astype("datetime64[s]")
-        units = stamps.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]")
+        units = stamps.astype(f"datetime64[{self.numpy_unit}]")
         counted = units.astype(np.int64)
         if self.unit == "W":
             counted = (counted - _WEEK_ORIGIN) // 7
@@ -105,7 +117,7 @@ class TimeFreq:
         counted = np.asarray(ordinals, dtype=np.int64) * self.multiple
         if self.unit == "W":
             counted = counted * 7 + _WEEK_ORIGIN
-        return counted.astype(f"datetime64[{_NUMPY_UNIT[self.unit]}]").astype("datetime64[s]")
+        return counted.astype(f"datetime64[{self.numpy_unit}]").astype("datetime64[s]")
 
     def label(self, ordinal: int) -> str:
         """A period's start as DeepAR's ``start`` spells it: ``YYYY-MM-DD HH:MM:SS``."""
@@ -203,6 +215,25 @@ def period_means(stamps: Any, values: Any, time_freq: str | TimeFreq, where: str
     return PeriodMeans(freq, first, means)
 
 
+# ---------------------------------------------------------------- records
+
+# A DeepAR record's fields, in a training channel and in a request's instances: ``start`` and ``target``
+# required, ``cat`` and ``dynamic_feat`` when the model uses them. Any other field (an id) is no input of
+# the model: batch functions forward it to the forecast line unchanged.
+RECORD_FIELDS = ("start", "target", "cat", "dynamic_feat")
+REQUIRED_RECORD_FIELDS = ("start", "target")
+
+
+def record_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``record`` that are the model's input (RECORD_FIELDS)."""
+    return {name: value for name, value in record.items() if name in RECORD_FIELDS}
+
+
+def record_extras(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``record`` that are not (ids and the like, forwarded to the answer)."""
+    return {name: value for name, value in record.items() if name not in RECORD_FIELDS}
+
+
 # ---------------------------------------------------------------- features
 
 
@@ -273,6 +304,29 @@ def _length(value: Any) -> Optional[int]:
         return None if isinstance(value, (str, Mapping)) else len(value)
     except TypeError:
         return None
+
+
+# ---------------------------------------------------------------- network shape
+
+# The hyperparameters that shape the network's weights or the meaning of their inputs: a checkpoint is
+# resumed, a warm start initialised and a registered model offered for a warm start only when these (and
+# the features, FeatureSpec) match. Everything else (epochs, learning_rate, ...) may change between runs.
+NETWORK_HYPERPARAMETERS = (
+    "backend",
+    "time_freq",
+    "prediction_length",
+    "context_length",
+    "likelihood",
+    "num_cells",
+    "num_layers",
+    "embedding_dimension",
+)
+
+
+def network_shape(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The network-shaping entries among ``hyperparameters`` (the ones it sets, values as given), in
+    NETWORK_HYPERPARAMETERS' order."""
+    return {name: hyperparameters[name] for name in NETWORK_HYPERPARAMETERS if name in hyperparameters}
 
 
 # ---------------------------------------------------------------- model artifact
@@ -493,12 +547,154 @@ def target_array(values: Iterable[Any]) -> np.ndarray[Any, np.dtype[np.float64]]
     return np.array([np.nan if v is None or v == "NaN" else v for v in values], dtype=float)
 
 
-# ---------------------------------------------------------------- forecast requests
+def target_list(values: Any, decimals: Optional[int] = None) -> list[Any]:
+    """Float values as a DeepAR target (``target_array``'s inverse): numbers, ``"NaN"`` where missing,
+    rounded to ``decimals`` when given. Built vectorized: converters call it per series."""
+    array = np.asarray(values, dtype=float)
+    if decimals is not None:
+        array = np.round(array, decimals)
+    out: list[Any] = array.tolist()
+    for index in np.flatnonzero(np.isnan(array)).tolist():
+        out[index] = "NaN"
+    return out
+
+
+# ---------------------------------------------------------------- instance checks
+
+# One function per rule, one message per failure, for every reader of series: the training channels
+# (data.py), the server (inference.py), the ONNX forecaster and the serverless functions. Each answers a
+# Problem: the field (``target[3]``, ``dynamic_feat[0][5]``) and what is wrong; the caller puts the place
+# in front (``instances[3].``, ``line 5: ``, ``train/a.json:5: ``).
 
 # Largest |value| accepted in target and dynamic_feat, in training and in requests: DeepAR scales by the
 # series' mean magnitude and draws float32 samples (max 3.4e38), so values near 1e37 overflow; 1e30 leaves
 # room for any tail.
 MAX_ABS_VALUE = 1e30
+_CHECK_BLOCK = 1 << 20  # values compared at once: bounds the temporaries for very long series
+# A 400 lists at most this many bad instances (each on its own line), bounding the error body (~100 bytes each).
+MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one field of a record."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+    def at(self, where: str = "") -> str:
+        """The message located: ``where`` is the place's prefix (``instances[3].``, ``line 5: ``)."""
+        return f"{where}{self}"
+
+
+def record_problem(record: Any) -> Optional[Problem]:
+    """What can be told of a decoded record without the model: a JSON object whose ``start`` is a
+    string and whose ``target`` is a list of numbers (see ``target_problem``); None when it is."""
+    if not isinstance(record, Mapping):
+        return Problem("record", f"expected a JSON object with start and target, got {type(record).__name__}")
+    for name in REQUIRED_RECORD_FIELDS:
+        if name not in record:
+            return Problem(name, "missing")
+    if not isinstance(record["start"], str):
+        return start_type_problem(record["start"])
+    return target_problem(record["target"])
+
+
+def start_type_problem(value: Any) -> Problem:
+    return Problem("start", f"expected a timestamp string such as 'YYYY-MM-DD HH:MM:SS', got {type(value).__name__}")
+
+
+def target_problem(target: Any) -> Optional[Problem]:
+    """A target is a flat list of numbers, ``null`` or ``"NaN"`` for missing, none beyond MAX_ABS_VALUE."""
+    if not isinstance(target, (list, np.ndarray)):
+        return target_type_problem(target)
+    try:
+        values = target_array(target)
+    except (TypeError, ValueError, OverflowError):
+        return number_problem(target, "target")
+    if values.ndim != 1:
+        return Problem("target", "expected a flat list of numbers, got nested lists")
+    return magnitude_problem(values, "target")
+
+
+def target_type_problem(target: Any) -> Problem:
+    return Problem("target", f'expected a list of numbers (null or "NaN" for missing), got {type(target).__name__}')
+
+
+def number_problem(values: Iterable[Any], field: str) -> Problem:
+    """The first element of ``values`` that is no number (or an integer beyond MAX_ABS_VALUE, which no
+    float holds); called once a conversion has failed, to say where and why."""
+    for index, value in enumerate(values):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_ABS_VALUE:
+            return _too_large(f"{field}[{index}]", _describe_int(value))
+        if value is None or value == "NaN" or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            continue
+        return Problem(f"{field}[{index}]", f'{value!r} is not a number (missing values are null or "NaN")')
+    return Problem(field, "contains values that are not numbers")
+
+
+def magnitude_problem(values: Any, field: str) -> Optional[Problem]:
+    """The first value beyond ±MAX_ABS_VALUE (infinities included; NaN is a missing value), named by its
+    index (``dynamic_feat[1][7]`` for a 2-d block passed as ``dynamic_feat``)."""
+    array = np.asarray(values)
+    flat = array.reshape(-1)
+    for offset in range(0, flat.size, _CHECK_BLOCK):
+        with np.errstate(invalid="ignore"):
+            too_large = np.abs(flat[offset : offset + _CHECK_BLOCK]) > MAX_ABS_VALUE
+        if too_large.any():
+            position = np.unravel_index(offset + int(np.argmax(too_large)), array.shape)
+            return _too_large(field + "".join(f"[{int(i)}]" for i in position), f"{float(array[position]):g}")
+    return None
+
+
+def _too_large(field: str, shown: str) -> Problem:
+    return Problem(
+        field,
+        f"{shown} is beyond ±{MAX_ABS_VALUE:g}, the largest magnitude DeepAR handles in float32; "
+        "rescale the series (for example to other units)",
+    )
+
+
+def _describe_int(value: int) -> str:
+    try:
+        return f"an integer of {len(str(abs(value)))} digits"
+    except ValueError:  # str() of an int over 4300 digits raises in Python 3.11: estimate from the bit length
+        return f"an integer of about {math.floor((abs(value).bit_length() - 1) * math.log10(2)) + 1} digits"
+
+
+def describe_number(value: Any) -> str:
+    """A value for a message: huge integers by their number of digits, anything else as repr."""
+    return _describe_int(value) if isinstance(value, int) and abs(value) > MAX_ABS_VALUE else repr(value)
+
+
+def dynamic_feat_gap_problem(features: np.ndarray[Any, Any]) -> Optional[Problem]:
+    """dynamic_feat has no missing values (the network reads every step of it, the horizon included)."""
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(features)
+    if finite.all():
+        return None
+    row, col = (int(i[0]) for i in np.nonzero(~finite))
+    return Problem(f"dynamic_feat[{row}][{col}]", "missing or infinite value; dynamic_feat may not have missing values")
+
+
+def non_finite_rows(samples: np.ndarray[Any, Any]) -> list[int]:
+    """Series whose forecast overflowed (e.g. targets near the float32 limit): answered as errors, never as nulls."""
+    bad = ~np.isfinite(samples.reshape(samples.shape[0], -1)).all(axis=1)
+    return [int(i) for i in np.flatnonzero(bad)]
+
+
+OVERFLOW = Problem(
+    "target",
+    "the forecast overflowed float32 (values of target or dynamic_feat too large in magnitude, "
+    "e.g. near 1e37); rescale the series",
+)
+
+
+# ---------------------------------------------------------------- forecast requests
+
 OUTPUT_TYPES = ("mean", "quantiles", "samples")
 DEFAULT_QUANTILES = ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9")
 MAX_NUM_SAMPLES = 10_000

@@ -15,7 +15,7 @@ pickle runs whatever it contains and ties the folder to the Python and cloudpick
 the code file is readable, diffable and loads wherever ``sagemaker_deepar`` is installed — which every
 loader needs anyway, since the forecast runs this project's inference code.
 
-Predict goes through the server's own path: ``inference.Model.load`` (ONNX runtime by default,
+Predict goes through the server's own path: ``runtimes.model.Model.load`` (ONNX runtime by default,
 ``DEEPAR_INFERENCE_RUNTIME``), a ``batcher.Batcher`` and ``service.ForecastService.realtime`` with the
 frame turned into a DeepAR JSON request, settings from ``ServerConfig.from_env`` — so for the same series,
 seed and settings its forecasts equal what ``/invocations`` answers (``tests/test_mlflow_pyfunc.py``).
@@ -43,7 +43,7 @@ from mlflow.pyfunc import PythonModel
 
 from .contract import DEFAULT_QUANTILES, METADATA_FILE, ModelArtifact
 from .errors import UserError
-from .frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
+from .serving.frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +68,19 @@ class DeepARForecaster(PythonModel):
         self.frame_model: Optional[FrameModel] = None
 
     def load_context(self, context: Any) -> None:
-        self.load(Path(context.artifacts[ARTIFACT_KEY]))
+        """mlflow's entry into the model: the serving settings come from its process environment."""
+        from .serving.server_config import ServerConfig
 
-    def load(self, model_dir: Path) -> None:
-        from .batcher import Batcher
-        from .inference import Model
-        from .server_config import ServerConfig
-        from .service import ForecastService
+        self.load(Path(context.artifacts[ARTIFACT_KEY]), ServerConfig.from_env(os.environ))
 
-        config = dataclasses.replace(ServerConfig.from_env(os.environ), model_dir=str(model_dir))
+    def load(self, model_dir: Path, config: Any = None) -> None:
+        """``config``: a ``ServerConfig`` (the defaults when None)."""
+        from .runtimes.model import Model
+        from .serving.batcher import Batcher
+        from .serving.server_config import ServerConfig
+        from .serving.service import ForecastService
+
+        config = dataclasses.replace(config or ServerConfig.from_env({}), model_dir=str(model_dir))
         self.model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
         batcher = Batcher(self.model.sample, config.max_pass_paths, config.max_batch_series, config.batch_wait_ms)
         self.service = ForecastService(self.model, config, batcher)
@@ -89,8 +93,8 @@ class DeepARForecaster(PythonModel):
 
 def forecast_frame(service: Any, frame_model: Any, frame: Any, params: Optional[dict[str, Any]]) -> pd.DataFrame:
     """A long frame's forecast through ``ForecastService.realtime``; mistakes as MlflowException naming the place."""
-    from .inference import RequestError
-    from .service import JSON
+    from .serving.codec import RequestError
+    from .serving.service import JSON
 
     request: Optional[FrameRequest] = None
     try:

@@ -40,10 +40,6 @@ class SageMakerPaths:
     failure_file = _Below("output", "failure")
     default_checkpoint_dir = _Below("checkpoints")
 
-    @classmethod
-    def from_env(cls) -> "SageMakerPaths":
-        return cls(Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")))
-
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name
 

@@ -2,9 +2,9 @@
 Lambda's limits (50 MB zipped per upload, 250 MB unzipped for a function with its layers), and the
 cold start of each handler (import + first forecaster) measured in a fresh interpreter.
 
-Bundles carry our handlers, ``sagemaker_deepar/contract.py``, ``ingestion/glue_job.py`` (the lake's
-schema) and numpy (the Lambda runtime has boto3
-but not numpy); pyarrow (Parquet inputs, the lake) is a layer because with numpy it would be one
+Bundles carry our handlers, ``sagemaker_deepar/contract.py`` and ``settings.py`` (the project's one
+settings style), ``ingestion/glue_job.py`` (the lake's schema), numpy and pydantic-settings (the Lambda
+runtime has boto3 but neither); pyarrow (Parquet inputs, the lake) is a layer because with numpy it would be one
 bundle of > 50 MB zipped. Test folders, headers and Cython sources are left out."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import py_compile
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,28 @@ import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parent.parent
 ZIPPED_LIMIT = 50 * 2**20
 UNZIPPED_LIMIT = 250 * 2**20
 FUNCTIONS = ("batch_forecast", "forecast_api")
 LAYER = "pyarrow-layer"
+# numpy, and pydantic-settings with what it imports (sagemaker_deepar/settings.py: the handlers' settings).
+SETTINGS_DISTRIBUTIONS = (
+    "pydantic",
+    "pydantic_core",
+    "pydantic_settings",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+    "dotenv",
+)
+BUNDLED_DISTRIBUTIONS = ("numpy", *SETTINGS_DISTRIBUTIONS)
+# Lambda's /var/task is read-only, so every cold start would compile these from source again: pydantic's
+# ~4 MB of it doubled the handlers' import (docs/serverless.md, "Measured figures"). Their bytecode ships
+# compiled for the functions' runtime (python3.11, as this interpreter must be), checked by hash, not mtime.
+PRECOMPILED = SETTINGS_DISTRIBUTIONS
 _SKIP_DIRS = {"tests", "test", "include", "__pycache__", "benchmarks", "testing"}
 _SKIP_SUFFIXES = (".pyc", ".pxd", ".pyx", ".pxi", ".h", ".hpp", ".a", ".cmake")
 
@@ -45,12 +62,16 @@ def _distribution_dir(module: str) -> list[Path]:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise PackageError(f"{module} is not installed in {sys.executable}")
+    if not spec.submodule_search_locations:  # a single-module distribution (typing_extensions.py)
+        return [Path(spec.origin)]
     package = Path(spec.origin).parent
     libs = package.parent / f"{module}.libs"  # auditwheel's vendored shared libraries
     return [package, *([libs] if libs.is_dir() else [])]
 
 
 def _files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
     return sorted(
         p
         for p in root.rglob("*")
@@ -78,19 +99,48 @@ def _write_zip(target: Path, entries: list[tuple[Path, str]]) -> Bundle:
     return Bundle(target.stem, str(target), target.stat().st_size, unzipped)
 
 
-def function_entries() -> list[tuple[Path, str]]:
+def _precompiled(entries: list[tuple[Path, str]], cache: Path) -> list[tuple[Path, str]]:
+    """The bytecode of the ``.py`` entries, compiled into ``cache`` (again only when a source is newer)."""
+    if sys.version_info[:2] != (3, 11):
+        raise PackageError(f"bytecode for the python3.11 runtime needs Python 3.11, not {sys.version.split()[0]}")
+    compiled = []
+    for source, name in entries:
+        if not name.endswith(".py"):
+            continue
+        name_pyc = importlib.util.cache_from_source(name)
+        target = cache / name_pyc
+        if not target.exists() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            py_compile.compile(
+                str(source),
+                str(target),
+                name,
+                doraise=True,
+                invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+            )
+        compiled.append((target, name_pyc))
+    return compiled
+
+
+def function_entries(bytecode_cache: Optional[Path] = None) -> list[tuple[Path, str]]:
+    """Every file of a function bundle; with ``bytecode_cache``, the ``PRECOMPILED`` distributions' bytecode too."""
     ours = [REPO / "serverless" / "__init__.py", *sorted((REPO / "serverless" / "handlers").glob("*.py"))]
-    ours += [REPO / "sagemaker_deepar" / "__init__.py", REPO / "sagemaker_deepar" / "contract.py"]
+    ours += [REPO / "sagemaker_deepar" / name for name in ("__init__.py", "contract.py", "errors.py", "settings.py")]
     # The lake's measured columns (forecast_api's pollutant allow-list) come from the Glue job's schema;
     # glue_job.py imports only the standard library at module level (pyspark inside its Spark functions).
     ours += [REPO / "ingestion" / "__init__.py", REPO / "ingestion" / "glue_job.py"]
-    ours += [REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py")]  # one client factory
-    onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
-    if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
-        ours.append(onnx)
+    ours += [
+        REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py", "settings.py")
+    ]  # one client factory
+    # The in-function model (FORECAST_MODEL) through the runtimes seam; onnxruntime itself would be another layer.
+    ours += [REPO / "sagemaker_deepar" / "runtimes" / name for name in ("__init__.py", "onnx.py", "onnx_forecast.py")]
     entries = [(p, str(p.relative_to(REPO))) for p in ours]
-    for folder in _distribution_dir("numpy"):
-        entries += [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
+    for module in BUNDLED_DISTRIBUTIONS:
+        for folder in _distribution_dir(module):
+            files = [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]
+            entries += files
+            if bytecode_cache is not None and module in PRECOMPILED:
+                entries += _precompiled(files, bytecode_cache)
     return entries
 
 
@@ -103,7 +153,7 @@ def layer_entries() -> list[tuple[Path, str]]:
 
 def build(out: Path) -> list[Bundle]:
     """Write the bundles into ``out``; raise ``PackageError`` naming every limit broken."""
-    function_files = function_entries()
+    function_files = function_entries(out / "bytecode")
     first = _write_zip(out / f"{FUNCTIONS[0]}.zip", function_files)
     bundles = [first]
     for name in FUNCTIONS[1:]:  # the same files (each function has its own handler): copy, don't recompress
@@ -126,14 +176,15 @@ def build(out: Path) -> list[Bundle]:
 
 
 _COLD_START = """
-import json, sys, time, zipfile, tempfile, os
+import json, sys, time, zipfile, tempfile
 started = time.perf_counter()
 import importlib
 module = importlib.import_module(sys.argv[1])
 imported = time.perf_counter() - started
-from serverless.handlers import forecasting
+from serverless.handlers import forecasting, settings
 t = time.perf_counter()
-forecaster = forecasting.from_environment() if (os.environ.get("FORECAST_MODEL") or os.environ.get("FORECAST_ENDPOINT")) else None
+configured = settings.current()
+forecaster = forecasting.from_environment(configured) if (configured.forecast_model or configured.forecast_endpoint) else None
 if forecaster is not None and hasattr(forecaster, "model"):
     forecaster.model()
 loaded = time.perf_counter() - t

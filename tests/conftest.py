@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import pytest
 
-from .helpers import free_port
+from .helpers import free_port, moto_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -393,26 +393,29 @@ def offline_aws(monkeypatch) -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def buckets(monkeypatch, offline_aws):
+    """In-process moto S3 with the serverless stack's input and output buckets, and the batch function's
+    environment without a model or an inference configuration (the forecaster is the test's to set)."""
+    import boto3
+
+    from serverless.handlers import forecasting
+
+    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
+    monkeypatch.delenv("FORECAST_MODEL", raising=False)
+    monkeypatch.delenv("DEEPAR_INFERENCE_CONFIG", raising=False)
+    forecasting._cached.clear()
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="in-bucket")
+    s3.create_bucket(Bucket="out-bucket")
+    yield s3
+    forecasting._cached.clear()
+
+
 @pytest.fixture(scope="module")
 def moto_env():
     """moto server on a free loopback port; the environment that points boto3 and the AWS CLI at it."""
-    import requests
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    # moto keeps its state per process, not per server: start each module from an empty account.
-    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": MOTO_REGION,
-        "AWS_DEFAULT_REGION": MOTO_REGION,
-        "INGESTION_IAM_WAIT": "5",
-    }
-    env.pop("AWS_PROFILE", None)
-    yield env
-    server.stop()
+    with moto_server(MOTO_REGION) as variables:
+        env = {**os.environ, **variables, "INGESTION_IAM_WAIT": "5"}
+        env.pop("AWS_PROFILE", None)
+        yield env

@@ -297,3 +297,106 @@ def test_backtest_window_keeps_dynamic_feat_through_the_horizon():
     assert history["dynamic_feat"] == [[10, 11, 12, 13, 14, 15, 16, 17]]
     with pytest.raises(contract.ContractError, match="no full window"):
         contract.backtest_window(record, 9, 2)
+
+
+# ---------------------------------------------------------------- rules stated once (issue #26 item 2)
+
+
+def test_network_shape_is_the_hyperparameters_that_shape_the_network():
+    from sagemaker_deepar.training.backends import checkpoint_fingerprint
+    from sagemaker_deepar.training.hyperparameters import DeepARHyperparameters
+
+    given = {"time_freq": "H", "epochs": "5", "num_cells": "8", "learning_rate": "0.01", "likelihood": "gaussian"}
+    assert contract.network_shape(given) == {"time_freq": "H", "likelihood": "gaussian", "num_cells": "8"}
+    params = DeepARHyperparameters(time_freq="H", prediction_length=6, context_length=12, epochs=3)
+    fingerprint = checkpoint_fingerprint(params, FeatureSpec(cardinality=(4,), num_dynamic_feat=1))
+    assert list(fingerprint) == [*contract.NETWORK_HYPERPARAMETERS, "cardinality", "num_dynamic_feat"]
+    assert "epochs" not in fingerprint and fingerprint["cardinality"] == [4]
+
+
+def test_record_fields_split_model_inputs_from_forwarded_ids():
+    record = {"id": "a-1", "start": "2024-01-01", "target": [1], "cat": [0], "dynamic_feat": [[1, 2]], "x": 1}
+    assert list(contract.record_inputs(record)) == list(contract.RECORD_FIELDS)
+    assert contract.record_extras(record) == {"id": "a-1", "x": 1}
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ([1, 2], "record: expected a JSON object with start and target, got list"),
+        ({"target": [1]}, "start: missing"),
+        ({"start": "2024-01-01"}, "target: missing"),
+        ({"start": 5, "target": [1]}, "start: expected a timestamp string such as 'YYYY-MM-DD HH:MM:SS', got int"),
+        (
+            {"start": "2024-01-01", "target": "1,2"},
+            'target: expected a list of numbers (null or "NaN" for missing), got str',
+        ),
+        (
+            {"start": "2024-01-01", "target": [1, "x"]},
+            "target[1]: 'x' is not a number (missing values are null or \"NaN\")",
+        ),
+        (
+            {"start": "2024-01-01", "target": [1, int("1" * 400)]},
+            "target[1]: an integer of 400 digits is beyond ±1e+30",
+        ),
+        ({"start": "2024-01-01", "target": [1, None, -3e37]}, "target[2]: -3e+37 is beyond ±1e+30"),
+        ({"start": "2024-01-01", "target": [[1], [2]]}, "target: expected a flat list of numbers, got nested lists"),
+    ],
+)
+def test_record_problem_names_the_field_once(record, message):
+    problem = contract.record_problem(record)
+    assert problem is not None and str(problem).startswith(message)
+    assert problem.at("instances[3].").startswith(f"instances[3].{message}")
+
+
+def test_record_problem_accepts_gaps_and_large_finite_values():
+    assert contract.record_problem({"start": "2024-01-01 00:00:00", "target": [1, None, "NaN", 1e29, -1e30]}) is None
+
+
+def test_magnitude_and_gap_problems_locate_the_value_in_two_dimensions():
+    feats = np.ones((2, 5), dtype=np.float32)
+    assert contract.magnitude_problem(feats, "dynamic_feat") is None
+    feats[1, 3] = 2e35
+    assert str(contract.magnitude_problem(feats, "dynamic_feat")).startswith("dynamic_feat[1][3]: 2e+35 is beyond")
+    assert contract.magnitude_problem(np.array([np.nan, np.inf]), "target").field == "target[1]"  # type: ignore[union-attr]
+    feats[0, 2] = np.nan
+    assert str(contract.dynamic_feat_gap_problem(feats)) == (
+        "dynamic_feat[0][2]: missing or infinite value; dynamic_feat may not have missing values"
+    )
+
+
+def test_overflowed_rows_and_their_one_message():
+    samples = np.ones((3, 2, 4), dtype=np.float32)
+    samples[2, 1, 3] = np.inf
+    assert contract.non_finite_rows(samples) == [2]
+    assert contract.OVERFLOW.at("line 3: ").startswith("line 3: target: the forecast overflowed float32")
+
+
+def test_training_data_and_the_serverless_reader_give_the_contracts_message():
+    """The same bad record read by the training channel reader (data.py, the server's parser too) and the
+    batch function's reader (serverless/handlers/inputs.py): one message, the contract's."""
+    from sagemaker_deepar.training.data import RecordError, check_magnitude, parse_record
+    from serverless.handlers.inputs import read_object
+
+    for record in (
+        {"start": "2024-01-01 00:00:00", "target": [1.0, 5e36, 2.0]},
+        {"start": "2024-01-01 00:00:00", "target": [1.0, "x"]},
+        {"start": 7, "target": [1.0]},
+        {"target": [1.0]},
+    ):
+        expected = str(contract.record_problem(record))
+        with pytest.raises(RecordError) as raised:
+            check_magnitude(parse_record(record, "h"))
+        assert str(raised.value) == expected
+        (line,) = read_object("a.jsonl", json.dumps(record).encode())
+        assert line.record is None and line.problem == expected
+
+
+@pytest.mark.parametrize(
+    "spelling, interval, numpy_unit",
+    [("H", "1 hours", "h"), ("2h", "2 hours", "h"), ("5min", "5 minutes", "m"), ("W", "7 days", "D"),
+     ("2W", "14 days", "D"), ("D", "1 days", "D"), ("3M", "3 months", "M")],
+)  # fmt: skip
+def test_a_period_as_a_sql_interval_and_a_numpy_unit(spelling, interval, numpy_unit):
+    freq = parse_time_freq(spelling)
+    assert (freq.interval, freq.numpy_unit) == (interval, numpy_unit)

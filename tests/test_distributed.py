@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar import distributed
 from sagemaker_deepar.errors import UserError
+from sagemaker_deepar.training import distributed
+from sagemaker_deepar.training.settings import TrainingEnvironment
 
 from .conftest import IMAGE, REPO, SDK_PYTHON, TRAIN, OptMl, entrypoint_env, run_train, standard_job
 from .helpers import free_port
@@ -28,7 +29,7 @@ HOSTS = ["algo-1-ab12c", "algo-2-xy34z"]  # SDK local mode's names: never compar
 @pytest.mark.unit
 def test_ranks_follow_the_order_of_hosts_and_the_leader_is_first():
     hosts = ["algo-1", "algo-10", "algo-2"]  # SageMaker's lexicographic order
-    clusters = [distributed.cluster_from_resource_config({"current_host": h, "hosts": hosts}, env={}) for h in hosts]
+    clusters = [distributed.cluster_from_resource_config({"current_host": h, "hosts": hosts}) for h in hosts]
     assert [c.rank for c in clusters] == [0, 1, 2]
     assert [c.is_leader for c in clusters] == [True, False, False]
     assert {c.master_addr for c in clusters} == {"algo-1"}
@@ -46,10 +47,10 @@ def test_resource_config_extras_and_overrides():
         "instance_groups": [{"instance_group_name": "g", "hosts": ["algo-1", "algo-2"]}],
     }
     env = {distributed.ENV_MASTER_ADDR: "127.0.0.1", distributed.ENV_MASTER_PORT: "4000"}
-    cluster = distributed.cluster_from_resource_config(config, env=env)
+    cluster = distributed.cluster_from_resource_config(config, TrainingEnvironment.from_env(env))
     assert (cluster.master_addr, cluster.master_port, cluster.store_port) == ("127.0.0.1", 4000, 4001)
     assert cluster.network_interface == "eth1" and cluster.leader == "algo-1"
-    single = distributed.cluster_from_resource_config({"current_host": "algo-1", "hosts": ["algo-1"]}, env={})
+    single = distributed.cluster_from_resource_config({"current_host": "algo-1", "hosts": ["algo-1"]})
     assert not single.is_distributed and single.is_leader
 
 
@@ -64,7 +65,7 @@ def test_resource_config_extras_and_overrides():
 )
 def test_bad_resource_config_is_a_client_error(config, words):
     with pytest.raises(UserError, match=words):
-        distributed.cluster_from_resource_config(config, env={})
+        distributed.cluster_from_resource_config(config)
 
 
 @pytest.mark.unit
@@ -79,7 +80,7 @@ def test_shards_cover_every_series_once(num_series, world_size):
 
 @pytest.mark.unit
 def test_shard_entries_and_batches_per_host():
-    cluster = distributed.cluster_from_resource_config({"current_host": "b", "hosts": ["a", "b"]}, env={})
+    cluster = distributed.cluster_from_resource_config({"current_host": "b", "hosts": ["a", "b"]})
     entries = [{"i": i} for i in range(5)]
     assert [e["i"] for e in distributed.shard_entries(entries, cluster)] == [1, 3]
     with pytest.raises(UserError, match="1 series for 2 hosts"):
@@ -89,7 +90,7 @@ def test_shard_entries_and_batches_per_host():
 
 @pytest.mark.unit
 def test_mxnet_refuses_several_hosts_and_sharded_data_needs_a_batch_count():
-    two = distributed.cluster_from_resource_config({"current_host": "a", "hosts": ["a", "b"]}, env={})
+    two = distributed.cluster_from_resource_config({"current_host": "a", "hosts": ["a", "b"]})
     with pytest.raises(UserError, match="backend=mxnet trains on one host only.*2 hosts"):
         distributed.check_backend("mxnet", two)
     distributed.check_backend("torch", two)
@@ -218,3 +219,9 @@ def test_sdk_v2_local_mode_trains_on_two_hosts(sdk_ready, tmp_path):
     epoch_lines = re.findall(r"#quality_metric: host=(algo-\d-\w+), epoch=", output)
     assert len(epoch_lines) == 2 and {h.split("-")[1] for h in epoch_lines} == {"1"}  # the leader's only
     assert re.search(r"algo-2-\w+ is rank 1 of 2", output) and "published the model" in output
+
+
+@pytest.mark.unit
+def test_a_rendezvous_setting_that_is_no_number_names_its_variable():
+    with pytest.raises(UserError, match=r"environment variable DEEPAR_MASTER_PORT='seven': input should be"):
+        TrainingEnvironment.from_env({"DEEPAR_MASTER_PORT": "seven"})

@@ -11,39 +11,22 @@ import json
 import subprocess
 import sys
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from .conftest import REPO
+from .helpers import moto_client as client
+from .helpers import run_module
 
 STACK = "fc-ecs"
 IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/deepar:1"
 MODEL = "s3://models/deepar/model.tar.gz"
 
 
-def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ecs", *args],
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def client(env: dict, service: str):
-    import boto3
-
-    return boto3.client(
-        service,
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+cli = partial(run_module, "ecs")
 
 
 def deploy(env: dict, *extra: str, image: str = IMAGE) -> tuple[dict, list[str]]:
@@ -199,9 +182,9 @@ def test_task_role_may_read_only_the_model_object_and_that_is_what_the_fetch_cal
     }
     assert allowed == {("s3:GetObject", "arn:aws:s3:::models/deepar/model.tar.gz")}
 
-    # the calls sagemaker_deepar.model_fetch makes for that URL, recorded from botocore
-    from sagemaker_deepar import model_fetch
-    from sagemaker_deepar.server_config import ModelSource
+    # the calls sagemaker_deepar.serving.model_fetch makes for that URL, recorded from botocore
+    from sagemaker_deepar.serving import model_fetch
+    from sagemaker_deepar.serving.server_config import ModelSource
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         monkeypatch.setenv(name, env[name])

@@ -9,18 +9,19 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import threading
 import time
 import uuid
+from functools import partial
 
 import pytest
 import requests
 
 from devtools.serving import free_port
 
-from .conftest import IMAGE, REPO, series
+from .conftest import IMAGE, series
+from .helpers import run_module
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +37,7 @@ def image() -> str:
     return IMAGE
 
 
-def ecs(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ecs", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+ecs = partial(run_module, "ecs", os.environ)
 
 
 def labelled(name: str) -> list[str]:

@@ -22,6 +22,7 @@ import requests
 from ingestion.glue_job import POLLUTANTS, decode_object, split_records
 
 from .conftest import REPO, OptMl, run_train, running_server
+from .helpers import moto_client
 from .mqtt_broker import start_broker
 
 PREFIX = "e2e"
@@ -47,7 +48,6 @@ def number_after(text: str, label: str) -> int:
 
 
 def test_device_to_forecast(moto_env, tmp_path):
-    import boto3
 
     env = {**moto_env, "PYTHONUNBUFFERED": "1"}
     state = tmp_path / "state"
@@ -126,13 +126,7 @@ def test_device_to_forecast(moto_env, tmp_path):
     assert f"relay: received {acked}, forwarded {acked}" in relay_out, relay_err
 
     # Firehose (moto) wrote the batches to the raw bucket; copy them down as a Glue job would read them.
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = moto_client(env, "s3")
     raw_bucket = settings["resources"]["buckets"]["raw"]
     lake, records = tmp_path / "lake" / "raw", 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=raw_bucket, Prefix="raw/"):

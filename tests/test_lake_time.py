@@ -8,8 +8,6 @@ their gaps unfilled."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,8 @@ from ingestion import to_deepar
 from mlops import monitor, registry
 from sagemaker_deepar import contract
 from serverless.handlers import forecast_api, forecasting, inputs
+
+from .helpers import StubHandler, http_stub
 
 pytestmark = pytest.mark.unit
 
@@ -165,29 +165,18 @@ def forecaster(monkeypatch):
     """A serving container's /invocations that records what it was asked and answers a flat forecast."""
     asked: list[dict] = []
 
-    class Container(BaseHTTPRequestHandler):
+    class Container(StubHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
-            request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            request = json.loads(self.request_body())
             asked.extend(request["instances"])
             body = json.dumps({"predictions": [{"mean": [1.0, 2.0]} for _ in request["instances"]]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, body, {"Content-Type": "application/json"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Container)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("FORECAST_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    forecasting._cached.clear()
-    yield asked
-    server.shutdown()
-    server.server_close()
+    with http_stub(Container) as url:
+        monkeypatch.setenv("FORECAST_ENDPOINT", url)
+        monkeypatch.delenv("FORECAST_MODEL", raising=False)
+        forecasting._cached.clear()
+        yield asked
     forecasting._cached.clear()
 
 

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import tarfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Iterator
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from mlflow.utils.proto_json_utils import dump_input_data
 from sagemaker_deepar.contract import extract_model_tarball
 
 from .conftest import IMAGE, REPO, Server, running_server
-from .helpers import free_port
+from .helpers import free_port, moto_client, moto_server
 
 MODEL_NAME = "deepar-pollution"
 ENDPOINT = "deepar-mlflow"
@@ -182,11 +183,11 @@ class Blocked(importlib.abc.MetaPathFinder):
             raise ImportError("blocked: " + name)
 
 sys.meta_path.insert(0, Blocked())
-from sagemaker_deepar.batcher import Batcher
-from sagemaker_deepar.inference import Model
-from sagemaker_deepar.mlflow_folder import find_artifact
-from sagemaker_deepar.server_config import ServerConfig
-from sagemaker_deepar.service import JSON, ForecastService
+from sagemaker_deepar.serving.batcher import Batcher
+from sagemaker_deepar.runtimes.model import Model
+from sagemaker_deepar.serving.mlflow_folder import find_artifact
+from sagemaker_deepar.serving.server_config import ServerConfig
+from sagemaker_deepar.serving.service import JSON, ForecastService
 
 config = ServerConfig.from_env({"SAGEMAKER_BASE_DIR": sys.argv[1]})
 model = Model.load(find_artifact(Path(config.model_dir)).artifact_dir, 256, "onnx", 1)
@@ -256,48 +257,12 @@ def registry(feature_model: Path, tmp_path_factory) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def moto() -> Iterator[dict[str, str]]:
     """moto server on loopback; the environment that sends boto3 (and so mlflow's client) to it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10).raise_for_status()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }
-    yield env
-    server.stop()
+    with moto_server(REGION) as env:
+        yield env
 
 
 def aws(moto: dict[str, str], service: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        service,
-        region_name=REGION,
-        endpoint_url=moto["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-
-
-@contextmanager
-def environment(env: dict[str, str]) -> Iterator[None]:
-    """os.environ with ``env`` set (boto3 inside mlflow's client reads AWS_ENDPOINT_URL and the credentials)."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return moto_client(moto, service, REGION)
 
 
 def sagemaker_target() -> Any:
@@ -327,7 +292,9 @@ def deployment(registry, moto) -> dict[str, Any]:
         ),
     )["Role"]["Arn"]
     s3.create_bucket(Bucket="deepar-mlflow-models")
-    with environment(moto):  # = mlflow deployments create -t sagemaker:/us-east-1 --name ... -m ... -C ...
+    # = mlflow deployments create -t sagemaker:/us-east-1 --name ... -m ... -C ...; boto3 inside mlflow's
+    # client reads AWS_ENDPOINT_URL and the credentials from os.environ
+    with mock.patch.dict(os.environ, moto):
         sagemaker_target().create_deployment(
             ENDPOINT,
             f"models:/{MODEL_NAME}/1",
@@ -426,7 +393,7 @@ def test_mlflow_delete_removes_the_endpoint_its_config_model_and_tarball(deploym
     endpoint = sagemaker.describe_endpoint(EndpointName=ENDPOINT)
     config = sagemaker.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model_name = config["ProductionVariants"][0]["ModelName"]
-    with environment(moto):  # = mlflow deployments delete -t sagemaker:/us-east-1 --name deepar-mlflow
+    with mock.patch.dict(os.environ, moto):  # = mlflow deployments delete -t sagemaker:/us-east-1 --name deepar-mlflow
         sagemaker_target().delete_deployment(ENDPOINT)
     assert sagemaker.list_endpoints()["Endpoints"] == []
     assert sagemaker.list_endpoint_configs()["EndpointConfigs"] == []

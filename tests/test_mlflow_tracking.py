@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sagemaker_deepar.tracking import (
+from sagemaker_deepar.training.tracking import (
     Budget,
     TrackingSettings,
     TrackingSettingsError,
@@ -58,7 +58,7 @@ def test_settings_come_from_the_environment_once_with_defaults():
 def test_unusable_settings_name_their_variable(env, variable):
     with pytest.raises(TrackingSettingsError) as error:
         TrackingSettings.from_env(env)
-    assert str(error.value).startswith(variable + "=")
+    assert str(error.value).startswith(f"environment variable {variable}=")
 
 
 @pytest.mark.unit
@@ -69,7 +69,9 @@ def test_an_unusable_setting_is_written_to_mlflow_json(tmp_path, caplog):
     settings_problem_report(tmp_path, env, str(error.value))
     report = json.loads((tmp_path / "mlflow.json").read_text())
     assert report["complete"] is False and report["tracking_uri"] == "not a uri"
-    assert report["not_recorded"][0]["reason"].startswith("tracking settings: MLFLOW_TRACKING_URI='not a uri'")
+    assert report["not_recorded"][0]["reason"].startswith(
+        "tracking settings: environment variable MLFLOW_TRACKING_URI='not a uri'"
+    )
     assert "MLFLOW_TRACKING_URI" in caplog.text and "the model is saved regardless" in caplog.text
 
 

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from .conftest import IMAGE, MOTO_REGION, REPO
+from .test_mlops_loop_rules import LAKE_KEY, lake_readings
 
 NAME = "dtest"
 GROUP = f"{NAME}-models"
@@ -221,19 +222,7 @@ def test_staging_then_prod_and_a_broken_model_never_reaches_prod(aws, moto_env, 
 
 
 def write_lake(aws, level: float) -> None:
-    import pandas as pd
-
-    timestamps = pd.date_range("2024-03-01", periods=48, freq="h")
-    frame = pd.DataFrame(
-        {
-            "device_id": [d for d in ("d1", "d2") for _ in timestamps],
-            "timestamp": list(timestamps) * 2,
-            "particulate_matter": [level + 10 + (i % 5) for i in range(48)] + [level + 20 + (i % 3) for i in range(48)],
-        }
-    )
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer)
-    aws("s3").put_object(Bucket=BUCKET, Key="readings/year=2024/part-0.parquet", Body=buffer.getvalue())
+    aws("s3").put_object(Bucket=BUCKET, Key=LAKE_KEY, Body=lake_readings(level))
 
 
 def write_forecasts(aws) -> None:

@@ -65,8 +65,11 @@ def threshold(ssm: Any, value: str, name: str = THRESHOLD) -> None:
     ssm.put_parameter(Name=name, Value=value, Type="String", Overwrite=True)
 
 
-def put_lake_and_forecasts(s3: Any, level: float, bucket: str = BUCKET) -> None:
-    """Two devices' hourly readings (+ ``level``) and the forecasts the prod endpoint stored for them."""
+LAKE_KEY = "readings/year=2024/part-0.parquet"
+
+
+def lake_readings(level: float) -> bytes:
+    """Two devices' hourly readings of 2024-03-01 and 02 (+ ``level``), as the lake's one Parquet file."""
     import pandas as pd
 
     timestamps = pd.date_range("2024-03-01", periods=48, freq="h")
@@ -79,7 +82,12 @@ def put_lake_and_forecasts(s3: Any, level: float, bucket: str = BUCKET) -> None:
     )
     buffer = io.BytesIO()
     frame.to_parquet(buffer)
-    s3.put_object(Bucket=bucket, Key="readings/year=2024/part-0.parquet", Body=buffer.getvalue())
+    return buffer.getvalue()
+
+
+def put_lake_and_forecasts(s3: Any, level: float, bucket: str = BUCKET) -> None:
+    """Two devices' hourly readings (+ ``level``) and the forecasts the prod endpoint stored for them."""
+    s3.put_object(Bucket=bucket, Key=LAKE_KEY, Body=lake_readings(level))
     lines = []
     for device, base in (("d1", 10), ("d2", 20)):
         mean = [base + ((40 + i) % (5 if device == "d1" else 3)) for i in range(6)]

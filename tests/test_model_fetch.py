@@ -22,11 +22,11 @@ import pytest
 import requests
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.model_fetch import MARKER, ModelFetchError, _inside, fetch_model
-from sagemaker_deepar.server_config import ModelSource
+from sagemaker_deepar.serving.model_fetch import MARKER, ModelFetchError, _inside, fetch_model
+from sagemaker_deepar.serving.server_config import ModelSource
 
 from .conftest import SERVE, Server, entrypoint_env, series
-from .helpers import free_port
+from .helpers import free_port, moto_client
 
 BUCKET = "models"
 
@@ -51,15 +51,7 @@ def evil_tarball() -> bytes:
 
 
 def s3(env: dict):
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return moto_client(env, "s3")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE
-from sagemaker_deepar.inference import RequestError
-from sagemaker_deepar.multi_model import ModelRegistry, MultiModelConfig, multi_model_enabled
+from sagemaker_deepar.serving.codec import RequestError
+from sagemaker_deepar.serving.multi_model import ModelRegistry, MultiModelConfig
+from sagemaker_deepar.serving.server_config import ServerConfig
 
 pytestmark = pytest.mark.unit
 
@@ -75,10 +76,17 @@ def invoke(reg: ModelRegistry, name: str) -> bool:
 
 
 def test_selected_by_sagemaker_multi_model():
-    assert multi_model_enabled({"SAGEMAKER_MULTI_MODEL": "true"})
-    assert multi_model_enabled({"SAGEMAKER_MULTI_MODEL": "TRUE"})
-    assert not multi_model_enabled({})
-    assert not multi_model_enabled({"SAGEMAKER_MULTI_MODEL": "false"})
+    def enabled(env: dict) -> bool:
+        return ServerConfig.from_env(env).multi_model is not None
+
+    assert enabled({"SAGEMAKER_MULTI_MODEL": "true"})
+    assert enabled({"SAGEMAKER_MULTI_MODEL": "TRUE"})
+    assert not enabled({})
+    assert not enabled({"SAGEMAKER_MULTI_MODEL": "false"})
+    with pytest.raises(Exception, match="SAGEMAKER_MULTI_MODEL='maybe'"):
+        enabled({"SAGEMAKER_MULTI_MODEL": "maybe"})
+    config = ServerConfig.from_env({"SAGEMAKER_MULTI_MODEL": "true", "DEEPAR_MME_MAX_MODELS": "3"})
+    assert config.multi_model is not None and config.multi_model.max_models == 3
 
 
 def test_budget_from_env_override_and_from_instance_memory(tmp_path):

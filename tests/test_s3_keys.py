@@ -1,6 +1,7 @@
 """#23 item 3: an S3 key never becomes a path outside the work folder of whoever copies it.
 
-`python -m ingestion.to_deepar` and `python -m mlops.monitor` against moto server, with objects whose
+The one copy loop (`awsinfra.s3.download_prefix`), then `python -m ingestion.to_deepar`,
+`python -m ingestion.query` and `python -m mlops.monitor` against moto server, with objects whose
 keys climb out of the prefix (`readings/../../../escape.parquet`): the run ends with a one-line error
 naming the key and nothing is written beside the temporary folder (TMPDIR points into tmp_path, so a
 climbing key would land in tmp_path itself on today's main).
@@ -8,6 +9,7 @@ climbing key would land in tmp_path itself on today's main).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +79,39 @@ def test_monitor_refuses_a_forecast_key_that_climbs_out_of_the_prefix(s3, moto_e
     assert f"s3 key {bad_key!r}" in last and "has '..'" in last
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "escape.out").exists()
+
+
+def test_the_one_copy_loop_keeps_the_layout_and_refuses_a_climbing_key_before_writing_it(s3, tmp_path):
+    from awsinfra.s3 import download_prefix
+    from sagemaker_deepar.contract import UnsafePathError
+
+    for key in ("lake/", "lake/date=2024-01-01/a.parquet", "lake/date=2024-01-02/b.parquet", "lake/c.txt", "x/d"):
+        s3.put_object(Bucket=s3.bucket, Key=key, Body=key.encode())
+    folder = tmp_path / "copy"
+    copied = download_prefix(s3, s3.bucket, "lake/", folder, lambda key: key.endswith(".parquet"))
+    assert copied == 2  # the folder marker, the .txt and what lies outside the prefix are left
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "date=2024-01-01/a.parquet",
+        "date=2024-01-02/b.parquet",
+    ]
+    assert (folder / "date=2024-01-01" / "a.parquet").read_bytes() == b"lake/date=2024-01-01/a.parquet"
+    for bad in (f"lake/{ESCAPE}.parquet", "lake/./c.parquet", "lake//d.parquet"):
+        s3.put_object(Bucket=s3.bucket, Key=bad, Body=b"outside")
+        with pytest.raises(UnsafePathError, match=re.escape(repr(bad))):
+            download_prefix(s3, s3.bucket, "lake/", tmp_path / "again", lambda key: True)
+        s3.delete_object(Bucket=s3.bucket, Key=bad)
+    assert not (tmp_path / "escape.parquet").exists()
+
+
+def test_query_refuses_a_lake_key_that_climbs_out_of_the_prefix(s3, moto_env, tmp_path):
+    write_curated(tmp_path / "curated")
+    for path in (tmp_path / "curated").rglob("*.parquet"):
+        s3.upload_file(str(path), s3.bucket, f"lake/{path.relative_to(tmp_path / 'curated')}")
+    bad_key = f"lake/{ESCAPE}.parquet"
+    s3.put_object(Bucket=s3.bucket, Key=bad_key, Body=b"PAR1")
+    result = run("ingestion.query", moto_env, tmp_path, "latest_reading", "--lake", f"s3://{s3.bucket}/lake/")
+    assert result.returncode != 0, result.stdout[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"s3 key {bad_key!r}" in last and "has '..'" in last and "refused" in last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "escape.parquet").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sagemaker_deepar.server_config import batch_payload_mb
+from sagemaker_deepar.serving.server_config import batch_payload_mb
 
 from .conftest import Server, running_server
 from .helpers import gunicorn_workers
@@ -200,7 +200,7 @@ def test_invalid_server_settings_fail_at_start(torch_model: Path):
     s = Server(torch_model, DEEPAR_INFERENCE_CONFIG="{bad")
     try:
         assert s.process.wait(timeout=60) == 1
-        assert "DEEPAR_INFERENCE_CONFIG is not valid JSON" in s.output()
+        assert "environment variable DEEPAR_INFERENCE_CONFIG='{bad': is not valid JSON" in s.output()
     finally:
         s.stop()
 
@@ -275,7 +275,7 @@ def test_ping_503_until_loaded_and_nothing_written_under_opt_ml(torch_model: Pat
         # Served by its ONNX network: the master imports onnxruntime, the forked worker opens its own session.
         # (A torch-served model is loaded once, in the master: tests/test_onnx.py checks both runtimes.)
         output = s.output(tail=None)
-        assert "onnxruntime imported in the gunicorn master" in output
+        assert "onnx runtime imported in the gunicorn master" in output
         assert "model loaded (torch backend, onnx runtime" in output
     finally:
         s.stop()

@@ -3,7 +3,7 @@
 import pytest
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, cpu_quota, default_workers
+from sagemaker_deepar.serving.server_config import ServerConfig, batch_payload_mb, cpu_quota, default_workers
 
 pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
 
@@ -34,12 +34,12 @@ def test_cpu_quota_from_cgroup_v2_and_v1(tmp_path):
 def test_workers_follow_the_cpu_quota(monkeypatch):
     """``docker run --cpus 1`` (an ECS task's cpu) on an 8-core host: one worker, not eight sharing one CPU."""
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    monkeypatch.setattr("sagemaker_deepar.server_config.available_memory_gb", lambda: 64.0)
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 1.0)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.available_memory_gb", lambda: 64.0)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: 1.0)
     assert ServerConfig.from_env({}).workers == 1
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 2.5)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: 2.5)
     assert ServerConfig.from_env({}).workers == 3
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: None)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: None)
     assert ServerConfig.from_env({}).workers == 8
 
 
@@ -54,7 +54,7 @@ def test_one_inference_thread_per_worker_unless_set():
 def test_inference_runtime_defaults_to_onnx_and_names_a_bad_value():
     assert ServerConfig.from_env({}).inference_runtime == "onnx"
     assert ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "Torch"}).inference_runtime == "torch"
-    with pytest.raises(UserError, match=r"DEEPAR_INFERENCE_RUNTIME='tensorrt' must be one of onnx, torch"):
+    with pytest.raises(UserError, match=r"DEEPAR_INFERENCE_RUNTIME='tensorrt': must be one of onnx, torch"):
         ServerConfig.from_env({"DEEPAR_INFERENCE_RUNTIME": "tensorrt"})
 
 
@@ -96,11 +96,14 @@ def test_inference_config_is_parsed_once_into_settings():
 @pytest.mark.parametrize(
     "env,fragment",
     [
-        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "many"}, "SAGEMAKER_MODEL_SERVER_WORKERS='many' is not an integer"),
-        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500' must be between 1 and 100"),
-        ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0' must be between 1 and 65535"),
-        ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache' must be nginx or gunicorn"),
-        ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG is not valid JSON"),
+        (
+            {"SAGEMAKER_MODEL_SERVER_WORKERS": "many"},
+            "SAGEMAKER_MODEL_SERVER_WORKERS='many': input should be a valid integer",
+        ),
+        ({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "500"}, "SAGEMAKER_MAX_PAYLOAD_IN_MB='500': must be between 1 and 100"),
+        ({"SAGEMAKER_BIND_TO_PORT": "0"}, "SAGEMAKER_BIND_TO_PORT='0': input should be greater than or equal to 1"),
+        ({"DEEPAR_FRONT": "apache"}, "DEEPAR_FRONT='apache': input should be 'nginx' or 'gunicorn'"),
+        ({"DEEPAR_INFERENCE_CONFIG": "{bad"}, "DEEPAR_INFERENCE_CONFIG='{bad': is not valid JSON"),
         ({"DEEPAR_INFERENCE_CONFIG": '{"quantiles": [2]}'}, "2 is not a number strictly between 0 and 1"),
     ],
 )
@@ -112,7 +115,7 @@ def test_bad_values_name_the_variable(env, fragment):
 def test_nginx_configuration_is_valid_and_answers_errors_in_json(tmp_path):
     import subprocess
 
-    from sagemaker_deepar.front import find_nginx, nginx_conf
+    from sagemaker_deepar.serving.front import find_nginx, nginx_conf
 
     config = ServerConfig.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "3", "DEEPAR_BIND_HOST": "127.0.0.1"})
     text = nginx_conf(config, tmp_path, tmp_path / "gunicorn.sock")

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,20 +20,13 @@ import requests
 from serverless.handlers import forecasting
 
 from .conftest import REPO, running_server
-from .helpers import free_port
+from .helpers import StubHandler, free_port, http_stub, run_module
+from .helpers import moto_client as client
 
 STACK = "fc"
 
 
-def cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serverless", *args],
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+cli = partial(run_module, "serverless")
 
 
 def series(i: int, n: int = 48) -> dict:
@@ -41,18 +35,6 @@ def series(i: int, n: int = 48) -> dict:
         "start": "2024-01-01 00:00:00",
         "target": [round(10 + i + 5 * math.sin(t / 4), 3) for t in range(n)],
     }
-
-
-def client(env: dict, service: str):
-    import boto3
-
-    return boto3.client(
-        service,
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +211,8 @@ def test_batch_on_upload_errors_poison_and_redelivery(deployed):
     assert len(out[0]["mean"]) == 6 and len(out[4]["quantiles"]["0.5"]) == 6
     errors = [json.loads(line) for line in read(s3, outb, "errors/day 1/good.jsonl.gz.jsonl").splitlines()]
     assert [e["location"] for e in errors] == [f"incoming/day 1/good.jsonl.gz:{n}" for n in (2, 3, 4)]
-    assert "start" in errors[0]["error"] and "not JSON" in errors[1]["error"] and "cat" in errors[2]["error"]
+    assert errors[0]["error"] == "target: missing"  # the contract's record check, as the server words it
+    assert "not JSON" in errors[1]["error"] and "cat" in errors[2]["error"]
     manifest = json.loads(read(s3, outb, "forecasts/day 1/good.jsonl.gz.manifest.json"))
     assert manifest["counts"] == {"series": 5, "forecast": 2, "errors": 3}
     assert (
@@ -362,16 +345,14 @@ def test_forecast_api_through_the_emulated_gateway(deployed):
 @pytest.fixture
 def counting_proxy(forecast_server):
     """The real serving container behind a loopback proxy that counts /invocations calls."""
-    import threading
     import urllib.error
     import urllib.request
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     calls: list[tuple[int, bytes]] = []  # (status, answer) of each /invocations call
 
-    class Proxy(BaseHTTPRequestHandler):
+    class Proxy(StubHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = self.request_body()
             request = urllib.request.Request(
                 forecast_server.url + self.path, data=body, headers={"Content-Type": "application/json"}
             )
@@ -381,20 +362,10 @@ def counting_proxy(forecast_server):
             except urllib.error.HTTPError as error:
                 status, out = error.code, error.read()
             calls.append((status, out))
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            self.answer(status, out, {"Content-Type": "application/json"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", calls
-    server.shutdown()
-    server.server_close()
+    with http_stub(Proxy) as url:
+        yield url, calls
 
 
 def test_items_10_and_11_bad_lines_are_named_and_bad_series_are_found_in_one_pass(

@@ -10,9 +10,7 @@ import gzip
 import io
 import json
 import math
-import threading
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +18,8 @@ import pytest
 from sagemaker_deepar import contract
 from serverless import stack
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
+
+from .helpers import StubHandler, http_stub
 
 pytestmark = pytest.mark.unit
 
@@ -141,7 +141,7 @@ def test_item11_bad_instances_are_found_by_index_in_one_pass():
 
 
 def test_item11_only_size_refusals_split_and_they_are_the_container_s_own_messages():
-    from sagemaker_deepar import inference
+    from sagemaker_deepar.serving import codec as inference
 
     refusals = []
     for check, args in ((inference.check_budget, (1000, 100, 10)), (inference.check_response_size, (10, 10**6, 10))):
@@ -187,21 +187,6 @@ def test_item11_an_endpoint_s_model_error_is_read_from_the_container_s_own_messa
 
 
 @pytest.fixture
-def buckets(monkeypatch, offline_aws):
-    import boto3
-
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    monkeypatch.delenv("DEEPAR_INFERENCE_CONFIG", raising=False)
-    forecasting._cached.clear()
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="in-bucket")
-    s3.create_bucket(Bucket="out-bucket")
-    yield s3
-    forecasting._cached.clear()
-
-
-@pytest.fixture
 def container() -> Iterator[tuple[str, list]]:
     """A stand-in serving container: parses each request as the real one does (orjson: 64-bit integers,
     255 levels) and answers one prediction per instance; records every request body."""
@@ -209,29 +194,19 @@ def container() -> Iterator[tuple[str, list]]:
 
     bodies: list = []
 
-    class Serve(BaseHTTPRequestHandler):
+    class Serve(StubHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = self.request_body()
             bodies.append(body)
             try:
                 instances = orjson.loads(body)["instances"]
                 status, answer = 200, {"predictions": [{"mean": [float(len(i["target"]))]} for i in instances]}
             except orjson.JSONDecodeError as error:
                 status, answer = 400, {"error": f"body: not valid JSON ({error})"}
-            out = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            self.answer(status, json.dumps(answer).encode())
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Serve)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", bodies
-    server.shutdown()
-    server.server_close()
+    with http_stub(Serve) as url:
+        yield url, bodies
 
 
 def upload(s3, body: bytes, key: str = "incoming/a.jsonl") -> dict:
@@ -390,28 +365,16 @@ def test_item10_the_api_answers_400_naming_the_place_not_502(monkeypatch, contai
 
 
 def test_low_the_api_hides_backend_text_behind_a_request_id(monkeypatch, caplog):
-    class Broken(BaseHTTPRequestHandler):
+    class Broken(StubHandler):
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            out = b'{"error": "Traceback: /opt/ml/model secret-internal-path"}'
-            self.send_response(500)
-            self.send_header("Content-Length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
+            self.request_body()
+            self.answer(500, b'{"error": "Traceback: /opt/ml/model secret-internal-path"}')
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("FORECAST_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    with http_stub(Broken) as url:
+        monkeypatch.setenv("FORECAST_ENDPOINT", url)
         monkeypatch.delenv("FORECAST_MODEL", raising=False)
         forecasting._cached.clear()
         status, body = api(json.dumps({"instances": [series(1)]}), request_id="req-42")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert status == 502 and body["error"] == "forecaster_failed" and body["request_id"] == "req-42"
     assert "secret" not in json.dumps(body) and "req-42" in body["message"]
     assert any("req-42" in r.getMessage() and "secret-internal-path" in r.getMessage() for r in caplog.records)

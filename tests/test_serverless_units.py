@@ -12,8 +12,11 @@ import sys
 
 import pytest
 
+from sagemaker_deepar.settings import SettingsError
 from serverless import emulate, stack
 from serverless.handlers import batch_forecast, forecast_api, forecasting, inputs
+
+from .helpers import StubHandler, http_stub
 
 pytestmark = pytest.mark.unit
 
@@ -238,31 +241,17 @@ def test_a_forecaster_outage_fails_the_message_and_reports_why(monkeypatch, buck
 @pytest.fixture
 def answering_429():
     """A serving container over its capacity: every /invocations answers 429 with Retry-After: 7."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Busy(BaseHTTPRequestHandler):
+    class Busy(StubHandler):
         calls = 0
 
         def do_POST(self):  # noqa: N802 - http.server's name
             Busy.calls += 1
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = b'{"message": "too many requests in flight"}'
-            self.send_response(429)
-            self.send_header("Retry-After", "7")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.request_body()
+            self.answer(429, b'{"message": "too many requests in flight"}', {"Retry-After": "7"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", Busy
-    server.shutdown()
-    server.server_close()
+    with http_stub(Busy) as url:
+        yield url, Busy
 
 
 def test_api_answers_429_with_retry_after_for_a_throttling_container_and_endpoint(monkeypatch, answering_429, caplog):
@@ -311,22 +300,29 @@ def _upload_event(s3, body: bytes, key: str = "incoming/a.jsonl", receive_count:
     }
 
 
-@pytest.fixture
-def buckets(monkeypatch, offline_aws):
-    """In-process moto S3 with the stack's input and output buckets."""
-    import boto3
-
-    monkeypatch.setenv("OUTPUT_BUCKET", "out-bucket")
-    monkeypatch.delenv("FORECAST_MODEL", raising=False)
-    forecasting._cached.clear()
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="in-bucket")
-    s3.create_bucket(Bucket="out-bucket")
-    yield s3
-    forecasting._cached.clear()
-
-
 THREE_SERIES = b"".join(json.dumps({"start": "2024-01-01", "target": [i, 2, 3]}).encode() + b"\n" for i in range(3))
+
+
+def test_unusable_settings_fail_each_object_with_a_report_naming_the_variable(monkeypatch, buckets):
+    monkeypatch.setenv("FORECAST_ENDPOINT", "deepar")
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "many")
+    answer = batch_forecast.handler({"Records": [_upload_event(buckets, THREE_SERIES)]}, None, s3=buckets)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}  # redriven, then dead-lettered
+    report = json.loads(buckets.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].read())
+    assert report["location"] == "incoming/a.jsonl"
+    assert report["error"].startswith(
+        "the function's settings: environment variable BATCH_TRANSFORM_MIN_SERIES='many': "
+    )
+    assert "Contents" not in buckets.list_objects_v2(Bucket="out-bucket", Prefix="forecasts/")
+
+
+def test_the_api_answers_an_unusable_setting_with_its_name(monkeypatch):
+    monkeypatch.setenv("FORECAST_TIMEOUT", "never")
+    event = {"httpMethod": "POST", "resource": "/forecast", "body": json.dumps({"instances": [{"target": [1]}]})}
+    answer = forecast_api.handler(event)
+    body = json.loads(answer["body"])
+    assert answer["statusCode"] == 500 and body["error"] == "misconfigured"
+    assert body["message"].startswith("environment variable FORECAST_TIMEOUT='never': input should be a valid number")
 
 
 def _assert_left_for_redrive(s3, answer: dict, receive_count: int) -> None:
@@ -541,10 +537,15 @@ def test_a_large_upload_starts_one_transform_job_on_the_endpoint_s_model(monkeyp
 
 
 def test_the_transform_threshold_comes_from_the_environment_and_the_template(monkeypatch):
+    from serverless.handlers import settings
+
     monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "5")
-    assert batch_forecast.transform_min_series() == 5
+    assert settings.current().transform_min_series == 5
     monkeypatch.delenv("BATCH_TRANSFORM_MIN_SERIES")
-    assert batch_forecast.transform_min_series() == 12_000
+    assert settings.current().transform_min_series == 12_000
+    monkeypatch.setenv("BATCH_TRANSFORM_MIN_SERIES", "many")
+    with pytest.raises(SettingsError, match="environment variable BATCH_TRANSFORM_MIN_SERIES='many': input should be"):
+        settings.current()
     assert stack.load_template()["Parameters"]["TransformMinSeries"]["Default"] == 12_000
 
 
@@ -577,3 +578,134 @@ def test_the_function_bundle_holds_every_module_of_ours_the_handlers_import():
                     todo.append(package.REPO / module)
     assert {"awsinfra/clients.py", "awsinfra/errors.py", "sagemaker_deepar/contract.py"} <= wanted
     assert sorted(wanted - bundled) == []
+
+
+@pytest.fixture
+def slow_container():
+    """A serving container with several workers: each request takes longer the earlier its first series
+    (later requests finish first), bad series (target containing -1) are named in a 400 like the
+    container's, and the most requests it held at once is recorded."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Workers(BaseHTTPRequestHandler):
+        lock = threading.Lock()
+        running = most = calls = 0
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            instances = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["instances"]
+            with Workers.lock:
+                Workers.running += 1
+                Workers.calls += 1
+                Workers.most = max(Workers.most, Workers.running)
+            try:
+                time.sleep(0.02 * max(0, 10 - instances[0]["target"][0]))
+                bad = [f"instances[{i}].target: bad value -1" for i, s in enumerate(instances) if -1 in s["target"]]
+                status, body = (400, {"message": "\n".join(bad)}) if bad else (200, {"predictions": instances})
+                answer = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+            finally:
+                with Workers.lock:
+                    Workers.running -= 1
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Workers)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Workers
+    server.shutdown()
+    server.server_close()
+
+
+def test_batch_keeps_requests_in_flight_and_answers_in_order_with_per_line_errors(monkeypatch, buckets, slow_container):
+    url, workers = slow_container
+    monkeypatch.setenv("FORECAST_ENDPOINT", url)
+    monkeypatch.setenv("BATCH_IN_FLIGHT", "3")
+    monkeypatch.setattr(
+        forecasting, "chunks", lambda lines: [range(i, min(i + 2, len(lines))) for i in range(0, len(lines), 2)]
+    )
+    series = [{"id": f"s{n}", "start": "2024-01-01", "target": [n, -1 if n in (3, 8) else 1]} for n in range(10)]
+    body = b"".join(json.dumps(s).encode() + b"\n" for s in series[:5]) + b"not json\n"
+    body += b"".join(json.dumps(s).encode() + b"\n" for s in series[5:])
+    assert batch_forecast.handler({"Records": [_upload_event(buckets, body)]}, None, s3=buckets) == {
+        "batchItemFailures": []
+    }
+    assert workers.most == 3  # 5 requests, never more than 3 at once, and 3 did run together
+    lines = [
+        json.loads(x)
+        for x in buckets.get_object(Bucket="out-bucket", Key="forecasts/a.jsonl.jsonl")["Body"].iter_lines()
+    ]
+    assert len(lines) == 11  # one answer per input line, in the upload's order
+    ids = [line.get("id") for line in lines]  # an error line carries only its error
+    assert ids == ["s0", "s1", "s2", None, "s4", None, "s5", "s6", "s7", None, "s9"]
+    assert [line["target"][0] for line in lines if "target" in line] == [0, 1, 2, 4, 5, 6, 7, 9]
+    assert lines[3]["error"] == "incoming/a.jsonl:4: target: bad value -1"
+    assert lines[5]["error"].startswith("incoming/a.jsonl:6: ") and "JSON" in lines[5]["error"]
+    assert lines[9]["error"] == "incoming/a.jsonl:10: target: bad value -1"
+    errors = [
+        json.loads(x) for x in buckets.get_object(Bucket="out-bucket", Key="errors/a.jsonl.jsonl")["Body"].iter_lines()
+    ]
+    assert [e["location"] for e in errors] == ["incoming/a.jsonl:4", "incoming/a.jsonl:6", "incoming/a.jsonl:10"]
+    manifest = json.loads(buckets.get_object(Bucket="out-bucket", Key="forecasts/a.jsonl.manifest.json")["Body"].read())
+    assert manifest["counts"] == {"series": 11, "forecast": 8, "errors": 3} and manifest["requests"] == 5
+
+
+def test_in_flight_raises_the_first_failure_in_order_and_starts_nothing_after_it():
+    import threading
+    import time
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def call(n: int) -> int:
+        with lock:
+            started.append(n)
+        if n == 1:
+            time.sleep(0.2)  # the later failure (n=2) is known first; n=1's is still the one raised
+            raise forecasting.BackendError("first")
+        if n == 2:
+            raise forecasting.BackendThrottled("second")
+        return n
+
+    got = []
+    with pytest.raises(forecasting.BackendError, match="first"):
+        for value in batch_forecast.in_order(call, range(20), 3):
+            got.append(value)
+    assert got == [0] and max(started) <= 4  # a window of 3, moved on once after n=0: nothing beyond
+
+
+def test_in_flight_setting_and_defaults(monkeypatch, buckets):
+    from sagemaker_deepar.settings import SettingsError
+    from serverless.handlers.settings import FunctionSettings
+
+    unset = FunctionSettings.from_env({})
+    http = forecasting.HttpForecaster("http://127.0.0.1:1")
+    assert batch_forecast.in_flight(http, unset) == 2
+    assert batch_forecast.in_flight(http, FunctionSettings.from_env({"BATCH_IN_FLIGHT": "5"})) == 5
+    assert batch_forecast.in_flight(forecasting.InFunctionForecaster("s3://m/model.tar.gz"), unset) == 1
+    for bad in ("0", "17", "two", "-1"):
+        with pytest.raises(SettingsError, match=f"BATCH_IN_FLIGHT={bad!r}"):
+            FunctionSettings.from_env({"BATCH_IN_FLIGHT": bad})
+
+    class SageMaker:
+        def describe_endpoint(self, EndpointName):  # noqa: N803 - boto3's name
+            if EndpointName == "gone":
+                raise RuntimeError("no such endpoint")
+            return {"ProductionVariants": [{"CurrentInstanceCount": 3}, {"CurrentInstanceCount": 1}]}
+
+    monkeypatch.setattr(batch_forecast, "_sagemaker", SageMaker)
+    monkeypatch.setattr(batch_forecast, "_instances", {})
+    assert batch_forecast.in_flight(forecasting.EndpointForecaster("four"), unset) == 8  # 2 per instance
+    assert batch_forecast.in_flight(forecasting.EndpointForecaster("gone"), unset) == 2  # unreadable: as one instance
+    # The template passes its parameter through; empty (the default) leaves the choice to the function.
+    template = stack.load_template()
+    variables = template["Resources"]["BatchFunction"]["Properties"]["Environment"]["Variables"]
+    assert variables["BATCH_IN_FLIGHT"] == {"Ref": "InFlightRequests"}
+    assert template["Parameters"]["InFlightRequests"]["Default"] == ""
+    assert batch_forecast.in_flight(http, FunctionSettings.from_env({"BATCH_IN_FLIGHT": ""})) == 2

@@ -1,7 +1,7 @@
 """Training reliability through the real entrypoint (and the image where it matters).
 
 - SIGTERM at any moment: a loadable model and exit 0 once training started, a failure file before;
-  the moments are made deterministic with DEEPAR_FAULT (sagemaker_deepar/faults.py), and one test
+  the moments are made deterministic with DEEPAR_FAULT (sagemaker_deepar/training/faults.py), and one test
   `docker stop`s a training container mid-epoch;
 - user mistakes that used to surface as internal errors after training fail as ClientErrors naming
   file:line / series / hyperparameter, before any epoch runs;
@@ -20,8 +20,8 @@ import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE, ONNX_FILE
 from sagemaker_deepar.errors import OutputError
-from sagemaker_deepar.inference import Model
 from sagemaker_deepar.paths import probe_output_dirs
+from sagemaker_deepar.runtimes.model import Model
 
 from .conftest import OptMl, run_train, series, standard_job
 from .test_image import container_names, docker, image  # noqa: F401 (fixtures)
@@ -210,7 +210,7 @@ MISTAKES = {
     "JSON nested 100,000 deep": (nested_json, ["train/data.json:2: record: not valid JSON", "depth limit"]),
     "400-digit integer in target": (
         huge_integer,
-        ["train/data.json:2: target[2]", "an integer of 400 digits", "too large"],
+        ["train/data.json:2: target[2]", "an integer of 400 digits", "beyond ±1e+30"],
     ),
     "target near the float limit": (near_float_limit, ["train/data.json:2: target[0]", "1e+37", "beyond ±1e+30"]),
     "dynamic_feat near the float limit": (huge_dynamic_feat, ["train/data.json:1: dynamic_feat[0][29]", "beyond"]),
@@ -324,7 +324,7 @@ def test_full_disk_fails_in_seconds_in_the_image(image, opt_ml: OptMl, container
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    from sagemaker_deepar import data
+    from sagemaker_deepar.training import data
 
     monkeypatch.setattr(data, "LONG_LINE_BYTES", 64)  # every line below is "long": many chunks each
     return data
@@ -369,7 +369,7 @@ def test_streamed_targets_equal_whole_line_decoding(tmp_path, small_chunks):
     "bad, problem",
     [
         ('"abc"', "train/data.json:1: target[1500]: 'abc' is not a number"),
-        ("1" * 400, "train/data.json:1: target[1500]: an integer of 400 digits is too large"),
+        ("1" * 400, "train/data.json:1: target[1500]: an integer of 400 digits is beyond ±1e+30"),
         ("1e39", "train/data.json:1: target[1500]: is infinite"),
         ("[1]", "train/data.json:1: target[1500]: [1] is not a number"),
     ],

@@ -16,35 +16,48 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.parse
-from typing import Any, Iterator, Optional
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from itertools import islice
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
-from awsinfra.errors import error_code
 from sagemaker_deepar import contract
+from sagemaker_deepar.settings import SettingsError
 
 from . import forecasting, transform
-from .inputs import DEEPAR_FIELDS, MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
+from .inputs import MAX_INPUT_SETTING, InputTooLarge, Line, UnreadableObject, read_object
+from .outputs import output_keys, output_name, read_manifest
+from .settings import FunctionSettings, current, output_bucket_of_environment
 
 log = logging.getLogger("batch_forecast")
 log.setLevel(logging.INFO)
 
-INCOMING = "incoming/"
+# Requests one object keeps in flight (issue #27 item 5): BATCH_IN_FLIGHT (FunctionSettings.batch_in_flight),
+# else what the forecaster has.
+# A serving container answers one request per worker at a time; our server starts one worker per CPU,
+# and the smallest SageMaker instance types have 2 vCPUs: 2 per instance keeps each worker busy.
+WORKERS_PER_INSTANCE = 2
+MAX_IN_FLIGHT = 16  # a bound on threads and connections per invocation (the setting's own bound too)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class Superseded(Exception):
     """The event names an object version that was since replaced (its own event follows)."""
 
 
-def read_source(s3: Any, source: dict) -> list[Line]:
+def read_source(s3: Any, source: dict, settings: Optional[FunctionSettings] = None) -> list[Line]:
     """The uploaded object's lines again (the version the event named), for a finished transform job."""
     get = {"Bucket": source["bucket"], "Key": source["key"]}
     if source.get("version_id"):
         get["VersionId"] = source["version_id"]
     elif source.get("etag"):
         get["IfMatch"] = source["etag"]
-    return read_object(source["key"], s3.get_object(**get)["Body"])
+    return read_object(source["key"], s3.get_object(**get)["Body"], settings=settings)
 
 
 def s3_records(message_body: str) -> Iterator[dict]:
@@ -56,10 +69,6 @@ def s3_records(message_body: str) -> Iterator[dict]:
     for record in event.get("Records", []) if isinstance(event, dict) else []:
         if str(record.get("eventName", "")).startswith("ObjectCreated"):
             yield record
-
-
-def output_name(key: str) -> str:
-    return key[len(INCOMING) :] if key.startswith(INCOMING) else key
 
 
 def _s3() -> Any:
@@ -74,20 +83,10 @@ def _sagemaker() -> Any:
     return client("sagemaker")
 
 
-def transform_min_series() -> int:
-    """Uploads with at least this many valid series go to a batch transform job (README: the measured
-    request-route rate x Lambda's 15 minutes, with a 2x margin)."""
-    raw = os.environ.get("BATCH_TRANSFORM_MIN_SERIES", str(transform.DEFAULT_MIN_SERIES))
-    try:
-        return int(raw)
-    except ValueError:
-        raise forecasting.BackendError(f"BATCH_TRANSFORM_MIN_SERIES={raw!r}: expected a whole number") from None
-
-
-def inference_configuration() -> Optional[dict]:
+def inference_configuration(settings: FunctionSettings) -> Optional[dict]:
     """``DEEPAR_INFERENCE_CONFIG``, checked here with the contract's rules before any request: a bad value
     fails the object once (issue #23 item 11), never one request per series."""
-    raw = os.environ.get("DEEPAR_INFERENCE_CONFIG")
+    raw = settings.inference_config
     if not raw:
         return None
     try:
@@ -101,13 +100,15 @@ def inference_configuration() -> Optional[dict]:
     return configuration
 
 
-def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int = 1) -> dict:
+def process_object(
+    record: dict, s3: Any, output_bucket: str, receive_count: int = 1, settings: Optional[FunctionSettings] = None
+) -> dict:
     """Forecast one uploaded object; return its manifest (existing one when already done). Any failure of
     the object as a whole leaves a report in errors/ before the message goes back to SQS."""
     key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])  # S3 events URL-encode keys
-    errors_key = _output_keys(output_name(key))[1]
+    errors_key = output_keys(output_name(key)).errors
     try:
-        return _forecast_object(record, key, s3, output_bucket, receive_count)
+        return _forecast_object(record, key, s3, output_bucket, receive_count, settings or current())
     except (Superseded, UnreadableObject, forecasting.BackendError):
         raise  # reported where raised (or, superseded, nothing to report)
     except forecasting.RequestRejected as error:
@@ -120,13 +121,15 @@ def process_object(record: dict, s3: Any, output_bucket: str, receive_count: int
         raise
 
 
-def _forecast_object(record: dict, key: str, s3: Any, output_bucket: str, receive_count: int) -> dict:
+def _forecast_object(
+    record: dict, key: str, s3: Any, output_bucket: str, receive_count: int, settings: FunctionSettings
+) -> dict:
     bucket = record["s3"]["bucket"]["name"]
     etag = str(record["s3"]["object"].get("eTag", "")).strip('"')
     version = record["s3"]["object"].get("versionId")
     name = output_name(key)
-    forecasts_key, errors_key, manifest_key = _output_keys(name)
-    done = _manifest(s3, output_bucket, manifest_key)
+    forecasts_key, errors_key, manifest_key = output_keys(name)
+    done = read_manifest(s3, output_bucket, manifest_key)
     if done and done["source"]["etag"] == etag and done["source"].get("version_id") == version:
         # Also a transform job already started for this version: redelivery starts no second one.
         state = done.get("status", "complete")
@@ -139,19 +142,19 @@ def _forecast_object(record: dict, key: str, s3: Any, output_bucket: str, receiv
         obj = s3.get_object(**get)
         if etag and not version and obj["ETag"].strip('"') != etag:
             raise Superseded(f"s3://{bucket}/{key}: now ETag {obj['ETag']}, the event is for {etag}")
-        lines = read_object(key, obj["Body"])  # streamed, at most BATCH_MAX_INPUT_MB decompressed
+        lines = read_object(key, obj["Body"], settings=settings)  # streamed, at most BATCH_MAX_INPUT_MB decompressed
     except UnreadableObject as error:
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
     read_s = time.monotonic() - started
     try:
-        configuration = inference_configuration()
-        forecaster = forecasting.from_environment()
+        configuration = inference_configuration(settings)
+        forecaster = forecasting.from_environment(settings)
         valid = sum(1 for line in lines if line.record is not None)
-        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= transform_min_series():
+        if isinstance(forecaster, forecasting.EndpointForecaster) and valid >= settings.transform_min_series:
             source = {"bucket": bucket, "key": key, "etag": etag, "version_id": version}
-            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name)
-        results, requests = forecast_lines(forecaster, lines, configuration)
+            return transform.start(s3, _sagemaker(), output_bucket, source, lines, forecaster.endpoint_name, settings)
+        results, requests = forecast_lines(forecaster, lines, configuration, in_flight(forecaster, settings))
     except forecasting.BackendError as error:  # retried by SQS; the report says why meanwhile
         _report_failure(s3, output_bucket, errors_key, key, error, receive_count)
         raise
@@ -166,11 +169,11 @@ def write_results(
 ) -> dict:
     """forecasts/, errors/ and, last, the manifest (status "complete") for one object's per-line results."""
     key, name = source["key"], output_name(source["key"])
-    forecasts_key, errors_key, manifest_key = _output_keys(name)
+    forecasts_key, errors_key, manifest_key = output_keys(name)
     outputs, errors = [], []
     for line, result in zip(lines, results):
         if isinstance(result, dict):
-            forwarded = {k: v for k, v in (line.record or {}).items() if k not in DEEPAR_FIELDS}
+            forwarded = contract.record_extras(line.record or {})
             outputs.append({**forwarded, **result})
         else:
             errors.append({"location": f"{key}:{line.number}", "error": result})
@@ -196,15 +199,13 @@ def write_results(
     return manifest
 
 
-def _output_keys(name: str) -> tuple[str, str, str]:
-    return f"forecasts/{name}.jsonl", f"errors/{name}.jsonl", f"forecasts/{name}.manifest.json"
-
-
 def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: BaseException, receive_count: int) -> None:
     """The object could not be forecast at all: say why (and on which receive) where its errors go."""
     report: dict[str, Any] = {"location": key, "error": str(error), "receive_count": receive_count}
     if isinstance(error, InputTooLarge):
         report.update(setting=MAX_INPUT_SETTING, limit_bytes=error.limit)
+    elif isinstance(error, SettingsError):  # the deployment's, not the object's: retried once it is fixed
+        report["error"] = f"the function's settings: {error}"
     elif not isinstance(error, (UnreadableObject, forecasting.BackendError)):
         report["error"] = f"internal error ({type(error).__name__}): {error}"  # a bug: said, not silent
     if isinstance(error, forecasting.BackendThrottled):
@@ -212,33 +213,83 @@ def _report_failure(s3: Any, bucket: str, errors_key: str, key: str, error: Base
     s3.put_object(Bucket=bucket, Key=errors_key, Body=contract.dumps_line(report))
 
 
+def in_flight(forecaster: forecasting.Forecaster, settings: FunctionSettings) -> int:
+    """Requests one object keeps in flight: ``BATCH_IN_FLIGHT`` (1..16) when set, else as many as the
+    forecaster answers at once: 2 per instance of a SageMaker endpoint (DescribeEndpoint), 2 for a
+    container URL (it does not say its workers), 1 for the model inside the function (its threads
+    would share the function's own CPUs)."""
+    if settings.batch_in_flight is not None:
+        return settings.batch_in_flight
+    if isinstance(forecaster, forecasting.InFunctionForecaster):
+        return 1
+    if isinstance(forecaster, forecasting.EndpointForecaster):
+        return min(MAX_IN_FLIGHT, WORKERS_PER_INSTANCE * endpoint_instances(forecaster.endpoint_name))
+    return WORKERS_PER_INSTANCE
+
+
+# endpoint -> (instance count, when read): autoscaling changes the count, so a warm container reads it again.
+_instances: dict[str, tuple[int, float]] = {}
+INSTANCES_TTL_S = 300
+
+
+def endpoint_instances(endpoint: str) -> int:
+    """The endpoint's current instance count (summed over its variants), 1 when it cannot be read (the
+    function still forecasts; it only keeps fewer requests in flight). Read at most every 5 minutes."""
+    cached = _instances.get(endpoint)
+    if cached is None or time.monotonic() - cached[1] > INSTANCES_TTL_S:
+        try:
+            variants = _sagemaker().describe_endpoint(EndpointName=endpoint).get("ProductionVariants", [])
+            count = sum(int(v.get("CurrentInstanceCount") or 0) for v in variants)
+        except Exception as error:  # noqa: BLE001 - a fallback, said in the log
+            log.warning(
+                "endpoint %s: instance count not read (%s); %d request(s) in flight",
+                endpoint,
+                error,
+                WORKERS_PER_INSTANCE,
+            )
+            count = 0
+        _instances[endpoint] = (max(1, count), time.monotonic())
+    return _instances[endpoint][0]
+
+
+def in_order(function: Callable[[_T], _R], items: Iterable[_T], limit: int) -> Iterator[_R]:
+    """``function`` over ``items`` with at most ``limit`` calls running at once, results yielded in the
+    items' order. The first failure, in that order, is raised where its result would have been; calls
+    not started yet are cancelled, the running ones finish (each bounded by the forecaster's timeout)."""
+    if limit <= 1:
+        yield from map(function, items)
+        return
+    remaining = iter(items)
+    with ThreadPoolExecutor(limit, thread_name_prefix="in-flight") as pool:
+        pending: deque[Future[_R]] = deque(pool.submit(function, item) for item in islice(remaining, limit))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                pending.extend(pool.submit(function, item) for item in islice(remaining, 1))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def forecast_lines(
-    forecaster: forecasting.Forecaster, lines: list[Line], configuration: Optional[dict]
+    forecaster: forecasting.Forecaster, lines: list[Line], configuration: Optional[dict], in_flight: int = 1
 ) -> tuple[list[dict | str], int]:
-    """A forecast dict or an error message per line; valid series go in requests under the payload limit."""
+    """A forecast dict or an error message per line; valid series go in requests under the payload limit,
+    ``in_flight`` of them at a time, answers put back in the lines' order."""
     results: list[dict | str] = [line.problem for line in lines]
     valid = [i for i, line in enumerate(lines) if line.record is not None]
-    instances = [{k: v for k, v in lines[i].record.items() if k in DEEPAR_FIELDS} for i in valid]  # type: ignore[union-attr]
+    instances = [contract.record_inputs(lines[i].record) for i in valid]  # type: ignore[arg-type]
     encoded = [json.dumps(instance).encode() for instance in instances]
-    requests = 0
-    for span in forecasting.chunks(encoded):
-        requests += 1
-        for index, result in zip(
-            span, forecasting.forecast_isolating(forecaster, [instances[i] for i in span], configuration)
-        ):
+    spans = forecasting.chunks(encoded)
+
+    def forecast(span: range) -> list[dict | str]:
+        return forecasting.forecast_isolating(forecaster, [instances[i] for i in span], configuration)
+
+    for answers, span in zip(in_order(forecast, spans, in_flight), spans):  # the generator runs to its end
+        for index, result in zip(span, answers):
             results[valid[index]] = result
-    return results, requests
-
-
-def _manifest(s3: Any, bucket: str, key: str) -> Optional[dict]:
-    from botocore.exceptions import ClientError
-
-    try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except ClientError as error:
-        if error_code(error) in ("NoSuchKey", "404"):
-            return None
-        raise
+    return results, len(spans)
 
 
 def throttle_backoff_s(receive_count: int, retry_after: int) -> int:
@@ -268,16 +319,24 @@ def _retry_in(message: dict, seconds: int) -> None:
 def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
     """The SQS event source mapping's entry point (``FunctionResponseTypes: [ReportBatchItemFailures]``)."""
     s3 = s3 or _s3()
-    output_bucket = os.environ["OUTPUT_BUCKET"]
+    try:  # parsed once per invocation, here at the entry, and handed down
+        settings = current()
+    except SettingsError as error:
+        return _misconfigured(event, s3, error)
+    if not settings.output_bucket:
+        return _misconfigured(event, s3, SettingsError(["environment variable OUTPUT_BUCKET is required but not set"]))
+    output_bucket = settings.output_bucket
     failures = []
     for message in event.get("Records", []):
         receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
             job_event = transform.state_change(message["body"])
             if job_event is not None:
-                transform.complete(s3, output_bucket, job_event, read_source, write_results)
+                transform.complete(
+                    s3, output_bucket, job_event, lambda s3, source: read_source(s3, source, settings), write_results
+                )
             for record in s3_records(message["body"]):
-                process_object(record, s3, output_bucket, receive_count)
+                process_object(record, s3, output_bucket, receive_count, settings)
         except Superseded as error:
             log.info("skipped: %s", error)
         except forecasting.BackendThrottled as error:
@@ -294,4 +353,21 @@ def handler(event: dict, context: Any = None, s3: Any = None) -> dict:
         except Exception as error:  # noqa: BLE001 - any failure leaves the message to SQS's redrive
             log.error("message %s failed (receive %d): %s", message.get("messageId"), receive_count, error)
             failures.append({"itemIdentifier": message["messageId"]})
+    return {"batchItemFailures": failures}
+
+
+def _misconfigured(event: dict, s3: Any, error: SettingsError) -> dict:
+    """Settings the function cannot run with: every message fails (SQS redrives it, then dead-letters it)
+    and, when the output bucket is known, each object gets a report naming the variable."""
+    log.error("the function's settings are unusable: %s", error)
+    bucket = output_bucket_of_environment()
+    failures = []
+    for message in event.get("Records", []):
+        receive_count = int(message.get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        if bucket:
+            with suppress(Exception):  # the message fails anyway; a report is a courtesy
+                for record in s3_records(message["body"]):
+                    key = urllib.parse.unquote_plus(record["s3"]["object"]["key"])
+                    _report_failure(s3, bucket, output_keys(output_name(key)).errors, key, error, receive_count)
+        failures.append({"itemIdentifier": message["messageId"]})
     return {"batchItemFailures": failures}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,9 +28,11 @@ import numpy as np
 
 from ingestion.glue_job import POLLUTANTS
 from sagemaker_deepar import contract
+from sagemaker_deepar.settings import SettingsError
 
 from . import forecasting
 from .inputs import json_problem, loads_line
+from .settings import FunctionSettings, current
 
 log = logging.getLogger("forecast_api")
 log.setLevel(logging.INFO)
@@ -136,7 +137,7 @@ def resample(stamps: np.ndarray, values: np.ndarray, time_freq: str) -> tuple[st
     if not keep.any():
         raise ApiError(404, "no_data", "no non-missing readings in the history window")
     grid = contract.period_means(stamps[keep], values[keep], time_freq, "TIME_FREQ")
-    return grid.start, ["NaN" if np.isnan(v) else round(float(v), 6) for v in grid.means[:, 0]]
+    return grid.start, contract.target_list(grid.means[:, 0], decimals=6)
 
 
 # ---------------------------------------------------------------- routes
@@ -155,7 +156,7 @@ def _integer(params: dict, name: str, low: int, high: int, default: Optional[int
     return value
 
 
-def get_forecast(event: dict) -> dict:
+def get_forecast(event: dict, settings: FunctionSettings) -> dict:
     device_id = ((event.get("pathParameters") or {}).get("device_id") or "").strip()
     params = event.get("queryStringParameters") or {}
     if not device_id:
@@ -173,13 +174,11 @@ def get_forecast(event: dict) -> dict:
             "pollutant",
         )
     horizon = _integer(params, "horizon", 1, 10_000, None)
-    lake_uri = os.environ.get("LAKE_URI", "")
-    if not lake_uri:
+    if not settings.lake_uri:
         raise ApiError(404, "no_lake", "this API has no lake configured (LAKE_URI); use POST /forecast")
-    days = int(os.environ.get("HISTORY_DAYS", "14"))
-    stamps, values = Lake(lake_uri).history(device_id, pollutant, days)
-    start, target = resample(stamps, values, os.environ.get("TIME_FREQ", "H"))
-    prediction = forecasting.from_environment().forecast([{"start": start, "target": target}], None)[0]
+    stamps, values = Lake(settings.lake_uri).history(device_id, pollutant, settings.history_days)
+    start, target = resample(stamps, values, settings.time_freq)
+    prediction = forecasting.from_environment(settings).forecast([{"start": start, "target": target}], None)[0]
     length = len(prediction.get("mean") or next(iter(prediction.get("quantiles", {}).values()), []))
     if horizon is not None and horizon > length:
         raise ApiError(
@@ -204,7 +203,7 @@ def _cut(value: Any, horizon: int) -> Any:
     return value[:horizon] if isinstance(value, list) else value
 
 
-def post_forecast(event: dict) -> dict:
+def post_forecast(event: dict, settings: FunctionSettings) -> dict:
     body = event.get("body") or ""
     if event.get("isBase64Encoded"):
         import base64
@@ -225,13 +224,19 @@ def post_forecast(event: dict) -> dict:
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ApiError(400, "bad_parameter", "instances: required, a non-empty list of DeepAR series", "instances")
+    # The contract's record check per instance, before any call: every bad one listed, as the server does.
+    problems = [p.at(f"instances[{i}].") for i, raw in enumerate(instances) if (p := contract.record_problem(raw))]
+    if problems:
+        raise ApiError(
+            400, "bad_parameter", "\n".join(problems[: contract.MAX_LISTED_PROBLEMS]), problems[0].split(".", 1)[0]
+        )
     configuration = payload.get("configuration")
     try:  # checked before any call (issue #23 item 11): a bad configuration costs no forecaster request
         contract.parse_configuration(configuration, "configuration")
     except contract.ContractError as error:
         raise ApiError(400, "bad_parameter", str(error), "configuration") from None
     try:
-        predictions = forecasting.from_environment().forecast(instances, configuration)
+        predictions = forecasting.from_environment(settings).forecast(instances, configuration)
     except forecasting.RequestRejected as error:
         parameter = str(error).split(".", 1)[0] if str(error).startswith("instances[") else None
         raise ApiError(400, "bad_parameter", str(error), parameter) from None
@@ -247,10 +252,16 @@ def handler(event: dict, context: Any = None) -> dict:
     method, resource = event.get("httpMethod"), event.get("resource")
     rid = request_id(event)
     try:
+        settings = current()  # parsed once per request, here at the entry, and handed down
+    except SettingsError as error:  # the deployment's fault, not the caller's: named in the log and the answer
+        log.error("request %s: the function's settings are unusable: %s", rid, error)
+        body = {"error": "misconfigured", "message": f"{error} (request id {rid})", "request_id": rid}
+        return response(500, body)
+    try:
         if method == "GET" and resource == "/forecast/{device_id}":
-            return response(200, get_forecast(event))
+            return response(200, get_forecast(event, settings))
         if method == "POST" and resource == "/forecast":
-            return response(200, post_forecast(event))
+            return response(200, post_forecast(event, settings))
         raise ApiError(404, "no_route", f"{method} {event.get('path')}: no such route")
     except ApiError as error:
         return response(error.status, error.body())

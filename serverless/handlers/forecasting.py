@@ -1,7 +1,7 @@
 """Where forecasts come from, chosen by the environment:
 
 - ``FORECAST_MODEL=s3://.../model.tar.gz``: the model runs inside the function
-  (``sagemaker_deepar.onnx_forecast.OnnxForecaster``, downloaded and extracted once per container);
+  (the ONNX runtime of ``sagemaker_deepar.runtimes``, downloaded and extracted once per container);
 - ``FORECAST_ENDPOINT=http://host:port``: a serving container (local runs, tests);
 - ``FORECAST_ENDPOINT=<name>``: a SageMaker endpoint through sagemaker-runtime with botocore retries.
 """
@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from sagemaker_deepar.contract import extract_model_tarball
+
+from .settings import FunctionSettings, current
 
 # SageMaker's real-time body limit (6 MB); requests stay under it with headroom for the configuration.
 MAX_REQUEST_BYTES = 5 * 2**20
@@ -30,9 +32,13 @@ DEFAULT_RETRY_AFTER_S = 2
 # The container names each bad instance at the start of a line of its 400 (all of them, one per line,
 # since issue #23 item 11; other containers name only the first).
 _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.(.*)$", re.MULTILINE)
-# The serving container's refusals that a smaller request avoids (sagemaker_deepar.inference.check_budget,
+# The serving container's refusals that a smaller request avoids (sagemaker_deepar.serving.codec.check_budget,
 # check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
 _TOO_LARGE = re.compile(r"^(request|response) too large\b")
+
+
+# Held while a forecaster makes its client or loads its model (batch requests run on several threads).
+_loading = threading.Lock()
 
 
 class BackendError(Exception):
@@ -146,10 +152,11 @@ class EndpointForecaster:
         self.name = self.name or self.endpoint_name
 
     def client(self) -> Any:
-        if self._client is None:
-            from awsinfra.clients import client, retries
+        with _loading:  # batch_forecast keeps several requests in flight: one client, made once
+            if self._client is None:
+                from awsinfra.clients import client, retries
 
-            self._client = client("sagemaker-runtime", config=retries("standard", 4, read_timeout=self.timeout))
+                self._client = client("sagemaker-runtime", config=retries("standard", 4, read_timeout=self.timeout))
         return self._client
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -181,9 +188,10 @@ class EndpointForecaster:
 
 @dataclass
 class InFunctionForecaster:
-    """The ONNX model inside the function (``sagemaker_deepar.onnx_forecast``), loaded once per container."""
+    """The ONNX model inside the function (``sagemaker_deepar.runtimes``, onnx only), loaded once per container."""
 
     model_uri: str
+    cache: Optional[Path] = None  # where the model is extracted (FORECAST_MODEL_CACHE); None: /tmp
     name: str = ""
     _model: Any = field(default=None, repr=False)
 
@@ -191,11 +199,15 @@ class InFunctionForecaster:
         self.name = self.name or self.model_uri
 
     def model(self) -> Any:
-        if self._model is None:
-            # Imported here so that endpoint-backed functions never load onnxruntime.
-            from sagemaker_deepar.onnx_forecast import OnnxForecaster
+        with _loading:  # one download and load, however many requests are in flight
+            if self._model is None:
+                # The runtimes seam, restricted to what a function can run (onnxruntime + numpy: no torch,
+                # GluonTS or pandas). Imported here so that endpoint-backed functions never load onnxruntime.
+                from sagemaker_deepar import runtimes
 
-            self._model = OnnxForecaster.load(download_model(self.model_uri))
+                self._model = runtimes.load(
+                    download_model(self.model_uri, self.cache), runtimes.LoadOptions("onnx"), only=("onnx",)
+                )
         return self._model
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
@@ -206,8 +218,8 @@ class InFunctionForecaster:
 
 
 def download_model(uri: str, root: Optional[Path] = None) -> Path:
-    """``s3://bucket/key/model.tar.gz`` (or a local path) extracted under /tmp, reused by later calls."""
-    root = Path(root or os.environ.get("FORECAST_MODEL_CACHE", tempfile.gettempdir())) / "deepar-model"
+    """``s3://bucket/key/model.tar.gz`` (or a local path) extracted under ``root`` (/tmp), reused by later calls."""
+    root = Path(root or tempfile.gettempdir()) / "deepar-model"
     done = root / ".extracted"
     if done.exists() and done.read_text() == uri:
         return root
@@ -231,17 +243,17 @@ def download_model(uri: str, root: Optional[Path] = None) -> Path:
 _cached: dict[tuple[str, str], Forecaster] = {}
 
 
-def from_environment(environ: Optional[dict] = None) -> Forecaster:
-    """The forecaster the function's environment names (one per container, reused across invocations)."""
-    environ = dict(os.environ if environ is None else environ)
-    model, endpoint = environ.get("FORECAST_MODEL", ""), environ.get("FORECAST_ENDPOINT", "")
-    timeout = float(environ.get("FORECAST_TIMEOUT", "60"))
+def from_environment(settings: Optional[FunctionSettings] = None) -> Forecaster:
+    """The forecaster the function's settings name (one per container, reused across invocations)."""
+    settings = settings or current()
+    model, endpoint = settings.forecast_model or "", settings.forecast_endpoint or ""
+    timeout = settings.forecast_timeout
     key = (model, endpoint)
     if key in _cached:
         return _cached[key]
     forecaster: Forecaster
     if model:
-        forecaster = InFunctionForecaster(model)
+        forecaster = InFunctionForecaster(model, Path(settings.model_cache_dir))
     elif endpoint.startswith(("http://", "https://")):
         forecaster = HttpForecaster(endpoint, timeout)
     elif endpoint:

@@ -14,21 +14,18 @@ import gzip
 import io
 import json
 import math
-import os
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any, Optional, Union
+from typing import IO, Any, Mapping, Optional, Union
 
 import numpy as np
 
 from sagemaker_deepar import contract
 
-# The DeepAR record fields; any other field (an id) is forwarded to the forecast line unchanged.
-DEEPAR_FIELDS = ("start", "target", "cat", "dynamic_feat")
+from .settings import DEFAULT_MAX_INPUT_MB, MAX_INPUT_SETTING, FunctionSettings, current  # noqa: F401 - re-exported
+
 CSV_COLUMNS = ("item_id", "timestamp", "value")
-MAX_INPUT_SETTING = "BATCH_MAX_INPUT_MB"
-DEFAULT_MAX_INPUT_MB = 128
 # A DeepAR record nests 3 levels (dynamic_feat); forwarded ids may be objects. Deeper lines are refused
 # by name: the forecaster's JSON (orjson: 255 levels when writing) and Python's parser (recursion) fail
 # on deep nesting as a whole, not per line (issue #23 item 10).
@@ -70,16 +67,9 @@ def input_format(key: str) -> str:
     return "jsonl"
 
 
-def max_input_bytes(environ: Optional[dict] = None) -> int:
-    """``BATCH_MAX_INPUT_MB`` (decompressed bytes of one upload) in bytes."""
-    raw = (os.environ if environ is None else environ).get(MAX_INPUT_SETTING, str(DEFAULT_MAX_INPUT_MB))
-    try:
-        megabytes = float(raw)
-    except ValueError:
-        megabytes = -1
-    if not megabytes > 0:
-        raise ValueError(f"{MAX_INPUT_SETTING}={raw!r}: expected a positive number of megabytes")
-    return int(megabytes * 2**20)
+def max_input_bytes(environ: Mapping[str, str]) -> int:
+    """``BATCH_MAX_INPUT_MB`` (decompressed bytes of one upload) in bytes; a ``SettingsError`` (a ValueError) when unusable."""
+    return FunctionSettings.from_env(environ).max_input_bytes
 
 
 class _Source(io.RawIOBase):
@@ -110,15 +100,22 @@ def open_decompressed(key: str, body: Union[bytes, IO[bytes], Any], limit: Optio
     return io.BufferedReader(_Source(raw, limit))
 
 
-def read_object(key: str, body: Union[bytes, IO[bytes], Any], limit: Optional[int] = None) -> list[Line]:
-    """The numbered records of one object (``body``: bytes or a stream such as S3's ``Body``)."""
-    stream = open_decompressed(key, body, max_input_bytes() if limit is None else limit)
+def read_object(
+    key: str,
+    body: Union[bytes, IO[bytes], Any],
+    limit: Optional[int] = None,
+    settings: Optional[FunctionSettings] = None,
+) -> list[Line]:
+    """The numbered records of one object (``body``: bytes or a stream such as S3's ``Body``); ``limit``
+    (decompressed bytes) and ``TIME_FREQ`` (long CSV) from ``settings``, the function's own when not given."""
+    settings = settings or current()
+    stream = open_decompressed(key, body, settings.max_input_bytes if limit is None else limit)
     kind = input_format(key)
     try:
         if kind == "parquet":
             return _parquet(stream.read())
         if kind == "csv":
-            return _long_csv(stream)
+            return _long_csv(stream, settings.time_freq)
         return _json_lines(stream)
     except (OSError, EOFError, zlib.error) as error:  # gzip's errors surface while reading
         raise UnreadableObject(f"not a readable gzip file: {error}") from None
@@ -204,22 +201,12 @@ def _json_lines(stream: IO[bytes]) -> list[Line]:
 
 
 def _checked(number: int, record: Any) -> Line:
-    """What the function can tell without the model; the forecaster checks the rest (cat, dynamic_feat)."""
-    if not isinstance(record, dict):
-        return Line(number, None, f"expected a JSON object with start and target, got {type(record).__name__}")
-    problem = json_problem(record)
-    if problem:
-        return Line(number, None, problem)
-    if not isinstance(record.get("start"), str):
-        return Line(number, None, "start: required, a 'YYYY-MM-DD HH:MM:SS' string")
-    target = record.get("target")
-    if not isinstance(target, list):
-        return Line(number, None, 'target: required, a list of numbers (null or "NaN" for missing)')
-    try:
-        contract.target_array(target)
-    except (TypeError, ValueError, OverflowError):
-        return Line(number, None, 'target: expected numbers (null or "NaN" for missing)')
-    return Line(number, record)
+    """What the function can tell without the model: what the forecaster's JSON parser refuses, then the
+    contract's record check (start, target); the forecaster checks the rest (cat, dynamic_feat)."""
+    found = json_problem(record) if isinstance(record, dict) else None
+    if found is None and (problem := contract.record_problem(record)) is not None:
+        found = str(problem)
+    return Line(number, None, found) if found else Line(number, record)
 
 
 def _parquet(body: bytes) -> list[Line]:
@@ -235,7 +222,9 @@ def _parquet(body: bytes) -> list[Line]:
             record["start"] = record["start"].strftime("%Y-%m-%d %H:%M:%S")
         if isinstance(record.get("target"), list):  # a NaN float is a missing value, sent as JSON's null
             record["target"] = [None if isinstance(v, float) and v != v else v for v in record["target"]]
-        lines.append(_checked(row, {k: v for k, v in record.items() if v is not None or k in DEEPAR_FIELDS[:2]}))
+        lines.append(
+            _checked(row, {k: v for k, v in record.items() if v is not None or k in contract.REQUIRED_RECORD_FIELDS})
+        )
     return lines
 
 
@@ -245,11 +234,11 @@ def _parse_time(text: str) -> datetime:
     return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
-def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str = "") -> list[Line]:
+def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str) -> list[Line]:
     """One record per item_id (in order of first appearance): its values averaged per period of
     ``TIME_FREQ`` (the contract's grid, any supported frequency), empty periods NaN, ``start`` the
     first period's start. A bad row makes its whole series an error naming that row."""
-    freq = contract.parse_time_freq(time_freq or os.environ.get("TIME_FREQ", "H"), "TIME_FREQ")
+    freq = contract.parse_time_freq(time_freq, "TIME_FREQ")
     stream = io.BytesIO(body) if isinstance(body, (bytes, bytearray)) else body
     try:
         reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline=""))  # type: ignore[arg-type]
@@ -287,6 +276,7 @@ def _long_csv(body: Union[bytes, IO[bytes]], time_freq: str = "") -> list[Line]:
         grid = contract.period_means(
             np.array([moment for moment, _ in points], dtype="datetime64[us]"), [value for _, value in points], freq
         )
-        target: list[Union[float, str]] = ["NaN" if value != value else float(value) for value in grid.means[:, 0]]
-        lines.append(Line(first, {"item_id": item, "start": grid.start, "target": target}))
+        lines.append(
+            Line(first, {"item_id": item, "start": grid.start, "target": contract.target_list(grid.means[:, 0])})
+        )
     return lines

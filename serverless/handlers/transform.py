@@ -22,21 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Optional
 
 from sagemaker_deepar import contract
 
 from . import forecasting
-from .inputs import DEEPAR_FIELDS, Line
+from . import settings as settings_module
+from .inputs import Line
+from .outputs import output_keys, output_name, read_manifest
+from .settings import FunctionSettings
 
 log = logging.getLogger("batch_forecast")
 
 STATE_CHANGE = "SageMaker Transform Job State Change"
 STAGING, OUTPUT = "staging/", "transform/"
 # 28 series/s measured through the request route (README) x 900 s = 25,200; half of it, rounded down.
-DEFAULT_MIN_SERIES = 12_000
 MAX_PAYLOAD_MB = 6  # as evaluation/batch.py: SageMaker's largest real-time-sized mini-batch
 
 
@@ -58,23 +59,28 @@ def model_of(sagemaker: Any, endpoint: str) -> str:
     return variants[0]["ModelName"]
 
 
-def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list[Line], endpoint: str) -> dict:
+def start(
+    s3: Any,
+    sagemaker: Any,
+    output_bucket: str,
+    source: dict,
+    lines: list[Line],
+    endpoint: str,
+    settings: Optional[FunctionSettings] = None,
+) -> dict:
     """Stage the valid series, start the transform job, write the "transforming" manifest; return it."""
+    settings = settings or settings_module.current()
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from .batch_forecast import output_name
 
     name = output_name(source["key"])
     started = time.monotonic()
     valid = [line for line in lines if line.record is not None]
-    staged = b"".join(
-        contract.dumps_line({k: v for k, v in (line.record or {}).items() if k in DEEPAR_FIELDS}) for line in valid
-    )
-    job = job_name(source, os.environ.get("TRANSFORM_JOB_PREFIX", "deepar"))
+    staged = b"".join(contract.dumps_line(contract.record_inputs(line.record or {})) for line in valid)
+    job = job_name(source, settings.transform_job_prefix)
     timeout = contract.batch_payload_timeout(MAX_PAYLOAD_MB)
     environment = {"SAGEMAKER_MODEL_SERVER_TIMEOUT": str(timeout)}
-    if os.environ.get("DEEPAR_INFERENCE_CONFIG"):
-        environment["DEEPAR_INFERENCE_CONFIG"] = os.environ["DEEPAR_INFERENCE_CONFIG"]
+    if settings.inference_config:
+        environment["DEEPAR_INFERENCE_CONFIG"] = settings.inference_config
     try:
         model = model_of(sagemaker, endpoint)
     except (ClientError, BotoCoreError) as error:
@@ -101,7 +107,7 @@ def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list
                 "AssembleWith": "Line",
             },
             TransformResources={
-                "InstanceType": os.environ.get("TRANSFORM_INSTANCE_TYPE", "ml.m5.xlarge"),
+                "InstanceType": settings.transform_instance_type,
                 "InstanceCount": 1,
             },
         )
@@ -123,9 +129,7 @@ def start(s3: Any, sagemaker: Any, output_bucket: str, source: dict, lines: list
         "counts": {"series": len(lines), "staged": len(valid), "invalid": len(lines) - len(valid)},
         "timings": {"stage_s": round(time.monotonic() - started, 3)},
     }
-    s3.put_object(
-        Bucket=output_bucket, Key=f"forecasts/{name}.manifest.json", Body=json.dumps(manifest, indent=1).encode()
-    )
+    s3.put_object(Bucket=output_bucket, Key=output_keys(name).manifest, Body=json.dumps(manifest, indent=1).encode())
     log.info("transform job %s on %s: s3://%s/%s, %d series", job, model, source["bucket"], source["key"], len(valid))
     return manifest
 
@@ -151,10 +155,8 @@ def _list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 def _failed(s3: Any, output_bucket: str, current: dict, reason: str) -> dict:
     """The job gave no usable output: a report naming the job and why, and a final "failed" manifest
     (not retried: the same input would fail the same way; uploading the object again starts afresh)."""
-    from .batch_forecast import _output_keys, output_name
-
     source = current["source"]
-    _, errors_key, manifest_key = _output_keys(output_name(source["key"]))
+    _, errors_key, manifest_key = output_keys(output_name(source["key"]))
     report = {"location": source["key"], "error": reason, "transform_job": current.get("transform_job")}
     s3.put_object(Bucket=output_bucket, Key=errors_key, Body=contract.dumps_line(report))
     failed = {**current, "status": "failed", "error": reason, "errors": f"s3://{output_bucket}/{errors_key}"}
@@ -173,8 +175,6 @@ def complete(
     """A transform job ended: the final outputs of the upload it forecast (None: not one of ours any more)."""
     from botocore.exceptions import ClientError
 
-    from .batch_forecast import _manifest
-
     job, status = detail.get("TransformJobName", ""), detail.get("TransformJobStatus", "")
     uri = detail.get("TransformInput", {}).get("DataSource", {}).get("S3DataSource", {}).get("S3Uri", "")
     prefix = f"s3://{output_bucket}/{STAGING}"
@@ -182,8 +182,8 @@ def complete(
         log.info("transform job %s: input %s is not staged by this stack; ignored", job, uri)
         return None
     name = uri[len(prefix) : -len(".jsonl")]
-    manifest_key = f"forecasts/{name}.manifest.json"
-    current = _manifest(s3, output_bucket, manifest_key)
+    manifest_key = output_keys(name).manifest
+    current = read_manifest(s3, output_bucket, manifest_key)
     if not current or current.get("transform_job") != job:
         log.info("transform job %s: forecasts/%s is not waiting for it (superseded); ignored", job, name)
         return None
