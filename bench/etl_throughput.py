@@ -16,6 +16,9 @@ every round does the same work); the headline is the median of the per-round tim
 previous commit's: `git show main:ingestion/glue_job.py > /tmp/old.py`) in the same rounds (ours, it,
 baseline, ...) and prints its own ratio to the baseline and ours / it: a before/after figure measured
 under the same load, which two separate runs on a shared machine cannot give.
+
+--keep DIR keeps the generated data and reuses it on the next run with the same --devices, --days and
+--object-hours (generating 1 M raw records takes minutes). --json PATH writes the result for bench.report.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,6 +81,33 @@ def run_job(entry: list[str], work: Path) -> tuple[float, dict]:
     return seconds, json.loads(out.split("ETL_COUNTS ", 1)[1].splitlines()[0])
 
 
+def generate(work: Path, plain: Path, devices: int, days: float, object_hours: int) -> None:
+    """The raw lake under work/raw and its newline-only copy in ``plain``, unless ``work`` already holds
+    both for the same settings (a kept run)."""
+    from ingestion.glue_job import decode_object, split_records
+    from ingestion.raw_sample import write_lake
+
+    settings = {"devices": devices, "days": days, "object_hours": object_hours}
+    marker = work / "sample.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
+        sample = json.loads(marker.read_text())["sample"]
+        print(f"reusing {sample['records']:,} raw records in {sample['objects']:,} objects under {work}")
+        return
+    started = time.perf_counter()
+    sample = write_lake(
+        work, [f"bench-sensor-{n}" for n in range(1, devices + 1)], "2024-01-01", days, object_hours=object_hours
+    )
+    print(
+        f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
+        f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s"
+    )
+    plain.mkdir(exist_ok=True)
+    for n, path in enumerate(sorted(p for p in (work / "raw").rglob("*") if p.is_file())):
+        text = "".join(raw + "\n" for _, _, raw in split_records(decode_object(path.read_bytes())))
+        (plain / f"part-{n:05d}.json").write_text(text)
+    marker.write_text(json.dumps({"settings": settings, "sample": sample}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=120)
@@ -88,26 +119,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds of each comparison")
     parser.add_argument("--compare-job", type=Path, help="another glue_job.py to time in the same rounds")
     parser.add_argument("--skip-converter", action="store_true", help="time the Glue job only")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args()
-    from ingestion.raw_sample import write_lake
+    result = Result("etl_throughput", sys.argv[1:])
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="etl-bench-"))
-    devices = [f"bench-sensor-{n}" for n in range(1, args.devices + 1)]
-    started = time.perf_counter()
-    sample = write_lake(work, devices, "2024-01-01", args.days, object_hours=args.object_hours)
-    print(
-        f"generated {sample['records']:,} raw records in {sample['objects']:,} objects "
-        f"(newline/concatenated/gzip mixed) in {time.perf_counter() - started:.0f} s"
-    )
     plain = work / "plain.json"  # the baseline's input: the same records, newline-separated, one file per object
-    plain.mkdir(exist_ok=True)
-    from ingestion.glue_job import decode_object, split_records
-
-    for n, path in enumerate(sorted(p for p in (work / "raw").rglob("*") if p.is_file())):
-        text = "".join(raw + "\n" for _, _, raw in split_records(decode_object(path.read_bytes())))
-        (plain / f"part-{n:05d}.json").write_text(text)
-
-    print(machine(), flush=True)
+    generate(work, plain, args.devices, args.days, args.object_hours)
+    print(f"{machine()}; Spark local[*] (every core) on both sides", flush=True)
     glue = Paired("glue job / plain Spark time", "<= 1.1x", higher_is_better=True)
     other = Paired(f"{args.compare_job} / plain Spark time", higher_is_better=True)
     versus = Paired(f"glue job / {args.compare_job} time", higher_is_better=True)
@@ -130,12 +149,18 @@ def main() -> None:
             f"glue job {job_seconds:.1f} s = {rows / job_seconds:,.0f} rows/s; spark.read.json -> parquet (no checks, "
             f"newline only) {base_seconds:.1f} s = {rows / base_seconds:,.0f} rows/s",
         )
+        result.row(step="glue job", round=len(glue.rounds), job_seconds=job_seconds, spark_seconds=base_seconds)
     print(f"glue job: {counts['valid']:,} valid, {counts['quarantined']:,} quarantined of {counts['records_in']:,}")
+    print(f"{machine()} (at the end)")
     print(glue.headline(), flush=True)
+    result.headline(glue)
     if args.compare_job:
         print(other.headline(), flush=True)
         print(versus.headline(), flush=True)
+        result.headline(other)
+        result.headline(versus)
     if args.skip_converter:
+        result.write(args.json)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         return
@@ -165,6 +190,8 @@ def main() -> None:
             f"{readings / pandas_seconds:,.0f} rows/s",
         )
     print(converter.headline(), flush=True)
+    result.headline(converter)
+    result.write(args.json)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

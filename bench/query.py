@@ -3,21 +3,27 @@
     .venv/bin/python -m bench.query                       # 10 M readings, 3 interleaved rounds
     .venv/bin/python -m bench.query --readings 2000000 --rounds 1
 
-Writes a lake in the Glue job's layout (readings/date=YYYY-MM-DD/*.parquet: device_id, timestamp, the
-five pollutants, latitude, longitude, received_at, source), then runs, in interleaved rounds (duckdb,
-pandas, duckdb, pandas, ...), each side as a fresh process over the same files:
+Writes a lake in the Glue job's layout (readings/date=YYYY-MM-DD/, one snappy Parquet file per date,
+sorted by device_id then timestamp, one row group: device_id, timestamp (INT64 microseconds, no time
+zone), the five pollutants, latitude, longitude, received_at, source), then runs, in interleaved rounds
+(duckdb, pandas, duckdb, pandas, ...), each side as a fresh process over the same files:
 - duckdb: `ingestion.query.run` of daily_stats (what `python -m ingestion.query daily_stats` runs);
 - pandas: `pd.read_parquet` of the columns it needs, then per (device, day) count/mean/min/max of each
-  pollutant (groupby on the timestamp normalised to midnight + agg; the idiomatic way, no melt).
-Prints each round, the median of the per-round ratios with its range, each side's peak RSS (the child's
-own rusage), the machine's load and cores and what each side may use (DuckDB: all cores; pandas: one).
-Both answers are compared once (same groups, same means to 1e-9).
+  pollutant (groupby + agg, the idiomatic way, no melt). The day is the hive `date` partition on both
+  sides (the query groups by it too): the same knowledge of the layout, and pandas' fastest way
+  (grouping by the timestamp normalised to midnight reads one more column and costs it more).
+Prints each round (wall seconds including interpreter start, and each side's CPU seconds from the
+child's rusage), the median of the per-round ratios with its range, each side's peak RSS, the
+machine's load and cores and what each side may use (DuckDB: all cores; pandas: one, pyarrow's reader
+all). Both answers are compared once (same groups, same means to 1e-9). --json PATH writes the result
+for bench.report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +32,7 @@ import time
 from pathlib import Path
 
 from bench._paired import Paired, machine
+from bench._results import JSON_HELP, Result
 
 REPO = Path(__file__).resolve().parent.parent
 POLLUTANTS = ("ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide")
@@ -46,12 +53,11 @@ import json, sys, time
 import pandas as pd
 POLLUTANTS = ["ozone", "particulate_matter", "carbon_monoxide", "sulfur_dioxide", "nitrogen_dioxide"]
 started = time.perf_counter()
-frame = pd.read_parquet(sys.argv[1] + "/readings", columns=["device_id", "timestamp", *POLLUTANTS])
-frame["day"] = frame["timestamp"].dt.normalize()  # midnight: a datetime64 key (.dt.date would make objects)
-stats = frame.groupby(["device_id", "day"])[POLLUTANTS].agg(["count", "mean", "min", "max"])
+frame = pd.read_parquet(sys.argv[1] + "/readings", columns=["device_id", "date", *POLLUTANTS])
+stats = frame.groupby(["device_id", "date"], observed=True)[POLLUTANTS].agg(["count", "mean", "min", "max"])
 long = stats.stack(level=0, future_stack=True)
 seconds = time.perf_counter() - started
-means = {f"{d}|{day.date()}|{m}": v for (d, day, m), v in long["mean"].items()} if len(sys.argv) > 2 else None
+means = {f"{d}|{day}|{m}": v for (d, day, m), v in long["mean"].items()} if len(sys.argv) > 2 else None
 print(json.dumps({"seconds": seconds, "groups": len(long), "means": means}))
 """
 
@@ -101,15 +107,19 @@ def rows_in(lake: Path) -> int:
 
 
 def run_side(code: str, lake: Path, compare: bool = False) -> dict:
-    """One side as a fresh process: its answer and its wall seconds (interpreter start included)."""
+    """One side as a fresh process: its answer, its wall seconds (interpreter start included) and its
+    CPU seconds (user + system, every thread: the figure a loaded machine distorts least)."""
     argv = [sys.executable, "-c", code, str(lake)] + (["compare"] if compare else [])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"side failed:\n{done.stderr[-2000:]}")
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     answer["wall"] = wall
+    answer["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return answer
 
 
@@ -137,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lake", type=Path, help="use (and keep) this lake folder instead of a temporary one")
+    parser.add_argument("--json", type=Path, help=JSON_HELP)
     args = parser.parse_args(argv)
+    result = Result("query", list(argv if argv is not None else sys.argv[1:]))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-query-")) if args.lake is None else None
     lake = args.lake or tmp / "lake"  # type: ignore[operator]
@@ -159,19 +171,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"answers agree: {duck['groups']} (device, day, pollutant) groups, largest mean difference {worst:.1e}")
         assert worst < 1e-9
 
-        rounds = Paired(f"daily_stats over {rows_in(lake):,} readings, duckdb / pandas speed", ">= 5x")
+        readings = rows_in(lake)
+        rounds = Paired(f"daily_stats over {readings:,} readings, duckdb / pandas speed", ">= 5x")
+        cpu = Paired(f"daily_stats over {readings:,} readings, pandas CPU s / duckdb CPU s")
         for _ in range(args.rounds):
             d = run_side(DUCKDB_SIDE, lake)
             p = run_side(PANDAS_SIDE, lake)
-            rounds.add(
-                1 / d["wall"],
-                1 / p["wall"],
-                f"duckdb {d['wall']:.2f} s (query {d['seconds']:.2f} s), pandas {p['wall']:.2f} s "
-                f"(compute {p['seconds']:.2f} s), each a fresh process",
+            say = (
+                f"duckdb {d['wall']:.2f} s (query {d['seconds']:.2f} s, {d['cpu']:.2f} CPU s), pandas {p['wall']:.2f} s "
+                f"(compute {p['seconds']:.2f} s, {p['cpu']:.2f} CPU s), each a fresh process"
+            )
+            rounds.add(1 / d["wall"], 1 / p["wall"], say)
+            cpu.rounds.append((1 / d["cpu"], 1 / p["cpu"]))
+            result.row(
+                round=len(rounds.rounds),
+                duckdb_wall=d["wall"],
+                duckdb_query=d["seconds"],
+                duckdb_cpu=d["cpu"],
+                pandas_wall=p["wall"],
+                pandas_compute=p["seconds"],
+                pandas_cpu=p["cpu"],
             )
         duck_peak, pandas_peak = peak_alone(DUCKDB_SIDE, lake), peak_alone(PANDAS_SIDE, lake)
-        print(f"peak RSS: duckdb {duck_peak:.0f} MB, pandas {pandas_peak:.0f} MB")
+        peak = f"peak RSS: duckdb {duck_peak:.0f} MB, pandas {pandas_peak:.0f} MB"
+        print(peak)
+        print(f"{machine()} (at the end)")
+        print(cpu.headline())
         print(rounds.headline())
+        result.headline(rounds)
+        result.headline(cpu)
+        result.figure("duckdb peak RSS", duck_peak, "MB", peak)
+        result.figure("pandas peak RSS", pandas_peak, "MB", peak)
+        result.write(args.json)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,10 @@ WITH params AS (
 daily AS (
     -- aggregate the wide rows first (one pass over the readings), then turn the result long: unpivoting
     -- the readings themselves would make five rows of every reading
-    SELECT r.device_id, CAST(r."timestamp" AS DATE) AS day,
+    -- the day is the hive `date` partition: the Glue job files every reading under its timestamp's UTC
+    -- date (date_format(timestamp, 'yyyy-MM-dd')), so filtering and grouping on it gives the same days
+    -- while whole dates are pruned and the timestamp column is never read (a fifth less work on DuckDB)
+    SELECT r.device_id, CAST(r."date" AS DATE) AS day,
            count(r.ozone) AS o_n, avg(r.ozone) AS o_mean, min(r.ozone) AS o_min, max(r.ozone) AS o_max,
            count(r.particulate_matter) AS pm_n, avg(r.particulate_matter) AS pm_mean,
            min(r.particulate_matter) AS pm_min, max(r.particulate_matter) AS pm_max,
@@ -20,11 +23,9 @@ daily AS (
            count(r.nitrogen_dioxide) AS no2_n, avg(r.nitrogen_dioxide) AS no2_mean,
            min(r.nitrogen_dioxide) AS no2_min, max(r.nitrogen_dioxide) AS no2_max
     FROM readings AS r, params AS p
-    -- the partition column first, so that engines prune whole dates
     WHERE CAST(r."date" AS DATE) BETWEEN p.start_date AND p.end_date
-      AND CAST(r."timestamp" AS DATE) BETWEEN p.start_date AND p.end_date
       AND (p.device IS NULL OR r.device_id = p.device)
-    GROUP BY r.device_id, CAST(r."timestamp" AS DATE)
+    GROUP BY r.device_id, CAST(r."date" AS DATE)
 ),
 long AS (
     UNPIVOT daily

@@ -178,6 +178,24 @@ def test_mixed_lake_quarantine_dedup_rerun_and_schema(spark, tmp_path):
     pd.testing.assert_frame_equal(curated(tmp_path / "curated"), frame)
 
 
+def test_each_date_is_one_file_sorted_by_device_and_time(spark, tmp_path):
+    """The lake's layout (issue #27 item 6, what bench.query mirrors): one Parquet file per date
+    partition, its rows ordered by device_id then timestamp, whatever order the objects held them in."""
+    raw = tmp_path / "raw"
+    hours = [(day, hour) for day in (1, 2) for hour in range(0, 24, 3)]
+    for n, device in enumerate(["d3", "d1", "d2"]):  # every object holds readings of both dates, newest first
+        records = [reading(device, f"2024-01-0{day}T{hour:02d}:00:00Z") for day, hour in reversed(hours)]
+        write(raw / f"o{n}", "newline", records)
+    counts = glue_job.run(spark, str(raw), str(tmp_path / "curated"), str(tmp_path / "quarantine"))
+    assert counts["curated_rows_in_touched_dates"] == 3 * len(hours) and counts["dates_touched"] == 2
+    for date in ("2024-01-01", "2024-01-02"):
+        files = sorted((tmp_path / "curated" / f"date={date}").glob("*.parquet"))
+        assert len(files) == 1, files
+        frame = pd.read_parquet(files[0], columns=["device_id", "timestamp"])
+        assert len(frame) == 3 * len(hours) // 2
+        pd.testing.assert_frame_equal(frame, frame.sort_values(["device_id", "timestamp"]).reset_index(drop=True))
+
+
 def test_only_touched_dates_are_rewritten(spark, tmp_path):
     first, second = tmp_path / "raw-1", tmp_path / "raw-2"
     write(first, "o", [reading("d1", f"2024-01-0{d}T00:00:00Z", ozone=float(d)) for d in (1, 2, 3)], "newline")
