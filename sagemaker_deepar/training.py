@@ -224,6 +224,7 @@ def write_outputs(
     train_summary = {
         "final_loss": control.best_loss,
         "best_epoch": control.best_epoch,
+        "best_validation_loss": control.best_validation_loss,  # None: no held-out window, best train loss kept
         "epochs_run": control.epochs_run,
         "interrupted": interrupted,
         "num_batches_per_epoch": num_batches_per_epoch,
