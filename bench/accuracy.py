@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from bench._paired import machine
+from bench._paired import Paired, machine
 from bench._results import JSON_HELP, Result
 from sagemaker_deepar.contract import backtest_cuts, backtest_window
 
@@ -330,42 +330,50 @@ def run_bench(args: argparse.Namespace, result: Result) -> dict[str, dict[str, d
     return wql
 
 
-def summarise(wql: dict[str, dict[str, dict[int, float]]], seeds: list[int], result: Result) -> None:
-    """Per method: wQL per data set (median over seeds, spread max - min) and the geometric mean relative
-    to seasonal naive per seed, with its median and spread."""
-    base = wql.get(BASELINE, {})
-    datasets = [d for d in base]
-    print("\nmean_wQuantileLoss per data set (median over seeds [max - min]); geo-mean relative to seasonal naive")
-    print(f"{'method':<28}" + "".join(f"{d:>20}" for d in datasets) + f"{'rel. geo-mean':>24}")
+def relative_to_baseline(method: str, per_data: dict[str, dict[int, float]], base: dict[str, float]) -> Paired:
+    """One paired round per seed: the method's geometric-mean wQL over the data sets over seasonal naive's
+    (equal to the geometric mean of the per-data-set ratios); lower is better."""
+    rounds = Paired(f"{method} / seasonal naive, geo-mean wQL over {len(base)} data sets", target="< 1")
+    seeds = sorted({seed for values in per_data.values() for seed in values})
+    for seed in seeds:
+        if all(seed in per_data.get(d, {}) for d in base):
+            with contextlib.redirect_stdout(io.StringIO()):  # the rounds are shown in the table's row
+                rounds.add(
+                    ours=geometric_mean([per_data[d][seed] for d in base]), base=geometric_mean(list(base.values()))
+                )
+    return rounds
+
+
+def summarise(wql: dict[str, dict[str, dict[int, float]]], result: Result) -> None:
+    """Per method: wQL per data set (median over seeds [spread max - min]), the geometric mean relative to
+    seasonal naive (median over seeds [spread]), and the mean seed spread."""
+    base = {d: values[-1] for d, values in wql.get(BASELINE, {}).items()}
+    print("\nmean_wQuantileLoss per data set: median over seeds [max - min]; relative: geo-mean over seasonal naive")
+    print(f"{'method':<26}" + "".join(f"{d:>18}" for d in base) + f"{'relative':>18}")
+    headlines = []
     for method, per_data in wql.items():
         cells = []
-        for d in datasets:
+        for d in base:
             values = list(per_data.get(d, {}).values())
-            spread = f" [{max(values) - min(values):.3f}]" if len(values) > 1 else ""
-            cells.append(f"{statistics.median(values):.3f}{spread}" if values else "-")
-        per_seed = []
-        for seed in seeds if any(s >= 0 for v in per_data.values() for s in v) else [-1]:
-            ratios = [per_data[d][seed] / base[d][-1] for d in datasets if seed in per_data.get(d, {}) and d in base]
-            if len(ratios) == len(datasets):
-                per_seed.append(geometric_mean(ratios))
-        if per_seed:
-            spread = max(per_seed) - min(per_seed)
-            rel = f"{statistics.median(per_seed):.3f}" + (f" [{spread:.3f}]" if len(per_seed) > 1 else "")
-            result.figure(
-                f"{method}: geometric-mean wQL relative to seasonal naive",
-                statistics.median(per_seed),
-                "x",
-                f"{method}: geo-mean relative wQL {rel} over {len(datasets)} data sets",
-            )
-        else:
-            rel = "-"
-        print(f"{method:<28}" + "".join(f"{c:>20}" for c in cells) + f"{rel:>24}")
-    seeded = {m: v for m, v in wql.items() if any(s >= 0 for per in v.values() for s in per)}
-    for method, per_data in seeded.items():
+            spread = f" [{max(values) - min(values):.4f}]" if len(values) > 1 else ""
+            cells.append(f"{statistics.median(values):.4f}{spread}" if values else "-")
+        rounds = relative_to_baseline(method, per_data, base)
+        relative = "-"
+        if rounds.rounds:
+            ratios = rounds.ratios
+            relative = f"{rounds.median:.3f}" + (f" [{max(ratios) - min(ratios):.3f}]" if len(ratios) > 1 else "")
+            if method != BASELINE:
+                headlines.append(rounds)
+        print(f"{method:<26}" + "".join(f"{c:>18}" for c in cells) + f"{relative:>18}")
+    print()
+    for rounds in headlines:
+        print(rounds.headline())
+        result.headline(rounds)
+    for method, per_data in wql.items():
         spreads = [max(v.values()) - min(v.values()) for v in per_data.values() if len(v) > 1]
         if spreads:
             line = (
-                f"{method}: seed spread (max - min wQL over {len(seeds)} seeds), mean over {len(spreads)} data sets "
+                f"{method}: seed spread (max - min wQL over the seeds), mean over {len(spreads)} data sets "
                 f"{statistics.fmean(spreads):.4f}, largest {max(spreads):.4f}"
             )
             print(line)
@@ -411,7 +419,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     started = time.perf_counter()
     wql = run_bench(args, result)
-    summarise(wql, args.seeds, result)
+    summarise(wql, result)
     print(f"total {time.perf_counter() - started:.0f} s; {machine()}")
     result.write(args.json)
 
