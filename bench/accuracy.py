@@ -198,8 +198,9 @@ def statsforecast_model(name: str, season: int) -> Any:
 def run_statsforecast(name: str, data: DataSet, origin: Origin) -> Score:
     """statsforecast's model fit per series on the same histories, scored like the test channel."""
     h = data.prediction_length
-    means, quantiles = [], {q: [] for q in QUANTILES}
-    actuals = []
+    means: list[np.ndarray] = []
+    quantiles: dict[float, list[np.ndarray]] = {q: [] for q in QUANTILES}
+    actuals: list[np.ndarray] = []
     fit = predict = 0.0
     for history, test in zip(origin.histories, origin.tests):
         y = np.asarray(_filled([np.nan if v in (None, "NaN") else v for v in history["target"]]))
@@ -262,13 +263,15 @@ def geometric_mean(values: list[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else float("nan")
 
 
-def mean_over_origins(scores: list[Score]) -> dict[str, float]:
-    return {
-        "wql": statistics.fmean(s.wql for s in scores),
-        "rmse": statistics.fmean(s.rmse for s in scores),
-        "fit_seconds": sum(s.fit_seconds for s in scores),
-        "predict_seconds": sum(s.predict_seconds for s in scores) if scores[0].predict_seconds is not None else None,
-    }
+def mean_over_origins(scores: list[Score]) -> Score:
+    """wQL and RMSE averaged over the origins, seconds summed (predict None: inside the jobs' seconds)."""
+    predict = [s.predict_seconds for s in scores if s.predict_seconds is not None]
+    return Score(
+        wql=statistics.fmean(s.wql for s in scores),
+        rmse=statistics.fmean(s.rmse for s in scores),
+        fit_seconds=sum(s.fit_seconds for s in scores),
+        predict_seconds=sum(predict) if len(predict) == len(scores) else None,
+    )
 
 
 def member_rows(method: str, scores: list[Score]) -> dict[str, list[float]]:
@@ -298,19 +301,19 @@ def run_bench(args: argparse.Namespace, result: Result) -> dict[str, dict[str, d
             for seed in args.seeds if method.seeded else [-1]:
                 try:
                     scores = [method.run(data, origin, max(seed, 0), args) for origin in cut]
-                except Skipped as reason:
-                    skipped[method.name] = str(reason)
-                    print(f"  {method.name}: skipped: {reason}", flush=True)
+                except Skipped as refused:
+                    skipped[method.name] = str(refused)
+                    print(f"  {method.name}: skipped: {refused}", flush=True)
                     break
                 summary = mean_over_origins(scores)
-                wql.setdefault(method.name, {}).setdefault(data.name, {})[seed] = summary["wql"]
+                wql.setdefault(method.name, {}).setdefault(data.name, {})[seed] = summary.wql
                 for member, values in member_rows(method.name, scores).items():
                     wql.setdefault(member, {}).setdefault(data.name, {})[seed] = statistics.fmean(values)
-                predict = summary["predict_seconds"]
+                predict = summary.predict_seconds
                 shown_seed = f" seed {seed}" if seed >= 0 else ""
                 print(
-                    f"  {method.name}{shown_seed}: wQL {summary['wql']:.4f}, RMSE {summary['rmse']:.4g}, "
-                    f"fit {summary['fit_seconds']:.1f} s"
+                    f"  {method.name}{shown_seed}: wQL {summary.wql:.4f}, RMSE {summary.rmse:.4g}, "
+                    f"fit {summary.fit_seconds:.1f} s"
                     + (f", predict {predict:.2f} s" if predict is not None else " (job: fit + test scoring)"),
                     flush=True,
                 )
@@ -320,13 +323,13 @@ def run_bench(args: argparse.Namespace, result: Result) -> dict[str, dict[str, d
                     seed=seed if seed >= 0 else None,
                     origins=args.origins,
                     series=series,
-                    mean_wQuantileLoss=summary["wql"],
-                    RMSE=summary["rmse"],
-                    fit_seconds=round(summary["fit_seconds"], 3),
+                    mean_wQuantileLoss=summary.wql,
+                    RMSE=summary.rmse,
+                    fit_seconds=round(summary.fit_seconds, 3),
                     predict_seconds=None if predict is None else round(predict, 3),
                 )
-    for name, reason in skipped.items():
-        result.row(method=name, skipped=reason)
+    for name, why in skipped.items():
+        result.row(method=name, skipped=why)
     return wql
 
 
