@@ -1,7 +1,7 @@
 """Forecast accuracy, rolling origin, over real public series (issue #22 item 6).
 
 Data sets: statsmodels' bundled series (they load offline) at several frequencies, plus the bundled
-sample data (``sagemaker_deepar.sample_data``):
+sample data (``sagemaker_deepar.training.sample_data``):
 
     co2        weekly   1 series   (Mauna Loa CO2, gaps interpolated)
     elnino     monthly  1 series   (sea surface temperature, 1950-2010)
@@ -12,7 +12,7 @@ sample data (``sagemaker_deepar.sample_data``):
 
 Each data set is cut at rolling origins by the contract's backtest cut (``contract.backtest_cuts``,
 ``contract.backtest_window``): origin k trains on what precedes window k and is scored on window k.
-Trained methods run the real training job (``sagemaker_deepar.training.run`` against a temporary
+Trained methods run the real training job (``sagemaker_deepar.training.job.run`` against a temporary
 /opt/ml, the in-process equivalent of ``container/train``) with a hyperparameter dict each, and are
 scored by the job's own test channel (GluonTS's Evaluator). The peers (statsforecast's SeasonalNaive,
 AutoTheta, AutoETS) run directly on the same cut and are scored with ``metrics.score_forecasts`` (the
@@ -77,7 +77,7 @@ def _filled(values: Any) -> list[float]:
 def load_datasets() -> list[DataSet]:
     import statsmodels.api as sm
 
-    from sagemaker_deepar.sample_data import generate
+    from sagemaker_deepar.training.sample_data import generate
 
     co2 = sm.datasets.co2.load_pandas().data["co2"]
     elnino = sm.datasets.elnino.load_pandas().data.drop(columns="YEAR").to_numpy().ravel()
@@ -158,9 +158,9 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 def run_training_job(hyperparameters: dict[str, str], origin: Origin) -> Score:
     """One training job on this origin, in process, against a temporary /opt/ml; its test channel scores it."""
-    from sagemaker_deepar import training
     from sagemaker_deepar.errors import UserError
     from sagemaker_deepar.paths import SageMakerPaths
+    from sagemaker_deepar.training import job
 
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         root = Path(tmp)
@@ -174,7 +174,7 @@ def run_training_job(hyperparameters: dict[str, str], origin: Origin) -> Score:
         started = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the job's metric lines
-                training.run(SageMakerPaths(root))
+                job.run(SageMakerPaths(root))
         except UserError as error:
             raise Skipped(str(error).splitlines()[0]) from None
         seconds = time.perf_counter() - started
@@ -220,7 +220,7 @@ def run_statsforecast(name: str, data: DataSet, origin: Origin) -> Score:
         quantiles[0.5].append(mean)
         truth = [np.nan if v in (None, "NaN") else v for v in test["target"][-h:]]
         actuals.append(np.asarray(truth, dtype=np.float64))
-    from sagemaker_deepar.metrics import score_forecasts
+    from sagemaker_deepar.training.metrics import score_forecasts
 
     scores = score_forecasts(np.stack(actuals), np.stack(means), {q: np.stack(v) for q, v in quantiles.items()})
     return Score(scores["mean_wQuantileLoss"], scores["RMSE"], fit, predict)

@@ -27,7 +27,7 @@ import requests
 
 from bench.serve_throughput import spawn_serve, stop, train, wait_ping
 from devtools.serving import free_port, gunicorn_workers
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ READER = r"""
 import sys, time
 from pathlib import Path
 import numpy, pandas, orjson  # the baseline includes the libraries the job always imports
-from sagemaker_deepar.data import read_channel
+from sagemaker_deepar.training.data import read_channel
 
 def peak_kb():  # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's RSS when it forked
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1])

@@ -32,7 +32,7 @@ from bench._paired import Paired, machine
 from bench.serve_throughput import request_body, train
 from devtools.serving import free_port
 from ecs import local
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 CONCURRENCY = 8
 

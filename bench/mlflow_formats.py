@@ -21,11 +21,11 @@ from pathlib import Path
 import orjson
 
 from bench.serve_throughput import train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 
 def rate(body: bytes, service, num_series: int, seconds: float) -> float:  # noqa: ANN001 - ForecastService
-    from sagemaker_deepar.service import JSON
+    from sagemaker_deepar.serving.service import JSON
 
     service.realtime(body, JSON, JSON, service.deadline())  # warm-up
     done, started = 0, time.perf_counter()
@@ -59,13 +59,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    from sagemaker_deepar.batcher import Batcher
-    from sagemaker_deepar.inference import Model
     from sagemaker_deepar.logs import quiet_libraries
-    from sagemaker_deepar.mlflow_folder import find_artifact
     from sagemaker_deepar.mlflow_pyfunc import save_model
-    from sagemaker_deepar.server_config import ServerConfig
-    from sagemaker_deepar.service import ForecastService
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.batcher import Batcher
+    from sagemaker_deepar.serving.mlflow_folder import find_artifact
+    from sagemaker_deepar.serving.server_config import ServerConfig
+    from sagemaker_deepar.serving.service import ForecastService
 
     quiet_libraries()
     with tempfile.TemporaryDirectory() as tmp:

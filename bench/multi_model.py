@@ -30,8 +30,8 @@ import requests
 
 from bench.serve_throughput import REPO, request_body, spawn_serve, stop, train, wait_ping, worker_memory_mb
 from devtools.serving import free_port
-from sagemaker_deepar import sample_data
-from sagemaker_deepar.multi_model import estimated_cost_bytes
+from sagemaker_deepar.serving.multi_model import estimated_cost_bytes
+from sagemaker_deepar.training import sample_data
 
 
 def start(root: Path, **env: str) -> tuple[subprocess.Popen, str]:

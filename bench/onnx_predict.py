@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.serve_throughput import request_body, train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 
 def rate(forecast: Callable[[], object], num_series: int, seconds: float) -> float:
@@ -38,9 +38,10 @@ def main() -> None:
 
     import torch
 
-    from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench.serve_throughput import request_body, train
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,9 @@ def main() -> None:
 
         import torch
 
-        from sagemaker_deepar.inference import Model, parse_instance
         from sagemaker_deepar.logs import quiet_libraries
+        from sagemaker_deepar.runtimes.model import Model
+        from sagemaker_deepar.serving.codec import parse_instance
 
         quiet_libraries()
         torch.set_num_threads(1)
@@ -51,9 +52,9 @@ def main() -> None:
         entries = [parse_instance(i, model, "").entry for i in instances]
         model.sample(entries[:1], 2)  # warm-up, as the server does
         print(f"loaded: RSS {rss_mb():.0f} MB, peak {peak_mb():.0f} MB")
-        fast = model.sampler.fast_sampler
+        fast = model.engine.network.fast_sampler
         for name, sampler in (("fast loop", fast), ("GluonTS forward", None)):
-            model.sampler.fast_sampler = sampler
+            model.engine.network.fast_sampler = sampler
             start = time.perf_counter()
             model.sample(entries, 100)
             print(

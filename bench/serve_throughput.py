@@ -3,7 +3,7 @@
 One run: trains DeepAR (context 72, prediction 24, 3 layers x 40 cells) through `container/train`
 (torch for us, mxnet for the gluonts.shell peer), then measures
   - in-process, single thread, 1-series and 100-series inputs: GluonTS's own `DeepARModel.forward`
-    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.fast_sampler`), with
+    (the baseline) and our `Model.sample` (the served path, `sagemaker_deepar.runtimes.fast_sampler`), with
     the GFLOP/s each achieves (`fast_sampler.network_flops`) next to the CPU's estimated peak;
   - our server (`container/serve`, default settings unless SAGEMAKER_MODEL_SERVER_WORKERS etc. are
     set) under wrk at concurrency 1/4/8 with 1-series requests and at concurrency 1 with 100-series
@@ -51,8 +51,8 @@ from typing import Callable, Iterator, Optional
 import requests
 
 from devtools.serving import free_port, gunicorn_workers
-from sagemaker_deepar import sample_data
 from sagemaker_deepar.contract import write_jsonl
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,15 +103,16 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
     """{"gluonts"|"ours": {1|100: rates}}: the two samplers alternate so both see the same machine load."""
     import torch
 
-    from sagemaker_deepar.fast_sampler import network_flops
-    from sagemaker_deepar.inference import InferenceConfig, Model, parse_instance, predictions
     from sagemaker_deepar.logs import quiet_libraries
+    from sagemaker_deepar.runtimes.fast_sampler import network_flops
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import InferenceConfig, parse_instance, predictions
 
     quiet_libraries()
     torch.set_num_threads(1)
 
     model = Model.load(model_dir, runtime="torch")
-    fast = model.sampler.fast_sampler
+    fast = model.engine.network.fast_sampler
     cfg = InferenceConfig(
         num_samples=100,
         output_types=("mean", "quantiles"),
@@ -125,7 +126,7 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
         rounds = 5
         for _ in range(rounds):  # interleaved slices: noise on a shared machine hits both alike
             for name in results:
-                model.sampler.fast_sampler = fast if name == "ours" else None
+                model.engine.network.fast_sampler = fast if name == "ours" else None
                 model.sample([parse_instance(i, model, "").entry for i in body["instances"]], 100)  # warm-up
                 start = time.perf_counter()
                 while time.perf_counter() - start < seconds / rounds:
@@ -133,15 +134,15 @@ def in_process(model_dir: Path, records: list[dict], seconds: float) -> dict:
                     predictions(model.sample(entries, 100), cfg, [])
                     totals[name][0] += 1
                 totals[name][1] += time.perf_counter() - start
-        flops = network_flops(model.sampler.model, n, 100)
+        flops = network_flops(model.engine.network.model, n, 100)
         for name, (calls, elapsed) in totals.items():
             results[name][n] = {
                 "calls_per_s": calls / elapsed,
                 "series_per_s": calls * n / elapsed,
                 "gflops": calls * flops / elapsed / 1e9,
             }
-    model.sampler.fast_sampler = fast
-    results["flops_per_series"] = network_flops(model.sampler.model, 1, 100)
+    model.engine.network.fast_sampler = fast
+    results["flops_per_series"] = network_flops(model.engine.network.model, 1, 100)
     return results
 
 

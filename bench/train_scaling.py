@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench._paired import Paired, machine
 from bench.serve_throughput import BENCH_MODEL
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 HYPERPARAMETERS = {
     **BENCH_MODEL,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench._paired import Paired, machine
 from bench.serve_throughput import BENCH_MODEL
-from sagemaker_deepar import sample_data
+from sagemaker_deepar.training import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,7 +97,7 @@ predictor.serialize(out)
 result = {"epoch_seconds": epoch_seconds, "losses": losses}
 if test_dir is not None:
     from gluonts.evaluation import make_evaluation_predictions
-    from sagemaker_deepar.metrics import evaluate_forecasts
+    from sagemaker_deepar.training.metrics import evaluate_forecasts
     test = read(test_dir)
     forecasts = list(make_evaluation_predictions(test, predictor, num_samples=100)[0])
     quantiles = [round(0.1 * i, 1) for i in range(1, 10)]

@@ -49,8 +49,8 @@ from scipy.optimize import isotonic_regression
 
 from bench._paired import Paired, machine
 from sagemaker_deepar.contract import split_train_test, write_jsonl
-from sagemaker_deepar.metrics import METRIC_DEFINITIONS
-from sagemaker_deepar.sample_data import generate
+from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
+from sagemaker_deepar.training.sample_data import generate
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "container" / "train"

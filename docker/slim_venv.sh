@@ -19,7 +19,7 @@ rm -rf "$site"/torch/test "$site"/torch/lib/libtorchbind_test.so "$site"/torch/l
 find "$site"/torch/bin -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 
 # botocore ships the API models of ~440 services (~28 MB); the image calls S3 (DEEPAR_MODEL_URL,
-# sagemaker_deepar/model_fetch.py) and keeps STS for web-identity credentials. botocore's own files stay.
+# sagemaker_deepar/serving/model_fetch.py) and keeps STS for web-identity credentials. botocore's own files stay.
 find "$site"/botocore/data -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sts -exec rm -rf {} +
 
 # Debug symbols: libtorch_cpu alone carries ~70 MB. Libraries grafted by auditwheel (*.libs/) were

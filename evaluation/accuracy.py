@@ -40,7 +40,7 @@ def load_eval_series(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 
 
 def report(records: list[dict], predictions: list[dict], args: argparse.Namespace, source: str) -> dict:
-    from sagemaker_deepar.report import AccuracyReport
+    from sagemaker_deepar.training.report import AccuracyReport
 
     if len(predictions) != len(records):
         raise UserError(f"{source}: {len(predictions)} forecasts for {len(records)} series")

@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     from sagemaker.model import Model
 
-    from sagemaker_deepar.report import QUANTILES
+    from sagemaker_deepar.training.report import QUANTILES
 
     session = common.open_session(args)
     records, held_out = accuracy.load_eval_series(args)

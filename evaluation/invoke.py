@@ -75,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from sagemaker_deepar.report import QUANTILES
+    from sagemaker_deepar.training.report import QUANTILES
 
     records, held_out = load_eval_series(args)
     runtime = common.runtime_client(common.open_session(args), args)

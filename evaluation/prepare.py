@@ -33,7 +33,7 @@ def read_series(path: Path) -> list[tuple[str, dict]]:
 
 
 def sample_series(sensors: int, days: int) -> list[tuple[str, dict]]:
-    from sagemaker_deepar.sample_data import generate
+    from sagemaker_deepar.training.sample_data import generate
 
     return [(f"sample series {i}", r) for i, r in enumerate(generate(num_sensors=sensors, days=days))]
 

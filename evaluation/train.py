@@ -79,7 +79,7 @@ def hyperparameters(args: argparse.Namespace) -> dict:
 def build_estimator(args: argparse.Namespace, session):
     from sagemaker.estimator import Estimator
 
-    from sagemaker_deepar.metrics import METRIC_DEFINITIONS
+    from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
 
     if args.spot and args.local:
         raise UserError("--spot needs SageMaker; drop it with --local")

@@ -48,7 +48,7 @@ def build_trainer(args: argparse.Namespace):
     from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, StoppingCondition
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
-    from sagemaker_deepar.metrics import METRIC_DEFINITIONS
+    from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
 
     if args.spot and (args.local or not args.checkpoint_s3_uri):
         raise UserError("--spot needs SageMaker and --checkpoint-s3-uri")

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.local:
         data.write_bytes(common.local_path(channels["test"]).joinpath("test.json").read_bytes())
     else:
-        from sagemaker_deepar.sample_data import generate
+        from sagemaker_deepar.training.sample_data import generate
 
         contract.write_jsonl(generate(num_sensors=args.sensors, days=args.days), data)
     summary["prepare"] = channels

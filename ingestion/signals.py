@@ -1,7 +1,7 @@
 """The sensors' signal model: what a device publishes, and what the raw sample data is made of.
 
 Each reading is the JSON a device sends: the five pollutants (same levels, daily cycles, weekday
-traffic effect and noise as sagemaker_deepar.sample_data), latitude/longitude, an ISO-8601 UTC
+traffic effect and noise as sagemaker_deepar.training.sample_data), latitude/longitude, an ISO-8601 UTC
 timestamp and device_id. Outages drop readings, rare spikes are outliers, and a small share of
 readings are broken the way field devices break them (a non-numeric value, a sentinel -999, a
 missing timestamp) so the ETL's quarantine has something to catch.
@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from sagemaker_deepar.sample_data import POLLUTANTS
+from sagemaker_deepar.training.sample_data import POLLUTANTS
 
 from .glue_job import FIELD_ALIASES
 

@@ -9,7 +9,7 @@ repo=$(dirname "$here")
 port=${PORT:-8080}
 "$repo/scripts/bootstrap.sh"
 rm -rf "$here/test_dir/input/data"
-"$repo/.venv/bin/python" -m sagemaker_deepar.sample_data --out "$here/test_dir/input/data"
+"$repo/.venv/bin/python" -m sagemaker_deepar.training.sample_data --out "$here/test_dir/input/data"
 mode=--no-docker
 if [ -z "${NO_DOCKER:-}" ] && docker info >/dev/null 2>&1; then
   echo "== building the image (scripts/build_image.sh)"

@@ -20,7 +20,7 @@ import requests
 from sagemaker_deepar.cli import run_command
 from sagemaker_deepar.contract import METADATA_FILE, ModelArtifact, holdout, pandas_freq, read_jsonl, target_array
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.report import QUANTILES, AccuracyReport, plot_forecast
+from sagemaker_deepar.training.report import QUANTILES, AccuracyReport, plot_forecast
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE / "test_dir" / "input" / "data" / "test" / "test.json"

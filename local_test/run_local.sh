@@ -24,7 +24,7 @@ test_dir="$here/test_dir"
 port=${PORT:-8080}
 if [ "$job" = train ]; then
   if [ ! -d "$test_dir/input/data/train" ]; then
-    "$repo/.venv/bin/python" -m sagemaker_deepar.sample_data --out "$test_dir/input/data"
+    "$repo/.venv/bin/python" -m sagemaker_deepar.training.sample_data --out "$test_dir/input/data"
   fi
   # A fresh local run: old model, outputs and checkpoints would otherwise be resumed or mixed in.
   rm -rf "$test_dir/model" "$test_dir/output" "$test_dir/checkpoints"

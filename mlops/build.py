@@ -194,7 +194,7 @@ def resolve_warm_start(settings: BuildSettings, sagemaker_client: Any) -> WarmSt
         return WarmStart(None, None, f"cold start: no approved model in {group}")
     arn, model_data, recorded = production
     differ = registry.shape_differences(recorded, network_hyperparameters(settings))
-    if differ:  # the Train step would refuse it (sagemaker_deepar.warm_start): a new shape starts afresh
+    if differ:  # the Train step would refuse it (sagemaker_deepar.training.warm_start): a new shape starts afresh
         return WarmStart(None, None, f"cold start: model package {arn} has another network shape ({', '.join(differ)})")
     if not settings.local and not model_data.startswith("s3://"):
         return WarmStart(None, None, f"cold start: model package {arn} holds {model_data}, not an s3:// model")

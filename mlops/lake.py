@@ -12,11 +12,11 @@ from ingestion.glue_job import POLLUTANTS
 
 
 def sample_frame(sensors: int = 1, days: int = 10, start: str = "2024-01-01 00:00:00", level_shift: float = 0.0):
-    """Hourly readings of ``sensors`` devices from ``sagemaker_deepar.sample_data``; ``level_shift``
+    """Hourly readings of ``sensors`` devices from ``sagemaker_deepar.training.sample_data``; ``level_shift``
     adds a constant to every reading (a drift)."""
     import pandas as pd
 
-    from sagemaker_deepar.sample_data import generate
+    from sagemaker_deepar.training.sample_data import generate
 
     records = generate(num_sensors=sensors, days=days, start=start)
     hours = pd.date_range(start, periods=days * 24, freq="h")

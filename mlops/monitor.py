@@ -10,7 +10,7 @@ Reads the production forecasts stored as JSON Lines (one per series: item_id, st
 what batch transform or the endpoint answered, plus the series' item_id) and the actuals that arrived
 since from the curated Parquet lake (device_id, timestamp, one column per pollutant; an item_id
 "device/pollutant" names its column, else --target). Scores them as the built-in does
-(sagemaker_deepar.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
+(sagemaker_deepar.training.metrics.score_forecasts), publishes mean_wQuantileLoss and RMSE to CloudWatch
 (namespace DeepAR/MLOps, dimension Endpoint=<name>-prod) and, when mean_wQuantileLoss exceeds the SSM
 threshold, starts the build pipeline — once: not while an execution is Executing, nor while one that
 succeeded after the newest registered package awaits its model's approval.
@@ -42,7 +42,7 @@ from sagemaker_deepar.contract import (
     parse_time_freq,
     period_means,
 )
-from sagemaker_deepar.metrics import score_forecasts
+from sagemaker_deepar.training.metrics import score_forecasts
 
 from . import registry
 from .events import WQL, LoopError, now, read_threshold

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from sagemaker_deepar.report import QUANTILES
+from sagemaker_deepar.training.report import QUANTILES
 
 from . import registry
 

@@ -8,6 +8,14 @@ class UserError(Exception):
     """
 
 
+class RequestError(UserError):
+    """A bad request: answered with 4xx and this message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
 class DataError(UserError):
     """A problem in the training or test data, located as ``file:line: field``."""
 

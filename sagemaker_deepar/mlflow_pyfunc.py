@@ -15,7 +15,7 @@ pickle runs whatever it contains and ties the folder to the Python and cloudpick
 the code file is readable, diffable and loads wherever ``sagemaker_deepar`` is installed — which every
 loader needs anyway, since the forecast runs this project's inference code.
 
-Predict goes through the server's own path: ``inference.Model.load`` (ONNX runtime by default,
+Predict goes through the server's own path: ``runtimes.model.Model.load`` (ONNX runtime by default,
 ``DEEPAR_INFERENCE_RUNTIME``), a ``batcher.Batcher`` and ``service.ForecastService.realtime`` with the
 frame turned into a DeepAR JSON request, settings from ``ServerConfig.from_env`` — so for the same series,
 seed and settings its forecasts equal what ``/invocations`` answers (``tests/test_mlflow_pyfunc.py``).
@@ -43,7 +43,7 @@ from mlflow.pyfunc import PythonModel
 
 from .contract import DEFAULT_QUANTILES, METADATA_FILE, ModelArtifact
 from .errors import UserError
-from .frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
+from .serving.frames import FrameModel, FrameRequest, frame_request, located, predictions_frame
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class DeepARForecaster(PythonModel):
         self.load(Path(context.artifacts[ARTIFACT_KEY]))
 
     def load(self, model_dir: Path) -> None:
-        from .batcher import Batcher
-        from .inference import Model
-        from .server_config import ServerConfig
-        from .service import ForecastService
+        from .runtimes.model import Model
+        from .serving.batcher import Batcher
+        from .serving.server_config import ServerConfig
+        from .serving.service import ForecastService
 
         config = dataclasses.replace(ServerConfig.from_env(os.environ), model_dir=str(model_dir))
         self.model = Model.load(model_dir, config.max_batch_series, config.inference_runtime, config.inference_threads)
@@ -89,8 +89,8 @@ class DeepARForecaster(PythonModel):
 
 def forecast_frame(service: Any, frame_model: Any, frame: Any, params: Optional[dict[str, Any]]) -> pd.DataFrame:
     """A long frame's forecast through ``ForecastService.realtime``; mistakes as MlflowException naming the place."""
-    from .inference import RequestError
-    from .service import JSON
+    from .serving.codec import RequestError
+    from .serving.service import JSON
 
     request: Optional[FrameRequest] = None
     try:

@@ -85,9 +85,9 @@ def function_entries() -> list[tuple[Path, str]]:
     # glue_job.py imports only the standard library at module level (pyspark inside its Spark functions).
     ours += [REPO / "ingestion" / "__init__.py", REPO / "ingestion" / "glue_job.py"]
     ours += [REPO / "awsinfra" / name for name in ("__init__.py", "clients.py", "errors.py")]  # one client factory
-    onnx = REPO / "sagemaker_deepar" / "onnx_forecast.py"
-    if onnx.exists():  # the in-function model (FORECAST_MODEL); onnxruntime itself would be another layer
-        ours.append(onnx)
+    # The in-function model (FORECAST_MODEL) through the runtimes seam; onnxruntime itself would be another layer.
+    ours += [REPO / "sagemaker_deepar" / "errors.py"]
+    ours += [REPO / "sagemaker_deepar" / "runtimes" / name for name in ("__init__.py", "onnx.py", "onnx_forecast.py")]
     entries = [(p, str(p.relative_to(REPO))) for p in ours]
     for folder in _distribution_dir("numpy"):
         entries += [(p, str(p.relative_to(folder.parent))) for p in _files(folder)]

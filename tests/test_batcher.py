@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from sagemaker_deepar.batcher import Batcher, DeadlineExceeded
+from sagemaker_deepar.serving.batcher import Batcher, DeadlineExceeded
 
 pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
 

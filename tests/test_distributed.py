@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar import distributed
 from sagemaker_deepar.errors import UserError
+from sagemaker_deepar.training import distributed
 
 from .conftest import IMAGE, REPO, SDK_PYTHON, TRAIN, OptMl, entrypoint_env, run_train, standard_job
 from .helpers import free_port

@@ -199,9 +199,9 @@ def test_task_role_may_read_only_the_model_object_and_that_is_what_the_fetch_cal
     }
     assert allowed == {("s3:GetObject", "arn:aws:s3:::models/deepar/model.tar.gz")}
 
-    # the calls sagemaker_deepar.model_fetch makes for that URL, recorded from botocore
-    from sagemaker_deepar import model_fetch
-    from sagemaker_deepar.server_config import ModelSource
+    # the calls sagemaker_deepar.serving.model_fetch makes for that URL, recorded from botocore
+    from sagemaker_deepar.serving import model_fetch
+    from sagemaker_deepar.serving.server_config import ModelSource
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         monkeypatch.setenv(name, env[name])

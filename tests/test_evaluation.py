@@ -132,7 +132,7 @@ def test_invoke_report_matches_gluonts_evaluator(workflow):
     import pandas as pd
     from gluonts.model.forecast import QuantileForecast
 
-    from sagemaker_deepar.metrics import evaluate_forecasts
+    from sagemaker_deepar.training.metrics import evaluate_forecasts
 
     written = json.loads((workflow["work"] / "invoke-b.json").read_text())
     records = [json.loads(line) for line in open(workflow["work"] / "eval-data.json")][:4]

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sagemaker_deepar.fast_sampler import FastDeepARSampler, network_flops
-from sagemaker_deepar.inference import Model, parse_instance
-from sagemaker_deepar.torch_serving import import_deepar_module
+from sagemaker_deepar.runtimes.fast_sampler import FastDeepARSampler, network_flops
+from sagemaker_deepar.runtimes.model import Model
+from sagemaker_deepar.runtimes.torch_deepar import import_deepar_module
+from sagemaker_deepar.serving.codec import parse_instance
 
 LEVELS = (0.1, 0.5, 0.9)
 

@@ -14,8 +14,8 @@ import orjson
 import pytest
 import requests
 
-from sagemaker_deepar.front import nginx_conf
-from sagemaker_deepar.server_config import ServerConfig, serverless_threads
+from sagemaker_deepar.serving.front import nginx_conf
+from sagemaker_deepar.serving.server_config import ServerConfig, serverless_threads
 
 from . import test_image as image_tests
 from .conftest import running_server
@@ -28,7 +28,7 @@ container_names = image_tests.container_names
 
 
 def config_with_memory(monkeypatch, memory_gb: float, **env: str) -> ServerConfig:
-    monkeypatch.setattr("sagemaker_deepar.server_config.available_memory_gb", lambda: memory_gb)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.available_memory_gb", lambda: memory_gb)
     return ServerConfig.from_env(env)
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.hyperparameters import DEFAULT_TEST_QUANTILES, parse_hyperparameters
+from sagemaker_deepar.training.hyperparameters import DEFAULT_TEST_QUANTILES, parse_hyperparameters
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sagemaker_deepar.contract import ContractError, FeatureSpec, parse_configuration
-from sagemaker_deepar.frames import FrameError, FrameModel, frame_request
+from sagemaker_deepar.serving.frames import FrameError, FrameModel, frame_request
 
 from .conftest import running_server
 

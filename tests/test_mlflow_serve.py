@@ -182,11 +182,11 @@ class Blocked(importlib.abc.MetaPathFinder):
             raise ImportError("blocked: " + name)
 
 sys.meta_path.insert(0, Blocked())
-from sagemaker_deepar.batcher import Batcher
-from sagemaker_deepar.inference import Model
-from sagemaker_deepar.mlflow_folder import find_artifact
-from sagemaker_deepar.server_config import ServerConfig
-from sagemaker_deepar.service import JSON, ForecastService
+from sagemaker_deepar.serving.batcher import Batcher
+from sagemaker_deepar.runtimes.model import Model
+from sagemaker_deepar.serving.mlflow_folder import find_artifact
+from sagemaker_deepar.serving.server_config import ServerConfig
+from sagemaker_deepar.serving.service import JSON, ForecastService
 
 config = ServerConfig.from_env({"SAGEMAKER_BASE_DIR": sys.argv[1]})
 model = Model.load(find_artifact(Path(config.model_dir)).artifact_dir, 256, "onnx", 1)

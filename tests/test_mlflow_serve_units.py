@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from sagemaker_deepar.contract import ContractError, FeatureSpec, ModelArtifact
-from sagemaker_deepar.frames import FrameModel, frame_request, predictions_frame
-from sagemaker_deepar.mlflow_folder import MlflowModelError, find_artifact
-from sagemaker_deepar.mlflow_requests import answer_rows, is_mlflow_request, parse_mlflow_request, request_frame
+from sagemaker_deepar.serving.frames import FrameModel, frame_request, predictions_frame
+from sagemaker_deepar.serving.mlflow_folder import MlflowModelError, find_artifact
+from sagemaker_deepar.serving.mlflow_requests import answer_rows, is_mlflow_request, parse_mlflow_request, request_frame
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sagemaker_deepar.tracking import (
+from sagemaker_deepar.training.tracking import (
     Budget,
     TrackingSettings,
     TrackingSettingsError,

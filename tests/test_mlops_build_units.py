@@ -12,7 +12,7 @@ import pytest
 from mlops import registry
 from mlops.steps import evaluate as evaluate_step
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.metrics import score_forecasts
+from sagemaker_deepar.training.metrics import score_forecasts
 
 pytestmark = pytest.mark.unit
 

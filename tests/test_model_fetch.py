@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.model_fetch import MARKER, ModelFetchError, _inside, fetch_model
-from sagemaker_deepar.server_config import ModelSource
+from sagemaker_deepar.serving.model_fetch import MARKER, ModelFetchError, _inside, fetch_model
+from sagemaker_deepar.serving.server_config import ModelSource
 
 from .conftest import SERVE, Server, entrypoint_env, series
 from .helpers import free_port

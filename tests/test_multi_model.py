@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE
-from sagemaker_deepar.inference import RequestError
-from sagemaker_deepar.multi_model import ModelRegistry, MultiModelConfig, multi_model_enabled
+from sagemaker_deepar.serving.codec import RequestError
+from sagemaker_deepar.serving.multi_model import ModelRegistry, MultiModelConfig, multi_model_enabled
 
 pytestmark = pytest.mark.unit
 

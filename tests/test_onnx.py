@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from sagemaker_deepar.contract import ContractError, split_train_test
-from sagemaker_deepar.sample_data import generate
+from sagemaker_deepar.training.sample_data import generate
 from tests.conftest import OptMl, run_train
 
 PREDICTION_LENGTH = 24
@@ -66,7 +66,7 @@ def test_train_writes_a_checked_network_and_says_so(sample_model: Path):
 
 def test_onnx_forecaster_imports_no_torch_gluonts_pandas_or_flask(sample_model: Path):
     code = (
-        "import sys; from sagemaker_deepar.onnx_forecast import OnnxForecaster;"
+        "import sys; from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster;"
         f"f = OnnxForecaster.load({str(sample_model)!r});"
         "f.forecast([{'start': '2024-01-01 00:00:00', 'target': [1.0] * 30, 'cat': [0, 1]}]);"
         "print(sorted(m for m in ('torch', 'gluonts', 'pandas', 'flask', 'mxnet') if m in sys.modules))"
@@ -99,7 +99,8 @@ class TorchReference:
 def torch_reference(sample_model: Path) -> TorchReference:
     import torch
 
-    from sagemaker_deepar.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     torch_model = Model.load(sample_model, runtime="torch")
     entries = [parse_instance(r, torch_model, "").entry for r in sample_requests()]
@@ -117,18 +118,19 @@ def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(
     import onnx
     import onnxruntime
 
-    from sagemaker_deepar.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     requests = sample_requests()
     served = Model.load(sample_model)  # the server's default runtime
     assert served.runtime == "onnx"
-    forecaster = served.sampler
+    forecaster = served.engine.forecaster
     series = [forecaster.parse_instance(r, "") for r in requests]
     entries = [parse_instance(r, served, "").entry for r in requests]
 
     def distances() -> tuple[float, float]:
         function = forecaster.sample(series, NUM_SAMPLES, np.random.default_rng(0))
-        served.rng = np.random.default_rng(0)
+        served.engine.rng = np.random.default_rng(0)
         return torch_reference.distance(function).max(), torch_reference.distance(
             served.sample(entries, NUM_SAMPLES)
         ).max()
@@ -150,7 +152,7 @@ def test_onnx_quantiles_equal_the_torch_servers_within_monte_carlo_noise(
 
 def test_a_long_history_gives_the_same_network_inputs_as_its_tail(sample_model: Path):
     """Only the last past_length points reach the network: dropping older ones changes nothing but the age."""
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
 
     forecaster = OnnxForecaster.load(sample_model)
     past = forecaster.past_length
@@ -211,7 +213,7 @@ def test_served_quantiles_equal_torchs_and_onnx_serving_never_imports_torch(
 
 
 def test_forecast_answers_like_invocations_and_names_bad_fields(sample_model: Path):
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
 
     forecaster = OnnxForecaster.load(sample_model)
     requests = sample_requests()[:2]
@@ -229,7 +231,7 @@ def test_forecast_answers_like_invocations_and_names_bad_fields(sample_model: Pa
 
 
 def test_mxnet_model_records_that_it_has_no_onnx(mxnet_model: Path):
-    from sagemaker_deepar.onnx_forecast import OnnxForecaster
+    from sagemaker_deepar.runtimes.onnx_forecast import OnnxForecaster
 
     onnx = json.loads((mxnet_model / "model" / "deepar-metadata.json").read_text())["onnx"]
     assert onnx["file"] is None and "mxnet backend" in onnx["reason"]
@@ -239,8 +241,8 @@ def test_mxnet_model_records_that_it_has_no_onnx(mxnet_model: Path):
 
 
 def test_export_failure_keeps_the_model_and_says_why(tmp_path: Path, feature_model: Path):
-    from sagemaker_deepar.onnx_export import export_checked
-    from sagemaker_deepar.torch_serving import TorchDeepAR
+    from sagemaker_deepar.runtimes.torch_deepar import TorchDeepAR
+    from sagemaker_deepar.training.onnx_export import export_checked
 
     model = TorchDeepAR(feature_model / "model" / "predictor", batch_size=1).model
     missing = tmp_path / "no-such-folder"

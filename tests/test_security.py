@@ -229,7 +229,7 @@ def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
     """#23 item 3: the checkpoint folder is synced from S3; its state file must not point the resume elsewhere."""
     import json
 
-    from sagemaker_deepar.backends import CHECKPOINT_STATE, read_checkpoint_state
+    from sagemaker_deepar.training.backends import CHECKPOINT_STATE, read_checkpoint_state
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -247,7 +247,7 @@ def test_checkpoint_state_naming_a_file_elsewhere_is_ignored(tmp_path):
 
 def test_bounded_lines_never_hold_a_line_above_the_limit():
     """#23 item 13: a line over the limit is read through in small pieces and stands as an OversizedLine."""
-    from sagemaker_deepar.inference import OversizedLine, bounded_lines, iter_lines
+    from sagemaker_deepar.serving.codec import OversizedLine, bounded_lines, iter_lines
 
     class Recording(io.BytesIO):
         largest = 0
@@ -267,7 +267,7 @@ def test_bounded_lines_never_hold_a_line_above_the_limit():
 
 
 def test_document_limit_defaults_to_100_mb_in_async_and_to_the_payload_below_it():
-    from sagemaker_deepar.server_config import MAX_DOCUMENT_MB, ServerConfig
+    from sagemaker_deepar.serving.server_config import MAX_DOCUMENT_MB, ServerConfig
 
     assert ServerConfig.from_env({"DEEPAR_HOSTING_MODE": "async"}).max_document_bytes == MAX_DOCUMENT_MB * 2**20
     assert ServerConfig.from_env({}).max_document_bytes == 6 * 2**20  # real-time: the payload is the bound

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from sagemaker_deepar.server_config import batch_payload_mb
+from sagemaker_deepar.serving.server_config import batch_payload_mb
 
 from .conftest import Server, running_server
 from .helpers import gunicorn_workers
@@ -275,7 +275,7 @@ def test_ping_503_until_loaded_and_nothing_written_under_opt_ml(torch_model: Pat
         # Served by its ONNX network: the master imports onnxruntime, the forked worker opens its own session.
         # (A torch-served model is loaded once, in the master: tests/test_onnx.py checks both runtimes.)
         output = s.output(tail=None)
-        assert "onnxruntime imported in the gunicorn master" in output
+        assert "onnx runtime imported in the gunicorn master" in output
         assert "model loaded (torch backend, onnx runtime" in output
     finally:
         s.stop()

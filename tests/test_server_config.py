@@ -3,7 +3,7 @@
 import pytest
 
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.server_config import ServerConfig, batch_payload_mb, cpu_quota, default_workers
+from sagemaker_deepar.serving.server_config import ServerConfig, batch_payload_mb, cpu_quota, default_workers
 
 pytestmark = pytest.mark.unit  # in-process: the fast tier (scripts/test.sh --fast)
 
@@ -34,12 +34,12 @@ def test_cpu_quota_from_cgroup_v2_and_v1(tmp_path):
 def test_workers_follow_the_cpu_quota(monkeypatch):
     """``docker run --cpus 1`` (an ECS task's cpu) on an 8-core host: one worker, not eight sharing one CPU."""
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    monkeypatch.setattr("sagemaker_deepar.server_config.available_memory_gb", lambda: 64.0)
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 1.0)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.available_memory_gb", lambda: 64.0)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: 1.0)
     assert ServerConfig.from_env({}).workers == 1
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: 2.5)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: 2.5)
     assert ServerConfig.from_env({}).workers == 3
-    monkeypatch.setattr("sagemaker_deepar.server_config.cpu_quota", lambda: None)
+    monkeypatch.setattr("sagemaker_deepar.serving.server_config.cpu_quota", lambda: None)
     assert ServerConfig.from_env({}).workers == 8
 
 
@@ -112,7 +112,7 @@ def test_bad_values_name_the_variable(env, fragment):
 def test_nginx_configuration_is_valid_and_answers_errors_in_json(tmp_path):
     import subprocess
 
-    from sagemaker_deepar.front import find_nginx, nginx_conf
+    from sagemaker_deepar.serving.front import find_nginx, nginx_conf
 
     config = ServerConfig.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "3", "DEEPAR_BIND_HOST": "127.0.0.1"})
     text = nginx_conf(config, tmp_path, tmp_path / "gunicorn.sock")

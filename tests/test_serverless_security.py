@@ -141,7 +141,7 @@ def test_item11_bad_instances_are_found_by_index_in_one_pass():
 
 
 def test_item11_only_size_refusals_split_and_they_are_the_container_s_own_messages():
-    from sagemaker_deepar import inference
+    from sagemaker_deepar.serving import codec as inference
 
     refusals = []
     for check, args in ((inference.check_budget, (1000, 100, 10)), (inference.check_response_size, (10, 10**6, 10))):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sagemaker_deepar.inference import Model, parse_instance
+from sagemaker_deepar.runtimes.model import Model
+from sagemaker_deepar.serving.codec import parse_instance
 
 
 def entries(model: Model) -> list[dict]:
@@ -44,7 +45,7 @@ def test_same_samples_as_the_gluonts_predictor(feature_model: Path):
 
 def test_serving_does_not_import_lightning(feature_model: Path):
     code = (
-        "import sys; from pathlib import Path; from sagemaker_deepar.inference import Model; "
+        "import sys; from pathlib import Path; from sagemaker_deepar.runtimes.model import Model; "
         f"Model.load(Path({str(feature_model / 'model')!r}), runtime='torch'); "
         "print('lightning' in sys.modules or 'lightning.pytorch' in sys.modules)"
     )

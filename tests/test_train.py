@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sagemaker_deepar.metrics import METRIC_DEFINITIONS
+from sagemaker_deepar.training.metrics import METRIC_DEFINITIONS
 
 from .conftest import TINY, TRAIN, OptMl, entrypoint_env, run_train, series, standard_job
 
@@ -139,7 +139,8 @@ def assert_served_distribution(opt_ml: OptMl, backend: str, likelihood: str, tar
     interquartile range is 2 ln 2 x that scale x the series' mean |value| over the context), and Gaussian
     tails are light: (q99.5 - q0.5) / IQR is 3.8 for a Gaussian, 6.6 for a Laplace and more for a student-T.
     """
-    from sagemaker_deepar.inference import Model, parse_instance
+    from sagemaker_deepar.runtimes.model import Model
+    from sagemaker_deepar.serving.codec import parse_instance
 
     model = Model.load(opt_ml.root / "model")
     entries = [
@@ -329,7 +330,7 @@ def test_sigterm_saves_a_model_and_a_rerun_resumes(opt_ml: OptMl, backend: str):
 
 
 def test_bundled_sample_data_trains(tmp_path):
-    from sagemaker_deepar import sample_data
+    from sagemaker_deepar.training import sample_data
 
     m = OptMl(tmp_path / "opt_ml")
     records = sample_data.generate(num_sensors=2, days=10, with_dynamic_feat=True)

@@ -1,7 +1,7 @@
 """Training reliability through the real entrypoint (and the image where it matters).
 
 - SIGTERM at any moment: a loadable model and exit 0 once training started, a failure file before;
-  the moments are made deterministic with DEEPAR_FAULT (sagemaker_deepar/faults.py), and one test
+  the moments are made deterministic with DEEPAR_FAULT (sagemaker_deepar/training/faults.py), and one test
   `docker stop`s a training container mid-epoch;
 - user mistakes that used to surface as internal errors after training fail as ClientErrors naming
   file:line / series / hyperparameter, before any epoch runs;
@@ -20,8 +20,8 @@ import pytest
 
 from sagemaker_deepar.contract import METADATA_FILE, ONNX_FILE
 from sagemaker_deepar.errors import OutputError
-from sagemaker_deepar.inference import Model
 from sagemaker_deepar.paths import probe_output_dirs
+from sagemaker_deepar.runtimes.model import Model
 
 from .conftest import OptMl, run_train, series, standard_job
 from .test_image import container_names, docker, image  # noqa: F401 (fixtures)
@@ -324,7 +324,7 @@ def test_full_disk_fails_in_seconds_in_the_image(image, opt_ml: OptMl, container
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    from sagemaker_deepar import data
+    from sagemaker_deepar.training import data
 
     monkeypatch.setattr(data, "LONG_LINE_BYTES", 64)  # every line below is "long": many chunks each
     return data

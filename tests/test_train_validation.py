@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sagemaker_deepar import backends, contract
+from sagemaker_deepar import contract
+from sagemaker_deepar.training import backends
 
 from .conftest import OptMl, run_train, series, standard_job
 

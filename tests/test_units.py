@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sagemaker_deepar import cli, contract, sample_data
-from sagemaker_deepar.data import read_channel
+from sagemaker_deepar import cli, contract
 from sagemaker_deepar.errors import DataError, UserError
-from sagemaker_deepar.metrics import score_forecasts
-from sagemaker_deepar.report import AccuracyReport
+from sagemaker_deepar.training import sample_data
+from sagemaker_deepar.training.data import read_channel
+from sagemaker_deepar.training.metrics import score_forecasts
+from sagemaker_deepar.training.report import AccuracyReport
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sagemaker_deepar.warm_start import arrays_sha256
+from sagemaker_deepar.training.warm_start import arrays_sha256
 
 from .conftest import OptMl, run_train, series
 

@@ -1,4 +1,4 @@
-"""Vectorised training windows (sagemaker_deepar.windows) against GluonTS's own training loader.
+"""Vectorised training windows (sagemaker_deepar.training.windows) against GluonTS's own training loader.
 
 For the same ``np.random`` seed, the batches must be the same as GluonTS's, field by field, value by
 value: same window positions, padding at the series start, observed-value masks for NaN, time
@@ -16,9 +16,9 @@ import torch
 from gluonts.torch.distributions import BetaOutput, NegativeBinomialOutput, StudentTOutput
 from gluonts.torch.model.deepar import DeepAREstimator
 
-from sagemaker_deepar import windows
 from sagemaker_deepar.errors import UserError
-from sagemaker_deepar.windows import ExpectedNumInstanceWindows, VectorisedDeepAREstimator
+from sagemaker_deepar.training import windows
+from sagemaker_deepar.training.windows import ExpectedNumInstanceWindows, VectorisedDeepAREstimator
 
 from .conftest import OptMl, run_train, series, standard_job
 

@@ -3,7 +3,7 @@
 Inputs: the test channel (full series, the prepare step's ``test`` output) and the transform output
 (one forecast line per line of the train channel, in order). Writes ``evaluation.json`` (the
 pipeline's PropertyFile) with mean_wQuantileLoss and RMSE as GluonTS's Evaluator aggregates them
-(``sagemaker_deepar.report``). A forecast count that does not match, a malformed forecast or a
+(``sagemaker_deepar.training.report``). A forecast count that does not match, a malformed forecast or a
 metric that is not a finite number fails the step with a message naming it.
 """
 
@@ -33,7 +33,7 @@ def read_folder(folder: Path, suffix: str) -> list[tuple[str, Any]]:
 
 def evaluate(tests: list[tuple[str, Any]], forecasts: list[tuple[str, Any]], prediction_length: int, freq: str) -> dict:
     """The evaluation document: overall and per-series scores; raises ValueError naming the bad input."""
-    from sagemaker_deepar.report import AccuracyReport
+    from sagemaker_deepar.training.report import AccuracyReport
 
     if len(tests) != len(forecasts):
         raise ValueError(f"{len(forecasts)} forecasts for {len(tests)} test series: every series needs one line")

@@ -1,7 +1,7 @@
 """Where forecasts come from, chosen by the environment:
 
 - ``FORECAST_MODEL=s3://.../model.tar.gz``: the model runs inside the function
-  (``sagemaker_deepar.onnx_forecast.OnnxForecaster``, downloaded and extracted once per container);
+  (the ONNX runtime of ``sagemaker_deepar.runtimes``, downloaded and extracted once per container);
 - ``FORECAST_ENDPOINT=http://host:port``: a serving container (local runs, tests);
 - ``FORECAST_ENDPOINT=<name>``: a SageMaker endpoint through sagemaker-runtime with botocore retries.
 """
@@ -30,7 +30,7 @@ DEFAULT_RETRY_AFTER_S = 2
 # The container names each bad instance at the start of a line of its 400 (all of them, one per line,
 # since issue #23 item 11; other containers name only the first).
 _BAD_INSTANCE = re.compile(r"^instances\[(\d+)\]\.(.*)$", re.MULTILINE)
-# The serving container's refusals that a smaller request avoids (sagemaker_deepar.inference.check_budget,
+# The serving container's refusals that a smaller request avoids (sagemaker_deepar.serving.codec.check_budget,
 # check_response_size; tests pin them): the only rejections naming no instance that splitting can cure.
 _TOO_LARGE = re.compile(r"^(request|response) too large\b")
 
@@ -181,7 +181,7 @@ class EndpointForecaster:
 
 @dataclass
 class InFunctionForecaster:
-    """The ONNX model inside the function (``sagemaker_deepar.onnx_forecast``), loaded once per container."""
+    """The ONNX model inside the function (``sagemaker_deepar.runtimes``, onnx only), loaded once per container."""
 
     model_uri: str
     name: str = ""
@@ -192,10 +192,11 @@ class InFunctionForecaster:
 
     def model(self) -> Any:
         if self._model is None:
-            # Imported here so that endpoint-backed functions never load onnxruntime.
-            from sagemaker_deepar.onnx_forecast import OnnxForecaster
+            # The runtimes seam, restricted to what a function can run (onnxruntime + numpy: no torch, GluonTS
+            # or pandas). Imported here so that endpoint-backed functions never load onnxruntime.
+            from sagemaker_deepar import runtimes
 
-            self._model = OnnxForecaster.load(download_model(self.model_uri))
+            self._model = runtimes.load(download_model(self.model_uri), runtimes.LoadOptions("onnx"), only=("onnx",))
         return self._model
 
     def forecast(self, instances: list[dict], configuration: Optional[dict] = None) -> list[dict]:
