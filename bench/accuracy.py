@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -172,11 +173,14 @@ def run_training_job(hyperparameters: dict[str, str], origin: Origin) -> Score:
         _write_jsonl(root / "input" / "data" / "train" / "train.json", origin.histories)
         _write_jsonl(root / "input" / "data" / "test" / "test.json", origin.tests)
         started = time.perf_counter()
+        sigterm = signal.getsignal(signal.SIGTERM)  # the job installs its own; the bench must stay stoppable
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the job's metric lines
                 job.run(SageMakerPaths(root))
         except UserError as error:
             raise Skipped(str(error).splitlines()[0]) from None
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
         seconds = time.perf_counter() - started
         output = root / "output" / "data"
         test = json.loads((output / "metrics.json").read_text())["test"]
