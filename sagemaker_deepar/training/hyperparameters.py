@@ -66,7 +66,7 @@ class DeepARHyperparameters(BaseModel):
     num_dynamic_feat: Union[Literal["auto", "ignore"], int] = "auto"
     """`auto`, `ignore` / `""`, or an int that must match the data"""
     early_stopping_patience: Optional[int] = Field(None, ge=1, le=MAX_EPOCHS)
-    """stop when the train loss has not improved for N epochs; the best epoch's weights are kept"""
+    """stop when the loss that picks the best epoch has not improved for N epochs (torch: the validation loss on each series' held-out last window, when a series is long enough, see [Training](../training.md#the-kept-epoch); else the train loss); the best epoch's weights are kept"""
     num_eval_samples: int = Field(100, ge=1, le=10_000)
     """samples per test series when scoring the test channel"""
     test_quantiles: list[float] = Field(default_factory=lambda: list(DEFAULT_TEST_QUANTILES))
@@ -75,7 +75,7 @@ class DeepARHyperparameters(BaseModel):
     backend: Literal["torch", "mxnet"] = "torch"
     """(ours) the GluonTS backend that trains the model"""
     num_batches_per_epoch: Optional[int] = Field(None, ge=1, le=MAX_BATCHES_PER_EPOCH)
-    """(ours) batches per epoch; unset: one pass over the data, `ceil(max(series, observations / (context_length + prediction_length)) / mini_batch_size)`"""
+    """(ours) batches per epoch; unset: one pass over the data, and at least plain GluonTS's epoch of 50 × 32 windows: `ceil(max(series, observations / (context_length + prediction_length), 1600) / mini_batch_size)` ([why](../accuracy.md))"""
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
     """(ours) two runs on the same data give the same metrics"""
     forecaster: Literal["deepar", "ensemble"] = "deepar"

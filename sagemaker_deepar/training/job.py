@@ -101,10 +101,17 @@ def read_job_config(paths: SageMakerPaths) -> JobConfig:
     return JobConfig(params=params, channels=channels, host=host, checkpoint_dir=checkpoint_dir)
 
 
+# Plain GluonTS's epoch (its Trainer's 50 batches of 32 windows): the fewest windows an epoch sees. On a
+# small data set one pass is a single batch, and 20 such epochs leave the network near its random
+# start, where the seed decides the forecast (docs/accuracy.md).
+MIN_WINDOWS_PER_EPOCH = 50 * 32
+
+
 def default_batches_per_epoch(params: DeepARHyperparameters, train: Channel) -> int:
-    """One epoch = one pass over the data: as many training windows as fit end to end in all series."""
+    """One epoch = one pass over the data (as many training windows as fit end to end in all series),
+    and at least plain GluonTS's epoch of ``MIN_WINDOWS_PER_EPOCH`` windows."""
     window = params.context_length + params.prediction_length
-    windows = max(train.stats.num_series, math.ceil(train.stats.num_observations / window))
+    windows = max(train.stats.num_series, math.ceil(train.stats.num_observations / window), MIN_WINDOWS_PER_EPOCH)
     return max(1, math.ceil(windows / params.mini_batch_size))
 
 
@@ -228,6 +235,7 @@ def write_outputs(
     train_summary = {
         "final_loss": control.best_loss,
         "best_epoch": control.best_epoch,
+        "best_validation_loss": control.best_validation_loss,  # None: no held-out window, best train loss kept
         "epochs_run": control.epochs_run,
         "interrupted": interrupted,
         "num_batches_per_epoch": num_batches_per_epoch,
