@@ -39,7 +39,7 @@ RETRIES = retries()
 
 def region() -> str:
     """``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else us-east-1."""
-    from . import settings  # here: .venv-sdk3 (evaluation/) imports this module without pydantic-settings
+    from . import settings  # here, when a setting is needed: importing the clients stays cheap
 
     return settings.current().region or DEFAULT_REGION
 

@@ -1,8 +1,7 @@
 """The AWS layer's environment, in the project's one settings style (sagemaker_deepar/settings.py):
 what every AWS SDK reads anyway (region, endpoint), parsed here for our own clients.
 
-awsinfra.clients imports this module only when it needs a setting: evaluation/ imports the clients
-in .venv-sdk3 too, which has pydantic but not pydantic-settings."""
+awsinfra.clients imports this module only when it needs a setting, so importing the clients stays cheap."""
 
 from __future__ import annotations
 

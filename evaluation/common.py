@@ -17,10 +17,12 @@ from typing import Any, Callable, Iterator, Optional
 from awsinfra.clients import offline_credentials, retries
 from sagemaker_deepar import cli
 from sagemaker_deepar.errors import UserError
+from sagemaker_deepar.settings import SettingsError
+
+from .settings import current
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what these commands use, on purpose
 
-LOCAL_IMAGE = os.environ.get("DEEPAR_IMAGE", "sagemaker-deepar:latest")  # local mode's image unless --image
 LOCAL_ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"  # local mode wants a full ARN, never checks it
 DEFAULT_INSTANCE_TYPE = "ml.c5.2xlarge"
 
@@ -32,7 +34,13 @@ def command_parser(module: str, description: Optional[str]) -> argparse.Argument
     )
 
 
+def local_image() -> str:
+    """Local mode's image unless --image (DEEPAR_IMAGE, else sagemaker-deepar:latest)."""
+    return current().image
+
+
 def add_session_args(parser: argparse.ArgumentParser) -> None:
+    settings = current()  # inside the command's main: a bad value is its one-line error
     group = parser.add_argument_group("where it runs")
     group.add_argument(
         "--local",
@@ -41,18 +49,18 @@ def add_session_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--region",
-        default=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        default=settings.region,
         help="AWS region (default: AWS_REGION / your profile's region)",
     )
     group.add_argument(
         "--role",
-        default=os.environ.get("SAGEMAKER_ROLE"),
+        default=settings.role,
         help="SageMaker execution role ARN (default: env SAGEMAKER_ROLE)",
     )
     group.add_argument(
         "--serving-port",
         type=int,
-        default=int(os.environ.get("SAGEMAKER_LOCAL_PORT", "8080")),
+        default=settings.serving_port,
         help="local mode: the port local endpoints listen on (127.0.0.1)",
     )
 
@@ -71,7 +79,11 @@ def quiet_sdk_logs() -> None:
     """The SDK logs every config lookup and container step at INFO; keep our progress lines readable."""
     import logging
 
-    if not os.environ.get("DEEPAR_EVAL_DEBUG"):
+    try:
+        debug = current().debug
+    except SettingsError:  # another variable is unusable: the command's parser names it; logs stay quiet
+        debug = None
+    if not debug:
         for name in ("sagemaker", "sagemaker.config", "sagemaker.local"):
             logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -110,7 +122,7 @@ def default_image(args: argparse.Namespace) -> str:
     if args.image:
         return args.image
     if args.local:
-        return LOCAL_IMAGE
+        return local_image()
     raise UserError(
         "no image: pass --image <account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag> "
         "(build_and_push_to_ecr.sh prints it)"

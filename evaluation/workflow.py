@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     where = common.session_options(args)
     hp = [("prediction_length", args.prediction_length), *args.hp]
     summary: dict = {}
-    before = local_containers(args.image or common.LOCAL_IMAGE) if args.local else set()
+    before = local_containers(args.image or common.local_image()) if args.local else set()
 
     def step(name: str) -> None:
         print(f"\n== {name}", flush=True)
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
         if deployed:  # a step failed: do not leave a billed endpoint behind
             endpoint("delete")
         if args.local:
-            summary["removed_local_containers"] = remove_local_leftovers(args.image or common.LOCAL_IMAGE, before)
+            summary["removed_local_containers"] = remove_local_leftovers(args.image or common.local_image(), before)
     if args.summary:
         args.summary.write_text(json.dumps(summary, default=str))
     print(f"\nworkflow done: files under {work}")

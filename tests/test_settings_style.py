@@ -24,6 +24,7 @@ SETTINGS_FILES = {
     "mlops/settings.py",
     "awsinfra/settings.py",
     "ingestion/config.py",
+    "evaluation/settings.py",
 }
 # Entry points hand the environment to settings: the container's scripts, `python -m` modules (__main__.py)
 # and any function named main (what `train`, `serve` and each command run first).
@@ -44,12 +45,8 @@ ALLOWED = {
     ("ingestion/glue_job.py", "spark_session"): "writes: PYSPARK_PYTHON for Spark's Python workers",
     ("serverless/emulate.py", "function_environment"): "writes: a function's Lambda environment while it is emulated",
     ("serverless/package.py", "cold_start"): "a child interpreter's PATH",
-    # evaluation/ also runs in .venv-sdk3, which has no pydantic-settings (evaluation/requirements-v3.lock):
-    # its reads move to a settings model once the lock carries pydantic-settings==2.16.3.
-    ("evaluation/common.py", "<module>"): "SDK switches and local mode's image (see above)",
-    ("evaluation/common.py", "add_session_args"): "flag defaults (see above)",
+    ("evaluation/common.py", "<module>"): "writes: SAGEMAKER_SUPPRESS_V2_WARNING for the SageMaker SDK",
     ("evaluation/common.py", "local_environment"): "writes: the SDK's config override",
-    ("evaluation/common.py", "quiet_sdk_logs"): "DEEPAR_EVAL_DEBUG (see above)",
 }
 
 
