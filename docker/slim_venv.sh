@@ -32,7 +32,7 @@ find "$site" -path '*.libs' -prune -o -type f \( -name '*.so' -o -name '*.so.*' 
 # The stripped libraries still load and compute (the image tests then train and serve both backends).
 python - <<'PY'
 import numpy as np, scipy.special, scipy.linalg, pandas as pd, pyarrow as pa, pyarrow.parquet  # noqa: E401
-import torch, mxnet as mx, lightning.pytorch, flask, gunicorn, orjson, pydantic  # noqa: E401,F401
+import torch, mxnet as mx, lightning.pytorch, flask, gunicorn, orjson, pydantic, pydantic_settings, statsforecast  # noqa: E401,F401
 # The GluonTS models sagemaker_deepar builds (tests/test_image.py checks every import of the code).
 import gluonts.torch.model.deepar, gluonts.mx.model.deepar, gluonts.mx.distribution, gluonts.evaluation  # noqa: E401,F401
 import mlflow.pyfunc, mlflow.models, mlflow.tracking  # noqa: E401,F401 - tracking from the train job (mlflow-skinny)
