@@ -45,6 +45,7 @@ class TrainingControl:
     on_epoch: Callable[[int, float, float, float], None]  # (epoch, loss, progress %, records/s)
     patience: Optional[int] = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
+    readable: bool = True  # readable epoch lines (off in a SageMaker job, whose log keeps the metric lines)
     start_epoch: int = 0
     best_loss: float = float("inf")  # the lowest train loss (the train final_loss metric)
     best_epoch: int = -1  # the epoch whose weights are kept: lowest validation loss when there is one
@@ -75,7 +76,7 @@ class TrainingControl:
         seconds = time.perf_counter() - self.epoch_started
         throughput = self.epoch_batches * self.batch_size / seconds if seconds > 0 else 0.0
         self.on_epoch(epoch, loss, 100.0 * (epoch + 1) / self.total_epochs, throughput)
-        if validation_loss is not None:
+        if validation_loss is not None and self.readable:
             log.info("epoch %d/%d: validation loss %.5f", epoch + 1, self.total_epochs, validation_loss)
         improved_train = bool(np.isfinite(loss) and loss < self.best_loss)
         if improved_train:

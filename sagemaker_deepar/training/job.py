@@ -326,6 +326,7 @@ def run(paths: SageMakerPaths, settings: Optional[TrainingEnvironment] = None, t
         on_epoch=on_epoch,
         patience=params.early_stopping_patience,
         stop_requested=stop.requested,
+        readable=readable,
     )
     # The members' fits beside the network's training (the leader's job: it scores and writes the model).
     local_runs = ensemble_job.start_local_runs(
