@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from ..contract import BATCH_BODY_BYTES_PER_SECOND
@@ -304,18 +304,12 @@ class ServingEnvironment(EnvironmentSettings):
             return value
         return value.upper().replace("MULTIRECORD", "MULTI_RECORD").replace("SINGLERECORD", "SINGLE_RECORD")
 
-    @field_validator("hosting_mode")
+    @field_validator("hosting_mode", "inference_runtime")
     @classmethod
-    def _known_mode(cls, value: str) -> str:
-        if value not in HOSTING_MODES:
-            raise ValueError(f"must be one of {', '.join(HOSTING_MODES)}")
-        return value
-
-    @field_validator("inference_runtime")
-    @classmethod
-    def _known_runtime(cls, value: str) -> str:
-        if value not in INFERENCE_RUNTIMES:
-            raise ValueError(f"must be one of {', '.join(INFERENCE_RUNTIMES)}")
+    def _one_of_its_choices(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"hosting_mode": HOSTING_MODES, "inference_runtime": INFERENCE_RUNTIMES}[info.field_name or ""]
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
         return value
 
     @field_validator("inference_config")
